@@ -1,0 +1,38 @@
+//! Structured logging into the host's log stream, tagged with the plugin's name.
+//!
+//! Messages longer than 4 KiB are truncated by the host. Whether a level is recorded is the
+//! operator's choice (the host's log filter), so format only what is cheap or useful.
+//!
+//! ```no_run
+//! use geecache_guest_sdk::log;
+//!
+//! let key = "Tom";
+//! log::debug(&format!("loading {key}"));
+//! ```
+
+use crate::wit::shared::log::{Level, log};
+
+/// Logs `message` at trace level: very fine-grained diagnostics.
+pub fn trace(message: &str) {
+    log(Level::Trace, message);
+}
+
+/// Logs `message` at debug level: diagnostics useful while developing a plugin.
+pub fn debug(message: &str) {
+    log(Level::Debug, message);
+}
+
+/// Logs `message` at info level: normal operational messages.
+pub fn info(message: &str) {
+    log(Level::Info, message);
+}
+
+/// Logs `message` at warn level: something unexpected that the plugin recovered from.
+pub fn warn(message: &str) {
+    log(Level::Warn, message);
+}
+
+/// Logs `message` at error level: a failure.
+pub fn error(message: &str) {
+    log(Level::Error, message);
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds the geecache plugins as WebAssembly components and the demo database.
+#
+#   bash plugins/build.sh        (from any directory)
+#
+# Produces plugins/<name>.wasm for every plugin in this workspace and plugins/demo.db (from
+# db_getter/demo.sql, rebuilt when missing or older than the SQL). Installs the wasm32-wasip2
+# Rust target through rustup when it is missing. Safe to run again: cargo rebuilds only what
+# changed, and unchanged outputs are left alone.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+target=wasm32-wasip2
+plugins=(db_getter fs_storage brotli_compressor chaos_getter)
+
+say() { printf 'build.sh: %s\n' "$*"; }
+die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# 1. The Rust target. `rustc --print target-libdir` answers for the toolchain in use, whether
+#    it came from rustup or elsewhere.
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+libdir="$(cd "$here" && rustc --print target-libdir --target "$target" 2>/dev/null || true)"
+if [[ -z "$libdir" || ! -d "$libdir" ]]; then
+    if command -v rustup >/dev/null; then
+        say "installing the $target target: rustup target add $target"
+        (cd "$here" && rustup target add "$target")
+    else
+        die "the $target Rust target is not installed; run: rustup target add $target"
+    fi
+fi
+
+# 2. The components.
+say "building plugins (cargo build --release --target $target)"
+cargo build --release --target "$target" --manifest-path "$here/Cargo.toml"
+target_dir="$(cargo metadata --format-version 1 --no-deps --manifest-path "$here/Cargo.toml" |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+for name in "${plugins[@]}"; do
+    built="$target_dir/$target/release/$name.wasm"
+    [[ -f "$built" ]] || die "cargo did not produce $built"
+    if cmp -s "$built" "$here/$name.wasm"; then
+        say "plugins/$name.wasm is up to date ($(wc -c <"$built") bytes)"
+    else
+        cp "$built" "$here/$name.wasm.tmp" && mv "$here/$name.wasm.tmp" "$here/$name.wasm"
+        say "wrote plugins/$name.wasm ($(wc -c <"$built") bytes)"
+    fi
+done
+
+# 3. The demo database for db_getter. Built under a temporary name and renamed, so an
+#    interrupted run never leaves a half-filled demo.db behind.
+sql="$here/db_getter/demo.sql"
+db="$here/demo.db"
+if [[ -f "$db" && ! "$sql" -nt "$db" ]]; then
+    say "plugins/demo.db is up to date"
+else
+    tmp="$db.tmp"
+    rm -f "$tmp"
+    if command -v sqlite3 >/dev/null; then
+        sqlite3 "$tmp" <"$sql"
+    elif command -v python3 >/dev/null && python3 -c 'import sqlite3' 2>/dev/null; then
+        python3 -c 'import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+with open(sys.argv[2]) as f:
+    con.executescript(f.read())
+con.close()' "$tmp" "$sql"
+    else
+        die "creating demo.db needs the sqlite3 CLI (apt-get install sqlite3) or python3 with its sqlite3 module"
+    fi
+    mv "$tmp" "$db"
+    say "wrote plugins/demo.db from db_getter/demo.sql"
+fi
