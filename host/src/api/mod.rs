@@ -1,0 +1,283 @@
+//! The HTTP API (axum).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api?key=K[&group=G]` | the raw value (classic GeeCache form; group defaults to the node's default group) |
+//! | `GET /api/v1/groups/{group}/keys/{key}` | the raw value; the key is one percent-encoded path segment |
+//! | `GET /api/v1/stats` | JSON counters per group and per plugin |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
+//!
+//! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with the status of
+//! [`Error::status`]: 400 bad input, 404 no such key/group/route, 405 wrong method, 413 too large,
+//! 500 internal, 503 plugin failed, 504 timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::group::{GroupSnapshot, Groups};
+use crate::plugin::LoadedPlugin;
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The groups this node serves.
+    groups: Groups,
+    /// The group `/api?key=K` uses when no `group` is given.
+    default_group: String,
+    /// Loaded plugins, for stats.
+    plugins: Vec<LoadedPlugin>,
+    /// False once shutdown has begun, so load balancers stop sending traffic.
+    ready: AtomicBool,
+    /// Largest request body accepted.
+    max_body_bytes: usize,
+}
+
+impl AppState {
+    /// State for a node serving `groups`, answering `/api?key=K` from `default_group`.
+    pub fn new(
+        groups: Groups,
+        default_group: String,
+        plugins: Vec<LoadedPlugin>,
+        max_body_bytes: usize,
+    ) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                groups,
+                default_group,
+                plugins,
+                ready: AtomicBool::new(true),
+                max_body_bytes,
+            }),
+        }
+    }
+
+    /// The node's groups.
+    pub fn groups(&self) -> &Groups {
+        &self.inner.groups
+    }
+
+    /// Marks the node as draining: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.inner.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Counters of every group and plugin.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            groups: self.inner.groups.iter().map(|g| g.snapshot()).collect(),
+            plugins: self
+                .inner
+                .plugins
+                .iter()
+                .map(|p| {
+                    let core = p.info();
+                    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                    PluginSnapshot {
+                        name: core.name.clone(),
+                        version: core.version.clone(),
+                        kind: p.kind().to_string(),
+                        calls: get(&core.stats.calls),
+                        traps: get(&core.stats.traps),
+                        timeouts: get(&core.stats.timeouts),
+                        memory_limits: get(&core.stats.memory_limits),
+                        reported_errors: get(&core.stats.reported_errors),
+                        busy_seconds: get(&core.stats.busy_micros) as f64 / 1e6,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The body of `/api/v1/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// One entry per group.
+    pub groups: Vec<GroupSnapshot>,
+    /// One entry per loaded plugin.
+    pub plugins: Vec<PluginSnapshot>,
+}
+
+/// A plugin's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginSnapshot {
+    /// Reported name.
+    pub name: String,
+    /// Reported version.
+    pub version: String,
+    /// getter, storage or compressor.
+    pub kind: String,
+    /// Calls started.
+    pub calls: u64,
+    /// Calls that trapped (panics included).
+    pub traps: u64,
+    /// Calls stopped by the time limit.
+    pub timeouts: u64,
+    /// Calls stopped by the memory cap.
+    pub memory_limits: u64,
+    /// Errors the plugin reported itself.
+    pub reported_errors: u64,
+    /// Wall time spent in calls.
+    pub busy_seconds: f64,
+}
+
+/// An [`Error`] on its way to the client as JSON.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl<E: Into<Error>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError(e.into())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+/// Builds the JSON error response for `status`, `code` and `message`.
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail { code, message },
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match &self.0 {
+            // Internals go to the log, not to the client.
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "internal error; see the node's log".to_string()
+            }
+            other => {
+                if status.is_server_error() {
+                    tracing::warn!(error = %other, "request failed");
+                }
+                other.to_string()
+            }
+        };
+        error_response(status, self.0.code(), message)
+    }
+}
+
+fn value_response(value: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        value,
+    )
+        .into_response()
+}
+
+/// Query of the classic `GET /api?key=K[&group=G]`.
+#[derive(Debug, Deserialize)]
+struct ClassicQuery {
+    key: Option<String>,
+    group: Option<String>,
+}
+
+async fn classic_get(
+    State(state): State<AppState>,
+    query: Result<Query<ClassicQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let key = q.key.ok_or_else(|| {
+        Error::BadRequest("missing query parameter `key`, e.g. /api?key=Tom".into())
+    })?;
+    let group = q.group.as_deref().unwrap_or(&state.inner.default_group);
+    let value = state.inner.groups.get(group)?.get(&key).await?;
+    Ok(value_response(value))
+}
+
+async fn rest_get(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let value = state.inner.groups.get(&group)?.get(&key).await?;
+    Ok(value_response(value))
+}
+
+async fn stats(State(state): State<AppState>) -> Json<Stats> {
+    Json(state.stats())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.inner.ready.load(Ordering::SeqCst) {
+        Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the node is shutting down".into(),
+        )
+    }
+}
+
+async fn no_route() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "no such route; see the README for the API".into(),
+    )
+}
+
+async fn wrong_method() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method".into(),
+    )
+}
+
+/// The node's routes, without a socket: tests drive it with `tower::ServiceExt::oneshot`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.inner.max_body_bytes;
+    Router::new()
+        .route("/api", get(classic_get))
+        .route("/api/v1/groups/{group}/keys/{key}", get(rest_get))
+        .route("/api/v1/stats", get(stats))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

@@ -1,0 +1,591 @@
+//! The in-memory cache tiers (main and hot): byte-bounded, with per-entry absolute expiry.
+//!
+//! Storage, weighting and eviction are moka's ([`moka::sync::Cache`]); this module adds what
+//! geecache needs on top:
+//!
+//! - capacity in bytes: an entry weighs its key bytes + value bytes + [`ENTRY_OVERHEAD_BYTES`];
+//! - absolute expiry per entry (`expires_at_ms`, milliseconds since the Unix epoch), read from an
+//!   injected [`Clock`]. [`Cache::get`] checks it on every read, so expiry is exact at the
+//!   millisecond whatever moka's own timer does; moka is also told the remaining time (through
+//!   [`moka::Expiry`]) so that expired entries nobody reads are dropped eventually;
+//! - negative entries ([`Cached::NotFound`]) so that a missing key cannot hammer the origin;
+//! - an eviction counter for metrics.
+
+mod clock;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::Expiry;
+use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
+
+/// Bytes charged for every entry on top of its key and value bytes.
+///
+/// It stands for what an entry costs beyond its payload (moka's node, the `Arc<CacheEntry>`,
+/// the `Bytes` header, the key's `String` header), so that a flood of tiny or negative entries
+/// is still bounded by the byte budget. 64 is a round, slightly low estimate of that cost.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// What the cache knows about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// The value, exactly as it was loaded or set.
+    Value(Bytes),
+    /// A negative entry: the origin said there is no such key. Cached briefly so that repeated
+    /// requests for a missing key do not each reach the origin.
+    NotFound,
+}
+
+/// One cached entry: the value (or its absence) and when it stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The value or the negative result.
+    pub cached: Cached,
+    /// Absolute expiry, in milliseconds since the Unix epoch, as chosen by the loader or the
+    /// setter; the entry is a miss from this instant on. `None` never expires (the byte budget
+    /// still evicts it).
+    pub expires_at_ms: Option<u64>,
+}
+
+impl CacheEntry {
+    /// Whether the entry is expired at `now_ms`; an entry expires at its `expires_at_ms`
+    /// exactly, not one millisecond later.
+    pub fn is_expired_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// What the entry counts against the byte budget when stored under `key`: key bytes + value
+    /// bytes + [`ENTRY_OVERHEAD_BYTES`]. Exposed so callers can tell in advance whether a value
+    /// can fit at all.
+    pub fn weight(&self, key: &str) -> u64 {
+        let value_len = match &self.cached {
+            Cached::Value(bytes) => bytes.len(),
+            Cached::NotFound => 0,
+        };
+        weight_of(key.len(), value_len)
+    }
+
+    /// Time left before expiry at `now_ms`, for moka's timer; `None` for "never".
+    fn remaining_at(&self, now_ms: u64) -> Option<Duration> {
+        self.expires_at_ms
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms)))
+    }
+}
+
+/// Weight of an entry from its key and value lengths; see [`CacheEntry::weight`].
+fn weight_of(key_len: usize, value_len: usize) -> u64 {
+    let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    len(key_len)
+        .saturating_add(len(value_len))
+        .saturating_add(ENTRY_OVERHEAD_BYTES)
+}
+
+/// Moka's weigher takes a `u32`; an entry heavier than 4 GiB is counted as 4 GiB.
+fn moka_weight(weight: u64) -> u32 {
+    u32::try_from(weight).unwrap_or(u32::MAX)
+}
+
+/// The moka store behind a [`Cache`].
+type Store = moka::sync::Cache<String, Arc<CacheEntry>>;
+
+/// A byte-bounded cache of [`CacheEntry`]s with exact, absolute per-entry expiry.
+///
+/// It exists so that a group's main and hot tiers share one implementation: moka does the
+/// bounded, concurrent storage and eviction (TinyLFU admission, LRU eviction), this type adds byte
+/// weights, absolute expiry against an injected [`Clock`] and an eviction count.
+///
+/// Cloning is cheap and every clone shares the same entries.
+#[derive(Clone)]
+pub struct Cache {
+    /// The entries, weighted in bytes, with moka's timer fed by [`ClockExpiry`].
+    store: Store,
+    /// Where "now" comes from for expiry; the same clock feeds moka's timer.
+    clock: Arc<dyn Clock>,
+    /// The byte budget, kept here to refuse an entry heavier than the whole budget up front.
+    max_bytes: u64,
+    /// Entries removed for size or expiry, for the evictions metric; shared with moka's
+    /// eviction listener.
+    evictions: Arc<AtomicU64>,
+    /// The tier's name ("main", "hot", ...), for logs and metric labels.
+    name: Arc<str>,
+}
+
+impl fmt::Debug for Cache {
+    // Moka's own `Debug` lists every entry; a summary is what a log line wants.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.name)
+            .field("max_bytes", &self.max_bytes)
+            .field("weighted_size", &self.weighted_size())
+            .field("entry_count", &self.entry_count())
+            .field("evictions", &self.evictions())
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl Cache {
+    /// Starts building a cache that holds at most `max_bytes` bytes of entries (by
+    /// [`CacheEntry::weight`]).
+    pub fn builder(max_bytes: u64) -> CacheBuilder {
+        CacheBuilder {
+            max_bytes,
+            clock: Arc::new(SystemClock),
+            name: "cache".to_owned(),
+        }
+    }
+
+    /// The live entry for `key`, or `None` on a miss.
+    ///
+    /// An entry whose `expires_at_ms` is at or before the clock's now is a miss, and is removed
+    /// (counted in [`Cache::evictions`]).
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// A `get` racing an [`insert`](Cache::insert) returns either the old or the new entry. The
+    /// removal of an expired entry is atomic per key and removes only an entry that is expired,
+    /// so a fresh entry inserted meanwhile is kept (this `get` still reports a miss).
+    pub fn get(&self, key: &str) -> Option<Arc<CacheEntry>> {
+        let entry = self.store.get(key)?;
+        let now_ms = self.clock.now_ms();
+        if !entry.is_expired_at(now_ms) {
+            return Some(entry);
+        }
+        let outcome = self
+            .store
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(current) if current.value().is_expired_at(now_ms) => Op::Remove,
+                _ => Op::Nop,
+            });
+        // Moka reports this removal as explicit, so it is counted here rather than by the
+        // eviction listener.
+        if matches!(outcome, CompResult::Removed(_)) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// Stores `entry` under `key`, replacing any previous entry; returns whether it was stored.
+    ///
+    /// An entry that is already expired, or whose weight alone exceeds [`Cache::max_bytes`], is
+    /// refused: nothing is stored and `false` is returned. A refused entry still removes the
+    /// previous entry under `key`, because that one is older than the refused one and must not
+    /// be served in its place.
+    ///
+    /// `true` means the entry was handed to moka; when the cache is full, moka may still evict
+    /// it (or decline to admit it, if it is less popular than what it would displace) at its
+    /// next housekeeping, which [`Cache::evictions`] counts.
+    ///
+    /// # Concurrent calls on the same key
+    ///
+    /// The last `insert` wins; readers see either the old or the new entry, never a mix.
+    pub fn insert(&self, key: impl Into<String>, entry: CacheEntry) -> bool {
+        let key = key.into();
+        let now_ms = self.clock.now_ms();
+        let weight = entry.weight(&key);
+        if entry.is_expired_at(now_ms) || weight > self.max_bytes {
+            tracing::debug!(
+                cache = %self.name,
+                key = %key,
+                weight,
+                max_bytes = self.max_bytes,
+                expires_at_ms = entry.expires_at_ms,
+                now_ms,
+                "cache refused an entry that is expired or heavier than the whole budget",
+            );
+            self.store.invalidate(&key);
+            return false;
+        }
+        self.store.insert(key, Arc::new(entry));
+        true
+    }
+
+    /// Removes the entry for `key`, if any (not counted as an eviction).
+    pub fn remove(&self, key: &str) {
+        self.store.invalidate(key);
+    }
+
+    /// Bytes currently held, by [`CacheEntry::weight`].
+    ///
+    /// Moka updates it during housekeeping; call [`Cache::run_pending_tasks`] first for an
+    /// exact figure.
+    pub fn weighted_size(&self) -> u64 {
+        self.store.weighted_size()
+    }
+
+    /// Entries currently held (negative entries included); exact after
+    /// [`Cache::run_pending_tasks`].
+    pub fn entry_count(&self) -> u64 {
+        self.store.entry_count()
+    }
+
+    /// The byte budget this cache was built with.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The tier's name, as given to [`CacheBuilder::name`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs moka's pending housekeeping now (applying evictions, expiries and size accounting),
+    /// so that tests and stats read exact numbers. Moka also does this by itself, amortised over
+    /// reads and writes.
+    pub fn run_pending_tasks(&self) {
+        self.store.run_pending_tasks();
+    }
+
+    /// How many entries have been removed for lack of room or because they expired, since the
+    /// cache was built. Explicit removals and replacements are not counted.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+}
+
+/// Builder for [`Cache`], from [`Cache::builder`]; exists so that optional settings (clock,
+/// name) have defaults and tests can override them.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CacheBuilder {
+    /// The byte budget.
+    max_bytes: u64,
+    /// Source of "now" for expiry; [`SystemClock`] unless overridden.
+    clock: Arc<dyn Clock>,
+    /// The tier's name, for logs and metrics; "cache" unless overridden.
+    name: String,
+}
+
+impl CacheBuilder {
+    /// Uses `clock` for expiry instead of the system clock (tests pass a [`ManualClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Names the cache ("main", "hot", ...) for logs and metric labels.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> Cache {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let listener_evictions = Arc::clone(&evictions);
+        let store = moka::sync::Cache::builder()
+            .name(&self.name)
+            .max_capacity(self.max_bytes)
+            .weigher(|key: &String, entry: &Arc<CacheEntry>| moka_weight(entry.weight(key)))
+            .expire_after(ClockExpiry {
+                clock: Arc::clone(&self.clock),
+            })
+            .eviction_listener(move |_key, _entry, cause: RemovalCause| {
+                if cause.was_evicted() {
+                    listener_evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        Cache {
+            store,
+            clock: self.clock,
+            max_bytes: self.max_bytes,
+            evictions,
+            name: self.name.into(),
+        }
+    }
+}
+
+/// Tells moka how long each entry has left, read from the injected clock, so that moka drops
+/// expired entries nobody reads. Correctness does not depend on it: [`Cache::get`] checks expiry
+/// itself.
+#[derive(Debug)]
+struct ClockExpiry {
+    /// The cache's clock.
+    clock: Arc<dyn Clock>,
+}
+
+impl Expiry<String, Arc<CacheEntry>> for ClockExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        entry: &Arc<CacheEntry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        entry.remaining_at(self.clock.now_ms())
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        entry: &Arc<CacheEntry>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        // The new entry carries its own absolute expiry; the old one's is irrelevant.
+        entry.remaining_at(self.clock.now_ms())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// 2026-01-01T00:00:00Z: any fixed start works, a realistic one reads better in failures.
+    const START_MS: u64 = 1_767_225_600_000;
+    /// Long enough that moka's real-time timer never fires during a test, so that what the
+    /// tests observe is this module's own expiry check.
+    const TTL_MS: u64 = 3_600_000;
+
+    fn value(bytes: &'static [u8], expires_at_ms: Option<u64>) -> CacheEntry {
+        CacheEntry {
+            cached: Cached::Value(Bytes::from_static(bytes)),
+            expires_at_ms,
+        }
+    }
+
+    fn not_found(expires_at_ms: Option<u64>) -> CacheEntry {
+        CacheEntry {
+            cached: Cached::NotFound,
+            expires_at_ms,
+        }
+    }
+
+    fn manual_cache(max_bytes: u64) -> (Cache, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let cache = Cache::builder(max_bytes)
+            .clock(clock.clone())
+            .name("test")
+            .build();
+        (cache, clock)
+    }
+
+    #[test]
+    fn stores_and_returns_values_and_negative_entries() {
+        let (cache, _clock) = manual_cache(1 << 20);
+        assert!(cache.insert("k", value(b"v", None)));
+        assert!(cache.insert("missing", not_found(None)));
+        assert_eq!(
+            cache.get("k").unwrap().cached,
+            Cached::Value(Bytes::from_static(b"v"))
+        );
+        assert_eq!(cache.get("missing").unwrap().cached, Cached::NotFound);
+        assert!(cache.get("other").is_none());
+    }
+
+    #[test]
+    fn weight_is_key_plus_value_plus_overhead() {
+        assert_eq!(
+            value(b"12345", None).weight("abc"),
+            3 + 5 + ENTRY_OVERHEAD_BYTES
+        );
+        assert_eq!(not_found(None).weight("abc"), 3 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(weight_of(usize::MAX, usize::MAX), u64::MAX);
+        assert_eq!(moka_weight(100), 100);
+        assert_eq!(moka_weight(u64::from(u32::MAX) + 1), u32::MAX);
+
+        let (cache, _clock) = manual_cache(1 << 20);
+        cache.insert("abc", value(b"12345", None));
+        cache.run_pending_tasks();
+        assert_eq!(cache.weighted_size(), 3 + 5 + ENTRY_OVERHEAD_BYTES);
+    }
+
+    #[test]
+    fn capacity_in_bytes_is_respected() {
+        const MAX_BYTES: u64 = 10_000;
+        const INSERTED: u64 = 500;
+        let (cache, _clock) = manual_cache(MAX_BYTES);
+        let payload = Bytes::from(vec![7u8; 100]);
+        for i in 0..INSERTED {
+            let entry = CacheEntry {
+                cached: Cached::Value(payload.clone()),
+                expires_at_ms: None,
+            };
+            assert!(cache.insert(format!("key-{i:04}"), entry));
+        }
+        cache.run_pending_tasks();
+        assert!(
+            cache.weighted_size() <= MAX_BYTES,
+            "weighted_size {} > {MAX_BYTES}",
+            cache.weighted_size()
+        );
+        assert!(cache.entry_count() < INSERTED);
+        assert!(cache.entry_count() > 0);
+        assert_eq!(cache.evictions(), INSERTED - cache.entry_count());
+    }
+
+    #[test]
+    fn an_entry_heavier_than_the_whole_budget_is_refused() {
+        let (cache, _clock) = manual_cache(1_000);
+        let too_big = CacheEntry {
+            cached: Cached::Value(Bytes::from(vec![0u8; 1_000])),
+            expires_at_ms: None,
+        };
+        assert!(!cache.insert("big", too_big));
+        assert!(cache.get("big").is_none());
+        cache.run_pending_tasks();
+        assert_eq!(cache.weighted_size(), 0);
+        assert_eq!(cache.entry_count(), 0);
+
+        // Exactly the budget fits.
+        let len = usize::try_from(1_000 - ENTRY_OVERHEAD_BYTES).unwrap() - "fits".len();
+        let fits = CacheEntry {
+            cached: Cached::Value(Bytes::from(vec![0u8; len])),
+            expires_at_ms: None,
+        };
+        assert_eq!(fits.weight("fits"), 1_000);
+        assert!(cache.insert("fits", fits));
+        assert!(cache.get("fits").is_some());
+    }
+
+    #[test]
+    fn a_refused_insert_drops_the_older_entry_for_the_key() {
+        let (cache, clock) = manual_cache(1_000);
+        assert!(cache.insert("k", value(b"old", None)));
+        assert!(!cache.insert("k", value(b"new", Some(clock.now_ms()))));
+        assert!(cache.get("k").is_none());
+
+        assert!(cache.insert("k", value(b"old", None)));
+        let too_big = CacheEntry {
+            cached: Cached::Value(Bytes::from(vec![0u8; 2_000])),
+            expires_at_ms: None,
+        };
+        assert!(!cache.insert("k", too_big));
+        assert!(cache.get("k").is_none());
+    }
+
+    #[test]
+    fn entry_expires_exactly_at_its_expiry() {
+        let (cache, clock) = manual_cache(1 << 20);
+        let expires_at = START_MS + TTL_MS;
+        assert!(cache.insert("k", value(b"v", Some(expires_at))));
+
+        clock.set(expires_at - 1);
+        assert!(cache.get("k").is_some());
+        assert_eq!(cache.evictions(), 0);
+
+        clock.set(expires_at);
+        assert!(cache.get("k").is_none());
+        assert_eq!(cache.evictions(), 1);
+
+        // It was removed, not just hidden: turning the clock back does not resurrect it.
+        clock.set(START_MS);
+        assert!(cache.get("k").is_none());
+        cache.run_pending_tasks();
+        assert_eq!(cache.entry_count(), 0);
+        assert_eq!(cache.weighted_size(), 0);
+        assert_eq!(cache.evictions(), 1);
+    }
+
+    #[test]
+    fn negative_entries_expire_the_same_way() {
+        let (cache, clock) = manual_cache(1 << 20);
+        let expires_at = START_MS + TTL_MS;
+        assert!(cache.insert("missing", not_found(Some(expires_at))));
+        clock.set(expires_at - 1);
+        assert_eq!(cache.get("missing").unwrap().cached, Cached::NotFound);
+        clock.set(expires_at);
+        assert!(cache.get("missing").is_none());
+        assert_eq!(cache.evictions(), 1);
+    }
+
+    #[test]
+    fn no_expiry_never_expires() {
+        let (cache, clock) = manual_cache(1 << 20);
+        assert!(cache.insert("k", value(b"v", None)));
+        assert!(cache.insert("missing", not_found(None)));
+        clock.advance(Duration::from_secs(100 * 365 * 24 * 3600));
+        assert!(cache.get("k").is_some());
+        assert!(cache.get("missing").is_some());
+        clock.set(u64::MAX);
+        assert!(cache.get("k").is_some());
+        assert_eq!(cache.evictions(), 0);
+    }
+
+    #[test]
+    fn an_already_expired_entry_is_refused() {
+        let (cache, clock) = manual_cache(1 << 20);
+        assert!(!cache.insert("now", value(b"v", Some(clock.now_ms()))));
+        assert!(!cache.insert("past", not_found(Some(clock.now_ms() - 1))));
+        assert!(cache.insert("soon", value(b"v", Some(clock.now_ms() + 1))));
+        cache.run_pending_tasks();
+        assert_eq!(cache.entry_count(), 1);
+    }
+
+    #[test]
+    fn replacing_an_entry_takes_the_new_expiry_and_is_not_an_eviction() {
+        let (cache, clock) = manual_cache(1 << 20);
+        assert!(cache.insert("k", value(b"v1", Some(START_MS + 10))));
+        assert!(cache.insert("k", value(b"v2", Some(START_MS + TTL_MS))));
+        clock.set(START_MS + 10);
+        let entry = cache.get("k").unwrap();
+        assert_eq!(entry.cached, Cached::Value(Bytes::from_static(b"v2")));
+        cache.run_pending_tasks();
+        assert_eq!(cache.evictions(), 0);
+    }
+
+    #[test]
+    fn remove_is_not_an_eviction() {
+        let (cache, _clock) = manual_cache(1 << 20);
+        cache.insert("k", value(b"v", None));
+        cache.remove("k");
+        assert!(cache.get("k").is_none());
+        cache.run_pending_tasks();
+        assert_eq!(cache.entry_count(), 0);
+        assert_eq!(cache.evictions(), 0);
+    }
+
+    #[test]
+    fn clones_share_entries() {
+        let (cache, _clock) = manual_cache(1 << 20);
+        let clone = cache.clone();
+        clone.insert("k", value(b"v", None));
+        assert!(cache.get("k").is_some());
+        assert_eq!(cache.name(), "test");
+        assert_eq!(clone.max_bytes(), 1 << 20);
+    }
+
+    #[test]
+    fn moka_is_told_the_remaining_time_from_the_injected_clock() {
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let expiry = ClockExpiry {
+            clock: clock.clone(),
+        };
+        let key = "k".to_owned();
+        let entry = Arc::new(value(b"v", Some(START_MS + 1_500)));
+        let now = Instant::now();
+        assert_eq!(
+            expiry.expire_after_create(&key, &entry, now),
+            Some(Duration::from_millis(1_500))
+        );
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(
+            expiry.expire_after_update(&key, &entry, now, Some(Duration::ZERO)),
+            Some(Duration::from_millis(1_000))
+        );
+        clock.set(START_MS + 9_999);
+        assert_eq!(
+            expiry.expire_after_create(&key, &entry, now),
+            Some(Duration::ZERO)
+        );
+        let forever = Arc::new(value(b"v", None));
+        assert_eq!(expiry.expire_after_create(&key, &forever, now), None);
+    }
+
+    #[test]
+    fn debug_is_a_summary() {
+        let (cache, _clock) = manual_cache(1 << 20);
+        cache.insert("secret-key", value(b"secret-value", None));
+        let debug = format!("{cache:?}");
+        assert!(debug.contains("\"test\""));
+        assert!(!debug.contains("secret"));
+    }
+}

@@ -1,0 +1,599 @@
+//! Configuration: command-line flags (each with a `GEECACHE_*` env fallback) and an optional
+//! TOML file for several groups and plugins. A flag given on the command line (or through its
+//! env variable) wins over the file; the file wins over the built-in default.
+//!
+//! With no arguments but `--plugin plugins/db_getter.wasm`, the node serves one group, `scores`,
+//! from that getter, on 127.0.0.1:9999.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::group::GroupOptions;
+use crate::plugin::{PluginGrants, RuntimeOptions};
+
+/// Built-in defaults, documented in `--help` and the README.
+pub mod defaults {
+    /// Default HTTP port.
+    pub const PORT: u16 = 9999;
+    /// Default name of the group served by the first getter.
+    pub const GROUP: &str = "scores";
+    /// Default byte budget of a group's main cache.
+    pub const CACHE_BYTES: &str = "64MiB";
+    /// Default time "no such key" is remembered.
+    pub const NEGATIVE_TTL: &str = "5s";
+    /// Default longest key.
+    pub const MAX_KEY_BYTES: usize = 1024;
+    /// Default largest value.
+    pub const MAX_VALUE_BYTES: &str = "8MiB";
+    /// Default largest request body.
+    pub const MAX_BODY_BYTES: &str = "16MiB";
+    /// Default request (load) timeout.
+    pub const REQUEST_TIMEOUT: &str = "5s";
+    /// Default memory cap of one plugin call.
+    pub const PLUGIN_MEMORY: &str = "64MiB";
+    /// Default time limit of one plugin call.
+    pub const PLUGIN_TIMEOUT: &str = "1s";
+    /// Default number of plugin calls running at once.
+    pub const PLUGIN_CONCURRENCY: usize = 32;
+}
+
+/// `geecache-host`: a read-through cache node whose loaders are WebAssembly components.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "geecache-host", version, about, long_about = None)]
+pub struct Cli {
+    /// Plugin component to load (repeatable). Its kind (getter, storage, compressor) is detected
+    /// from what it exports, its name from what it reports.
+    #[arg(
+        long = "plugin",
+        value_name = "FILE.wasm",
+        env = "GEECACHE_PLUGINS",
+        value_delimiter = ','
+    )]
+    pub plugins: Vec<PathBuf>,
+
+    /// A plugin config value, NAME.KEY=VALUE (repeatable), e.g. db_getter.database=my.db.
+    /// db_getter reads `database` (default: demo.db beside the plugin file) and `query`.
+    #[arg(
+        long = "plugin-config",
+        value_name = "NAME.KEY=VALUE",
+        env = "GEECACHE_PLUGIN_CONFIG",
+        value_delimiter = ','
+    )]
+    pub plugin_config: Vec<String>,
+
+    /// Grant a plugin a host directory, NAME=HOST_DIR[:GUEST_DIR] (guest path default /data).
+    /// Plugins get no files at all otherwise.
+    #[arg(
+        long = "plugin-dir",
+        value_name = "NAME=DIR[:GUEST]",
+        env = "GEECACHE_PLUGIN_DIRS",
+        value_delimiter = ','
+    )]
+    pub plugin_dirs: Vec<String>,
+
+    /// TOML config file for several groups and plugins (see README).
+    #[arg(long, value_name = "FILE", env = "GEECACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "GEECACHE_BIND")]
+    pub bind: Option<IpAddr>,
+
+    /// HTTP port [default: 9999].
+    #[arg(long, env = "GEECACHE_PORT")]
+    pub port: Option<u16>,
+
+    /// Name of the group served by the first getter when the config file defines none
+    /// [default: scores].
+    #[arg(long, env = "GEECACHE_GROUP")]
+    pub group: Option<String>,
+
+    /// Byte budget of each group's main cache, e.g. 64MiB [default: 64MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_CACHE_BYTES")]
+    pub cache_bytes: Option<String>,
+
+    /// Time-to-live of loaded values whose getter sets no expiry, e.g. 10m [default: none].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_TTL")]
+    pub ttl: Option<String>,
+
+    /// How long "no such key" is remembered; 0s disables [default: 5s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_NEGATIVE_TTL")]
+    pub negative_ttl: Option<String>,
+
+    /// Longest key accepted, in bytes [default: 1024].
+    #[arg(long, env = "GEECACHE_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+
+    /// Largest value accepted from a getter [default: 8MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<String>,
+
+    /// Largest request body accepted [default: 16MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<String>,
+
+    /// Longest a request may wait for a load before failing with 504 [default: 5s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+
+    /// Memory cap of one plugin call [default: 64MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_PLUGIN_MEMORY")]
+    pub plugin_memory: Option<String>,
+
+    /// Time limit of one plugin call [default: 1s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_PLUGIN_TIMEOUT")]
+    pub plugin_timeout: Option<String>,
+
+    /// Plugin calls running at once [default: 32].
+    #[arg(long, env = "GEECACHE_PLUGIN_CONCURRENCY")]
+    pub plugin_concurrency: Option<usize>,
+
+    /// Directory for compiled plugins [default: $XDG_CACHE_HOME/geecache or ~/.cache/geecache].
+    #[arg(long, value_name = "DIR", env = "GEECACHE_COMPILE_CACHE_DIR")]
+    pub compile_cache_dir: Option<PathBuf>,
+
+    /// Compile plugins on every start instead of caching the result on disk.
+    #[arg(long, env = "GEECACHE_NO_COMPILE_CACHE")]
+    pub no_compile_cache: bool,
+
+    /// Log as JSON lines instead of text (filter with RUST_LOG).
+    #[arg(long, env = "GEECACHE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// The TOML config file. Every field is optional; flags win over it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on.
+    pub bind: Option<IpAddr>,
+    /// HTTP port.
+    pub port: Option<u16>,
+    /// Request (load) timeout, e.g. "5s".
+    pub request_timeout: Option<String>,
+    /// Largest request body, e.g. "16MiB".
+    pub max_body_bytes: Option<String>,
+    /// Memory cap of one plugin call.
+    pub plugin_memory: Option<String>,
+    /// Time limit of one plugin call.
+    pub plugin_timeout: Option<String>,
+    /// Plugin calls running at once.
+    pub plugin_concurrency: Option<usize>,
+    /// Plugins to load.
+    #[serde(default)]
+    pub plugins: Vec<FilePlugin>,
+    /// Groups to serve; when empty, one group (`--group`) is served by the first getter.
+    #[serde(default)]
+    pub groups: Vec<FileGroup>,
+}
+
+/// One `[[plugins]]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePlugin {
+    /// The component file, relative to the config file's directory.
+    pub path: PathBuf,
+    /// The plugin's config values.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Directories granted to the plugin, "HOST_DIR[:GUEST_DIR]".
+    #[serde(default)]
+    pub dirs: Vec<String>,
+}
+
+/// One `[[groups]]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGroup {
+    /// The group's name.
+    pub name: String,
+    /// Name of the getter plugin that loads its misses; default: the first getter loaded.
+    pub getter: Option<String>,
+    /// Byte budget of its main cache.
+    pub cache_bytes: Option<String>,
+    /// TTL of values whose getter sets no expiry.
+    pub ttl: Option<String>,
+    /// How long "no such key" is remembered.
+    pub negative_ttl: Option<String>,
+    /// Longest key.
+    pub max_key_bytes: Option<usize>,
+    /// Largest value.
+    pub max_value_bytes: Option<String>,
+}
+
+/// A plugin to load and what it is granted.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The component file.
+    pub path: PathBuf,
+    /// Grants from the config file's `[[plugins]]` table (merged with name-keyed CLI grants).
+    pub grants: PluginGrants,
+}
+
+/// A group to serve.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// The group's name.
+    pub name: String,
+    /// The getter's plugin name; `None` means the first getter loaded.
+    pub getter: Option<String>,
+    /// Cache budget, TTLs, limits.
+    pub options: GroupOptions,
+}
+
+/// Everything a node needs to start, resolved from flags, env and file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the HTTP API listens.
+    pub addr: SocketAddr,
+    /// Plugins to load, in order.
+    pub plugins: Vec<PluginSpec>,
+    /// Grants given on the command line, by plugin name.
+    pub grants_by_name: BTreeMap<String, PluginGrants>,
+    /// Groups to serve.
+    pub groups: Vec<GroupSpec>,
+    /// Plugin runtime limits.
+    pub runtime: RuntimeOptions,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// The grants for plugin `name` loaded from `spec`: the file's, then the CLI's on top.
+    pub fn grants_for(&self, spec: &PluginSpec, name: &str) -> PluginGrants {
+        let mut grants = spec.grants.clone();
+        if let Some(cli) = self.grants_by_name.get(name) {
+            grants.config.extend(cli.config.clone());
+            grants.dirs.extend(cli.dirs.clone());
+        }
+        grants
+    }
+}
+
+/// Parses a size such as `64MiB`, `512KiB`, `1GB` or `4096`.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("invalid size {s:?}: use e.g. 4096, 512KiB, 64MiB, 1GiB"))
+}
+
+/// Parses a duration such as `500ms`, `5s`, `10m`, `1h`.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 5s, 10m, 1h"))
+}
+
+fn size_usize(s: &str) -> Result<usize, String> {
+    parse_size(s).and_then(|b| usize::try_from(b).map_err(|_| format!("size {s:?} is too large")))
+}
+
+/// Parses `NAME=HOST_DIR[:GUEST_DIR]` or, in a file, `HOST_DIR[:GUEST_DIR]`.
+fn parse_dir(s: &str, base: &Path) -> (PathBuf, String) {
+    match s.split_once(':') {
+        Some((host, guest)) => (base.join(host), guest.to_string()),
+        None => (base.join(s), "/data".to_string()),
+    }
+}
+
+/// The default on-disk cache of compiled plugins.
+fn default_compile_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("geecache"))
+}
+
+impl Cli {
+    /// Resolves flags, env, the config file and defaults into [`Settings`].
+    ///
+    /// # Errors
+    /// A message saying which flag or file entry is wrong and how to fix it.
+    pub fn resolve(&self) -> Result<Settings, String> {
+        let (file, base) = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                let file: FileConfig = toml::from_str(&text)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?;
+                (
+                    file,
+                    path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                )
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+
+        let pick = |cli: &Option<String>, file: &Option<String>, default: &str| {
+            cli.clone()
+                .or_else(|| file.clone())
+                .unwrap_or_else(|| default.to_string())
+        };
+        let request_timeout = parse_duration(&pick(
+            &self.request_timeout,
+            &file.request_timeout,
+            defaults::REQUEST_TIMEOUT,
+        ))?;
+        let runtime = RuntimeOptions {
+            memory_limit: size_usize(&pick(
+                &self.plugin_memory,
+                &file.plugin_memory,
+                defaults::PLUGIN_MEMORY,
+            ))?,
+            call_timeout: parse_duration(&pick(
+                &self.plugin_timeout,
+                &file.plugin_timeout,
+                defaults::PLUGIN_TIMEOUT,
+            ))?,
+            max_concurrent_calls: self
+                .plugin_concurrency
+                .or(file.plugin_concurrency)
+                .unwrap_or(defaults::PLUGIN_CONCURRENCY),
+            compile_cache_dir: if self.no_compile_cache {
+                None
+            } else {
+                self.compile_cache_dir
+                    .clone()
+                    .or_else(default_compile_cache_dir)
+            },
+            pooling: true,
+        };
+        if runtime.max_concurrent_calls == 0 {
+            return Err("--plugin-concurrency must be at least 1".into());
+        }
+
+        let mut plugins: Vec<PluginSpec> = file
+            .plugins
+            .iter()
+            .map(|p| PluginSpec {
+                path: base.join(&p.path),
+                grants: PluginGrants {
+                    config: p.config.clone(),
+                    dirs: p.dirs.iter().map(|d| parse_dir(d, &base)).collect(),
+                },
+            })
+            .collect();
+        plugins.extend(self.plugins.iter().map(|p| PluginSpec {
+            path: p.clone(),
+            grants: PluginGrants::default(),
+        }));
+
+        let mut grants_by_name: BTreeMap<String, PluginGrants> = BTreeMap::new();
+        for item in &self.plugin_config {
+            let (name_key, value) = item.split_once('=').ok_or_else(|| {
+                format!("--plugin-config {item:?}: expected NAME.KEY=VALUE, e.g. db_getter.database=demo.db")
+            })?;
+            let (name, key) = name_key.split_once('.').ok_or_else(|| {
+                format!("--plugin-config {item:?}: expected NAME.KEY=VALUE, e.g. db_getter.database=demo.db")
+            })?;
+            grants_by_name
+                .entry(name.into())
+                .or_default()
+                .config
+                .insert(key.into(), value.into());
+        }
+        for item in &self.plugin_dirs {
+            let (name, dir) = item.split_once('=').ok_or_else(|| {
+                format!("--plugin-dir {item:?}: expected NAME=HOST_DIR[:GUEST_DIR], e.g. fs_storage=/var/cache/geecache")
+            })?;
+            grants_by_name
+                .entry(name.into())
+                .or_default()
+                .dirs
+                .push(parse_dir(dir, Path::new("")));
+        }
+
+        let base_options = GroupOptions {
+            cache_bytes: parse_size(self.cache_bytes.as_deref().unwrap_or(defaults::CACHE_BYTES))?,
+            ttl: self.ttl.as_deref().map(parse_duration).transpose()?,
+            negative_ttl: parse_duration(
+                self.negative_ttl
+                    .as_deref()
+                    .unwrap_or(defaults::NEGATIVE_TTL),
+            )?,
+            max_key_bytes: self.max_key_bytes.unwrap_or(defaults::MAX_KEY_BYTES),
+            max_value_bytes: size_usize(
+                self.max_value_bytes
+                    .as_deref()
+                    .unwrap_or(defaults::MAX_VALUE_BYTES),
+            )?,
+            load_timeout: request_timeout,
+        };
+        let groups = if file.groups.is_empty() {
+            vec![GroupSpec {
+                name: self
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| defaults::GROUP.to_string()),
+                getter: None,
+                options: base_options,
+            }]
+        } else {
+            file.groups
+                .iter()
+                .map(|g| self.group_from_file(g, &base_options))
+                .collect::<Result<_, _>>()?
+        };
+        for g in &groups {
+            validate_group_name(&g.name)?;
+        }
+
+        let bind = self
+            .bind
+            .or(file.bind)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let port = self.port.or(file.port).unwrap_or(defaults::PORT);
+        Ok(Settings {
+            addr: SocketAddr::new(bind, port),
+            plugins,
+            grants_by_name,
+            groups,
+            runtime,
+            max_body_bytes: size_usize(&pick(
+                &self.max_body_bytes,
+                &file.max_body_bytes,
+                defaults::MAX_BODY_BYTES,
+            ))?,
+            log_json: self.log_json,
+        })
+    }
+
+    /// A file group, with CLI flags winning over the file's values.
+    fn group_from_file(&self, g: &FileGroup, base: &GroupOptions) -> Result<GroupSpec, String> {
+        let ctx = |e: String| format!("group {:?}: {e}", g.name);
+        let options = GroupOptions {
+            cache_bytes: match (&self.cache_bytes, &g.cache_bytes) {
+                (None, Some(s)) => parse_size(s).map_err(ctx)?,
+                _ => base.cache_bytes,
+            },
+            ttl: match (&self.ttl, &g.ttl) {
+                (None, Some(s)) => Some(parse_duration(s).map_err(ctx)?),
+                _ => base.ttl,
+            },
+            negative_ttl: match (&self.negative_ttl, &g.negative_ttl) {
+                (None, Some(s)) => parse_duration(s).map_err(ctx)?,
+                _ => base.negative_ttl,
+            },
+            max_key_bytes: self
+                .max_key_bytes
+                .or(g.max_key_bytes)
+                .unwrap_or(base.max_key_bytes),
+            max_value_bytes: match (&self.max_value_bytes, &g.max_value_bytes) {
+                (None, Some(s)) => size_usize(s).map_err(ctx)?,
+                _ => base.max_value_bytes,
+            },
+            load_timeout: base.load_timeout,
+        };
+        Ok(GroupSpec {
+            name: g.name.clone(),
+            getter: g.getter.clone(),
+            options,
+        })
+    }
+}
+
+/// Group names appear in URL paths: keep them plain.
+fn validate_group_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "group name {name:?}: use 1-64 characters of A-Z, a-z, 0-9, '_', '-', '.'"
+        ))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["geecache-host"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_serve_scores_on_9999() {
+        let s = cli(&["--plugin", "plugins/db_getter.wasm"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.addr, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(s.groups.len(), 1);
+        assert_eq!(s.groups[0].name, "scores");
+        assert_eq!(s.groups[0].options.cache_bytes, 64 << 20);
+        assert_eq!(s.plugins.len(), 1);
+    }
+
+    #[test]
+    fn plugin_config_is_keyed_by_name() {
+        let s = cli(&[
+            "--plugin-config",
+            "db_getter.database=/tmp/x.db",
+            "--plugin-dir",
+            "fs=/tmp",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.grants_by_name["db_getter"].config["database"],
+            "/tmp/x.db"
+        );
+        assert_eq!(
+            s.grants_by_name["fs"].dirs[0],
+            (PathBuf::from("/tmp"), "/data".to_string())
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_fix() {
+        let err = cli(&["--plugin-config", "nodot"]).resolve().unwrap_err();
+        assert!(err.contains("NAME.KEY=VALUE"), "{err}");
+        let err = cli(&["--cache-bytes", "lots"]).resolve().unwrap_err();
+        assert!(err.contains("64MiB"), "{err}");
+        let err = cli(&["--ttl", "soon"]).resolve().unwrap_err();
+        assert!(err.contains("10m"), "{err}");
+    }
+
+    #[test]
+    fn file_groups_and_flag_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("geecache.toml");
+        std::fs::write(
+            &path,
+            r#"
+port = 8001
+[[plugins]]
+path = "db_getter.wasm"
+config = { database = "scores.db" }
+[[groups]]
+name = "scores"
+cache_bytes = "1MiB"
+ttl = "10m"
+[[groups]]
+name = "users"
+getter = "db_getter"
+"#,
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = cli(&["--config", p, "--port", "8002"]).resolve().unwrap();
+        assert_eq!(s.addr.port(), 8002, "the flag wins over the file");
+        assert_eq!(s.groups.len(), 2);
+        assert_eq!(s.groups[0].options.cache_bytes, 1 << 20);
+        assert_eq!(s.groups[0].options.ttl, Some(Duration::from_secs(600)));
+        assert_eq!(s.groups[1].getter.as_deref(), Some("db_getter"));
+        assert_eq!(s.plugins[0].path, dir.path().join("db_getter.wasm"));
+        assert_eq!(s.plugins[0].grants.config["database"], "scores.db");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "prot = 1\n").unwrap();
+        let err = cli(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("prot"), "{err}");
+    }
+}

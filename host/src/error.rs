@@ -1,0 +1,98 @@
+//! The error type shared by the group, the plugin runtime and the HTTP API.
+//!
+//! Every variant maps to one stable, machine-readable [`Error::code`] and one HTTP status
+//! ([`Error::status`]); the API turns them into JSON bodies without leaking internals. Errors
+//! are `Clone` because one failed load is shared by every waiter of a singleflight call.
+
+use std::time::Duration;
+
+use crate::plugin::PluginError;
+use crate::singleflight::LoaderPanicked;
+
+/// What went wrong while serving a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request itself is malformed (empty key, bad query string, bad path).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+
+    /// The key is longer than the node accepts.
+    #[error("key is {len} bytes; the limit is {limit} bytes (--max-key-bytes)")]
+    KeyTooLarge {
+        /// Length of the offending key in bytes.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A value (loaded or sent) is larger than the node accepts.
+    #[error("value is {len} bytes; the limit is {limit} bytes (--max-value-bytes)")]
+    ValueTooLarge {
+        /// Length of the offending value in bytes.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// No group of that name is configured on this node.
+    #[error("no such group: {0:?}")]
+    GroupNotFound(String),
+
+    /// The getter reported that the key does not exist in the source.
+    #[error("no such key")]
+    KeyNotFound,
+
+    /// A plugin failed (trap, panic, memory cap, time limit, or an error it reported).
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+
+    /// The code loading a value panicked; every waiter of that load gets this error.
+    #[error("loader panicked: {0}")]
+    LoaderPanicked(String),
+
+    /// The whole request took longer than the request timeout.
+    #[error("request timed out after {0:?} (--request-timeout)")]
+    Timeout(Duration),
+
+    /// A bug or an unexpected condition inside the node; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<LoaderPanicked> for Error {
+    fn from(p: LoaderPanicked) -> Self {
+        Error::LoaderPanicked(p.0)
+    }
+}
+
+impl Error {
+    /// A stable, machine-readable error code for API clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "bad_request",
+            Error::KeyTooLarge { .. } => "key_too_large",
+            Error::ValueTooLarge { .. } => "value_too_large",
+            Error::GroupNotFound(_) => "group_not_found",
+            Error::KeyNotFound => "key_not_found",
+            Error::Plugin(p) => p.code(),
+            Error::LoaderPanicked(_) => "loader_panicked",
+            Error::Timeout(_) => "timeout",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status this error is served with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) => 400,
+            Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => 413,
+            Error::GroupNotFound(_) | Error::KeyNotFound => 404,
+            Error::Plugin(p) => p.status(),
+            Error::LoaderPanicked(_) | Error::Internal(_) => 500,
+            Error::Timeout(_) => 504,
+        }
+    }
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

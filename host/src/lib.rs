@@ -1,0 +1,33 @@
+//! # geecache-host
+//!
+//! A read-through cache node whose loaders are WebAssembly components. The modules follow a
+//! request through the node:
+//!
+//! - [`server`]: wiring: builds groups from the [`config`], binds the listener, runs until a
+//!   shutdown future resolves, then drains.
+//! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats, health;
+//!   turns every [`error::Error`] into a JSON body with a stable code and status.
+//! - [`group`]: a named namespace. `get` = main cache → singleflight → getter; negative caching.
+//!   Talks only to traits ([`group::Getter`]), never to wasmtime or HTTP.
+//! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected clock.
+//! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that
+//!   panics or is cancelled.
+//! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
+//!   on-disk compile cache), kind detection, per-call limits, host capabilities (log, config,
+//!   SQL), and the wasm implementations of the group's traits.
+//! - [`ring`]: consistent hashing with virtual nodes (XXH3-64); which node owns a key (used by
+//!   the cluster layer).
+//! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
+//! - [`error`]: the error type shared by the modules above.
+//! - [`telemetry`]: tracing subscriber setup.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod group;
+pub mod plugin;
+pub mod ring;
+pub mod server;
+pub mod singleflight;
+pub mod telemetry;

@@ -1,0 +1,44 @@
+//! The one `bindgen!` site of the host: Rust bindings for the three plugin worlds of
+//! `wit/geecache.wit`. The storage and compressor worlds reuse the getter world's bindings for
+//! the shared interfaces (`types`, `log`, `config`), so the host implements each import once.
+
+#![allow(missing_docs, missing_debug_implementations)]
+
+/// Bindings for `world getter-plugin` (and, through it, the shared interfaces).
+pub mod getter {
+    wasmtime::component::bindgen!({
+        world: "getter-plugin",
+        path: "../wit",
+        imports: { default: trappable },
+    });
+}
+
+/// Bindings for `world storage-plugin`.
+pub mod storage {
+    wasmtime::component::bindgen!({
+        world: "storage-plugin",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "geecache:plugin/types": super::getter::geecache::plugin::types,
+            "geecache:plugin/log": super::getter::geecache::plugin::log,
+            "geecache:plugin/config": super::getter::geecache::plugin::config,
+        },
+    });
+}
+
+/// Bindings for `world compressor-plugin`.
+pub mod compressor {
+    wasmtime::component::bindgen!({
+        world: "compressor-plugin",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "geecache:plugin/types": super::getter::geecache::plugin::types,
+            "geecache:plugin/log": super::getter::geecache::plugin::log,
+            "geecache:plugin/config": super::getter::geecache::plugin::config,
+        },
+    });
+}
+
+pub use getter::geecache::plugin::{config, log, sql, types};

@@ -1,0 +1,89 @@
+//! Errors of the plugin runtime, each with a stable code and HTTP status.
+
+use std::time::Duration;
+
+/// Why a plugin could not be loaded or why one call into it failed.
+///
+/// A failed call never takes the host down: the store it ran in is discarded and the next call
+/// gets a fresh instance.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin file could not be read, compiled, linked, or is not a geecache plugin.
+    #[error("cannot load plugin {path}: {message}")]
+    Load {
+        /// The file the operator named.
+        path: String,
+        /// What was wrong, with the fix where there is one.
+        message: String,
+    },
+
+    /// The plugin trapped (a Rust panic in a guest arrives as an `unreachable` trap).
+    #[error("plugin {plugin} trapped: {message}")]
+    Trap {
+        /// The plugin's reported name.
+        plugin: String,
+        /// The trap message (first line), for operators.
+        message: String,
+    },
+
+    /// The call ran past the plugin time limit and was interrupted.
+    #[error("plugin {plugin} exceeded its time limit of {limit:?} (--plugin-timeout)")]
+    Timeout {
+        /// The plugin's reported name.
+        plugin: String,
+        /// The configured limit.
+        limit: Duration,
+    },
+
+    /// The call tried to grow memory past the plugin memory cap and was stopped.
+    #[error("plugin {plugin} exceeded its memory limit of {limit} bytes (--plugin-memory)")]
+    MemoryLimit {
+        /// The plugin's reported name.
+        plugin: String,
+        /// The configured cap in bytes.
+        limit: usize,
+    },
+
+    /// The plugin ran correctly and reported an error (its source is down, bad input, ...).
+    #[error("plugin {plugin} reported {kind}: {message}")]
+    Reported {
+        /// The plugin's reported name.
+        plugin: String,
+        /// `invalid-input`, `unavailable` or `other`, as in the WIT `error` variant.
+        kind: &'static str,
+        /// The plugin's message.
+        message: String,
+    },
+
+    /// The call could not even start (instantiation failed, the runtime is shutting down).
+    #[error("plugin {plugin} is unavailable: {message}")]
+    Unavailable {
+        /// The plugin's reported name.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl PluginError {
+    /// A stable, machine-readable error code for API clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PluginError::Load { .. } => "plugin_load_failed",
+            PluginError::Trap { .. } => "plugin_trapped",
+            PluginError::Timeout { .. } => "plugin_timeout",
+            PluginError::MemoryLimit { .. } => "plugin_memory_limit",
+            PluginError::Reported { .. } => "plugin_error",
+            PluginError::Unavailable { .. } => "plugin_unavailable",
+        }
+    }
+
+    /// The HTTP status a request failed by this error is served with: 504 for a time-out,
+    /// 503 for everything else (the plugin, not the request, is at fault).
+    pub fn status(&self) -> u16 {
+        match self {
+            PluginError::Timeout { .. } => 504,
+            _ => 503,
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! The WebAssembly plugin runtime (wasmtime component model, WASI preview 2).
+//!
+//! - One [`Runtime`] per process: a wasmtime `Engine` (pooling allocator when the machine allows
+//!   it, on-demand otherwise), an epoch ticker thread for time limits, an on-disk cache of
+//!   compiled components keyed by content hash, and one `Linker` with WASI and the host
+//!   capabilities (`log`, `config`, `sql`).
+//! - [`Runtime::load`] compiles a component once, detects its kind from what it exports, asks it
+//!   for its name, and returns a [`LoadedPlugin`].
+//! - Every call gets a fresh `Store` instantiated from an `InstancePre` (~10–20 µs), under a memory
+//!   cap and a time limit, on a blocking thread so tokio's workers never run wasm. A trap, panic
+//!   or overrun fails that call with a [`PluginError`]; the store is dropped and nothing leaks
+//!   into the next call.
+
+mod bindings;
+mod compressor;
+mod error;
+mod getter;
+mod host;
+pub mod sql;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::WasiCtx;
+
+pub use compressor::WasmCompressor;
+pub use error::PluginError;
+pub use getter::WasmGetter;
+pub use storage::{StoredEntry, WasmStorage};
+
+use host::{CallLimiter, HostState};
+
+/// How often the epoch ticker advances the engine's epoch; the granularity of time limits.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// WIT interface names (without version) that identify a plugin's kind.
+const GETTER_EXPORT: &str = "geecache:plugin/getter";
+const STORAGE_EXPORT: &str = "geecache:plugin/storage";
+const COMPRESSOR_EXPORT: &str = "geecache:plugin/compressor";
+const SQL_IMPORT: &str = "geecache:plugin/sql";
+
+/// Limits and knobs of the plugin runtime; see `geecache-host --help` for the flags.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Largest linear memory one call may grow to, in bytes.
+    pub memory_limit: usize,
+    /// Longest one call may run before it is interrupted.
+    pub call_timeout: Duration,
+    /// Calls running at once across all plugins; also sizes the pooling allocator.
+    pub max_concurrent_calls: usize,
+    /// Where compiled components are cached on disk; `None` disables the cache.
+    pub compile_cache_dir: Option<PathBuf>,
+    /// Try the pooling allocator first (falls back to on-demand when it cannot be created).
+    pub pooling: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            memory_limit: 64 << 20,
+            call_timeout: Duration::from_secs(1),
+            max_concurrent_calls: 32,
+            compile_cache_dir: None,
+            pooling: true,
+        }
+    }
+}
+
+/// What the operator grants one plugin, keyed by the plugin's reported name.
+#[derive(Debug, Clone, Default)]
+pub struct PluginGrants {
+    /// Config values the plugin reads through the `config` import.
+    pub config: BTreeMap<String, String>,
+    /// Host directories preopened for the plugin: (host path, guest path).
+    pub dirs: Vec<(PathBuf, String)>,
+}
+
+/// The kind of a plugin, detected from the interface its component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Exports `geecache:plugin/getter`: loads values on a miss.
+    Getter,
+    /// Exports `geecache:plugin/storage`: a tier below memory.
+    Storage,
+    /// Exports `geecache:plugin/compressor`: a codec.
+    Compressor,
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginKind::Getter => "getter",
+            PluginKind::Storage => "storage",
+            PluginKind::Compressor => "compressor",
+        })
+    }
+}
+
+/// A loaded plugin of any kind, ready to be called.
+#[derive(Debug, Clone)]
+pub enum LoadedPlugin {
+    /// A getter.
+    Getter(Arc<WasmGetter>),
+    /// A storage backend.
+    Storage(Arc<WasmStorage>),
+    /// A compressor.
+    Compressor(Arc<WasmCompressor>),
+}
+
+impl LoadedPlugin {
+    /// The plugin's kind.
+    pub fn kind(&self) -> PluginKind {
+        match self {
+            LoadedPlugin::Getter(_) => PluginKind::Getter,
+            LoadedPlugin::Storage(_) => PluginKind::Storage,
+            LoadedPlugin::Compressor(_) => PluginKind::Compressor,
+        }
+    }
+
+    /// The shared part every kind has: name, version, counters.
+    pub fn info(&self) -> &PluginCore {
+        match self {
+            LoadedPlugin::Getter(p) => p.core(),
+            LoadedPlugin::Storage(p) => p.core(),
+            LoadedPlugin::Compressor(p) => p.core(),
+        }
+    }
+}
+
+/// Counters of one plugin's calls, read by the stats endpoint.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls started.
+    pub calls: AtomicU64,
+    /// Calls that trapped (including guest panics).
+    pub traps: AtomicU64,
+    /// Calls interrupted by the time limit.
+    pub timeouts: AtomicU64,
+    /// Calls stopped by the memory cap.
+    pub memory_limits: AtomicU64,
+    /// Calls where the plugin reported an error of its own.
+    pub reported_errors: AtomicU64,
+    /// Total wall time spent in calls, in microseconds.
+    pub busy_micros: AtomicU64,
+}
+
+/// The wasmtime engine, linker and ticker shared by every plugin of the process.
+pub struct Runtime {
+    /// Compiles components and owns the epoch counter.
+    engine: Engine,
+    /// WASI plus the host capabilities; one linker serves every plugin kind.
+    linker: Linker<HostState>,
+    /// Limits applied to every call.
+    options: RuntimeOptions,
+    /// Whether the pooling allocator is in use (false after a fallback).
+    pooling: bool,
+    /// Bounds calls in flight so the pool (and memory) is never oversubscribed.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Stops the epoch ticker when the runtime is dropped.
+    ticker_stop: Arc<AtomicBool>,
+    /// The epoch ticker thread, joined on drop.
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("options", &self.options)
+            .field("pooling", &self.pooling)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn base_config(options: &RuntimeOptions) -> wasmtime::Result<Config> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // Our calls are synchronous; without component-model concurrency a call is ~2x cheaper.
+    config.concurrency_support(false);
+    if let Some(dir) = &options.compile_cache_dir {
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir);
+        config.cache(Some(wasmtime::Cache::new(cache)?));
+    }
+    Ok(config)
+}
+
+fn pooling_config(options: &RuntimeOptions) -> PoolingAllocationConfig {
+    let slots = u32::try_from(options.max_concurrent_calls.max(1)).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(8))
+        .total_memories(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(8))
+        .max_memory_size(options.memory_limit);
+    pool
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator first, on-demand if the pool cannot be reserved),
+    /// the linker and the epoch ticker.
+    ///
+    /// # Errors
+    /// When wasmtime cannot create an engine at all (unsupported platform, bad cache dir).
+    pub fn new(options: RuntimeOptions) -> Result<Self, PluginError> {
+        let fail = |e: wasmtime::Error| PluginError::Load {
+            path: "<runtime>".into(),
+            message: format!("{e:#}"),
+        };
+        let mut engine = None;
+        let mut pooling = false;
+        if options.pooling {
+            let mut config = base_config(&options).map_err(fail)?;
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+                &options,
+            )));
+            match Engine::new(&config) {
+                Ok(e) => {
+                    engine = Some(e);
+                    pooling = true;
+                }
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "pooling allocator unavailable here; using on-demand instance allocation"
+                ),
+            }
+        }
+        let engine = match engine {
+            Some(e) => e,
+            None => Engine::new(&base_config(&options).map_err(fail)?).map_err(fail)?,
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(fail)?;
+        host::add_to_linker(&mut linker).map_err(fail)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("geecache-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Load {
+                    path: "<runtime>".into(),
+                    message: format!("cannot start the epoch thread: {e}"),
+                })?
+        };
+        Ok(Runtime {
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                options.max_concurrent_calls.max(1),
+            )),
+            engine,
+            linker,
+            options,
+            pooling,
+            ticker_stop,
+            ticker: Some(ticker),
+        })
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn is_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles (or fetches from the compile cache) the component at `path`, detects its kind,
+    /// asks it for its name, and prepares it for calls. `grants` picks the operator's grants by
+    /// the plugin's reported name.
+    ///
+    /// Compilation is CPU-heavy: call this from a blocking context (or before serving).
+    ///
+    /// # Errors
+    /// [`PluginError::Load`] with a message that says what to fix: the file is missing, not a
+    /// component, not a geecache plugin, imports something the host does not offer, its
+    /// database is missing, or its `info` call fails.
+    pub fn load(
+        &self,
+        path: &Path,
+        grants: &dyn Fn(&str) -> PluginGrants,
+    ) -> Result<LoadedPlugin, PluginError> {
+        let load_err = |message: String| PluginError::Load {
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| {
+            load_err(format!(
+                "{e}; build the plugins with `bash plugins/build.sh`, which writes plugins/<name>.wasm"
+            ))
+        })?;
+        if !bytes.starts_with(b"\0asm") {
+            return Err(load_err("not a WebAssembly file".into()));
+        }
+        let component = Component::new(&self.engine, &bytes).map_err(|e| {
+            load_err(format!(
+                "not a valid WebAssembly component ({e:#}); plugins are components built for \
+                 wasm32-wasip2, e.g. `cargo build --target wasm32-wasip2 --release`"
+            ))
+        })?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let has = |names: &[String], prefix: &str| {
+            names.iter().any(|n| n.split('@').next() == Some(prefix))
+        };
+        let kinds: Vec<PluginKind> = [
+            (GETTER_EXPORT, PluginKind::Getter),
+            (STORAGE_EXPORT, PluginKind::Storage),
+            (COMPRESSOR_EXPORT, PluginKind::Compressor),
+        ]
+        .into_iter()
+        .filter(|(name, _)| has(&exports, name))
+        .map(|(_, kind)| kind)
+        .collect();
+        let kind = match kinds.as_slice() {
+            [kind] => *kind,
+            [] => {
+                return Err(load_err(format!(
+                    "exports none of {GETTER_EXPORT}, {STORAGE_EXPORT}, {COMPRESSOR_EXPORT} \
+                     (it exports {exports:?}); build it with geecache-guest-sdk and one of its \
+                     export macros"
+                )));
+            }
+            _ => {
+                return Err(load_err(format!(
+                    "exports more than one plugin kind: {kinds:?}"
+                )));
+            }
+        };
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let wants_sql = has(&imports, SQL_IMPORT);
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(format!("imports something the host does not offer: {e:#}")))?;
+
+        // Ask the plugin its name with no grants at all, then attach the grants for that name.
+        let probe = Arc::new(PluginCore::new(
+            path.display().to_string(),
+            PluginGrants::default(),
+            None,
+            self,
+        ));
+        let info = match kind {
+            PluginKind::Getter => getter::info(&probe, &pre),
+            PluginKind::Storage => storage::info(&probe, &pre),
+            PluginKind::Compressor => compressor::info(&probe, &pre),
+        }
+        .map_err(|e| load_err(format!("its info() call failed: {e}")))?;
+        validate_name(&info.name).map_err(load_err)?;
+        let grants = grants(&info.name);
+        let sql = if wants_sql {
+            let db_path = grants
+                .config
+                .get("database")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("demo.db"));
+            Some(Arc::new(sql::SqlDb::open(&db_path).map_err(load_err)?))
+        } else {
+            None
+        };
+        for (host_dir, _) in &grants.dirs {
+            if !host_dir.is_dir() {
+                return Err(load_err(format!(
+                    "granted directory {} does not exist",
+                    host_dir.display()
+                )));
+            }
+        }
+        let mut core = PluginCore::new(info.name, grants, sql, self);
+        core.version = info.version;
+        core.path = path.to_path_buf();
+        let core = Arc::new(core);
+        tracing::info!(plugin = %core.name, version = %core.version, %kind, path = %path.display(), "plugin loaded");
+        Ok(match kind {
+            PluginKind::Getter => LoadedPlugin::Getter(Arc::new(WasmGetter::new(core, pre)?)),
+            PluginKind::Storage => LoadedPlugin::Storage(Arc::new(WasmStorage::new(core, pre)?)),
+            PluginKind::Compressor => {
+                LoadedPlugin::Compressor(Arc::new(WasmCompressor::new(core, pre)?))
+            }
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "reports the name {name:?}; names are 1-64 characters of a-z, 0-9, '_' and '-'"
+        ))
+    }
+}
+
+/// What every loaded plugin has, whatever its kind: identity, grants, limits, counters.
+pub struct PluginCore {
+    /// The name the plugin reported; how operators and configs refer to it.
+    pub name: String,
+    /// The version the plugin reported.
+    pub version: String,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// Per-call counters.
+    pub stats: PluginStats,
+    /// What the operator granted this plugin.
+    grants: PluginGrants,
+    /// The plugin's database, when it imports `sql`.
+    sql: Option<Arc<sql::SqlDb>>,
+    /// Shared with the runtime: engine for stores.
+    engine: Engine,
+    /// Limits applied to each call.
+    memory_limit: usize,
+    /// Time limit of each call.
+    call_timeout: Duration,
+    /// Bounds concurrent calls across the runtime.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for PluginCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCore")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginCore {
+    fn new(
+        name: String,
+        grants: PluginGrants,
+        sql: Option<Arc<sql::SqlDb>>,
+        runtime: &Runtime,
+    ) -> Self {
+        PluginCore {
+            name,
+            version: String::new(),
+            path: PathBuf::new(),
+            stats: PluginStats::default(),
+            grants,
+            sql,
+            engine: runtime.engine.clone(),
+            memory_limit: runtime.options.memory_limit,
+            call_timeout: runtime.options.call_timeout,
+            permits: runtime.permits.clone(),
+        }
+    }
+
+    fn new_store(&self) -> Result<Store<HostState>, PluginError> {
+        let mut wasi = WasiCtx::builder();
+        // Deny by default: no env, no args, no stdio, no network; only granted directories.
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        wasi.socket_addr_check(|_, _| Box::pin(async { false }));
+        for (host_dir, guest_dir) in &self.grants.dirs {
+            wasi.preopened_dir(host_dir, guest_dir, wasmtime_wasi::FsPerms::ReadWrite)
+                .map_err(|e| PluginError::Unavailable {
+                    plugin: self.name.clone(),
+                    message: format!("cannot preopen {}: {e:#}", host_dir.display()),
+                })?;
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: CallLimiter::new(self.memory_limit),
+            plugin: self.name.clone(),
+            config: self.grants.config.clone(),
+            sql: self.sql.clone(),
+            deadline: Instant::now() + self.call_timeout,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = self
+            .call_timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    /// Runs `body` in a fresh store on the calling thread, classifying any failure.
+    fn call_blocking<R>(
+        &self,
+        body: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut store = self.new_store()?;
+        let result = body(&mut store);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        result.map_err(|e| self.classify(&e, store.data().limiter.hit()))
+    }
+
+    fn classify(&self, e: &wasmtime::Error, memory_limit_hit: bool) -> PluginError {
+        let plugin = self.name.clone();
+        let bump = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
+        if memory_limit_hit {
+            bump(&self.stats.memory_limits);
+            return PluginError::MemoryLimit {
+                plugin,
+                limit: self.memory_limit,
+            };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                bump(&self.stats.timeouts);
+                PluginError::Timeout {
+                    plugin,
+                    limit: self.call_timeout,
+                }
+            }
+            Some(trap) => {
+                bump(&self.stats.traps);
+                let hint = if *trap == Trap::UnreachableCodeReached {
+                    " (a panic in the plugin arrives as this trap)"
+                } else {
+                    ""
+                };
+                PluginError::Trap {
+                    plugin,
+                    message: format!("{trap}{hint}"),
+                }
+            }
+            None => {
+                bump(&self.stats.traps);
+                let message = format!("{e:#}");
+                let message = message.lines().next().unwrap_or_default().to_string();
+                PluginError::Trap { plugin, message }
+            }
+        }
+    }
+
+    /// Runs `body` on a blocking thread (never on a tokio worker), bounded by the runtime's
+    /// concurrency permits.
+    async fn call<R: Send + 'static>(
+        self: &Arc<Self>,
+        body: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R> + Send + 'static,
+    ) -> Result<R, PluginError> {
+        let unavailable = |message: String| PluginError::Unavailable {
+            plugin: self.name.clone(),
+            message,
+        };
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| unavailable("the plugin runtime is shutting down".into()))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.call_blocking(body))
+            .await
+            .map_err(|e| unavailable(format!("the call's thread failed: {e}")))?
+    }
+
+    /// Records a guest-reported error and converts it.
+    fn reported(&self, e: bindings::types::Error) -> PluginError {
+        self.stats.reported_errors.fetch_add(1, Ordering::Relaxed);
+        let (kind, message) = match e {
+            bindings::types::Error::InvalidInput(m) => ("invalid-input", m),
+            bindings::types::Error::Unavailable(m) => ("unavailable", m),
+            bindings::types::Error::Other(m) => ("other", m),
+        };
+        PluginError::Reported {
+            plugin: self.name.clone(),
+            kind,
+            message,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Wiring: plugins → groups → router → listener, and graceful shutdown.
+//!
+//! [`build`] turns [`Settings`] into a [`Node`] (plugins compiled, groups created); [`run`] serves
+//! a node on a bound listener until a shutdown future resolves, then marks the node as draining,
+//! stops accepting connections and waits (bounded) for requests in flight. Tests call both with
+//! a listener on `127.0.0.1:0`; `main` calls [`main`].
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::{Cli, Settings};
+use crate::group::{Getter, Group, Groups};
+use crate::plugin::{LoadedPlugin, Runtime};
+
+/// How long requests in flight may take to finish after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node ready to serve: its API state and the plugin runtime behind it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Handlers' shared state (groups, plugins).
+    pub state: AppState,
+    /// Kept alive for as long as the node runs (engine, epoch ticker).
+    pub runtime: Arc<Runtime>,
+}
+
+/// Loads every plugin and builds every group of `settings`.
+///
+/// Compiles plugins (CPU-heavy, seconds on a cold compile cache): call it before serving, from
+/// a blocking context.
+///
+/// # Errors
+/// A message saying which plugin or group is wrong and how to fix it.
+pub fn build(settings: &Settings) -> Result<Node, String> {
+    let runtime = Arc::new(Runtime::new(settings.runtime.clone()).map_err(|e| e.to_string())?);
+    if !runtime.is_pooling() {
+        tracing::info!("plugin instances use on-demand allocation");
+    }
+    let mut plugins: Vec<LoadedPlugin> = Vec::new();
+    for spec in &settings.plugins {
+        let loaded = runtime
+            .load(&spec.path, &|name| settings.grants_for(spec, name))
+            .map_err(|e| e.to_string())?;
+        if plugins.iter().any(|p| p.info().name == loaded.info().name) {
+            return Err(format!(
+                "two plugins report the name {:?} ({}): names must be unique",
+                loaded.info().name,
+                spec.path.display()
+            ));
+        }
+        plugins.push(loaded);
+    }
+    let getters: Vec<Arc<dyn Getter>> = plugins
+        .iter()
+        .filter_map(|p| match p {
+            LoadedPlugin::Getter(g) => Some(g.clone() as Arc<dyn Getter>),
+            _ => None,
+        })
+        .collect();
+
+    let mut groups = Groups::default();
+    for spec in &settings.groups {
+        let getter = match &spec.getter {
+            Some(name) => getters.iter().find(|g| g.name() == name).cloned().ok_or_else(|| {
+                format!(
+                    "group {:?} wants getter {name:?}, but no loaded getter plugin reports that \
+                     name (loaded getters: {:?})",
+                    spec.name,
+                    getters.iter().map(|g| g.name()).collect::<Vec<_>>()
+                )
+            })?,
+            None => getters.first().cloned().ok_or_else(|| {
+                format!(
+                    "group {:?} needs a getter: pass one, e.g. \
+                     `geecache-host --plugin plugins/db_getter.wasm` (build it with \
+                     `bash plugins/build.sh`)",
+                    spec.name
+                )
+            })?,
+        };
+        groups.insert(Group::new(spec.name.clone(), getter, spec.options.clone()))?;
+    }
+    let default_group = settings
+        .groups
+        .first()
+        .map(|g| g.name.clone())
+        .unwrap_or_default();
+    let state = AppState::new(groups, default_group, plugins, settings.max_body_bytes);
+    Ok(Node { state, runtime })
+}
+
+/// Serves `node` on `listener` until `shutdown` resolves, then drains for at most
+/// [`DRAIN_TIMEOUT`].
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn run(
+    listener: TcpListener,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = node.state.clone();
+    let app = api::router(node.state.clone());
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining requests in flight");
+        state.set_draining();
+        let _ = drain_tx.send(());
+    };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let serve = std::pin::pin!(serve.into_future());
+    tokio::select! {
+        r = serve => r,
+        () = async {
+            let _ = drain_rx.await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("drain timeout passed; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// The `geecache-host` program: parse flags, start logging, build, bind, serve until a signal.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.resolve() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("geecache-host: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(settings.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("geecache-host: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let node = match tokio::task::spawn_blocking(move || build(&settings).map(|n| (n, settings))).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                eprintln!("geecache-host: {e}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("geecache-host: startup failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (node, settings) = node;
+        let listener = match TcpListener::bind(settings.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "geecache-host: cannot listen on {}: {e} (pick another with --port or --bind)",
+                    settings.addr
+                );
+                return ExitCode::from(2);
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let groups: Vec<String> = node.state.groups().iter().map(|g| g.name().to_string()).collect();
+        tracing::info!(%addr, ?groups, "geecache-host listening; try: curl \"http://{addr}/api?key=Tom\"");
+        match run(listener, node, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("geecache-host: server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
