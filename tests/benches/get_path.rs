@@ -1,0 +1,88 @@
+//! Baselines of the get path: a cache hit through `Group::get`, and one wasm getter call on a
+//! fresh instance (with and without a SQL query), next to a native getter for the ratio.
+//!
+//! `cargo bench -p geecache-tests --bench get_path`
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures::future::BoxFuture;
+use geecache_host::error::Result;
+use geecache_host::group::{Getter, Group, GroupOptions, Loaded};
+use geecache_host::plugin::{LoadedPlugin, PluginGrants, Runtime, RuntimeOptions};
+use geecache_tests::{compile_cache_dir, demo_db, plugins};
+
+/// A getter that answers from memory: the floor a wasm getter is compared with.
+#[derive(Debug)]
+struct Native;
+
+impl Getter for Native {
+    fn name(&self) -> &str {
+        "native"
+    }
+    fn get<'a>(&'a self, _group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Loaded>> {
+        Box::pin(async move {
+            Ok(Loaded::Found {
+                value: Bytes::from(format!("native:{key}")),
+                expires_at_ms: None,
+            })
+        })
+    }
+}
+
+fn load_getter(rt: &Runtime, path: &str, grants: PluginGrants) -> Arc<dyn Getter> {
+    match rt.load(Path::new(path), &|_| grants.clone()).unwrap() {
+        LoadedPlugin::Getter(g) => g,
+        other => panic!("{path} is a {}", other.kind()),
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let rt = Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(compile_cache_dir()),
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let mut db_grants = PluginGrants::default();
+    db_grants
+        .config
+        .insert("database".into(), db.display().to_string());
+    let db_getter = load_getter(&rt, plugins::DB_GETTER, db_grants);
+    let chaos = load_getter(&rt, plugins::CHAOS_GETTER, PluginGrants::default());
+
+    let group = Group::new("bench", Arc::new(Native), GroupOptions::default());
+    tokio.block_on(group.get("hot")).unwrap();
+    c.bench_function("group_get/cache_hit", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { group.get("hot").await.unwrap() })
+    });
+    c.bench_function("getter_call/native", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { Native.get("g", "Tom").await.unwrap() })
+    });
+    c.bench_function("getter_call/wasm_fresh_instance", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { chaos.get("g", "Tom").await.unwrap() })
+    });
+    c.bench_function("getter_call/wasm_db_getter_sqlite", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { db_getter.get("scores", "Tom").await.unwrap() })
+    });
+}
+
+criterion_group! {
+    name = get_path;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(get_path);

@@ -1,0 +1,75 @@
+//! Builds the plugins workspace (`plugins/`) for wasm32-wasip2 and exposes each component's path
+//! to the tests as `env!("PLUGIN_<NAME>")`, so the tests always run against the current plugin
+//! sources and a plain `cargo build` of the host never builds wasm.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PLUGINS: &[&str] = &[
+    "db_getter",
+    "fs_storage",
+    "brotli_compressor",
+    "chaos_getter",
+];
+const TARGET: &str = "wasm32-wasip2";
+
+fn watch(path: &Path) {
+    println!("cargo:rerun-if-changed={}", path.display());
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir
+        .parent()
+        .expect("tests/ is inside the repo")
+        .to_path_buf();
+    let plugins = root.join("plugins");
+    // Watch sources only: never plugins/target or the copied .wasm files, or every build reruns.
+    watch(&root.join("wit"));
+    watch(&root.join("guest-sdk/src"));
+    watch(&root.join("guest-sdk/Cargo.toml"));
+    watch(&plugins.join("Cargo.toml"));
+    watch(&plugins.join("Cargo.lock"));
+    for name in PLUGINS {
+        watch(&plugins.join(name).join("src"));
+        watch(&plugins.join(name).join("Cargo.toml"));
+    }
+
+    let target_dir = plugins.join("target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(plugins.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir);
+    // Settings meant for the host build must not leak into the wasm build.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("cannot run cargo to build the plugins");
+    if !status.success() {
+        panic!(
+            "building the plugins failed (see above). Is the target installed? \
+             `rustup target add {TARGET}`"
+        );
+    }
+    for name in PLUGINS {
+        let wasm = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{name}.wasm"));
+        assert!(wasm.is_file(), "{} was not built", wasm.display());
+        println!(
+            "cargo:rustc-env=PLUGIN_{}={}",
+            name.to_uppercase(),
+            wasm.display()
+        );
+    }
+    println!("cargo:rustc-env=GEECACHE_REPO_ROOT={}", root.display());
+}

@@ -1,0 +1,218 @@
+//! Test harness: real plugins (built by `build.rs`), real nodes on 127.0.0.1, a real SQLite
+//! database created from the checked-in `plugins/db_getter/demo.sql`.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use geecache_host::config::Cli;
+use geecache_host::server::{self, Node};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Paths of the plugin components built for this test run.
+pub mod plugins {
+    /// Reads values from SQLite through the host's `sql` capability.
+    pub const DB_GETTER: &str = env!("PLUGIN_DB_GETTER");
+    /// Panics, loops or allocates without bound, depending on the key.
+    pub const CHAOS_GETTER: &str = env!("PLUGIN_CHAOS_GETTER");
+    /// A file-backed storage backend.
+    pub const FS_STORAGE: &str = env!("PLUGIN_FS_STORAGE");
+    /// A brotli codec.
+    pub const BROTLI_COMPRESSOR: &str = env!("PLUGIN_BROTLI_COMPRESSOR");
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("GEECACHE_REPO_ROOT"))
+}
+
+/// Where tests keep compiled plugins between runs, so each test does not recompile them.
+pub fn compile_cache_dir() -> PathBuf {
+    repo_root()
+        .join("target")
+        .join("geecache-test-compile-cache")
+}
+
+/// Creates the demo database (Tom 630, Jack 589, Sam 567, 100k generated rows) in `dir` from
+/// the same SQL the setup script uses.
+pub fn demo_db(dir: &Path) -> PathBuf {
+    let path = dir.join("demo.db");
+    let sql = std::fs::read_to_string(repo_root().join("plugins/db_getter/demo.sql")).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&sql).unwrap();
+    path
+}
+
+/// A node running in this process on 127.0.0.1 (random port), with its own temp directory.
+pub struct TestNode {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub base: String,
+    /// The node's state (groups, plugins), for direct inspection.
+    pub node: Node,
+    /// An HTTP client for requests to it.
+    pub client: reqwest::Client,
+    /// Temp dir holding the demo database.
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::fmt::Debug for TestNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNode")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNode {
+    /// Starts a node with `--port 0` plus `args`. `{db}` in an argument is replaced by the path
+    /// of a fresh demo database.
+    pub async fn start(args: &[&str]) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let needs_db = args.iter().any(|a| a.contains("{db}"));
+        let db = if needs_db {
+            demo_db(dir.path())
+        } else {
+            PathBuf::new()
+        };
+        let cache = compile_cache_dir();
+        let mut argv: Vec<String> = vec![
+            "geecache-host".into(),
+            "--port".into(),
+            "0".into(),
+            "--compile-cache-dir".into(),
+            cache.display().to_string(),
+        ];
+        argv.extend(
+            args.iter()
+                .map(|a| a.replace("{db}", &db.display().to_string())),
+        );
+        let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        let settings = cli.resolve().unwrap();
+        let node = tokio::task::spawn_blocking(move || server::build(&settings))
+            .await
+            .unwrap()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, node.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestNode {
+            addr,
+            base: format!("http://{addr}"),
+            node,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A node serving group `scores` from `db_getter` over a fresh demo database.
+    pub async fn with_db_getter(extra: &[&str]) -> TestNode {
+        let mut args = vec![
+            "--plugin",
+            plugins::DB_GETTER,
+            "--plugin-config",
+            "db_getter.database={db}",
+        ];
+        args.extend_from_slice(extra);
+        TestNode::start(&args).await
+    }
+
+    /// GET `path` (starting with `/`): status and body.
+    pub async fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.bytes().await.unwrap().to_vec())
+    }
+
+    /// GET `path` and parse the body as JSON.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.get(path).await;
+        let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "{path}: body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        (status, json)
+    }
+
+    /// The stats of group `group`, read over HTTP from `/api/v1/stats`.
+    pub async fn group_stats(&self, group: &str) -> serde_json::Value {
+        let (status, stats) = self.get_json("/api/v1/stats").await;
+        assert_eq!(status, 200);
+        stats["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == group)
+            .unwrap_or_else(|| panic!("no group {group} in {stats}"))
+            .clone()
+    }
+
+    /// The stats of plugin `name`.
+    pub async fn plugin_stats(&self, name: &str) -> serde_json::Value {
+        let (_, stats) = self.get_json("/api/v1/stats").await;
+        stats["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no plugin {name} in {stats}"))
+            .clone()
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; fine for tests that start a process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `url` until it answers 200 or `timeout` passes.
+pub async fn wait_healthy(url: &str, timeout: Duration) -> bool {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,270 @@
+//! One node, real plugins, real HTTP on 127.0.0.1, real SQLite.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use geecache_tests::{TestNode, free_port, plugins, wait_healthy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tom_is_630_and_the_second_read_is_served_from_cache() {
+    let node = TestNode::with_db_getter(&[]).await;
+
+    let (status, body) = node.get("/api?key=Tom").await;
+    assert_eq!((status, body.as_slice()), (200, b"630".as_slice()));
+    let stats = node.group_stats("scores").await;
+    assert_eq!(stats["getter_calls"], 1);
+    assert_eq!(stats["misses"], 1);
+    assert_eq!(stats["hits"], 0);
+
+    let (status, body) = node.get("/api?key=Tom").await;
+    assert_eq!((status, body.as_slice()), (200, b"630".as_slice()));
+    let stats = node.group_stats("scores").await;
+    assert_eq!(
+        stats["getter_calls"], 1,
+        "the second read must not call the getter: {stats}"
+    );
+    assert_eq!(stats["hits"], 1);
+    assert_eq!(stats["cache_items"], 1);
+
+    // The REST form and the explicit group reach the same group and cache.
+    let (status, body) = node.get("/api/v1/groups/scores/keys/Tom").await;
+    assert_eq!((status, body.as_slice()), (200, b"630".as_slice()));
+    let (status, body) = node.get("/api?key=Jack&group=scores").await;
+    assert_eq!((status, body.as_slice()), (200, b"589".as_slice()));
+    let (status, body) = node.get("/api/v1/groups/scores/keys/user000001").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(node.group_stats("scores").await["getter_calls"], 3);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_key_is_a_404_with_a_json_body_and_is_remembered_briefly() {
+    let node = TestNode::with_db_getter(&["--negative-ttl", "1h"]).await;
+    let (status, body) = node.get_json("/api?key=Nobody").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "key_not_found", "{body}");
+    assert!(body["error"]["message"].is_string());
+
+    let (status, _) = node.get_json("/api/v1/groups/scores/keys/Nobody").await;
+    assert_eq!(status, 404);
+    let stats = node.group_stats("scores").await;
+    assert_eq!(
+        stats["getter_calls"], 1,
+        "the miss must be negatively cached: {stats}"
+    );
+    assert_eq!(stats["negative_hits"], 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_clear_json_errors() {
+    let node = TestNode::with_db_getter(&["--max-key-bytes", "16"]).await;
+    let cases: &[(&str, u16, &str)] = &[
+        ("/api", 400, "bad_request"),
+        ("/api?key=", 400, "bad_request"),
+        ("/api?key=Tom&group=nope", 404, "group_not_found"),
+        ("/api/v1/groups/nope/keys/Tom", 404, "group_not_found"),
+        ("/api?key=aaaaaaaaaaaaaaaaaaaaaaaa", 413, "key_too_large"),
+        ("/api/v1/groups/scores/keys/%FF%FE", 400, "bad_request"),
+        ("/no/such/route", 404, "route_not_found"),
+    ];
+    for (path, want_status, want_code) in cases {
+        let (status, body) = node.get_json(path).await;
+        assert_eq!(status, *want_status, "{path}: {body}");
+        assert_eq!(body["error"]["code"], *want_code, "{path}: {body}");
+    }
+    let resp = node
+        .client
+        .post(format!("{}/api/v1/stats", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    // None of that disturbed the cache or the getter.
+    let (status, body) = node.get("/api?key=Sam").await;
+    assert_eq!((status, body.as_slice()), (200, b"567".as_slice()));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_misses_of_one_key_call_the_getter_once() {
+    let node = TestNode::with_db_getter(&[]).await;
+    let url = format!("{}/api?key=user000042", node.base);
+    let requests = (0..1000).map(|_| {
+        let client = node.client.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            let resp = client.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap())
+        })
+    });
+    let answers = futures::future::join_all(requests).await;
+    let first = answers[0].as_ref().unwrap().1.clone();
+    assert!(!first.is_empty());
+    for answer in &answers {
+        let (status, body) = answer.as_ref().unwrap();
+        assert_eq!(*status, 200);
+        assert_eq!(body, &first, "every caller gets the same value");
+    }
+    let stats = node.group_stats("scores").await;
+    assert_eq!(stats["getter_calls"], 1, "{stats}");
+    assert_eq!(stats["gets"], 1000);
+    let hits = stats["hits"].as_u64().unwrap();
+    let shared = stats["loads_deduplicated"].as_u64().unwrap();
+    assert_eq!(
+        hits + shared,
+        999,
+        "every other caller was a hit or shared the load: {stats}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misbehaving_plugins_fail_only_their_own_request() {
+    let node = TestNode::start(&[
+        "--plugin",
+        plugins::CHAOS_GETTER,
+        "--group",
+        "chaos",
+        "--plugin-timeout",
+        "300ms",
+        "--plugin-memory",
+        "32MiB",
+    ])
+    .await;
+
+    // A loop runs while other keys are served: the stuck call holds one blocking thread only.
+    let looping = {
+        let client = node.client.clone();
+        let url = format!("{}/api?key=loop", node.base);
+        tokio::spawn(async move {
+            let resp = client.get(url).send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    let (status, body) = node.get("/api?key=fine").await;
+    assert_eq!((status, body.as_slice()), (200, b"chaos:fine".as_slice()));
+
+    let (status, body) = looping.await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_timeout", "{body}");
+
+    let (status, body) = node.get_json("/api?key=panic").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_trapped", "{body}");
+
+    let (status, body) = node.get_json("/api?key=oom").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_memory_limit", "{body}");
+
+    let (status, body) = node.get_json("/api?key=error").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_error", "{body}");
+
+    let (status, _) = node.get_json("/api?key=missing").await;
+    assert_eq!(status, 404);
+
+    // Failures are not cached: the same key fails again (fresh instance), others still work.
+    let (status, _) = node.get_json("/api?key=panic").await;
+    assert_eq!(status, 503);
+    for key in ["a", "b", "after-all-that"] {
+        let (status, body) = node.get(&format!("/api?key={key}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("chaos:{key}").into_bytes());
+    }
+
+    let stats = node.plugin_stats("chaos_getter").await;
+    assert_eq!(stats["kind"], "getter");
+    assert_eq!(stats["timeouts"], 1, "{stats}");
+    assert_eq!(stats["traps"], 2, "{stats}");
+    assert_eq!(stats["memory_limits"], 1, "{stats}");
+    assert_eq!(stats["reported_errors"], 1, "{stats}");
+    node.stop().await;
+}
+
+/// Runs the real binary the way the README does, then stops it with SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_tom_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = geecache_tests::demo_db(dir.path());
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+        .arg("--plugin-config")
+        .arg(format!("db_getter.database={}", db.display()))
+        .arg("--compile-cache-dir")
+        .arg(geecache_tests::compile_cache_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(wait_healthy(&format!("{base}/healthz"), Duration::from_secs(60)).await);
+    let body = reqwest::get(format!("{base}/api?key=Tom"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "630");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.status.success(), "exit: {:?}", status.status);
+    let log = String::from_utf8_lossy(&status.stderr);
+    assert!(log.contains("shutting down"), "{log}");
+}
+
+#[test]
+fn a_missing_plugin_file_is_a_clear_cli_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", "/nonexistent/db_getter.wasm", "--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/db_getter.wasm"), "{err}");
+    assert!(err.contains("plugins/build.sh"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_plugin_is_a_clear_cli_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap(); // a valid, empty core module
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .arg("--plugin")
+        .arg(&bogus)
+        .args(["--port", "0", "--no-compile-cache"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("component"), "{err}");
+}
+
+#[test]
+fn no_getter_at_all_says_how_to_get_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--plugin plugins/db_getter.wasm"), "{err}");
+}
