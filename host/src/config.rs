@@ -141,6 +141,54 @@ pub struct Cli {
     #[arg(long, env = "GEECACHE_NO_COMPILE_CACHE")]
     pub no_compile_cache: bool,
 
+    /// Byte budget of each group's hot cache (copies of keys other nodes own) [default: 1/8 of
+    /// --cache-bytes].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_HOT_CACHE_BYTES")]
+    pub hot_cache_bytes: Option<String>,
+
+    /// Longest to wait for a key's owner before loading it locally instead [default: 1s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_PEER_TIMEOUT")]
+    pub peer_timeout: Option<String>,
+
+    /// Static cluster: the other nodes' addresses (host:port), comma-separated. This node's
+    /// own address may be listed too. Ignored with --etcd-endpoints.
+    #[arg(
+        long,
+        value_name = "HOST:PORT,...",
+        env = "GEECACHE_PEERS",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<String>,
+
+    /// etcd endpoints (e.g. http://127.0.0.1:2379), comma-separated: register under
+    /// /geecache/registry/<node-id> and discover the other nodes there.
+    #[arg(
+        long,
+        value_name = "URL,...",
+        env = "GEECACHE_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Lease TTL of the etcd registration; a killed node vanishes after about this long
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
+
+    /// The address other nodes reach this one at [default: --bind:--port, with 127.0.0.1 for
+    /// an unspecified bind address]. Also the node's name on the ring.
+    #[arg(long, value_name = "HOST:PORT", env = "GEECACHE_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// This node's id in the etcd registry [default: the advertised address].
+    #[arg(long, env = "GEECACHE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Shared secret of the cluster: peer requests are signed with it and unsigned ones are
+    /// refused (401). Without it, the peer routes are open to anyone who can reach the port.
+    #[arg(long, env = "GEECACHE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
     /// Log as JSON lines instead of text (filter with RUST_LOG).
     #[arg(long, env = "GEECACHE_LOG_JSON")]
     pub log_json: bool,
@@ -243,6 +291,33 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// JSON logs.
     pub log_json: bool,
+    /// How this node finds the others.
+    pub cluster: ClusterSettings,
+}
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's address as the others reach it; its name on the ring.
+    pub advertise_addr: String,
+    /// This node's id in the registry.
+    pub node_id: String,
+    /// Other nodes' addresses (static membership).
+    pub peers: Vec<String>,
+    /// etcd endpoints; when non-empty, membership comes from etcd.
+    pub etcd_endpoints: Vec<String>,
+    /// Lease TTL of the etcd registration.
+    pub lease_ttl: Duration,
+    /// Signs and checks peer requests when set.
+    pub secret: Option<String>,
+}
+
+impl ClusterSettings {
+    /// Whether this node has peers (static or through etcd).
+    pub fn is_clustered(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+            || self.peers.iter().any(|p| p.as_str() != self.advertise_addr)
+    }
 }
 
 impl Settings {
@@ -411,6 +486,16 @@ impl Cli {
                     .unwrap_or(defaults::MAX_VALUE_BYTES),
             )?,
             load_timeout: request_timeout,
+            hot_cache_bytes: 0,
+            hot_ttl: Duration::from_secs(60),
+            peer_timeout: parse_duration(self.peer_timeout.as_deref().unwrap_or("1s"))?,
+        };
+        let base_options = GroupOptions {
+            hot_cache_bytes: match &self.hot_cache_bytes {
+                Some(s) => parse_size(s)?,
+                None => base_options.cache_bytes / 8,
+            },
+            ..base_options
         };
         let groups = if file.groups.is_empty() {
             vec![GroupSpec {
@@ -436,6 +521,30 @@ impl Cli {
             .or(file.bind)
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let port = self.port.or(file.port).unwrap_or(defaults::PORT);
+        let advertise_addr = self.advertise_addr.clone().unwrap_or_else(|| {
+            let host = if bind.is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                bind
+            };
+            SocketAddr::new(host, port).to_string()
+        });
+        let cluster = ClusterSettings {
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(|| advertise_addr.clone()),
+            advertise_addr,
+            peers: self
+                .peers
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            etcd_endpoints: self.etcd_endpoints.clone(),
+            lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or("10s"))?,
+            secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
+        };
         Ok(Settings {
             addr: SocketAddr::new(bind, port),
             plugins,
@@ -448,6 +557,7 @@ impl Cli {
                 defaults::MAX_BODY_BYTES,
             ))?,
             log_json: self.log_json,
+            cluster,
         })
     }
 
@@ -475,7 +585,14 @@ impl Cli {
                 (None, Some(s)) => size_usize(s).map_err(ctx)?,
                 _ => base.max_value_bytes,
             },
-            load_timeout: base.load_timeout,
+            ..base.clone()
+        };
+        let options = GroupOptions {
+            hot_cache_bytes: match (&self.hot_cache_bytes, &g.cache_bytes) {
+                (None, Some(_)) => options.cache_bytes / 8,
+                _ => base.hot_cache_bytes,
+            },
+            ..options
         };
         Ok(GroupSpec {
             name: g.name.clone(),
