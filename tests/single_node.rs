@@ -268,3 +268,92 @@ fn no_getter_at_all_says_how_to_get_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--plugin plugins/db_getter.wasm"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_delete_and_batch_on_one_node() {
+    let node = TestNode::with_db_getter(&["--max-body-bytes", "1KiB"]).await;
+    let url = |k: &str| format!("{}/api/v1/groups/scores/keys/{k}", node.base);
+
+    // PUT stores any bytes under any key; GET returns them byte for byte.
+    let odd = "a%2Fb%20c%2B%F0%9F%A6%80"; // "a/b c+🦀"
+    let value = vec![0u8, 255, 10, 13, 1, 2, 3];
+    let resp = node
+        .client
+        .put(url(odd))
+        .body(value.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let (status, body) = node.get(&format!("/api/v1/groups/scores/keys/{odd}")).await;
+    assert_eq!((status, body), (200, value));
+
+    // DELETE drops the value; the next GET reloads it from the getter.
+    node.get("/api?key=Tom").await;
+    let calls = node.group_stats("scores").await["getter_calls"]
+        .as_u64()
+        .unwrap();
+    let resp = node
+        .client
+        .put(url("Tom"))
+        .body("999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(node.get("/api?key=Tom").await.1, b"999");
+    let resp = node.client.delete(url("Tom")).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(node.get("/api?key=Tom").await.1, b"630");
+    let after = node.group_stats("scores").await["getter_calls"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, calls + 1, "exactly one reload after DELETE");
+
+    // Limits: body over --max-body-bytes, bad ttl.
+    let resp = node
+        .client
+        .put(url("big"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large");
+    let resp = node
+        .client
+        .put(format!("{}?ttl=soon", url("k")))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Batch: values, misses and bad keys each get their own answer.
+    let resp = node
+        .client
+        .post(format!("{}/api/v1/groups/scores/batch", node.base))
+        .json(&serde_json::json!({ "keys": ["Jack", "Nobody", "", "user000007"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["value"], "589");
+    assert_eq!(results[1]["error"]["code"], "key_not_found");
+    assert_eq!(results[2]["error"]["code"], "bad_request");
+    assert!(results[3]["value"].is_string());
+    let resp = node
+        .client
+        .post(format!("{}/api/v1/groups/scores/batch", node.base))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    node.stop().await;
+}

@@ -34,6 +34,13 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A request body is larger than `--max-body-bytes`.
+    #[error("request body is larger than {limit} bytes (--max-body-bytes)")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+
     /// No group of that name is configured on this node.
     #[error("no such group: {0:?}")]
     GroupNotFound(String),
@@ -72,6 +79,7 @@ impl Error {
             Error::BadRequest(_) => "bad_request",
             Error::KeyTooLarge { .. } => "key_too_large",
             Error::ValueTooLarge { .. } => "value_too_large",
+            Error::BodyTooLarge { .. } => "body_too_large",
             Error::GroupNotFound(_) => "group_not_found",
             Error::KeyNotFound => "key_not_found",
             Error::Plugin(p) => p.code(),
@@ -85,7 +93,9 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest(_) => 400,
-            Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => 413,
+            Error::KeyTooLarge { .. }
+            | Error::ValueTooLarge { .. }
+            | Error::BodyTooLarge { .. } => 413,
             Error::GroupNotFound(_) | Error::KeyNotFound => 404,
             Error::Plugin(p) => p.status(),
             Error::LoaderPanicked(_) | Error::Internal(_) => 500,

@@ -4,6 +4,9 @@
 //! |---|---|
 //! | `GET /api?key=K[&group=G]` | the raw value (classic GeeCache form; group defaults to the node's default group) |
 //! | `GET /api/v1/groups/{group}/keys/{key}` | the raw value; the key is one percent-encoded path segment |
+//! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204 |
+//! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
+//! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}` |
 //! | `GET /api/v1/stats` | JSON counters per group and per plugin |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
@@ -17,12 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use base64::Engine as _;
 use bytes::Bytes;
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -231,6 +236,149 @@ async fn rest_get(
     Ok(value_response(value))
 }
 
+/// Query of `PUT /api/v1/groups/{group}/keys/{key}`.
+#[derive(Debug, Deserialize)]
+struct PutQuery {
+    /// Lifetime of the value, e.g. `10m`; default: the group's TTL.
+    ttl: Option<String>,
+}
+
+/// A body extractor failure, as a JSON error: 413 past the body limit, 400 otherwise.
+fn body_error(state: &AppState, e: &BytesRejection) -> Error {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::BodyTooLarge {
+            limit: state.inner.max_body_bytes,
+        }
+    } else {
+        Error::BadRequest(e.body_text())
+    }
+}
+
+async fn rest_put(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PutQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let body = body.map_err(|e| body_error(&state, &e))?;
+    let expires_at_ms = match q.ttl.as_deref() {
+        Some(ttl) => {
+            let ttl = crate::config::parse_duration(ttl).map_err(Error::BadRequest)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Some(u64::try_from((now + ttl).as_millis()).unwrap_or(u64::MAX))
+        }
+        None => None,
+    };
+    state
+        .inner
+        .groups
+        .get(&group)?
+        .set(&key, body, expires_at_ms)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rest_delete(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
+    state.inner.groups.get(&group)?.remove(&key).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Most keys one batch request may ask for.
+pub const MAX_BATCH_KEYS: usize = 1000;
+
+/// Body of `POST /api/v1/groups/{group}/batch`.
+#[derive(Debug, Deserialize)]
+struct BatchRequest {
+    keys: Vec<String>,
+}
+
+/// One key's answer in a batch.
+#[derive(Debug, Serialize)]
+struct BatchResult {
+    key: String,
+    /// The value, when it is valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    /// The value in standard base64, when it is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<BatchError>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchError {
+    code: &'static str,
+    message: String,
+}
+
+async fn batch_get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path(group) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let Json(req) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::BodyTooLarge {
+                limit: state.inner.max_body_bytes,
+            }
+        } else {
+            Error::BadRequest(e.body_text())
+        }
+    })?;
+    if req.keys.len() > MAX_BATCH_KEYS {
+        return Err(Error::BadRequest(format!(
+            "{} keys in one batch; the limit is {MAX_BATCH_KEYS}",
+            req.keys.len()
+        ))
+        .into());
+    }
+    let group = state.inner.groups.get(&group)?.clone();
+    // Each key takes the normal get path (caches, singleflight, owner); at most 64 at once.
+    let results: Vec<BatchResult> = futures::stream::iter(req.keys)
+        .map(|key| {
+            let group = group.clone();
+            async move {
+                let answer = group.get(&key).await;
+                let mut r = BatchResult {
+                    key,
+                    value: None,
+                    value_base64: None,
+                    error: None,
+                };
+                match answer {
+                    Ok(v) => match std::str::from_utf8(&v) {
+                        Ok(text) => r.value = Some(text.to_string()),
+                        Err(_) => {
+                            r.value_base64 =
+                                Some(base64::engine::general_purpose::STANDARD.encode(&v));
+                        }
+                    },
+                    Err(e) => {
+                        r.error = Some(BatchError {
+                            code: e.code(),
+                            message: e.to_string(),
+                        })
+                    }
+                }
+                r
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    Ok(Json(serde_json::json!({ "results": results })).into_response())
+}
+
 async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(state.stats())
 }
@@ -272,7 +420,11 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.inner.max_body_bytes;
     Router::new()
         .route("/api", get(classic_get))
-        .route("/api/v1/groups/{group}/keys/{key}", get(rest_get))
+        .route(
+            "/api/v1/groups/{group}/keys/{key}",
+            get(rest_get).put(rest_put).delete(rest_delete),
+        )
+        .route("/api/v1/groups/{group}/batch", post(batch_get))
         .route("/api/v1/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
