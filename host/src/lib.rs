@@ -17,6 +17,8 @@
 //!   SQL), and the wasm implementations of the group's traits.
 //! - [`ring`]: consistent hashing with virtual nodes (XXH3-64); which node owns a key (used by
 //!   the cluster layer).
+//! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
+//!   watch); publishes the member list the ring is built from.
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
 //! - [`error`]: the error type shared by the modules above.
 //! - [`telemetry`]: tracing subscriber setup.
@@ -24,6 +26,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod group;
 pub mod plugin;

@@ -1,0 +1,343 @@
+//! Membership against a real etcd (`/usr/bin/etcd`, one private server per test): register,
+//! watch, deregister, crash, etcd outage and restart, lost lease, unreachable etcd at startup.
+//!
+//! Leases are 2 s here (etcd's minimum) so that expiry tests stay quick. Every wait is bounded
+//! by a deadline; no sleep is an assertion.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/etcd.rs"]
+mod etcd;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use etcd::EtcdServer;
+use etcd_client::{Client, GetOptions};
+use geecache_host::discovery::{
+    DiscoveryError, EtcdOptions, Member, Membership, RegistrationState,
+};
+
+const TTL: Duration = Duration::from_secs(2);
+const PREFIX: &str = "/geecache/registry/";
+
+fn member(i: usize) -> Member {
+    Member::new(format!("node-{i}"), format!("127.0.0.1:{}", 7000 + i))
+}
+
+fn members(ids: &[usize]) -> Vec<Member> {
+    ids.iter().map(|&i| member(i)).collect()
+}
+
+fn options(etcd: &EtcdServer) -> EtcdOptions {
+    EtcdOptions {
+        lease_ttl: TTL,
+        connect_timeout: Duration::from_secs(2),
+        ..EtcdOptions::new([etcd.endpoint()])
+    }
+}
+
+async fn join(etcd: &EtcdServer, ids: &[usize]) -> Vec<Membership> {
+    let mut nodes = Vec::new();
+    for &i in ids {
+        nodes.push(Membership::etcd(member(i), options(etcd)).await.unwrap());
+    }
+    nodes
+}
+
+/// Waits until `node` publishes exactly `expected`; returns how long that took.
+async fn wait_members(node: &Membership, expected: &[Member], within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut rx = node.members();
+    let seen = tokio::time::timeout(within, rx.wait_for(|list| list == expected)).await;
+    if seen.is_err() {
+        panic!(
+            "members still {:?} after {within:?}, expected {expected:?}",
+            *node.members().borrow()
+        );
+    }
+    start.elapsed()
+}
+
+/// Waits until `node` reports `state`; returns how long that took.
+async fn wait_state(node: &Membership, state: RegistrationState, within: Duration) -> Duration {
+    let start = Instant::now();
+    while node.state() != state {
+        assert!(
+            start.elapsed() < within,
+            "state still {} after {within:?}, expected {state}",
+            node.state()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// The registry as etcd holds it: key → (JSON value, lease id).
+async fn registry(etcd: &EtcdServer) -> Vec<(String, serde_json::Value, i64)> {
+    let mut client = Client::connect([etcd.endpoint()], None).await.unwrap();
+    let listing = client
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    listing
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_owned(),
+                serde_json::from_slice(kv.value()).unwrap(),
+                kv.lease(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the registry holds exactly the keys of `ids`.
+async fn wait_registry_keys(etcd: &EtcdServer, ids: &[usize], within: Duration) {
+    let expected: Vec<String> = ids.iter().map(|i| format!("{PREFIX}node-{i}")).collect();
+    let start = Instant::now();
+    loop {
+        let keys: Vec<String> = registry(etcd).await.into_iter().map(|(k, ..)| k).collect();
+        if keys == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "registry keys {keys:?} after {within:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_register_and_each_sees_all_three() {
+    let etcd = EtcdServer::start();
+    let nodes = join(&etcd, &[1, 2, 3]).await;
+
+    for node in &nodes {
+        let took = wait_members(node, &members(&[1, 2, 3]), Duration::from_secs(5)).await;
+        eprintln!("saw all three after {took:?}");
+        assert_eq!(node.state(), RegistrationState::Registered);
+    }
+
+    // The contract operators rely on: etcdctl lists the live nodes as JSON.
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.endpoint(), "get", "--prefix", PREFIX])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "three keys, three values:\n{stdout}");
+    for (i, pair) in lines.chunks(2).enumerate() {
+        let id = format!("node-{}", i + 1);
+        assert_eq!(pair[0], format!("{PREFIX}{id}"));
+        let value: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
+        assert_eq!(value["id"], id.as_str());
+        assert_eq!(value["addr"], member(i + 1).addr.as_str());
+        assert!(value["started_at_ms"].as_u64().unwrap() > 0, "{value}");
+    }
+    let leases: Vec<i64> = registry(&etcd).await.iter().map(|r| r.2).collect();
+    assert!(
+        leases.iter().all(|&l| l != 0),
+        "keys hang on leases: {leases:?}"
+    );
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deregisters_and_the_others_see_it_at_once() {
+    let etcd = EtcdServer::start();
+    let mut nodes = join(&etcd, &[1, 2, 3]).await;
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2, 3]), Duration::from_secs(5)).await;
+    }
+
+    let leaving = nodes.remove(1);
+    let start = Instant::now();
+    leaving.shutdown().await;
+    let shutdown_took = start.elapsed();
+    for node in &nodes {
+        // Well under the 2 s TTL: the key was deleted, not left to expire.
+        wait_members(node, &members(&[1, 3]), Duration::from_millis(1000)).await;
+    }
+    eprintln!(
+        "shutdown took {shutdown_took:?}; others saw two members {:?} after it began",
+        start.elapsed()
+    );
+    wait_registry_keys(&etcd, &[1, 3], Duration::from_secs(1)).await;
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_disappears_when_its_lease_expires() {
+    let etcd = EtcdServer::start();
+    let mut nodes = join(&etcd, &[1, 2, 3]).await;
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2, 3]), Duration::from_secs(5)).await;
+    }
+
+    let start = Instant::now();
+    nodes.remove(2).abort_without_deregistering();
+    for node in &nodes {
+        // The lease may have been renewed just before the crash: TTL plus etcd's expiry sweep
+        // (500 ms) plus margin.
+        wait_members(node, &members(&[1, 2]), TTL + Duration::from_secs(3)).await;
+    }
+    eprintln!(
+        "crashed node gone after {:?} (TTL {TTL:?})",
+        start.elapsed()
+    );
+    wait_registry_keys(&etcd, &[1, 2], Duration::from_secs(1)).await;
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_keeps_the_last_members_and_restart_re_registers() {
+    let mut etcd = EtcdServer::start();
+    let nodes = join(&etcd, &[1, 2, 3]).await;
+    let all = members(&[1, 2, 3]);
+    for node in &nodes {
+        wait_members(node, &all, Duration::from_secs(5)).await;
+    }
+    let leases_before: Vec<i64> = registry(&etcd).await.iter().map(|r| r.2).collect();
+
+    let stopped = Instant::now();
+    etcd.stop();
+    for node in &nodes {
+        let took = wait_state(node, RegistrationState::Unreachable, Duration::from_secs(5)).await;
+        eprintln!("unreachable noticed after {took:?}");
+    }
+    // Longer than a TTL: nothing may shrink the list while etcd is away.
+    let mut watchers: Vec<_> = nodes.iter().map(Membership::members).collect();
+    for rx in &mut watchers {
+        let _ = rx.borrow_and_update();
+    }
+    let hold = TTL + Duration::from_secs(1);
+    let changed = tokio::time::timeout(
+        hold,
+        futures::future::select_all(watchers.iter_mut().map(|rx| Box::pin(rx.changed()))),
+    )
+    .await;
+    assert!(changed.is_err(), "members changed while etcd was down");
+    for node in &nodes {
+        assert_eq!(*node.members().borrow(), all);
+        assert_eq!(node.state(), RegistrationState::Unreachable);
+    }
+    eprintln!("etcd down for {:?}", stopped.elapsed());
+
+    let restarted = Instant::now();
+    etcd.restart();
+    eprintln!("etcd healthy again after {:?}", restarted.elapsed());
+    for node in &nodes {
+        let took = wait_state(node, RegistrationState::Registered, Duration::from_secs(10)).await;
+        eprintln!("re-registered {took:?} after etcd was healthy");
+        wait_members(node, &all, Duration::from_secs(5)).await;
+    }
+    wait_registry_keys(&etcd, &[1, 2, 3], Duration::from_secs(1)).await;
+    let leases_after: Vec<i64> = registry(&etcd).await.iter().map(|r| r.2).collect();
+    for (before, after) in leases_before.iter().zip(&leases_after) {
+        assert_ne!(before, after, "each key must hang on a new lease");
+    }
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_while_etcd_is_down() {
+    let mut etcd = EtcdServer::start();
+    let nodes = join(&etcd, &[1, 2]).await;
+    etcd.stop();
+    for node in &nodes {
+        wait_state(node, RegistrationState::Unreachable, Duration::from_secs(5)).await;
+    }
+    for node in nodes {
+        let start = Instant::now();
+        node.shutdown().await;
+        let took = start.elapsed();
+        eprintln!("shutdown with etcd down took {took:?}");
+        assert!(took < Duration::from_millis(3500), "took {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_replaced_and_the_node_registers_again() {
+    let etcd = EtcdServer::start();
+    let nodes = join(&etcd, &[1, 2]).await;
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2]), Duration::from_secs(5)).await;
+    }
+    let (_, _, lease) = registry(&etcd).await.remove(0);
+
+    // Revoking the lease deletes node-1's key, as an expiry would.
+    let mut client = Client::connect([etcd.endpoint()], None).await.unwrap();
+    let start = Instant::now();
+    client.lease_revoke(lease).await.unwrap();
+    wait_registry_keys(&etcd, &[1, 2], Duration::from_secs(3)).await;
+    let (key, _, new_lease) = registry(&etcd).await.remove(0);
+    assert_eq!(key, format!("{PREFIX}node-1"));
+    assert_ne!(new_lease, lease);
+    wait_state(
+        &nodes[0],
+        RegistrationState::Registered,
+        Duration::from_secs(3),
+    )
+    .await;
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2]), Duration::from_secs(3)).await;
+    }
+    eprintln!("re-registered {:?} after the revoke", start.elapsed());
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_against_a_dead_endpoint_fails_clearly_within_the_timeout() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let timeout = Duration::from_secs(1);
+    let options = EtcdOptions {
+        connect_timeout: timeout,
+        ..EtcdOptions::new([endpoint.clone()])
+    };
+
+    let start = Instant::now();
+    let error = Membership::etcd(member(1), options).await.unwrap_err();
+    let took = start.elapsed();
+    eprintln!("failed after {took:?}: {error}");
+    assert!(took < timeout + Duration::from_millis(500), "took {took:?}");
+    assert!(
+        matches!(error, DiscoveryError::Unreachable { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains(&endpoint), "{message}");
+    assert!(message.contains("--etcd-endpoints"), "{message}");
+}
+
+#[test]
+fn a_fixed_membership_includes_self_sorted_and_deduplicated() {
+    let membership = Membership::fixed(member(2), vec![member(3), member(1), member(3), member(2)]);
+    assert_eq!(*membership.members().borrow(), members(&[1, 2, 3]));
+    assert_eq!(membership.state(), RegistrationState::Static);
+}

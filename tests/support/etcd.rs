@@ -1,0 +1,193 @@
+//! A real, private etcd for a test: `/usr/bin/etcd` on two free loopback ports with its own
+//! data directory, killed when dropped.
+//!
+//! Include it from a test crate with `#[path = "support/etcd.rs"] mod etcd;`. Everything here is
+//! synchronous (std only) so any test, async or not, can use it.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian's `etcd-server` package installs the server.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+/// The most a start or restart may take before the test fails (etcd is usually healthy in ~1 s).
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most a SIGTERM'd etcd may take to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One running (or stopped) single-member etcd.
+pub struct EtcdServer {
+    /// The server process, while it runs.
+    child: Option<Child>,
+    /// Client port (`--listen-client-urls`), kept across restarts.
+    client_port: u16,
+    /// Peer port (`--listen-peer-urls`), kept across restarts.
+    peer_port: u16,
+    /// Holds the data directory and the log; removed when the server is dropped.
+    dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts etcd on two free loopback ports and waits until it answers `/health`.
+    ///
+    /// # Panics
+    /// If `/usr/bin/etcd` is missing, or etcd is not healthy within 20 s (the panic message
+    /// carries the end of etcd's log).
+    pub fn start() -> EtcdServer {
+        assert!(
+            Path::new(ETCD_BIN).exists(),
+            "{ETCD_BIN} not found: these tests run a real etcd; install it with \
+             `apt-get install etcd-server etcd-client`"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("geecache-etcd-")
+            .tempdir()
+            .unwrap();
+        let mut server = EtcdServer {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:34567`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Stops etcd gracefully (SIGTERM) and waits for it to exit (killing it after 10 s).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts etcd again with the same data directory and ports (stopping it first if needed).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The server's combined stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn launch(&mut self) {
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(ETCD_BIN)
+            .args(["--name", "default"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {ETCD_BIN}: {e}"));
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    /// Polls etcd's `/health` (a real read through the server) until it says so.
+    fn wait_healthy(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait().unwrap()
+            {
+                panic!(
+                    "etcd exited during startup ({status}); log:\n{}",
+                    tail(&self.log())
+                );
+            }
+            if health(addr) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd at {addr} not healthy within {START_TIMEOUT:?}; log:\n{}",
+                    tail(&self.log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago (the kernel does not hand it out again at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /health` → `{"health":"true"}`.
+fn health(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") && response.contains(r#""health":"true""#)
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
