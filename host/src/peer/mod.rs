@@ -49,6 +49,8 @@ use crate::error::Error;
 
 pub mod auth;
 mod client;
+#[cfg(test)]
+mod end_to_end;
 mod error;
 mod server;
 
