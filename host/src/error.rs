@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::peer::PeerError;
 use crate::plugin::PluginError;
 use crate::singleflight::LoaderPanicked;
 
@@ -53,6 +54,11 @@ pub enum Error {
     #[error(transparent)]
     Plugin(#[from] PluginError),
 
+    /// A call to a peer failed: unreachable, timed out, refused our signature, or answered
+    /// with an error. Served as 502 (504 for a timeout) with a `peer_*` code.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+
     /// The code loading a value panicked; every waiter of that load gets this error.
     #[error("loader panicked: {0}")]
     LoaderPanicked(String),
@@ -83,9 +89,19 @@ impl Error {
             Error::GroupNotFound(_) => "group_not_found",
             Error::KeyNotFound => "key_not_found",
             Error::Plugin(p) => p.code(),
+            Error::Peer(p) => p.code(),
             Error::LoaderPanicked(_) => "loader_panicked",
             Error::Timeout(_) => "timeout",
             Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The message a remote caller may see: the error itself, except for [`Error::Internal`],
+    /// whose details belong in the node's log only.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Internal(_) => "internal error; see the node's log".to_string(),
+            other => other.to_string(),
         }
     }
 
@@ -98,6 +114,7 @@ impl Error {
             | Error::BodyTooLarge { .. } => 413,
             Error::GroupNotFound(_) | Error::KeyNotFound => 404,
             Error::Plugin(p) => p.status(),
+            Error::Peer(p) => p.status(),
             Error::LoaderPanicked(_) | Error::Internal(_) => 500,
             Error::Timeout(_) => 504,
         }

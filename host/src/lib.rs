@@ -15,6 +15,9 @@
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
 //!   on-disk compile cache), kind detection, per-call limits, host capabilities (log, config,
 //!   SQL), and the wasm implementations of the group's traits.
+//! - [`peer`]: the peer protocol (HTTP + protobuf, `/_geecache/{group}/{key}`): the
+//!   [`peer::PeerService`] seam a node offers its peers, the router serving it, the client
+//!   calling one remote node, and HMAC request signing with the cluster secret.
 //! - [`ring`]: consistent hashing with virtual nodes (XXH3-64); which node owns a key (used by
 //!   the cluster layer).
 //! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
@@ -29,6 +32,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod group;
+pub mod peer;
 pub mod plugin;
 pub mod ring;
 pub mod server;

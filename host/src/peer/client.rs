@@ -1,0 +1,336 @@
+//! The client side of the peer protocol: one [`PeerClient`] per remote node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use reqwest::{Method, StatusCode, Url, header};
+
+use super::auth::{self, ClusterSecret};
+use super::proto::{self, batch_item, get_response};
+use super::{
+    BATCH_SEGMENT, CONTENT_TYPE, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PeerEntry,
+    PeerError, encode_segment, key_path,
+};
+
+/// Per-request timeout when the builder is given none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Talks to one remote node. Cheap to clone (an `Arc` inside); clones share the connection pool.
+///
+/// Every call is one HTTP/1.1 request on a pooled keep-alive connection, bounded by the
+/// per-request timeout (connect, send and the whole answer), and signed when the client has a
+/// [`ClusterSecret`].
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Connection pool; may be shared with the clients of other peers.
+    http: reqwest::Client,
+    /// `http://host:port`, no trailing slash; request paths are appended to it.
+    base: String,
+    /// Signs every request when the cluster has a secret.
+    secret: Option<ClusterSecret>,
+    /// Bound on each whole request, so a slow peer cannot hold a client request hostage.
+    timeout: Duration,
+}
+
+/// Builds a [`PeerClient`]; see [`PeerClient::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct PeerClientBuilder {
+    /// The peer's address as given.
+    addr: String,
+    /// See [`PeerClientBuilder::timeout`].
+    timeout: Duration,
+    /// See [`PeerClientBuilder::secret`].
+    secret: Option<ClusterSecret>,
+    /// See [`PeerClientBuilder::http_client`].
+    http: Option<reqwest::Client>,
+}
+
+impl PeerClientBuilder {
+    /// Bound on each request, from connecting to reading the whole answer
+    /// ([`DEFAULT_TIMEOUT`] by default). Past it, calls fail with [`PeerError::Timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sign every request with `secret` (none by default).
+    pub fn secret(mut self, secret: Option<ClusterSecret>) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    /// Use this HTTP client (and its connection pool) instead of a new one, e.g. one client for
+    /// every peer of a node. Its own timeouts still apply; the builder's is set per request.
+    pub fn http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// The client.
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidAddress`] when the address is not `host:port` or `http://host:port`
+    /// (HTTPS and base paths are not supported), or the HTTP client cannot be created.
+    pub fn build(self) -> Result<PeerClient, PeerError> {
+        let invalid = |message: String| PeerError::InvalidAddress {
+            addr: self.addr.clone(),
+            message,
+        };
+        let with_scheme = if self.addr.contains("://") {
+            self.addr.clone()
+        } else {
+            format!("http://{}", self.addr)
+        };
+        let url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
+        if url.scheme() != "http" {
+            return Err(invalid("only http:// peers are supported".into()));
+        }
+        if url.host().is_none() || url.path() != "/" || url.query().is_some() {
+            return Err(invalid("expected host:port or http://host:port".into()));
+        }
+        let base = url.origin().ascii_serialization();
+        let http = match self.http {
+            Some(http) => http,
+            None => reqwest::Client::builder()
+                .connect_timeout(self.timeout)
+                .no_proxy()
+                .build()
+                .map_err(|e| invalid(error_chain(&e)))?,
+        };
+        Ok(PeerClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                secret: self.secret,
+                timeout: self.timeout,
+            }),
+        })
+    }
+}
+
+/// What one key of a [`PeerClient::batch_get`] came back as.
+pub type BatchResult = Vec<(String, Result<Option<PeerEntry>, PeerError>)>;
+
+impl PeerClient {
+    /// A builder for a client of the node at `addr` (`host:port` or `http://host:port`).
+    pub fn builder(addr: impl Into<String>) -> PeerClientBuilder {
+        PeerClientBuilder {
+            addr: addr.into(),
+            timeout: DEFAULT_TIMEOUT,
+            secret: None,
+            http: None,
+        }
+    }
+
+    /// The peer's base URL, `http://host:port`.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// Asks the owner for `key` of `group`: `Ok(None)` when the key does not exist.
+    ///
+    /// # Errors
+    /// Any [`PeerError`]: transport, timeout, authentication, or an error answer.
+    pub async fn get(&self, group: &str, key: &str) -> Result<Option<PeerEntry>, PeerError> {
+        let body = self
+            .send(Method::GET, key_path(group, key), Vec::new())
+            .await?;
+        let answer: proto::GetResponse = self.decode(body)?;
+        match answer.result {
+            Some(get_response::Result::Entry(entry)) => self.entry(entry).map(Some),
+            Some(get_response::Result::Missing(_)) => Ok(None),
+            None => Err(self.bad_answer("GetResponse has no result")),
+        }
+    }
+
+    /// Stores `entry` at the owner of `key`.
+    ///
+    /// # Errors
+    /// Any [`PeerError`].
+    pub async fn set(&self, group: &str, key: &str, entry: PeerEntry) -> Result<(), PeerError> {
+        let body = proto::SetRequest {
+            entry: Some(entry.into()),
+        }
+        .encode_to_vec();
+        self.send(Method::PUT, key_path(group, key), body).await?;
+        Ok(())
+    }
+
+    /// Removes `key` at its owner (which then invalidates other nodes' copies).
+    ///
+    /// # Errors
+    /// Any [`PeerError`].
+    pub async fn delete(&self, group: &str, key: &str) -> Result<(), PeerError> {
+        self.send(Method::DELETE, key_path(group, key), Vec::new())
+            .await?;
+        Ok(())
+    }
+
+    /// Gets several keys of `group` from their owner: one `(key, result)` per key, in order.
+    /// Lists longer than [`MAX_BATCH_KEYS`] go as several requests, one after another.
+    ///
+    /// # Errors
+    /// A [`PeerError`] when a whole request fails; a key that failed alone has its own error
+    /// ([`PeerError::ItemFailed`]) in its item.
+    pub async fn batch_get(&self, group: &str, keys: &[String]) -> Result<BatchResult, PeerError> {
+        let path = action_path(group, BATCH_SEGMENT);
+        let mut results = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_BATCH_KEYS) {
+            let request = proto::BatchGetRequest {
+                keys: chunk.to_vec(),
+            };
+            let body = self
+                .send(Method::POST, path.clone(), request.encode_to_vec())
+                .await?;
+            let answer: proto::BatchGetResponse = self.decode(body)?;
+            if answer.items.len() != chunk.len()
+                || answer.items.iter().zip(chunk).any(|(i, k)| &i.key != k)
+            {
+                return Err(self.bad_answer("BatchGetResponse items do not match the keys asked"));
+            }
+            for item in answer.items {
+                let result = match item.result {
+                    Some(batch_item::Result::Entry(entry)) => self.entry(entry).map(Some),
+                    Some(batch_item::Result::Missing(_)) => Ok(None),
+                    Some(batch_item::Result::Error(info)) => Err(PeerError::ItemFailed {
+                        peer: self.inner.base.clone(),
+                        code: info.code,
+                        message: info.message,
+                    }),
+                    None => Err(self.bad_answer("BatchItem has no result")),
+                };
+                results.push((item.key, result));
+            }
+        }
+        Ok(results)
+    }
+
+    /// Tells the node to drop its local (hot) copies of `keys`. It tells no one else.
+    /// Lists longer than [`MAX_BATCH_KEYS`] go as several requests.
+    ///
+    /// # Errors
+    /// Any [`PeerError`].
+    pub async fn invalidate(&self, group: &str, keys: &[String]) -> Result<(), PeerError> {
+        let path = action_path(group, INVALIDATE_SEGMENT);
+        for chunk in keys.chunks(MAX_BATCH_KEYS) {
+            let request = proto::InvalidateRequest {
+                keys: chunk.to_vec(),
+            };
+            self.send(Method::POST, path.clone(), request.encode_to_vec())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one request (signed when there is a secret) and returns the body of a 2xx answer.
+    async fn send(&self, method: Method, path: String, body: Vec<u8>) -> Result<Bytes, PeerError> {
+        let inner = &*self.inner;
+        let url = Url::parse(&format!("{}{path}", inner.base)).map_err(|e| {
+            PeerError::InvalidAddress {
+                addr: inner.base.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let mut request = inner
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(inner.timeout);
+        if let Some(secret) = &inner.secret {
+            // Sign the path exactly as it goes on the wire: as the URL parser left it.
+            let sent = match url.query() {
+                Some(query) => format!("{}?{query}", url.path()),
+                None => url.path().to_string(),
+            };
+            let date = auth::unix_now();
+            let signature = secret.sign(method.as_str(), &sent, date, &body);
+            request = request
+                .header(auth::DATE_HEADER, date)
+                .header(auth::SIGNATURE_HEADER, signature);
+        }
+        if !body.is_empty() || method == Method::PUT || method == Method::POST {
+            request = request
+                .header(header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.transport(&e))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let (code, message) = match proto::ErrorInfo::decode(body.clone()) {
+            Ok(info) if !info.code.is_empty() => (info.code, info.message),
+            _ => (
+                "unknown".to_string(),
+                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            ),
+        };
+        let peer = inner.base.clone();
+        Err(if status == StatusCode::UNAUTHORIZED {
+            PeerError::Unauthorized { peer, message }
+        } else {
+            PeerError::Status {
+                peer,
+                status: status.as_u16(),
+                code,
+                message,
+            }
+        })
+    }
+
+    fn decode<M: Message + Default>(&self, body: Bytes) -> Result<M, PeerError> {
+        M::decode(body).map_err(|e| self.bad_answer(e.to_string()))
+    }
+
+    fn entry(&self, entry: proto::Entry) -> Result<PeerEntry, PeerError> {
+        PeerEntry::try_from(entry).map_err(|e| self.bad_answer(e))
+    }
+
+    fn bad_answer(&self, message: impl Into<String>) -> PeerError {
+        PeerError::Decode {
+            peer: self.inner.base.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Classifies a reqwest error: timeout, or unreachable (refused, reset, closed).
+    fn transport(&self, e: &reqwest::Error) -> PeerError {
+        let peer = self.inner.base.clone();
+        if e.is_timeout() {
+            PeerError::Timeout {
+                peer,
+                timeout: self.inner.timeout,
+            }
+        } else {
+            PeerError::Unreachable {
+                peer,
+                message: error_chain(e),
+            }
+        }
+    }
+}
+
+/// `/_geecache/{group}/_batch` or `/_invalidate`.
+fn action_path(group: &str, action: &str) -> String {
+    format!("{PATH_PREFIX}/{}/{action}", encode_segment(group))
+}
+
+/// An error and its causes on one line: reqwest's own message rarely says what failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

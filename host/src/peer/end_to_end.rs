@@ -1,0 +1,718 @@
+//! End-to-end tests of the peer protocol: the real [`router`] served over HTTP on 127.0.0.1,
+//! called by the real [`PeerClient`] (or by raw HTTP for what a well-behaved client never sends),
+//! in front of an in-memory [`PeerService`].
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use proptest::prelude::*;
+use prost::Message;
+
+use super::auth::{DATE_HEADER, SIGNATURE_HEADER, unix_now};
+use super::*;
+use crate::plugin::PluginError;
+
+/// Group for which the service answers `GroupNotFound`.
+const NO_SUCH_GROUP: &str = "nope";
+/// Key whose load fails with an internal error (whose detail must not leak).
+const BOOM: &str = "boom";
+/// Key whose load fails like a plugin that cannot run.
+const PLUGIN_DOWN: &str = "plugin-down";
+/// Key whose load takes `MemoryService::slow`.
+const SLOW: &str = "slow";
+
+/// The seam's simplest implementation: a map behind a mutex, with call counters and a few keys
+/// that fail on purpose.
+#[derive(Debug, Default)]
+struct MemoryService {
+    /// Entries by (group, key), exactly as the server handed them over.
+    entries: Mutex<HashMap<(String, String), PeerEntry>>,
+    /// Every `invalidate` call, in order.
+    invalidated: Mutex<Vec<(String, Vec<String>)>>,
+    /// Calls of `get`.
+    gets: AtomicUsize,
+    /// Calls of `set`.
+    sets: AtomicUsize,
+    /// Calls of `delete`.
+    deletes: AtomicUsize,
+    /// How long a get of [`SLOW`] takes.
+    slow: Duration,
+}
+
+impl MemoryService {
+    fn check_group(group: &str) -> Result<(), Error> {
+        if group == NO_SUCH_GROUP {
+            return Err(Error::GroupNotFound(group.to_string()));
+        }
+        Ok(())
+    }
+
+    fn insert(&self, group: &str, key: &str, entry: PeerEntry) {
+        self.entries
+            .lock()
+            .unwrap()
+            .insert((group.to_string(), key.to_string()), entry);
+    }
+}
+
+impl PeerService for MemoryService {
+    fn get<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PeerEntry>, Error>> {
+        async move {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            Self::check_group(group)?;
+            match key {
+                BOOM => Err(Error::Internal("the database password is hunter2".into())),
+                PLUGIN_DOWN => Err(Error::Plugin(PluginError::Unavailable {
+                    plugin: "db_getter".into(),
+                    message: "shutting down".into(),
+                })),
+                SLOW => {
+                    tokio::time::sleep(self.slow).await;
+                    Ok(None)
+                }
+                _ => Ok(self
+                    .entries
+                    .lock()
+                    .unwrap()
+                    .get(&(group.to_string(), key.to_string()))
+                    .cloned()),
+            }
+        }
+        .boxed()
+    }
+
+    fn set<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            self.sets.fetch_add(1, Ordering::SeqCst);
+            Self::check_group(group)?;
+            self.insert(group, key, entry);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            self.deletes.fetch_add(1, Ordering::SeqCst);
+            Self::check_group(group)?;
+            self.entries
+                .lock()
+                .unwrap()
+                .remove(&(group.to_string(), key.to_string()));
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn invalidate(&self, group: &str, keys: &[String]) -> Result<(), Error> {
+        Self::check_group(group)?;
+        self.invalidated
+            .lock()
+            .unwrap()
+            .push((group.to_string(), keys.to_vec()));
+        Ok(())
+    }
+}
+
+/// Serves `service` on a fresh 127.0.0.1 port until the test's runtime ends.
+async fn serve(
+    service: Arc<MemoryService>,
+    auth: Option<ClusterSecret>,
+    max_body_bytes: usize,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router_with_body_limit(service, auth, max_body_bytes);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A service with a few entries, served without a secret, and a client for it.
+async fn setup() -> (Arc<MemoryService>, SocketAddr, PeerClient) {
+    let service = Arc::new(MemoryService::default());
+    service.insert("g", "Tom", entry(b"630", Some(42)));
+    let addr = serve(service.clone(), None, DEFAULT_MAX_BODY_BYTES).await;
+    (service, addr, client(addr, None))
+}
+
+/// A client with a timeout long enough never to fire in these tests unless meant to.
+fn client(addr: SocketAddr, secret: Option<ClusterSecret>) -> PeerClient {
+    PeerClient::builder(addr.to_string())
+        .timeout(Duration::from_secs(30))
+        .secret(secret)
+        .build()
+        .unwrap()
+}
+
+fn entry(value: &[u8], expires_at_ms: Option<u64>) -> PeerEntry {
+    PeerEntry {
+        value: Bytes::copy_from_slice(value),
+        codec: "none".into(),
+        expires_at_ms,
+    }
+}
+
+fn secret(s: &str) -> ClusterSecret {
+    ClusterSecret::new(s).unwrap()
+}
+
+/// One request as written by hand: status, content type and body of the answer.
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &Headers,
+    body: Vec<u8>,
+) -> (u16, String, Bytes) {
+    let mut request = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .request(
+            method.parse().unwrap(),
+            format!("http://{addr}{path}").as_str(),
+        )
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, content_type, response.bytes().await.unwrap())
+}
+
+/// Request headers as `raw` takes them.
+type Headers = [(&'static str, String)];
+
+fn protobuf_header() -> (&'static str, String) {
+    ("content-type", CONTENT_TYPE.to_string())
+}
+
+/// Asserts an error answer: its status, a protobuf `ErrorInfo` body, and its code.
+fn assert_error_info(answer: &(u16, String, Bytes), status: u16, code: &str) -> proto::ErrorInfo {
+    assert_eq!(answer.0, status, "{answer:?}");
+    assert_eq!(answer.1, CONTENT_TYPE, "{answer:?}");
+    let info = proto::ErrorInfo::decode(answer.2.clone()).unwrap();
+    assert_eq!(info.code, code, "{info:?}");
+    assert!(!info.message.is_empty());
+    info
+}
+
+fn status_of(e: &PeerError) -> (u16, &str) {
+    match e {
+        PeerError::Status { status, code, .. } => (*status, code),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn get_answers_found_missing_and_service_errors() {
+    let (service, _, client) = setup().await;
+
+    assert_eq!(
+        client.get("g", "Tom").await.unwrap(),
+        Some(entry(b"630", Some(42)))
+    );
+    assert_eq!(client.get("g", "Nobody").await.unwrap(), None);
+
+    let err = client.get("g", BOOM).await.unwrap_err();
+    assert_eq!(status_of(&err), (500, "internal"));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = client.get("g", PLUGIN_DOWN).await.unwrap_err();
+    assert_eq!(status_of(&err), (503, "plugin_unavailable"));
+    let err = client.get(NO_SUCH_GROUP, "Tom").await.unwrap_err();
+    assert_eq!(status_of(&err), (404, "group_not_found"));
+
+    assert_eq!(service.gets.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn set_then_get_then_delete() {
+    let (service, _, client) = setup().await;
+    let value = PeerEntry {
+        value: Bytes::from_static(b"\x00\xffcompressed"),
+        codec: "zstd".into(),
+        expires_at_ms: Some(1_800_000_000_000),
+    };
+
+    client.set("g", "Jack", value.clone()).await.unwrap();
+    assert_eq!(service.sets.load(Ordering::SeqCst), 1);
+    assert_eq!(client.get("g", "Jack").await.unwrap(), Some(value));
+
+    client.delete("g", "Jack").await.unwrap();
+    assert_eq!(service.deletes.load(Ordering::SeqCst), 1);
+    assert_eq!(client.get("g", "Jack").await.unwrap(), None);
+
+    let err = client.set(NO_SUCH_GROUP, "k", entry(b"v", None)).await;
+    assert_eq!(status_of(&err.unwrap_err()), (404, "group_not_found"));
+    let err = client.delete(NO_SUCH_GROUP, "k").await;
+    assert_eq!(status_of(&err.unwrap_err()), (404, "group_not_found"));
+}
+
+#[tokio::test]
+async fn invalidate_reaches_the_service() {
+    let (service, _, client) = setup().await;
+    let keys = vec!["a".to_string(), "b/c".to_string(), "😀".to_string()];
+
+    client.invalidate("g", &keys).await.unwrap();
+
+    assert_eq!(
+        *service.invalidated.lock().unwrap(),
+        vec![("g".to_string(), keys)]
+    );
+    // Invalidation drops copies; it never loads or deletes anything.
+    assert_eq!(service.gets.load(Ordering::SeqCst), 0);
+    assert_eq!(service.deletes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn batch_get_answers_each_key_on_its_own() {
+    let (service, _, client) = setup().await;
+    service.insert("g", "a b", entry(b"spaces", None));
+    let keys: Vec<String> = ["Tom", "Nobody", BOOM, "a b", "Tom"]
+        .map(String::from)
+        .to_vec();
+
+    let items = client.batch_get("g", &keys).await.unwrap();
+
+    let got_keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(got_keys, ["Tom", "Nobody", BOOM, "a b", "Tom"]);
+    assert_eq!(items[0].1, Ok(Some(entry(b"630", Some(42)))));
+    assert_eq!(items[1].1, Ok(None));
+    match &items[2].1 {
+        Err(PeerError::ItemFailed { code, message, .. }) => {
+            assert_eq!(code, "internal");
+            assert!(!message.contains("hunter2"));
+        }
+        other => panic!("expected a failed item, got {other:?}"),
+    }
+    assert_eq!(items[3].1, Ok(Some(entry(b"spaces", None))));
+    assert_eq!(items[4].1, items[0].1);
+    assert_eq!(service.gets.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn long_batches_are_split_by_the_client() {
+    let (service, _, client) = setup().await;
+    let keys: Vec<String> = (0..MAX_BATCH_KEYS + 500).map(|i| format!("k{i}")).collect();
+
+    let items = client.batch_get("g", &keys).await.unwrap();
+
+    assert_eq!(items.len(), keys.len());
+    assert!(
+        items
+            .iter()
+            .zip(&keys)
+            .all(|((k, r), asked)| k == asked && *r == Ok(None))
+    );
+    assert_eq!(service.gets.load(Ordering::SeqCst), keys.len());
+}
+
+#[tokio::test]
+async fn too_many_or_empty_keys_in_one_request_are_400() {
+    let (_, addr, _) = setup().await;
+    let too_many = proto::BatchGetRequest {
+        keys: (0..=MAX_BATCH_KEYS).map(|i| i.to_string()).collect(),
+    };
+    let empty_key = proto::InvalidateRequest {
+        keys: vec!["a".into(), String::new()],
+    };
+    let headers = [protobuf_header()];
+
+    let answer = raw(
+        addr,
+        "POST",
+        "/_geecache/g/_batch",
+        &headers,
+        too_many.encode_to_vec(),
+    )
+    .await;
+    assert_error_info(&answer, 400, "bad_request");
+    let answer = raw(
+        addr,
+        "POST",
+        "/_geecache/g/_invalidate",
+        &headers,
+        empty_key.encode_to_vec(),
+    )
+    .await;
+    assert_error_info(&answer, 400, "bad_request");
+}
+
+#[tokio::test]
+async fn keys_that_look_like_routes_or_dot_segments_round_trip() {
+    let (service, _, client) = setup().await;
+    let keys = [
+        BATCH_SEGMENT,
+        INVALIDATE_SEGMENT,
+        ".",
+        "..",
+        "...",
+        "~.",
+        "~..",
+        "%2E",
+        "%2e%2E",
+        "a/../b",
+        "/",
+        "?x=1#y",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let value = entry(i.to_string().as_bytes(), None);
+        client.set(".", key, value.clone()).await.unwrap();
+        assert_eq!(client.get(".", key).await.unwrap(), Some(value), "{key:?}");
+    }
+    let stored = service.entries.lock().unwrap().len();
+    assert_eq!(stored, 1 + keys.len());
+}
+
+fn key_strategy() -> impl Strategy<Value = String> {
+    let special = prop::sample::select(vec![
+        '/', '%', '+', ' ', '?', '#', '~', '.', '&', '=', '\\', '😀', 'é', '\0', '\n',
+    ]);
+    let chars = prop::collection::vec(prop_oneof![2 => any::<char>(), 1 => special], 1..=250);
+    prop_oneof![
+        9 => chars.prop_map(String::from_iter),
+        1 => prop::sample::select(vec![".", "..", "~.", "%2E", "_batch"]).prop_map(String::from),
+    ]
+}
+
+/// Any UTF-8 key and group reach the service unchanged, and any bytes come back byte for byte.
+#[test]
+fn any_key_and_value_round_trip() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let service = Arc::new(MemoryService::default());
+    let addr = rt.block_on(serve(service.clone(), None, DEFAULT_MAX_BODY_BYTES));
+    let client = client(addr, None);
+
+    proptest!(ProptestConfig::with_cases(128), |(
+        group in key_strategy(),
+        key in key_strategy(),
+        value in prop::collection::vec(any::<u8>(), 0..4096),
+        expires_at_ms in prop::option::of(any::<u64>()),
+    )| {
+        let sent = PeerEntry { value: Bytes::from(value), codec: "none".into(), expires_at_ms };
+        let (got, batch) = rt.block_on(async {
+            client.set(&group, &key, sent.clone()).await.unwrap();
+            let got = client.get(&group, &key).await.unwrap();
+            let batch = client.batch_get(&group, std::slice::from_ref(&key)).await.unwrap();
+            (got, batch)
+        });
+        let stored = service.entries.lock().unwrap().get(&(group.clone(), key.clone())).cloned();
+        prop_assert_eq!(stored.as_ref(), Some(&sent));
+        prop_assert_eq!(got.as_ref(), Some(&sent));
+        prop_assert_eq!(&batch, &vec![(key.clone(), Ok(Some(sent)))]);
+    });
+}
+
+/// Random bytes as request bodies: a 400 with an `ErrorInfo` (or, when they happen to be a valid
+/// message, an answer), never a panic or a 5xx.
+#[test]
+fn random_bodies_never_break_the_server() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let service = Arc::new(MemoryService::default());
+    let addr = rt.block_on(serve(service, None, DEFAULT_MAX_BODY_BYTES));
+
+    proptest!(ProptestConfig::with_cases(96), |(
+        body in prop::collection::vec(any::<u8>(), 0..256),
+        route in prop::sample::select(vec![
+            ("PUT", "/_geecache/g/k"),
+            ("POST", "/_geecache/g/_batch"),
+            ("POST", "/_geecache/g/_invalidate"),
+        ]),
+    )| {
+        let (method, path) = route;
+        let answer = rt.block_on(raw(addr, method, path, &[protobuf_header()], body));
+        prop_assert!([200, 204, 400].contains(&answer.0), "{:?}", answer);
+        if answer.0 == 400 {
+            assert_error_info(&answer, 400, "bad_request");
+        }
+    });
+}
+
+#[tokio::test]
+async fn malformed_messages_and_paths_are_400() {
+    let (_, addr, _) = setup().await;
+    let pb = [protobuf_header()];
+    let json = [("content-type", "application/json".to_string())];
+    let not_protobuf = vec![0xff, 0xff, 0xff];
+    let no_entry = proto::SetRequest { entry: None }.encode_to_vec();
+    let no_codec = proto::SetRequest {
+        entry: Some(proto::Entry {
+            value: Bytes::from_static(b"v"),
+            codec: String::new(),
+            expires_at_ms: None,
+        }),
+    }
+    .encode_to_vec();
+    let valid_set = proto::SetRequest {
+        entry: Some(entry(b"v", None).into()),
+    }
+    .encode_to_vec();
+
+    let cases: Vec<(&str, &str, &Headers, Vec<u8>)> = vec![
+        ("PUT", "/_geecache/g/k", &pb, not_protobuf.clone()),
+        ("POST", "/_geecache/g/_batch", &pb, not_protobuf.clone()),
+        ("POST", "/_geecache/g/_invalidate", &pb, not_protobuf),
+        ("PUT", "/_geecache/g/k", &pb, no_entry),
+        ("PUT", "/_geecache/g/k", &pb, no_codec),
+        // Wrong or missing content type.
+        ("PUT", "/_geecache/g/k", &[], valid_set.clone()),
+        ("PUT", "/_geecache/g/k", &json, valid_set),
+        // Bad percent-encoding, not UTF-8, empty segments, too many segments.
+        ("GET", "/_geecache/g/%zz", &[], vec![]),
+        ("GET", "/_geecache/g/a%2", &[], vec![]),
+        ("GET", "/_geecache/g/%", &[], vec![]),
+        ("GET", "/_geecache/g/%FF%FE", &[], vec![]),
+        ("GET", "/_geecache/%C3%28/k", &[], vec![]),
+        ("GET", "/_geecache/g/", &[], vec![]),
+        ("GET", "/_geecache//k", &[], vec![]),
+        ("GET", "/_geecache/g/a/b", &[], vec![]),
+        ("DELETE", "/_geecache/g", &[], vec![]),
+    ];
+    for (method, path, headers, body) in cases {
+        let answer = raw(addr, method, path, headers, body).await;
+        assert_eq!(answer.0, 400, "{method} {path}: {answer:?}");
+        assert_error_info(&answer, 400, "bad_request");
+    }
+}
+
+#[tokio::test]
+async fn other_methods_are_405_with_error_info() {
+    let (_, addr, _) = setup().await;
+    for (method, path) in [("PATCH", "/_geecache/g/k"), ("POST", "/_geecache/g/k")] {
+        let answer = raw(addr, method, path, &[protobuf_header()], vec![]).await;
+        assert_error_info(&answer, 405, "method_not_allowed");
+    }
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(service.clone(), None, 1024).await;
+    let client = client(addr, None);
+
+    let err = client
+        .set("g", "big", entry(&[7; 2048], None))
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(&err), (413, "body_too_large"));
+
+    let answer = raw(
+        addr,
+        "POST",
+        "/_geecache/g/_batch",
+        &[protobuf_header()],
+        vec![0; 4096],
+    )
+    .await;
+    assert_error_info(&answer, 413, "body_too_large");
+    assert_eq!(service.sets.load(Ordering::SeqCst), 0);
+
+    // Just under the limit still works.
+    client
+        .set("g", "small", entry(&[7; 900], None))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn signed_requests_pass() {
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(
+        service.clone(),
+        Some(secret("s3cret")),
+        DEFAULT_MAX_BODY_BYTES,
+    )
+    .await;
+    let client = client(addr, Some(secret("s3cret")));
+    let key = "a key/with ~ odd ☃ bits";
+
+    client.set("g", key, entry(b"v", None)).await.unwrap();
+    assert_eq!(client.get("g", key).await.unwrap(), Some(entry(b"v", None)));
+    let batch = client.batch_get("g", &[key.to_string()]).await.unwrap();
+    assert_eq!(batch[0].1, Ok(Some(entry(b"v", None))));
+    client.invalidate("g", &[key.to_string()]).await.unwrap();
+    client.delete("g", ".").await.unwrap();
+    assert_eq!(service.deletes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn unsigned_or_wrongly_signed_requests_are_401() {
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(
+        service.clone(),
+        Some(secret("s3cret")),
+        DEFAULT_MAX_BODY_BYTES,
+    )
+    .await;
+
+    for wrong in [client(addr, None), client(addr, Some(secret("guess")))] {
+        let err = wrong.get("g", "k").await.unwrap_err();
+        assert!(matches!(err, PeerError::Unauthorized { .. }), "{err:?}");
+        let err = wrong.set("g", "k", entry(b"v", None)).await.unwrap_err();
+        assert!(matches!(err, PeerError::Unauthorized { .. }), "{err:?}");
+    }
+    let answer = raw(addr, "GET", "/_geecache/g/k", &[], vec![]).await;
+    assert_error_info(&answer, 401, "unauthorized");
+    assert_eq!(service.gets.load(Ordering::SeqCst), 0);
+    assert_eq!(service.sets.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn stale_or_tampered_requests_are_401() {
+    let s = secret("s3cret");
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(service.clone(), Some(s.clone()), DEFAULT_MAX_BODY_BYTES).await;
+    let path = "/_geecache/g/k";
+    let body = proto::SetRequest {
+        entry: Some(entry(b"honest", None).into()),
+    }
+    .encode_to_vec();
+    let signed = |date: u64, body: &[u8]| {
+        vec![
+            protobuf_header(),
+            (DATE_HEADER, date.to_string()),
+            (SIGNATURE_HEADER, s.sign("PUT", path, date, body)),
+        ]
+    };
+    let now = unix_now();
+
+    // The hand-signed request is accepted as it is...
+    let answer = raw(addr, "PUT", path, &signed(now, &body), body.clone()).await;
+    assert_eq!(answer.0, 204, "{answer:?}");
+
+    // ...but not too old, not from too far in the future, and not with another body.
+    for date in [now - 400, now + 400] {
+        let answer = raw(addr, "PUT", path, &signed(date, &body), body.clone()).await;
+        let info = assert_error_info(&answer, 401, "unauthorized");
+        assert!(info.message.contains("clock"), "{info:?}");
+    }
+    let tampered = proto::SetRequest {
+        entry: Some(entry(b"forged", None).into()),
+    }
+    .encode_to_vec();
+    let answer = raw(addr, "PUT", path, &signed(now, &body), tampered).await;
+    assert_error_info(&answer, 401, "unauthorized");
+    // Nor for another path or method.
+    let answer = raw(
+        addr,
+        "PUT",
+        "/_geecache/g/other",
+        &signed(now, &body),
+        body.clone(),
+    )
+    .await;
+    assert_error_info(&answer, 401, "unauthorized");
+
+    assert_eq!(service.sets.load(Ordering::SeqCst), 1);
+    let stored = service.entries.lock().unwrap().clone();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored.get(&("g".into(), "k".into())),
+        Some(&entry(b"honest", None))
+    );
+}
+
+#[tokio::test]
+async fn a_dead_peer_is_unreachable() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+
+    // The 30 s timeout does not fire: a closed port refuses at once.
+    let err = client(addr, None).get("g", "k").await.unwrap_err();
+    assert!(matches!(err, PeerError::Unreachable { .. }), "{err:?}");
+    assert_eq!(Error::from(err).status(), 502);
+}
+
+#[tokio::test]
+async fn a_slow_peer_times_out() {
+    let service = Arc::new(MemoryService {
+        slow: Duration::from_secs(60),
+        ..MemoryService::default()
+    });
+    let addr = serve(service, None, DEFAULT_MAX_BODY_BYTES).await;
+    let client = PeerClient::builder(format!("http://{addr}"))
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+
+    let err = client.get("g", SLOW).await.unwrap_err();
+    assert!(matches!(err, PeerError::Timeout { .. }), "{err:?}");
+    let err = Error::from(err);
+    assert_eq!((err.status(), err.code()), (504, "peer_timeout"));
+}
+
+#[test]
+fn peer_addresses_are_checked() {
+    for good in ["127.0.0.1:9001", "http://node-1:9001", "http://[::1]:9001/"] {
+        let client = PeerClient::builder(good).build().unwrap();
+        assert!(client.base_url().starts_with("http://"), "{good}");
+        assert!(!client.base_url().ends_with('/'), "{good}");
+    }
+    for bad in [
+        "https://node:9001",
+        "http://node:9001/prefix",
+        "node:notaport",
+        "",
+    ] {
+        let err = PeerClient::builder(bad).build().unwrap_err();
+        assert!(
+            matches!(err, PeerError::InvalidAddress { .. }),
+            "{bad}: {err:?}"
+        );
+    }
+}
+
+/// The seam the node uses: the peer router merged into the API router, each keeping its own
+/// routes, fallbacks and body limit.
+#[tokio::test]
+async fn merges_into_the_api_router() {
+    let service = Arc::new(MemoryService::default());
+    let api = crate::api::AppState::new(crate::group::Groups::default(), "g".into(), vec![], 1024);
+    let app = crate::api::router(api).merge(router_with_body_limit(service.clone(), None, 4096));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // A body over the API's limit but under the peer routes' own.
+    let client = client(addr, None);
+    client.set("g", "k", entry(&[1; 2048], None)).await.unwrap();
+    assert_eq!(
+        client.get("g", "k").await.unwrap(),
+        Some(entry(&[1; 2048], None))
+    );
+
+    let (status, _, _) = raw(addr, "GET", "/healthz", &[], vec![]).await;
+    assert_eq!(status, 200);
+    let (status, content_type, _) = raw(addr, "GET", "/nowhere", &[], vec![]).await;
+    assert_eq!((status, content_type.as_str()), (404, "application/json"));
+}

@@ -1,0 +1,311 @@
+//! The server side of the peer protocol: an axum router that serves a [`PeerService`].
+//!
+//! Every request goes through one extractor, [`PeerRequest`]: it reads the body (bounded),
+//! checks the signature when the cluster has a secret, and decodes the group and key from the
+//! raw path, so each handler starts from a checked request and only decodes its message.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+
+use super::auth::{self, ClusterSecret};
+use super::proto::{self, batch_item, get_response};
+use super::{
+    BATCH_SEGMENT, CONTENT_TYPE, DEFAULT_MAX_BODY_BYTES, INVALIDATE_SEGMENT, MAX_BATCH_KEYS,
+    PATH_PREFIX, PeerEntry, PeerService, decode_segment,
+};
+use crate::error::Error;
+
+/// How many keys of one batch are loaded at once; the rest wait their turn, in order.
+const BATCH_CONCURRENCY: usize = 16;
+
+/// The peer routes serving `service`, with the default body limit
+/// ([`DEFAULT_MAX_BODY_BYTES`](super::DEFAULT_MAX_BODY_BYTES)). With `auth`, every request must
+/// be signed with that secret.
+///
+/// The router has no state left to provide and no fallback, so it can be `.merge`d into the API
+/// router. Merge it rather than nest it: signatures cover the full path.
+pub fn router(service: Arc<dyn PeerService>, auth: Option<ClusterSecret>) -> Router {
+    router_with_body_limit(service, auth, DEFAULT_MAX_BODY_BYTES)
+}
+
+/// [`router`] with a request body limit of `max_body_bytes` (larger bodies get 413).
+pub fn router_with_body_limit(
+    service: Arc<dyn PeerService>,
+    auth: Option<ClusterSecret>,
+    max_body_bytes: usize,
+) -> Router {
+    let state = PeerState { service, auth };
+    // One catch-all route, parsed by `parse_path`: the router's own `{group}/{key}` matching
+    // would leave empty or extra segments to the API's 404 instead of a 400 with an ErrorInfo,
+    // and `_batch`/`_invalidate` must stay usable as keys for GET, PUT and DELETE.
+    Router::new()
+        .route("/_geecache/{*path}", any(dispatch))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+struct PeerState {
+    /// The node's groups, as seen by peers.
+    service: Arc<dyn PeerService>,
+    /// The cluster secret requests must be signed with; `None` accepts every request.
+    auth: Option<ClusterSecret>,
+}
+
+/// An error answer: a status and an `ErrorInfo` body.
+#[derive(Debug)]
+struct Failure {
+    /// The HTTP status.
+    status: StatusCode,
+    /// Code and message for the caller.
+    info: proto::ErrorInfo,
+}
+
+impl Failure {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            info: proto::ErrorInfo {
+                code: code.to_string(),
+                message: message.into(),
+            },
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Failure {
+        Failure::from(Error::BadRequest(message.into()))
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Error::Internal(detail) = &e {
+            tracing::error!(%detail, "internal error serving a peer");
+        } else if status.is_server_error() {
+            tracing::warn!(error = %e, "peer request failed");
+        }
+        Failure {
+            status,
+            info: error_info(&e),
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, protobuf(&self.info)).into_response()
+    }
+}
+
+/// The `ErrorInfo` of an error, for a response or a batch item.
+fn error_info(e: &Error) -> proto::ErrorInfo {
+    proto::ErrorInfo {
+        code: e.code().to_string(),
+        message: e.public_message(),
+    }
+}
+
+/// A protobuf body with its content type.
+fn protobuf(message: &impl Message) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        message.encode_to_vec(),
+    )
+        .into_response()
+}
+
+/// A peer request, authenticated, its path decoded and its body read.
+#[derive(Debug)]
+struct PeerRequest {
+    /// The decoded group segment.
+    group: String,
+    /// The decoded last segment: a key, or `_batch`/`_invalidate` for POST.
+    key: String,
+    /// The request method, which picks the operation.
+    method: Method,
+    /// The `content-type` header, checked by [`PeerRequest::decode`].
+    content_type: Option<HeaderValue>,
+    /// The whole body, within the body limit.
+    body: Bytes,
+}
+
+impl FromRequest<PeerState> for PeerRequest {
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &PeerState) -> Result<Self, Failure> {
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let headers = req.headers();
+        let content_type = headers.get(header::CONTENT_TYPE).cloned();
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (date, signature) = (header(auth::DATE_HEADER), header(auth::SIGNATURE_HEADER));
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Failure::new(e.status(), "body_too_large", e.body_text())
+            } else {
+                Failure::bad_request(e.body_text())
+            }
+        })?;
+        if let Some(secret) = &state.auth {
+            let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+            secret
+                .verify(
+                    method.as_str(),
+                    path,
+                    date.as_deref(),
+                    signature.as_deref(),
+                    &body,
+                    auth::unix_now(),
+                )
+                .map_err(|e| {
+                    tracing::warn!(error = %e, %method, path, "refused an unsigned or badly signed peer request");
+                    Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+                })?;
+        }
+        let (group, key) = parse_path(uri.path())?;
+        Ok(PeerRequest {
+            method,
+            group,
+            key,
+            content_type,
+            body,
+        })
+    }
+}
+
+impl PeerRequest {
+    /// Decodes the body as `M`, which it must be labelled as.
+    fn decode<M: Message + Default>(&self, what: &str) -> Result<M, Failure> {
+        let content_type = self
+            .content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case(CONTENT_TYPE) {
+            return Err(Failure::bad_request(format!(
+                "content type must be {CONTENT_TYPE}, not {content_type:?}"
+            )));
+        }
+        M::decode(self.body.clone())
+            .map_err(|e| Failure::bad_request(format!("malformed {what}: {e}")))
+    }
+}
+
+/// Splits `/_geecache/{group}/{key}` (raw, as sent) into its decoded group and key.
+fn parse_path(path: &str) -> Result<(String, String), Failure> {
+    let malformed = || {
+        Failure::bad_request(format!(
+            "malformed peer path {path:?}; expected {PATH_PREFIX}/{{group}}/{{key}}, each one percent-encoded segment"
+        ))
+    };
+    let rest = path
+        .strip_prefix(PATH_PREFIX)
+        .and_then(|p| p.strip_prefix('/'))
+        .ok_or_else(malformed)?;
+    let (group, key) = rest.split_once('/').ok_or_else(malformed)?;
+    if key.contains('/') {
+        return Err(malformed());
+    }
+    Ok((decode_segment(group, "group")?, decode_segment(key, "key")?))
+}
+
+/// Routes a checked request by method (and, for POST, by its last segment).
+async fn dispatch(State(state): State<PeerState>, req: PeerRequest) -> Result<Response, Failure> {
+    match req.method {
+        Method::GET => get_key(&state, &req).await,
+        Method::PUT => set_key(&state, &req).await,
+        Method::DELETE => delete_key(&state, &req).await,
+        Method::POST if req.key == BATCH_SEGMENT => batch_get(&state, &req).await,
+        Method::POST if req.key == INVALIDATE_SEGMENT => invalidate(&state, &req),
+        _ => Err(Failure::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "peer keys accept GET, PUT and DELETE; POST only to _batch and _invalidate",
+        )),
+    }
+}
+
+async fn get_key(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    let result = match state.service.get(&req.group, &req.key).await? {
+        Some(entry) => get_response::Result::Entry(entry.into()),
+        None => get_response::Result::Missing(proto::Missing {}),
+    };
+    Ok(protobuf(&proto::GetResponse {
+        result: Some(result),
+    }))
+}
+
+async fn set_key(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    let message: proto::SetRequest = req.decode("SetRequest")?;
+    let entry = message
+        .entry
+        .ok_or_else(|| Failure::bad_request("SetRequest has no entry"))?;
+    let entry = PeerEntry::try_from(entry).map_err(Failure::bad_request)?;
+    state.service.set(&req.group, &req.key, entry).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_key(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    state.service.delete(&req.group, &req.key).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn invalidate(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    let message: proto::InvalidateRequest = req.decode("InvalidateRequest")?;
+    check_keys(&message.keys)?;
+    state.service.invalidate(&req.group, &message.keys)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn batch_get(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    let message: proto::BatchGetRequest = req.decode("BatchGetRequest")?;
+    check_keys(&message.keys)?;
+    let group = req.group.as_str();
+    let service = &state.service;
+    let items = futures::stream::iter(message.keys)
+        .map(|key| async move {
+            let result = match service.get(group, &key).await {
+                Ok(Some(entry)) => batch_item::Result::Entry(entry.into()),
+                Ok(None) => batch_item::Result::Missing(proto::Missing {}),
+                Err(e) => batch_item::Result::Error(error_info(&e)),
+            };
+            proto::BatchItem {
+                key,
+                result: Some(result),
+            }
+        })
+        .buffered(BATCH_CONCURRENCY)
+        .collect()
+        .await;
+    Ok(protobuf(&proto::BatchGetResponse { items }))
+}
+
+/// The keys of a batch or invalidate request: at most [`MAX_BATCH_KEYS`], none empty.
+fn check_keys(keys: &[String]) -> Result<(), Failure> {
+    if keys.len() > MAX_BATCH_KEYS {
+        return Err(Failure::bad_request(format!(
+            "{} keys in one request; the limit is {MAX_BATCH_KEYS}",
+            keys.len()
+        )));
+    }
+    if keys.iter().any(String::is_empty) {
+        return Err(Failure::bad_request("a key is empty"));
+    }
+    Ok(())
+}
