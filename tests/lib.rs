@@ -97,10 +97,12 @@ impl TestNode {
         );
         let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
         let settings = cli.resolve().unwrap();
-        let node = tokio::task::spawn_blocking(move || server::build(&settings))
-            .await
-            .unwrap()
-            .unwrap();
+        let (node, settings) =
+            tokio::task::spawn_blocking(move || server::build(&settings).map(|n| (n, settings)))
+                .await
+                .unwrap()
+                .unwrap();
+        server::join(&node, &settings).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -66,7 +66,7 @@ pub struct Cli {
     )]
     pub plugin_config: Vec<String>,
 
-    /// Grant a plugin a host directory, NAME=HOST_DIR[:GUEST_DIR] (guest path default /data).
+    /// Grant a plugin a host directory, `NAME=HOST_DIR[:GUEST_DIR]` (guest path default /data).
     /// Plugins get no files at all otherwise.
     #[arg(
         long = "plugin-dir",
@@ -229,7 +229,7 @@ pub struct FilePlugin {
     /// The plugin's config values.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
-    /// Directories granted to the plugin, "HOST_DIR[:GUEST_DIR]".
+    /// Directories granted to the plugin, `HOST_DIR[:GUEST_DIR]`.
     #[serde(default)]
     pub dirs: Vec<String>,
 }

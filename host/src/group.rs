@@ -730,6 +730,31 @@ impl Groups {
     }
 }
 
+/// What this node's groups offer to peers: answers as the keys' owner.
+impl crate::peer::PeerService for Groups {
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        Box::pin(async move { self.get(group)?.get_as_owner(key).await })
+    }
+
+    fn set<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.get(group)?.set_as_owner(key, entry) })
+    }
+
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.get(group)?.remove_as_owner(key) })
+    }
+
+    fn invalidate(&self, group: &str, keys: &[String]) -> Result<()> {
+        self.get(group)?.invalidate(keys);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

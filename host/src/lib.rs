@@ -22,12 +22,15 @@
 //!   the cluster layer).
 //! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
 //!   watch); publishes the member list the ring is built from.
+//! - [`cluster`]: membership → ring → peer clients, as the group's `PeerPicker`; a single node
+//!   is a cluster of one.
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
 //! - [`error`]: the error type shared by the modules above.
 //! - [`telemetry`]: tracing subscriber setup.
 
 pub mod api;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod error;

@@ -1,9 +1,11 @@
-//! Wiring: plugins → groups → router → listener, and graceful shutdown.
+//! Wiring: plugins → groups → cluster → router → listener, and graceful shutdown.
 //!
-//! [`build`] turns [`Settings`] into a [`Node`] (plugins compiled, groups created); [`run`] serves
-//! a node on a bound listener until a shutdown future resolves, then marks the node as draining,
-//! stops accepting connections and waits (bounded) for requests in flight. Tests call both with
-//! a listener on `127.0.0.1:0`; `main` calls [`main`].
+//! [`build`] turns [`Settings`] into a [`Node`] (plugins compiled, groups created, this node
+//! alone on its ring); [`join`] brings in the other members (static list or etcd registration)
+//! once the node is ready to serve; [`run`] serves a node on a bound listener until a shutdown
+//! future resolves, then leaves the cluster (deregisters from etcd) *before* it stops serving,
+//! marks the node as draining, stops accepting connections and waits (bounded) for requests in
+//! flight. Tests call all three with a listener on `127.0.0.1:0`; the binary calls [`main`].
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -14,8 +16,12 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::cache::SystemClock;
+use crate::cluster::Cluster;
 use crate::config::{Cli, Settings};
+use crate::discovery::{EtcdOptions, Member, Membership};
 use crate::group::{Getter, Group, Groups};
+use crate::peer::ClusterSecret;
 use crate::plugin::{LoadedPlugin, Runtime};
 
 /// How long requests in flight may take to finish after shutdown begins.
@@ -28,6 +34,8 @@ pub struct Node {
     pub state: AppState,
     /// Kept alive for as long as the node runs (engine, epoch ticker).
     pub runtime: Arc<Runtime>,
+    /// Ring and peers; a single node is a cluster of one.
+    pub cluster: Arc<Cluster>,
 }
 
 /// Loads every plugin and builds every group of `settings`.
@@ -64,6 +72,18 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         })
         .collect();
 
+    let c = &settings.cluster;
+    let secret = match &c.secret {
+        Some(s) => Some(ClusterSecret::new(s).map_err(|e| format!("--cluster-secret: {e}"))?),
+        None => None,
+    };
+    let peer_timeout = settings
+        .groups
+        .first()
+        .map_or(Duration::from_secs(1), |g| g.options.peer_timeout);
+    let cluster = Cluster::new(&c.node_id, &c.advertise_addr, secret.clone(), peer_timeout)
+        .map_err(|e| e.to_string())?;
+
     let mut groups = Groups::default();
     for spec in &settings.groups {
         let getter = match &spec.getter {
@@ -84,15 +104,73 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
                 )
             })?,
         };
-        groups.insert(Group::new(spec.name.clone(), getter, spec.options.clone()))?;
+        groups.insert(Group::clustered(
+            spec.name.clone(),
+            getter,
+            spec.options.clone(),
+            Arc::new(SystemClock),
+            cluster.clone(),
+        ))?;
     }
     let default_group = settings
         .groups
         .first()
         .map(|g| g.name.clone())
         .unwrap_or_default();
-    let state = AppState::new(groups, default_group, plugins, settings.max_body_bytes);
-    Ok(Node { state, runtime })
+    let state = AppState::new(
+        groups,
+        default_group,
+        plugins,
+        settings.max_body_bytes,
+        cluster.clone(),
+        secret,
+    );
+    Ok(Node {
+        state,
+        runtime,
+        cluster,
+    })
+}
+
+/// Brings the other members into the node's ring: registers in etcd and follows it, or takes
+/// the static `--peers` list. Call it once the node can serve (peers route keys to it at once).
+///
+/// # Errors
+/// When etcd cannot be reached at startup (the message names the endpoints and the fix).
+pub async fn join(node: &Node, settings: &Settings) -> Result<(), String> {
+    let c = &settings.cluster;
+    let me = Member {
+        id: c.node_id.clone(),
+        addr: c.advertise_addr.clone(),
+    };
+    let membership = if c.etcd_endpoints.is_empty() {
+        let peers = c
+            .peers
+            .iter()
+            .map(|a| Member {
+                id: a.clone(),
+                addr: a.clone(),
+            })
+            .collect();
+        Membership::fixed(me, peers)
+    } else {
+        let options = EtcdOptions {
+            lease_ttl: c.lease_ttl,
+            ..EtcdOptions::new(c.etcd_endpoints.clone())
+        };
+        Membership::etcd(me, options)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    node.cluster.join(membership);
+    if c.is_clustered() && c.secret.is_none() {
+        tracing::warn!(
+            "no --cluster-secret: the peer routes under /_geecache/ accept requests from anyone \
+             who can reach this port; set the same secret on every node"
+        );
+    }
+    tracing::info!(members = ?node.cluster.ring_members(), "cluster joined");
+    Ok(())
 }
 
 /// Serves `node` on `listener` until `shutdown` resolves, then drains for at most
@@ -106,11 +184,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = node.state.clone();
+    let cluster = node.cluster.clone();
     let app = api::router(node.state.clone());
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
-        tracing::info!("shutting down: draining requests in flight");
+        // Leave the ring first, so no peer routes new keys here while we drain.
+        cluster.leave().await;
+        tracing::info!("shutting down: left the cluster; draining requests in flight");
         state.set_draining();
         let _ = drain_tx.send(());
     };
@@ -172,18 +253,7 @@ pub fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let node = match tokio::task::spawn_blocking(move || build(&settings).map(|n| (n, settings))).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                eprintln!("geecache-host: {e}");
-                return ExitCode::from(2);
-            }
-            Err(e) => {
-                eprintln!("geecache-host: startup failed: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let (node, settings) = node;
+        // Bind first: a taken port fails before plugins compile, and `--port 0` learns its port.
         let listener = match TcpListener::bind(settings.addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -194,6 +264,33 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let mut settings = settings;
+        if settings.cluster.advertise_addr.ends_with(":0")
+            && let Ok(local) = listener.local_addr()
+        {
+            let port = local.port().to_string();
+            let advertise = settings.cluster.advertise_addr.trim_end_matches('0').to_string() + &port;
+            if settings.cluster.node_id == settings.cluster.advertise_addr {
+                settings.cluster.node_id.clone_from(&advertise);
+            }
+            settings.cluster.advertise_addr = advertise;
+        }
+        let built = tokio::task::spawn_blocking(move || build(&settings).map(|n| (n, settings))).await;
+        let (node, settings) = match built {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                eprintln!("geecache-host: {e}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("geecache-host: startup failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = join(&node, &settings).await {
+            eprintln!("geecache-host: {e}");
+            return ExitCode::from(2);
+        }
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let groups: Vec<String> = node.state.groups().iter().map(|g| g.name().to_string()).collect();
         tracing::info!(%addr, ?groups, "geecache-host listening; try: curl \"http://{addr}/api?key=Tom\"");

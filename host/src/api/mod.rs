@@ -7,6 +7,7 @@
 //! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204 |
 //! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
 //! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}` |
+//! | `GET /api/v1/cluster` | this node's address, registration state and ring members |
 //! | `GET /api/v1/stats` | JSON counters per group and per plugin |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
@@ -30,8 +31,10 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
 use crate::group::{GroupSnapshot, Groups};
+use crate::peer::{ClusterSecret, PeerService};
 use crate::plugin::LoadedPlugin;
 
 /// Shared state of every handler. Cheap to clone.
@@ -52,6 +55,10 @@ struct Inner {
     ready: AtomicBool,
     /// Largest request body accepted.
     max_body_bytes: usize,
+    /// The ring and its members, for `/api/v1/cluster`.
+    cluster: Arc<Cluster>,
+    /// Checks peer requests when the cluster has a secret.
+    secret: Option<ClusterSecret>,
 }
 
 impl AppState {
@@ -61,6 +68,8 @@ impl AppState {
         default_group: String,
         plugins: Vec<LoadedPlugin>,
         max_body_bytes: usize,
+        cluster: Arc<Cluster>,
+        secret: Option<ClusterSecret>,
     ) -> Self {
         AppState {
             inner: Arc::new(Inner {
@@ -69,6 +78,8 @@ impl AppState {
                 plugins,
                 ready: AtomicBool::new(true),
                 max_body_bytes,
+                cluster,
+                secret,
             }),
         }
     }
@@ -383,6 +394,10 @@ async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(state.stats())
 }
 
+async fn cluster(State(state): State<AppState>) -> Json<ClusterSnapshot> {
+    Json(state.inner.cluster.snapshot())
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
@@ -415,9 +430,13 @@ async fn wrong_method() -> Response {
     )
 }
 
-/// The node's routes, without a socket: tests drive it with `tower::ServiceExt::oneshot`.
+/// The node's routes (public API and peer protocol), without a socket: tests drive it with
+/// `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.inner.max_body_bytes;
+    let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
+    let peer_routes =
+        crate::peer::router_with_body_limit(service, state.inner.secret.clone(), max_body);
     Router::new()
         .route("/api", get(classic_get))
         .route(
@@ -426,10 +445,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/groups/{group}/batch", post(batch_get))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/cluster", get(cluster))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+        .merge(peer_routes)
 }

@@ -692,25 +692,30 @@ fn peer_addresses_are_checked() {
     }
 }
 
-/// The seam the node uses: the peer router merged into the API router, each keeping its own
-/// routes, fallbacks and body limit.
+/// The node's router serves the peer routes beside the API, each with its own fallbacks: a
+/// peer request for an unknown group gets an `ErrorInfo`, an unknown API route gets JSON.
 #[tokio::test]
-async fn merges_into_the_api_router() {
-    let service = Arc::new(MemoryService::default());
-    let api = crate::api::AppState::new(crate::group::Groups::default(), "g".into(), vec![], 1024);
-    let app = crate::api::router(api).merge(router_with_body_limit(service.clone(), None, 4096));
+async fn the_api_router_serves_the_peer_routes() {
+    let cluster =
+        crate::cluster::Cluster::new("n", "127.0.0.1:1", None, Duration::from_secs(1)).unwrap();
+    let api = crate::api::AppState::new(
+        crate::group::Groups::default(),
+        "g".into(),
+        vec![],
+        1024,
+        cluster,
+        None,
+    );
+    let app = crate::api::router(api);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // A body over the API's limit but under the peer routes' own.
-    let client = client(addr, None);
-    client.set("g", "k", entry(&[1; 2048], None)).await.unwrap();
-    assert_eq!(
-        client.get("g", "k").await.unwrap(),
-        Some(entry(&[1; 2048], None))
+    let err = client(addr, None).get("nope", "k").await.unwrap_err();
+    assert!(
+        matches!(err, PeerError::Status { status: 404, .. }),
+        "{err:?}"
     );
-
     let (status, _, _) = raw(addr, "GET", "/healthz", &[], vec![]).await;
     assert_eq!(status, 200);
     let (status, content_type, _) = raw(addr, "GET", "/nowhere", &[], vec![]).await;

@@ -41,7 +41,6 @@
 
 use std::fmt;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
@@ -83,16 +82,8 @@ pub const BATCH_SEGMENT: &str = "_batch";
 /// Last path segment of the invalidate route (with `POST`).
 pub const INVALIDATE_SEGMENT: &str = "_invalidate";
 
-/// A value as it travels between peers: the stored bytes, their codec tag, their absolute expiry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerEntry {
-    /// The value exactly as the owner stores it, encoded with `codec`; peers never recompress.
-    pub value: Bytes,
-    /// How `value` is encoded (`"none"` for raw bytes), so the receiver never has to guess.
-    pub codec: String,
-    /// Absolute expiry in ms since the Unix epoch, so every node expires the value together.
-    pub expires_at_ms: Option<u64>,
-}
+/// A value as it travels between peers (defined beside the group, which keeps it).
+pub use crate::group::PeerEntry;
 
 /// What a node offers its peers (implemented by the node's groups).
 ///
@@ -203,6 +194,7 @@ pub fn key_path(group: &str, key: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use bytes::Bytes;
     use proptest::prelude::*;
     use prost::Message;
 

@@ -1,0 +1,263 @@
+//! The cluster as a group sees it: membership (static list or etcd) → consistent-hash ring →
+//! one peer client per other node, behind the group's [`PeerPicker`].
+//!
+//! Ring members are the nodes' advertised addresses, so every node computes the same owner for
+//! the same member list whatever their ids. A background task rebuilds the view at once on every
+//! membership change (etcd watch), keeping the clients (and their pooled connections) of nodes
+//! that stay. While etcd is unreachable the membership keeps publishing the last known list, so
+//! the ring stays as it was.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::discovery::{Member, Membership, RegistrationState};
+use crate::error::{Error, Result};
+use crate::group::{PeerEntry, PeerPicker, RemotePeer};
+use crate::peer::{ClusterSecret, PeerClient};
+use crate::ring::{DEFAULT_REPLICAS, Ring};
+
+/// One other node: its ring name and a client for it.
+#[derive(Debug)]
+struct Peer {
+    /// The node's advertised address (its ring name).
+    addr: String,
+    /// Signs and sends requests to it.
+    client: PeerClient,
+}
+
+impl RemotePeer for Peer {
+    fn id(&self) -> &str {
+        &self.addr
+    }
+
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        Box::pin(async move { Ok(self.client.get(group, key).await?) })
+    }
+
+    fn set<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Ok(self.client.set(group, key, entry).await?) })
+    }
+
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Ok(self.client.delete(group, key).await?) })
+    }
+
+    fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Ok(self.client.invalidate(group, keys).await?) })
+    }
+}
+
+/// The ring and the clients built from one member list.
+#[derive(Debug)]
+struct View {
+    /// Who owns which key.
+    ring: Ring,
+    /// Every member but this node, by address.
+    peers: HashMap<String, Arc<Peer>>,
+    /// The member list the view was built from.
+    members: Vec<Member>,
+}
+
+/// What `/api/v1/cluster` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSnapshot {
+    /// This node's advertised address.
+    #[serde(rename = "self")]
+    pub self_addr: String,
+    /// `static`, `registering`, `registered` or `unreachable` (etcd down: last ring kept).
+    pub registration: String,
+    /// Virtual nodes per member.
+    pub replicas: usize,
+    /// The ring's members (id and address), this node included.
+    pub members: Vec<Member>,
+}
+
+/// Membership, ring and peer clients of one node. Cheap to share (`Arc<Cluster>`).
+#[derive(Debug)]
+pub struct Cluster {
+    /// This node's advertised address; keys it owns are loaded locally.
+    self_addr: String,
+    /// Signs peer requests when the cluster has a secret.
+    secret: Option<ClusterSecret>,
+    /// Per-request time limit of peer clients.
+    peer_timeout: Duration,
+    /// Shared connection pool of every peer client.
+    http: reqwest::Client,
+    /// The current view; replaced as a whole on membership changes.
+    view: RwLock<Arc<View>>,
+    /// Where the members come from; `None` until [`Cluster::join`].
+    membership: RwLock<Option<Membership>>,
+    /// The task applying membership changes.
+    watcher: RwLock<Option<JoinHandle<()>>>,
+}
+
+fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Cluster {
+    /// A cluster of this node alone, until [`Cluster::join`] brings the members in.
+    ///
+    /// # Errors
+    /// When the HTTP client for peers cannot be built.
+    pub fn new(
+        self_id: &str,
+        self_addr: &str,
+        secret: Option<ClusterSecret>,
+        peer_timeout: Duration,
+    ) -> Result<Arc<Cluster>> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the peer HTTP client: {e}")))?;
+        let cluster = Cluster {
+            self_addr: self_addr.to_string(),
+            secret,
+            peer_timeout,
+            http,
+            view: RwLock::new(Arc::new(View {
+                ring: Ring::new(DEFAULT_REPLICAS, [self_addr.to_string()]),
+                peers: HashMap::new(),
+                members: vec![Member {
+                    id: self_id.to_string(),
+                    addr: self_addr.to_string(),
+                }],
+            })),
+            membership: RwLock::new(None),
+            watcher: RwLock::new(None),
+        };
+        Ok(Arc::new(cluster))
+    }
+
+    /// Follows `membership` from now on: every change rebuilds the ring at once.
+    pub fn join(self: &Arc<Self>, membership: Membership) {
+        let mut members = membership.members();
+        self.apply(&members.borrow_and_update().clone());
+        let this = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            while members.changed().await.is_ok() {
+                let list = members.borrow_and_update().clone();
+                let Some(cluster) = this.upgrade() else { break };
+                cluster.apply(&list);
+            }
+        });
+        *lock_write(&self.membership) = Some(membership);
+        if let Some(old) = lock_write(&self.watcher).replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Rebuilds the view from `members`, reusing the clients of nodes that stay.
+    fn apply(&self, members: &[Member]) {
+        let old = lock_read(&self.view).clone();
+        let mut addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+        if !addrs.contains(&self.self_addr) {
+            addrs.push(self.self_addr.clone());
+        }
+        let mut peers = HashMap::new();
+        for addr in addrs.iter().filter(|a| **a != self.self_addr) {
+            let peer = match old.peers.get(addr) {
+                Some(p) => p.clone(),
+                None => match self.client(addr) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        tracing::error!(peer = %addr, error = %e, "cannot create a client for peer; leaving it off the ring");
+                        continue;
+                    }
+                },
+            };
+            peers.insert(addr.clone(), peer);
+        }
+        let ring_members: Vec<String> = addrs
+            .into_iter()
+            .filter(|a| *a == self.self_addr || peers.contains_key(a))
+            .collect();
+        let ring = Ring::new(DEFAULT_REPLICAS, ring_members);
+        if ring == old.ring {
+            return;
+        }
+        tracing::info!(members = ?ring.members(), "ring updated");
+        *lock_write(&self.view) = Arc::new(View {
+            ring,
+            peers,
+            members: members.to_vec(),
+        });
+    }
+
+    fn client(&self, addr: &str) -> Result<Peer> {
+        let client = PeerClient::builder(format!("http://{addr}"))
+            .timeout(self.peer_timeout)
+            .secret(self.secret.clone())
+            .http_client(self.http.clone())
+            .build()?;
+        Ok(Peer {
+            addr: addr.to_string(),
+            client,
+        })
+    }
+
+    /// What `/api/v1/cluster` shows.
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        let view = lock_read(&self.view).clone();
+        let registration = lock_read(&self.membership)
+            .as_ref()
+            .map_or(RegistrationState::Static, Membership::state);
+        ClusterSnapshot {
+            self_addr: self.self_addr.clone(),
+            registration: registration.to_string(),
+            replicas: view.ring.replicas(),
+            members: view.members.clone(),
+        }
+    }
+
+    /// The ring's members (addresses), this node included.
+    pub fn ring_members(&self) -> Vec<String> {
+        lock_read(&self.view).ring.members().to_vec()
+    }
+
+    /// Leaves the cluster: stops following changes and deregisters from etcd (bounded).
+    pub async fn leave(&self) {
+        if let Some(task) = lock_write(&self.watcher).take() {
+            task.abort();
+        }
+        let membership = lock_write(&self.membership).take();
+        if let Some(m) = membership {
+            m.shutdown().await;
+        }
+    }
+}
+
+impl PeerPicker for Cluster {
+    fn pick(&self, key: &str) -> Option<Arc<dyn RemotePeer>> {
+        let view = lock_read(&self.view).clone();
+        let owner = view.ring.owner(key)?;
+        if owner == self.self_addr {
+            return None;
+        }
+        view.peers
+            .get(owner)
+            .map(|p| p.clone() as Arc<dyn RemotePeer>)
+    }
+
+    fn others(&self) -> Vec<Arc<dyn RemotePeer>> {
+        let view = lock_read(&self.view).clone();
+        view.peers
+            .values()
+            .map(|p| p.clone() as Arc<dyn RemotePeer>)
+            .collect()
+    }
+}

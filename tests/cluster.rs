@@ -1,0 +1,436 @@
+//! Three real `geecache-host` processes on 127.0.0.1, a real etcd, the real db_getter plugin.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/etcd.rs"]
+mod etcd;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd::EtcdServer;
+use futures::StreamExt;
+use geecache_tests::{compile_cache_dir, demo_db, free_port, plugins, wait_healthy};
+
+const SECRET: &str = "test-cluster-secret";
+
+/// One node process.
+struct NodeProc {
+    port: u16,
+    base: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    fn spawn(dir: &Path, db: &Path, etcd: &str) -> NodeProc {
+        let port = free_port();
+        let log = dir.join(format!("node-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+            .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+            .arg("--plugin-config")
+            .arg(format!("db_getter.database={}", db.display()))
+            .args([
+                "--etcd-endpoints",
+                etcd,
+                "--lease-ttl",
+                "2s",
+                "--cluster-secret",
+                SECRET,
+            ])
+            .args(["--peer-timeout", "500ms"])
+            .arg("--compile-cache-dir")
+            .arg(compile_cache_dir())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        NodeProc {
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "node {} exited with {status}: {}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// SIGKILL: no chance to deregister.
+    fn kill(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn members(client: &reqwest::Client, node: &NodeProc) -> Vec<String> {
+    let c = json(client, &format!("{}/api/v1/cluster", node.base)).await;
+    c["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["addr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits until every node in `nodes` sees exactly `want` members; returns how long it took.
+async fn wait_members(
+    client: &reqwest::Client,
+    nodes: &[&NodeProc],
+    want: usize,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for n in nodes {
+            if members(client, n).await.len() != want {
+                all = false;
+            }
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "nodes did not converge on {want} members within {limit:?}: {:?}",
+            futures::future::join_all(nodes.iter().map(|n| members(client, n))).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn getter_calls(client: &reqwest::Client, node: &NodeProc) -> u64 {
+    let stats = json(client, &format!("{}/api/v1/stats", node.base)).await;
+    stats["groups"][0]["getter_calls"].as_u64().unwrap()
+}
+
+fn expected_score(db: &Path, name: &str) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT score FROM scores WHERE name = ?1", [name], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap()
+    .to_string()
+}
+
+struct Cluster {
+    etcd: EtcdServer,
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    nodes: Vec<NodeProc>,
+    client: reqwest::Client,
+}
+
+async fn three_nodes() -> Cluster {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let nodes: Vec<NodeProc> = (0..3)
+        .map(|_| NodeProc::spawn(dir.path(), &db, &etcd.endpoint()))
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for n in &nodes {
+        assert!(
+            wait_healthy(&format!("{}/healthz", n.base), Duration::from_secs(120)).await,
+            "{}",
+            n.log()
+        );
+    }
+    let refs: Vec<&NodeProc> = nodes.iter().collect();
+    wait_members(&client, &refs, 3, Duration::from_secs(20)).await;
+    Cluster {
+        etcd,
+        dir,
+        db,
+        nodes,
+        client,
+    }
+}
+
+/// Sends requests round-robin to `targets` until `stop` is set (or 60 s), counting failures.
+fn request_loop(
+    client: reqwest::Client,
+    targets: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        let started = Instant::now();
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst)
+            && started.elapsed() < Duration::from_secs(60)
+            && i < 100_000
+        {
+            let url = format!(
+                "{}/api?key=user{:06}",
+                targets[(i as usize) % targets.len()],
+                1 + i % 5000
+            );
+            match client.get(&url).send().await {
+                Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                Ok(r) => {
+                    eprintln!(
+                        "{url}: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    );
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e}");
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            i += 1;
+        }
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_split_the_keys_and_load_each_once_cluster_wide() {
+    let c = three_nodes().await;
+    let calls_before: u64 = {
+        let mut sum = 0;
+        for n in &c.nodes {
+            sum += getter_calls(&c.client, n).await;
+        }
+        sum
+    };
+    let bases: Vec<String> = c.nodes.iter().map(|n| n.base.clone()).collect();
+    let answers: Vec<(String, u16, String)> = futures::stream::iter(1..=1000)
+        .map(|i| {
+            let client = c.client.clone();
+            let base = bases[i % bases.len()].clone();
+            async move {
+                let key = format!("user{i:06}");
+                let r = client
+                    .get(format!("{base}/api?key={key}"))
+                    .send()
+                    .await
+                    .unwrap();
+                (key, r.status().as_u16(), r.text().await.unwrap())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (key, status, body) in &answers {
+        assert_eq!(*status, 200, "{key}: {body}");
+        assert_eq!(body, &expected_score(&c.db, key), "{key}");
+    }
+    let mut per_node = Vec::new();
+    for n in &c.nodes {
+        per_node.push(getter_calls(&c.client, n).await);
+    }
+    let total: u64 = per_node.iter().sum::<u64>() - calls_before;
+    assert_eq!(
+        total, 1000,
+        "each key loaded once across the cluster: {per_node:?}"
+    );
+    assert!(
+        per_node.iter().all(|&n| n > 150),
+        "the ring splits the keys: {per_node:?}"
+    );
+
+    // The registry shows the three live nodes.
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &c.etcd.endpoint(),
+            "get",
+            "--prefix",
+            "/geecache/registry/",
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for n in &c.nodes {
+        assert!(
+            listing.contains(&format!("127.0.0.1:{}", n.port)),
+            "{listing}"
+        );
+    }
+
+    // Peer routes refuse requests without the cluster secret.
+    let r = c
+        .client
+        .get(format!("{}/_geecache/scores/Tom", bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // PUT through one node, GET through another: the owner holds the new value.
+    let put = c
+        .client
+        .put(format!("{}/api/v1/groups/scores/keys/Tom", bases[0]))
+        .body("1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    for base in &bases {
+        let body = c
+            .client
+            .get(format!("{base}/api?key=Tom"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "1000", "{base}");
+    }
+    // DELETE through a third node: the next GET anywhere reloads from the getter.
+    let del = c
+        .client
+        .delete(format!("{}/api/v1/groups/scores/keys/Tom", bases[2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    // Hot copies are invalidated in the background; give them a bounded moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for base in &bases {
+        loop {
+            let body = c
+                .client
+                .get(format!("{base}/api?key=Tom"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if body == "630" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base} still serves {body} after DELETE"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(c.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_leaving_gracefully_or_killed_fail_no_client_request() {
+    let mut c = three_nodes().await;
+    let survivors: Vec<String> = c.nodes[..2].iter().map(|n| n.base.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = request_loop(c.client.clone(), survivors, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Graceful stop: the node deregisters before it stops serving.
+    let leaving = c.nodes.pop().unwrap();
+    leaving.stop();
+    let refs: Vec<&NodeProc> = c.nodes.iter().collect();
+    let took = wait_members(&c.client, &refs, 2, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "graceful leave seen after {took:?} (lease TTL 2s)"
+    );
+
+    // A new node joins, then is killed: it vanishes when its lease expires.
+    let joiner = NodeProc::spawn(c.dir.path(), &c.db, &c.etcd.endpoint());
+    assert!(wait_healthy(&format!("{}/healthz", joiner.base), Duration::from_secs(60)).await);
+    let mut refs: Vec<&NodeProc> = c.nodes.iter().collect();
+    refs.push(&joiner);
+    wait_members(&c.client, &refs, 3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    joiner.kill();
+    let refs: Vec<&NodeProc> = c.nodes.iter().collect();
+    let took = wait_members(&c.client, &refs, 2, Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_secs(6),
+        "killed node gone after {took:?} (lease TTL 2s)"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 100, "the loop ran: {ok} ok");
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_etcd_outage_keeps_the_ring_and_nodes_re_register_after_it() {
+    let mut c = three_nodes().await;
+    c.etcd.stop();
+    // Nodes keep their last ring and keep serving.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &c.nodes {
+        assert_eq!(members(&c.client, n).await.len(), 3, "{}", n.log());
+        let cluster = json(&c.client, &format!("{}/api/v1/cluster", n.base)).await;
+        assert_eq!(cluster["registration"], "unreachable", "{cluster}");
+        let r = c
+            .client
+            .get(format!("{}/api?key=Jack", n.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    c.etcd.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &c.nodes {
+        loop {
+            let cluster = json(&c.client, &format!("{}/api/v1/cluster", n.base)).await;
+            if cluster["registration"] == "registered" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not re-register: {cluster}",
+                n.base
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let refs: Vec<&NodeProc> = c.nodes.iter().collect();
+    wait_members(&c.client, &refs, 3, Duration::from_secs(10)).await;
+}
