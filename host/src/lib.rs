@@ -3,12 +3,13 @@
 //! A read-through cache node whose loaders are WebAssembly components. The modules follow a
 //! request through the node:
 //!
-//! - [`server`]: wiring: builds groups from the [`config`], binds the listener, runs until a
-//!   shutdown future resolves, then drains.
+//! - [`server`]: wiring: binds the listener, builds plugins and groups from the [`config`],
+//!   joins the cluster, runs until a shutdown future resolves, leaves the ring, then drains.
 //! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats, health;
 //!   turns every [`error::Error`] into a JSON body with a stable code and status.
-//! - [`group`]: a named namespace. `get` = main cache → singleflight → getter; negative caching.
-//!   Talks only to traits ([`group::Getter`]), never to wasmtime or HTTP.
+//! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
+//!   or local getter; negative caching; set/remove at the owner with invalidation.
+//!   Talks only to traits ([`group::Getter`], [`group::PeerPicker`]), never to wasmtime or HTTP.
 //! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected clock.
 //! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that
 //!   panics or is cancelled.
