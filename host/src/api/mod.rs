@@ -190,19 +190,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = match &self.0 {
-            // Internals go to the log, not to the client.
-            Error::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                "internal error; see the node's log".to_string()
-            }
-            other => {
-                if status.is_server_error() {
-                    tracing::warn!(error = %other, "request failed");
-                }
-                other.to_string()
-            }
-        };
+        // Internals go to the log, not to the client.
+        match &self.0 {
+            Error::Internal(detail) => tracing::error!(%detail, "internal error"),
+            other if status.is_server_error() => tracing::warn!(error = %other, "request failed"),
+            _ => {}
+        }
+        let message = self.0.public_message();
         error_response(status, self.0.code(), message)
     }
 }
