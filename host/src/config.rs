@@ -40,6 +40,14 @@ pub mod defaults {
     pub const PLUGIN_TIMEOUT: &str = "1s";
     /// Default number of plugin calls running at once.
     pub const PLUGIN_CONCURRENCY: usize = 32;
+    /// Default time to wait for a key's owner before loading locally.
+    pub const PEER_TIMEOUT: &str = "1s";
+    /// Default etcd lease TTL of a node's registration.
+    pub const LEASE_TTL: &str = "10s";
+    /// Longest a hot copy of another node's key is kept.
+    pub const HOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+    /// The hot cache's share of the main cache budget, as a divisor.
+    pub const HOT_CACHE_DIVISOR: u64 = 8;
 }
 
 /// `geecache-host`: a read-through cache node whose loaders are WebAssembly components.
@@ -471,8 +479,14 @@ impl Cli {
                 .push(parse_dir(dir, Path::new("")));
         }
 
+        let cache_bytes = parse_size(self.cache_bytes.as_deref().unwrap_or(defaults::CACHE_BYTES))?;
         let base_options = GroupOptions {
-            cache_bytes: parse_size(self.cache_bytes.as_deref().unwrap_or(defaults::CACHE_BYTES))?,
+            cache_bytes,
+            hot_cache_bytes: match &self.hot_cache_bytes {
+                Some(s) => parse_size(s)?,
+                None => cache_bytes / defaults::HOT_CACHE_DIVISOR,
+            },
+            hot_ttl: defaults::HOT_TTL,
             ttl: self.ttl.as_deref().map(parse_duration).transpose()?,
             negative_ttl: parse_duration(
                 self.negative_ttl
@@ -486,16 +500,11 @@ impl Cli {
                     .unwrap_or(defaults::MAX_VALUE_BYTES),
             )?,
             load_timeout: request_timeout,
-            hot_cache_bytes: 0,
-            hot_ttl: Duration::from_secs(60),
-            peer_timeout: parse_duration(self.peer_timeout.as_deref().unwrap_or("1s"))?,
-        };
-        let base_options = GroupOptions {
-            hot_cache_bytes: match &self.hot_cache_bytes {
-                Some(s) => parse_size(s)?,
-                None => base_options.cache_bytes / 8,
-            },
-            ..base_options
+            peer_timeout: parse_duration(
+                self.peer_timeout
+                    .as_deref()
+                    .unwrap_or(defaults::PEER_TIMEOUT),
+            )?,
         };
         let groups = if file.groups.is_empty() {
             vec![GroupSpec {
@@ -542,7 +551,7 @@ impl Cli {
                 .filter(|p| !p.is_empty())
                 .collect(),
             etcd_endpoints: self.etcd_endpoints.clone(),
-            lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or("10s"))?,
+            lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))?,
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
         };
         Ok(Settings {
@@ -564,11 +573,22 @@ impl Cli {
     /// A file group, with CLI flags winning over the file's values.
     fn group_from_file(&self, g: &FileGroup, base: &GroupOptions) -> Result<GroupSpec, String> {
         let ctx = |e: String| format!("group {:?}: {e}", g.name);
+        // A file group with its own cache budget gets the default share of it as hot cache,
+        // unless --hot-cache-bytes says otherwise.
+        let (cache_bytes, hot_cache_bytes) = match (&self.cache_bytes, &g.cache_bytes) {
+            (None, Some(s)) => {
+                let bytes = parse_size(s).map_err(ctx)?;
+                let hot = match &self.hot_cache_bytes {
+                    None => bytes / defaults::HOT_CACHE_DIVISOR,
+                    Some(_) => base.hot_cache_bytes,
+                };
+                (bytes, hot)
+            }
+            _ => (base.cache_bytes, base.hot_cache_bytes),
+        };
         let options = GroupOptions {
-            cache_bytes: match (&self.cache_bytes, &g.cache_bytes) {
-                (None, Some(s)) => parse_size(s).map_err(ctx)?,
-                _ => base.cache_bytes,
-            },
+            cache_bytes,
+            hot_cache_bytes,
             ttl: match (&self.ttl, &g.ttl) {
                 (None, Some(s)) => Some(parse_duration(s).map_err(ctx)?),
                 _ => base.ttl,
@@ -586,13 +606,6 @@ impl Cli {
                 _ => base.max_value_bytes,
             },
             ..base.clone()
-        };
-        let options = GroupOptions {
-            hot_cache_bytes: match (&self.hot_cache_bytes, &g.cache_bytes) {
-                (None, Some(_)) => options.cache_bytes / 8,
-                _ => base.hot_cache_bytes,
-            },
-            ..options
         };
         Ok(GroupSpec {
             name: g.name.clone(),

@@ -629,9 +629,11 @@ impl Group {
     pub async fn remove(&self, key: &str) -> Result<()> {
         self.check_key(key)?;
         let core = &self.core;
-        core.hot.remove(key);
-        core.main.remove(key);
         if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(key)) {
+            // Drop our copies now, so our next read misses at once rather than after the
+            // owner's background invalidation reaches us.
+            core.hot.remove(key);
+            core.main.remove(key);
             return peer.delete(&core.name, key).await;
         }
         self.remove_as_owner(key)

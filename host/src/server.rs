@@ -265,11 +265,10 @@ pub fn main() -> ExitCode {
             }
         };
         let mut settings = settings;
-        if settings.cluster.advertise_addr.ends_with(":0")
+        if let Some(host) = settings.cluster.advertise_addr.strip_suffix(":0")
             && let Ok(local) = listener.local_addr()
         {
-            let port = local.port().to_string();
-            let advertise = settings.cluster.advertise_addr.trim_end_matches('0').to_string() + &port;
+            let advertise = format!("{host}:{}", local.port());
             if settings.cluster.node_id == settings.cluster.advertise_addr {
                 settings.cluster.node_id.clone_from(&advertise);
             }
