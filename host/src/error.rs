@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::compression::CodecError;
 use crate::peer::PeerError;
 use crate::plugin::PluginError;
 use crate::singleflight::LoaderPanicked;
@@ -54,6 +55,11 @@ pub enum Error {
     #[error(transparent)]
     Plugin(#[from] PluginError),
 
+    /// A value could not be encoded with the group's codec, or a value sent to this node does
+    /// not decode to what it claims.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+
     /// A call to a peer failed: unreachable, timed out, refused our signature, or answered
     /// with an error. Served as 502 (504 for a timeout) with a `peer_*` code.
     #[error(transparent)]
@@ -89,6 +95,7 @@ impl Error {
             Error::GroupNotFound(_) => "group_not_found",
             Error::KeyNotFound => "key_not_found",
             Error::Plugin(p) => p.code(),
+            Error::Codec(c) => c.code(),
             Error::Peer(p) => p.code(),
             Error::LoaderPanicked(_) => "loader_panicked",
             Error::Timeout(_) => "timeout",
@@ -114,6 +121,7 @@ impl Error {
             | Error::BodyTooLarge { .. } => 413,
             Error::GroupNotFound(_) | Error::KeyNotFound => 404,
             Error::Plugin(p) => p.status(),
+            Error::Codec(c) => c.status(),
             Error::Peer(p) => p.status(),
             Error::LoaderPanicked(_) | Error::Internal(_) => 500,
             Error::Timeout(_) => 504,

@@ -10,6 +10,9 @@
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
 //!   or local getter; negative caching; set/remove at the owner with invalidation.
 //!   Talks only to traits ([`group::Getter`], [`group::PeerPicker`]), never to wasmtime or HTTP.
+//! - [`compression`]: the codec trait, the built-in codecs (none, gzip, snappy, lz4, zstd) and
+//!   compressor plugins by name; the stored-value envelope (length + checksum, so nothing corrupt
+//!   is served); a group's policy (codec, level, minimum size).
 //! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected clock.
 //! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that
 //!   panics or is cancelled.
@@ -32,6 +35,7 @@
 pub mod api;
 pub mod cache;
 pub mod cluster;
+pub mod compression;
 pub mod config;
 pub mod discovery;
 pub mod error;

@@ -52,3 +52,37 @@ impl WasmCompressor {
         Ok(out)
     }
 }
+
+/// A compressor plugin is a codec like the built-in ones, named by what it reports. Its output
+/// is not trusted: the group checks that it decodes back before storing it.
+impl crate::compression::Compressor for WasmCompressor {
+    fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    fn check_level(&self, _level: Option<i32>) -> Result<(), crate::compression::CodecError> {
+        // The plugin validates levels itself, on every call; a bad one fails that call.
+        Ok(())
+    }
+
+    fn verify_output(&self) -> bool {
+        true
+    }
+
+    fn compress<'a>(
+        &'a self,
+        data: &'a [u8],
+        level: Option<i32>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, crate::compression::CodecError>> {
+        Box::pin(async move { Ok(WasmCompressor::compress(self, data.to_vec(), level).await?) })
+    }
+
+    fn decompress<'a>(
+        &'a self,
+        data: &'a [u8],
+        max_len: usize,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, crate::compression::CodecError>> {
+        let max_len = u64::try_from(max_len).unwrap_or(u64::MAX);
+        Box::pin(async move { Ok(WasmCompressor::decompress(self, data.to_vec(), max_len).await?) })
+    }
+}

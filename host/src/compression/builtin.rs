@@ -1,0 +1,343 @@
+//! The codecs built into the host: none, gzip, snappy, lz4, zstd.
+//!
+//! Each one is a unit struct implementing [`Compressor`]; the work runs inline (these codecs
+//! do hundreds of MB/s to GB/s, so a value within the default 8 MiB limit costs milliseconds at
+//! most). Every `decompress` refuses to produce more than `max_len` bytes *before* allocating
+//! it, so a hostile or corrupt input cannot make the node allocate more than the value limit.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+
+use futures::future::{BoxFuture, FutureExt};
+
+use super::{CodecError, Compressor};
+
+/// Runs a synchronous codec body as the trait's future (already resolved when polled).
+fn ready<'a, T: Send + 'a>(
+    f: impl FnOnce() -> Result<T, CodecError> + Send + 'a,
+) -> BoxFuture<'a, Result<T, CodecError>> {
+    async move { f() }.boxed()
+}
+
+/// Fails unless the codec has no levels and none was asked for.
+fn no_level(codec: &str, level: Option<i32>) -> Result<(), CodecError> {
+    match level {
+        None => Ok(()),
+        Some(l) => Err(CodecError::BadLevel {
+            codec: codec.to_owned(),
+            level: l,
+            range: "none (this codec has no levels)".into(),
+        }),
+    }
+}
+
+/// Fails when `level` is outside `lo..=hi`.
+fn level_in(codec: &str, level: i32, lo: i32, hi: i32) -> Result<(), CodecError> {
+    if (lo..=hi).contains(&level) {
+        return Ok(());
+    }
+    Err(CodecError::BadLevel {
+        codec: codec.to_owned(),
+        level,
+        range: format!("{lo}..={hi}"),
+    })
+}
+
+/// The output of a decoder that announced more bytes than allowed.
+fn too_large(codec: &str, len: usize, max_len: usize) -> CodecError {
+    CodecError::Corrupt {
+        codec: codec.to_owned(),
+        reason: format!("decodes to {len} bytes, more than the {max_len} allowed"),
+    }
+}
+
+/// A decoder's own error, as a corrupt value.
+fn corrupt(codec: &str, e: impl std::fmt::Display) -> CodecError {
+    CodecError::Corrupt {
+        codec: codec.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Keeps values as they are: the tag of raw values, and the choice of groups that do not
+/// compress.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCompression;
+
+impl Compressor for NoCompression {
+    fn name(&self) -> &str {
+        "none"
+    }
+
+    fn check_level(&self, level: Option<i32>) -> Result<(), CodecError> {
+        no_level(self.name(), level)
+    }
+
+    fn compress<'a>(
+        &'a self,
+        data: &'a [u8],
+        _level: Option<i32>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || Ok(data.to_vec()))
+    }
+
+    fn decompress<'a>(
+        &'a self,
+        data: &'a [u8],
+        max_len: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            if data.len() > max_len {
+                return Err(too_large(self.name(), data.len(), max_len));
+            }
+            Ok(data.to_vec())
+        })
+    }
+}
+
+/// gzip (RFC 1952) through flate2: levels 0–9, default 6. The payload is a complete gzip
+/// member, so a stored value can be handed to an HTTP client as `Content-Encoding: gzip`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gzip;
+
+impl Compressor for Gzip {
+    fn name(&self) -> &str {
+        "gzip"
+    }
+
+    fn check_level(&self, level: Option<i32>) -> Result<(), CodecError> {
+        level.map_or(Ok(()), |l| level_in(self.name(), l, 0, 9))
+    }
+
+    fn compress<'a>(
+        &'a self,
+        data: &'a [u8],
+        level: Option<i32>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            self.check_level(level)?;
+            let level = level.and_then(|l| u32::try_from(l).ok()).unwrap_or(6);
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(data.len() / 2 + 64),
+                flate2::Compression::new(level),
+            );
+            encoder
+                .write_all(data)
+                .and_then(|()| encoder.finish())
+                .map_err(|e| CodecError::Failed {
+                    codec: self.name().to_owned(),
+                    reason: e.to_string(),
+                })
+        })
+    }
+
+    fn decompress<'a>(
+        &'a self,
+        data: &'a [u8],
+        max_len: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            // gzip's trailer holds the length mod 2^32; reading one byte past the limit is the
+            // reliable way to tell "too long".
+            let limit = u64::try_from(max_len).unwrap_or(u64::MAX).saturating_add(1);
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(data)
+                .take(limit)
+                .read_to_end(&mut out)
+                .map_err(|e| corrupt(self.name(), e))?;
+            if out.len() > max_len {
+                return Err(too_large(self.name(), out.len(), max_len));
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Snappy (raw block format, which starts with the uncompressed length) through snap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snappy;
+
+impl Compressor for Snappy {
+    fn name(&self) -> &str {
+        "snappy"
+    }
+
+    fn check_level(&self, level: Option<i32>) -> Result<(), CodecError> {
+        no_level(self.name(), level)
+    }
+
+    fn compress<'a>(
+        &'a self,
+        data: &'a [u8],
+        level: Option<i32>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            self.check_level(level)?;
+            snap::raw::Encoder::new()
+                .compress_vec(data)
+                .map_err(|e| CodecError::Failed {
+                    codec: self.name().to_owned(),
+                    reason: e.to_string(),
+                })
+        })
+    }
+
+    fn decompress<'a>(
+        &'a self,
+        data: &'a [u8],
+        max_len: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            let len = snap::raw::decompress_len(data).map_err(|e| corrupt(self.name(), e))?;
+            if len > max_len {
+                return Err(too_large(self.name(), len, max_len));
+            }
+            snap::raw::Decoder::new()
+                .decompress_vec(data)
+                .map_err(|e| corrupt(self.name(), e))
+        })
+    }
+}
+
+/// LZ4 block format through lz4_flex, with the original length prepended (4 bytes, little
+/// endian) so that any ratio decompresses into an exactly sized buffer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lz4;
+
+impl Compressor for Lz4 {
+    fn name(&self) -> &str {
+        "lz4"
+    }
+
+    fn check_level(&self, level: Option<i32>) -> Result<(), CodecError> {
+        no_level(self.name(), level)
+    }
+
+    fn compress<'a>(
+        &'a self,
+        data: &'a [u8],
+        level: Option<i32>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            self.check_level(level)?;
+            if u32::try_from(data.len()).is_err() {
+                return Err(CodecError::Failed {
+                    codec: self.name().to_owned(),
+                    reason: "values of 4 GiB or more do not fit lz4's length prefix".into(),
+                });
+            }
+            Ok(lz4_flex::block::compress_prepend_size(data))
+        })
+    }
+
+    fn decompress<'a>(
+        &'a self,
+        data: &'a [u8],
+        max_len: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            let (len, rest) =
+                lz4_flex::block::uncompressed_size(data).map_err(|e| corrupt(self.name(), e))?;
+            if len > max_len {
+                return Err(too_large(self.name(), len, max_len));
+            }
+            let mut out = vec![0; len];
+            let written = lz4_flex::block::decompress_into(rest, &mut out)
+                .map_err(|e| corrupt(self.name(), e))?;
+            if written != len {
+                return Err(corrupt(
+                    self.name(),
+                    format!("announced {len} bytes but decoded {written}"),
+                ));
+            }
+            Ok(out)
+        })
+    }
+}
+
+thread_local! {
+    /// One zstd compression context per thread, reused across calls (building one costs far
+    /// more than compressing a small value). Its level is set on every call.
+    static ZSTD_ENCODER: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    /// One zstd decompression context per thread, reused across calls.
+    static ZSTD_DECODER: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Zstandard through zstd (libzstd), levels from zstd's own range (1–22 plus negative "fast"
+/// levels), default 3. Compression and decompression contexts are kept per thread and reused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Zstd;
+
+impl Zstd {
+    /// zstd's default level.
+    const DEFAULT_LEVEL: i32 = 3;
+}
+
+impl Compressor for Zstd {
+    fn name(&self) -> &str {
+        "zstd"
+    }
+
+    fn check_level(&self, level: Option<i32>) -> Result<(), CodecError> {
+        let range = zstd::compression_level_range();
+        level.map_or(Ok(()), |l| {
+            level_in(self.name(), l, *range.start(), *range.end())
+        })
+    }
+
+    fn compress<'a>(
+        &'a self,
+        data: &'a [u8],
+        level: Option<i32>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            self.check_level(level)?;
+            let level = level.unwrap_or(Self::DEFAULT_LEVEL);
+            let failed = |e: std::io::Error| CodecError::Failed {
+                codec: "zstd".to_owned(),
+                reason: e.to_string(),
+            };
+            ZSTD_ENCODER.with_borrow_mut(|slot| {
+                let encoder = match slot {
+                    Some(encoder) => {
+                        encoder.set_compression_level(level).map_err(failed)?;
+                        encoder
+                    }
+                    None => slot.insert(zstd::bulk::Compressor::new(level).map_err(failed)?),
+                };
+                // The frame records the content size (the input length is known up front), so
+                // the decoder can size its buffer exactly.
+                encoder.compress(data).map_err(failed)
+            })
+        })
+    }
+
+    fn decompress<'a>(
+        &'a self,
+        data: &'a [u8],
+        max_len: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
+        ready(move || {
+            let len = match zstd::zstd_safe::get_frame_content_size(data) {
+                Ok(Some(len)) => usize::try_from(len).unwrap_or(usize::MAX),
+                Ok(None) => return Err(corrupt(self.name(), "frame does not record its size")),
+                Err(e) => return Err(corrupt(self.name(), format!("{e:?}"))),
+            };
+            if len > max_len {
+                return Err(too_large(self.name(), len, max_len));
+            }
+            ZSTD_DECODER.with_borrow_mut(|slot| {
+                let decoder = match slot {
+                    Some(decoder) => decoder,
+                    None => slot
+                        .insert(zstd::bulk::Decompressor::new().map_err(|e| corrupt("zstd", e))?),
+                };
+                decoder
+                    .decompress(data, len)
+                    .map_err(|e| corrupt("zstd", e))
+            })
+        })
+    }
+}
