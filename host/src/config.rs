@@ -48,6 +48,10 @@ pub mod defaults {
     pub const HOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
     /// The hot cache's share of the main cache budget, as a divisor.
     pub const HOT_CACHE_DIVISOR: u64 = 8;
+    /// Default codec of stored values.
+    pub const COMPRESSION: &str = "none";
+    /// Default size below which values are stored raw.
+    pub const COMPRESS_MIN_BYTES: &str = "256B";
 }
 
 /// `geecache-host`: a read-through cache node whose loaders are WebAssembly components.
@@ -120,6 +124,21 @@ pub struct Cli {
     /// Largest value accepted from a getter [default: 8MiB].
     #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<String>,
+
+    /// Codec of stored values, CODEC[:LEVEL]: none, gzip[:0-9], snappy, lz4, zstd[:1-22], or
+    /// a compressor plugin's name [default: none]. Caches count compressed bytes; peers
+    /// receive values as stored.
+    #[arg(long, value_name = "CODEC[:LEVEL]", env = "GEECACHE_COMPRESSION")]
+    pub compression: Option<String>,
+
+    /// Values shorter than this are stored raw [default: 256B].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_COMPRESS_MIN_BYTES")]
+    pub compress_min_bytes: Option<String>,
+
+    /// Storage plugin (by reported name) that keeps each group's owned entries beyond memory
+    /// [default: the first storage plugin loaded, if any; `none` for no storage tier].
+    #[arg(long, value_name = "NAME", env = "GEECACHE_STORAGE")]
+    pub storage: Option<String>,
 
     /// Largest request body accepted [default: 16MiB].
     #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_BODY_BYTES")]
@@ -260,6 +279,12 @@ pub struct FileGroup {
     pub max_key_bytes: Option<usize>,
     /// Largest value.
     pub max_value_bytes: Option<String>,
+    /// Codec of stored values, `CODEC[:LEVEL]`.
+    pub compression: Option<String>,
+    /// Size below which values are stored raw.
+    pub compress_min_bytes: Option<String>,
+    /// Storage plugin name, or `none`.
+    pub storage: Option<String>,
 }
 
 /// A plugin to load and what it is granted.
@@ -278,7 +303,10 @@ pub struct GroupSpec {
     pub name: String,
     /// The getter's plugin name; `None` means the first getter loaded.
     pub getter: Option<String>,
-    /// Cache budget, TTLs, limits.
+    /// The storage plugin's name; `None` means the first storage plugin loaded (if any),
+    /// `Some("none")` no storage tier.
+    pub storage: Option<String>,
+    /// Cache budget, TTLs, limits, compression.
     pub options: GroupOptions,
 }
 
@@ -505,6 +533,16 @@ impl Cli {
                     .as_deref()
                     .unwrap_or(defaults::PEER_TIMEOUT),
             )?,
+            compression: self
+                .compression
+                .as_deref()
+                .unwrap_or(defaults::COMPRESSION)
+                .parse()?,
+            compress_min_bytes: size_usize(
+                self.compress_min_bytes
+                    .as_deref()
+                    .unwrap_or(defaults::COMPRESS_MIN_BYTES),
+            )?,
         };
         let groups = if file.groups.is_empty() {
             vec![GroupSpec {
@@ -513,6 +551,7 @@ impl Cli {
                     .clone()
                     .unwrap_or_else(|| defaults::GROUP.to_string()),
                 getter: None,
+                storage: self.storage.clone(),
                 options: base_options,
             }]
         } else {
@@ -523,6 +562,12 @@ impl Cli {
         };
         for g in &groups {
             validate_group_name(&g.name)?;
+            if u32::try_from(g.options.max_value_bytes).is_err() {
+                return Err(format!(
+                    "group {:?}: values are limited to under 4 GiB (--max-value-bytes)",
+                    g.name
+                ));
+            }
         }
 
         let bind = self
@@ -605,11 +650,20 @@ impl Cli {
                 (None, Some(s)) => size_usize(s).map_err(ctx)?,
                 _ => base.max_value_bytes,
             },
+            compression: match (&self.compression, &g.compression) {
+                (None, Some(s)) => s.parse().map_err(ctx)?,
+                _ => base.compression.clone(),
+            },
+            compress_min_bytes: match (&self.compress_min_bytes, &g.compress_min_bytes) {
+                (None, Some(s)) => size_usize(s).map_err(ctx)?,
+                _ => base.compress_min_bytes,
+            },
             ..base.clone()
         };
         Ok(GroupSpec {
             name: g.name.clone(),
             getter: g.getter.clone(),
+            storage: self.storage.clone().or_else(|| g.storage.clone()),
             options,
         })
     }
@@ -702,6 +756,9 @@ ttl = "10m"
 [[groups]]
 name = "users"
 getter = "db_getter"
+compression = "zstd:5"
+compress_min_bytes = "1KiB"
+storage = "fs_storage"
 "#,
         )
         .unwrap();
@@ -714,6 +771,22 @@ getter = "db_getter"
         assert_eq!(s.groups[1].getter.as_deref(), Some("db_getter"));
         assert_eq!(s.plugins[0].path, dir.path().join("db_getter.wasm"));
         assert_eq!(s.plugins[0].grants.config["database"], "scores.db");
+        let users = &s.groups[1];
+        assert_eq!(users.options.compression.to_string(), "zstd:5");
+        assert_eq!(users.options.compress_min_bytes, 1024);
+        assert_eq!(users.storage.as_deref(), Some("fs_storage"));
+        assert_eq!(s.groups[0].options.compression.to_string(), "none");
+
+        let s = cli(&["--config", p, "--compression", "lz4"])
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            s.groups[1].options.compression.to_string(),
+            "lz4",
+            "the flag wins"
+        );
+        let err = cli(&["--compression", "zstd:high"]).resolve().unwrap_err();
+        assert!(err.contains("e.g. zstd:3"), "{err}");
     }
 
     #[test]

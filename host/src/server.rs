@@ -18,9 +18,10 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::cache::SystemClock;
 use crate::cluster::Cluster;
+use crate::compression::Codecs;
 use crate::config::{Cli, Settings};
 use crate::discovery::{EtcdOptions, Member, Membership};
-use crate::group::{Getter, Group, Groups};
+use crate::group::{Getter, Group, Groups, Storage};
 use crate::peer::ClusterSecret;
 use crate::plugin::{LoadedPlugin, Runtime};
 
@@ -71,6 +72,19 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
             _ => None,
         })
         .collect();
+    let storages: Vec<Arc<dyn Storage>> = plugins
+        .iter()
+        .filter_map(|p| match p {
+            LoadedPlugin::Storage(s) => Some(s.clone() as Arc<dyn Storage>),
+            _ => None,
+        })
+        .collect();
+    let mut codecs = Codecs::builtin();
+    for p in &plugins {
+        if let LoadedPlugin::Compressor(c) = p {
+            codecs.add(c.clone())?;
+        }
+    }
 
     let c = &settings.cluster;
     let secret = match &c.secret {
@@ -104,13 +118,36 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
                 )
             })?,
         };
-        groups.insert(Group::clustered(
-            spec.name.clone(),
-            getter,
-            spec.options.clone(),
-            Arc::new(SystemClock),
-            cluster.clone(),
-        ))?;
+        let storage = match spec.storage.as_deref() {
+            Some("none") => None,
+            Some(name) => Some(storages.iter().find(|s| s.name() == name).cloned().ok_or_else(
+                || {
+                    format!(
+                        "group {:?} wants storage {name:?}, but no loaded storage plugin reports \
+                         that name (loaded storage plugins: {:?}); load one with --plugin, or \
+                         pass --storage none",
+                        spec.name,
+                        storages.iter().map(|s| s.name()).collect::<Vec<_>>()
+                    )
+                },
+            )?),
+            None => storages.first().cloned(),
+        };
+        let mut builder = Group::builder(spec.name.clone(), getter)
+            .options(spec.options.clone())
+            .clock(Arc::new(SystemClock))
+            .peers(cluster.clone())
+            .codecs(codecs.clone());
+        if let Some(storage) = storage {
+            builder = builder.storage(storage);
+        }
+        let group = builder.build().map_err(|e| {
+            format!(
+                "group {:?}: {e} (--compression, or `compression` in the config file)",
+                spec.name
+            )
+        })?;
+        groups.insert(group)?;
     }
     let default_group = settings
         .groups

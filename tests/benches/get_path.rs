@@ -12,7 +12,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::future::BoxFuture;
 use geecache_host::error::Result;
-use geecache_host::group::{Getter, Group, GroupOptions, Loaded};
+use geecache_host::group::{Getter, Group, Loaded};
 use geecache_host::plugin::{LoadedPlugin, PluginGrants, Runtime, RuntimeOptions};
 use geecache_tests::{compile_cache_dir, demo_db, plugins};
 
@@ -60,7 +60,7 @@ fn benches(c: &mut Criterion) {
     let db_getter = load_getter(&rt, plugins::DB_GETTER, db_grants);
     let chaos = load_getter(&rt, plugins::CHAOS_GETTER, PluginGrants::default());
 
-    let group = Group::new("bench", Arc::new(Native), GroupOptions::default());
+    let group = Group::builder("bench", Arc::new(Native)).build().unwrap();
     tokio.block_on(group.get("hot")).unwrap();
     c.bench_function("group_get/cache_hit", |b| {
         b.to_async(&tokio)

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use moka::Expiry;
+
+use crate::compression::Stored;
 use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 
@@ -35,8 +36,9 @@ pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cached {
-    /// The value, exactly as it was loaded or set.
-    Value(Bytes),
+    /// The value as the group stores it: possibly compressed, always with its codec tag and
+    /// checksum. Its stored length is what counts against the byte budget.
+    Value(Stored),
     /// A negative entry: the origin said there is no such key. Cached briefly so that repeated
     /// requests for a missing key do not each reach the origin.
     NotFound,
@@ -65,7 +67,7 @@ impl CacheEntry {
     /// can fit at all.
     pub fn weight(&self, key: &str) -> u64 {
         let value_len = match &self.cached {
-            Cached::Value(bytes) => bytes.len(),
+            Cached::Value(stored) => stored.len(),
             Cached::NotFound => 0,
         };
         weight_of(key.len(), value_len)
@@ -338,6 +340,12 @@ impl Expiry<String, Arc<CacheEntry>> for ClockExpiry {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::compression::HEADER_BYTES;
+
+    /// A raw value as the group would store it (header + bytes).
+    fn raw(bytes: &[u8]) -> Cached {
+        Cached::Value(Stored::raw(bytes))
+    }
 
     /// 2026-01-01T00:00:00Z: any fixed start works, a realistic one reads better in failures.
     const START_MS: u64 = 1_767_225_600_000;
@@ -347,7 +355,7 @@ mod tests {
 
     fn value(bytes: &'static [u8], expires_at_ms: Option<u64>) -> CacheEntry {
         CacheEntry {
-            cached: Cached::Value(Bytes::from_static(bytes)),
+            cached: raw(bytes),
             expires_at_ms,
         }
     }
@@ -373,10 +381,7 @@ mod tests {
         let (cache, _clock) = manual_cache(1 << 20);
         assert!(cache.insert("k", value(b"v", None)));
         assert!(cache.insert("missing", not_found(None)));
-        assert_eq!(
-            cache.get("k").unwrap().cached,
-            Cached::Value(Bytes::from_static(b"v"))
-        );
+        assert_eq!(cache.get("k").unwrap().cached, raw(b"v"));
         assert_eq!(cache.get("missing").unwrap().cached, Cached::NotFound);
         assert!(cache.get("other").is_none());
     }
@@ -385,7 +390,7 @@ mod tests {
     fn weight_is_key_plus_value_plus_overhead() {
         assert_eq!(
             value(b"12345", None).weight("abc"),
-            3 + 5 + ENTRY_OVERHEAD_BYTES
+            3 + 5 + HEADER_BYTES as u64 + ENTRY_OVERHEAD_BYTES
         );
         assert_eq!(not_found(None).weight("abc"), 3 + ENTRY_OVERHEAD_BYTES);
         assert_eq!(weight_of(usize::MAX, usize::MAX), u64::MAX);
@@ -395,7 +400,10 @@ mod tests {
         let (cache, _clock) = manual_cache(1 << 20);
         cache.insert("abc", value(b"12345", None));
         cache.run_pending_tasks();
-        assert_eq!(cache.weighted_size(), 3 + 5 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(
+            cache.weighted_size(),
+            3 + 5 + HEADER_BYTES as u64 + ENTRY_OVERHEAD_BYTES
+        );
     }
 
     #[test]
@@ -403,10 +411,10 @@ mod tests {
         const MAX_BYTES: u64 = 10_000;
         const INSERTED: u64 = 500;
         let (cache, _clock) = manual_cache(MAX_BYTES);
-        let payload = Bytes::from(vec![7u8; 100]);
+        let payload = raw(&[7u8; 100]);
         for i in 0..INSERTED {
             let entry = CacheEntry {
-                cached: Cached::Value(payload.clone()),
+                cached: payload.clone(),
                 expires_at_ms: None,
             };
             assert!(cache.insert(format!("key-{i:04}"), entry));
@@ -426,7 +434,7 @@ mod tests {
     fn an_entry_heavier_than_the_whole_budget_is_refused() {
         let (cache, _clock) = manual_cache(1_000);
         let too_big = CacheEntry {
-            cached: Cached::Value(Bytes::from(vec![0u8; 1_000])),
+            cached: raw(&[0u8; 1_000]),
             expires_at_ms: None,
         };
         assert!(!cache.insert("big", too_big));
@@ -436,9 +444,10 @@ mod tests {
         assert_eq!(cache.entry_count(), 0);
 
         // Exactly the budget fits.
-        let len = usize::try_from(1_000 - ENTRY_OVERHEAD_BYTES).unwrap() - "fits".len();
+        let len =
+            usize::try_from(1_000 - ENTRY_OVERHEAD_BYTES).unwrap() - "fits".len() - HEADER_BYTES;
         let fits = CacheEntry {
-            cached: Cached::Value(Bytes::from(vec![0u8; len])),
+            cached: raw(&vec![0u8; len]),
             expires_at_ms: None,
         };
         assert_eq!(fits.weight("fits"), 1_000);
@@ -455,7 +464,7 @@ mod tests {
 
         assert!(cache.insert("k", value(b"old", None)));
         let too_big = CacheEntry {
-            cached: Cached::Value(Bytes::from(vec![0u8; 2_000])),
+            cached: raw(&[0u8; 2_000]),
             expires_at_ms: None,
         };
         assert!(!cache.insert("k", too_big));
@@ -527,7 +536,7 @@ mod tests {
         assert!(cache.insert("k", value(b"v2", Some(START_MS + TTL_MS))));
         clock.set(START_MS + 10);
         let entry = cache.get("k").unwrap();
-        assert_eq!(entry.cached, Cached::Value(Bytes::from_static(b"v2")));
+        assert_eq!(entry.cached, raw(b"v2"));
         cache.run_pending_tasks();
         assert_eq!(cache.evictions(), 0);
     }

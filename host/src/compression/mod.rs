@@ -376,6 +376,15 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// `value` stored raw (codec `none`), as a group does with small values.
+    ///
+    /// # Panics
+    /// When `value` is 4 GiB or longer (groups refuse such values before they get here).
+    pub fn raw(value: &[u8]) -> Self {
+        Self::frame(value, value, Codec::new(Arc::new(builtin::NoCompression)))
+            .expect("a value under 4 GiB")
+    }
+
     /// The stored bytes (header and payload), as they are kept and sent to peers.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes

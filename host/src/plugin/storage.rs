@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::group::PeerEntry;
+
 use super::bindings::storage::exports::geecache::plugin::storage::Entry;
 use super::bindings::storage::{StoragePlugin, StoragePluginPre};
 use super::{PluginError, plugin_kind};
@@ -68,5 +70,50 @@ impl WasmStorage {
         let (group, key) = (group.to_owned(), key.to_owned());
         self.invoke(move |s, p| p.geecache_plugin_storage().call_delete(s, &group, &key))
             .await
+    }
+}
+
+/// A storage plugin is a group's storage tier: entries pass through as stored (bytes, codec
+/// tag, expiry); the group checks what comes back.
+impl crate::group::Storage for WasmStorage {
+    fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    fn get<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, crate::error::Result<Option<PeerEntry>>> {
+        Box::pin(async move {
+            let entry = WasmStorage::get(self, group, key).await?;
+            Ok(entry.map(|e| PeerEntry {
+                value: e.value,
+                codec: e.codec,
+                expires_at_ms: e.expires_at_ms,
+            }))
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> futures::future::BoxFuture<'a, crate::error::Result<()>> {
+        let entry = StoredEntry {
+            value: entry.value,
+            codec: entry.codec,
+            expires_at_ms: entry.expires_at_ms,
+        };
+        Box::pin(async move { Ok(WasmStorage::put(self, group, key, entry).await?) })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, crate::error::Result<()>> {
+        Box::pin(async move { Ok(WasmStorage::delete(self, group, key).await?) })
     }
 }

@@ -1,0 +1,951 @@
+//! Groups: named cache namespaces, each with its own getter, byte budget, expiry policy,
+//! compression and optional storage tier.
+//!
+//! `Group::get` order: main cache → hot cache → singleflight → owner. When a [`PeerPicker`]
+//! names another node as the key's owner, the value is fetched from it (stored bytes and codec,
+//! decoded and checked here) and mirrored in the small hot cache; when this node owns the key,
+//! the [`Storage`] tier is asked next, then the local [`Getter`] loads it into the main cache
+//! (and the storage tier, in the background). A dead or slow owner is not an error: the node
+//! loads the key itself and keeps it as a hot copy. "No such key" is cached for the short
+//! negative TTL so a missing key cannot hammer the origin. `set` and `remove` go to the owner,
+//! which then tells every other node to drop its copies.
+//!
+//! Values are kept encoded ([`crate::compression::Stored`]): the byte budgets count stored
+//! (compressed) bytes, peers receive the stored bytes as they are, and every decode is checked,
+//! so a corrupt or mis-tagged value is dropped and reloaded, never served.
+//!
+//! The group talks only to traits ([`Getter`], [`Storage`], [`PeerPicker`], [`RemotePeer`],
+//! [`crate::compression::Compressor`]), never to wasmtime or HTTP, so native and wasm/HTTP parts
+//! are interchangeable.
+
+mod stats;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::cache::{Cache, CacheEntry, Cached, Clock, SystemClock};
+use crate::compression::{CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify};
+use crate::error::{Error, Result};
+use crate::singleflight::Singleflight;
+
+pub use stats::{Counters, GroupSnapshot, GroupStats};
+use stats::{add, bump};
+
+/// What a getter found for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    /// The key exists.
+    Found {
+        /// The value's bytes.
+        value: Bytes,
+        /// Absolute expiry (ms since the Unix epoch) chosen by the source, if any.
+        expires_at_ms: Option<u64>,
+    },
+    /// The key does not exist in the source. Not an error.
+    NotFound,
+}
+
+/// How a group loads a key it does not hold: the extension point for the source of truth.
+pub trait Getter: Send + Sync + fmt::Debug + 'static {
+    /// The getter's name, for stats and logs.
+    fn name(&self) -> &str;
+
+    /// Loads `key` of `group` from the source.
+    ///
+    /// # Errors
+    /// Any failure of the source or of the getter itself; "no such key" is `Ok(Loaded::NotFound)`.
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Loaded>>;
+}
+
+/// A value as it travels between nodes and to a storage backend: the stored bytes (envelope
+/// header + codec payload, see [`crate::compression`]), their codec tag, their absolute expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// The stored bytes, exactly as the owner holds them.
+    pub value: Bytes,
+    /// Codec tag of `value`.
+    pub codec: String,
+    /// Absolute expiry in ms since the Unix epoch, if any.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Another node of the cluster, as the group needs it.
+pub trait RemotePeer: Send + Sync + fmt::Debug + 'static {
+    /// The node's ring name (its advertised address).
+    fn id(&self) -> &str;
+    /// Asks the owner for `key`; `Ok(None)` means it has no such key.
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>>;
+    /// Stores `entry` at the owner.
+    fn set<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Removes `key` at the owner (which then invalidates every node's copies).
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Tells the node to drop its copies of `keys`.
+    fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>>;
+}
+
+/// A tier below memory where a group keeps the entries it owns (a disk, a remote store): the
+/// extension point for storage backends.
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// The backend's name, for stats and logs.
+    fn name(&self) -> &str;
+    /// The entry stored under `key` of `group`, if any (expired entries may be returned; the
+    /// group checks).
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>>;
+    /// Stores `entry` under `key` of `group`, replacing any previous one.
+    fn put<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Removes `key` of `group`; removing a missing key is not an error.
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
+}
+
+/// Which node owns a key: the seam between a group and the cluster (ring + peer clients).
+pub trait PeerPicker: Send + Sync + fmt::Debug + 'static {
+    /// The remote owner of `key`, or `None` when this node owns it (or runs alone).
+    fn pick(&self, key: &str) -> Option<Arc<dyn RemotePeer>>;
+    /// Every other node, for invalidation after a set or remove.
+    fn others(&self) -> Vec<Arc<dyn RemotePeer>>;
+}
+
+/// Per-group settings; see `geecache-host --help` and the README for defaults.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Byte budget of the main cache (keys + stored values + per-entry overhead).
+    pub cache_bytes: u64,
+    /// Byte budget of the hot cache, which mirrors values owned by other nodes.
+    pub hot_cache_bytes: u64,
+    /// Longest a hot copy is kept, whatever the value's own expiry: bounds staleness should an
+    /// invalidation be lost.
+    pub hot_ttl: Duration,
+    /// Time-to-live of values whose getter gave no expiry; `None` keeps them until evicted.
+    pub ttl: Option<Duration>,
+    /// How long "no such key" is remembered; zero disables negative caching.
+    pub negative_ttl: Duration,
+    /// Longest key accepted, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value accepted from a getter or a setter, in bytes (before compression).
+    pub max_value_bytes: usize,
+    /// Longest a load may take before the request fails with 504.
+    pub load_timeout: Duration,
+    /// Longest to wait for the owner before loading locally instead.
+    pub peer_timeout: Duration,
+    /// The codec (and level) values are stored with.
+    pub compression: CodecSpec,
+    /// Values shorter than this are stored raw: they rarely shrink enough to pay for decoding
+    /// them on every hit.
+    pub compress_min_bytes: usize,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions {
+            cache_bytes: 64 << 20,
+            hot_cache_bytes: 8 << 20,
+            hot_ttl: Duration::from_secs(60),
+            ttl: None,
+            negative_ttl: Duration::from_secs(5),
+            max_key_bytes: 1024,
+            max_value_bytes: 8 << 20,
+            load_timeout: Duration::from_secs(5),
+            peer_timeout: Duration::from_secs(1),
+            compression: CodecSpec::default(),
+            compress_min_bytes: DEFAULT_MIN_BYTES,
+        }
+    }
+}
+
+/// Where an answer came from, so the singleflight leader knows which cache to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// This node owns the key: the main cache.
+    Main,
+    /// A copy of another node's key: the hot cache.
+    Hot,
+}
+
+/// What a client load produced: the plain value with its expiry, or "no such key".
+type Found = Option<(Bytes, Option<u64>)>;
+
+/// What an owner load produced: the stored value with its expiry, or "no such key".
+type FoundStored = Option<(Stored, Option<u64>)>;
+
+/// A value loaded at this node: plain for the caller, stored for the caches and peers.
+struct Value {
+    /// The value as the getter returned it.
+    plain: Bytes,
+    /// The value as this group stores it.
+    stored: Stored,
+    /// Absolute expiry, if any.
+    expires_at_ms: Option<u64>,
+}
+
+/// Everything a load needs, shared with in-flight loads (which outlive a cancelled caller).
+struct Core {
+    /// The group's name, part of every API path.
+    name: String,
+    /// Loads keys this node owns.
+    getter: Arc<dyn Getter>,
+    /// Keeps the entries this node owns beyond memory, if configured.
+    storage: Option<Arc<dyn Storage>>,
+    /// Values (and remembered "no such key") this node owns.
+    main: Cache,
+    /// Copies of values other nodes own.
+    hot: Cache,
+    /// Source of "now" for expiry, injected for tests.
+    clock: Arc<dyn Clock>,
+    /// Limits and policies.
+    options: GroupOptions,
+    /// Every codec the node knows, to decode values from peers and storage.
+    codecs: Codecs,
+    /// How this group encodes the values it stores.
+    encoding: Encoding,
+    /// Counters for stats.
+    stats: GroupStats,
+    /// The cluster, or `None` for a single node.
+    peers: Option<Arc<dyn PeerPicker>>,
+}
+
+/// A named cache namespace. Cheap to share (`Arc<Group>`); built by [`Group::builder`].
+pub struct Group {
+    /// State shared with in-flight loads.
+    core: Arc<Core>,
+    /// Collapses concurrent client misses of one key into one load.
+    flights: Singleflight<Found, Error>,
+    /// Collapses concurrent owner loads (requests from peers). Separate from `flights` so that
+    /// two nodes whose rings briefly disagree cannot wait on each other.
+    owner_flights: Singleflight<FoundStored, Error>,
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("name", &self.core.name)
+            .field("getter", &self.core.getter.name())
+            .field("storage", &self.core.storage.as_ref().map(|s| s.name()))
+            .field("options", &self.core.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn len64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl Core {
+    /// Decodes a cached entry; a value that does not decode is dropped from `tier`, counted
+    /// and logged, and `None` is returned so that the caller reloads it.
+    async fn open(&self, tier: Tier, key: &str, entry: &CacheEntry) -> Option<Found> {
+        let stored = match &entry.cached {
+            Cached::NotFound => return Some(None),
+            Cached::Value(stored) => stored,
+        };
+        match stored
+            .decode(self.options.max_value_bytes, Verify::Decoded)
+            .await
+        {
+            Ok(value) => Some(Some((value, entry.expires_at_ms))),
+            Err(e) => {
+                bump(&self.stats.corrupt_values);
+                tracing::error!(group = %self.name, ?tier, error = %e, "cached value does not decode; dropped and reloaded");
+                self.cache(tier).remove(key);
+                None
+            }
+        }
+    }
+
+    fn cache(&self, tier: Tier) -> &Cache {
+        match tier {
+            Tier::Main => &self.main,
+            Tier::Hot => &self.hot,
+        }
+    }
+
+    /// Answers from the main then the hot cache; counts the hit when `count` is set.
+    async fn lookup(&self, key: &str, count: bool) -> Option<Found> {
+        for tier in [Tier::Main, Tier::Hot] {
+            let Some(entry) = self.cache(tier).get(key) else {
+                continue;
+            };
+            let Some(found) = self.open(tier, key, &entry).await else {
+                continue;
+            };
+            if count {
+                bump(match tier {
+                    Tier::Main => &self.stats.hits,
+                    Tier::Hot => &self.stats.hot_hits,
+                });
+                if found.is_none() {
+                    bump(&self.stats.negative_hits);
+                }
+            }
+            return Some(found);
+        }
+        None
+    }
+
+    /// Caches `found` in `tier`, with the TTL policy of that tier.
+    fn remember(&self, tier: Tier, key: &str, found: Option<(&Stored, Option<u64>)>) {
+        let now = self.clock.now_ms();
+        let o = &self.options;
+        let (cached, expires_at_ms) = match found {
+            Some((stored, expires)) => {
+                let expires = expires.or_else(|| o.ttl.map(|ttl| now.saturating_add(ms(ttl))));
+                (Cached::Value(stored.clone()), expires)
+            }
+            None if o.negative_ttl.is_zero() => return,
+            None => (
+                Cached::NotFound,
+                Some(now.saturating_add(ms(o.negative_ttl))),
+            ),
+        };
+        let expires_at_ms = match tier {
+            Tier::Main => expires_at_ms,
+            Tier::Hot => {
+                let cap = now.saturating_add(ms(o.hot_ttl));
+                Some(expires_at_ms.map_or(cap, |e| e.min(cap)))
+            }
+        };
+        self.cache(tier).insert(
+            key,
+            CacheEntry {
+                cached,
+                expires_at_ms,
+            },
+        );
+    }
+
+    /// Encodes `value` with the group's codec, counting sizes for the compression stats.
+    async fn encode(&self, value: &[u8]) -> Result<Stored> {
+        let stored = self.encoding.encode(value).await?;
+        let s = &self.stats;
+        bump(&s.values_encoded);
+        if !stored.codec().is_none() {
+            bump(&s.values_compressed);
+        }
+        add(&s.encoded_raw_bytes, len64(value.len()));
+        add(&s.encoded_stored_bytes, len64(stored.len()));
+        Ok(stored)
+    }
+
+    /// An entry from a peer or the storage tier, decoded and fully checked.
+    async fn accept(&self, entry: PeerEntry) -> Result<(Bytes, Stored)> {
+        let stored = self.codecs.stored(entry.value, &entry.codec)?;
+        if let Some(len) = stored.raw_len() {
+            self.check_len(len)?;
+        }
+        let plain = stored
+            .decode(self.options.max_value_bytes, Verify::All)
+            .await
+            .inspect_err(|_| bump(&self.stats.corrupt_values))?;
+        Ok((plain, stored))
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        let limit = self.options.max_value_bytes;
+        if len > limit {
+            return Err(Error::ValueTooLarge { len, limit });
+        }
+        Ok(())
+    }
+
+    /// Loads `key` with the local getter, under the load timeout, and encodes it.
+    async fn load_local(&self, key: &str) -> Result<Option<Value>> {
+        bump(&self.stats.getter_calls);
+        let timeout = self.options.load_timeout;
+        let loaded = tokio::time::timeout(timeout, self.getter.get(&self.name, key))
+            .await
+            .map_err(|_| Error::Timeout(timeout))
+            .and_then(|r| r)
+            .inspect_err(|_| bump(&self.stats.getter_errors))?;
+        match loaded {
+            Loaded::Found {
+                value,
+                expires_at_ms,
+            } => {
+                self.check_len(value.len())?;
+                let stored = self.encode(&value).await?;
+                Ok(Some(Value {
+                    plain: value,
+                    stored,
+                    expires_at_ms,
+                }))
+            }
+            Loaded::NotFound => Ok(None),
+        }
+    }
+
+    /// Asks the storage tier for `key`; anything but a live, intact value is a miss.
+    async fn load_stored(&self, key: &str) -> Option<Value> {
+        let storage = self.storage.as_ref()?;
+        let s = &self.stats;
+        let entry = match storage.get(&self.name, key).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                bump(&s.storage_misses);
+                return None;
+            }
+            Err(e) => {
+                bump(&s.storage_errors);
+                tracing::warn!(group = %self.name, storage = storage.name(), error = %e, "storage get failed; loading from the getter");
+                return None;
+            }
+        };
+        if entry
+            .expires_at_ms
+            .is_some_and(|at| at <= self.clock.now_ms())
+        {
+            bump(&s.storage_misses);
+            return None;
+        }
+        let expires_at_ms = entry.expires_at_ms;
+        match self.accept(entry).await {
+            Ok((plain, stored)) => {
+                bump(&s.storage_hits);
+                Some(Value {
+                    plain,
+                    stored,
+                    expires_at_ms,
+                })
+            }
+            Err(e) => {
+                tracing::error!(group = %self.name, storage = storage.name(), error = %e, "stored value does not decode; reloading from the getter");
+                None
+            }
+        }
+    }
+
+    /// Loads a key this node owns: storage tier, then getter. Fills the main cache, and the
+    /// storage tier after a getter load.
+    async fn load_owned(self: &Arc<Self>, key: &str) -> Result<Option<Value>> {
+        if let Some(value) = self.load_stored(key).await {
+            self.remember(Tier::Main, key, Some((&value.stored, value.expires_at_ms)));
+            return Ok(Some(value));
+        }
+        let value = self.load_local(key).await?;
+        self.remember(
+            Tier::Main,
+            key,
+            value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
+        );
+        if let Some(v) = &value {
+            self.store_in_background(key, &v.stored, v.expires_at_ms);
+        }
+        Ok(value)
+    }
+
+    /// Writes an entry to the storage tier without making the caller wait for it.
+    fn store_in_background(
+        self: &Arc<Self>,
+        key: &str,
+        stored: &Stored,
+        expires_at_ms: Option<u64>,
+    ) {
+        if self.storage.is_none() {
+            return;
+        }
+        let core = self.clone();
+        let key = key.to_owned();
+        let entry = PeerEntry {
+            value: stored.bytes().clone(),
+            codec: stored.codec().name().to_owned(),
+            expires_at_ms,
+        };
+        tokio::spawn(async move {
+            let Some(storage) = &core.storage else { return };
+            if let Err(e) = storage.put(&core.name, &key, entry).await {
+                bump(&core.stats.storage_errors);
+                tracing::warn!(group = %core.name, storage = storage.name(), error = %e, "storage put failed; the value stays in memory only");
+            }
+        });
+    }
+
+    /// Deletes `key` from the storage tier without making the caller wait for it.
+    fn unstore_in_background(self: &Arc<Self>, key: &str) {
+        if self.storage.is_none() {
+            return;
+        }
+        let core = self.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let Some(storage) = &core.storage else { return };
+            if let Err(e) = storage.delete(&core.name, &key).await {
+                bump(&core.stats.storage_errors);
+                tracing::warn!(group = %core.name, storage = storage.name(), error = %e, "storage delete failed");
+            }
+        });
+    }
+
+    /// Asks the owner for `key`; `None` when it is down, slow, or answers with a value that
+    /// does not decode (counted as a peer error).
+    async fn load_from_peer(&self, peer: &dyn RemotePeer, key: &str) -> Option<Found> {
+        let timeout = self.options.peer_timeout;
+        let failed = |error: String| {
+            bump(&self.stats.peer_errors);
+            tracing::warn!(group = %self.name, peer = peer.id(), %error, "peer get failed; loading locally");
+            None
+        };
+        let entry = match tokio::time::timeout(timeout, peer.get(&self.name, key)).await {
+            Ok(Ok(entry)) => entry,
+            Ok(Err(e)) => return failed(e.to_string()),
+            Err(_) => return failed(format!("timed out after {timeout:?}")),
+        };
+        let Some(entry) = entry else {
+            bump(&self.stats.peer_loads);
+            self.remember(Tier::Hot, key, None);
+            return Some(None);
+        };
+        let expires_at_ms = entry.expires_at_ms;
+        match self.accept(entry).await {
+            Ok((plain, stored)) => {
+                bump(&self.stats.peer_loads);
+                // Kept as received: no decompress/recompress between peers.
+                self.remember(Tier::Hot, key, Some((&stored, expires_at_ms)));
+                Some(Some((plain, expires_at_ms)))
+            }
+            Err(e) => failed(e.to_string()),
+        }
+    }
+
+    /// The singleflight leader's work for a client get: ask the owner, or load locally.
+    async fn load(self: Arc<Self>, key: String) -> Result<Found> {
+        if let Some(found) = self.lookup(&key, false).await {
+            return Ok(found);
+        }
+        bump(&self.stats.loads);
+        if let Some(peer) = self.peers.as_ref().and_then(|p| p.pick(&key)) {
+            if let Some(found) = self.load_from_peer(&*peer, &key).await {
+                return Ok(found);
+            }
+            // The owner is down or slow: answer the client from the source, and keep the value
+            // as a hot copy (it is still the owner's key).
+            let value = self.load_local(&key).await?;
+            self.remember(
+                Tier::Hot,
+                &key,
+                value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
+            );
+            return Ok(value.map(|v| (v.plain, v.expires_at_ms)));
+        }
+        let value = self.load_owned(&key).await?;
+        Ok(value.map(|v| (v.plain, v.expires_at_ms)))
+    }
+
+    /// The singleflight leader's work for a peer's request: this node is the owner. Answers
+    /// with stored bytes, never decoding what it already holds.
+    async fn load_as_owner(self: Arc<Self>, key: String) -> Result<FoundStored> {
+        if let Some(entry) = self.main.get(&key) {
+            return Ok(match &entry.cached {
+                Cached::Value(stored) => Some((stored.clone(), entry.expires_at_ms)),
+                Cached::NotFound => None,
+            });
+        }
+        bump(&self.stats.loads);
+        let value = self.load_owned(&key).await?;
+        Ok(value.map(|v| (v.stored, v.expires_at_ms)))
+    }
+
+    /// Tells every other node to drop its copies of `key`, in the background.
+    fn invalidate_others(&self, key: &str) {
+        let Some(peers) = &self.peers else { return };
+        for peer in peers.others() {
+            let group = self.name.clone();
+            let keys = vec![key.to_string()];
+            tokio::spawn(async move {
+                if let Err(e) = peer.invalidate(&group, &keys).await {
+                    tracing::warn!(%group, peer = peer.id(), error = %e, "invalidation failed; the hot copy expires by itself");
+                }
+            });
+        }
+    }
+}
+
+/// Builds a [`Group`]: a name and a getter, then what differs from the defaults.
+#[derive(Debug)]
+pub struct GroupBuilder {
+    /// The group's name.
+    name: String,
+    /// Loads the keys this node owns.
+    getter: Arc<dyn Getter>,
+    /// Limits and policies.
+    options: GroupOptions,
+    /// Source of "now".
+    clock: Arc<dyn Clock>,
+    /// The cluster, if any.
+    peers: Option<Arc<dyn PeerPicker>>,
+    /// Codecs known to the node (built-ins plus compressor plugins).
+    codecs: Codecs,
+    /// The storage tier, if any.
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl GroupBuilder {
+    /// Limits and policies (default: [`GroupOptions::default`]).
+    pub fn options(mut self, options: GroupOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The clock expiry decisions use (default: the system clock; tests inject a manual one).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The cluster: keys `peers` assigns to other nodes are fetched from them.
+    pub fn peers(mut self, peers: Arc<dyn PeerPicker>) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The codecs the node knows (default: the built-ins); needed for a plugin codec.
+    pub fn codecs(mut self, codecs: Codecs) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// A storage tier below memory for the keys this node owns.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The group.
+    ///
+    /// # Errors
+    /// When `options.compression` names an unknown codec or a level it does not take.
+    pub fn build(self) -> Result<Group> {
+        let o = &self.options;
+        let encoding = self.codecs.encoding(&o.compression, o.compress_min_bytes)?;
+        let cache = |bytes: u64, name: &str| {
+            Cache::builder(bytes)
+                .clock(self.clock.clone())
+                .name(name)
+                .build()
+        };
+        let main = cache(o.cache_bytes, "main");
+        let hot = cache(o.hot_cache_bytes, "hot");
+        Ok(Group {
+            core: Arc::new(Core {
+                name: self.name,
+                getter: self.getter,
+                storage: self.storage,
+                main,
+                hot,
+                clock: self.clock,
+                options: self.options,
+                codecs: self.codecs,
+                encoding,
+                stats: GroupStats::default(),
+                peers: self.peers,
+            }),
+            flights: Singleflight::new(),
+            owner_flights: Singleflight::new(),
+        })
+    }
+}
+
+impl Group {
+    /// Starts building a group called `name` whose misses `getter` loads.
+    pub fn builder(name: impl Into<String>, getter: Arc<dyn Getter>) -> GroupBuilder {
+        GroupBuilder {
+            name: name.into(),
+            getter,
+            options: GroupOptions::default(),
+            clock: Arc::new(SystemClock),
+            peers: None,
+            codecs: Codecs::builtin(),
+            storage: None,
+        }
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The group's options.
+    pub fn options(&self) -> &GroupOptions {
+        &self.core.options
+    }
+
+    /// Checks a key against the group's limits.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for an empty key, [`Error::KeyTooLarge`] past the limit.
+    pub fn check_key(&self, key: &str) -> Result<()> {
+        let limit = self.core.options.max_key_bytes;
+        if key.is_empty() {
+            return Err(Error::BadRequest("the key must not be empty".into()));
+        }
+        if key.len() > limit {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the value of `key`: from a cache, from its owner, or through the storage tier
+    /// or the getter.
+    ///
+    /// # Concurrent calls on the same key
+    /// Concurrent misses of one key cause exactly one load on this node (and, through the
+    /// owner's own singleflight, one getter call cluster-wide); every caller gets its result or
+    /// the same error. A caller that is cancelled does not cancel the others' load.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`] when the source has no such key (remembered for the negative TTL);
+    /// key-limit errors; the getter's error ([`Error::Plugin`] for wasm getters);
+    /// [`Error::ValueTooLarge`]; [`Error::Codec`] when the group's codec fails on the loaded
+    /// value; [`Error::Timeout`] past the load timeout. A failing owner is not an error: the
+    /// node loads the key itself. A stored value that does not decode is not an error either:
+    /// it is dropped and reloaded.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.gets);
+        let found = match core.lookup(key, true).await {
+            Some(found) => found,
+            None => {
+                bump(&core.stats.misses);
+                let load = core.clone().load(key.to_owned());
+                let flight = self.flights.run(key, || load).await;
+                if flight.shared {
+                    bump(&core.stats.loads_deduplicated);
+                }
+                flight.result.map_err(|e| (*e).clone())?
+            }
+        };
+        found.map(|(value, _)| value).ok_or(Error::KeyNotFound)
+    }
+
+    /// Answers a peer that asks this node, as the key's owner, for `key`: never forwards to
+    /// another node, so rings that briefly disagree cannot loop. The answer is the stored
+    /// bytes and their codec, as this node keeps them.
+    ///
+    /// # Errors
+    /// As [`Group::get`], except that "no such key" is `Ok(None)`.
+    pub async fn get_as_owner(&self, key: &str) -> Result<Option<PeerEntry>> {
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.peer_requests_served);
+        let load = core.clone().load_as_owner(key.to_owned());
+        let flight = self.owner_flights.run(key, || load).await;
+        if flight.shared {
+            bump(&core.stats.loads_deduplicated);
+        }
+        let found = flight.result.map_err(|e| (*e).clone())?;
+        Ok(found.map(|(stored, expires_at_ms)| PeerEntry {
+            value: stored.bytes().clone(),
+            codec: stored.codec().name().to_owned(),
+            expires_at_ms,
+        }))
+    }
+
+    /// Sets `key` to `value` at its owner; every other node drops its copy. The value is
+    /// encoded here, so the owner receives it as it will store it.
+    ///
+    /// # Errors
+    /// Key or value limits; the codec's error; the owner's error when it is another node and
+    /// cannot be reached (a write is not silently kept on the wrong node).
+    pub async fn set(&self, key: &str, value: Bytes, expires_at_ms: Option<u64>) -> Result<()> {
+        self.check_key(key)?;
+        let core = &self.core;
+        core.check_len(value.len())?;
+        let stored = core.encode(&value).await?;
+        if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(key)) {
+            core.hot.remove(key);
+            let entry = PeerEntry {
+                value: stored.bytes().clone(),
+                codec: stored.codec().name().to_owned(),
+                expires_at_ms,
+            };
+            return peer.set(&core.name, key, entry).await;
+        }
+        self.store_as_owner(key, stored, expires_at_ms);
+        Ok(())
+    }
+
+    /// Stores `entry` (sent by a peer) as the owner of `key`, after checking that it decodes,
+    /// and tells the other nodes to drop their copies.
+    ///
+    /// # Errors
+    /// Key or value limits; [`Error::Codec`] when the entry's codec is unknown here or its
+    /// bytes do not decode to what its header claims.
+    pub async fn set_as_owner(&self, key: &str, entry: PeerEntry) -> Result<()> {
+        self.check_key(key)?;
+        let expires_at_ms = entry.expires_at_ms;
+        let (_, stored) = self.core.accept(entry).await?;
+        self.store_as_owner(key, stored, expires_at_ms);
+        Ok(())
+    }
+
+    fn store_as_owner(&self, key: &str, stored: Stored, expires_at_ms: Option<u64>) {
+        let core = &self.core;
+        bump(&core.stats.sets);
+        core.hot.remove(key);
+        let expires_at_ms = expires_at_ms.or_else(|| {
+            core.options
+                .ttl
+                .map(|t| core.clock.now_ms().saturating_add(ms(t)))
+        });
+        core.store_in_background(key, &stored, expires_at_ms);
+        core.main.insert(
+            key,
+            CacheEntry {
+                cached: Cached::Value(stored),
+                expires_at_ms,
+            },
+        );
+        core.invalidate_others(key);
+    }
+
+    /// Removes `key` at its owner (the next get reloads it from the source); every other node
+    /// drops its copy.
+    ///
+    /// # Errors
+    /// Key limits; the owner's error when it is another node and cannot be reached.
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        self.check_key(key)?;
+        let core = &self.core;
+        if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(key)) {
+            // Drop our copies now, so our next read misses at once rather than after the
+            // owner's background invalidation reaches us.
+            core.hot.remove(key);
+            core.main.remove(key);
+            return peer.delete(&core.name, key).await;
+        }
+        self.remove_as_owner(key)
+    }
+
+    /// Removes `key` as its owner (memory and storage tier) and tells the other nodes to drop
+    /// their copies.
+    ///
+    /// # Errors
+    /// Key limits.
+    pub fn remove_as_owner(&self, key: &str) -> Result<()> {
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.removes);
+        core.main.remove(key);
+        core.hot.remove(key);
+        core.unstore_in_background(key);
+        core.invalidate_others(key);
+        Ok(())
+    }
+
+    /// Drops this node's copies of `keys` (asked by their owner after a set or remove),
+    /// including any the storage tier kept from a time this node owned them.
+    pub fn invalidate(&self, keys: &[String]) {
+        for key in keys {
+            self.core.hot.remove(key);
+            self.core.main.remove(key);
+            self.core.unstore_in_background(key);
+        }
+    }
+
+    /// A snapshot of counters and cache occupancy.
+    pub fn snapshot(&self) -> GroupSnapshot {
+        let core = &self.core;
+        core.main.run_pending_tasks();
+        core.hot.run_pending_tasks();
+        GroupSnapshot {
+            name: core.name.clone(),
+            getter: core.getter.name().to_string(),
+            compression: core.encoding.codec().name().to_owned(),
+            storage: core.storage.as_ref().map(|s| s.name().to_owned()),
+            counters: core.stats.counters(),
+            cache_items: core.main.entry_count(),
+            cache_bytes: core.main.weighted_size(),
+            cache_max_bytes: core.main.max_bytes(),
+            cache_evictions: core.main.evictions(),
+            hot_items: core.hot.entry_count(),
+            hot_bytes: core.hot.weighted_size(),
+            hot_evictions: core.hot.evictions(),
+        }
+    }
+}
+
+/// The groups a node serves, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Groups {
+    /// Name → group.
+    by_name: BTreeMap<String, Arc<Group>>,
+}
+
+impl Groups {
+    /// Adds a group.
+    ///
+    /// # Errors
+    /// When a group of that name already exists.
+    pub fn insert(&mut self, group: Group) -> std::result::Result<(), String> {
+        let name = group.name().to_string();
+        if self.by_name.contains_key(&name) {
+            return Err(format!("group {name:?} is defined twice"));
+        }
+        self.by_name.insert(name, Arc::new(group));
+        Ok(())
+    }
+
+    /// The group called `name`.
+    ///
+    /// # Errors
+    /// [`Error::GroupNotFound`].
+    pub fn get(&self, name: &str) -> Result<&Arc<Group>> {
+        self.by_name
+            .get(name)
+            .ok_or_else(|| Error::GroupNotFound(name.to_string()))
+    }
+
+    /// All groups, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.by_name.values()
+    }
+}
+
+/// What this node's groups offer to peers: answers as the keys' owner.
+impl crate::peer::PeerService for Groups {
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        Box::pin(async move { self.get(group)?.get_as_owner(key).await })
+    }
+
+    fn set<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.get(group)?.set_as_owner(key, entry).await })
+    }
+
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.get(group)?.remove_as_owner(key) })
+    }
+
+    fn invalidate(&self, group: &str, keys: &[String]) -> Result<()> {
+        self.get(group)?.invalidate(keys);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,123 @@
+//! A group's counters, and the snapshot `/api/v1/stats` (and the metrics) read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Adds one to a counter.
+pub(super) fn bump(counter: &AtomicU64) {
+    add(counter, 1);
+}
+
+/// Adds `n` to a counter.
+pub(super) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Declares the counters once: the atomic struct, the serialisable snapshot, and the copy
+/// from one to the other, so a counter cannot be added to one and forgotten in the other.
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// Counters of one group, exported by `/api/v1/stats` and `/metrics`.
+        #[derive(Debug, Default)]
+        pub struct GroupStats {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+        }
+
+        /// The counters of a group at one instant.
+        #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl GroupStats {
+            /// The counters now.
+            pub fn counters(&self) -> Counters {
+                Counters {
+                    $( $name: self.$name.load(Ordering::Relaxed), )*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// `get` calls with a valid key.
+    gets,
+    /// Answers served from the main cache (values and remembered "no such key").
+    hits,
+    /// Answers served from the hot cache (copies of other nodes' keys).
+    hot_hits,
+    /// Of the hits (main or hot), those that were a remembered "no such key".
+    negative_hits,
+    /// Lookups neither cache could answer.
+    misses,
+    /// Loads started (one per singleflight leader, client or peer initiated).
+    loads,
+    /// Callers that shared another caller's load instead of starting their own.
+    loads_deduplicated,
+    /// Calls made to the local getter.
+    getter_calls,
+    /// Getter calls that failed.
+    getter_errors,
+    /// Loads answered by the owning peer.
+    peer_loads,
+    /// Peer requests that failed, or answered with a value that did not decode (the node then
+    /// loaded locally, or the request failed).
+    peer_errors,
+    /// Requests served to peers as the key's owner.
+    peer_requests_served,
+    /// Lookups in the storage tier that found a live value.
+    storage_hits,
+    /// Lookups in the storage tier that found nothing (or an expired value).
+    storage_misses,
+    /// Storage tier calls (get, put, delete) that failed.
+    storage_errors,
+    /// Stored values that did not decode (memory, storage tier or peer): dropped and reloaded,
+    /// never served.
+    corrupt_values,
+    /// Values encoded for storage (loaded or set at this node).
+    values_encoded,
+    /// Of those, values stored compressed (the rest were small or did not shrink).
+    values_compressed,
+    /// Bytes of the values encoded, before encoding.
+    encoded_raw_bytes,
+    /// Bytes those values take as stored (header and payload): divide by `encoded_raw_bytes`
+    /// for the compression ratio.
+    encoded_stored_bytes,
+    /// Values set (at this node as owner).
+    sets,
+    /// Keys removed (at this node as owner).
+    removes,
+}
+
+/// A point-in-time copy of a group's counters and cache occupancy.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    /// The group's name.
+    pub name: String,
+    /// The getter's name.
+    pub getter: String,
+    /// The codec values are compressed with (`none` when they are not).
+    pub compression: String,
+    /// The storage tier's name, if the group has one.
+    pub storage: Option<String>,
+    /// The counters.
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// Entries in the main cache.
+    pub cache_items: u64,
+    /// Bytes the main cache holds, as weighed against its budget (stored, i.e. compressed,
+    /// sizes).
+    pub cache_bytes: u64,
+    /// The main cache's budget.
+    pub cache_max_bytes: u64,
+    /// Entries evicted from the main cache (size or expiry).
+    pub cache_evictions: u64,
+    /// Entries in the hot cache.
+    pub hot_items: u64,
+    /// Bytes the hot cache holds.
+    pub hot_bytes: u64,
+    /// Entries evicted from the hot cache.
+    pub hot_evictions: u64,
+}
