@@ -1,5 +1,6 @@
 use super::*;
 use crate::cache::ManualClock;
+use crate::compression::Encoding;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A native getter over a fixed map that counts its calls.
@@ -354,4 +355,435 @@ async fn set_and_remove_go_to_the_owner_which_invalidates_the_others() {
     }
     assert_eq!(peer.invalidations.load(Ordering::SeqCst), 1);
     assert_eq!(local.get("mine").await.unwrap(), Bytes::from_static(b"x"));
+}
+
+/// A compressible value of about `n` records (JSON-like), as the compression tests load.
+fn records(key: &str, n: usize) -> Bytes {
+    let mut s = String::from("[");
+    for i in 0..n {
+        s.push_str(&format!(
+            r#"{{"key":"{key}","id":{i},"name":"user-{}","active":true}},"#,
+            i % 17
+        ));
+    }
+    s.push(']');
+    Bytes::from(s)
+}
+
+/// Returns [`records`] for keys starting with "json", and misbehaves for a few others.
+#[derive(Debug, Default)]
+struct RecordGetter {
+    calls: AtomicUsize,
+}
+
+impl Getter for RecordGetter {
+    fn name(&self) -> &str {
+        "records"
+    }
+    fn get<'a>(&'a self, _group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Loaded>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Loaded::Found {
+                value: records(key, 40),
+                expires_at_ms: None,
+            })
+        })
+    }
+}
+
+fn zstd_options() -> GroupOptions {
+    GroupOptions {
+        compression: "zstd".parse().unwrap(),
+        ..Default::default()
+    }
+}
+
+fn record_group(options: GroupOptions) -> (Group, Arc<RecordGetter>) {
+    let getter = Arc::new(RecordGetter::default());
+    let g = Group::builder("g", getter.clone())
+        .options(options)
+        .build()
+        .unwrap();
+    (g, getter)
+}
+
+#[tokio::test]
+async fn a_compressible_data_set_holds_more_entries_in_the_same_budget() {
+    let budget = 64 << 10;
+    let mut held = Vec::new();
+    for compression in ["none", "zstd"] {
+        let (g, _) = record_group(GroupOptions {
+            cache_bytes: budget,
+            compression: compression.parse().unwrap(),
+            ..Default::default()
+        });
+        for i in 0..200 {
+            let key = format!("json-{i:03}");
+            assert_eq!(g.get(&key).await.unwrap(), records(&key, 40));
+        }
+        let s = g.snapshot();
+        assert!(s.cache_bytes <= budget, "{s:?}");
+        assert_eq!(s.compression, compression);
+        held.push(s.cache_items);
+        if compression == "zstd" {
+            assert_eq!(s.counters.values_compressed, 200);
+            assert!(
+                s.counters.encoded_stored_bytes * 4 < s.counters.encoded_raw_bytes,
+                "{s:?}"
+            );
+        }
+    }
+    assert!(
+        held[1] > 2 * held[0],
+        "zstd held {} entries, none {}",
+        held[1],
+        held[0]
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
+    let (g, getter) = record_group(zstd_options());
+    let key = "json-a";
+    g.get(key).await.unwrap();
+    // Flip one payload bit of the stored value, behind the group's back.
+    let entry = g.core.main.get(key).unwrap();
+    let Cached::Value(stored) = &entry.cached else {
+        panic!("a value")
+    };
+    assert_eq!(stored.codec().name(), "zstd");
+    let mut bytes = stored.bytes().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    let bad = g.core.codecs.stored(Bytes::from(bytes), "zstd").unwrap();
+    g.core.main.insert(
+        key,
+        CacheEntry {
+            cached: Cached::Value(bad),
+            expires_at_ms: None,
+        },
+    );
+    assert_eq!(g.get(key).await.unwrap(), records(key, 40));
+    let s = g.snapshot();
+    assert_eq!(s.counters.corrupt_values, 1);
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 2, "reloaded");
+    // Mis-tagged: zstd bytes claimed to be lz4.
+    let entry = g.core.main.get(key).unwrap();
+    let Cached::Value(stored) = &entry.cached else {
+        panic!("a value")
+    };
+    let wrong = g.core.codecs.stored(stored.bytes().clone(), "lz4").unwrap();
+    g.core.main.insert(
+        key,
+        CacheEntry {
+            cached: Cached::Value(wrong),
+            expires_at_ms: None,
+        },
+    );
+    assert_eq!(g.get(key).await.unwrap(), records(key, 40));
+    assert_eq!(g.snapshot().counters.corrupt_values, 2);
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 3);
+}
+
+/// An owner that answers with whatever entry the test put in it.
+#[derive(Debug)]
+struct FixedPeer(PeerEntry);
+
+impl RemotePeer for FixedPeer {
+    fn id(&self) -> &str {
+        "fixed"
+    }
+    fn get<'a>(&'a self, _g: &'a str, _k: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        Box::pin(async move { Ok(Some(self.0.clone())) })
+    }
+    fn set<'a>(&'a self, _g: &'a str, _k: &'a str, _e: PeerEntry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn delete<'a>(&'a self, _g: &'a str, _k: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn invalidate<'a>(&'a self, _g: &'a str, _k: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[derive(Debug)]
+struct AlwaysRemote(Arc<FixedPeer>);
+
+impl PeerPicker for AlwaysRemote {
+    fn pick(&self, _key: &str) -> Option<Arc<dyn RemotePeer>> {
+        Some(self.0.clone())
+    }
+    fn others(&self) -> Vec<Arc<dyn RemotePeer>> {
+        vec![self.0.clone()]
+    }
+}
+
+#[tokio::test]
+async fn a_peer_answer_that_does_not_decode_is_not_served() {
+    let value = records("json-p", 40);
+    let stored = Encoding::default().encode(&value).await.unwrap();
+    for (bytes, codec) in [
+        (stored.bytes().clone(), "gzip"),                   // mis-tagged
+        (stored.bytes().slice(..stored.len() - 1), "none"), // truncated
+        (stored.bytes().clone(), "no-such-codec"),          // unknown here
+        (Bytes::from_static(b"short"), "none"),             // no header
+    ] {
+        let peer = Arc::new(FixedPeer(PeerEntry {
+            value: bytes,
+            codec: codec.into(),
+            expires_at_ms: None,
+        }));
+        let getter = Arc::new(RecordGetter::default());
+        let g = Group::builder("g", getter.clone())
+            .peers(Arc::new(AlwaysRemote(peer)))
+            .build()
+            .unwrap();
+        assert_eq!(g.get("json-p").await.unwrap(), value, "{codec}");
+        let s = g.snapshot();
+        assert_eq!(
+            (s.counters.peer_errors, s.counters.peer_loads),
+            (1, 0),
+            "{codec}"
+        );
+        assert_eq!(getter.calls.load(Ordering::SeqCst), 1, "loaded locally");
+    }
+}
+
+#[tokio::test]
+async fn peers_receive_the_stored_bytes_and_keep_them_as_they_are() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let owner = Arc::new(
+        Group::builder("g", Arc::new(RecordGetter::default()))
+            .options(zstd_options())
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
+    let peer = Arc::new(InProcessPeer {
+        owner: owner.clone(),
+        fail: Default::default(),
+        invalidations: AtomicUsize::new(0),
+    });
+    // The requester does not even compress itself: it keeps what the owner sent.
+    let local = Group::builder("g", Arc::new(RecordGetter::default()))
+        .clock(clock)
+        .peers(Arc::new(PrefixPicker(peer)))
+        .build()
+        .unwrap();
+    let key = "r-json";
+    assert_eq!(local.get(key).await.unwrap(), records(key, 40));
+    assert_eq!(local.get(key).await.unwrap(), records(key, 40));
+    let held = |g: &Group, tier: Tier| match &g.core.cache(tier).get(key).unwrap().cached {
+        Cached::Value(stored) => stored.clone(),
+        Cached::NotFound => panic!("a value"),
+    };
+    let (at_owner, hot_copy) = (held(&owner, Tier::Main), held(&local, Tier::Hot));
+    assert_eq!(hot_copy.codec().name(), "zstd");
+    assert_eq!(hot_copy.bytes(), at_owner.bytes(), "byte for byte");
+    let s = local.snapshot();
+    assert_eq!((s.counters.peer_loads, s.counters.hot_hits), (1, 1));
+    assert!(s.hot_bytes < len64(records(key, 40).len()), "{s:?}");
+
+    // A set through the requester arrives at the owner encoded by the requester (raw here),
+    // is checked there, and reads back intact from both.
+    let new = records("other", 30);
+    local.set(key, new.clone(), None).await.unwrap();
+    assert_eq!(owner.get(key).await.unwrap(), new);
+    assert_eq!(local.get(key).await.unwrap(), new);
+}
+
+#[tokio::test]
+async fn a_set_from_a_peer_that_does_not_decode_is_refused() {
+    let (owner, _) = record_group(zstd_options());
+    let err = owner
+        .set_as_owner(
+            "k",
+            PeerEntry {
+                // A well-formed header, but the payload is not zstd.
+                value: Stored::raw(b"hello").bytes().clone(),
+                codec: "zstd".into(),
+                expires_at_ms: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.status()), ("corrupt_value", 400), "{err}");
+    let err = owner
+        .set_as_owner(
+            "k",
+            PeerEntry {
+                value: Stored::raw(b"x").bytes().clone(),
+                codec: "brotli".into(),
+                expires_at_ms: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unknown_codec", "{err}");
+    assert_eq!(owner.snapshot().counters.sets, 0);
+}
+
+/// A codec whose output is garbage, standing in for a broken compressor plugin (the host
+/// checks plugin output because `verify_output` is true).
+#[derive(Debug)]
+struct GarbageCodec;
+
+impl crate::compression::Compressor for GarbageCodec {
+    fn name(&self) -> &str {
+        "garbage"
+    }
+    fn check_level(
+        &self,
+        _: Option<i32>,
+    ) -> std::result::Result<(), crate::compression::CodecError> {
+        Ok(())
+    }
+    fn verify_output(&self) -> bool {
+        true
+    }
+    fn compress<'a>(
+        &'a self,
+        _data: &'a [u8],
+        _level: Option<i32>,
+    ) -> BoxFuture<'a, std::result::Result<Vec<u8>, crate::compression::CodecError>> {
+        Box::pin(async { Ok(b"garbage".to_vec()) })
+    }
+    fn decompress<'a>(
+        &'a self,
+        _data: &'a [u8],
+        _max_len: usize,
+    ) -> BoxFuture<'a, std::result::Result<Vec<u8>, crate::compression::CodecError>> {
+        Box::pin(async { Ok(b"not what went in".to_vec()) })
+    }
+}
+
+#[tokio::test]
+async fn a_codec_that_returns_garbage_fails_the_load_and_caches_nothing() {
+    let mut codecs = Codecs::builtin();
+    codecs.add(Arc::new(GarbageCodec)).unwrap();
+    let g = Group::builder("g", Arc::new(RecordGetter::default()))
+        .options(GroupOptions {
+            compression: "garbage".parse().unwrap(),
+            ..Default::default()
+        })
+        .codecs(codecs)
+        .build()
+        .unwrap();
+    let err = g.get("json-g").await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.status()),
+        ("plugin_bad_output", 503),
+        "{err}"
+    );
+    assert_eq!(g.snapshot().cache_items, 0);
+    // Small values are kept raw and never reach the codec.
+    let err = g.set("small", Bytes::from_static(b"tiny"), None).await;
+    assert!(err.is_ok(), "{err:?}");
+    assert_eq!(g.get("small").await.unwrap(), Bytes::from_static(b"tiny"));
+}
+
+#[test]
+fn an_unknown_codec_fails_the_build_with_the_known_names() {
+    let err = Group::builder("g", Arc::new(RecordGetter::default()))
+        .options(GroupOptions {
+            compression: "brotli:5".parse().unwrap(),
+            ..Default::default()
+        })
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("known codecs: gzip, lz4, none, snappy, zstd"),
+        "{err}"
+    );
+}
+
+/// A storage tier in memory that can be told to corrupt what it returns.
+#[derive(Debug, Default)]
+struct MemoryStorage {
+    entries: std::sync::Mutex<BTreeMap<String, PeerEntry>>,
+}
+
+impl Storage for MemoryStorage {
+    fn name(&self) -> &str {
+        "memory"
+    }
+    fn get<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        Box::pin(async move { Ok(self.entries.lock().unwrap().get(key).cloned()) })
+    }
+    fn put<'a>(&'a self, _g: &'a str, key: &'a str, e: PeerEntry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.entries.lock().unwrap().insert(key.to_owned(), e);
+            Ok(())
+        })
+    }
+    fn delete<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.entries.lock().unwrap().remove(key);
+            Ok(())
+        })
+    }
+}
+
+impl MemoryStorage {
+    /// Waits (bounded) until the background write of `key` has landed, or it is gone.
+    async fn wait_for(&self, key: &str, present: bool) {
+        for _ in 0..200 {
+            if self.entries.lock().unwrap().contains_key(key) == present {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("storage never saw {key:?} present={present}");
+    }
+}
+
+fn stored_group(storage: Arc<MemoryStorage>) -> (Group, Arc<RecordGetter>) {
+    let getter = Arc::new(RecordGetter::default());
+    let g = Group::builder("g", getter.clone())
+        .options(zstd_options())
+        .storage(storage)
+        .build()
+        .unwrap();
+    (g, getter)
+}
+
+#[tokio::test]
+async fn the_storage_tier_keeps_owned_values_beyond_memory() {
+    let storage = Arc::new(MemoryStorage::default());
+    let (first, _) = stored_group(storage.clone());
+    let key = "json-s";
+    first.get(key).await.unwrap();
+    storage.wait_for(key, true).await;
+    let kept = storage.entries.lock().unwrap()[key].clone();
+    assert_eq!(kept.codec, "zstd", "stored with its codec tag");
+
+    // A fresh node (empty memory) over the same storage: served from storage, not the getter.
+    let (second, getter) = stored_group(storage.clone());
+    assert_eq!(second.get(key).await.unwrap(), records(key, 40));
+    assert_eq!(second.get(key).await.unwrap(), records(key, 40));
+    let s = second.snapshot();
+    assert_eq!((s.counters.storage_hits, s.counters.hits), (1, 1));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 0);
+
+    // A corrupt stored entry is a miss: reloaded from the getter and overwritten.
+    let mut bad = kept.clone();
+    let mut bytes = bad.value.to_vec();
+    bytes[20] ^= 0xff;
+    bad.value = Bytes::from(bytes);
+    storage.entries.lock().unwrap().insert(key.into(), bad);
+    let (third, getter) = stored_group(storage.clone());
+    assert_eq!(third.get(key).await.unwrap(), records(key, 40));
+    let s = third.snapshot();
+    assert_eq!((s.counters.corrupt_values, s.counters.storage_hits), (1, 0));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+
+    // Remove deletes it from storage too; a miss of a missing entry is counted.
+    third.remove(key).await.unwrap();
+    storage.wait_for(key, false).await;
+    let (fourth, getter) = stored_group(storage);
+    fourth.get(key).await.unwrap();
+    assert_eq!(fourth.snapshot().counters.storage_misses, 1);
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
 }
