@@ -10,6 +10,7 @@ const PLUGINS: &[&str] = &[
     "fs_storage",
     "brotli_compressor",
     "chaos_getter",
+    "chaos_compressor",
 ];
 const TARGET: &str = "wasm32-wasip2";
 

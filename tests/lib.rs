@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[path = "corpus.rs"]
+pub mod corpus;
+
 /// Paths of the plugin components built for this test run.
 pub mod plugins {
     /// Reads values from SQLite through the host's `sql` capability.
@@ -24,6 +27,8 @@ pub mod plugins {
     pub const FS_STORAGE: &str = env!("PLUGIN_FS_STORAGE");
     /// A brotli codec.
     pub const BROTLI_COMPRESSOR: &str = env!("PLUGIN_BROTLI_COMPRESSOR");
+    /// A codec that panics, loops or returns garbage, depending on the value.
+    pub const CHAOS_COMPRESSOR: &str = env!("PLUGIN_CHAOS_COMPRESSOR");
 }
 
 /// The repository root.

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use geecache_host::group::{Getter, Loaded};
+use geecache_host::group::{Getter, Loaded, PeerEntry};
 use geecache_host::plugin::{
-    LoadedPlugin, PluginError, PluginGrants, PluginKind, Runtime, RuntimeOptions, StoredEntry,
+    LoadedPlugin, PluginError, PluginGrants, PluginKind, Runtime, RuntimeOptions,
 };
 use geecache_tests::{compile_cache_dir, demo_db, plugins};
 
@@ -164,7 +164,7 @@ async fn fs_storage_works_in_its_granted_directory_only() {
     else {
         panic!("fs_storage is a storage backend")
     };
-    let entry = StoredEntry {
+    let entry = PeerEntry {
         value: Bytes::from_static(b"\x00\x01 any bytes \xff"),
         codec: "none".into(),
         expires_at_ms: Some(1_900_000_000_000),

@@ -8,8 +8,10 @@
 //! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats, health;
 //!   turns every [`error::Error`] into a JSON body with a stable code and status.
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
-//!   or local getter; negative caching; set/remove at the owner with invalidation.
-//!   Talks only to traits ([`group::Getter`], [`group::PeerPicker`]), never to wasmtime or HTTP.
+//!   (stored bytes + codec) or, for keys this node owns, storage tier → local getter; negative
+//!   caching; set/remove at the owner with invalidation. Talks only to traits
+//!   ([`group::Getter`], [`group::Storage`], [`group::PeerPicker`],
+//!   [`compression::Compressor`]), never to wasmtime or HTTP.
 //! - [`compression`]: the codec trait, the built-in codecs (none, gzip, snappy, lz4, zstd) and
 //!   compressor plugins by name; the stored-value envelope (length + checksum, so nothing corrupt
 //!   is served); a group's policy (codec, level, minimum size).
@@ -18,7 +20,7 @@
 //!   panics or is cancelled.
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
 //!   on-disk compile cache), kind detection, per-call limits, host capabilities (log, config,
-//!   SQL), and the wasm implementations of the group's traits.
+//!   SQL), and the wasm implementations of the group's and the codec's traits.
 //! - [`peer`]: the peer protocol (HTTP + protobuf, `/_geecache/{group}/{key}`): the
 //!   [`peer::PeerService`] seam a node offers its peers, the router serving it, the client
 //!   calling one remote node, and HMAC request signing with the cluster secret.

@@ -346,7 +346,10 @@ impl Core {
 
     /// An entry from a peer or the storage tier, decoded and fully checked.
     async fn accept(&self, entry: PeerEntry) -> Result<(Bytes, Stored)> {
-        let stored = self.codecs.stored(entry.value, &entry.codec)?;
+        let stored = self
+            .codecs
+            .stored(entry.value, &entry.codec)
+            .inspect_err(|_| bump(&self.stats.corrupt_values))?;
         if let Some(len) = stored.raw_len() {
             self.check_len(len)?;
         }

@@ -33,7 +33,7 @@ use wasmtime_wasi::WasiCtx;
 pub use compressor::WasmCompressor;
 pub use error::PluginError;
 pub use getter::WasmGetter;
-pub use storage::{StoredEntry, WasmStorage};
+pub use storage::WasmStorage;
 
 use host::{CallLimiter, HostState};
 

@@ -8,17 +8,6 @@ use super::bindings::storage::exports::geecache::plugin::storage::Entry;
 use super::bindings::storage::{StoragePlugin, StoragePluginPre};
 use super::{PluginError, plugin_kind};
 
-/// An entry as a storage backend keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEntry {
-    /// The stored bytes (possibly compressed; see `codec`).
-    pub value: Bytes,
-    /// Codec tag of `value`.
-    pub codec: String,
-    /// Absolute expiry in ms since the Unix epoch, if any.
-    pub expires_at_ms: Option<u64>,
-}
-
 plugin_kind!(
     /// A wasm storage backend: each call runs in a fresh instance under the runtime's limits.
     WasmStorage,
@@ -32,12 +21,12 @@ impl WasmStorage {
     ///
     /// # Errors
     /// Any [`PluginError`] of the call.
-    pub async fn get(&self, group: &str, key: &str) -> Result<Option<StoredEntry>, PluginError> {
+    pub async fn get(&self, group: &str, key: &str) -> Result<Option<PeerEntry>, PluginError> {
         let (group, key) = (group.to_owned(), key.to_owned());
         let entry = self
             .invoke(move |s, p| p.geecache_plugin_storage().call_get(s, &group, &key))
             .await?;
-        Ok(entry.map(|e| StoredEntry {
+        Ok(entry.map(|e| PeerEntry {
             value: Bytes::from(e.value),
             codec: e.codec,
             expires_at_ms: e.expires_at_ms,
@@ -48,7 +37,7 @@ impl WasmStorage {
     ///
     /// # Errors
     /// Any [`PluginError`] of the call.
-    pub async fn put(&self, group: &str, key: &str, entry: StoredEntry) -> Result<(), PluginError> {
+    pub async fn put(&self, group: &str, key: &str, entry: PeerEntry) -> Result<(), PluginError> {
         let (group, key) = (group.to_owned(), key.to_owned());
         let entry = Entry {
             value: entry.value.to_vec(),
@@ -85,14 +74,7 @@ impl crate::group::Storage for WasmStorage {
         group: &'a str,
         key: &'a str,
     ) -> futures::future::BoxFuture<'a, crate::error::Result<Option<PeerEntry>>> {
-        Box::pin(async move {
-            let entry = WasmStorage::get(self, group, key).await?;
-            Ok(entry.map(|e| PeerEntry {
-                value: e.value,
-                codec: e.codec,
-                expires_at_ms: e.expires_at_ms,
-            }))
-        })
+        Box::pin(async move { Ok(WasmStorage::get(self, group, key).await?) })
     }
 
     fn put<'a>(
@@ -101,11 +83,6 @@ impl crate::group::Storage for WasmStorage {
         key: &'a str,
         entry: PeerEntry,
     ) -> futures::future::BoxFuture<'a, crate::error::Result<()>> {
-        let entry = StoredEntry {
-            value: entry.value,
-            codec: entry.codec,
-            expires_at_ms: entry.expires_at_ms,
-        };
         Box::pin(async move { Ok(WasmStorage::put(self, group, key, entry).await?) })
     }
 
