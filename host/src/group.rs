@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use crate::cache::{Cache, CacheEntry, Cached, Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -137,7 +138,8 @@ pub struct GroupStats {
     pub hot_hits: AtomicU64,
     /// Of the hits (main or hot), those that were a remembered "no such key".
     pub negative_hits: AtomicU64,
-    /// Lookups neither cache could answer.
+    /// Lookups neither cache could answer (the hot tier's misses: every main-cache miss is
+    /// looked up in the hot cache).
     pub misses: AtomicU64,
     /// Loads started (one per singleflight leader, client or peer initiated).
     pub loads: AtomicU64,
@@ -176,6 +178,9 @@ pub struct GroupSnapshot {
     pub negative_hits: u64,
     /// See [`GroupStats::misses`].
     pub misses: u64,
+    /// Lookups the main cache could not answer: `hot_hits + misses` (each one went on to the
+    /// hot cache), so it needs no counter of its own.
+    pub main_misses: u64,
     /// See [`GroupStats::loads`].
     pub loads: u64,
     /// See [`GroupStats::loads_deduplicated`].
@@ -206,6 +211,10 @@ pub struct GroupSnapshot {
     pub hot_items: u64,
     /// Bytes the hot cache holds.
     pub hot_bytes: u64,
+    /// The hot cache's budget.
+    pub hot_max_bytes: u64,
+    /// Entries evicted from the hot cache (size or expiry).
+    pub hot_evictions: u64,
 }
 
 /// Where an answer came from, so the singleflight leader knows which cache to fill.
@@ -277,13 +286,15 @@ fn found_of(entry: &CacheEntry) -> Found {
 }
 
 impl Core {
-    /// Answers from the main then the hot cache, counting the hit.
+    /// Answers from the main then the hot cache, counting the hit (and naming the tier on the
+    /// current span).
     fn lookup(&self, key: &str) -> Option<Found> {
-        let (entry, counter) = match self.main.get(key) {
-            Some(e) => (e, &self.stats.hits),
-            None => (self.hot.get(key)?, &self.stats.hot_hits),
+        let (entry, counter, tier) = match self.main.get(key) {
+            Some(e) => (e, &self.stats.hits, "main"),
+            None => (self.hot.get(key)?, &self.stats.hot_hits, "hot"),
         };
         bump(counter);
+        tracing::Span::current().record("answered_by", tier);
         if matches!(entry.cached, Cached::NotFound) {
             bump(&self.stats.negative_hits);
         }
@@ -516,6 +527,22 @@ impl Group {
     /// [`Error::ValueTooLarge`]; [`Error::Timeout`] past the load timeout. A failing owner is not
     /// an error: the node loads the key itself.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        // The key goes on the span only at debug level: traces at info carry no keys.
+        let span = tracing::info_span!(
+            "geecache.group.get",
+            group = %self.core.name,
+            answered_by = tracing::field::Empty,
+            shared = tracing::field::Empty,
+            key = tracing::field::Empty,
+        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            span.record("key", key);
+        }
+        self.get_in_span(key).instrument(span).await
+    }
+
+    /// [`Group::get`] inside its span.
+    async fn get_in_span(&self, key: &str) -> Result<Bytes> {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.gets);
@@ -523,8 +550,17 @@ impl Group {
             Some(found) => found,
             None => {
                 bump(&core.stats.misses);
-                let load = core.clone().load(key.to_owned());
-                let flight = self.flights.run(key, || load).await;
+                let span = tracing::Span::current();
+                span.record("answered_by", "load");
+                // Only the leader calls the closure, so only a real load gets a load span.
+                let flight = self
+                    .flights
+                    .run(key, || {
+                        let load = tracing::info_span!("geecache.group.load", group = %core.name);
+                        core.clone().load(key.to_owned()).instrument(load)
+                    })
+                    .await;
+                span.record("shared", flight.shared);
                 if flight.shared {
                     bump(&core.stats.loads_deduplicated);
                 }
@@ -543,8 +579,12 @@ impl Group {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.peer_requests_served);
-        let load = core.clone().load_as_owner(key.to_owned());
-        let flight = self.owner_flights.run(key, || load).await;
+        let span = tracing::info_span!("geecache.group.get_as_owner", group = %core.name);
+        let load = || {
+            let load = tracing::info_span!("geecache.group.load", group = %core.name);
+            core.clone().load_as_owner(key.to_owned()).instrument(load)
+        };
+        let flight = self.owner_flights.run(key, load).instrument(span).await;
         if flight.shared {
             bump(&core.stats.loads_deduplicated);
         }
@@ -668,14 +708,16 @@ impl Group {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         core.main.run_pending_tasks();
         core.hot.run_pending_tasks();
+        let (hot_hits, misses) = (get(&s.hot_hits), get(&s.misses));
         GroupSnapshot {
             name: core.name.clone(),
             getter: core.getter.name().to_string(),
             gets: get(&s.gets),
             hits: get(&s.hits),
-            hot_hits: get(&s.hot_hits),
+            hot_hits,
             negative_hits: get(&s.negative_hits),
-            misses: get(&s.misses),
+            misses,
+            main_misses: hot_hits + misses,
             loads: get(&s.loads),
             loads_deduplicated: get(&s.loads_deduplicated),
             getter_calls: get(&s.getter_calls),
@@ -691,6 +733,8 @@ impl Group {
             cache_evictions: core.main.evictions(),
             hot_items: core.hot.entry_count(),
             hot_bytes: core.hot.weighted_size(),
+            hot_max_bytes: core.hot.max_bytes(),
+            hot_evictions: core.hot.evictions(),
         }
     }
 }
