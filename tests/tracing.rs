@@ -33,8 +33,21 @@ fn received_contains(received: &Received, text: &str) -> bool {
         .any(|b| b.windows(text.len()).any(|w| w == text.as_bytes()))
 }
 
-#[tokio::test]
-async fn get_path_spans_reach_an_otlp_collector_without_keys() {
+/// The spans every get of a key not yet cached produces.
+const GET_PATH: [&str; 4] = [
+    "geecache.api.get",
+    "geecache.group.get",
+    "geecache.group.load",
+    "geecache.plugin.call",
+];
+
+/// Keys long enough that they cannot turn up by chance in random trace and span ids.
+const KEYS: [&str; 2] = ["user000042", "user000077"];
+
+/// Runs a `geecache-node` process with `RUST_LOG=rust_log` exporting to a collector in this
+/// test, gets each of [`KEYS`] twice, waits (at most 30 s) until the [`GET_PATH`] spans arrive,
+/// stops the node with SIGTERM, and returns what the collector received.
+async fn export_get_path(rust_log: &str) -> Received {
     let received: Received = Arc::default();
     let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", collector.local_addr().unwrap());
@@ -54,7 +67,7 @@ async fn get_path_spans_reach_an_otlp_collector_without_keys() {
         .arg(compile_cache_dir())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("node.log")).unwrap())
         .spawn()
@@ -67,8 +80,7 @@ async fn get_path_spans_reach_an_otlp_collector_without_keys() {
         log()
     );
     let client = reqwest::Client::new();
-    // Keys long enough that they cannot turn up by chance in random trace and span ids.
-    for key in ["user000042", "user000042", "user000077"] {
+    for key in KEYS.iter().chain(&KEYS) {
         let answer = client
             .get(format!("{base}/api?key={key}"))
             .send()
@@ -76,15 +88,8 @@ async fn get_path_spans_reach_an_otlp_collector_without_keys() {
             .unwrap();
         assert_eq!(answer.status(), 200);
     }
-
-    let names = [
-        "geecache.api.get",
-        "geecache.group.get",
-        "geecache.group.load",
-        "geecache.plugin.call",
-    ];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && !names.iter().all(|n| received_contains(&received, n)) {
+    while Instant::now() < deadline && !GET_PATH.iter().all(|n| received_contains(&received, n)) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ok = Command::new("kill")
@@ -93,23 +98,36 @@ async fn get_path_spans_reach_an_otlp_collector_without_keys() {
         .unwrap();
     assert!(ok.success());
     assert!(node.wait().unwrap().success(), "{}", log());
-
-    for name in names {
+    for name in GET_PATH {
         assert!(
             received_contains(&received, name),
             "no {name} span reached the collector; node log:\n{}",
             log()
         );
     }
+    received
+}
+
+#[tokio::test]
+async fn get_path_spans_reach_an_otlp_collector_without_keys() {
+    let received = export_get_path("info").await;
     assert!(received_contains(&received, "geecache"), "service name");
     assert!(
         received_contains(&received, "db_getter"),
         "the plugin span names its plugin"
     );
-    for key in ["user000042", "user000077"] {
+    for key in KEYS {
         assert!(
             !received_contains(&received, key),
             "the key {key} reached the collector at info level"
         );
+    }
+}
+
+#[tokio::test]
+async fn at_debug_level_the_group_span_carries_the_key() {
+    let received = export_get_path("info,geecache_host=debug").await;
+    for key in KEYS {
+        assert!(received_contains(&received, key), "no span carries {key}");
     }
 }
