@@ -20,6 +20,7 @@ use geecache_host::error::{Error, Result};
 use geecache_host::group::{Getter, Group, GroupOptions, Groups, Loaded, PeerPicker};
 use geecache_host::peer;
 use geecache_host::plugin::{LoadedPlugin, PluginGrants, Runtime, RuntimeOptions, WasmStorage};
+use geecache_host::telemetry::Metrics;
 use geecache_tests::{TestNode, compile_cache_dir, corpus, plugins};
 use proptest::prelude::*;
 
@@ -131,7 +132,8 @@ fn setup() -> &'static Setup {
 
             // The requester's ring: itself (never served; its keys are not used) and the owner.
             let me = "127.0.0.1:9".to_owned();
-            let ring = Cluster::new(&me, &me, None, Duration::from_secs(5)).unwrap();
+            let ring =
+                Cluster::new(&me, &me, None, Duration::from_secs(5), Metrics::new(&me)).unwrap();
             ring.join(Membership::fixed(
                 Member {
                     id: me.clone(),

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use geecache_host::config::Cli;
@@ -78,9 +80,44 @@ impl std::fmt::Debug for TestNode {
 }
 
 impl TestNode {
-    /// Starts a node with `--port 0` plus `args`. `{db}` in an argument is replaced by the path
-    /// of a fresh demo database.
+    /// Starts a node on a random 127.0.0.1 port with `args`. `{db}` in an argument is replaced
+    /// by the path of a fresh demo database.
     pub async fn start(args: &[&str]) -> TestNode {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestNode::start_on(listener, args).await
+    }
+
+    /// Starts `n` nodes in this process, each listing the others with `--peers` (a static
+    /// cluster), each with `args` (as for [`TestNode::start`]).
+    pub async fn cluster(n: usize, args: &[&str]) -> Vec<TestNode> {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let others: Vec<&str> = addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| a.as_str())
+                .collect();
+            let peers = others.join(",");
+            let mut argv: Vec<&str> = args.to_vec();
+            argv.extend(["--peers", &peers]);
+            nodes.push(TestNode::start_on(listener, &argv).await);
+        }
+        nodes
+    }
+
+    /// Starts a node serving on `listener`, advertised at its address, with `args` (as for
+    /// [`TestNode::start`]).
+    pub async fn start_on(listener: TcpListener, args: &[&str]) -> TestNode {
+        let addr = listener.local_addr().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let needs_db = args.iter().any(|a| a.contains("{db}"));
         let db = if needs_db {
@@ -95,6 +132,8 @@ impl TestNode {
             "0".into(),
             "--compile-cache-dir".into(),
             cache.display().to_string(),
+            "--advertise-addr".into(),
+            addr.to_string(),
         ];
         argv.extend(
             args.iter()
@@ -108,8 +147,6 @@ impl TestNode {
                 .unwrap()
                 .unwrap();
         server::join(&node, &settings).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, node.clone(), async move {
             let _ = rx.await;
@@ -177,6 +214,13 @@ impl TestNode {
             .clone()
     }
 
+    /// The body of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    }
+
     /// The stats of plugin `name`.
     pub async fn plugin_stats(&self, name: &str) -> serde_json::Value {
         let (_, stats) = self.get_json("/api/v1/stats").await;
@@ -222,4 +266,55 @@ pub async fn wait_healthy(url: &str, timeout: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// `GET path` on `addr` with std only (for harnesses that are not async): the whole raw
+/// response, or `None` when the server cannot be reached.
+pub fn http_get_blocking(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    Some(response)
+}
+
+/// The last 30 lines of a log, for panic messages.
+pub fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Waits (polling every 50 ms, at most `timeout`) until `ready()` holds for a server process a
+/// test started.
+///
+/// # Panics
+/// If the process exits first or the timeout passes; the message names `what` and carries the
+/// end of `log()`.
+pub fn wait_child_ready(
+    what: &str,
+    child: &mut Child,
+    timeout: Duration,
+    log: impl Fn() -> String,
+    mut ready: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{what} exited during startup ({status}); log:\n{}",
+                log_tail(&log())
+            );
+        }
+        if ready() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready within {timeout:?}; log:\n{}",
+            log_tail(&log())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

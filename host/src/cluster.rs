@@ -6,20 +6,26 @@
 //! membership change (etcd watch), keeping the clients (and their pooled connections) of nodes
 //! that stay. While etcd is unreachable the membership keeps publishing the last known list, so
 //! the ring stays as it was.
+//!
+//! Every request to a peer is timed into `geecache_peer_request_duration_seconds` (by peer,
+//! operation and outcome) and runs in a `geecache.peer.<op>` span.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::discovery::{Member, Membership, RegistrationState};
 use crate::error::{Error, Result};
 use crate::group::{PeerEntry, PeerPicker, RemotePeer};
-use crate::peer::{ClusterSecret, PeerClient};
+use crate::peer::{ClusterSecret, PeerClient, PeerError};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
+use crate::telemetry::Metrics;
 
 /// One other node: its ring name and a client for it.
 #[derive(Debug)]
@@ -28,6 +34,24 @@ struct Peer {
     addr: String,
     /// Signs and sends requests to it.
     client: PeerClient,
+    /// Where request latencies are recorded (the node's meters).
+    metrics: Metrics,
+}
+
+impl Peer {
+    /// Runs one request to this peer in its span, timing it by outcome (`ok` or the error's
+    /// code; `cancelled` when the caller stops waiting).
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        span: tracing::Span,
+        request: impl Future<Output = std::result::Result<T, PeerError>>,
+    ) -> Result<T> {
+        let call = self.metrics.peer_call(&self.addr, op);
+        let answer = request.instrument(span).await;
+        call.finish(answer.as_ref().map_or_else(PeerError::code, |_| "ok"));
+        Ok(answer?)
+    }
 }
 
 impl RemotePeer for Peer {
@@ -36,7 +60,8 @@ impl RemotePeer for Peer {
     }
 
     fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
-        Box::pin(async move { Ok(self.client.get(group, key).await?) })
+        let span = tracing::info_span!("geecache.peer.get", peer = %self.addr, %group);
+        Box::pin(self.timed("get", span, self.client.get(group, key)))
     }
 
     fn set<'a>(
@@ -45,15 +70,18 @@ impl RemotePeer for Peer {
         key: &'a str,
         entry: PeerEntry,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.client.set(group, key, entry).await?) })
+        let span = tracing::info_span!("geecache.peer.set", peer = %self.addr, %group);
+        Box::pin(self.timed("set", span, self.client.set(group, key, entry)))
     }
 
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.client.delete(group, key).await?) })
+        let span = tracing::info_span!("geecache.peer.delete", peer = %self.addr, %group);
+        Box::pin(self.timed("delete", span, self.client.delete(group, key)))
     }
 
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.client.invalidate(group, keys).await?) })
+        let span = tracing::info_span!("geecache.peer.invalidate", peer = %self.addr, %group);
+        Box::pin(self.timed("invalidate", span, self.client.invalidate(group, keys)))
     }
 }
 
@@ -99,6 +127,8 @@ pub struct Cluster {
     membership: RwLock<Option<Membership>>,
     /// The task applying membership changes.
     watcher: RwLock<Option<JoinHandle<()>>>,
+    /// The node's meters, handed to every peer client.
+    metrics: Metrics,
 }
 
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -119,6 +149,7 @@ impl Cluster {
         self_addr: &str,
         secret: Option<ClusterSecret>,
         peer_timeout: Duration,
+        metrics: Metrics,
     ) -> Result<Arc<Cluster>> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -139,6 +170,7 @@ impl Cluster {
             })),
             membership: RwLock::new(None),
             watcher: RwLock::new(None),
+            metrics,
         };
         Ok(Arc::new(cluster))
     }
@@ -207,21 +239,26 @@ impl Cluster {
         Ok(Peer {
             addr: addr.to_string(),
             client,
+            metrics: self.metrics.clone(),
         })
     }
 
     /// What `/api/v1/cluster` shows.
     pub fn snapshot(&self) -> ClusterSnapshot {
         let view = lock_read(&self.view).clone();
-        let registration = lock_read(&self.membership)
-            .as_ref()
-            .map_or(RegistrationState::Static, Membership::state);
         ClusterSnapshot {
             self_addr: self.self_addr.clone(),
-            registration: registration.to_string(),
+            registration: self.registration().to_string(),
             replicas: view.ring.replicas(),
             members: view.members.clone(),
         }
+    }
+
+    /// Where this node stands with the membership source (`Static` without etcd).
+    pub fn registration(&self) -> RegistrationState {
+        lock_read(&self.membership)
+            .as_ref()
+            .map_or(RegistrationState::Static, Membership::state)
     }
 
     /// The ring's members (addresses), this node included.

@@ -5,8 +5,9 @@
 //!
 //! - [`server`]: wiring: binds the listener, builds plugins and groups from the [`config`],
 //!   joins the cluster, runs until a shutdown future resolves, leaves the ring, then drains.
-//! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats, health;
-//!   turns every [`error::Error`] into a JSON body with a stable code and status.
+//! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats,
+//!   `/metrics`, health; times every request; turns every [`error::Error`] into a JSON body with
+//!   a stable code and status.
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
 //!   (stored bytes + codec) or, for keys this node owns, storage tier → local getter; negative
 //!   caching; set/remove at the owner with invalidation. Talks only to traits
@@ -32,7 +33,11 @@
 //!   is a cluster of one.
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
 //! - [`error`]: the error type shared by the modules above.
-//! - [`telemetry`]: tracing subscriber setup.
+//! - [`telemetry`]: logs (`RUST_LOG`, text or JSON), get-path spans exported over OTLP when
+//!   `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, and [`telemetry::metrics`]: one
+//!   [`telemetry::Metrics`] per node (OpenTelemetry meters, Prometheus exporter) rendered at
+//!   `/metrics` from the same snapshot as `/api/v1/stats`, plus the latency histograms the API,
+//!   the peer clients and the plugin calls record.
 
 pub mod api;
 pub mod cache;

@@ -24,6 +24,7 @@ use crate::discovery::{EtcdOptions, Member, Membership};
 use crate::group::{Getter, Group, Groups, Storage};
 use crate::peer::ClusterSecret;
 use crate::plugin::{LoadedPlugin, Runtime};
+use crate::telemetry::Metrics;
 
 /// How long requests in flight may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +48,12 @@ pub struct Node {
 /// # Errors
 /// A message saying which plugin or group is wrong and how to fix it.
 pub fn build(settings: &Settings) -> Result<Node, String> {
-    let runtime = Arc::new(Runtime::new(settings.runtime.clone()).map_err(|e| e.to_string())?);
+    // One set of meters per node (several nodes may share a process in tests).
+    let metrics = Metrics::new(&settings.cluster.advertise_addr);
+    let runtime = Arc::new(
+        Runtime::with_metrics(settings.runtime.clone(), metrics.clone())
+            .map_err(|e| e.to_string())?,
+    );
     if !runtime.is_pooling() {
         tracing::info!("plugin instances use on-demand allocation");
     }
@@ -95,8 +101,14 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         .groups
         .first()
         .map_or(Duration::from_secs(1), |g| g.options.peer_timeout);
-    let cluster = Cluster::new(&c.node_id, &c.advertise_addr, secret.clone(), peer_timeout)
-        .map_err(|e| e.to_string())?;
+    let cluster = Cluster::new(
+        &c.node_id,
+        &c.advertise_addr,
+        secret.clone(),
+        peer_timeout,
+        metrics.clone(),
+    )
+    .map_err(|e| e.to_string())?;
 
     let mut groups = Groups::default();
     for spec in &settings.groups {
@@ -161,6 +173,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         settings.max_body_bytes,
         cluster.clone(),
         secret,
+        metrics,
     );
     Ok(Node {
         state,
@@ -278,7 +291,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(settings.log_json);
+    // Held to the end of main: dropping it flushes the spans still buffered for OTLP.
+    let _telemetry = crate::telemetry::init(settings.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

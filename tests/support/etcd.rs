@@ -2,15 +2,17 @@
 //! data directory, killed when dropped.
 //!
 //! Include it from a test crate with `#[path = "support/etcd.rs"] mod etcd;`. Everything here is
-//! synchronous (std only) so any test, async or not, can use it.
+//! synchronous (std and the blocking helpers of `geecache_tests`) so any test, async or not, can
+//! use it.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use geecache_tests::{free_port, http_get_blocking, wait_child_ready};
 
 /// Where Debian's `etcd-server` package installs the server.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
@@ -130,27 +132,15 @@ impl EtcdServer {
     /// Polls etcd's `/health` (a real read through the server) until it says so.
     fn wait_healthy(&mut self) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait().unwrap()
-            {
-                panic!(
-                    "etcd exited during startup ({status}); log:\n{}",
-                    tail(&self.log())
-                );
-            }
-            if health(addr) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "etcd at {addr} not healthy within {START_TIMEOUT:?}; log:\n{}",
-                    tail(&self.log())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = self.log_path();
+        let child = self.child.as_mut().unwrap();
+        wait_child_ready(
+            &format!("etcd at {addr}"),
+            child,
+            START_TIMEOUT,
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || health(addr),
+        );
     }
 }
 
@@ -163,31 +153,8 @@ impl Drop for EtcdServer {
     }
 }
 
-/// A loopback port that was free a moment ago (the kernel does not hand it out again at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `GET /health` → `{"health":"true"}`.
 fn health(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") && response.contains(r#""health":"true""#)
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    http_get_blocking(addr, "/health")
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200") && r.contains(r#""health":"true""#))
 }

@@ -8,34 +8,46 @@
 //! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
 //! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}` |
 //! | `GET /api/v1/cluster` | this node's address, registration state and ring members |
-//! | `GET /api/v1/stats` | JSON counters per group and per plugin |
+//! | `GET /api/v1/stats` | JSON counters per group and per plugin, ring size, registration state |
+//! | `GET /metrics` | the same counters, latency histograms and gauges in Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
 //!
 //! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with the status of
 //! [`Error::status`]: 400 bad input, 404 no such key/group/route, 405 wrong method, 413 too large,
 //! 500 internal, 503 plugin failed, 504 timeout.
+//!
+//! Every request (peer protocol included) is timed into
+//! `geecache_http_request_duration_seconds` by route template, method and status.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
-use crate::group::{GroupSnapshot, Groups};
+use crate::group::Groups;
 use crate::peer::{ClusterSecret, PeerService};
 use crate::plugin::LoadedPlugin;
+pub use crate::plugin::PluginSnapshot;
+/// The body of `/api/v1/stats`, also what `/metrics` reports.
+pub use crate::telemetry::Stats;
+use crate::telemetry::metrics::{UNMATCHED_ROUTE, method_label};
+use crate::telemetry::{ClusterStats, Metrics};
 
 /// Shared state of every handler. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -59,6 +71,8 @@ struct Inner {
     cluster: Arc<Cluster>,
     /// Checks peer requests when the cluster has a secret.
     secret: Option<ClusterSecret>,
+    /// The node's meters: request latencies are recorded here, `/metrics` is rendered from it.
+    metrics: Metrics,
 }
 
 impl AppState {
@@ -70,6 +84,7 @@ impl AppState {
         max_body_bytes: usize,
         cluster: Arc<Cluster>,
         secret: Option<ClusterSecret>,
+        metrics: Metrics,
     ) -> Self {
         AppState {
             inner: Arc::new(Inner {
@@ -80,6 +95,7 @@ impl AppState {
                 max_body_bytes,
                 cluster,
                 secret,
+                metrics,
             }),
         }
     }
@@ -94,64 +110,29 @@ impl AppState {
         self.inner.ready.store(false, Ordering::SeqCst);
     }
 
-    /// Counters of every group and plugin.
+    /// The node's meters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Counters of every group and plugin, the ring's size and the registration state: one
+    /// snapshot for `/api/v1/stats` and `/metrics` alike.
     pub fn stats(&self) -> Stats {
+        let cluster = &self.inner.cluster;
         Stats {
             groups: self.inner.groups.iter().map(|g| g.snapshot()).collect(),
             plugins: self
                 .inner
                 .plugins
                 .iter()
-                .map(|p| {
-                    let core = p.info();
-                    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-                    PluginSnapshot {
-                        name: core.name.clone(),
-                        version: core.version.clone(),
-                        kind: p.kind().to_string(),
-                        calls: get(&core.stats.calls),
-                        traps: get(&core.stats.traps),
-                        timeouts: get(&core.stats.timeouts),
-                        memory_limits: get(&core.stats.memory_limits),
-                        reported_errors: get(&core.stats.reported_errors),
-                        busy_seconds: get(&core.stats.busy_micros) as f64 / 1e6,
-                    }
-                })
+                .map(LoadedPlugin::snapshot)
                 .collect(),
+            cluster: ClusterStats {
+                ring_members: cluster.ring_members().len() as u64,
+                registration: cluster.registration(),
+            },
         }
     }
-}
-
-/// The body of `/api/v1/stats`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stats {
-    /// One entry per group.
-    pub groups: Vec<GroupSnapshot>,
-    /// One entry per loaded plugin.
-    pub plugins: Vec<PluginSnapshot>,
-}
-
-/// A plugin's counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginSnapshot {
-    /// Reported name.
-    pub name: String,
-    /// Reported version.
-    pub version: String,
-    /// getter, storage or compressor.
-    pub kind: String,
-    /// Calls started.
-    pub calls: u64,
-    /// Calls that trapped (panics included).
-    pub traps: u64,
-    /// Calls stopped by the time limit.
-    pub timeouts: u64,
-    /// Calls stopped by the memory cap.
-    pub memory_limits: u64,
-    /// Errors the plugin reported itself.
-    pub reported_errors: u64,
-    /// Wall time spent in calls.
-    pub busy_seconds: f64,
 }
 
 /// An [`Error`] on its way to the client as JSON.
@@ -228,8 +209,7 @@ async fn classic_get(
         Error::BadRequest("missing query parameter `key`, e.g. /api?key=Tom".into())
     })?;
     let group = q.group.as_deref().unwrap_or(&state.inner.default_group);
-    let value = state.inner.groups.get(group)?.get(&key).await?;
-    Ok(value_response(value))
+    get_value(&state, group, &key).await
 }
 
 async fn rest_get(
@@ -237,8 +217,18 @@ async fn rest_get(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let value = state.inner.groups.get(&group)?.get(&key).await?;
-    Ok(value_response(value))
+    get_value(&state, &group, &key).await
+}
+
+/// Both GET forms: the value of `key` in `group`, in the `geecache.api.get` span.
+async fn get_value(state: &AppState, group: &str, key: &str) -> Result<Response, ApiError> {
+    let span = tracing::info_span!("geecache.api.get", group = %group);
+    async {
+        let value = state.inner.groups.get(group)?.get(key).await?;
+        Ok(value_response(value))
+    }
+    .instrument(span)
+    .await
 }
 
 /// Query of `PUT /api/v1/groups/{group}/keys/{key}`.
@@ -388,6 +378,41 @@ async fn stats(State(state): State<AppState>) -> Json<Stats> {
     Json(state.stats())
 }
 
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state
+        .metrics()
+        .render(state.stats())
+        .map_err(Error::Internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(Metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Times every request into `geecache_http_request_duration_seconds`, labelled with the route
+/// template (never the raw path, which carries keys), the method and the status.
+async fn observe_request(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
+        .to_string();
+    let method = method_label(req.method());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics.record_request(
+        &route,
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
 async fn cluster(State(state): State<AppState>) -> Json<ClusterSnapshot> {
     Json(state.inner.cluster.snapshot())
 }
@@ -428,6 +453,7 @@ async fn wrong_method() -> Response {
 /// `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.inner.max_body_bytes;
+    let timing = axum::middleware::from_fn_with_state(state.inner.metrics.clone(), observe_request);
     let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
     let peer_routes =
         crate::peer::router_with_body_limit(service, state.inner.secret.clone(), max_body);
@@ -439,6 +465,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/groups/{group}/batch", post(batch_get))
         .route("/api/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/api/v1/cluster", get(cluster))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -447,4 +474,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
         .merge(peer_routes)
+        // Outermost, after the merge, so it times the peer routes too; `Router::layer` wraps
+        // each route, so the matched route template is known by then.
+        .layer(timing)
 }

@@ -59,6 +59,14 @@ pub enum RegistrationState {
 }
 
 impl RegistrationState {
+    /// Every state, in the order of the lifecycle (the series of `geecache_registration_state`).
+    pub const ALL: [RegistrationState; 4] = [
+        RegistrationState::Static,
+        RegistrationState::Registering,
+        RegistrationState::Registered,
+        RegistrationState::Unreachable,
+    ];
+
     /// A stable lowercase name (`"static"`, `"registering"`, `"registered"`, `"unreachable"`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +75,12 @@ impl RegistrationState {
             RegistrationState::Registered => "registered",
             RegistrationState::Unreachable => "unreachable",
         }
+    }
+}
+
+impl serde::Serialize for RegistrationState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use tracing::Instrument as _;
 
 use crate::cache::{Cache, CacheEntry, Cached, Clock, SystemClock};
 use crate::compression::{CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify};
@@ -176,6 +177,16 @@ enum Tier {
     Hot,
 }
 
+impl Tier {
+    /// The tier's name in spans and metric labels.
+    fn label(self) -> &'static str {
+        match self {
+            Tier::Main => "main",
+            Tier::Hot => "hot",
+        }
+    }
+}
+
 /// What a client load produced: the plain value with its expiry, or "no such key".
 type Found = Option<(Bytes, Option<u64>)>;
 
@@ -291,6 +302,7 @@ impl Core {
                     Tier::Main => &self.stats.hits,
                     Tier::Hot => &self.stats.hot_hits,
                 });
+                tracing::Span::current().record("answered_by", tier.label());
                 if found.is_none() {
                     bump(&self.stats.negative_hits);
                 }
@@ -722,6 +734,22 @@ impl Group {
     /// node loads the key itself. A stored value that does not decode is not an error either:
     /// it is dropped and reloaded.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        // The key goes on the span only at debug level: traces at info carry no keys.
+        let span = tracing::info_span!(
+            "geecache.group.get",
+            group = %self.core.name,
+            answered_by = tracing::field::Empty,
+            shared = tracing::field::Empty,
+            key = tracing::field::Empty,
+        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            span.record("key", key);
+        }
+        self.get_in_span(key).instrument(span).await
+    }
+
+    /// [`Group::get`] inside its span.
+    async fn get_in_span(&self, key: &str) -> Result<Bytes> {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.gets);
@@ -729,8 +757,17 @@ impl Group {
             Some(found) => found,
             None => {
                 bump(&core.stats.misses);
-                let load = core.clone().load(key.to_owned());
-                let flight = self.flights.run(key, || load).await;
+                let span = tracing::Span::current();
+                span.record("answered_by", "load");
+                // Only the leader calls the closure, so only a real load gets a load span.
+                let flight = self
+                    .flights
+                    .run(key, || {
+                        let load = tracing::info_span!("geecache.group.load", group = %core.name);
+                        core.clone().load(key.to_owned()).instrument(load)
+                    })
+                    .await;
+                span.record("shared", flight.shared);
                 if flight.shared {
                     bump(&core.stats.loads_deduplicated);
                 }
@@ -750,8 +787,12 @@ impl Group {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.peer_requests_served);
-        let load = core.clone().load_as_owner(key.to_owned());
-        let flight = self.owner_flights.run(key, || load).await;
+        let span = tracing::info_span!("geecache.group.get_as_owner", group = %core.name);
+        let load = || {
+            let load = tracing::info_span!("geecache.group.load", group = %core.name);
+            core.clone().load_as_owner(key.to_owned()).instrument(load)
+        };
+        let flight = self.owner_flights.run(key, load).instrument(span).await;
         if flight.shared {
             bump(&core.stats.loads_deduplicated);
         }
@@ -875,6 +916,12 @@ impl Group {
             getter: core.getter.name().to_string(),
             compression: core.encoding.codec().name().to_owned(),
             storage: core.storage.as_ref().map(|s| s.name().to_owned()),
+            main_misses: {
+                // Every main-cache miss goes on to the hot cache.
+                let c = &core.stats;
+                c.hot_hits.load(std::sync::atomic::Ordering::Relaxed)
+                    + c.misses.load(std::sync::atomic::Ordering::Relaxed)
+            },
             counters: core.stats.counters(),
             cache_items: core.main.entry_count(),
             cache_bytes: core.main.weighted_size(),
@@ -882,6 +929,7 @@ impl Group {
             cache_evictions: core.main.evictions(),
             hot_items: core.hot.entry_count(),
             hot_bytes: core.hot.weighted_size(),
+            hot_max_bytes: core.hot.max_bytes(),
             hot_evictions: core.hot.evictions(),
         }
     }

@@ -105,6 +105,9 @@ pub struct GroupSnapshot {
     /// The counters.
     #[serde(flatten)]
     pub counters: Counters,
+    /// Lookups the main cache could not answer: `hot_hits + misses` (each one went on to the
+    /// hot cache), so it needs no counter of its own.
+    pub main_misses: u64,
     /// Entries in the main cache.
     pub cache_items: u64,
     /// Bytes the main cache holds, as weighed against its budget (stored, i.e. compressed,
@@ -118,6 +121,8 @@ pub struct GroupSnapshot {
     pub hot_items: u64,
     /// Bytes the hot cache holds.
     pub hot_bytes: u64,
+    /// The hot cache's budget.
+    pub hot_max_bytes: u64,
     /// Entries evicted from the hot cache.
     pub hot_evictions: u64,
 }

@@ -696,8 +696,15 @@ fn peer_addresses_are_checked() {
 /// peer request for an unknown group gets an `ErrorInfo`, an unknown API route gets JSON.
 #[tokio::test]
 async fn the_api_router_serves_the_peer_routes() {
-    let cluster =
-        crate::cluster::Cluster::new("n", "127.0.0.1:1", None, Duration::from_secs(1)).unwrap();
+    let metrics = crate::telemetry::Metrics::new("n");
+    let cluster = crate::cluster::Cluster::new(
+        "n",
+        "127.0.0.1:1",
+        None,
+        Duration::from_secs(1),
+        metrics.clone(),
+    )
+    .unwrap();
     let api = crate::api::AppState::new(
         crate::group::Groups::default(),
         "g".into(),
@@ -705,6 +712,7 @@ async fn the_api_router_serves_the_peer_routes() {
         1024,
         cluster,
         None,
+        metrics,
     );
     let app = crate::api::router(api);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -37,6 +37,8 @@ pub use storage::WasmStorage;
 
 use host::{CallLimiter, HostState};
 
+use crate::telemetry::Metrics;
+
 /// How often the epoch ticker advances the engine's epoch; the granularity of time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -132,6 +134,23 @@ impl LoadedPlugin {
             LoadedPlugin::Compressor(p) => p.core(),
         }
     }
+
+    /// A point-in-time copy of the plugin's counters.
+    pub fn snapshot(&self) -> PluginSnapshot {
+        let core = self.info();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PluginSnapshot {
+            name: core.name.clone(),
+            version: core.version.clone(),
+            kind: self.kind().to_string(),
+            calls: get(&core.stats.calls),
+            traps: get(&core.stats.traps),
+            timeouts: get(&core.stats.timeouts),
+            memory_limits: get(&core.stats.memory_limits),
+            reported_errors: get(&core.stats.reported_errors),
+            busy_seconds: get(&core.stats.busy_micros) as f64 / 1e6,
+        }
+    }
 }
 
 /// Counters of one plugin's calls, read by the stats endpoint.
@@ -151,6 +170,29 @@ pub struct PluginStats {
     pub busy_micros: AtomicU64,
 }
 
+/// A point-in-time copy of a plugin's counters, as `/api/v1/stats` and `/metrics` show them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginSnapshot {
+    /// Reported name.
+    pub name: String,
+    /// Reported version.
+    pub version: String,
+    /// getter, storage or compressor.
+    pub kind: String,
+    /// See [`PluginStats::calls`].
+    pub calls: u64,
+    /// See [`PluginStats::traps`].
+    pub traps: u64,
+    /// See [`PluginStats::timeouts`].
+    pub timeouts: u64,
+    /// See [`PluginStats::memory_limits`].
+    pub memory_limits: u64,
+    /// See [`PluginStats::reported_errors`].
+    pub reported_errors: u64,
+    /// Wall time spent in calls ([`PluginStats::busy_micros`]), in seconds.
+    pub busy_seconds: f64,
+}
+
 /// The wasmtime engine, linker and ticker shared by every plugin of the process.
 pub struct Runtime {
     /// Compiles components and owns the epoch counter.
@@ -167,6 +209,8 @@ pub struct Runtime {
     ticker_stop: Arc<AtomicBool>,
     /// The epoch ticker thread, joined on drop.
     ticker: Option<JoinHandle<()>>,
+    /// Where the plugins' call latencies are recorded (the node's meters).
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -213,12 +257,20 @@ fn pooling_config(options: &RuntimeOptions) -> PoolingAllocationConfig {
 }
 
 impl Runtime {
+    /// A runtime whose call latencies go to meters of its own; see [`Runtime::with_metrics`].
+    ///
+    /// # Errors
+    /// As [`Runtime::with_metrics`].
+    pub fn new(options: RuntimeOptions) -> Result<Self, PluginError> {
+        Self::with_metrics(options, Metrics::new("plugin-runtime"))
+    }
+
     /// Builds the engine (pooling allocator first, on-demand if the pool cannot be reserved),
-    /// the linker and the epoch ticker.
+    /// the linker and the epoch ticker. Plugin call latencies are recorded in `metrics`.
     ///
     /// # Errors
     /// When wasmtime cannot create an engine at all (unsupported platform, bad cache dir).
-    pub fn new(options: RuntimeOptions) -> Result<Self, PluginError> {
+    pub fn with_metrics(options: RuntimeOptions, metrics: Metrics) -> Result<Self, PluginError> {
         let fail = |e: wasmtime::Error| PluginError::Load {
             path: "<runtime>".into(),
             message: format!("{e:#}"),
@@ -276,6 +328,7 @@ impl Runtime {
             pooling,
             ticker_stop,
             ticker: Some(ticker),
+            metrics,
         })
     }
 
@@ -473,15 +526,21 @@ macro_rules! plugin_kind {
                     + Send
                     + 'static,
             ) -> Result<R, $crate::plugin::PluginError> {
+                use tracing::Instrument as _;
                 let pre = self.pre.clone();
+                let started = std::time::Instant::now();
+                let span = tracing::info_span!("geecache.plugin.call", plugin = %self.core.name);
                 let answer = self
                     .core
                     .call(move |store| {
                         let instance = pre.instantiate(&mut *store)?;
                         call(store, instance)
                     })
-                    .await?;
-                answer.map_err(|e| self.core.reported(e))
+                    .instrument(span)
+                    .await
+                    .and_then(|answer| answer.map_err(|e| self.core.reported(e)));
+                self.core.observe_call(started, &answer);
+                answer
             }
         }
     };
@@ -510,6 +569,8 @@ pub struct PluginCore {
     call_timeout: Duration,
     /// Bounds concurrent calls across the runtime.
     permits: Arc<tokio::sync::Semaphore>,
+    /// Where call latencies are recorded.
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for PluginCore {
@@ -540,7 +601,15 @@ impl PluginCore {
             memory_limit: runtime.options.memory_limit,
             call_timeout: runtime.options.call_timeout,
             permits: runtime.permits.clone(),
+            metrics: runtime.metrics.clone(),
         }
+    }
+
+    /// Records a finished call (started at `started`) in the latency histogram, by outcome.
+    fn observe_call<R>(&self, started: Instant, answer: &Result<R, PluginError>) {
+        let outcome = answer.as_ref().map_or_else(PluginError::code, |_| "ok");
+        self.metrics
+            .record_plugin_call(&self.name, outcome, started.elapsed());
     }
 
     fn new_store(&self) -> Result<Store<HostState>, PluginError> {

@@ -1,0 +1,179 @@
+//! Observability: logs, traces and metrics.
+//!
+//! - Logs: `tracing` events with a `RUST_LOG` filter (default `info`), as text or JSON lines on
+//!   stderr.
+//! - Traces: the get path runs in spans with stable names (`geecache.api.get` →
+//!   `geecache.group.get` → `geecache.group.load` → `geecache.peer.get` or
+//!   `geecache.plugin.call`; owners answer peers in `geecache.group.get_as_owner`). They are
+//!   exported over OTLP/HTTP (protobuf) only when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not `true`); the other
+//!   standard `OTEL_*` variables (headers, timeout, service name, batch settings) apply. Keys
+//!   appear on spans only at debug level.
+//! - Metrics: [`metrics`], one [`Metrics`] per node, rendered at `/metrics`.
+
+pub mod metrics;
+
+pub use metrics::{ClusterStats, Metrics, Stats};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The variables that turn OTLP trace export on, most specific first.
+pub const OTLP_ENDPOINT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
+/// What [`init`] set up. Keep it until the program ends: dropping it flushes the spans still
+/// buffered (bounded by the exporter's timeout) and stops the exporter.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    /// The OTLP trace pipeline, when one was configured.
+    tracer: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported over OTLP.
+    pub fn exports_traces(&self) -> bool {
+        self.tracer.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("geecache-host: flushing traces failed: {e}");
+        }
+    }
+}
+
+/// The OTLP endpoint the environment asks for, if any (`lookup` reads a variable).
+pub fn otlp_endpoint(lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if lookup("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    OTLP_ENDPOINT_VARS
+        .iter()
+        .find_map(|var| lookup(var).filter(|v| !v.trim().is_empty()))
+}
+
+/// Builds the OTLP/HTTP span pipeline: batch processor on its own thread, blocking HTTP client.
+fn tracer_provider() -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("geecache");
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Installs the global subscriber: logs (text or `json`) filtered by `RUST_LOG`, and OTLP trace
+/// export when the environment asks for it. Later calls (tests) install nothing.
+pub fn init(json: bool) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let endpoint = otlp_endpoint(|v| std::env::var(v).ok());
+    let (tracer, failed) = match endpoint.as_ref().map(|_| tracer_provider()) {
+        Some(Ok(provider)) => (Some(provider), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    // The exporter's own HTTP stack must not feed spans back into the exporter.
+    let quiet_exporter = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("hyper", LevelFilter::OFF)
+        .with_target("hyper_util", LevelFilter::OFF)
+        .with_target("reqwest", LevelFilter::OFF)
+        .with_target("opentelemetry", LevelFilter::OFF)
+        .with_target("opentelemetry_sdk", LevelFilter::OFF)
+        .with_target("opentelemetry_otlp", LevelFilter::OFF);
+    let otel = tracer.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("geecache"))
+            .with_filter(quiet_exporter)
+    });
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    match (endpoint, failed) {
+        (Some(endpoint), None) if installed => {
+            tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+        }
+        (Some(endpoint), Some(e)) => {
+            tracing::warn!(%endpoint, error = %e, "cannot export traces over OTLP; logging only");
+        }
+        _ => {}
+    }
+    Telemetry {
+        tracer: if installed { tracer } else { None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn otlp_is_on_only_when_an_endpoint_is_set() {
+        assert_eq!(otlp_endpoint(env(&[])), None);
+        assert_eq!(
+            otlp_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])),
+            None
+        );
+        assert_eq!(
+            otlp_endpoint(env(&[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://127.0.0.1:4318"
+            )])),
+            Some("http://127.0.0.1:4318".into())
+        );
+        assert_eq!(
+            otlp_endpoint(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://b:4318/v1/traces"
+                ),
+            ])),
+            Some("http://b:4318/v1/traces".into())
+        );
+        assert_eq!(
+            otlp_endpoint(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ])),
+            None
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Traces over OTLP/HTTP: a real `geecache-host` process with `OTEL_EXPORTER_OTLP_ENDPOINT` set
+//! sends its get-path spans to a collector on 127.0.0.1 (an HTTP server in this test that keeps
+//! every `POST /v1/traces` body), and keeps keys out of them at info level.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use geecache_tests::{compile_cache_dir, demo_db, free_port, plugins, wait_healthy};
+
+/// Bodies the collector received, in order.
+type Received = Arc<Mutex<Vec<Bytes>>>;
+
+async fn collect(State(received): State<Received>, body: Bytes) -> &'static str {
+    received.lock().unwrap().push(body);
+    // An empty ExportTraceServiceResponse is an empty protobuf message.
+    ""
+}
+
+/// Whether the protobuf bodies received so far contain `text` (span names and attribute
+/// strings travel as plain UTF-8 in OTLP's protobuf encoding).
+fn received_contains(received: &Received, text: &str) -> bool {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b.windows(text.len()).any(|w| w == text.as_bytes()))
+}
+
+/// The spans every get of a key not yet cached produces.
+const GET_PATH: [&str; 4] = [
+    "geecache.api.get",
+    "geecache.group.get",
+    "geecache.group.load",
+    "geecache.plugin.call",
+];
+
+/// Keys long enough that they cannot turn up by chance in random trace and span ids.
+const KEYS: [&str; 2] = ["user000042", "user000077"];
+
+/// Runs a `geecache-node` process with `RUST_LOG=rust_log` exporting to a collector in this
+/// test, gets each of [`KEYS`] twice, waits (at most 30 s) until the [`GET_PATH`] spans arrive,
+/// stops the node with SIGTERM, and returns what the collector received.
+async fn export_get_path(rust_log: &str) -> Received {
+    let received: Received = Arc::default();
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let app = Router::new()
+        .route("/v1/traces", post(collect))
+        .with_state(received.clone());
+    tokio::spawn(async move { axum::serve(collector, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let port = free_port();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+        .arg("--plugin-config")
+        .arg(format!("db_getter.database={}", db.display()))
+        .arg("--compile-cache-dir")
+        .arg(compile_cache_dir())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("node.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = || std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    assert!(
+        wait_healthy(&format!("{base}/healthz"), Duration::from_secs(60)).await,
+        "{}",
+        log()
+    );
+    let client = reqwest::Client::new();
+    for key in KEYS.iter().chain(&KEYS) {
+        let answer = client
+            .get(format!("{base}/api?key={key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !GET_PATH.iter().all(|n| received_contains(&received, n)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ok = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(node.wait().unwrap().success(), "{}", log());
+    for name in GET_PATH {
+        assert!(
+            received_contains(&received, name),
+            "no {name} span reached the collector; node log:\n{}",
+            log()
+        );
+    }
+    received
+}
+
+#[tokio::test]
+async fn get_path_spans_reach_an_otlp_collector_without_keys() {
+    let received = export_get_path("info").await;
+    assert!(received_contains(&received, "geecache"), "service name");
+    assert!(
+        received_contains(&received, "db_getter"),
+        "the plugin span names its plugin"
+    );
+    for key in KEYS {
+        assert!(
+            !received_contains(&received, key),
+            "the key {key} reached the collector at info level"
+        );
+    }
+}
+
+#[tokio::test]
+async fn at_debug_level_the_group_span_carries_the_key() {
+    let received = export_get_path("info,geecache_host=debug").await;
+    for key in KEYS {
+        assert!(received_contains(&received, key), "no span carries {key}");
+    }
+}
