@@ -392,3 +392,73 @@ async fn a_zstd_node_holds_more_entries_than_a_raw_one_in_the_same_budget() {
         held[0]
     );
 }
+
+#[tokio::test]
+async fn clients_that_accept_the_stored_coding_get_the_stored_payload() {
+    let value = corpus::generate("json", 11, 4096);
+    for codec in ["gzip", "zstd"] {
+        let node = TestNode::with_db_getter(&["--compression", codec]).await;
+        let url = format!("{}/api/v1/groups/scores/keys/doc", node.base);
+        let resp = node
+            .client
+            .put(&url)
+            .body(value.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        let get = |accept: &'static str| {
+            let req = node.client.get(&url);
+            let req = if accept.is_empty() {
+                req
+            } else {
+                req.header("accept-encoding", accept)
+            };
+            async move {
+                let resp = req.send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let coding = resp
+                    .headers()
+                    .get("content-encoding")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                assert_eq!(resp.headers()["vary"], "accept-encoding");
+                (coding, resp.bytes().await.unwrap())
+            }
+        };
+        // Accepted: the stored payload, a standard gzip member / zstd frame.
+        let (coding, body) = get(if codec == "gzip" {
+            "gzip, br"
+        } else {
+            "br, zstd"
+        })
+        .await;
+        assert_eq!(coding.as_deref(), Some(codec));
+        assert!(
+            body.len() < value.len() / 2,
+            "{codec}: {} bytes",
+            body.len()
+        );
+        let codecs = Codecs::builtin();
+        let plain = codecs
+            .get(codec)
+            .unwrap()
+            .compressor()
+            .decompress(&body, value.len())
+            .await
+            .unwrap();
+        assert_eq!(plain, value, "{codec}");
+        // Not accepted (absent, refused, or another coding): the plain value.
+        for accept in ["", "identity", "gzip;q=0, zstd;q=0", "br"] {
+            let (coding, body) = get(accept).await;
+            assert_eq!(
+                (coding, &body[..]),
+                (None, &value[..]),
+                "{codec} {accept:?}"
+            );
+        }
+        let stats = node.group_stats("scores").await;
+        assert_eq!(stats["encoded_replies"], 1, "{stats}");
+        assert_eq!(stats["hits"], 5, "{stats}");
+        node.stop().await;
+    }
+}

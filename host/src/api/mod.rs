@@ -4,6 +4,13 @@
 //! |---|---|
 //! | `GET /api?key=K[&group=G]` | the raw value (classic GeeCache form; group defaults to the node's default group) |
 //! | `GET /api/v1/groups/{group}/keys/{key}` | the raw value; the key is one percent-encoded path segment |
+//!
+//! Both GETs answer a value cached as gzip or zstd with its stored payload and
+//! `Content-Encoding: gzip`/`zstd` when the request's `Accept-Encoding` allows that coding
+//! (and always with `Vary: Accept-Encoding`); otherwise with the plain value.
+//!
+//! | route | answer |
+//! |---|---|
 //! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204 |
 //! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
 //! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}` |
@@ -28,7 +35,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,7 +47,7 @@ use tracing::Instrument as _;
 
 use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
-use crate::group::Groups;
+use crate::group::{Groups, Reply};
 use crate::peer::{ClusterSecret, PeerService};
 use crate::plugin::LoadedPlugin;
 pub use crate::plugin::PluginSnapshot;
@@ -193,6 +200,49 @@ fn value_response(value: Bytes) -> Response {
         .into_response()
 }
 
+/// A get's answer: the plain value, or a stored gzip/zstd payload with its `Content-Encoding`.
+/// Either way the response varies with `Accept-Encoding`, so caches in between must key on it.
+fn reply_response(reply: Reply) -> Response {
+    let mut response = value_response(reply.body);
+    let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(coding) = reply.content_encoding {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+    }
+    response
+}
+
+/// The content codings (of those a stored value may be in: `gzip`, `zstd`) that an
+/// `Accept-Encoding` header accepts. `q=0` refuses a coding; `*` accepts both unless refused.
+fn accepted_codings(headers: &HeaderMap) -> Vec<&'static str> {
+    let mut star = false;
+    let (mut yes, mut no) = (Vec::new(), Vec::new());
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            let list = if refused { &mut no } else { &mut yes };
+            match coding.as_str() {
+                "gzip" | "x-gzip" => list.push("gzip"),
+                "zstd" => list.push("zstd"),
+                "*" => star = !refused,
+                _ => {}
+            }
+        }
+    }
+    ["gzip", "zstd"]
+        .into_iter()
+        .filter(|c| !no.contains(c) && (star || yes.contains(c)))
+        .collect()
+}
+
 /// Query of the classic `GET /api?key=K[&group=G]`.
 #[derive(Debug, Deserialize)]
 struct ClassicQuery {
@@ -202,6 +252,7 @@ struct ClassicQuery {
 
 async fn classic_get(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<ClassicQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
@@ -209,23 +260,36 @@ async fn classic_get(
         Error::BadRequest("missing query parameter `key`, e.g. /api?key=Tom".into())
     })?;
     let group = q.group.as_deref().unwrap_or(&state.inner.default_group);
-    get_value(&state, group, &key).await
+    get_value(&state, group, &key, &headers).await
 }
 
 async fn rest_get(
     State(state): State<AppState>,
+    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    get_value(&state, &group, &key).await
+    get_value(&state, &group, &key, &headers).await
 }
 
-/// Both GET forms: the value of `key` in `group`, in the `geecache.api.get` span.
-async fn get_value(state: &AppState, group: &str, key: &str) -> Result<Response, ApiError> {
+/// Both GET forms: the value of `key` in `group`, in the `geecache.api.get` span. A stored
+/// gzip/zstd value goes out as it is when the client's `Accept-Encoding` allows it.
+async fn get_value(
+    state: &AppState,
+    group: &str,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let span = tracing::info_span!("geecache.api.get", group = %group);
     async {
-        let value = state.inner.groups.get(group)?.get(key).await?;
-        Ok(value_response(value))
+        let accepted = accepted_codings(headers);
+        let reply = state
+            .inner
+            .groups
+            .get(group)?
+            .get_reply(key, &accepted)
+            .await?;
+        Ok(reply_response(reply))
     }
     .instrument(span)
     .await
@@ -477,4 +541,32 @@ pub fn router(state: AppState) -> Router {
         // Outermost, after the merge, so it times the peer routes too; `Router::layer` wraps
         // each route, so the matched route template is known by then.
         .layer(timing)
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+
+    fn accepted(values: &[&str]) -> Vec<&'static str> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(v).expect("ASCII"),
+            );
+        }
+        accepted_codings(&headers)
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_q_values_and_wildcards() {
+        assert!(accepted(&[]).is_empty());
+        assert_eq!(accepted(&["gzip, deflate, br"]), ["gzip"]);
+        assert_eq!(accepted(&["br", "ZSTD;q=0.5"]), ["zstd"]);
+        assert_eq!(accepted(&["gzip;q=0, zstd"]), ["zstd"]);
+        assert_eq!(accepted(&["gzip; q=0.0"]), Vec::<&str>::new());
+        assert_eq!(accepted(&["*"]), ["gzip", "zstd"]);
+        assert_eq!(accepted(&["*, zstd;q=0"]), ["gzip"]);
+        assert_eq!(accepted(&["identity"]), Vec::<&str>::new());
+    }
 }

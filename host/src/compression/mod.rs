@@ -390,6 +390,12 @@ impl Stored {
         &self.bytes
     }
 
+    /// The codec's payload, without the header: what a client that accepts the codec as a
+    /// content coding can take as it is.
+    pub fn payload(&self) -> Bytes {
+        self.bytes.slice(HEADER_BYTES.min(self.bytes.len())..)
+    }
+
     /// The codec of the payload.
     pub fn codec(&self) -> &Codec {
         &self.codec

@@ -187,6 +187,20 @@ impl Tier {
     }
 }
 
+/// A value as the HTTP API sends it: the plain value, or a stored payload sent as it is because
+/// the client accepts its encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The response body.
+    pub body: Bytes,
+    /// The body's `Content-Encoding` (`gzip` or `zstd`), or `None` for the plain value.
+    pub content_encoding: Option<&'static str>,
+}
+
+/// The codecs whose payload is a standard HTTP content coding, so a client that accepts it can
+/// take the stored payload as it is.
+const CONTENT_CODINGS: [&str; 2] = ["gzip", "zstd"];
+
 /// What a client load produced: the plain value with its expiry, or "no such key".
 type Found = Option<(Bytes, Option<u64>)>;
 
@@ -308,6 +322,35 @@ impl Core {
                 }
             }
             return Some(found);
+        }
+        None
+    }
+
+    /// Answers from the main then the hot cache with the stored payload as it is, when it is
+    /// encoded in a content coding the client accepts; counts the hit. `None` sends the caller
+    /// down the normal path (which counts there). Values in memory were checked when they
+    /// entered it, so the payload goes out without a decode.
+    fn lookup_encoded(&self, key: &str, accepted: &[&str]) -> Option<Reply> {
+        for tier in [Tier::Main, Tier::Hot] {
+            let Some(entry) = self.cache(tier).get(key) else {
+                continue;
+            };
+            let Cached::Value(stored) = &entry.cached else {
+                return None;
+            };
+            let coding = CONTENT_CODINGS
+                .into_iter()
+                .find(|c| *c == stored.codec().name() && accepted.contains(c))?;
+            bump(match tier {
+                Tier::Main => &self.stats.hits,
+                Tier::Hot => &self.stats.hot_hits,
+            });
+            bump(&self.stats.encoded_replies);
+            tracing::Span::current().record("answered_by", tier.label());
+            return Some(Reply {
+                body: stored.payload(),
+                content_encoding: Some(coding),
+            });
         }
         None
     }
@@ -734,6 +777,16 @@ impl Group {
     /// node loads the key itself. A stored value that does not decode is not an error either:
     /// it is dropped and reloaded.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        Ok(self.get_reply(key, &[]).await?.body)
+    }
+
+    /// [`Group::get`] for an HTTP client that accepts the content codings `accepted` (`gzip`,
+    /// `zstd`): a cached value stored in one of them is answered with its stored payload as it
+    /// is, saving the decode; anything else is the plain value.
+    ///
+    /// # Errors
+    /// As [`Group::get`].
+    pub async fn get_reply(&self, key: &str, accepted: &[&str]) -> Result<Reply> {
         // The key goes on the span only at debug level: traces at info carry no keys.
         let span = tracing::info_span!(
             "geecache.group.get",
@@ -745,14 +798,19 @@ impl Group {
         if tracing::enabled!(tracing::Level::DEBUG) {
             span.record("key", key);
         }
-        self.get_in_span(key).instrument(span).await
+        self.get_in_span(key, accepted).instrument(span).await
     }
 
-    /// [`Group::get`] inside its span.
-    async fn get_in_span(&self, key: &str) -> Result<Bytes> {
+    /// [`Group::get_reply`] inside its span.
+    async fn get_in_span(&self, key: &str, accepted: &[&str]) -> Result<Reply> {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.gets);
+        if !accepted.is_empty()
+            && let Some(reply) = core.lookup_encoded(key, accepted)
+        {
+            return Ok(reply);
+        }
         let found = match core.lookup(key, true).await {
             Some(found) => found,
             None => {
@@ -774,7 +832,11 @@ impl Group {
                 flight.result.map_err(|e| (*e).clone())?
             }
         };
-        found.map(|(value, _)| value).ok_or(Error::KeyNotFound)
+        let (body, _) = found.ok_or(Error::KeyNotFound)?;
+        Ok(Reply {
+            body,
+            content_encoding: None,
+        })
     }
 
     /// Answers a peer that asks this node, as the key's owner, for `key`: never forwards to

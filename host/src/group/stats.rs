@@ -85,6 +85,9 @@ counters! {
     /// Bytes those values take as stored (header and payload): divide by `encoded_raw_bytes`
     /// for the compression ratio.
     encoded_stored_bytes,
+    /// Hits answered with the stored gzip/zstd payload as it is, to a client that accepts that
+    /// `Content-Encoding` (no decode on this node).
+    encoded_replies,
     /// Values set (at this node as owner).
     sets,
     /// Keys removed (at this node as owner).

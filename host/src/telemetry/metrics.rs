@@ -162,6 +162,10 @@ const GROUP_METRICS: &[(&str, &str)] = &[
         "geecache_compression_output_bytes_total",
         "Bytes those values take as stored (header and payload); output / input is the compression ratio.",
     ),
+    (
+        "geecache_encoded_replies_total",
+        "Hits answered with the stored gzip/zstd payload as it is (Content-Encoding), without a decode.",
+    ),
 ];
 
 /// Maps a group's snapshot to its series. The one place where [`GroupSnapshot`] fields become
@@ -222,6 +226,7 @@ pub fn group_series(g: &GroupSnapshot) -> Vec<GroupSeries> {
             None,
             c.encoded_stored_bytes,
         ),
+        ("geecache_encoded_replies_total", None, c.encoded_replies),
     ]
 }
 
@@ -619,6 +624,7 @@ mod tests {
             values_compressed: next(),
             encoded_raw_bytes: next(),
             encoded_stored_bytes: next(),
+            encoded_replies: next(),
             sets: next(),
             removes: next(),
         };
