@@ -193,7 +193,8 @@ fn remote_key(s: &Setup) -> String {
 }
 
 /// One value through one codec: owner cache → HTTP → requester; storage tier; fresh node.
-async fn round_trip(s: &Setup, spec: &str, value: &Bytes) {
+/// Returns the codec the value was stored with (`none` when it did not shrink).
+async fn round_trip(s: &Setup, spec: &str, value: &Bytes) -> String {
     let name = group_name(spec);
     let key = remote_key(s);
     s.values
@@ -263,6 +264,7 @@ async fn round_trip(s: &Setup, spec: &str, value: &Bytes) {
         "{spec}: from storage"
     );
     assert_eq!(fresh.snapshot().counters.storage_hits, 1, "{spec}");
+    stored.codec
 }
 
 fn realistic() -> impl Strategy<Value = Vec<u8>> {
@@ -300,12 +302,26 @@ fn compressible_values_travel_and_rest_compressed() {
     let s = setup();
     let value = Bytes::from(corpus::generate("json", 7, 8192));
     for spec in SPECS.iter().filter(|s| **s != "none") {
-        s.tokio.block_on(round_trip(s, spec, &value));
-        let owner = s.owner.get(&group_name(spec)).unwrap().snapshot();
-        assert!(owner.counters.values_compressed > 0, "{spec}: {owner:?}");
-        let requester = s.requester.get(&group_name(spec)).unwrap().snapshot();
-        // The requester keeps what it received: its hot copies weigh what the owner's do.
-        assert!(requester.hot_bytes > 0, "{spec}");
+        let owner = s.owner.get(&group_name(spec)).unwrap();
+        let before = owner.snapshot().counters;
+        let codec = s.tokio.block_on(round_trip(s, spec, &value));
+        assert_eq!(
+            codec,
+            spec.split(':').next().unwrap(),
+            "{spec}: stored compressed"
+        );
+        let after = owner.snapshot().counters;
+        assert_eq!(
+            after.values_compressed,
+            before.values_compressed + 1,
+            "{spec}"
+        );
+        let (raw, stored) = (
+            after.encoded_raw_bytes - before.encoded_raw_bytes,
+            after.encoded_stored_bytes - before.encoded_stored_bytes,
+        );
+        assert_eq!(raw, value.len() as u64, "{spec}");
+        assert!(stored * 2 < raw, "{spec}: {stored} of {raw} bytes");
     }
 }
 

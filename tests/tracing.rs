@@ -33,6 +33,20 @@ fn received_contains(received: &Received, text: &str) -> bool {
         .any(|b| b.windows(text.len()).any(|w| w == text.as_bytes()))
 }
 
+/// How often `text` occurs in the bodies received so far.
+fn occurrences(received: &Received, text: &str) -> usize {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b.windows(text.len())
+                .filter(|w| *w == text.as_bytes())
+                .count()
+        })
+        .sum()
+}
+
 /// The spans every get of a key not yet cached produces.
 const GET_PATH: [&str; 4] = [
     "geecache.api.get",
@@ -88,8 +102,14 @@ async fn export_get_path(rust_log: &str) -> Received {
             .unwrap();
         assert_eq!(answer.status(), 200);
     }
+    // Wait for every get's group span (the one that may carry the key), not just the first
+    // batch: spans still buffered at shutdown may not be flushed on a loaded machine.
+    let gets = 2 * KEYS.len();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && !GET_PATH.iter().all(|n| received_contains(&received, n)) {
+    while Instant::now() < deadline
+        && !(GET_PATH.iter().all(|n| received_contains(&received, n))
+            && occurrences(&received, "geecache.group.get") >= gets)
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ok = Command::new("kill")

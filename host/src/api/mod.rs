@@ -224,6 +224,7 @@ fn accepted_codings(headers: &HeaderMap) -> Vec<&'static str> {
             let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
             let refused = parts.any(|p| {
                 p.trim()
+                    .to_ascii_lowercase()
                     .strip_prefix("q=")
                     .and_then(|q| q.trim().parse::<f32>().ok())
                     .is_some_and(|q| q <= 0.0)
@@ -565,6 +566,7 @@ mod encoding_tests {
         assert_eq!(accepted(&["br", "ZSTD;q=0.5"]), ["zstd"]);
         assert_eq!(accepted(&["gzip;q=0, zstd"]), ["zstd"]);
         assert_eq!(accepted(&["gzip; q=0.0"]), Vec::<&str>::new());
+        assert_eq!(accepted(&["gzip;Q=0, zstd"]), ["zstd"]);
         assert_eq!(accepted(&["*"]), ["gzip", "zstd"]);
         assert_eq!(accepted(&["*, zstd;q=0"]), ["gzip"]);
         assert_eq!(accepted(&["identity"]), Vec::<&str>::new());

@@ -214,6 +214,17 @@ impl Cache {
         self.store.invalidate(key);
     }
 
+    /// Removes `key` only if its entry is still `entry` (the same allocation a [`Cache::get`]
+    /// returned): a newer entry inserted meanwhile is kept.
+    pub fn remove_if_same(&self, key: &str, entry: &Arc<CacheEntry>) {
+        self.store
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), entry) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+
     /// Bytes currently held, by [`CacheEntry::weight`].
     ///
     /// Moka updates it during housekeeping; call [`Cache::run_pending_tasks`] first for an

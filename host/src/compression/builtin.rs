@@ -1,9 +1,11 @@
 //! The codecs built into the host: none, gzip, snappy, lz4, zstd.
 //!
-//! Each one is a unit struct implementing [`Compressor`]; the work runs inline (these codecs
-//! do hundreds of MB/s to GB/s, so a value within the default 8 MiB limit costs milliseconds at
-//! most). Every `decompress` refuses to produce more than `max_len` bytes *before* allocating
-//! it, so a hostile or corrupt input cannot make the node allocate more than the value limit.
+//! Each one is a unit struct implementing [`Compressor`]. Small inputs are coded inline (a
+//! 16 KiB value costs microseconds); inputs of [`INLINE_LIMIT`] bytes or more run under
+//! `tokio::task::block_in_place` on a multi-threaded runtime, so a slow level on a large value
+//! (zstd:19 does a few MB/s) does not stall the other tasks of that worker. Every `decompress`
+//! refuses to produce more than `max_len` bytes *before* allocating it, so a hostile or corrupt
+//! input cannot make the node allocate more than the value limit.
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -12,11 +14,26 @@ use futures::future::{BoxFuture, FutureExt};
 
 use super::{CodecError, Compressor};
 
-/// Runs a synchronous codec body as the trait's future (already resolved when polled).
+/// Inputs (or outputs, for decoding) at least this long are coded off the async path.
+pub const INLINE_LIMIT: usize = 256 << 10;
+
+/// Runs a synchronous codec body over `len` bytes as the trait's future: inline for small
+/// inputs, under `block_in_place` for large ones when the runtime allows it.
 fn ready<'a, T: Send + 'a>(
+    len: usize,
     f: impl FnOnce() -> Result<T, CodecError> + Send + 'a,
 ) -> BoxFuture<'a, Result<T, CodecError>> {
-    async move { f() }.boxed()
+    async move {
+        let blocking_allowed = len >= INLINE_LIMIT
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if blocking_allowed {
+            tokio::task::block_in_place(f)
+        } else {
+            f()
+        }
+    }
+    .boxed()
 }
 
 /// Fails unless the codec has no levels and none was asked for.
@@ -78,7 +95,7 @@ impl Compressor for NoCompression {
         data: &'a [u8],
         _level: Option<i32>,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || Ok(data.to_vec()))
+        ready(0, move || Ok(data.to_vec()))
     }
 
     fn decompress<'a>(
@@ -86,7 +103,7 @@ impl Compressor for NoCompression {
         data: &'a [u8],
         max_len: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(0, move || {
             if data.len() > max_len {
                 return Err(too_large(self.name(), data.len(), max_len));
             }
@@ -114,7 +131,7 @@ impl Compressor for Gzip {
         data: &'a [u8],
         level: Option<i32>,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(data.len(), move || {
             self.check_level(level)?;
             let level = level.and_then(|l| u32::try_from(l).ok()).unwrap_or(6);
             let mut encoder = flate2::write::GzEncoder::new(
@@ -136,7 +153,7 @@ impl Compressor for Gzip {
         data: &'a [u8],
         max_len: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(max_len.min(data.len().saturating_mul(4)), move || {
             // gzip's trailer holds the length mod 2^32; reading one byte past the limit is the
             // reliable way to tell "too long".
             let limit = u64::try_from(max_len).unwrap_or(u64::MAX).saturating_add(1);
@@ -171,7 +188,7 @@ impl Compressor for Snappy {
         data: &'a [u8],
         level: Option<i32>,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(data.len(), move || {
             self.check_level(level)?;
             snap::raw::Encoder::new()
                 .compress_vec(data)
@@ -187,7 +204,7 @@ impl Compressor for Snappy {
         data: &'a [u8],
         max_len: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(max_len.min(data.len().saturating_mul(4)), move || {
             let len = snap::raw::decompress_len(data).map_err(|e| corrupt(self.name(), e))?;
             if len > max_len {
                 return Err(too_large(self.name(), len, max_len));
@@ -218,7 +235,7 @@ impl Compressor for Lz4 {
         data: &'a [u8],
         level: Option<i32>,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(data.len(), move || {
             self.check_level(level)?;
             if u32::try_from(data.len()).is_err() {
                 return Err(CodecError::Failed {
@@ -235,7 +252,7 @@ impl Compressor for Lz4 {
         data: &'a [u8],
         max_len: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(max_len.min(data.len().saturating_mul(4)), move || {
             let (len, rest) =
                 lz4_flex::block::uncompressed_size(data).map_err(|e| corrupt(self.name(), e))?;
             if len > max_len {
@@ -292,7 +309,7 @@ impl Compressor for Zstd {
         data: &'a [u8],
         level: Option<i32>,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(data.len(), move || {
             self.check_level(level)?;
             let level = level.unwrap_or(Self::DEFAULT_LEVEL);
             let failed = |e: std::io::Error| CodecError::Failed {
@@ -319,7 +336,7 @@ impl Compressor for Zstd {
         data: &'a [u8],
         max_len: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, CodecError>> {
-        ready(move || {
+        ready(max_len.min(data.len().saturating_mul(4)), move || {
             let len = match zstd::zstd_safe::get_frame_content_size(data) {
                 Ok(Some(len)) => usize::try_from(len).unwrap_or(usize::MAX),
                 Ok(None) => return Err(corrupt(self.name(), "frame does not record its size")),

@@ -199,3 +199,43 @@ fn zstd_contexts_are_reused_across_levels() {
         assert_eq!(reused, fresh, "level {level}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_round_trip_off_the_async_path() {
+    // 1 MiB is past INLINE_LIMIT: coded under block_in_place on this runtime.
+    let value = json_records(8000, 5);
+    assert!(value.len() >= builtin::INLINE_LIMIT);
+    let codecs = Codecs::builtin();
+    for spec in specs() {
+        let stored = codecs
+            .encoding(&spec, 0)
+            .unwrap()
+            .encode(&value)
+            .await
+            .unwrap();
+        let back = stored.decode(value.len(), Verify::All).await.unwrap();
+        assert_eq!(&back[..], &value[..], "{spec}");
+    }
+}
+
+#[test]
+fn inputs_that_announce_huge_outputs_are_refused() {
+    let max = 1 << 20;
+    // lz4: a 4-byte length prefix of 4 GiB - 1.
+    let lz4 = [0xff, 0xff, 0xff, 0xff, 0x00];
+    // snappy: a varint length of 2^32 - 1.
+    let snappy = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
+    // zstd: a frame header claiming 2^40 bytes of content (single segment, 8-byte size).
+    let mut zstd = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+    zstd.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    zstd.extend_from_slice(&[0x01, 0x00, 0x00]);
+    for (codec, input) in [
+        ("lz4", &lz4[..]),
+        ("snappy", &snappy[..]),
+        ("zstd", &zstd[..]),
+    ] {
+        let c = Codecs::builtin().get(codec).unwrap();
+        let err = now(c.compressor().decompress(input, max)).unwrap_err();
+        assert!(matches!(err, CodecError::Corrupt { .. }), "{codec}: {err}");
+    }
+}

@@ -19,10 +19,12 @@
 //! are interchangeable.
 
 mod stats;
+mod tier;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,12 +32,15 @@ use futures::future::BoxFuture;
 use tracing::Instrument as _;
 
 use crate::cache::{Cache, CacheEntry, Cached, Clock, SystemClock};
-use crate::compression::{CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify};
+use crate::compression::{
+    CodecError, CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify,
+};
 use crate::error::{Error, Result};
 use crate::singleflight::Singleflight;
 
 pub use stats::{Counters, GroupSnapshot, GroupStats};
 use stats::{add, bump};
+use tier::StorageTier;
 
 /// What a getter found for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +229,7 @@ struct Core {
     /// Loads keys this node owns.
     getter: Arc<dyn Getter>,
     /// Keeps the entries this node owns beyond memory, if configured.
-    storage: Option<Arc<dyn Storage>>,
+    storage: Option<StorageTier>,
     /// Values (and remembered "no such key") this node owns.
     main: Cache,
     /// Copies of values other nodes own.
@@ -237,8 +242,12 @@ struct Core {
     codecs: Codecs,
     /// How this group encodes the values it stores.
     encoding: Encoding,
-    /// Counters for stats.
-    stats: GroupStats,
+    /// Counters for stats (shared with the storage tier's writers).
+    stats: Arc<GroupStats>,
+    /// Write generations by key shard: bumped by every set, remove and invalidation, read by a
+    /// load before it starts and again before it caches, so a load that raced a write does not
+    /// put the older value back (in memory or in storage).
+    generations: Box<[AtomicU64]>,
     /// The cluster, or `None` for a single node.
     peers: Option<Arc<dyn PeerPicker>>,
 }
@@ -259,7 +268,7 @@ impl fmt::Debug for Group {
         f.debug_struct("Group")
             .field("name", &self.core.name)
             .field("getter", &self.core.getter.name())
-            .field("storage", &self.core.storage.as_ref().map(|s| s.name()))
+            .field("storage", &self.core.storage)
             .field("options", &self.core.options)
             .finish_non_exhaustive()
     }
@@ -269,29 +278,38 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Shards of [`Core::generations`]: enough that unrelated writes rarely stop a load from caching.
+const GENERATION_SHARDS: usize = 256;
+
 fn len64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl Core {
-    /// Decodes a cached entry; a value that does not decode is dropped from `tier`, counted
-    /// and logged, and `None` is returned so that the caller reloads it.
-    async fn open(&self, tier: Tier, key: &str, entry: &CacheEntry) -> Option<Found> {
+    /// Decodes a cached entry. A value that does not decode is dropped from `tier` (unless a
+    /// newer entry replaced it meanwhile), counted and logged, and `Ok(None)` is returned so
+    /// that the caller reloads it.
+    ///
+    /// # Errors
+    /// A codec failure that is not corruption (a compressor plugin trapped, timed out or had no
+    /// slot): the value is fine, so it stays cached and this request fails.
+    async fn open(&self, tier: Tier, key: &str, entry: &Arc<CacheEntry>) -> Result<Option<Found>> {
         let stored = match &entry.cached {
-            Cached::NotFound => return Some(None),
+            Cached::NotFound => return Ok(Some(None)),
             Cached::Value(stored) => stored,
         };
         match stored
             .decode(self.options.max_value_bytes, Verify::Decoded)
             .await
         {
-            Ok(value) => Some(Some((value, entry.expires_at_ms))),
-            Err(e) => {
+            Ok(value) => Ok(Some(Some((value, entry.expires_at_ms)))),
+            Err(e @ CodecError::Corrupt { .. }) => {
                 bump(&self.stats.corrupt_values);
                 tracing::error!(group = %self.name, ?tier, error = %e, "cached value does not decode; dropped and reloaded");
-                self.cache(tier).remove(key);
-                None
+                self.cache(tier).remove_if_same(key, entry);
+                Ok(None)
             }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -303,12 +321,15 @@ impl Core {
     }
 
     /// Answers from the main then the hot cache; counts the hit when `count` is set.
-    async fn lookup(&self, key: &str, count: bool) -> Option<Found> {
+    ///
+    /// # Errors
+    /// See [`Core::open`].
+    async fn lookup(&self, key: &str, count: bool) -> Result<Option<Found>> {
         for tier in [Tier::Main, Tier::Hot] {
             let Some(entry) = self.cache(tier).get(key) else {
                 continue;
             };
-            let Some(found) = self.open(tier, key, &entry).await else {
+            let Some(found) = self.open(tier, key, &entry).await? else {
                 continue;
             };
             if count {
@@ -321,9 +342,9 @@ impl Core {
                     bump(&self.stats.negative_hits);
                 }
             }
-            return Some(found);
+            return Ok(Some(found));
         }
-        None
+        Ok(None)
     }
 
     /// Answers from the main then the hot cache with the stored payload as it is, when it is
@@ -355,16 +376,56 @@ impl Core {
         None
     }
 
-    /// Caches `found` in `tier`, with the TTL policy of that tier.
-    fn remember(&self, tier: Tier, key: &str, found: Option<(&Stored, Option<u64>)>) {
+    /// The expiry of a value kept by this group: the one its source gave, else now + the
+    /// group's TTL, else none. Memory and the storage tier both keep this one.
+    fn expiry(&self, given: Option<u64>) -> Option<u64> {
+        given.or_else(|| {
+            self.options
+                .ttl
+                .map(|ttl| self.clock.now_ms().saturating_add(ms(ttl)))
+        })
+    }
+
+    /// The write generation of `key`'s shard; see [`Core::generations`].
+    fn generation(&self, key: &str) -> u64 {
+        self.generation_slot(key).load(Ordering::Acquire)
+    }
+
+    /// Runs `write` (a change to `key`'s copies) between two generation bumps, so that no load
+    /// that overlaps it in any way caches its result: one that read the generation before the
+    /// write sees the first bump, one that read it during the write sees the second.
+    fn write<T>(&self, key: &str, write: impl FnOnce() -> T) -> T {
+        let slot = self.generation_slot(key);
+        slot.fetch_add(1, Ordering::AcqRel);
+        let out = write();
+        slot.fetch_add(1, Ordering::AcqRel);
+        out
+    }
+
+    fn generation_slot(&self, key: &str) -> &AtomicU64 {
+        let shard = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % len64(self.generations.len());
+        &self.generations[usize::try_from(shard).unwrap_or(0)]
+    }
+
+    /// Caches `found` in `tier`, with the TTL policy of that tier, unless a write to the key
+    /// happened since the load started (`generation`): then the load's value may be older than
+    /// what the write left, and it only goes to the callers. Returns whether it was cached.
+    fn remember(
+        &self,
+        tier: Tier,
+        key: &str,
+        found: Option<(&Stored, Option<u64>)>,
+        generation: u64,
+    ) -> bool {
+        if self.generation(key) != generation {
+            tracing::debug!(group = %self.name, "a write raced this load; its value is not cached");
+            return false;
+        }
         let now = self.clock.now_ms();
         let o = &self.options;
         let (cached, expires_at_ms) = match found {
-            Some((stored, expires)) => {
-                let expires = expires.or_else(|| o.ttl.map(|ttl| now.saturating_add(ms(ttl))));
-                (Cached::Value(stored.clone()), expires)
-            }
-            None if o.negative_ttl.is_zero() => return,
+            Some((stored, expires)) => (Cached::Value(stored.clone()), self.expiry(expires)),
+            None if o.negative_ttl.is_zero() => return true,
             None => (
                 Cached::NotFound,
                 Some(now.saturating_add(ms(o.negative_ttl))),
@@ -384,6 +445,7 @@ impl Core {
                 expires_at_ms,
             },
         );
+        true
     }
 
     /// Encodes `value` with the group's codec, counting sizes for the compression stats.
@@ -451,17 +513,29 @@ impl Core {
 
     /// Asks the storage tier for `key`; anything but a live, intact value is a miss.
     async fn load_stored(&self, key: &str) -> Option<Value> {
-        let storage = self.storage.as_ref()?;
+        let tier = self.storage.as_ref()?;
         let s = &self.stats;
-        let entry = match storage.get(&self.name, key).await {
-            Ok(Some(entry)) => entry,
-            Ok(None) => {
+        if tier.is_pending(key) {
+            // A write to this key is on its way: what the tier holds may be stale.
+            bump(&s.storage_misses);
+            return None;
+        }
+        let storage = tier.backend();
+        let timeout = self.options.load_timeout;
+        let entry = match tokio::time::timeout(timeout, storage.get(&self.name, key)).await {
+            Ok(Ok(Some(entry))) => entry,
+            Ok(Ok(None)) => {
                 bump(&s.storage_misses);
                 return None;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 bump(&s.storage_errors);
                 tracing::warn!(group = %self.name, storage = storage.name(), error = %e, "storage get failed; loading from the getter");
+                return None;
+            }
+            Err(_) => {
+                bump(&s.storage_errors);
+                tracing::warn!(group = %self.name, storage = storage.name(), ?timeout, "storage get timed out; loading from the getter");
                 return None;
             }
         };
@@ -483,76 +557,68 @@ impl Core {
                 })
             }
             Err(e) => {
-                tracing::error!(group = %self.name, storage = storage.name(), error = %e, "stored value does not decode; reloading from the getter");
+                tracing::error!(group = %self.name, storage = storage.name(), error = %e, "stored value does not decode; deleted, reloading from the getter");
+                tier.delete(key);
                 None
             }
         }
     }
 
     /// Loads a key this node owns: storage tier, then getter. Fills the main cache, and the
-    /// storage tier after a getter load.
-    async fn load_owned(self: &Arc<Self>, key: &str) -> Result<Option<Value>> {
+    /// storage tier after a getter load, unless a write raced the load (`generation`).
+    async fn load_owned(&self, key: &str, generation: u64) -> Result<Option<Value>> {
         if let Some(value) = self.load_stored(key).await {
-            self.remember(Tier::Main, key, Some((&value.stored, value.expires_at_ms)));
+            self.remember(
+                Tier::Main,
+                key,
+                Some((&value.stored, value.expires_at_ms)),
+                generation,
+            );
             return Ok(Some(value));
         }
         let value = self.load_local(key).await?;
-        self.remember(
+        let cached = self.remember(
             Tier::Main,
             key,
             value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
+            generation,
         );
-        if let Some(v) = &value {
-            self.store_in_background(key, &v.stored, v.expires_at_ms);
+        if let Some(v) = &value
+            && cached
+        {
+            self.store_in_background(key, &v.stored, self.expiry(v.expires_at_ms));
         }
         Ok(value)
     }
 
-    /// Writes an entry to the storage tier without making the caller wait for it.
-    fn store_in_background(
-        self: &Arc<Self>,
-        key: &str,
-        stored: &Stored,
-        expires_at_ms: Option<u64>,
-    ) {
-        if self.storage.is_none() {
-            return;
+    /// Writes an entry to the storage tier in the background (in order with the key's other
+    /// writes).
+    fn store_in_background(&self, key: &str, stored: &Stored, expires_at_ms: Option<u64>) {
+        if let Some(tier) = &self.storage {
+            let entry = PeerEntry {
+                value: stored.bytes().clone(),
+                codec: stored.codec().name().to_owned(),
+                expires_at_ms,
+            };
+            tier.put(key, entry);
         }
-        let core = self.clone();
-        let key = key.to_owned();
-        let entry = PeerEntry {
-            value: stored.bytes().clone(),
-            codec: stored.codec().name().to_owned(),
-            expires_at_ms,
-        };
-        tokio::spawn(async move {
-            let Some(storage) = &core.storage else { return };
-            if let Err(e) = storage.put(&core.name, &key, entry).await {
-                bump(&core.stats.storage_errors);
-                tracing::warn!(group = %core.name, storage = storage.name(), error = %e, "storage put failed; the value stays in memory only");
-            }
-        });
     }
 
-    /// Deletes `key` from the storage tier without making the caller wait for it.
-    fn unstore_in_background(self: &Arc<Self>, key: &str) {
-        if self.storage.is_none() {
-            return;
+    /// Deletes `key` from the storage tier in the background (in order with its other writes).
+    fn unstore_in_background(&self, key: &str) {
+        if let Some(tier) = &self.storage {
+            tier.delete(key);
         }
-        let core = self.clone();
-        let key = key.to_owned();
-        tokio::spawn(async move {
-            let Some(storage) = &core.storage else { return };
-            if let Err(e) = storage.delete(&core.name, &key).await {
-                bump(&core.stats.storage_errors);
-                tracing::warn!(group = %core.name, storage = storage.name(), error = %e, "storage delete failed");
-            }
-        });
     }
 
     /// Asks the owner for `key`; `None` when it is down, slow, or answers with a value that
     /// does not decode (counted as a peer error).
-    async fn load_from_peer(&self, peer: &dyn RemotePeer, key: &str) -> Option<Found> {
+    async fn load_from_peer(
+        &self,
+        peer: &dyn RemotePeer,
+        key: &str,
+        generation: u64,
+    ) -> Option<Found> {
         let timeout = self.options.peer_timeout;
         let failed = |error: String| {
             bump(&self.stats.peer_errors);
@@ -566,7 +632,7 @@ impl Core {
         };
         let Some(entry) = entry else {
             bump(&self.stats.peer_loads);
-            self.remember(Tier::Hot, key, None);
+            self.remember(Tier::Hot, key, None, generation);
             return Some(None);
         };
         let expires_at_ms = entry.expires_at_ms;
@@ -574,7 +640,7 @@ impl Core {
             Ok((plain, stored)) => {
                 bump(&self.stats.peer_loads);
                 // Kept as received: no decompress/recompress between peers.
-                self.remember(Tier::Hot, key, Some((&stored, expires_at_ms)));
+                self.remember(Tier::Hot, key, Some((&stored, expires_at_ms)), generation);
                 Some(Some((plain, expires_at_ms)))
             }
             Err(e) => failed(e.to_string()),
@@ -583,12 +649,14 @@ impl Core {
 
     /// The singleflight leader's work for a client get: ask the owner, or load locally.
     async fn load(self: Arc<Self>, key: String) -> Result<Found> {
-        if let Some(found) = self.lookup(&key, false).await {
+        // Read before anything else: a write from here on stops this load from caching.
+        let generation = self.generation(&key);
+        if let Some(found) = self.lookup(&key, false).await? {
             return Ok(found);
         }
         bump(&self.stats.loads);
         if let Some(peer) = self.peers.as_ref().and_then(|p| p.pick(&key)) {
-            if let Some(found) = self.load_from_peer(&*peer, &key).await {
+            if let Some(found) = self.load_from_peer(&*peer, &key, generation).await {
                 return Ok(found);
             }
             // The owner is down or slow: answer the client from the source, and keep the value
@@ -598,16 +666,18 @@ impl Core {
                 Tier::Hot,
                 &key,
                 value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
+                generation,
             );
             return Ok(value.map(|v| (v.plain, v.expires_at_ms)));
         }
-        let value = self.load_owned(&key).await?;
+        let value = self.load_owned(&key, generation).await?;
         Ok(value.map(|v| (v.plain, v.expires_at_ms)))
     }
 
     /// The singleflight leader's work for a peer's request: this node is the owner. Answers
     /// with stored bytes, never decoding what it already holds.
     async fn load_as_owner(self: Arc<Self>, key: String) -> Result<FoundStored> {
+        let generation = self.generation(&key);
         if let Some(entry) = self.main.get(&key) {
             return Ok(match &entry.cached {
                 Cached::Value(stored) => Some((stored.clone(), entry.expires_at_ms)),
@@ -615,7 +685,7 @@ impl Core {
             });
         }
         bump(&self.stats.loads);
-        let value = self.load_owned(&key).await?;
+        let value = self.load_owned(&key, generation).await?;
         Ok(value.map(|v| (v.stored, v.expires_at_ms)))
     }
 
@@ -689,6 +759,10 @@ impl GroupBuilder {
     /// # Errors
     /// When `options.compression` names an unknown codec or a level it does not take.
     pub fn build(self) -> Result<Group> {
+        let stats = Arc::new(GroupStats::default());
+        let storage = self
+            .storage
+            .map(|backend| StorageTier::new(backend, &self.name, stats.clone()));
         let o = &self.options;
         let encoding = self.codecs.encoding(&o.compression, o.compress_min_bytes)?;
         let cache = |bytes: u64, name: &str| {
@@ -703,14 +777,15 @@ impl GroupBuilder {
             core: Arc::new(Core {
                 name: self.name,
                 getter: self.getter,
-                storage: self.storage,
+                storage,
                 main,
                 hot,
                 clock: self.clock,
                 options: self.options,
                 codecs: self.codecs,
                 encoding,
-                stats: GroupStats::default(),
+                stats,
+                generations: (0..GENERATION_SHARDS).map(|_| AtomicU64::new(0)).collect(),
                 peers: self.peers,
             }),
             flights: Singleflight::new(),
@@ -811,7 +886,7 @@ impl Group {
         {
             return Ok(reply);
         }
-        let found = match core.lookup(key, true).await {
+        let found = match core.lookup(key, true).await? {
             Some(found) => found,
             None => {
                 bump(&core.stats.misses);
@@ -878,7 +953,7 @@ impl Group {
         core.check_len(value.len())?;
         let stored = core.encode(&value).await?;
         if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(key)) {
-            core.hot.remove(key);
+            core.write(key, || core.hot.remove(key));
             let entry = PeerEntry {
                 value: stored.bytes().clone(),
                 codec: stored.codec().name().to_owned(),
@@ -907,20 +982,18 @@ impl Group {
     fn store_as_owner(&self, key: &str, stored: Stored, expires_at_ms: Option<u64>) {
         let core = &self.core;
         bump(&core.stats.sets);
-        core.hot.remove(key);
-        let expires_at_ms = expires_at_ms.or_else(|| {
-            core.options
-                .ttl
-                .map(|t| core.clock.now_ms().saturating_add(ms(t)))
+        let expires_at_ms = core.expiry(expires_at_ms);
+        core.write(key, || {
+            core.hot.remove(key);
+            core.store_in_background(key, &stored, expires_at_ms);
+            core.main.insert(
+                key,
+                CacheEntry {
+                    cached: Cached::Value(stored),
+                    expires_at_ms,
+                },
+            );
         });
-        core.store_in_background(key, &stored, expires_at_ms);
-        core.main.insert(
-            key,
-            CacheEntry {
-                cached: Cached::Value(stored),
-                expires_at_ms,
-            },
-        );
         core.invalidate_others(key);
     }
 
@@ -935,8 +1008,10 @@ impl Group {
         if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(key)) {
             // Drop our copies now, so our next read misses at once rather than after the
             // owner's background invalidation reaches us.
-            core.hot.remove(key);
-            core.main.remove(key);
+            core.write(key, || {
+                core.hot.remove(key);
+                core.main.remove(key);
+            });
             return peer.delete(&core.name, key).await;
         }
         self.remove_as_owner(key)
@@ -951,9 +1026,11 @@ impl Group {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.removes);
-        core.main.remove(key);
-        core.hot.remove(key);
-        core.unstore_in_background(key);
+        core.write(key, || {
+            core.main.remove(key);
+            core.hot.remove(key);
+            core.unstore_in_background(key);
+        });
         core.invalidate_others(key);
         Ok(())
     }
@@ -961,10 +1038,13 @@ impl Group {
     /// Drops this node's copies of `keys` (asked by their owner after a set or remove),
     /// including any the storage tier kept from a time this node owned them.
     pub fn invalidate(&self, keys: &[String]) {
+        let core = &self.core;
         for key in keys {
-            self.core.hot.remove(key);
-            self.core.main.remove(key);
-            self.core.unstore_in_background(key);
+            core.write(key, || {
+                core.hot.remove(key);
+                core.main.remove(key);
+                core.unstore_in_background(key);
+            });
         }
     }
 
@@ -977,7 +1057,7 @@ impl Group {
             name: core.name.clone(),
             getter: core.getter.name().to_string(),
             compression: core.encoding.codec().name().to_owned(),
-            storage: core.storage.as_ref().map(|s| s.name().to_owned()),
+            storage: core.storage.as_ref().map(|s| s.backend().name().to_owned()),
             main_misses: {
                 // Every main-cache miss goes on to the hot cache.
                 let c = &core.stats;

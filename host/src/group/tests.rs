@@ -703,6 +703,8 @@ fn an_unknown_codec_fails_the_build_with_the_known_names() {
 #[derive(Debug, Default)]
 struct MemoryStorage {
     entries: std::sync::Mutex<BTreeMap<String, PeerEntry>>,
+    /// How long each delete takes, to widen the window a racing read could use.
+    delete_delay: Option<Duration>,
 }
 
 impl Storage for MemoryStorage {
@@ -720,6 +722,9 @@ impl Storage for MemoryStorage {
     }
     fn delete<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            if let Some(d) = self.delete_delay {
+                tokio::time::sleep(d).await;
+            }
             self.entries.lock().unwrap().remove(key);
             Ok(())
         })
@@ -786,4 +791,187 @@ async fn the_storage_tier_keeps_owned_values_beyond_memory() {
     fourth.get(key).await.unwrap();
     assert_eq!(fourth.snapshot().counters.storage_misses, 1);
     assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn storage_entries_carry_the_group_ttl_and_expire_there_too() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let storage = Arc::new(MemoryStorage::default());
+    let build = |getter: Arc<RecordGetter>| {
+        Group::builder("g", getter)
+            .options(GroupOptions {
+                ttl: Some(Duration::from_secs(60)),
+                ..zstd_options()
+            })
+            .clock(clock.clone())
+            .storage(storage.clone())
+            .build()
+            .unwrap()
+    };
+    let first = build(Arc::new(RecordGetter::default()));
+    first.get("json-t").await.unwrap();
+    storage.wait_for("json-t", true).await;
+    let kept = storage.entries.lock().unwrap()["json-t"].clone();
+    assert_eq!(
+        kept.expires_at_ms,
+        Some(1_060_000),
+        "now + ttl, as in memory"
+    );
+
+    clock.advance(Duration::from_secs(60));
+    let getter = Arc::new(RecordGetter::default());
+    let later = build(getter.clone());
+    later.get("json-t").await.unwrap();
+    assert_eq!(
+        getter.calls.load(Ordering::SeqCst),
+        1,
+        "the expired copy is not used"
+    );
+    assert_eq!(later.snapshot().counters.storage_misses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_right_after_a_remove_never_finds_the_removed_value_in_storage() {
+    let storage = Arc::new(MemoryStorage {
+        delete_delay: Some(Duration::from_millis(200)),
+        ..Default::default()
+    });
+    let (g, getter) = stored_group(storage.clone());
+    let key = "json-r";
+    let custom = Bytes::from_static(b"set by a client");
+    g.set(key, custom.clone(), None).await.unwrap();
+    storage.wait_for(key, true).await;
+    g.remove(key).await.unwrap();
+    // The delete is still running: the tier must not be trusted for this key.
+    assert_eq!(g.get(key).await.unwrap(), records(key, 40));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(g.snapshot().counters.storage_hits, 0);
+    // Once the writes settle (the delete, then the reload's put), storage holds the reload.
+    assert_eq!(settled_value(&g, &storage, key).await, records(key, 40));
+}
+
+/// The value storage holds for `key` once no write to it is pending.
+async fn settled_value(g: &Group, storage: &MemoryStorage, key: &str) -> Bytes {
+    for _ in 0..400 {
+        if !g.core.storage.as_ref().unwrap().is_pending(key) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kept = storage.entries.lock().unwrap().get(key).cloned().unwrap();
+    let stored = g.core.codecs.stored(kept.value, &kept.codec).unwrap();
+    stored.decode(1 << 20, Verify::All).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_one_key_reach_storage_in_the_order_they_were_made() {
+    let storage = Arc::new(MemoryStorage {
+        delete_delay: Some(Duration::from_millis(20)),
+        ..Default::default()
+    });
+    let (g, _) = stored_group(storage.clone());
+    for round in 0..20 {
+        let key = format!("json-o{round}");
+        g.set(&key, Bytes::from(format!("v{round}")), None)
+            .await
+            .unwrap();
+        g.remove(&key).await.unwrap();
+        g.set(&key, Bytes::from_static(b"last"), None)
+            .await
+            .unwrap();
+    }
+    // The slow deletes never overtake the puts around them: every key ends at "last".
+    for round in 0..20 {
+        let key = format!("json-o{round}");
+        let value = settled_value(&g, &storage, &key).await;
+        assert_eq!(&value[..], b"last", "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_races_a_set_does_not_overwrite_it() {
+    let getter = Arc::new(MapGetter {
+        delay: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    let g = Arc::new(Group::builder("g", getter.clone()).build().unwrap());
+    let loading = tokio::spawn({
+        let g = g.clone();
+        async move { g.get("k").await }
+    });
+    while getter.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    g.set("k", Bytes::from_static(b"new"), None).await.unwrap();
+    // The load started before the set answers its own caller with what it loaded...
+    assert_eq!(loading.await.unwrap().unwrap(), Bytes::from("v:k"));
+    // ...but does not put that older value back over the set.
+    assert_eq!(g.get("k").await.unwrap(), Bytes::from_static(b"new"));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+}
+
+/// lz4 that can be told to fail decoding, as a compressor plugin does when it times out or
+/// has no slot: a failure of the codec, not of the value.
+#[derive(Debug, Default)]
+struct FlakyCodec {
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl crate::compression::Compressor for FlakyCodec {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+    fn check_level(
+        &self,
+        _: Option<i32>,
+    ) -> std::result::Result<(), crate::compression::CodecError> {
+        Ok(())
+    }
+    fn compress<'a>(
+        &'a self,
+        data: &'a [u8],
+        level: Option<i32>,
+    ) -> BoxFuture<'a, std::result::Result<Vec<u8>, crate::compression::CodecError>> {
+        crate::compression::builtin::Lz4.compress(data, level)
+    }
+    fn decompress<'a>(
+        &'a self,
+        data: &'a [u8],
+        max_len: usize,
+    ) -> BoxFuture<'a, std::result::Result<Vec<u8>, crate::compression::CodecError>> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(crate::compression::CodecError::Failed {
+                    codec: "flaky".into(),
+                    reason: "no slot".into(),
+                })
+            });
+        }
+        crate::compression::builtin::Lz4.decompress(data, max_len)
+    }
+}
+
+#[tokio::test]
+async fn a_codec_failure_on_a_hit_fails_the_request_but_keeps_the_value() {
+    let codec = Arc::new(FlakyCodec::default());
+    let mut codecs = Codecs::builtin();
+    codecs.add(codec.clone()).unwrap();
+    let getter = Arc::new(RecordGetter::default());
+    let g = Group::builder("g", getter.clone())
+        .options(GroupOptions {
+            compression: "flaky".parse().unwrap(),
+            ..Default::default()
+        })
+        .codecs(codecs)
+        .build()
+        .unwrap();
+    g.get("json-f").await.unwrap();
+    codec.fail.store(true, Ordering::SeqCst);
+    let err = g.get("json-f").await.unwrap_err();
+    assert_eq!(err.code(), "codec_failed", "{err}");
+    codec.fail.store(false, Ordering::SeqCst);
+    assert_eq!(g.get("json-f").await.unwrap(), records("json-f", 40));
+    let s = g.snapshot();
+    assert_eq!((s.counters.corrupt_values, s.cache_items), (0, 1));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1, "never reloaded");
 }
