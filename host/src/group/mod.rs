@@ -5,9 +5,11 @@
 //! names another node as the key's owner, the value is fetched from it (stored bytes and codec,
 //! decoded and checked here) and mirrored in the small hot cache; when this node owns the key,
 //! the [`Storage`] tier is asked next, then the local [`Getter`] loads it into the main cache
-//! (and the storage tier, in the background). A dead or slow owner is not an error: the node
-//! loads the key itself and keeps it as a hot copy. "No such key" is cached for the short
-//! negative TTL so a missing key cannot hammer the origin. `set` and `remove` go to the owner,
+//! (and the storage tier, in the background, in order with the key's other writes: `tier.rs`).
+//! A load that overlaps a set or remove of its key answers its callers but caches nothing
+//! (write generations), so it cannot put an older value back. A dead or slow owner is not an
+//! error: the node loads the key itself and keeps it as a hot copy. "No such key" is cached
+//! for the short negative TTL so a missing key cannot hammer the origin. `set` and `remove` go to the owner,
 //! which then tells every other node to drop its copies.
 //!
 //! Values are kept encoded ([`crate::compression::Stored`]): the byte budgets count stored
