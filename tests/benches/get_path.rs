@@ -1,5 +1,6 @@
-//! Baselines of the get path: a cache hit through `Group::get`, and one wasm getter call on a
-//! fresh instance (with and without a SQL query), next to a native getter for the ratio.
+//! Baselines of the get path: a cache hit through `Group::get` (a small raw value, and a 16 KiB
+//! value stored raw, lz4 or zstd), and one wasm getter call on a fresh instance (with and without
+//! a SQL query), next to a native getter for the ratio.
 //!
 //! `cargo bench -p geecache-tests --bench get_path`
 
@@ -12,9 +13,9 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::future::BoxFuture;
 use geecache_host::error::Result;
-use geecache_host::group::{Getter, Group, Loaded};
+use geecache_host::group::{Getter, Group, GroupOptions, Loaded};
 use geecache_host::plugin::{LoadedPlugin, PluginGrants, Runtime, RuntimeOptions};
-use geecache_tests::{compile_cache_dir, demo_db, plugins};
+use geecache_tests::{compile_cache_dir, corpus, demo_db, plugins};
 
 /// A getter that answers from memory: the floor a wasm getter is compared with.
 #[derive(Debug)]
@@ -66,6 +67,22 @@ fn benches(c: &mut Criterion) {
         b.to_async(&tokio)
             .iter(|| async { group.get("hot").await.unwrap() })
     });
+    // A 16 KiB JSON value hit in a raw group and in zstd/lz4 groups: what decoding costs a hit.
+    let doc = Bytes::from(corpus::generate("json", 1, 16 * 1024));
+    for codec in ["none", "lz4", "zstd"] {
+        let group = Group::builder("bench", Arc::new(Native))
+            .options(GroupOptions {
+                compression: codec.parse().unwrap(),
+                ..GroupOptions::default()
+            })
+            .build()
+            .unwrap();
+        tokio.block_on(group.set("doc", doc.clone(), None)).unwrap();
+        c.bench_function(&format!("group_get/cache_hit_16KiB_{codec}"), |b| {
+            b.to_async(&tokio)
+                .iter(|| async { group.get("doc").await.unwrap() })
+        });
+    }
     c.bench_function("getter_call/native", |b| {
         b.to_async(&tokio)
             .iter(|| async { Native.get("g", "Tom").await.unwrap() })
