@@ -478,3 +478,16 @@ async fn clients_that_accept_the_stored_coding_get_the_stored_payload() {
         node.stop().await;
     }
 }
+
+#[test]
+fn a_plugin_codec_level_is_checked_by_the_plugin_at_startup() {
+    let s = setup();
+    let err = s
+        .codecs
+        .encoding(&"brotli:99".parse().unwrap(), 0)
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_codec_level", "{err}");
+    assert!(err.to_string().contains("0 to 11"), "{err}");
+    assert!(s.codecs.encoding(&"brotli:11".parse().unwrap(), 0).is_ok());
+    assert!(s.codecs.encoding(&"brotli".parse().unwrap(), 0).is_ok());
+}

@@ -60,9 +60,31 @@ impl crate::compression::Compressor for WasmCompressor {
         &self.core.name
     }
 
-    fn check_level(&self, _level: Option<i32>) -> Result<(), crate::compression::CodecError> {
-        // The plugin validates levels itself, on every call; a bad one fails that call.
-        Ok(())
+    /// Asks the plugin itself: compresses a small sample at `level` once (at startup, when a
+    /// group is built), so a level the plugin refuses stops the node with a clear message
+    /// instead of failing every load later.
+    fn check_level(&self, level: Option<i32>) -> Result<(), crate::compression::CodecError> {
+        let Some(level) = level else {
+            return Ok(());
+        };
+        const SAMPLE: &[u8] = b"geecache level check: geecache level check: geecache";
+        let answer = self.core.call_blocking(|store| {
+            self.pre
+                .instantiate(&mut *store)?
+                .geecache_plugin_compressor()
+                .call_compress(store, SAMPLE, Some(level))
+        })?;
+        answer.map(|_| ()).map_err(|e| {
+            let message = match self.core.reported(e) {
+                PluginError::Reported { message, .. } => message,
+                other => other.to_string(),
+            };
+            crate::compression::CodecError::BadLevel {
+                codec: self.core.name.clone(),
+                level,
+                range: format!("as the plugin says: {message}"),
+            }
+        })
     }
 
     fn verify_output(&self) -> bool {
