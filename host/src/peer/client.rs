@@ -17,6 +17,10 @@ use super::{
 /// Per-request timeout when the builder is given none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Largest answer body read from a peer when the builder is given no limit: room for a batch
+/// of large values, but a broken or hostile peer cannot make the node buffer without bound.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+
 /// Talks to one remote node. Cheap to clone (an `Arc` inside); clones share the connection pool.
 ///
 /// Every call is one HTTP/1.1 request on a pooled keep-alive connection, bounded by the
@@ -37,6 +41,8 @@ struct Inner {
     secret: Option<ClusterSecret>,
     /// Bound on each whole request, so a slow peer cannot hold a client request hostage.
     timeout: Duration,
+    /// Bound on each answer body, so a peer cannot make this node buffer without limit.
+    max_response_bytes: usize,
 }
 
 /// Builds a [`PeerClient`]; see [`PeerClient::builder`].
@@ -51,6 +57,8 @@ pub struct PeerClientBuilder {
     secret: Option<ClusterSecret>,
     /// See [`PeerClientBuilder::http_client`].
     http: Option<reqwest::Client>,
+    /// See [`PeerClientBuilder::max_response_bytes`].
+    max_response_bytes: usize,
 }
 
 impl PeerClientBuilder {
@@ -58,6 +66,13 @@ impl PeerClientBuilder {
     /// ([`DEFAULT_TIMEOUT`] by default). Past it, calls fail with [`PeerError::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Largest answer body to read ([`DEFAULT_MAX_RESPONSE_BYTES`] by default); a longer one
+    /// fails the call with [`PeerError::Decode`] without being read further.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
         self
     }
 
@@ -111,6 +126,7 @@ impl PeerClientBuilder {
                 base,
                 secret: self.secret,
                 timeout: self.timeout,
+                max_response_bytes: self.max_response_bytes,
             }),
         })
     }
@@ -127,6 +143,7 @@ impl PeerClient {
             timeout: DEFAULT_TIMEOUT,
             secret: None,
             http: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 
@@ -262,7 +279,7 @@ impl PeerClient {
         }
         let response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.transport(&e))?;
+        let body = self.read_body(response).await?;
         if status.is_success() {
             return Ok(body);
         }
@@ -284,6 +301,27 @@ impl PeerClient {
                 message,
             }
         })
+    }
+
+    /// Reads an answer body, refusing one over the limit (announced or actual) without
+    /// buffering it.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, PeerError> {
+        let limit = self.inner.max_response_bytes;
+        let too_large = || self.bad_answer(format!("answer is larger than {limit} bytes"));
+        if response
+            .content_length()
+            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+        {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
     }
 
     fn decode<M: Message + Default>(&self, body: Bytes) -> Result<M, PeerError> {

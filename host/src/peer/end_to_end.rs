@@ -272,6 +272,20 @@ async fn set_then_get_then_delete() {
 }
 
 #[tokio::test]
+async fn answers_over_the_response_limit_are_refused_unread() {
+    let (service, addr, _) = setup().await;
+    service.insert("g", "big", entry(&[7u8; 64 << 10], None));
+    let small = PeerClient::builder(addr.to_string())
+        .max_response_bytes(16 << 10)
+        .build()
+        .unwrap();
+    let err = small.get("g", "big").await.unwrap_err();
+    assert!(err.to_string().contains("larger than 16384 bytes"), "{err}");
+    // Small answers still pass through the same client.
+    assert!(small.get("g", "Tom").await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn invalidate_reaches_the_service() {
     let (service, _, client) = setup().await;
     let keys = vec!["a".to_string(), "b/c".to_string(), "😀".to_string()];
