@@ -25,8 +25,7 @@ mod tier;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -246,10 +245,11 @@ struct Core {
     encoding: Encoding,
     /// Counters for stats (shared with the storage tier's writers).
     stats: Arc<GroupStats>,
-    /// Write generations by key shard: bumped by every set, remove and invalidation, read by a
-    /// load before it starts and again before it caches, so a load that raced a write does not
-    /// put the older value back (in memory or in storage).
-    generations: Box<[AtomicU64]>,
+    /// Write generations by key shard: bumped by every set, remove and invalidation (under the
+    /// shard's lock, for the whole write), read by a load before it starts and again, under
+    /// the same lock, when it caches; so a load that raced a write does not put the older value
+    /// back, in memory or in storage.
+    generations: Box<[Mutex<u64>]>,
     /// The cluster, or `None` for a single node.
     peers: Option<Arc<dyn PeerPicker>>,
 }
@@ -390,44 +390,48 @@ impl Core {
 
     /// The write generation of `key`'s shard; see [`Core::generations`].
     fn generation(&self, key: &str) -> u64 {
-        self.generation_slot(key).load(Ordering::Acquire)
+        *self.generation_lock(key)
     }
 
-    /// Runs `write` (a change to `key`'s copies) between two generation bumps, so that no load
-    /// that overlaps it in any way caches its result: one that read the generation before the
-    /// write sees the first bump, one that read it during the write sees the second.
+    /// Runs `write` (a change to `key`'s copies) under its shard's lock, after bumping the
+    /// generation: a load that read the generation before cannot cache any more, and one that
+    /// caches waits for the write to finish. Keep `write` short and non-blocking.
     fn write<T>(&self, key: &str, write: impl FnOnce() -> T) -> T {
-        let slot = self.generation_slot(key);
-        slot.fetch_add(1, Ordering::AcqRel);
-        let out = write();
-        slot.fetch_add(1, Ordering::AcqRel);
-        out
+        let mut generation = self.generation_lock(key);
+        *generation += 1;
+        write()
     }
 
-    fn generation_slot(&self, key: &str) -> &AtomicU64 {
+    fn generation_lock(&self, key: &str) -> MutexGuard<'_, u64> {
         let shard = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % len64(self.generations.len());
-        &self.generations[usize::try_from(shard).unwrap_or(0)]
+        self.generations[usize::try_from(shard).unwrap_or(0)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Caches `found` in `tier`, with the TTL policy of that tier, unless a write to the key
-    /// happened since the load started (`generation`): then the load's value may be older than
-    /// what the write left, and it only goes to the callers. Returns whether it was cached.
+    /// Caches `found` in `tier`, with the TTL policy of that tier, and writes a value through
+    /// to the storage tier when `write_through` is set; unless a write to the key happened
+    /// since the load started (`generation`): then the load's value may be older than what the
+    /// write left, and it only goes to the callers. The check and the caching happen under the
+    /// key's shard lock, so no write can slip in between.
     fn remember(
         &self,
         tier: Tier,
         key: &str,
         found: Option<(&Stored, Option<u64>)>,
         generation: u64,
-    ) -> bool {
-        if self.generation(key) != generation {
+        write_through: bool,
+    ) {
+        let current = self.generation_lock(key);
+        if *current != generation {
             tracing::debug!(group = %self.name, "a write raced this load; its value is not cached");
-            return false;
+            return;
         }
         let now = self.clock.now_ms();
         let o = &self.options;
         let (cached, expires_at_ms) = match found {
             Some((stored, expires)) => (Cached::Value(stored.clone()), self.expiry(expires)),
-            None if o.negative_ttl.is_zero() => return true,
+            None if o.negative_ttl.is_zero() => return,
             None => (
                 Cached::NotFound,
                 Some(now.saturating_add(ms(o.negative_ttl))),
@@ -440,6 +444,10 @@ impl Core {
                 Some(expires_at_ms.map_or(cap, |e| e.min(cap)))
             }
         };
+        if let (true, Some((stored, _))) = (write_through, found) {
+            // The memory expiry, before the hot cap: what the owner keeps is the value's own.
+            self.store_in_background(key, stored, self.expiry(found.and_then(|(_, e)| e)));
+        }
         self.cache(tier).insert(
             key,
             CacheEntry {
@@ -447,7 +455,7 @@ impl Core {
                 expires_at_ms,
             },
         );
-        true
+        drop(current);
     }
 
     /// Encodes `value` with the group's codec, counting sizes for the compression stats.
@@ -575,21 +583,18 @@ impl Core {
                 key,
                 Some((&value.stored, value.expires_at_ms)),
                 generation,
+                false,
             );
             return Ok(Some(value));
         }
         let value = self.load_local(key).await?;
-        let cached = self.remember(
+        self.remember(
             Tier::Main,
             key,
             value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
             generation,
+            true,
         );
-        if let Some(v) = &value
-            && cached
-        {
-            self.store_in_background(key, &v.stored, self.expiry(v.expires_at_ms));
-        }
         Ok(value)
     }
 
@@ -634,7 +639,7 @@ impl Core {
         };
         let Some(entry) = entry else {
             bump(&self.stats.peer_loads);
-            self.remember(Tier::Hot, key, None, generation);
+            self.remember(Tier::Hot, key, None, generation, false);
             return Some(None);
         };
         let expires_at_ms = entry.expires_at_ms;
@@ -642,7 +647,13 @@ impl Core {
             Ok((plain, stored)) => {
                 bump(&self.stats.peer_loads);
                 // Kept as received: no decompress/recompress between peers.
-                self.remember(Tier::Hot, key, Some((&stored, expires_at_ms)), generation);
+                self.remember(
+                    Tier::Hot,
+                    key,
+                    Some((&stored, expires_at_ms)),
+                    generation,
+                    false,
+                );
                 Some(Some((plain, expires_at_ms)))
             }
             Err(e) => failed(e.to_string()),
@@ -669,6 +680,7 @@ impl Core {
                 &key,
                 value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
                 generation,
+                false,
             );
             return Ok(value.map(|v| (v.plain, v.expires_at_ms)));
         }
@@ -787,7 +799,7 @@ impl GroupBuilder {
                 codecs: self.codecs,
                 encoding,
                 stats,
-                generations: (0..GENERATION_SHARDS).map(|_| AtomicU64::new(0)).collect(),
+                generations: (0..GENERATION_SHARDS).map(|_| Mutex::new(0)).collect(),
                 peers: self.peers,
             }),
             flights: Singleflight::new(),
