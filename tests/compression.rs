@@ -277,22 +277,22 @@ proptest! {
 
     #[test]
     fn every_codec_round_trips_random_bytes(value in proptest::collection::vec(any::<u8>(), 0..6000)) {
-        let _one_at_a_time = serial();
-        let s = setup();
-        let value = Bytes::from(value);
-        for spec in SPECS {
-            s.tokio.block_on(round_trip(s, spec, &value));
-        }
+        round_trip_every_codec(value);
     }
 
     #[test]
     fn every_codec_round_trips_realistic_values(value in realistic()) {
-        let _one_at_a_time = serial();
-        let s = setup();
-        let value = Bytes::from(value);
-        for spec in SPECS {
-            s.tokio.block_on(round_trip(s, spec, &value));
-        }
+        round_trip_every_codec(value);
+    }
+}
+
+/// [`round_trip`] of `value` through every codec of [`SPECS`].
+fn round_trip_every_codec(value: Vec<u8>) {
+    let _one_at_a_time = serial();
+    let s = setup();
+    let value = Bytes::from(value);
+    for spec in SPECS {
+        s.tokio.block_on(round_trip(s, spec, &value));
     }
 }
 

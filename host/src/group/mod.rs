@@ -322,6 +322,15 @@ impl Core {
         }
     }
 
+    /// Counts a hit in `tier` and names the tier on the current span.
+    fn count_hit(&self, tier: Tier) {
+        bump(match tier {
+            Tier::Main => &self.stats.hits,
+            Tier::Hot => &self.stats.hot_hits,
+        });
+        tracing::Span::current().record("answered_by", tier.label());
+    }
+
     /// Answers from the main then the hot cache; counts the hit when `count` is set.
     ///
     /// # Errors
@@ -335,11 +344,7 @@ impl Core {
                 continue;
             };
             if count {
-                bump(match tier {
-                    Tier::Main => &self.stats.hits,
-                    Tier::Hot => &self.stats.hot_hits,
-                });
-                tracing::Span::current().record("answered_by", tier.label());
+                self.count_hit(tier);
                 if found.is_none() {
                     bump(&self.stats.negative_hits);
                 }
@@ -364,12 +369,8 @@ impl Core {
             let coding = CONTENT_CODINGS
                 .into_iter()
                 .find(|c| *c == stored.codec().name() && accepted.contains(c))?;
-            bump(match tier {
-                Tier::Main => &self.stats.hits,
-                Tier::Hot => &self.stats.hot_hits,
-            });
+            self.count_hit(tier);
             bump(&self.stats.encoded_replies);
-            tracing::Span::current().record("answered_by", tier.label());
             return Some(Reply {
                 body: stored.payload(),
                 content_encoding: Some(coding),
@@ -437,6 +438,10 @@ impl Core {
                 Some(now.saturating_add(ms(o.negative_ttl))),
             ),
         };
+        if let (true, Some((stored, _))) = (write_through, found) {
+            // The value's own expiry, before any hot cap: storage keeps what the owner keeps.
+            self.store_in_background(key, stored, expires_at_ms);
+        }
         let expires_at_ms = match tier {
             Tier::Main => expires_at_ms,
             Tier::Hot => {
@@ -444,10 +449,6 @@ impl Core {
                 Some(expires_at_ms.map_or(cap, |e| e.min(cap)))
             }
         };
-        if let (true, Some((stored, _))) = (write_through, found) {
-            // The memory expiry, before the hot cap: what the owner keeps is the value's own.
-            self.store_in_background(key, stored, self.expiry(found.and_then(|(_, e)| e)));
-        }
         self.cache(tier).insert(
             key,
             CacheEntry {
@@ -1067,18 +1068,15 @@ impl Group {
         let core = &self.core;
         core.main.run_pending_tasks();
         core.hot.run_pending_tasks();
+        let counters = core.stats.counters();
         GroupSnapshot {
             name: core.name.clone(),
             getter: core.getter.name().to_string(),
             compression: core.encoding.codec().name().to_owned(),
             storage: core.storage.as_ref().map(|s| s.backend().name().to_owned()),
-            main_misses: {
-                // Every main-cache miss goes on to the hot cache.
-                let c = &core.stats;
-                c.hot_hits.load(std::sync::atomic::Ordering::Relaxed)
-                    + c.misses.load(std::sync::atomic::Ordering::Relaxed)
-            },
-            counters: core.stats.counters(),
+            // Every main-cache miss goes on to the hot cache.
+            main_misses: counters.hot_hits + counters.misses,
+            counters,
             cache_items: core.main.entry_count(),
             cache_bytes: core.main.weighted_size(),
             cache_max_bytes: core.main.max_bytes(),
