@@ -11,7 +11,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target=wasm32-wasip2
-plugins=(db_getter fs_storage brotli_compressor chaos_getter chaos_compressor)
+plugins=(db_getter fs_storage brotli_compressor chaos_getter chaos_compressor escape_getter)
 
 say() { printf 'build.sh: %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -26,6 +26,20 @@ if [[ -z "$libdir" || ! -d "$libdir" ]]; then
         (cd "$here" && rustup target add "$target")
     else
         die "the $target Rust target is not installed; run: rustup target add $target"
+    fi
+fi
+
+# 1b. protoc: the host's etcd client compiles etcd's .proto files when the host is built. Not
+#     needed for the plugins themselves, but this script is the setup step of the README's first
+#     command, so it installs Debian's protobuf-compiler when it is missing and it can.
+if ! command -v protoc >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing protoc (Debian's protobuf-compiler), needed to build the host"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null; } ||
+            die "could not install protobuf-compiler; install protoc and run again"
+    else
+        say "warning: protoc not found; building the host needs it: sudo apt-get install protobuf-compiler"
     fi
 fi
 
