@@ -11,6 +11,7 @@ const PLUGINS: &[&str] = &[
     "brotli_compressor",
     "chaos_getter",
     "chaos_compressor",
+    "escape_getter",
 ];
 const TARGET: &str = "wasm32-wasip2";
 

@@ -19,7 +19,9 @@ use geecache_host::discovery::{Member, Membership};
 use geecache_host::error::{Error, Result};
 use geecache_host::group::{Getter, Group, GroupOptions, Groups, Loaded, PeerPicker};
 use geecache_host::peer;
-use geecache_host::plugin::{LoadedPlugin, PluginGrants, Runtime, RuntimeOptions, WasmStorage};
+use geecache_host::plugin::{
+    DirGrant, LoadedPlugin, PluginGrants, Runtime, RuntimeOptions, WasmStorage,
+};
 use geecache_host::telemetry::Metrics;
 use geecache_tests::{TestNode, compile_cache_dir, corpus, plugins};
 use proptest::prelude::*;
@@ -93,20 +95,25 @@ fn setup() -> &'static Setup {
         .unwrap();
         let mut codecs = Codecs::builtin();
         match rt
-            .load(Path::new(plugins::BROTLI_COMPRESSOR), &|_| {
-                PluginGrants::default()
-            })
+            .load(
+                Path::new(plugins::BROTLI_COMPRESSOR),
+                PluginGrants::default(),
+            )
             .unwrap()
         {
             LoadedPlugin::Compressor(c) => codecs.add(c).unwrap(),
             other => panic!("brotli is a {}", other.kind()),
         }
         let grants = PluginGrants {
-            dirs: vec![(dir.path().to_path_buf(), "/data".into())],
+            dirs: vec![DirGrant {
+                host: dir.path().to_path_buf(),
+                guest: "/data".into(),
+                writable: true,
+            }],
             ..PluginGrants::default()
         };
         let storage = match rt
-            .load(Path::new(plugins::FS_STORAGE), &|_| grants.clone())
+            .load(Path::new(plugins::FS_STORAGE), grants.clone())
             .unwrap()
         {
             LoadedPlugin::Storage(s) => s,

@@ -25,6 +25,8 @@ pub mod plugins {
     pub const DB_GETTER: &str = env!("PLUGIN_DB_GETTER");
     /// Panics, loops or allocates without bound, depending on the key.
     pub const CHAOS_GETTER: &str = env!("PLUGIN_CHAOS_GETTER");
+    /// Tries to leave its sandbox (sleeps, foreign databases, files, secrets in errors).
+    pub const ESCAPE_GETTER: &str = env!("PLUGIN_ESCAPE_GETTER");
     /// A file-backed storage backend.
     pub const FS_STORAGE: &str = env!("PLUGIN_FS_STORAGE");
     /// A brotli codec.

@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use geecache_host::group::{Getter, Loaded, PeerEntry};
 use geecache_host::plugin::{
-    LoadedPlugin, PluginError, PluginGrants, PluginKind, Runtime, RuntimeOptions,
+    DirGrant, LoadedPlugin, PluginError, PluginGrants, PluginKind, Runtime, RuntimeOptions,
 };
 use geecache_tests::{compile_cache_dir, demo_db, plugins};
 
@@ -20,7 +20,7 @@ fn runtime() -> Runtime {
 }
 
 fn load(rt: &Runtime, path: &str, grants: PluginGrants) -> Result<LoadedPlugin, PluginError> {
-    rt.load(Path::new(path), &|_| grants.clone())
+    rt.load(Path::new(path), grants)
 }
 
 #[test]
@@ -176,7 +176,11 @@ async fn fs_storage_works_in_its_granted_directory_only() {
 
     let dir = tempfile::tempdir().unwrap();
     let grants = PluginGrants {
-        dirs: vec![(dir.path().to_path_buf(), "/data".into())],
+        dirs: vec![DirGrant {
+            host: dir.path().to_path_buf(),
+            guest: "/data".into(),
+            writable: true,
+        }],
         ..Default::default()
     };
     let LoadedPlugin::Storage(storage) = load(&rt, plugins::FS_STORAGE, grants).unwrap() else {
@@ -223,4 +227,224 @@ fn the_compile_cache_makes_the_second_load_cheap_and_identical() {
         files >= 1,
         "the compiled component was written to the cache dir"
     );
+}
+
+/// escape_getter with the demo database and, when given, one directory at `/data`.
+fn escape_getter(
+    rt: &Runtime,
+    db: &Path,
+    dir: Option<DirGrant>,
+) -> std::sync::Arc<geecache_host::plugin::WasmGetter> {
+    let mut grants = PluginGrants::default();
+    grants
+        .config
+        .insert("database".into(), db.display().to_string());
+    grants.dirs.extend(dir);
+    match load(rt, plugins::ESCAPE_GETTER, grants).unwrap() {
+        LoadedPlugin::Getter(g) => g,
+        other => panic!("escape_getter is a {}", other.kind()),
+    }
+}
+
+fn runtime_with(timeout_ms: u64, concurrency: usize) -> Runtime {
+    Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(compile_cache_dir()),
+        call_timeout: std::time::Duration::from_millis(timeout_ms),
+        max_concurrent_calls: concurrency,
+        ..RuntimeOptions::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_sleeps_in_a_host_call_stops_at_its_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime_with(300, 4);
+    let getter = escape_getter(&rt, &demo_db(dir.path()), None);
+    // Before: the 20 s sleep ran to its end, holding its thread and slot, and the call
+    // answered "woke up". (The bound below is a liveness check, 30x the limit, not a benchmark.)
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        getter.get("g", "sleep:20"),
+    )
+    .await
+    .expect("the call ends near its 300 ms limit, not after the guest's 20 s sleep")
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            geecache_host::error::Error::Plugin(PluginError::Timeout { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(rt.calls_in_flight(), 0);
+    // The plugin keeps serving.
+    assert_eq!(getter.get("g", "nothing").await.unwrap(), Loaded::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_keeps_its_slot_until_its_wasm_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime_with(2_000, 1);
+    let getter = escape_getter(&rt, &demo_db(dir.path()), None);
+    // The caller gives up long before the plugin's own deadline.
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        getter.get("g", "sleep:20"),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the caller timed out");
+    // Before: the slot came back with the caller, while the wasm still ran.
+    assert_eq!(
+        rt.calls_in_flight(),
+        1,
+        "the sleeping instance still holds its slot"
+    );
+    // The next call waits for that slot, and gets it once the sleeper hit its deadline.
+    assert_eq!(getter.get("g", "nothing").await.unwrap(), Loaded::NotFound);
+    assert_eq!(rt.calls_in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reads_the_granted_database_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let other = dir.path().join("other.db");
+    let conn = rusqlite::Connection::open(&other).unwrap();
+    conn.execute_batch("CREATE TABLE secret(v TEXT); INSERT INTO secret VALUES ('leaked');")
+        .unwrap();
+    drop(conn);
+    let rt = runtime();
+    let getter = escape_getter(&rt, &db, None);
+    let found = |v: &str| Loaded::Found {
+        value: Bytes::from(v.to_string()),
+        expires_at_ms: None,
+    };
+    assert_eq!(
+        getter
+            .get("g", "sql:SELECT score FROM scores WHERE name = 'Tom'")
+            .await
+            .unwrap(),
+        found("630")
+    );
+    let refused = |e: geecache_host::error::Error| match e {
+        geecache_host::error::Error::Plugin(PluginError::Reported { kind, message, .. }) => {
+            assert_eq!(kind, "invalid-input", "{message}");
+            message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Before: ATTACH worked and the plugin read the other file's table.
+    let attach = format!("sql:ATTACH DATABASE '{}' AS o", other.display());
+    let message = refused(getter.get("g", &attach).await.unwrap_err());
+    assert!(message.contains("not authorized"), "{message}");
+    refused(
+        getter
+            .get("g", "sql:SELECT v FROM o.secret")
+            .await
+            .unwrap_err(),
+    );
+    // Before: BEGIN was accepted and left a read transaction open on a pooled connection.
+    refused(getter.get("g", "sql:BEGIN").await.unwrap_err());
+    refused(
+        getter
+            .get("g", "sql:PRAGMA query_only = 0")
+            .await
+            .unwrap_err(),
+    );
+    // Before: the host built a 500 MB blob for the guest.
+    refused(
+        getter
+            .get("g", "sql:SELECT zeroblob(500000000)")
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        getter
+            .get(
+                "g",
+                "sql:SELECT replace(printf('%.*c', 20000, 'x'), 'x', printf('%.*c', 25000, 'y'))",
+            )
+            .await
+            .unwrap_err(),
+    );
+    // Still serving reads afterwards.
+    assert_eq!(
+        getter
+            .get("g", "sql:SELECT count(*) FROM scores WHERE name = 'Tom'")
+            .await
+            .unwrap(),
+        found("1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_directory_is_read_only_unless_granted_rw() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("hello.txt"), "hi").unwrap();
+    let rt = runtime();
+    let grant = |writable| DirGrant {
+        host: data.path().to_path_buf(),
+        guest: "/data".into(),
+        writable,
+    };
+    let reader = escape_getter(&rt, &db, Some(grant(false)));
+    assert_eq!(
+        reader.get("g", "read:/data/hello.txt").await.unwrap(),
+        Loaded::Found {
+            value: Bytes::from_static(b"hi"),
+            expires_at_ms: None
+        }
+    );
+    // Before: every granted directory was writable.
+    assert!(reader.get("g", "write:/data/new.txt").await.is_err());
+    assert!(!data.path().join("new.txt").exists());
+    // Outside its grant there is nothing, and no environment.
+    assert!(
+        reader
+            .get("g", &format!("read:{}", db.display()))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        reader.get("g", "env").await.unwrap(),
+        Loaded::Found {
+            value: Bytes::from_static(b"0"),
+            expires_at_ms: None
+        }
+    );
+
+    let writer = escape_getter(&rt, &db, Some(grant(true)));
+    writer.get("g", "write:/data/new.txt").await.unwrap();
+    assert_eq!(
+        std::fs::read(data.path().join("new.txt")).unwrap(),
+        b"escaped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_own_error_text_is_for_operators_only() {
+    use geecache_host::error::Error;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let getter = escape_getter(&rt, &demo_db(dir.path()), None);
+    let other = getter.get("g", "other").await.unwrap_err();
+    // The operator's log gets the plugin's words (Display); a client gets the public message.
+    assert!(other.to_string().contains("hunter2"));
+    let public = other.public_message();
+    assert!(
+        !public.contains("hunter2") && public.contains("escape_getter"),
+        "{public}"
+    );
+    assert_eq!(other.status(), 503);
+    let invalid = getter.get("g", "invalid").await.unwrap_err();
+    assert!(matches!(invalid, Error::Plugin(_)));
+    assert_eq!(
+        invalid.status(),
+        400,
+        "invalid-input is the request's fault"
+    );
+    assert!(invalid.public_message().contains("bad key"));
 }

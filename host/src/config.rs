@@ -13,8 +13,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::api::guard::ServerLimits;
 use crate::group::GroupOptions;
-use crate::plugin::{PluginGrants, RuntimeOptions};
+use crate::plugin::{DirGrant, PluginGrants, RuntimeOptions};
 
 /// Built-in defaults, documented in `--help` and the README.
 pub mod defaults {
@@ -32,6 +33,12 @@ pub mod defaults {
     pub const MAX_VALUE_BYTES: &str = "8MiB";
     /// Default largest request body.
     pub const MAX_BODY_BYTES: &str = "16MiB";
+    /// Connections open at once.
+    pub const MAX_CONNECTIONS: usize = 4096;
+    /// Request body bytes in flight at once, across all requests.
+    pub const MAX_INFLIGHT_BODY_BYTES: &str = "256MiB";
+    /// Longest time one request body may take to arrive.
+    pub const BODY_TIMEOUT: &str = "30s";
     /// Default request (load) timeout.
     pub const REQUEST_TIMEOUT: &str = "5s";
     /// Default memory cap of one plugin call.
@@ -58,18 +65,20 @@ pub mod defaults {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "geecache-host", version, about, long_about = None)]
 pub struct Cli {
-    /// Plugin component to load (repeatable). Its kind (getter, storage, compressor) is detected
-    /// from what it exports, its name from what it reports.
+    /// Plugin component to load (repeatable), `[NAME=]FILE.wasm`. Its kind (getter, storage,
+    /// compressor) is detected from what it exports. NAME (default: the file's stem, e.g.
+    /// `db_getter` for plugins/db_getter.wasm) is what --plugin-config and --plugin-dir grant to.
     #[arg(
         long = "plugin",
-        value_name = "FILE.wasm",
+        value_name = "[NAME=]FILE.wasm",
         env = "GEECACHE_PLUGINS",
         value_delimiter = ','
     )]
-    pub plugins: Vec<PathBuf>,
+    pub plugins: Vec<String>,
 
-    /// A plugin config value, NAME.KEY=VALUE (repeatable), e.g. db_getter.database=my.db.
-    /// db_getter reads `database` (default: demo.db beside the plugin file) and `query`.
+    /// A plugin config value, NAME.KEY=VALUE (repeatable), e.g. db_getter.database=my.db, for
+    /// the plugin loaded as NAME. db_getter reads `database` (default: demo.db beside the plugin
+    /// file) and `query`.
     #[arg(
         long = "plugin-config",
         value_name = "NAME.KEY=VALUE",
@@ -78,11 +87,11 @@ pub struct Cli {
     )]
     pub plugin_config: Vec<String>,
 
-    /// Grant a plugin a host directory, `NAME=HOST_DIR[:GUEST_DIR]` (guest path default /data).
-    /// Plugins get no files at all otherwise.
+    /// Grant the plugin loaded as NAME a host directory, `NAME=HOST_DIR[:GUEST_DIR][:rw]`
+    /// (guest path default /data; read-only unless `:rw`). Plugins get no files otherwise.
     #[arg(
         long = "plugin-dir",
-        value_name = "NAME=DIR[:GUEST]",
+        value_name = "NAME=DIR[:GUEST][:rw]",
         env = "GEECACHE_PLUGIN_DIRS",
         value_delimiter = ','
     )]
@@ -147,6 +156,19 @@ pub struct Cli {
     /// Longest a request may wait for a load before failing with 504 [default: 5s].
     #[arg(long, value_name = "DURATION", env = "GEECACHE_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
+
+    /// Connections open at once; one past it is closed at once [default: 4096].
+    #[arg(long, env = "GEECACHE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Request body bytes being received or held at once, across all requests; a request
+    /// whose body does not fit is refused with 503 `busy` [default: 256MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_INFLIGHT_BODY_BYTES")]
+    pub max_inflight_body_bytes: Option<String>,
+
+    /// Longest time one request body may take to arrive [default: 30s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
 
     /// Memory cap of one plugin call [default: 64MiB].
     #[arg(long, value_name = "SIZE", env = "GEECACHE_PLUGIN_MEMORY")]
@@ -253,10 +275,12 @@ pub struct FileConfig {
 pub struct FilePlugin {
     /// The component file, relative to the config file's directory.
     pub path: PathBuf,
+    /// What --plugin-config and --plugin-dir call it; default: the file's stem.
+    pub name: Option<String>,
     /// The plugin's config values.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
-    /// Directories granted to the plugin, `HOST_DIR[:GUEST_DIR]`.
+    /// Directories granted to the plugin, `HOST_DIR[:GUEST_DIR][:rw]`.
     #[serde(default)]
     pub dirs: Vec<String>,
 }
@@ -290,9 +314,12 @@ pub struct FileGroup {
 /// A plugin to load and what it is granted.
 #[derive(Debug, Clone)]
 pub struct PluginSpec {
+    /// The operator's name for it (an alias, or the file's stem): what grants are bound to,
+    /// whatever name the plugin reports about itself.
+    pub name: String,
     /// The component file.
     pub path: PathBuf,
-    /// Grants from the config file's `[[plugins]]` table (merged with name-keyed CLI grants).
+    /// Everything granted to `name`: its `[[plugins]]` table, then the command line's.
     pub grants: PluginGrants,
 }
 
@@ -315,16 +342,16 @@ pub struct GroupSpec {
 pub struct Settings {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
-    /// Plugins to load, in order.
+    /// Plugins to load, in order, each with its grants.
     pub plugins: Vec<PluginSpec>,
-    /// Grants given on the command line, by plugin name.
-    pub grants_by_name: BTreeMap<String, PluginGrants>,
     /// Groups to serve.
     pub groups: Vec<GroupSpec>,
     /// Plugin runtime limits.
     pub runtime: RuntimeOptions,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// What all requests together may hold (connections, bodies in flight).
+    pub server_limits: ServerLimits,
     /// JSON logs.
     pub log_json: bool,
     /// How this node finds the others.
@@ -356,18 +383,6 @@ impl ClusterSettings {
     }
 }
 
-impl Settings {
-    /// The grants for plugin `name` loaded from `spec`: the file's, then the CLI's on top.
-    pub fn grants_for(&self, spec: &PluginSpec, name: &str) -> PluginGrants {
-        let mut grants = spec.grants.clone();
-        if let Some(cli) = self.grants_by_name.get(name) {
-            grants.config.extend(cli.config.clone());
-            grants.dirs.extend(cli.dirs.clone());
-        }
-        grants
-    }
-}
-
 /// Parses a size such as `64MiB`, `512KiB`, `1GB` or `4096`.
 ///
 /// # Errors
@@ -392,11 +407,72 @@ fn size_usize(s: &str) -> Result<usize, String> {
     parse_size(s).and_then(|b| usize::try_from(b).map_err(|_| format!("size {s:?} is too large")))
 }
 
-/// Parses `NAME=HOST_DIR[:GUEST_DIR]` or, in a file, `HOST_DIR[:GUEST_DIR]`.
-fn parse_dir(s: &str, base: &Path) -> (PathBuf, String) {
-    match s.split_once(':') {
-        Some((host, guest)) => (base.join(host), guest.to_string()),
-        None => (base.join(s), "/data".to_string()),
+/// Parses the `HOST_DIR[:GUEST_DIR][:rw|:ro]` of a directory grant (host paths relative to
+/// `base`); read-only unless `rw`.
+fn parse_dir(s: &str, base: &Path) -> Result<DirGrant, String> {
+    let (rest, writable) = match s.rsplit_once(':') {
+        Some((rest, "rw")) => (rest, true),
+        Some((rest, "ro")) => (rest, false),
+        _ => (s, false),
+    };
+    let (host, guest) = match rest.split_once(':') {
+        Some((host, guest)) => (host, guest.to_string()),
+        None => (rest, "/data".to_string()),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!(
+            "directory grant {s:?}: expected HOST_DIR[:GUEST_DIR][:rw], e.g. /var/cache/geecache:/data:rw"
+        ));
+    }
+    Ok(DirGrant {
+        host: base.join(host),
+        guest,
+        writable,
+    })
+}
+
+/// Splits `--plugin [NAME=]FILE` into the operator's name for the plugin and its file.
+fn parse_plugin_flag(s: &str) -> Result<(String, PathBuf), String> {
+    if let Some((name, path)) = s.split_once('=')
+        && !name.contains('/')
+    {
+        validate_plugin_name(name).map_err(|e| format!("--plugin {s:?}: {e}"))?;
+        return Ok((name.to_string(), PathBuf::from(path)));
+    }
+    let path = PathBuf::from(s);
+    Ok((file_stem_name(&path)?, path))
+}
+
+/// A plugin's default name: its file's stem (`db_getter` for `plugins/db_getter.wasm`).
+fn file_stem_name(path: &Path) -> Result<String, String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    validate_plugin_name(&stem).map_err(|e| {
+        format!(
+            "plugin file {}: {e}; give it a name with --plugin NAME={}",
+            path.display(),
+            path.display()
+        )
+    })?;
+    Ok(stem)
+}
+
+/// Names an operator gives plugins: 1-64 characters of a-z, 0-9, '_' and '-'.
+fn validate_plugin_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "plugin name {name:?}: names are 1-64 characters of a-z, 0-9, '_' and '-'"
+        ))
     }
 }
 
@@ -466,21 +542,46 @@ impl Cli {
             return Err("--plugin-concurrency must be at least 1".into());
         }
 
-        let mut plugins: Vec<PluginSpec> = file
-            .plugins
-            .iter()
-            .map(|p| PluginSpec {
+        let mut plugins: Vec<PluginSpec> = Vec::new();
+        for p in &file.plugins {
+            let name = match &p.name {
+                Some(name) => {
+                    validate_plugin_name(name)?;
+                    name.clone()
+                }
+                None => file_stem_name(&p.path)?,
+            };
+            let dirs = p
+                .dirs
+                .iter()
+                .map(|d| parse_dir(d, &base))
+                .collect::<Result<_, _>>()?;
+            plugins.push(PluginSpec {
+                name,
                 path: base.join(&p.path),
                 grants: PluginGrants {
                     config: p.config.clone(),
-                    dirs: p.dirs.iter().map(|d| parse_dir(d, &base)).collect(),
+                    dirs,
                 },
-            })
-            .collect();
-        plugins.extend(self.plugins.iter().map(|p| PluginSpec {
-            path: p.clone(),
-            grants: PluginGrants::default(),
-        }));
+            });
+        }
+        for flag in &self.plugins {
+            let (name, path) = parse_plugin_flag(flag)?;
+            plugins.push(PluginSpec {
+                name,
+                path,
+                grants: PluginGrants::default(),
+            });
+        }
+        for (i, p) in plugins.iter().enumerate() {
+            if plugins[..i].iter().any(|q| q.name == p.name) {
+                return Err(format!(
+                    "two plugins are named {:?} ({} and another); name one with --plugin NAME=FILE",
+                    p.name,
+                    p.path.display()
+                ));
+            }
+        }
 
         let mut grants_by_name: BTreeMap<String, PluginGrants> = BTreeMap::new();
         for item in &self.plugin_config {
@@ -498,13 +599,27 @@ impl Cli {
         }
         for item in &self.plugin_dirs {
             let (name, dir) = item.split_once('=').ok_or_else(|| {
-                format!("--plugin-dir {item:?}: expected NAME=HOST_DIR[:GUEST_DIR], e.g. fs_storage=/var/cache/geecache")
+                format!("--plugin-dir {item:?}: expected NAME=HOST_DIR[:GUEST_DIR][:rw], e.g. fs_storage=/var/cache/geecache:rw")
             })?;
+            let dir = parse_dir(dir, Path::new("")).map_err(|e| format!("--plugin-dir: {e}"))?;
             grants_by_name
                 .entry(name.into())
                 .or_default()
                 .dirs
-                .push(parse_dir(dir, Path::new("")));
+                .push(dir);
+        }
+        // Grants go to the plugin the operator named, never to whatever name a plugin reports.
+        for (name, cli) in grants_by_name {
+            let Some(spec) = plugins.iter_mut().find(|p| p.name == name) else {
+                let known: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+                return Err(format!(
+                    "--plugin-config/--plugin-dir name plugin {name:?}, but no plugin is loaded \
+                     under that name (loaded: {known:?}); a plugin's name is its file's stem or \
+                     the NAME of --plugin NAME=FILE"
+                ));
+            };
+            spec.grants.config.extend(cli.config);
+            spec.grants.dirs.extend(cli.dirs);
         }
 
         let cache_bytes = parse_size(self.cache_bytes.as_deref().unwrap_or(defaults::CACHE_BYTES))?;
@@ -599,17 +714,42 @@ impl Cli {
             lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))?,
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
         };
+        let max_body_bytes = size_usize(&pick(
+            &self.max_body_bytes,
+            &file.max_body_bytes,
+            defaults::MAX_BODY_BYTES,
+        ))?;
+        let server_limits = ServerLimits {
+            max_connections: self
+                .max_connections
+                .unwrap_or(defaults::MAX_CONNECTIONS)
+                .max(1),
+            max_inflight_body_bytes: size_usize(
+                self.max_inflight_body_bytes
+                    .as_deref()
+                    .unwrap_or(defaults::MAX_INFLIGHT_BODY_BYTES),
+            )?,
+            body_timeout: parse_duration(
+                self.body_timeout
+                    .as_deref()
+                    .unwrap_or(defaults::BODY_TIMEOUT),
+            )?,
+            max_body_bytes,
+        };
+        if server_limits.max_inflight_body_bytes < max_body_bytes {
+            return Err(format!(
+                "--max-inflight-body-bytes ({}) is less than --max-body-bytes ({max_body_bytes}): \
+                 no body of the largest size could ever be received",
+                server_limits.max_inflight_body_bytes
+            ));
+        }
         Ok(Settings {
             addr: SocketAddr::new(bind, port),
             plugins,
-            grants_by_name,
             groups,
             runtime,
-            max_body_bytes: size_usize(&pick(
-                &self.max_body_bytes,
-                &file.max_body_bytes,
-                defaults::MAX_BODY_BYTES,
-            ))?,
+            max_body_bytes,
+            server_limits,
             log_json: self.log_json,
             cluster,
         })
@@ -709,29 +849,67 @@ mod tests {
     }
 
     #[test]
-    fn plugin_config_is_keyed_by_name() {
+    fn grants_go_to_the_name_the_operator_gave() {
         let s = cli(&[
+            "--plugin",
+            "plugins/db_getter.wasm,fs=plugins/fs_storage.wasm",
             "--plugin-config",
             "db_getter.database=/tmp/x.db",
             "--plugin-dir",
             "fs=/tmp",
+            "--plugin-dir",
+            "fs=/var/cache/g:/cache:rw",
         ])
         .resolve()
         .unwrap();
-        assert_eq!(
-            s.grants_by_name["db_getter"].config["database"],
-            "/tmp/x.db"
+        let [db, fs] = &s.plugins[..] else {
+            panic!("two plugins")
+        };
+        assert_eq!((db.name.as_str(), fs.name.as_str()), ("db_getter", "fs"));
+        assert_eq!(db.grants.config["database"], "/tmp/x.db");
+        assert!(db.grants.dirs.is_empty() && fs.grants.config.is_empty());
+        let read_only = DirGrant {
+            host: PathBuf::from("/tmp"),
+            guest: "/data".into(),
+            writable: false,
+        };
+        let writable = DirGrant {
+            host: PathBuf::from("/var/cache/g"),
+            guest: "/cache".into(),
+            writable: true,
+        };
+        assert_eq!(fs.grants.dirs, [read_only, writable]);
+    }
+
+    #[test]
+    fn a_grant_to_a_name_no_plugin_has_is_refused() {
+        // A plugin that reports "db_getter" about itself gets nothing meant for db_getter.
+        let err = cli(&[
+            "--plugin",
+            "plugins/evil.wasm",
+            "--plugin-config",
+            "db_getter.database=/srv/secret.db",
+        ])
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.contains("\"db_getter\"") && err.contains("evil"),
+            "{err}"
         );
-        assert_eq!(
-            s.grants_by_name["fs"].dirs[0],
-            (PathBuf::from("/tmp"), "/data".to_string())
-        );
+        let err = cli(&["--plugin", "a/x.wasm,b/x.wasm"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("--plugin NAME=FILE"), "{err}");
+        let err = cli(&["--plugin", "Bad Name=x.wasm"]).resolve().unwrap_err();
+        assert!(err.contains("a-z"), "{err}");
     }
 
     #[test]
     fn bad_values_name_the_fix() {
         let err = cli(&["--plugin-config", "nodot"]).resolve().unwrap_err();
         assert!(err.contains("NAME.KEY=VALUE"), "{err}");
+        let err = cli(&["--plugin-dir", "fs=:rw"]).resolve().unwrap_err();
+        assert!(err.contains("HOST_DIR[:GUEST_DIR][:rw]"), "{err}");
         let err = cli(&["--cache-bytes", "lots"]).resolve().unwrap_err();
         assert!(err.contains("64MiB"), "{err}");
         let err = cli(&["--ttl", "soon"]).resolve().unwrap_err();

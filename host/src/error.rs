@@ -108,6 +108,7 @@ impl Error {
     pub fn public_message(&self) -> String {
         match self {
             Error::Internal(_) => "internal error; see the node's log".to_string(),
+            Error::Plugin(p) => p.public_message(),
             other => other.to_string(),
         }
     }

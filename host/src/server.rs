@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::net::TcpListener;
 
+use crate::api::guard::{LimitedListener, RequestGuard};
 use crate::api::{self, AppState};
 use crate::cache::SystemClock;
 use crate::cluster::Cluster;
@@ -38,6 +39,8 @@ pub struct Node {
     pub runtime: Arc<Runtime>,
     /// Ring and peers; a single node is a cluster of one.
     pub cluster: Arc<Cluster>,
+    /// What all requests together may hold: connections and request bodies.
+    pub guard: RequestGuard,
 }
 
 /// Loads every plugin and builds every group of `settings`.
@@ -60,7 +63,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
     let mut plugins: Vec<LoadedPlugin> = Vec::new();
     for spec in &settings.plugins {
         let loaded = runtime
-            .load(&spec.path, &|name| settings.grants_for(spec, name))
+            .load(&spec.path, spec.grants.clone())
             .map_err(|e| e.to_string())?;
         if plugins.iter().any(|p| p.info().name == loaded.info().name) {
             return Err(format!(
@@ -179,6 +182,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         state,
         runtime,
         cluster,
+        guard: RequestGuard::new(settings.server_limits.clone()),
     })
 }
 
@@ -235,7 +239,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let state = node.state.clone();
     let cluster = node.cluster.clone();
-    let app = api::router(node.state.clone());
+    let app = node.guard.apply(api::router(node.state.clone()));
+    let listener = LimitedListener::new(listener, node.guard.limits().max_connections);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;

@@ -36,7 +36,7 @@ impl Getter for Native {
 }
 
 fn load_getter(rt: &Runtime, path: &str, grants: PluginGrants) -> Arc<dyn Getter> {
-    match rt.load(Path::new(path), &|_| grants.clone()).unwrap() {
+    match rt.load(Path::new(path), grants).unwrap() {
         LoadedPlugin::Getter(g) => g,
         other => panic!("{path} is a {}", other.kind()),
     }

@@ -76,9 +76,10 @@ fn measure(bytes: usize, min_time: Duration, max_passes: u32, mut pass: impl FnM
 fn codecs(rt: &Runtime) -> anyhow::Result<Codecs> {
     let mut codecs = Codecs::builtin();
     let loaded = rt
-        .load(Path::new(plugins::BROTLI_COMPRESSOR), &|_| {
-            PluginGrants::default()
-        })
+        .load(
+            Path::new(plugins::BROTLI_COMPRESSOR),
+            PluginGrants::default(),
+        )
         .context("loading the brotli plugin")?;
     let LoadedPlugin::Compressor(brotli) = loaded else {
         bail!("{} is not a compressor plugin", plugins::BROTLI_COMPRESSOR);

@@ -27,6 +27,8 @@
 //! Every request (peer protocol included) is timed into
 //! `geecache_http_request_duration_seconds` by route template, method and status.
 
+pub mod guard;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;

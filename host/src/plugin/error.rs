@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// The WIT `error` case for input the plugin refuses; served as 400.
+pub(crate) const INVALID_INPUT: &str = "invalid-input";
+/// The WIT `error` case whose message is for operators only.
+pub(crate) const OTHER: &str = "other";
+
 /// Why a plugin could not be loaded or why one call into it failed.
 ///
 /// A failed call never takes the host down: the store it ran in is discarded and the next call
@@ -78,12 +83,37 @@ impl PluginError {
         }
     }
 
-    /// The HTTP status a request failed by this error is served with: 504 for a time-out,
-    /// 503 for everything else (the plugin, not the request, is at fault).
+    /// The HTTP status a request failed by this error is served with: 504 for a time-out, 400
+    /// when the plugin judged the request's input unacceptable (`invalid-input`), 503 for
+    /// everything else (the plugin, not the request, is at fault).
     pub fn status(&self) -> u16 {
         match self {
             PluginError::Timeout { .. } => 504,
+            PluginError::Reported {
+                kind: INVALID_INPUT,
+                ..
+            } => 400,
             _ => 503,
+        }
+    }
+
+    /// What a client may be told. The WIT says an `other(...)` message is for operators only,
+    /// and the host's own messages about loading or starting a plugin name files and paths: those
+    /// are replaced by a pointer to the node's log, where the full error is written.
+    pub fn public_message(&self) -> String {
+        match self {
+            PluginError::Reported {
+                plugin,
+                kind: OTHER,
+                ..
+            } => format!("plugin {plugin} failed; the details are in the node's log"),
+            PluginError::Unavailable { plugin, .. } => {
+                format!("plugin {plugin} is unavailable; the details are in the node's log")
+            }
+            PluginError::Load { .. } => {
+                "a plugin could not be loaded; the details are in the node's log".to_string()
+            }
+            other => other.to_string(),
         }
     }
 }

@@ -2,14 +2,27 @@
 //!
 //! - One [`Runtime`] per process: a wasmtime `Engine` (pooling allocator when the machine allows
 //!   it, on-demand otherwise), an epoch ticker thread for time limits, an on-disk cache of
-//!   compiled components keyed by content hash, and one `Linker` with WASI and the host
-//!   capabilities (`log`, `config`, `sql`).
+//!   compiled components keyed by content hash, and one `Linker` per plugin kind with WASI and
+//!   the host capabilities that kind may import (`log` and `config` for all, `sql` for getters
+//!   only).
 //! - [`Runtime::load`] compiles a component once, detects its kind from what it exports, asks it
-//!   for its name, and returns a [`LoadedPlugin`].
+//!   for its name, and returns a [`LoadedPlugin`] holding the grants the operator gave that file.
 //! - Every call gets a fresh `Store` instantiated from an `InstancePre` (~10–20 µs), under a memory
 //!   cap and a time limit, on a blocking thread so tokio's workers never run wasm. A trap, panic
 //!   or overrun fails that call with a [`PluginError`]; the store is dropped and nothing leaks
 //!   into the next call.
+//!
+//! What holds a call in (the trust model: plugins are operator-chosen but untrusted code):
+//! - **Time.** Epoch interruption stops wasm at the deadline; host calls cannot outlast it either:
+//!   a clock subscription (how a guest sleeps or waits) never waits past the call's deadline (see
+//!   [`host`]), and SQL carries the deadline into SQLite. The call's concurrency slot is held by
+//!   the thread running the instance, so a caller that gives up does not free a slot while the
+//!   wasm still runs.
+//! - **Memory.** One budget per call over all linear memories and tables of the instance
+//!   together (`--plugin-memory`).
+//! - **Capabilities.** Only what the operator granted to the plugin's file (or alias): config
+//!   values, directories (read-only unless granted `rw`), a database for getters. No sockets, no
+//!   environment, no stdio.
 
 mod bindings;
 mod compressor;
@@ -75,13 +88,25 @@ impl Default for RuntimeOptions {
     }
 }
 
-/// What the operator grants one plugin, keyed by the plugin's reported name.
+/// What the operator grants one plugin: bound to the file the operator named (or its alias),
+/// never to the name the plugin reports about itself.
 #[derive(Debug, Clone, Default)]
 pub struct PluginGrants {
     /// Config values the plugin reads through the `config` import.
     pub config: BTreeMap<String, String>,
-    /// Host directories preopened for the plugin: (host path, guest path).
-    pub dirs: Vec<(PathBuf, String)>,
+    /// Host directories preopened for the plugin.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// One host directory granted to a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the plugin sees it (e.g. `/data`).
+    pub guest: String,
+    /// Whether the plugin may create, change and delete files there; read-only otherwise.
+    pub writable: bool,
 }
 
 /// The kind of a plugin, detected from the interface its component exports.
@@ -197,8 +222,10 @@ pub struct PluginSnapshot {
 pub struct Runtime {
     /// Compiles components and owns the epoch counter.
     engine: Engine,
-    /// WASI plus the host capabilities; one linker serves every plugin kind.
-    linker: Linker<HostState>,
+    /// WASI plus the host capabilities a getter may import (`log`, `config`, `sql`).
+    getter_linker: Linker<HostState>,
+    /// WASI plus `log` and `config`: storage backends and compressors get no `sql`.
+    plain_linker: Linker<HostState>,
     /// Limits applied to every call.
     options: RuntimeOptions,
     /// Whether the pooling allocator is in use (false after a fallback).
@@ -297,9 +324,8 @@ impl Runtime {
             Some(e) => e,
             None => Engine::new(&base_config(&options).map_err(fail)?).map_err(fail)?,
         };
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(fail)?;
-        host::add_to_linker(&mut linker).map_err(fail)?;
+        let getter_linker = host::linker(&engine, true).map_err(fail)?;
+        let plain_linker = host::linker(&engine, false).map_err(fail)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -323,7 +349,8 @@ impl Runtime {
                 options.max_concurrent_calls.max(1),
             )),
             engine,
-            linker,
+            getter_linker,
+            plain_linker,
             options,
             pooling,
             ticker_stop,
@@ -337,9 +364,18 @@ impl Runtime {
         self.pooling
     }
 
+    /// Plugin calls running right now, across all plugins: a slot is held from the moment a
+    /// call starts until its instance is gone (not merely until its caller stopped waiting).
+    pub fn calls_in_flight(&self) -> usize {
+        self.options
+            .max_concurrent_calls
+            .max(1)
+            .saturating_sub(self.permits.available_permits())
+    }
+
     /// Compiles (or fetches from the compile cache) the component at `path`, detects its kind,
-    /// asks it for its name, and prepares it for calls. `grants` picks the operator's grants by
-    /// the plugin's reported name.
+    /// asks it for its name, and prepares it for calls with `grants`, which the operator gave
+    /// this file (the plugin's own name plays no part in what it is granted).
     ///
     /// Compilation is CPU-heavy: call this from a blocking context (or before serving).
     ///
@@ -347,11 +383,7 @@ impl Runtime {
     /// [`PluginError::Load`] with a message that says what to fix: the file is missing, not a
     /// component, not a geecache plugin, imports something the host does not offer, its
     /// database is missing, or its `info` call fails.
-    pub fn load(
-        &self,
-        path: &Path,
-        grants: &dyn Fn(&str) -> PluginGrants,
-    ) -> Result<LoadedPlugin, PluginError> {
+    pub fn load(&self, path: &Path, grants: PluginGrants) -> Result<LoadedPlugin, PluginError> {
         let load_err = |message: String| PluginError::Load {
             path: path.display().to_string(),
             message,
@@ -407,12 +439,20 @@ impl Runtime {
             .map(|(n, _)| n.to_string())
             .collect();
         let wants_sql = has(&imports, SQL_IMPORT);
-        let pre = self
-            .linker
+        if wants_sql && kind != PluginKind::Getter {
+            return Err(load_err(format!(
+                "a {kind} plugin imports {SQL_IMPORT}, which only getters are offered"
+            )));
+        }
+        let linker = match kind {
+            PluginKind::Getter => &self.getter_linker,
+            PluginKind::Storage | PluginKind::Compressor => &self.plain_linker,
+        };
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| load_err(format!("imports something the host does not offer: {e:#}")))?;
 
-        // Ask the plugin its name with no grants at all, then attach the grants for that name.
+        // Ask the plugin its name with no grants at all, then attach the operator's grants.
         let probe = Arc::new(PluginCore::new(
             path.display().to_string(),
             PluginGrants::default(),
@@ -426,22 +466,23 @@ impl Runtime {
         }
         .map_err(|e| load_err(format!("its info() call failed: {e}")))?;
         validate_name(&info.name).map_err(load_err)?;
-        let grants = grants(&info.name);
         let sql = if wants_sql {
             let db_path = grants
                 .config
                 .get("database")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("demo.db"));
-            Some(Arc::new(sql::SqlDb::open(&db_path).map_err(load_err)?))
+            Some(Arc::new(
+                sql::SqlDb::open(&db_path, self.options.memory_limit).map_err(load_err)?,
+            ))
         } else {
             None
         };
-        for (host_dir, _) in &grants.dirs {
-            if !host_dir.is_dir() {
+        for dir in &grants.dirs {
+            if !dir.host.is_dir() {
                 return Err(load_err(format!(
                     "granted directory {} does not exist",
-                    host_dir.display()
+                    dir.host.display()
                 )));
             }
         }
@@ -619,11 +660,16 @@ impl PluginCore {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         wasi.socket_addr_check(|_, _| Box::pin(async { false }));
-        for (host_dir, guest_dir) in &self.grants.dirs {
-            wasi.preopened_dir(host_dir, guest_dir, wasmtime_wasi::FsPerms::ReadWrite)
+        for dir in &self.grants.dirs {
+            let perms = if dir.writable {
+                wasmtime_wasi::FsPerms::ReadWrite
+            } else {
+                wasmtime_wasi::FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(|e| PluginError::Unavailable {
                     plugin: self.name.clone(),
-                    message: format!("cannot preopen {}: {e:#}", host_dir.display()),
+                    message: format!("cannot preopen {}: {e:#}", dir.host.display()),
                 })?;
         }
         let state = HostState {
@@ -648,6 +694,10 @@ impl PluginCore {
     }
 
     /// Runs `body` in a fresh store on the calling thread, classifying any failure.
+    ///
+    /// The time limit is wall-clock time: an answer that comes back after the call's deadline
+    /// is a timeout too. (A guest whose wait was cut at the deadline may otherwise slip out
+    /// between two epoch ticks with an answer.)
     fn call_blocking<R>(
         &self,
         body: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
@@ -655,7 +705,13 @@ impl PluginCore {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut store = self.new_store()?;
-        let result = body(&mut store);
+        let result = body(&mut store).and_then(|answer| {
+            if Instant::now() >= store.data().deadline {
+                Err(wasmtime::Error::new(Trap::Interrupt))
+            } else {
+                Ok(answer)
+            }
+        });
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
         result.map_err(|e| self.classify(&e, store.data().limiter.hit()))
@@ -702,6 +758,12 @@ impl PluginCore {
 
     /// Runs `body` on a blocking thread (never on a tokio worker), bounded by the runtime's
     /// concurrency permits.
+    ///
+    /// # Cancellation
+    /// The permit moves into the blocking thread and is released only when the instance is
+    /// dropped there: a caller that stops waiting (request timeout, client gone) does not free
+    /// a slot while its wasm still runs, so abandoned calls can never exceed the pool. The call
+    /// itself still ends by its own deadline.
     async fn call<R: Send + 'static>(
         self: &Arc<Self>,
         body: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R> + Send + 'static,
@@ -710,25 +772,29 @@ impl PluginCore {
             plugin: self.name.clone(),
             message,
         };
-        let _permit = self
+        let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| unavailable("the plugin runtime is shutting down".into()))?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.call_blocking(body))
-            .await
-            .map_err(|e| unavailable(format!("the call's thread failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let answer = this.call_blocking(body);
+            drop(permit);
+            answer
+        })
+        .await
+        .map_err(|e| unavailable(format!("the call's thread failed: {e}")))?
     }
 
     /// Records a guest-reported error and converts it.
     fn reported(&self, e: bindings::types::Error) -> PluginError {
         self.stats.reported_errors.fetch_add(1, Ordering::Relaxed);
         let (kind, message) = match e {
-            bindings::types::Error::InvalidInput(m) => ("invalid-input", m),
+            bindings::types::Error::InvalidInput(m) => (error::INVALID_INPUT, m),
             bindings::types::Error::Unavailable(m) => ("unavailable", m),
-            bindings::types::Error::Other(m) => ("other", m),
+            bindings::types::Error::Other(m) => (error::OTHER, m),
         };
         PluginError::Reported {
             plugin: self.name.clone(),

@@ -1,14 +1,32 @@
 //! The SQL capability offered to getters: an embedded SQLite database opened read-only.
 //!
-//! The host owns the connections, so a plugin can read only the one database the operator
-//! configured for it, can never write to it, and cannot run past its call's deadline: epoch
-//! interruption does not reach host code, so every query carries its own deadline through
-//! SQLite's progress handler.
+//! The host owns the connections and treats every statement as hostile, following SQLite's own
+//! advice for untrusted SQL ("Defense Against the Dark Arts"):
+//!
+//! - **One database, read only.** Connections open read-only; an authorizer allows `SELECT`,
+//!   recursive CTEs and reads of tables in `main` only. `ATTACH`/`DETACH` (which could open any
+//!   file the host can read), transactions and savepoints, every `PRAGMA`, every write and DDL
+//!   are refused; `SQLITE_LIMIT_ATTACHED` is 0 as a second wall.
+//! - **Functions off an allow-list** ([`ALLOWED_FUNCTIONS`]): core scalar, date, JSON, math,
+//!   aggregate and window functions; never `load_extension`, `fts3_tokenizer`, `zeroblob` or
+//!   anything else that is not a plain read. `SQLITE_DBCONFIG_DEFENSIVE` is on, the schema is
+//!   untrusted (`TRUSTED_SCHEMA` off) and the FTS3 tokenizer is disabled.
+//! - **Bounded work and memory.** `SQLITE_LIMIT_LENGTH` (the largest string or blob SQLite will
+//!   build) is the plugin's memory cap, so `printf('%.*c', 500000000, 'x')` fails inside SQLite
+//!   instead of allocating 500 MB; one result may hold at most that many bytes in all
+//!   ([`SqlDb::query`]); statements, expressions and compound selects are capped; every query
+//!   carries its call's deadline through SQLite's progress handler (epoch interruption does not
+//!   reach host code).
+//! - **Clean connections.** A connection goes back to the idle pool only in autocommit mode
+//!   with no handler left behind; anything else is closed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
@@ -23,11 +41,136 @@ const MAX_IDLE_CONNECTIONS: usize = 16;
 /// SQLite checks the progress handler every this many virtual-machine instructions.
 const PROGRESS_OPS: i32 = 1_000;
 
+/// What one value costs in a result beyond its bytes (the guest's `value` variant and the
+/// host's `Vec`), so a result of a million NULLs is not free.
+const VALUE_OVERHEAD: usize = 16;
+
+/// The SQL functions a plugin may call: plain reads of the values it selects. Anything not
+/// listed (`load_extension`, `fts3_tokenizer`, `zeroblob`, `randomblob`, `sqlite_*`, functions
+/// an extension might add) is refused when the statement is prepared.
+pub const ALLOWED_FUNCTIONS: &[&str] = &[
+    // Core scalar functions.
+    "abs",
+    "char",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "format",
+    "glob",
+    "hex",
+    "ifnull",
+    "iif",
+    "if",
+    "instr",
+    "length",
+    "like",
+    "likelihood",
+    "likely",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "nullif",
+    "octet_length",
+    "printf",
+    "quote",
+    "replace",
+    "round",
+    "rtrim",
+    "sign",
+    "substr",
+    "substring",
+    "trim",
+    "typeof",
+    "unhex",
+    "unicode",
+    "unlikely",
+    "upper",
+    // Date and time.
+    "date",
+    "time",
+    "datetime",
+    "julianday",
+    "unixepoch",
+    "strftime",
+    "timediff",
+    // Aggregates.
+    "avg",
+    "count",
+    "group_concat",
+    "string_agg",
+    "sum",
+    "total",
+    // Window functions.
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
+    // JSON.
+    "json",
+    "json_array",
+    "json_array_length",
+    "json_extract",
+    "json_insert",
+    "json_object",
+    "json_patch",
+    "json_remove",
+    "json_replace",
+    "json_set",
+    "json_type",
+    "json_valid",
+    "json_quote",
+    "json_group_array",
+    "json_group_object",
+    "json_each",
+    "json_tree",
+    // Math.
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atan2",
+    "atanh",
+    "ceil",
+    "ceiling",
+    "cos",
+    "cosh",
+    "degrees",
+    "exp",
+    "floor",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "mod",
+    "pi",
+    "pow",
+    "power",
+    "radians",
+    "sin",
+    "sinh",
+    "sqrt",
+    "tan",
+    "tanh",
+    "trunc",
+];
+
 /// A read-only SQLite database shared by every call of one plugin.
 #[derive(Debug)]
 pub struct SqlDb {
     /// The database file, for messages.
     path: PathBuf,
+    /// The plugin's memory cap: the largest string or blob SQLite may build, and the most bytes
+    /// one result may hold (the guest could not take more into its memory anyway).
+    max_result_bytes: usize,
     /// Connections not in use right now; opening one costs ~50 µs, a query a few µs.
     idle: Mutex<Vec<Connection>>,
 }
@@ -44,11 +187,12 @@ pub enum SqlError {
 }
 
 impl SqlDb {
-    /// Opens `path` read-only and checks that it is a readable SQLite database.
+    /// Opens `path` read-only and checks that it is a readable SQLite database. One result may
+    /// hold at most `max_result_bytes` (the plugin's memory cap).
     ///
     /// # Errors
     /// A message naming the file and the fix when it is missing or not a database.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path, max_result_bytes: usize) -> Result<Self, String> {
         if !path.is_file() {
             return Err(format!(
                 "database {} does not exist: run `bash plugins/build.sh` to create the demo \
@@ -58,10 +202,11 @@ impl SqlDb {
         }
         let db = SqlDb {
             path: path.to_path_buf(),
+            max_result_bytes: max_result_bytes.max(1),
             idle: Mutex::new(Vec::new()),
         };
         let conn = db.connect()?;
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
             row.get::<_, i64>(0)
         })
         .map_err(|e| format!("{} is not a readable SQLite database: {e}", path.display()))?;
@@ -69,12 +214,15 @@ impl SqlDb {
         Ok(db)
     }
 
+    /// Opens a read-only connection and walls it in (see the module docs).
     fn connect(&self) -> Result<Connection, String> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        Connection::open_with_flags(&self.path, flags)
-            .map_err(|e| format!("cannot open database {}: {e}", self.path.display()))
+        // No SQLITE_OPEN_URI: the path is a file name, never a URI with options in it.
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)
+            .map_err(|e| format!("cannot open database {}: {e}", self.path.display()))?;
+        confine(&conn, self.max_result_bytes)
+            .map_err(|e| format!("cannot configure database {}: {e}", self.path.display()))?;
+        Ok(conn)
     }
 
     fn take(&self) -> Result<Connection, String> {
@@ -85,7 +233,13 @@ impl SqlDb {
         }
     }
 
+    /// Returns a connection to the idle pool, unless a statement left it inside a transaction
+    /// (the authorizer refuses `BEGIN`, so this is a second wall): such a connection is closed.
     fn put_back(&self, conn: Connection) {
+        if !conn.is_autocommit() {
+            tracing::warn!(db = %self.path.display(), "closing a connection left inside a transaction");
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE_CONNECTIONS
         {
@@ -94,11 +248,13 @@ impl SqlDb {
     }
 
     /// Runs one read-only statement with positional parameters, returning at most `max_rows`
-    /// rows (and never more than [`MAX_ROWS`]), interrupted at `deadline`.
+    /// rows (and never more than [`MAX_ROWS`]) holding at most the result byte budget in all,
+    /// interrupted at `deadline`.
     ///
     /// # Errors
-    /// [`SqlError::InvalidInput`] for a bad statement or parameters, [`SqlError::Unavailable`]
-    /// when the database cannot be opened or the deadline passes.
+    /// [`SqlError::InvalidInput`] for a bad or refused statement, bad parameters, or a result
+    /// over the byte budget; [`SqlError::Unavailable`] when the database cannot be opened or the
+    /// deadline passes.
     pub fn query(
         &self,
         statement: &str,
@@ -108,10 +264,63 @@ impl SqlDb {
     ) -> Result<Vec<Vec<Value>>, SqlError> {
         let conn = self.take().map_err(SqlError::Unavailable)?;
         conn.progress_handler(PROGRESS_OPS, Some(move || Instant::now() >= deadline));
-        let result = run_query(&conn, statement, params, max_rows.min(MAX_ROWS));
+        let result = run_query(
+            &conn,
+            statement,
+            params,
+            max_rows.min(MAX_ROWS),
+            self.max_result_bytes,
+        );
         conn.progress_handler(0, None::<fn() -> bool>);
         self.put_back(conn);
         result.map_err(|e| classify(e, deadline))
+    }
+}
+
+/// Applies the walls of the module docs to a fresh connection: limits, defensive flags, the
+/// authorizer.
+fn confine(conn: &Connection, max_value_bytes: usize) -> rusqlite::Result<()> {
+    let length = i32::try_from(max_value_bytes).unwrap_or(i32::MAX);
+    for (limit, value) in [
+        (Limit::SQLITE_LIMIT_LENGTH, length),
+        (Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000),
+        (Limit::SQLITE_LIMIT_COLUMN, 500),
+        (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
+        (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50),
+        (Limit::SQLITE_LIMIT_VDBE_OP, 250_000),
+        (Limit::SQLITE_LIMIT_FUNCTION_ARG, 32),
+        (Limit::SQLITE_LIMIT_ATTACHED, 0),
+        (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1_000),
+        (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 250),
+        (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 1),
+        (Limit::SQLITE_LIMIT_WORKER_THREADS, 0),
+    ] {
+        conn.set_limit(limit, value)?;
+    }
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, false)?;
+    conn.authorizer(Some(authorize));
+    Ok(())
+}
+
+/// The authorizer of every plugin connection: a read of `main`, or nothing.
+fn authorize(ctx: AuthContext<'_>) -> Authorization {
+    match ctx.action {
+        AuthAction::Select | AuthAction::Recursive => Authorization::Allow,
+        // SQLite names no database for the table read of a `count(*)`; with ATTACH refused and
+        // `temp` unwritable, `main` is the only database with tables in it anyway.
+        AuthAction::Read { .. } if matches!(ctx.database_name, None | Some("main")) => {
+            Authorization::Allow
+        }
+        AuthAction::Function { function_name }
+            if ALLOWED_FUNCTIONS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(function_name)) =>
+        {
+            Authorization::Allow
+        }
+        _ => Authorization::Deny,
     }
 }
 
@@ -120,27 +329,66 @@ fn run_query(
     statement: &str,
     params: &[Value],
     max_rows: u32,
-) -> rusqlite::Result<Vec<Vec<Value>>> {
+    max_bytes: usize,
+) -> Result<Vec<Vec<Value>>, QueryError> {
     let mut stmt = conn.prepare_cached(statement)?;
     if !stmt.readonly() {
-        return Err(rusqlite::Error::InvalidQuery);
+        return Err(rusqlite::Error::InvalidQuery.into());
     }
     let columns = stmt.column_count();
     let bound: Vec<rusqlite::types::Value> = params.iter().map(to_sqlite).collect();
     let mut rows = stmt.query(rusqlite::params_from_iter(bound))?;
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     while out.len() < max_rows as usize {
         let Some(row) = rows.next()? else { break };
         let mut values = Vec::with_capacity(columns);
         for i in 0..columns {
-            values.push(from_sqlite(row.get_ref(i)?));
+            let value = row.get_ref(i)?;
+            bytes = bytes.saturating_add(value_bytes(value));
+            if bytes > max_bytes {
+                return Err(QueryError::TooLarge(max_bytes));
+            }
+            values.push(from_sqlite(value));
         }
         out.push(values);
     }
     Ok(out)
 }
 
-fn classify(e: rusqlite::Error, deadline: Instant) -> SqlError {
+/// What a value costs the host to hand over, counted before it is copied.
+fn value_bytes(v: ValueRef<'_>) -> usize {
+    VALUE_OVERHEAD
+        + match v {
+            ValueRef::Text(b) | ValueRef::Blob(b) => b.len(),
+            _ => 0,
+        }
+}
+
+/// A query's failure before it is turned into what the guest sees.
+#[derive(Debug)]
+enum QueryError {
+    /// SQLite refused or failed the statement.
+    Sqlite(rusqlite::Error),
+    /// The rows so far already hold more than the byte budget.
+    TooLarge(usize),
+}
+
+impl From<rusqlite::Error> for QueryError {
+    fn from(e: rusqlite::Error) -> Self {
+        QueryError::Sqlite(e)
+    }
+}
+
+fn classify(e: QueryError, deadline: Instant) -> SqlError {
+    let e = match e {
+        QueryError::TooLarge(limit) => {
+            return SqlError::InvalidInput(format!(
+                "the result is larger than {limit} bytes (the plugin's memory cap); select less"
+            ));
+        }
+        QueryError::Sqlite(e) => e,
+    };
     match e {
         rusqlite::Error::SqliteFailure(err, _)
             if err.code == rusqlite::ErrorCode::OperationInterrupted
@@ -150,6 +398,15 @@ fn classify(e: rusqlite::Error, deadline: Instant) -> SqlError {
         }
         rusqlite::Error::InvalidQuery => {
             SqlError::InvalidInput("only read-only statements are allowed".into())
+        }
+        rusqlite::Error::SqliteFailure(err, _)
+            if err.code == rusqlite::ErrorCode::AuthorizationForStatementDenied =>
+        {
+            SqlError::InvalidInput(
+                "not authorized: plugins may only read tables of their own database with \
+                 plain SQL functions (no ATTACH, PRAGMA, transactions or extension functions)"
+                    .into(),
+            )
         }
         rusqlite::Error::SqliteFailure(err, msg)
             if matches!(
@@ -193,6 +450,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The result budget (the plugin memory cap) of the test databases.
+    const BUDGET: usize = 64 << 10;
+
     fn demo_db() -> (tempfile::TempDir, SqlDb) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
@@ -203,8 +463,15 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let db = SqlDb::open(&path).unwrap();
+        let db = SqlDb::open(&path, BUDGET).unwrap();
         (dir, db)
+    }
+
+    fn refused(db: &SqlDb, statement: &str) -> String {
+        match db.query(statement, &[], 10, later()) {
+            Err(SqlError::InvalidInput(m)) => m,
+            other => panic!("{statement}: expected a refusal, got {other:?}"),
+        }
     }
 
     fn later() -> Instant {
@@ -248,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_missing_database_names_the_fix() {
-        let err = SqlDb::open(Path::new("/nonexistent/demo.db")).unwrap_err();
+        let err = SqlDb::open(Path::new("/nonexistent/demo.db"), BUDGET).unwrap_err();
         assert!(err.contains("plugins/build.sh"), "{err}");
     }
 
@@ -259,5 +526,79 @@ mod tests {
             .query("SELECT name FROM scores", &[], 1, later())
             .unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn another_database_cannot_be_attached_or_read() {
+        let (dir, db) = demo_db();
+        let other = dir.path().join("other.db");
+        let conn = Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE secret(v TEXT); INSERT INTO secret VALUES ('leak');")
+            .unwrap();
+        drop(conn);
+        let attach = format!("ATTACH DATABASE '{}' AS o", other.display());
+        let m = refused(&db, &attach);
+        assert!(m.contains("not authorized"), "{m}");
+        refused(&db, "SELECT v FROM o.secret");
+        refused(&db, "DETACH DATABASE main");
+        refused(&db, "SELECT name FROM temp.sqlite_schema");
+    }
+
+    #[test]
+    fn transactions_pragmas_and_unlisted_functions_are_refused() {
+        let (_dir, db) = demo_db();
+        for statement in [
+            "BEGIN",
+            "SAVEPOINT s",
+            "PRAGMA query_only = 0",
+            "PRAGMA table_info(scores)",
+            "SELECT load_extension('/tmp/x.so')",
+            "SELECT fts3_tokenizer('simple')",
+            "SELECT zeroblob(500000000)",
+            "SELECT randomblob(10)",
+            "SELECT sqlite_compileoption_used('X')",
+        ] {
+            refused(&db, statement);
+        }
+        // The pool's connections are still in autocommit mode and still answer.
+        for conn in db.idle.lock().unwrap().iter() {
+            assert!(conn.is_autocommit());
+        }
+        let rows = db
+            .query(
+                "SELECT upper(name), score FROM scores ORDER BY name",
+                &[],
+                10,
+                later(),
+            )
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
+    fn one_value_is_capped_by_sqlite_itself() {
+        let (_dir, db) = demo_db();
+        // SQLITE_LIMIT_LENGTH stops SQLite from building the value: one million bytes here
+        // against a 64 KiB cap (500 MB in the defect report, against the 64 MiB default).
+        let statement = "SELECT replace(printf('%.*c', 1000, 'x'), 'x', printf('%.*c', 1000, 'y'))";
+        let m = refused(&db, statement);
+        assert!(m.contains("too big"), "{m}");
+    }
+
+    #[test]
+    fn one_result_is_capped_in_bytes() {
+        let (_dir, db) = demo_db();
+        // 100 rows of 1 KiB each: every value is small, the result is not.
+        let statement = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) \
+                         SELECT printf('%.*c', 1024, 'x') FROM n";
+        match db.query(statement, &[], 100, later()) {
+            Err(SqlError::InvalidInput(m)) => assert!(m.contains("larger than"), "{m}"),
+            other => panic!(
+                "expected the byte budget to refuse, got {:?}",
+                other.map(|r| r.len())
+            ),
+        }
+        let rows = db.query(statement, &[], 10, later()).unwrap();
+        assert_eq!(rows.len(), 10);
     }
 }
