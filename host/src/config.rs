@@ -436,7 +436,7 @@ fn parse_plugin_flag(s: &str) -> Result<(String, PathBuf), String> {
     if let Some((name, path)) = s.split_once('=')
         && !name.contains('/')
     {
-        validate_plugin_name(name).map_err(|e| format!("--plugin {s:?}: {e}"))?;
+        crate::plugin::validate_name(name).map_err(|e| format!("--plugin {s:?}: {e}"))?;
         return Ok((name.to_string(), PathBuf::from(path)));
     }
     let path = PathBuf::from(s);
@@ -450,7 +450,7 @@ fn file_stem_name(path: &Path) -> Result<String, String> {
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
-    validate_plugin_name(&stem).map_err(|e| {
+    crate::plugin::validate_name(&stem).map_err(|e| {
         format!(
             "plugin file {}: {e}; give it a name with --plugin NAME={}",
             path.display(),
@@ -458,22 +458,6 @@ fn file_stem_name(path: &Path) -> Result<String, String> {
         )
     })?;
     Ok(stem)
-}
-
-/// Names an operator gives plugins: 1-64 characters of a-z, 0-9, '_' and '-'.
-fn validate_plugin_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "plugin name {name:?}: names are 1-64 characters of a-z, 0-9, '_' and '-'"
-        ))
-    }
 }
 
 /// The default on-disk cache of compiled plugins.
@@ -546,7 +530,7 @@ impl Cli {
         for p in &file.plugins {
             let name = match &p.name {
                 Some(name) => {
-                    validate_plugin_name(name)?;
+                    crate::plugin::validate_name(name)?;
                     name.clone()
                 }
                 None => file_stem_name(&p.path)?,

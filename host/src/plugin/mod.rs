@@ -465,7 +465,7 @@ impl Runtime {
             PluginKind::Compressor => compressor::info(&probe, &pre),
         }
         .map_err(|e| load_err(format!("its info() call failed: {e}")))?;
-        validate_name(&info.name).map_err(load_err)?;
+        validate_name(&info.name).map_err(|e| load_err(format!("reports {e}")))?;
         let sql = if wants_sql {
             let db_path = grants
                 .config
@@ -501,7 +501,12 @@ impl Runtime {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+/// Checks a plugin name, whether a plugin reported it or an operator gave it: 1-64 characters
+/// of a-z, 0-9, '_' and '-'.
+///
+/// # Errors
+/// A message naming the rule.
+pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -511,7 +516,7 @@ fn validate_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "reports the name {name:?}; names are 1-64 characters of a-z, 0-9, '_' and '-'"
+            "the name {name:?}: names are 1-64 characters of a-z, 0-9, '_' and '-'"
         ))
     }
 }
