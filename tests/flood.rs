@@ -1,0 +1,303 @@
+//! A node under a flood of the worst requests we could write stays within its memory budget and
+//! keeps answering another client (issue 9's "must show").
+//!
+//! The node runs as its own process (the `geecache-node` binary), so its resident memory is its
+//! own: `/proc/<pid>/status` gives the current (`VmRSS`) and peak (`VmHWM`) figures. For
+//! `FLOOD` seconds, at once:
+//!
+//! - **batch amplification**: 4 clients, each asking in a loop for one 8 MiB key 1,000 times in
+//!   one 10 KB batch request (before the fix: 8 GB of answer per request);
+//! - **huge bodies**: 2 clients announcing 1 GiB bodies in a loop;
+//! - **slow bodies**: 64 connections each announcing an 8 MiB body and sending a byte every
+//!   100 ms, reconnecting when refused or timed out;
+//! - **many connections**: 1,000 idle connections held open;
+//! - and a well-behaved client asking for `Tom` every 100 ms, which must get `630` every time.
+//!
+//! The budget is what the node's flags allow it to hold: its memory once warm, plus the cache
+//! budgets, the in-flight body and batch-answer budget, and the plugins' memory caps. The peak
+//! must stay within that budget + 25%. The figures are printed (`--nocapture`) for the README.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use geecache_tests::{compile_cache_dir, demo_db, plugins};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// How long the flood lasts.
+const FLOOD: Duration = Duration::from_secs(12);
+const MIB: u64 = 1 << 20;
+
+/// The node's flags that bound its memory, in MiB, and the budget they add up to.
+const CACHE_MIB: u64 = 32;
+const HOT_MIB: u64 = 4;
+const INFLIGHT_MIB: u64 = 64;
+const PLUGIN_MEMORY_MIB: u64 = 16;
+const PLUGIN_CONCURRENCY: u64 = 2;
+const BIG_VALUE: usize = 8 << 20;
+
+struct Node {
+    child: Child,
+    base: String,
+    port: u16,
+    /// The node's stderr, for the message when it dies.
+    log: std::path::PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// `VmRSS` and `VmHWM` of the node, in bytes; panics with its log if it died.
+    fn memory(&mut self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        };
+        match (field("VmRSS:"), field("VmHWM:")) {
+            (Some(rss), Some(peak)) => (rss, peak),
+            _ => {
+                let exit = self.child.try_wait();
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!("the node died ({exit:?}); its last log lines, newest first: {tail:#?}");
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(db: &std::path::Path, dir: &std::path::Path) -> Node {
+    let port = free_port();
+    let log = dir.join("node.log");
+    let mib = |n: u64| format!("{n}MiB");
+    let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+        .arg("--plugin-config")
+        .arg(format!("db_getter.database={}", db.display()))
+        .arg("--compile-cache-dir")
+        .arg(compile_cache_dir())
+        .args(["--cache-bytes", &mib(CACHE_MIB)])
+        .args(["--hot-cache-bytes", &mib(HOT_MIB)])
+        .args(["--max-value-bytes", "8MiB", "--max-body-bytes", "8MiB"])
+        .args(["--max-inflight-body-bytes", &mib(INFLIGHT_MIB)])
+        .args(["--plugin-memory", &mib(PLUGIN_MEMORY_MIB)])
+        .args(["--plugin-concurrency", &PLUGIN_CONCURRENCY.to_string()])
+        .args(["--body-timeout", "3s"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let node = Node {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        port,
+        log,
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{}/healthz", node.base)).send().await
+            && r.status().is_success()
+        {
+            return node;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the node did not start");
+}
+
+/// Runs `body` in a loop until `stop`, counting iterations.
+fn looping<F, Fut>(stop: &Arc<AtomicBool>, count: &Arc<AtomicU64>, body: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (stop, count) = (stop.clone(), count.clone());
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            body().await;
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Announces a body of `length` bytes, sends `chunk` bytes `every` interval until the server
+/// answers or closes, and returns.
+async fn send_body(port: u16, length: u64, chunk: usize, every: Duration) {
+    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)).await else {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return;
+    };
+    let head = format!(
+        "PUT /api/v1/groups/scores/keys/flood HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n"
+    );
+    if conn.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let data = vec![b'y'; chunk];
+    let mut answer = [0u8; 256];
+    loop {
+        tokio::select! {
+            read = conn.read(&mut answer) => {
+                // An answer (413, 503, 400 after the body timeout) or a close: done.
+                let _ = read;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+            () = tokio::time::sleep(every) => {
+                if conn.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_the_worst_requests_stays_within_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let mut node = start(&db, dir.path()).await;
+    let client = reqwest::Client::new();
+    let base = node.base.clone();
+
+    // Warm up: the getter, and one big value a client put itself.
+    let tom = client.get(format!("{base}/api?key=Tom")).send().await.unwrap();
+    assert_eq!(tom.text().await.unwrap(), "630");
+    let put = client
+        .put(format!("{base}/api/v1/groups/scores/keys/big"))
+        .body(vec![b'x'; BIG_VALUE])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let (warm, _) = node.memory();
+    let budget = warm
+        + (CACHE_MIB + HOT_MIB + INFLIGHT_MIB + PLUGIN_MEMORY_MIB * PLUGIN_CONCURRENCY) * MIB;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(AtomicU64::new(0));
+    let huge = Arc::new(AtomicU64::new(0));
+    let slow = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+
+    // Many connections, held for the whole flood.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", node.port)).await {
+            idle.push(c);
+        }
+    }
+    let batch_body = serde_json::json!({ "keys": vec!["big"; 1000] }).to_string();
+    for _ in 0..4 {
+        let (client, url, body) = (
+            client.clone(),
+            format!("{base}/api/v1/groups/scores/batch"),
+            batch_body.clone(),
+        );
+        tasks.push(looping(&stop, &batches, move || {
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            async move {
+                let sent = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .timeout(Duration::from_secs(20))
+                    .send()
+                    .await;
+                if let Ok(r) = sent {
+                    let _ = r.bytes().await;
+                }
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let port = node.port;
+        tasks.push(looping(&stop, &huge, move || {
+            send_body(port, 1 << 30, 64 << 10, Duration::from_millis(1))
+        }));
+    }
+    for _ in 0..64 {
+        let port = node.port;
+        tasks.push(looping(&stop, &slow, move || {
+            send_body(port, BIG_VALUE as u64, 1, Duration::from_millis(100))
+        }));
+    }
+
+    // The well-behaved client, and the memory samples.
+    let (mut asked, mut answered, mut peak_sampled) = (0u64, 0u64, 0u64);
+    let started = tokio::time::Instant::now();
+    let polite = reqwest::Client::new();
+    while started.elapsed() < FLOOD {
+        asked += 1;
+        let answer = polite
+            .get(format!("{base}/api?key=Tom"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if let Ok(r) = answer
+            && r.status() == 200
+            && r.text().await.is_ok_and(|t| t == "630")
+        {
+            answered += 1;
+        }
+        peak_sampled = peak_sampled.max(node.memory().0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    drop(idle);
+    let (rss, peak) = node.memory();
+
+    let mib = |b: u64| b as f64 / MIB as f64;
+    eprintln!(
+        "flood figures: warm {:.0} MiB, budget {:.0} MiB, peak {:.0} MiB ({:.2} x budget), \
+         after {:.0} MiB; {} batch requests, {} huge bodies, {} slow bodies; Tom answered \
+         {answered}/{asked}",
+        mib(warm),
+        mib(budget),
+        mib(peak),
+        peak as f64 / budget as f64,
+        mib(rss),
+        batches.load(Ordering::Relaxed),
+        huge.load(Ordering::Relaxed),
+        slow.load(Ordering::Relaxed),
+    );
+    assert_eq!(answered, asked, "the well-behaved client got Tom every time");
+    assert!(
+        peak <= budget + budget / 4,
+        "peak RSS {:.0} MiB is over the budget {:.0} MiB + 25%",
+        mib(peak),
+        mib(budget)
+    );
+    assert!(peak_sampled <= peak);
+    // The node is still whole: the big value is intact and Tom still answers.
+    let big = client
+        .get(format!("{base}/api/v1/groups/scores/keys/big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.bytes().await.unwrap().len(), BIG_VALUE);
+}
