@@ -137,6 +137,10 @@ impl TestNode {
             "--advertise-addr".into(),
             addr.to_string(),
         ];
+        // Tests stop at once unless they ask for a grace.
+        if !args.contains(&"--shutdown-grace") {
+            argv.extend(["--shutdown-grace".into(), "0s".into()]);
+        }
         argv.extend(
             args.iter()
                 .map(|a| a.replace("{db}", &db.display().to_string())),
@@ -235,11 +239,17 @@ impl TestNode {
             .clone()
     }
 
-    /// Stops the node gracefully and waits for it.
-    pub async fn stop(mut self) {
+    /// Starts the node's graceful shutdown without waiting for it (see `server::run` for
+    /// the steps a test can then watch).
+    pub fn signal_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.signal_shutdown();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }

@@ -55,6 +55,8 @@ pub mod defaults {
     pub const HOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
     /// The hot cache's share of the main cache budget, as a divisor.
     pub const HOT_CACHE_DIVISOR: u64 = 8;
+    /// Default time a stopping node keeps serving while `/readyz` already answers 503.
+    pub const SHUTDOWN_GRACE: &str = "2s";
     /// Default codec of stored values.
     pub const COMPRESSION: &str = "none";
     /// Default size below which values are stored raw.
@@ -241,6 +243,12 @@ pub struct Cli {
     /// Log as JSON lines instead of text (filter with RUST_LOG).
     #[arg(long, env = "GEECACHE_LOG_JSON")]
     pub log_json: bool,
+
+    /// On SIGINT/SIGTERM, how long the node keeps serving with `/readyz` answering 503, so
+    /// load balancers stop sending before it stops accepting connections; 0s skips it
+    /// [default: 2s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
 }
 
 /// The TOML config file. Every field is optional; flags win over it.
@@ -356,6 +364,9 @@ pub struct Settings {
     pub log_json: bool,
     /// How this node finds the others.
     pub cluster: ClusterSettings,
+    /// How long a stopping node serves as "not ready" before it stops accepting (so load
+    /// balancers that poll `/readyz` stop sending first).
+    pub shutdown_grace: Duration,
 }
 
 /// How a node takes part in a cluster.
@@ -736,6 +747,12 @@ impl Cli {
             server_limits,
             log_json: self.log_json,
             cluster,
+            shutdown_grace: parse_duration(
+                self.shutdown_grace
+                    .as_deref()
+                    .unwrap_or(defaults::SHUTDOWN_GRACE),
+            )
+            .map_err(|e| format!("--shutdown-grace: {e}"))?,
         })
     }
 

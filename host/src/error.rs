@@ -69,6 +69,12 @@ pub enum Error {
     #[error("loader panicked: {0}")]
     LoaderPanicked(String),
 
+    /// The storage tier did not take a client's write (set or remove at the owner) within the
+    /// request timeout: the backend failed, is too slow, or its queue stayed full. The request
+    /// fails (503) rather than acknowledge a write a restart could lose.
+    #[error("the storage tier did not take the write: {0}")]
+    StorageWrite(String),
+
     /// The whole request took longer than the request timeout.
     #[error("request timed out after {0:?} (--request-timeout)")]
     Timeout(Duration),
@@ -98,6 +104,7 @@ impl Error {
             Error::Codec(c) => c.code(),
             Error::Peer(p) => p.code(),
             Error::LoaderPanicked(_) => "loader_panicked",
+            Error::StorageWrite(_) => "storage_unavailable",
             Error::Timeout(_) => "timeout",
             Error::Internal(_) => "internal",
         }
@@ -125,6 +132,7 @@ impl Error {
             Error::Codec(c) => c.status(),
             Error::Peer(p) => p.status(),
             Error::LoaderPanicked(_) | Error::Internal(_) => 500,
+            Error::StorageWrite(_) => 503,
             Error::Timeout(_) => 504,
         }
     }

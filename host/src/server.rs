@@ -3,9 +3,17 @@
 //! [`build`] turns [`Settings`] into a [`Node`] (plugins compiled, groups created, this node
 //! alone on its ring); [`join`] brings in the other members (static list or etcd registration)
 //! once the node is ready to serve; [`run`] serves a node on a bound listener until a shutdown
-//! future resolves, then leaves the cluster (deregisters from etcd) *before* it stops serving,
-//! marks the node as draining, stops accepting connections and waits (bounded) for requests in
-//! flight. Tests call all three with a listener on `127.0.0.1:0`; the binary calls [`main`].
+//! future resolves, then stops in this order:
+//! 1. marks the node as draining: `/readyz` answers 503 from now on;
+//! 2. leaves the cluster (deregisters from etcd), so peers stop routing keys here;
+//! 3. keeps serving for the shutdown grace (`--shutdown-grace`), so load balancers polling
+//!    `/readyz` stop sending before connections are refused;
+//! 4. stops accepting connections and waits (at most [`DRAIN_TIMEOUT`]) for requests in flight;
+//! 5. waits (at most [`DRAIN_TIMEOUT`] again) for the storage tiers' queued writes (getter
+//!    loads' write-through; clients' writes were awaited before they were acknowledged), and
+//!    logs how many were written and how many it gave up on.
+//!
+//! Tests call all three with a listener on `127.0.0.1:0`; the binary calls [`main`].
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -27,7 +35,8 @@ use crate::peer::ClusterSecret;
 use crate::plugin::{LoadedPlugin, Runtime};
 use crate::telemetry::Metrics;
 
-/// How long requests in flight may take to finish after shutdown begins.
+/// How long requests in flight may take to finish once the node stops accepting connections;
+/// and, after them, how long queued storage writes may take.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A node ready to serve: its API state and the plugin runtime behind it.
@@ -41,6 +50,8 @@ pub struct Node {
     pub cluster: Arc<Cluster>,
     /// What all requests together may hold: connections and request bodies.
     pub guard: RequestGuard,
+    /// How long [`run`] keeps serving, not ready, before it stops accepting connections.
+    pub shutdown_grace: Duration,
 }
 
 /// Loads every plugin and builds every group of `settings`.
@@ -183,6 +194,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         runtime,
         cluster,
         guard: RequestGuard::new(settings.server_limits.clone()),
+        shutdown_grace: settings.shutdown_grace,
     })
 }
 
@@ -227,8 +239,9 @@ pub async fn join(node: &Node, settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// Serves `node` on `listener` until `shutdown` resolves, then drains for at most
-/// [`DRAIN_TIMEOUT`].
+/// Serves `node` on `listener` until `shutdown` resolves, then stops as the module doc says:
+/// not ready, out of the cluster, the grace, then requests and storage writes drained (each
+/// for at most [`DRAIN_TIMEOUT`]).
 ///
 /// # Errors
 /// I/O errors of the listener.
@@ -239,20 +252,29 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let state = node.state.clone();
     let cluster = node.cluster.clone();
+    let grace = node.shutdown_grace;
     let app = node.guard.apply(api::router(node.state.clone()));
     let listener = LimitedListener::new(listener, node.guard.limits().max_connections);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
-        // Leave the ring first, so no peer routes new keys here while we drain.
-        cluster.leave().await;
-        tracing::info!("shutting down: left the cluster; draining requests in flight");
+        // Not ready first: whoever polls /readyz stops sending while we still serve.
         state.set_draining();
+        // Then out of the ring, so no peer routes new keys here.
+        cluster.leave().await;
+        if !grace.is_zero() {
+            tracing::info!(
+                ?grace,
+                "shutting down: not ready and out of the cluster; still serving for the grace"
+            );
+            tokio::time::sleep(grace).await;
+        }
+        tracing::info!("shutting down: no new connections; draining requests in flight");
         let _ = drain_tx.send(());
     };
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
     let serve = std::pin::pin!(serve.into_future());
-    tokio::select! {
+    let served = tokio::select! {
         r = serve => r,
         () = async {
             let _ = drain_rx.await;
@@ -261,7 +283,21 @@ pub async fn run(
             tracing::warn!("drain timeout passed; closing remaining connections");
             Ok(())
         }
+    };
+    // Requests are done (or were given up on): what they queued is written now, and a
+    // straggler's write is waited for too.
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let drained = node.state.groups().drain_storage(deadline).await;
+    if drained.abandoned > 0 {
+        tracing::warn!(
+            "storage tier: drained {} writes, gave up on {} writes after {DRAIN_TIMEOUT:?}",
+            drained.written,
+            drained.abandoned
+        );
+    } else if drained.written > 0 {
+        tracing::info!("storage tier: drained {} writes", drained.written);
     }
+    served
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

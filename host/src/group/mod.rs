@@ -6,11 +6,20 @@
 //! decoded and checked here) and mirrored in the small hot cache; when this node owns the key,
 //! the [`Storage`] tier is asked next, then the local [`Getter`] loads it into the main cache
 //! (and the storage tier, in the background, in order with the key's other writes: `tier.rs`).
-//! A load that overlaps a set or remove of its key answers its callers but caches nothing
-//! (write generations), so it cannot put an older value back. A dead or slow owner is not an
-//! error: the node loads the key itself and keeps it as a hot copy. "No such key" is cached
-//! for the short negative TTL so a missing key cannot hammer the origin. `set` and `remove` go to the owner,
-//! which then tells every other node to drop its copies.
+//! A dead or slow owner is not an error: the node loads the key itself and keeps it as a hot
+//! copy. "No such key" is cached for the short negative TTL so a missing key cannot hammer the
+//! origin.
+//!
+//! `set` and `remove` go to the owner, which changes memory and, with a storage tier, answers
+//! only once the backend has done the write (bounded by the load timeout; a failure is a 503
+//! and a failed set's value is taken out of memory again), then tells every other node to drop
+//! its copies. Only a getter load's write-through stays in the background (best effort).
+//!
+//! Write generations (per key shard, bumped by every set, remove and invalidation) keep reads
+//! consistent with writes: a load that overlaps a write answers its callers but caches
+//! nothing, so it cannot put an older value back; and a read joins only a load started at the
+//! current generation, so a read that begins after a write finished never gets a value loaded
+//! before it (read-your-writes on one node).
 //!
 //! Values are kept encoded ([`crate::compression::Stored`]): the byte budgets count stored
 //! (compressed) bytes, peers receive the stored bytes as they are, and every decode is checked,
@@ -41,6 +50,7 @@ use crate::singleflight::Singleflight;
 
 pub use stats::{Counters, GroupSnapshot, GroupStats};
 use stats::{add, bump};
+pub use tier::Drained;
 use tier::StorageTier;
 
 /// What a getter found for a key.
@@ -278,6 +288,22 @@ impl fmt::Debug for Group {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The singleflight key of a load of `key` started at write `generation`: a caller joins only
+/// a load started since the last write to the key's shard, so a read that begins after a set
+/// or remove finished never receives what a load started before it found (read-your-writes).
+fn flight_key(generation: u64, key: &str) -> String {
+    format!("{generation}:{key}")
+}
+
+/// `stored` with its expiry, as the storage tier and peers take it.
+fn peer_entry(stored: &Stored, expires_at_ms: Option<u64>) -> PeerEntry {
+    PeerEntry {
+        value: stored.bytes().clone(),
+        codec: stored.codec().name().to_owned(),
+        expires_at_ms,
+    }
 }
 
 /// Shards of [`Core::generations`]: enough that unrelated writes rarely stop a load from caching.
@@ -569,7 +595,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(group = %self.name, storage = storage.name(), error = %e, "stored value does not decode; deleted, reloading from the getter");
-                tier.delete(key);
+                self.unstore_in_background(key);
                 None
             }
         }
@@ -599,24 +625,64 @@ impl Core {
         Ok(value)
     }
 
-    /// Writes an entry to the storage tier in the background (in order with the key's other
-    /// writes).
+    /// Writes a loaded entry through to the storage tier in the background (in order with the
+    /// key's other writes); best effort: dropped when the tier's queue is full (`tier.rs`).
+    /// Call it under the key's write lock.
     fn store_in_background(&self, key: &str, stored: &Stored, expires_at_ms: Option<u64>) {
-        if let Some(tier) = &self.storage {
-            let entry = PeerEntry {
-                value: stored.bytes().clone(),
-                codec: stored.codec().name().to_owned(),
-                expires_at_ms,
-            };
-            tier.put(key, entry);
+        if let Some(slot) = self
+            .storage
+            .as_ref()
+            .and_then(|tier| tier.try_reserve(key, "a load's write-through"))
+        {
+            slot.send_in_background(key, tier::Op::Put(peer_entry(stored, expires_at_ms)));
         }
     }
 
-    /// Deletes `key` from the storage tier in the background (in order with its other writes).
+    /// Deletes `key` from the storage tier in the background (in order with its other writes),
+    /// unless a delete of it is already queued; dropped when the tier's queue is full
+    /// (`tier.rs` says why that is tolerable for the callers: invalidations and corrupt values).
+    /// Call it under the key's write lock.
     fn unstore_in_background(&self, key: &str) {
-        if let Some(tier) = &self.storage {
-            tier.delete(key);
+        let Some(tier) = &self.storage else { return };
+        if tier.delete_pending(key) {
+            return;
         }
+        if let Some(slot) = tier.try_reserve(key, "a delete") {
+            slot.send_in_background(key, tier::Op::Delete);
+        }
+    }
+
+    /// A client's write at the owner: changes `key`'s copies in memory (`memory`, under the
+    /// key's write lock) and, in the same locked step, queues `op` for the storage tier, so
+    /// the tier sees a key's writes in the order memory saw them; then waits for the backend
+    /// to finish it. Waiting for queue room and for the backend are both bounded by the load
+    /// timeout.
+    ///
+    /// Returns what `memory` returned and the backend's answer (an error when it failed or
+    /// did not answer in time; a write that timed out may still land later, in order).
+    ///
+    /// # Errors
+    /// [`Error::StorageWrite`] when the queue had no room in time: then nothing changed.
+    async fn write_through<T>(
+        &self,
+        tier: &StorageTier,
+        key: &str,
+        op: tier::Op,
+        memory: impl FnOnce() -> T,
+    ) -> Result<(T, Result<()>)> {
+        let timeout = self.options.load_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slot = tokio::time::timeout_at(deadline, tier.reserve(key))
+            .await
+            .map_err(|_| Error::StorageWrite(format!("its queue stayed full for {timeout:?}")))??;
+        let (kept, ack) = self.write(key, || (memory(), slot.send(key, op)));
+        let written = match tokio::time::timeout_at(deadline, ack).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Error::StorageWrite(e.to_string())),
+            Ok(Err(_)) => Err(Error::StorageWrite("the storage tier has stopped".into())),
+            Err(_) => Err(Error::StorageWrite(format!("no answer within {timeout:?}"))),
+        };
+        Ok((kept, written))
     }
 
     /// Asks the owner for `key`; `None` when it is down, slow, or answers with a value that
@@ -662,9 +728,9 @@ impl Core {
     }
 
     /// The singleflight leader's work for a client get: ask the owner, or load locally.
-    async fn load(self: Arc<Self>, key: String) -> Result<Found> {
-        // Read before anything else: a write from here on stops this load from caching.
-        let generation = self.generation(&key);
+    /// `generation` was read before the flight started: a write from then on stops this load
+    /// from caching.
+    async fn load(self: Arc<Self>, key: String, generation: u64) -> Result<Found> {
         if let Some(found) = self.lookup(&key, false).await? {
             return Ok(found);
         }
@@ -691,8 +757,7 @@ impl Core {
 
     /// The singleflight leader's work for a peer's request: this node is the owner. Answers
     /// with stored bytes, never decoding what it already holds.
-    async fn load_as_owner(self: Arc<Self>, key: String) -> Result<FoundStored> {
-        let generation = self.generation(&key);
+    async fn load_as_owner(self: Arc<Self>, key: String, generation: u64) -> Result<FoundStored> {
         if let Some(entry) = self.main.get(&key) {
             return Ok(match &entry.cached {
                 Cached::Value(stored) => Some((stored.clone(), entry.expires_at_ms)),
@@ -908,11 +973,14 @@ impl Group {
                 let span = tracing::Span::current();
                 span.record("answered_by", "load");
                 // Only the leader calls the closure, so only a real load gets a load span.
+                let generation = core.generation(key);
                 let flight = self
                     .flights
-                    .run(key, || {
+                    .run(&flight_key(generation, key), || {
                         let load = tracing::info_span!("geecache.group.load", group = %core.name);
-                        core.clone().load(key.to_owned()).instrument(load)
+                        core.clone()
+                            .load(key.to_owned(), generation)
+                            .instrument(load)
                     })
                     .await;
                 span.record("shared", flight.shared);
@@ -940,11 +1008,18 @@ impl Group {
         let core = &self.core;
         bump(&core.stats.peer_requests_served);
         let span = tracing::info_span!("geecache.group.get_as_owner", group = %core.name);
+        let generation = core.generation(key);
         let load = || {
             let load = tracing::info_span!("geecache.group.load", group = %core.name);
-            core.clone().load_as_owner(key.to_owned()).instrument(load)
+            core.clone()
+                .load_as_owner(key.to_owned(), generation)
+                .instrument(load)
         };
-        let flight = self.owner_flights.run(key, load).instrument(span).await;
+        let flight = self
+            .owner_flights
+            .run(&flight_key(generation, key), load)
+            .instrument(span)
+            .await;
         if flight.shared {
             bump(&core.stats.loads_deduplicated);
         }
@@ -976,8 +1051,7 @@ impl Group {
             };
             return peer.set(&core.name, key, entry).await;
         }
-        self.store_as_owner(key, stored, expires_at_ms);
-        Ok(())
+        self.store_as_owner(key, stored, expires_at_ms).await
     }
 
     /// Stores `entry` (sent by a peer) as the owner of `key`, after checking that it decodes,
@@ -990,17 +1064,29 @@ impl Group {
         self.check_key(key)?;
         let expires_at_ms = entry.expires_at_ms;
         let (_, stored) = self.core.accept(entry).await?;
-        self.store_as_owner(key, stored, expires_at_ms);
-        Ok(())
+        self.store_as_owner(key, stored, expires_at_ms).await
     }
 
-    fn store_as_owner(&self, key: &str, stored: Stored, expires_at_ms: Option<u64>) {
+    /// The owner's part of a set: memory, then (when the group has a storage tier) the
+    /// backend, awaited; then the other nodes drop their copies.
+    ///
+    /// # Errors
+    /// [`Error::StorageWrite`] when the storage tier did not take the write: the value this
+    /// set put in memory is taken out again (unless a newer write replaced it), so the node
+    /// does not serve, as if acknowledged, a value a restart would lose. Until the write's
+    /// fate is known, readers on this node may already see the new value.
+    async fn store_as_owner(
+        &self,
+        key: &str,
+        stored: Stored,
+        expires_at_ms: Option<u64>,
+    ) -> Result<()> {
         let core = &self.core;
         bump(&core.stats.sets);
         let expires_at_ms = core.expiry(expires_at_ms);
-        core.write(key, || {
+        let entry = peer_entry(&stored, expires_at_ms);
+        let memory = || {
             core.hot.remove(key);
-            core.store_in_background(key, &stored, expires_at_ms);
             core.main.insert(
                 key,
                 CacheEntry {
@@ -1008,8 +1094,27 @@ impl Group {
                     expires_at_ms,
                 },
             );
-        });
+            // Under the lock, so this is the entry just inserted (or none, if refused).
+            core.main.get(key)
+        };
+        let written = match &core.storage {
+            None => {
+                core.write(key, memory);
+                Ok(())
+            }
+            Some(tier) => {
+                let (ours, written) = core
+                    .write_through(tier, key, tier::Op::Put(entry), memory)
+                    .await?;
+                if let (Err(e), Some(ours)) = (&written, ours) {
+                    tracing::warn!(group = %core.name, storage = tier.backend().name(), error = %e, "set failed: the storage tier did not take it");
+                    core.write(key, || core.main.remove_if_same(key, &ours));
+                }
+                written
+            }
+        };
         core.invalidate_others(key);
+        written
     }
 
     /// Removes `key` at its owner (the next get reloads it from the source); every other node
@@ -1029,29 +1134,48 @@ impl Group {
             });
             return peer.delete(&core.name, key).await;
         }
-        self.remove_as_owner(key)
+        self.remove_as_owner(key).await
     }
 
-    /// Removes `key` as its owner (memory and storage tier) and tells the other nodes to drop
-    /// their copies.
+    /// Removes `key` as its owner (memory, and the storage tier, awaited) and tells the other
+    /// nodes to drop their copies.
     ///
     /// # Errors
-    /// Key limits.
-    pub fn remove_as_owner(&self, key: &str) -> Result<()> {
+    /// Key limits. [`Error::StorageWrite`] when the storage tier did not take the delete in
+    /// time: when it could not even be queued nothing changed; otherwise memory has dropped the
+    /// key and the delete may still land (in order with the key's other writes).
+    pub async fn remove_as_owner(&self, key: &str) -> Result<()> {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.removes);
-        core.write(key, || {
+        let memory = || {
             core.main.remove(key);
             core.hot.remove(key);
-            core.unstore_in_background(key);
-        });
+        };
+        let written = match &core.storage {
+            None => {
+                core.write(key, memory);
+                Ok(())
+            }
+            Some(tier) => {
+                core.write_through(tier, key, tier::Op::Delete, memory)
+                    .await?
+                    .1
+            }
+        };
         core.invalidate_others(key);
-        Ok(())
+        written
     }
 
     /// Drops this node's copies of `keys` (asked by their owner after a set or remove),
     /// including any the storage tier kept from a time this node owned them.
+    ///
+    /// Why storage too: only a key's owner writes it to storage, but ownership moves (ring
+    /// changes, restarts), and a node reads its storage tier for every key it owns; a copy
+    /// left from when this node owned the key would be served should it own the key again.
+    /// The storage trait cannot tell whether it holds a key (and storage outlives the
+    /// process), so this node cannot prove it never stored one: the delete is sent, but
+    /// coalesced with one already queued, and dropped (counted) when the queue is full.
     pub fn invalidate(&self, keys: &[String]) {
         let core = &self.core;
         for key in keys {
@@ -1060,6 +1184,15 @@ impl Group {
                 core.main.remove(key);
                 core.unstore_in_background(key);
             });
+        }
+    }
+
+    /// Waits until the storage tier's queued writes are done, or until `deadline`; for
+    /// shutdown, once no request is being served any more.
+    pub async fn drain_storage(&self, deadline: tokio::time::Instant) -> Drained {
+        match &self.core.storage {
+            Some(tier) => tier.drain(deadline).await,
+            None => Drained::default(),
         }
     }
 
@@ -1124,6 +1257,18 @@ impl Groups {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Group>> {
         self.by_name.values()
     }
+
+    /// [`Group::drain_storage`] for every group, all before one `deadline`; the totals.
+    pub async fn drain_storage(&self, deadline: tokio::time::Instant) -> Drained {
+        let drained =
+            futures::future::join_all(self.iter().map(|g| g.drain_storage(deadline))).await;
+        drained
+            .into_iter()
+            .fold(Drained::default(), |sum, d| Drained {
+                written: sum.written + d.written,
+                abandoned: sum.abandoned + d.abandoned,
+            })
+    }
 }
 
 /// What this node's groups offer to peers: answers as the keys' owner.
@@ -1142,7 +1287,7 @@ impl crate::peer::PeerService for Groups {
     }
 
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.get(group)?.remove_as_owner(key) })
+        Box::pin(async move { self.get(group)?.remove_as_owner(key).await })
     }
 
     fn invalidate(&self, group: &str, keys: &[String]) -> Result<()> {

@@ -73,6 +73,9 @@ counters! {
     storage_misses,
     /// Storage tier calls (get, put, delete) that failed.
     storage_errors,
+    /// Background storage writes (a load's write-through, a non-owner's delete) dropped
+    /// because the tier's queue was full.
+    storage_writes_dropped,
     /// Stored values that did not decode (memory, storage tier or peer): dropped and reloaded,
     /// never served.
     corrupt_values,

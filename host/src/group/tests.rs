@@ -1,7 +1,8 @@
 use super::*;
 use crate::cache::ManualClock;
 use crate::compression::Encoding;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use futures::poll;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// A native getter over a fixed map that counts its calls.
 #[derive(Debug, Default)]
@@ -214,7 +215,7 @@ impl RemotePeer for InProcessPeer {
         Box::pin(async move { self.owner.set_as_owner(key, e).await })
     }
     fn delete<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.owner.remove_as_owner(key) })
+        Box::pin(async move { self.owner.remove_as_owner(key).await })
     }
     fn invalidate<'a>(&'a self, _g: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
@@ -240,13 +241,21 @@ impl PeerPicker for PrefixPicker {
 }
 
 fn pair() -> (Group, Arc<MapGetter>, Arc<MapGetter>, Arc<InProcessPeer>) {
-    let clock = Arc::new(ManualClock::new(1_000_000));
     let owner_getter = Arc::new(MapGetter::default());
-    let owner = Arc::new(group(
-        owner_getter.clone(),
-        GroupOptions::default(),
-        clock.clone(),
-    ));
+    let (local, local_getter, peer) = pair_over(owner_getter.clone());
+    (local, local_getter, owner_getter, peer)
+}
+
+/// A node and, in process, the owner of keys starting with "r", whose misses `owner_getter`
+/// loads.
+fn pair_over(owner_getter: Arc<dyn Getter>) -> (Group, Arc<MapGetter>, Arc<InProcessPeer>) {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let owner = Arc::new(
+        Group::builder("g", owner_getter)
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    );
     let peer = Arc::new(InProcessPeer {
         owner,
         fail: Default::default(),
@@ -258,7 +267,7 @@ fn pair() -> (Group, Arc<MapGetter>, Arc<MapGetter>, Arc<InProcessPeer>) {
         .peers(Arc::new(PrefixPicker(peer.clone())))
         .build()
         .unwrap();
-    (local, local_getter, owner_getter, peer)
+    (local, local_getter, peer)
 }
 
 #[tokio::test]
@@ -699,12 +708,36 @@ fn an_unknown_codec_fails_the_build_with_the_known_names() {
     );
 }
 
-/// A storage tier in memory that can be told to corrupt what it returns.
+/// A storage tier in memory whose writes can be slowed, held or failed.
 #[derive(Debug, Default)]
 struct MemoryStorage {
     entries: std::sync::Mutex<BTreeMap<String, PeerEntry>>,
     /// How long each delete takes, to widen the window a racing read could use.
     delete_delay: Option<Duration>,
+    /// When set, each put waits for a permit: the test decides when writes land.
+    put_gate: Option<tokio::sync::Semaphore>,
+    /// Puts that have started (and may be waiting at the gate).
+    puts_started: AtomicUsize,
+    /// Makes every put fail, as a full disk does.
+    fail_puts: AtomicBool,
+}
+
+impl MemoryStorage {
+    /// A storage whose puts wait until the test adds permits to `put_gate`.
+    fn gated() -> Self {
+        MemoryStorage {
+            put_gate: Some(tokio::sync::Semaphore::new(0)),
+            ..Default::default()
+        }
+    }
+
+    fn release_puts(&self, n: usize) {
+        self.put_gate.as_ref().unwrap().add_permits(n);
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.entries.lock().unwrap().contains_key(key)
+    }
 }
 
 impl Storage for MemoryStorage {
@@ -716,6 +749,13 @@ impl Storage for MemoryStorage {
     }
     fn put<'a>(&'a self, _g: &'a str, key: &'a str, e: PeerEntry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            self.puts_started.fetch_add(1, Ordering::SeqCst);
+            if let Some(gate) = &self.put_gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            if self.fail_puts.load(Ordering::SeqCst) {
+                return Err(Error::Internal("disk full".into()));
+            }
             self.entries.lock().unwrap().insert(key.to_owned(), e);
             Ok(())
         })
@@ -840,8 +880,9 @@ async fn a_read_right_after_a_remove_never_finds_the_removed_value_in_storage() 
     let key = "json-r";
     let custom = Bytes::from_static(b"set by a client");
     g.set(key, custom.clone(), None).await.unwrap();
-    storage.wait_for(key, true).await;
-    g.remove(key).await.unwrap();
+    assert!(storage.holds(key), "a set answers once storage has it");
+    // The owner's invalidation deletes in the background (a client's remove would wait).
+    g.invalidate(&[key.to_owned()]);
     // The delete is still running: the tier must not be trusted for this key.
     assert_eq!(g.get(key).await.unwrap(), records(key, 40));
     assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
@@ -974,4 +1015,199 @@ async fn a_codec_failure_on_a_hit_fails_the_request_but_keeps_the_value() {
     let s = g.snapshot();
     assert_eq!((s.counters.corrupt_values, s.cache_items), (0, 1));
     assert_eq!(getter.calls.load(Ordering::SeqCst), 1, "never reloaded");
+}
+
+#[tokio::test]
+async fn a_set_answers_only_once_storage_has_the_value() {
+    let storage = Arc::new(MemoryStorage::gated());
+    let (g, _) = stored_group(storage.clone());
+    let mut set = std::pin::pin!(g.set("json-d", Bytes::from_static(b"durable"), None));
+    assert!(
+        poll!(set.as_mut()).is_pending(),
+        "acknowledged before the storage write landed"
+    );
+    storage.release_puts(1);
+    set.await.unwrap();
+    assert!(storage.holds("json-d"));
+    assert_eq!(
+        g.get("json-d").await.unwrap(),
+        Bytes::from_static(b"durable")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_set_the_storage_tier_refuses_fails_with_503_and_is_not_served() {
+    let storage = Arc::new(MemoryStorage::default());
+    storage.fail_puts.store(true, Ordering::SeqCst);
+    let (g, getter) = stored_group(storage.clone());
+    let err = g
+        .set("json-f", Bytes::from_static(b"lost"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (503, "storage_unavailable"),
+        "{err}"
+    );
+    // Memory does not claim the value storage refused: the key loads from the getter.
+    assert_eq!(g.get("json-f").await.unwrap(), records("json-f", 40));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+
+    // A backend that never answers: the set fails at the load timeout, also with 503.
+    let storage = Arc::new(MemoryStorage::gated());
+    let (g, _) = stored_group(storage.clone());
+    let err = g
+        .set("json-h", Bytes::from_static(b"hung"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 503, "{err}");
+}
+
+/// `n` keys that share one storage queue.
+fn keys_in_one_queue(n: usize) -> Vec<String> {
+    let queue = |k: &str| xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % tier::SHARDS as u64;
+    let first = queue("json-q0");
+    (0..)
+        .map(|i| format!("json-q{i}"))
+        .filter(|k| queue(k) == first)
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn storage_queues_are_bounded_deletes_are_not_dropped_and_shutdown_drains_them() {
+    let storage = Arc::new(MemoryStorage::gated());
+    let (g, getter) = stored_group(storage.clone());
+    let keys = keys_in_one_queue(tier::QUEUE_CAPACITY + 2);
+    // The first write-through reaches the backend and is held there...
+    g.get(&keys[0]).await.unwrap();
+    for _ in 0..100 {
+        if storage.puts_started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(storage.puts_started.load(Ordering::SeqCst), 1);
+    // ...so the queue fills, and a load's write-through past its capacity is dropped.
+    for key in &keys[1..] {
+        g.get(key).await.unwrap();
+    }
+    assert_eq!(g.snapshot().counters.storage_writes_dropped, 1);
+
+    // A remove cannot be dropped: with no room it fails (503) and changes nothing.
+    let err = g.remove(&keys[1]).await.unwrap_err();
+    assert_eq!(err.status(), 503, "{err}");
+    g.get(&keys[1]).await.unwrap();
+    assert_eq!(
+        getter.calls.load(Ordering::SeqCst),
+        keys.len(),
+        "still cached"
+    );
+
+    // Shutdown waits for the queue, bounded: first the backend is stuck, then it is not.
+    let pending = 1 + tier::QUEUE_CAPACITY;
+    let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+    let stuck = g.drain_storage(soon).await;
+    assert_eq!((stuck.written, stuck.abandoned), (0, pending));
+    storage.release_puts(pending);
+    let later = tokio::time::Instant::now() + Duration::from_secs(60);
+    let drained = g.drain_storage(later).await;
+    assert_eq!((drained.written, drained.abandoned), (pending, 0));
+    assert_eq!(storage.entries.lock().unwrap().len(), pending);
+}
+
+/// A getter that answers `v{version}`, with the version it read when called, only once the
+/// test lets it: loads that overlap writes, step by step.
+#[derive(Debug)]
+struct GatedGetter {
+    /// The source's current version; the test bumps it as it changes the source.
+    version: AtomicUsize,
+    calls: AtomicUsize,
+    /// One permit lets one call answer.
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for GatedGetter {
+    fn default() -> Self {
+        GatedGetter {
+            version: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl GatedGetter {
+    /// Waits (bounded) until `n` calls have started.
+    async fn wait_for_calls(&self, n: usize) {
+        for _ in 0..1000 {
+            if self.calls.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the getter was not called {n} times");
+    }
+}
+
+impl Getter for GatedGetter {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn get<'a>(&'a self, _group: &'a str, _key: &'a str) -> BoxFuture<'a, Result<Loaded>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let version = self.version.load(Ordering::SeqCst);
+            self.gate.acquire().await.unwrap().forget();
+            Ok(Loaded::Found {
+                value: Bytes::from(format!("v{version}")),
+                expires_at_ms: None,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_read_after_a_remove_does_not_join_a_load_started_before_it() {
+    let getter = Arc::new(GatedGetter::default());
+    let g = Arc::new(Group::builder("g", getter.clone()).build().unwrap());
+    let first = tokio::spawn({
+        let g = g.clone();
+        async move { g.get("k").await }
+    });
+    getter.wait_for_calls(1).await;
+    // The source changes, then the cache is told: the usual update-then-invalidate.
+    getter.version.store(1, Ordering::SeqCst);
+    g.remove("k").await.unwrap();
+    let mut second = std::pin::pin!(g.get("k"));
+    assert!(poll!(second.as_mut()).is_pending());
+    getter.gate.add_permits(2);
+    assert_eq!(second.await.unwrap(), Bytes::from_static(b"v1"));
+    // The older load answers its own caller, and caches nothing.
+    assert_eq!(first.await.unwrap().unwrap(), Bytes::from_static(b"v0"));
+    assert_eq!(g.get("k").await.unwrap(), Bytes::from_static(b"v1"));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_read_after_a_set_does_not_join_a_load_started_before_it() {
+    // The key is owned by the other node; both this node's load and the owner's are in
+    // flight when the set happens.
+    let owner_getter = Arc::new(GatedGetter::default());
+    let (local, _, _peer) = pair_over(owner_getter.clone());
+    let local = Arc::new(local);
+    let first = tokio::spawn({
+        let local = local.clone();
+        async move { local.get("rk").await }
+    });
+    owner_getter.wait_for_calls(1).await;
+    local
+        .set("rk", Bytes::from_static(b"new"), None)
+        .await
+        .unwrap();
+    let second = local.get("rk");
+    owner_getter.gate.add_permits(1);
+    assert_eq!(second.await.unwrap(), Bytes::from_static(b"new"));
+    assert_eq!(first.await.unwrap().unwrap(), Bytes::from_static(b"v0"));
+    assert_eq!(owner_getter.calls.load(Ordering::SeqCst), 1);
 }

@@ -1,75 +1,120 @@
-//! The storage tier's write path: puts and deletes run in the background, in the order they
-//! were made for each key, and reads skip the tier for a key while a write to it is pending.
+//! The storage tier's write path: writes run on a few bounded, ordered queues (in the order
+//! they were made for each key), reads skip the tier for a key while a write to it is pending,
+//! and shutdown drains what is queued.
 //!
-//! Why: a `set` then a `remove` of one key spawn a put then a delete. Run as independent tasks,
-//! the delete could land first and leave the removed value in storage, where the next memory
-//! miss would find it. Here every key maps to one of a few ordered queues (a worker task each),
-//! so its writes land in order; and a read that finds a write pending treats the tier as a miss
-//! (it may be about to change) and goes to the getter.
+//! Why ordered: a `set` then a `remove` of one key make a put then a delete. Run as
+//! independent tasks, the delete could land first and leave the removed value in storage,
+//! where the next memory miss would find it. Here every key maps to one of a few queues (a
+//! worker task each), so its writes land in order; and a read that finds a write pending
+//! treats the tier as a miss (it may be about to change) and goes to the getter.
+//!
+//! Why bounded, and what happens when a queue is full (each queue holds [`QUEUE_CAPACITY`]):
+//! - A client's write (`set` and `remove` at the owner) waits for room and then for the backend
+//!   to finish it, both within the request timeout: the node answers only once storage has it,
+//!   so an acknowledged write survives a restart. A write that cannot be queued in time fails
+//!   the request (503) before anything changed.
+//! - A getter load's write-through is best effort: with no room it is dropped (counted as
+//!   `storage_writes_dropped`, logged). The load went to the getter because the tier had no
+//!   live copy it could trust, so dropping the copy loses a future storage hit, never serves
+//!   stale data.
+//! - A non-owner's delete (after the owner's invalidation) is coalesced with a delete already
+//!   queued for the key, and dropped (counted, logged) when there is no room: its only purpose
+//!   is to keep a copy from a time this node owned the key from being read should it own the
+//!   key again, so a dropped one is as harmful as an invalidation lost on the network, which
+//!   the cluster already tolerates (see `Group::invalidate`).
+//!
+//! The writer side takes a queue slot ([`StorageTier::reserve`] / [`StorageTier::try_reserve`])
+//! *before* taking the key's write lock, and sends into it under the lock: a write never waits
+//! while holding the lock, and the queue still sees a key's writes in generation order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::stats::{GroupStats, bump};
 use super::{PeerEntry, Storage};
+use crate::error::{Error, Result};
 
 /// Ordered queues per group; a key always uses the same one.
-const SHARDS: usize = 4;
+pub(super) const SHARDS: usize = 4;
 
-/// Writes queued or running per group past which puts are turned into deletes: a slow backend
-/// then loses entries (they stay in memory) instead of the node growing a backlog without
-/// bound. A delete is never dropped, or storage could keep a value that was removed.
-const MAX_PENDING: usize = 4096;
+/// Writes one queue holds before writers wait (client writes) or drop (background writes).
+pub(super) const QUEUE_CAPACITY: usize = 1024;
+
+/// What a write does to the backend.
+#[derive(Debug)]
+pub(super) enum Op {
+    /// Store the entry under the key.
+    Put(PeerEntry),
+    /// Remove the key.
+    Delete,
+}
 
 /// One write to the backend.
 #[derive(Debug)]
-enum Write {
-    /// Store the entry under the key.
-    Put(String, PeerEntry),
-    /// Remove the key.
-    Delete(String),
+struct Write {
+    /// The key written.
+    key: String,
+    /// Put or delete.
+    op: Op,
+    /// Told the backend's answer, when a caller waits for it.
+    done: Option<oneshot::Sender<Result<()>>>,
 }
 
-impl Write {
-    fn key(&self) -> &str {
-        match self {
-            Write::Put(key, _) | Write::Delete(key) => key,
-        }
-    }
+/// The backend's answer to one write, for the caller that waits for it.
+pub(super) type Ack = oneshot::Receiver<Result<()>>;
+
+/// What is pending for one key.
+#[derive(Debug, Default)]
+struct KeyPending {
+    /// Writes queued or running.
+    writes: usize,
+    /// Whether the last of them is a delete: another delete would then change nothing.
+    last_is_delete: bool,
 }
 
 /// Keys with writes queued or running.
 #[derive(Debug, Default)]
 struct Pending {
     /// Key → writes queued or running for it.
-    keys: Mutex<HashMap<String, usize>>,
+    keys: Mutex<HashMap<String, KeyPending>>,
     /// Writes queued or running, all keys.
     total: AtomicUsize,
+    /// Woken when `total` drops to zero, for [`StorageTier::drain`].
+    idle: Notify,
 }
 
 impl Pending {
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyPending>> {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn add(&self, key: &str) {
-        *self.keys().entry(key.to_owned()).or_default() += 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
+    fn add(&self, key: &str, op: &Op) {
+        let mut keys = self.keys();
+        let pending = keys.entry(key.to_owned()).or_default();
+        pending.writes += 1;
+        pending.last_is_delete = matches!(op, Op::Delete);
+        self.total.fetch_add(1, Ordering::SeqCst);
     }
 
     fn done(&self, key: &str) {
         let mut keys = self.keys();
-        if let Some(n) = keys.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(pending) = keys.get_mut(key) {
+            pending.writes -= 1;
+            if pending.writes == 0 {
                 keys.remove(key);
             }
         }
-        self.total.fetch_sub(1, Ordering::Relaxed);
+        if self.total.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn delete_pending(&self, key: &str) -> bool {
+        self.keys().get(key).is_some_and(|p| p.last_is_delete)
     }
 }
 
@@ -82,7 +127,7 @@ pub(super) struct StorageTier {
     /// The group's counters (storage errors are counted by the workers).
     stats: Arc<GroupStats>,
     /// The queues, started on the first write (which runs inside the tokio runtime).
-    shards: OnceLock<Vec<mpsc::UnboundedSender<Write>>>,
+    shards: OnceLock<Vec<mpsc::Sender<Write>>>,
     /// Writes not yet done, shared with the workers.
     pending: Arc<Pending>,
 }
@@ -94,6 +139,46 @@ impl std::fmt::Debug for StorageTier {
             .field("pending", &self.pending.total.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+/// Room for one write in a key's queue, taken before the key's write lock.
+pub(super) struct Slot<'a> {
+    /// The reserved place in the queue.
+    permit: mpsc::Permit<'a, Write>,
+    /// Where the write is recorded as pending.
+    pending: &'a Pending,
+}
+
+impl Slot<'_> {
+    /// Queues `op` for `key` and returns the backend's answer to come.
+    pub(super) fn send(self, key: &str, op: Op) -> Ack {
+        let (done, ack) = oneshot::channel();
+        self.send_inner(key, op, Some(done));
+        ack
+    }
+
+    /// Queues `op` for `key`; nobody waits for it.
+    pub(super) fn send_in_background(self, key: &str, op: Op) {
+        self.send_inner(key, op, None);
+    }
+
+    fn send_inner(self, key: &str, op: Op, done: Option<oneshot::Sender<Result<()>>>) {
+        self.pending.add(key, &op);
+        self.permit.send(Write {
+            key: key.to_owned(),
+            op,
+            done,
+        });
+    }
+}
+
+/// What [`StorageTier::drain`] got done before its deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Writes that were pending when the drain began and finished in time.
+    pub written: usize,
+    /// Writes still pending at the deadline.
+    pub abandoned: usize,
 }
 
 impl StorageTier {
@@ -118,27 +203,75 @@ impl StorageTier {
         self.pending.keys().contains_key(key)
     }
 
-    /// Stores `entry` under `key` in the background, after any earlier write to `key`.
-    pub(super) fn put(&self, key: &str, entry: PeerEntry) {
-        if self.pending.total.load(Ordering::Relaxed) >= MAX_PENDING {
-            bump(&self.stats.storage_errors);
-            tracing::warn!(group = %self.group, storage = self.backend.name(), "storage tier backlog full; dropping its copy instead of writing it");
-            self.send(Write::Delete(key.to_owned()));
-            return;
+    /// Waits for room in `key`'s queue (bound it with a timeout).
+    ///
+    /// # Errors
+    /// [`Error::StorageWrite`] when the queue's worker is gone (the runtime is shutting down).
+    pub(super) async fn reserve(&self, key: &str) -> Result<Slot<'_>> {
+        let permit = self
+            .queue(key)
+            .reserve()
+            .await
+            .map_err(|_| Error::StorageWrite("the storage tier has stopped".into()))?;
+        Ok(Slot {
+            permit,
+            pending: &self.pending,
+        })
+    }
+
+    /// Room in `key`'s queue if there is some now; otherwise the write is dropped, counted
+    /// and logged as `what`.
+    pub(super) fn try_reserve(&self, key: &str, what: &str) -> Option<Slot<'_>> {
+        match self.queue(key).try_reserve() {
+            Ok(permit) => Some(Slot {
+                permit,
+                pending: &self.pending,
+            }),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                bump(&self.stats.storage_writes_dropped);
+                tracing::warn!(group = %self.group, storage = self.backend.name(), "storage tier queue full; dropping {what}");
+                None
+            }
+            // The worker is gone (the runtime is shutting down): nothing would run it.
+            Err(mpsc::error::TrySendError::Closed(())) => None,
         }
-        self.send(Write::Put(key.to_owned(), entry));
     }
 
-    /// Deletes `key` in the background, after any earlier write to `key`.
-    pub(super) fn delete(&self, key: &str) {
-        self.send(Write::Delete(key.to_owned()));
+    /// Whether the last write queued for `key` is a delete that has not finished: a new
+    /// delete would change nothing.
+    pub(super) fn delete_pending(&self, key: &str) -> bool {
+        self.pending.delete_pending(key)
     }
 
-    fn send(&self, write: Write) {
+    /// Waits until every write queued so far (and any queued meanwhile) is done, or until
+    /// `deadline`.
+    pub(super) async fn drain(&self, deadline: tokio::time::Instant) -> Drained {
+        let at_start = self.pending.total.load(Ordering::SeqCst);
+        let idle = async {
+            loop {
+                let notified = self.pending.idle.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if self.pending.total.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, idle).await;
+        let abandoned = self.pending.total.load(Ordering::SeqCst);
+        Drained {
+            written: at_start.saturating_sub(abandoned),
+            abandoned,
+        }
+    }
+
+    /// The queue of `key`, starting the workers on first use.
+    fn queue(&self, key: &str) -> &mpsc::Sender<Write> {
         let shards = self.shards.get_or_init(|| {
             (0..SHARDS)
                 .map(|_| {
-                    let (tx, rx) = mpsc::unbounded_channel();
+                    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
                     tokio::spawn(worker(
                         rx,
                         self.backend.clone(),
@@ -150,32 +283,32 @@ impl StorageTier {
                 })
                 .collect()
         });
-        let shard = (xxh3_64(write.key().as_bytes()) % SHARDS as u64) as usize;
-        self.pending.add(write.key());
-        if let Err(mpsc::error::SendError(write)) = shards[shard].send(write) {
-            // The worker is gone (the runtime is shutting down): nothing will run it.
-            self.pending.done(write.key());
-        }
+        let shard = (xxh3_64(key.as_bytes()) % SHARDS as u64) as usize;
+        &shards[shard]
     }
 }
 
 /// Runs one queue's writes in order until the group (every sender) is dropped.
 async fn worker(
-    mut writes: mpsc::UnboundedReceiver<Write>,
+    mut writes: mpsc::Receiver<Write>,
     backend: Arc<dyn Storage>,
     group: Arc<str>,
     stats: Arc<GroupStats>,
     pending: Arc<Pending>,
 ) {
     while let Some(write) = writes.recv().await {
-        let (result, what) = match &write {
-            Write::Put(key, entry) => (backend.put(&group, key, entry.clone()).await, "put"),
-            Write::Delete(key) => (backend.delete(&group, key).await, "delete"),
+        let (result, what) = match write.op {
+            Op::Put(entry) => (backend.put(&group, &write.key, entry).await, "put"),
+            Op::Delete => (backend.delete(&group, &write.key).await, "delete"),
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             bump(&stats.storage_errors);
             tracing::warn!(%group, storage = backend.name(), error = %e, "storage {what} failed");
         }
-        pending.done(write.key());
+        pending.done(&write.key);
+        if let Some(done) = write.done {
+            // The caller may have given up waiting (timeout); the write is done all the same.
+            let _ = done.send(result);
+        }
     }
 }

@@ -143,6 +143,10 @@ const GROUP_METRICS: &[(&str, &str)] = &[
         "Storage tier calls (get, put, delete) that failed.",
     ),
     (
+        "geecache_storage_writes_dropped_total",
+        "Background storage writes dropped because the tier's queue was full.",
+    ),
+    (
         "geecache_corrupt_values_total",
         "Stored values (memory, storage tier, peer) that did not decode: dropped and reloaded, never served.",
     ),
@@ -209,6 +213,11 @@ pub fn group_series(g: &GroupSnapshot) -> Vec<GroupSeries> {
         ("geecache_cache_capacity_bytes", main, g.cache_max_bytes),
         ("geecache_cache_capacity_bytes", hot, g.hot_max_bytes),
         ("geecache_storage_errors_total", None, c.storage_errors),
+        (
+            "geecache_storage_writes_dropped_total",
+            None,
+            c.storage_writes_dropped,
+        ),
         ("geecache_corrupt_values_total", None, c.corrupt_values),
         ("geecache_values_encoded_total", None, c.values_encoded),
         (
@@ -619,6 +628,7 @@ mod tests {
             storage_hits: next(),
             storage_misses: next(),
             storage_errors: next(),
+            storage_writes_dropped: next(),
             corrupt_values: next(),
             values_encoded: next(),
             values_compressed: next(),
