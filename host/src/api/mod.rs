@@ -11,9 +11,9 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204 |
+//! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204; `ttl` ≤ [`MAX_TTL`] |
 //! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
-//! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}` |
+//! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}`: each distinct key once, within `--max-batch-bytes` (see [`crate::batch`]) |
 //! | `GET /api/v1/cluster` | this node's address, registration state and ring members |
 //! | `GET /api/v1/stats` | JSON counters per group and per plugin, ring size, registration state |
 //! | `GET /metrics` | the same counters, latency histograms and gauges in Prometheus text format |
@@ -21,8 +21,13 @@
 //! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
 //!
 //! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with the status of
-//! [`Error::status`]: 400 bad input, 404 no such key/group/route, 405 wrong method, 413 too large,
-//! 500 internal, 503 plugin failed, 504 timeout.
+//! [`Error::status`]: 400 bad input, 401 `unauthorized` (no or wrong API token), 404 no such
+//! key/group/route, 405 wrong method, 413 too large (`too_large` for a batch item past the
+//! budget), 500 internal, 502/504 a peer failed, 503 plugin failed, 504 timeout. An owner's
+//! 400/404/413 is passed on as it is.
+//!
+//! With `--api-token`, writes need `Authorization: Bearer <token>`, and reads too with
+//! `--api-token-reads`; `/healthz` and `/readyz` never do (see [`Access`]).
 //!
 //! Every request (peer protocol included) is timed into
 //! `geecache_http_request_duration_seconds` by route template, method and status.
