@@ -58,8 +58,8 @@ impl Drop for Node {
 impl Node {
     /// `VmRSS` and `VmHWM` of the node, in bytes; panics with its log if it died.
     fn memory(&mut self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -127,7 +127,11 @@ async fn start(db: &std::path::Path, dir: &std::path::Path) -> Node {
 }
 
 /// Runs `body` in a loop until `stop`, counting iterations.
-fn looping<F, Fut>(stop: &Arc<AtomicBool>, count: &Arc<AtomicU64>, body: F) -> tokio::task::JoinHandle<()>
+fn looping<F, Fut>(
+    stop: &Arc<AtomicBool>,
+    count: &Arc<AtomicU64>,
+    body: F,
+) -> tokio::task::JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -182,7 +186,11 @@ async fn a_flood_of_the_worst_requests_stays_within_the_memory_budget() {
     let base = node.base.clone();
 
     // Warm up: the getter, and one big value a client put itself.
-    let tom = client.get(format!("{base}/api?key=Tom")).send().await.unwrap();
+    let tom = client
+        .get(format!("{base}/api?key=Tom"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(tom.text().await.unwrap(), "630");
     let put = client
         .put(format!("{base}/api/v1/groups/scores/keys/big"))
@@ -192,8 +200,8 @@ async fn a_flood_of_the_worst_requests_stays_within_the_memory_budget() {
         .unwrap();
     assert_eq!(put.status(), 204);
     let (warm, _) = node.memory();
-    let budget = warm
-        + (CACHE_MIB + HOT_MIB + INFLIGHT_MIB + PLUGIN_MEMORY_MIB * PLUGIN_CONCURRENCY) * MIB;
+    let budget =
+        warm + (CACHE_MIB + HOT_MIB + INFLIGHT_MIB + PLUGIN_MEMORY_MIB * PLUGIN_CONCURRENCY) * MIB;
 
     let stop = Arc::new(AtomicBool::new(false));
     let batches = Arc::new(AtomicU64::new(0));
@@ -285,7 +293,10 @@ async fn a_flood_of_the_worst_requests_stays_within_the_memory_budget() {
         huge.load(Ordering::Relaxed),
         slow.load(Ordering::Relaxed),
     );
-    assert_eq!(answered, asked, "the well-behaved client got Tom every time");
+    assert_eq!(
+        answered, asked,
+        "the well-behaved client got Tom every time"
+    );
     assert!(
         peak <= budget + budget / 4,
         "peak RSS {:.0} MiB is over the budget {:.0} MiB + 25%",

@@ -151,9 +151,7 @@ impl Cluster {
         peer_timeout: Duration,
         metrics: Metrics,
     ) -> Result<Arc<Cluster>> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
+        let http = crate::peer::http_client(peer_timeout)
             .map_err(|e| Error::Internal(format!("cannot build the peer HTTP client: {e}")))?;
         let cluster = Cluster {
             self_addr: self_addr.to_string(),

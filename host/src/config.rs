@@ -14,6 +14,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::api::guard::ServerLimits;
+use crate::api::{Access, ApiOptions, ApiToken};
 use crate::group::GroupOptions;
 use crate::plugin::{DirGrant, PluginGrants, RuntimeOptions};
 
@@ -39,6 +40,10 @@ pub mod defaults {
     pub const MAX_INFLIGHT_BODY_BYTES: &str = "256MiB";
     /// Longest time one request body may take to arrive.
     pub const BODY_TIMEOUT: &str = "30s";
+    /// Default byte budget of one batch answer.
+    pub const MAX_BATCH_BYTES: &str = "4MiB";
+    /// Default number of peer requests served at once.
+    pub const PEER_CONCURRENCY: usize = crate::peer::DEFAULT_PEER_CONCURRENCY;
     /// Default request (load) timeout.
     pub const REQUEST_TIMEOUT: &str = "5s";
     /// Default memory cap of one plugin call.
@@ -155,6 +160,25 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<String>,
 
+    /// Byte budget of one batch answer (API and peer), as encoded (JSON escaping and base64
+    /// count); keys past it are answered with code `too_large` and not loaded [default: 4MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_BATCH_BYTES")]
+    pub max_batch_bytes: Option<String>,
+
+    /// Peer requests served at once; more are refused at once with 503 `overloaded`
+    /// [default: 256].
+    #[arg(long, env = "GEECACHE_PEER_CONCURRENCY")]
+    pub peer_concurrency: Option<usize>,
+
+    /// Client token: writes (PUT, DELETE) need `Authorization: Bearer <token>` (reads too with
+    /// --api-token-reads). /healthz and /readyz stay open. Without it, the API is open.
+    #[arg(long, env = "GEECACHE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Reads (gets, batch, stats, cluster, /metrics) need the --api-token too.
+    #[arg(long, env = "GEECACHE_API_TOKEN_READS")]
+    pub api_token_reads: bool,
+
     /// Longest a request may wait for a load before failing with 504 [default: 5s].
     #[arg(long, value_name = "DURATION", env = "GEECACHE_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
@@ -263,6 +287,10 @@ pub struct FileConfig {
     pub request_timeout: Option<String>,
     /// Largest request body, e.g. "16MiB".
     pub max_body_bytes: Option<String>,
+    /// Byte budget of one batch answer, e.g. "4MiB".
+    pub max_batch_bytes: Option<String>,
+    /// Peer requests served at once.
+    pub peer_concurrency: Option<usize>,
     /// Memory cap of one plugin call.
     pub plugin_memory: Option<String>,
     /// Time limit of one plugin call.
@@ -356,8 +384,8 @@ pub struct Settings {
     pub groups: Vec<GroupSpec>,
     /// Plugin runtime limits.
     pub runtime: RuntimeOptions,
-    /// Largest request body.
-    pub max_body_bytes: usize,
+    /// Body and batch limits, peer concurrency, and who must show the API token.
+    pub api: ApiOptions,
     /// What all requests together may hold (connections, bodies in flight).
     pub server_limits: ServerLimits,
     /// JSON logs.
@@ -709,11 +737,8 @@ impl Cli {
             lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))?,
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
         };
-        let max_body_bytes = size_usize(&pick(
-            &self.max_body_bytes,
-            &file.max_body_bytes,
-            defaults::MAX_BODY_BYTES,
-        ))?;
+        let api = self.api_options(&file)?;
+        let max_body_bytes = api.max_body_bytes;
         let server_limits = ServerLimits {
             max_connections: self
                 .max_connections
@@ -730,11 +755,13 @@ impl Cli {
                     .unwrap_or(defaults::BODY_TIMEOUT),
             )?,
             max_body_bytes,
+            max_batch_bytes: api.max_batch_bytes,
         };
-        if server_limits.max_inflight_body_bytes < max_body_bytes {
+        let largest = max_body_bytes.saturating_add(api.max_batch_bytes.saturating_mul(2));
+        if server_limits.max_inflight_body_bytes < largest {
             return Err(format!(
-                "--max-inflight-body-bytes ({}) is less than --max-body-bytes ({max_body_bytes}): \
-                 no body of the largest size could ever be received",
+                "--max-inflight-body-bytes ({}) is less than --max-body-bytes + 2 x \
+                 --max-batch-bytes ({largest}): the largest request could never be served",
                 server_limits.max_inflight_body_bytes
             ));
         }
@@ -743,7 +770,7 @@ impl Cli {
             plugins,
             groups,
             runtime,
-            max_body_bytes,
+            api,
             server_limits,
             log_json: self.log_json,
             cluster,
@@ -753,6 +780,44 @@ impl Cli {
                     .unwrap_or(defaults::SHUTDOWN_GRACE),
             )
             .map_err(|e| format!("--shutdown-grace: {e}"))?,
+        })
+    }
+
+    /// The API's limits and access rules, flags winning over the file.
+    fn api_options(&self, file: &FileConfig) -> Result<ApiOptions, String> {
+        let size = |cli: &Option<String>, file: &Option<String>, default: &str| {
+            size_usize(cli.as_deref().or(file.as_deref()).unwrap_or(default))
+        };
+        let peer_concurrency = self
+            .peer_concurrency
+            .or(file.peer_concurrency)
+            .unwrap_or(defaults::PEER_CONCURRENCY);
+        if peer_concurrency == 0 {
+            return Err("--peer-concurrency must be at least 1".into());
+        }
+        let token = match &self.api_token {
+            Some(t) => Some(ApiToken::new(t).map_err(|e| format!("--api-token: {e}"))?),
+            None => None,
+        };
+        if self.api_token_reads && token.is_none() {
+            return Err("--api-token-reads needs --api-token".into());
+        }
+        Ok(ApiOptions {
+            max_body_bytes: size(
+                &self.max_body_bytes,
+                &file.max_body_bytes,
+                defaults::MAX_BODY_BYTES,
+            )?,
+            max_batch_bytes: size(
+                &self.max_batch_bytes,
+                &file.max_batch_bytes,
+                defaults::MAX_BATCH_BYTES,
+            )?,
+            peer_concurrency,
+            access: Access {
+                token,
+                reads: self.api_token_reads,
+            },
         })
     }
 
@@ -966,6 +1031,44 @@ storage = "fs_storage"
         );
         let err = cli(&["--compression", "zstd:high"]).resolve().unwrap_err();
         assert!(err.contains("e.g. zstd:3"), "{err}");
+    }
+
+    #[test]
+    fn api_limits_and_token_from_flags_file_and_defaults() {
+        let s = cli(&[]).resolve().unwrap();
+        assert_eq!(s.api.max_batch_bytes, 4 << 20);
+        assert_eq!(s.api.max_body_bytes, 16 << 20);
+        assert_eq!(s.api.peer_concurrency, 256);
+        assert!(s.api.access.token.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.toml");
+        std::fs::write(&path, "max_batch_bytes = \"1MiB\"\npeer_concurrency = 8\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = cli(&["--config", p]).resolve().unwrap();
+        assert_eq!(
+            (s.api.max_batch_bytes, s.api.peer_concurrency),
+            (1 << 20, 8)
+        );
+        let s = cli(&[
+            "--config",
+            p,
+            "--max-batch-bytes",
+            "64KiB",
+            "--api-token",
+            "t",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.api.max_batch_bytes, 64 << 10, "the flag wins");
+        assert!(s.api.access.token.is_some() && !s.api.access.reads);
+
+        let err = cli(&["--api-token-reads"]).resolve().unwrap_err();
+        assert!(err.contains("--api-token"), "{err}");
+        let err = cli(&["--api-token", ""]).resolve().unwrap_err();
+        assert!(err.contains("empty"), "{err}");
+        let err = cli(&["--peer-concurrency", "0"]).resolve().unwrap_err();
+        assert!(err.contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A batch answer reached its byte budget (`--max-batch-bytes`) before this key's turn: the
+    /// key was not loaded. Ask for it in a smaller batch, or with a single get.
+    #[error(
+        "the batch answer reached its budget of {limit} bytes (--max-batch-bytes) before this key; ask for it in a smaller batch or alone"
+    )]
+    BatchBudget {
+        /// The configured budget.
+        limit: usize,
+    },
+
     /// No group of that name is configured on this node.
     #[error("no such group: {0:?}")]
     GroupNotFound(String),
@@ -92,17 +102,18 @@ impl From<LoaderPanicked> for Error {
 
 impl Error {
     /// A stable, machine-readable error code for API clients.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             Error::BadRequest(_) => "bad_request",
             Error::KeyTooLarge { .. } => "key_too_large",
             Error::ValueTooLarge { .. } => "value_too_large",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::BatchBudget { .. } => "too_large",
             Error::GroupNotFound(_) => "group_not_found",
             Error::KeyNotFound => "key_not_found",
             Error::Plugin(p) => p.code(),
             Error::Codec(c) => c.code(),
-            Error::Peer(p) => p.code(),
+            Error::Peer(p) => p.client_code(),
             Error::LoaderPanicked(_) => "loader_panicked",
             Error::StorageWrite(_) => "storage_unavailable",
             Error::Timeout(_) => "timeout",
@@ -111,11 +122,13 @@ impl Error {
     }
 
     /// The message a remote caller may see: the error itself, except for [`Error::Internal`],
-    /// whose details belong in the node's log only.
+    /// whose details belong in the node's log only, and an owner's refusal, which is passed on
+    /// in the owner's words.
     pub fn public_message(&self) -> String {
         match self {
             Error::Internal(_) => "internal error; see the node's log".to_string(),
             Error::Plugin(p) => p.public_message(),
+            Error::Peer(p) => p.public_message(),
             other => other.to_string(),
         }
     }
@@ -126,7 +139,8 @@ impl Error {
             Error::BadRequest(_) => 400,
             Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }
-            | Error::BodyTooLarge { .. } => 413,
+            | Error::BodyTooLarge { .. }
+            | Error::BatchBudget { .. } => 413,
             Error::GroupNotFound(_) | Error::KeyNotFound => 404,
             Error::Plugin(p) => p.status(),
             Error::Codec(c) => c.status(),

@@ -8,6 +8,8 @@
 //! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats,
 //!   `/metrics`, health; times every request; turns every [`error::Error`] into a JSON body with
 //!   a stable code and status.
+//! - [`batch`]: how a batch get (API or peer) is answered within a byte budget: each distinct
+//!   key once, loads stopped once the budget is spent.
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
 //!   (stored bytes + codec) or, for keys this node owns, storage tier → local getter; negative
 //!   caching; set/remove at the owner with invalidation. Talks only to traits
@@ -40,6 +42,7 @@
 //!   the peer clients and the plugin calls record.
 
 pub mod api;
+pub mod batch;
 pub mod cache;
 pub mod cluster;
 pub mod compression;

@@ -184,7 +184,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         groups,
         default_group,
         plugins,
-        settings.max_body_bytes,
+        settings.api.clone(),
         cluster.clone(),
         secret,
         metrics,

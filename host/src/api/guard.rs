@@ -7,10 +7,11 @@
 //! - [`LimitedListener`]: at most `--max-connections` connections at once. A connection past the
 //!   limit is accepted and closed at once (the client sees a reset, not a hang), and the refusal
 //!   is logged at most once a second.
-//! - [`RequestGuard::layer`]: every request that may carry a body reserves its size (the declared
+//! - [`RequestGuard::apply`]: every request that may carry a body reserves its size (the declared
 //!   `Content-Length`, or the body limit when none is declared) from one byte budget,
 //!   `--max-inflight-body-bytes`, before a byte of it is read, and keeps the reservation until
-//!   its answer is ready. When the budget is spent the request is refused at once with 503
+//!   its answer is ready. A batch request (API or peer) also reserves what its answer may hold
+//!   while it is built: twice `--max-batch-bytes` (the items, then the encoded answer). When the budget is spent the request is refused at once with 503
 //!   `busy` and `Retry-After: 1`; requests without a body (every GET) reserve nothing and are
 //!   never refused by it. A body must arrive within `--body-timeout`, so a slow upload cannot
 //!   keep its reservation (or its connection's task) for ever.
@@ -44,6 +45,8 @@ pub struct ServerLimits {
     pub body_timeout: Duration,
     /// Largest body of one request (`--max-body-bytes`): what a body of unknown length reserves.
     pub max_body_bytes: usize,
+    /// Byte budget of one batch answer (`--max-batch-bytes`): a batch request reserves twice it.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -53,6 +56,7 @@ impl Default for ServerLimits {
             max_inflight_body_bytes: 256 << 20,
             body_timeout: Duration::from_secs(30),
             max_body_bytes: 16 << 20,
+            max_batch_bytes: crate::batch::DEFAULT_MAX_BATCH_BYTES,
         }
     }
 }
@@ -113,13 +117,21 @@ impl RequestGuard {
         let chunked = headers.contains_key(header::TRANSFER_ENCODING);
         let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         let max = self.limits.max_body_bytes;
-        let wanted = match declared {
+        let body = match declared {
             Some(n) if n > max as u64 => return Err(()),
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             None if chunked || !bodiless => max,
             None => 0,
         };
-        Ok(wanted.min(MAX_RESERVATION))
+        let path = req.uri().path();
+        let batch = *req.method() == Method::POST
+            && (path.ends_with("/batch") || path.ends_with("/_batch"));
+        let answer = if batch {
+            self.limits.max_batch_bytes.saturating_mul(2)
+        } else {
+            0
+        };
+        Ok(body.saturating_add(answer).min(MAX_RESERVATION))
     }
 }
 
@@ -333,6 +345,7 @@ mod tests {
             max_inflight_body_bytes: 1000,
             body_timeout: Duration::from_millis(200),
             max_body_bytes: 600,
+            max_batch_bytes: 100,
         }
     }
 
@@ -413,5 +426,23 @@ mod tests {
         let _fourth = TcpStream::connect(addr).await.unwrap();
         let next = tokio::time::timeout(Duration::from_secs(10), accept).await;
         assert!(next.is_ok(), "a freed slot is used again");
+    }
+
+    #[tokio::test]
+    async fn a_batch_reserves_its_answer_too() {
+        let guard = RequestGuard::new(limits());
+        let batch = Request::post("/api/v1/groups/g/batch")
+            .header(header::CONTENT_LENGTH, 10)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(guard.reservation(&batch), Ok(10 + 200));
+        let peer = Request::post("/_geecache/g/_batch")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(guard.reservation(&peer), Ok(600 + 200));
+        let get = Request::get("/api?key=batch").body(Body::empty()).unwrap();
+        assert_eq!(guard.reservation(&get), Ok(0));
+        let huge = put_request(Body::empty(), Some(601));
+        assert_eq!(guard.reservation(&huge), Err(()));
     }
 }

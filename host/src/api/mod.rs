@@ -11,9 +11,9 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204 |
+//! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204; `ttl` ≤ [`MAX_TTL`] |
 //! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
-//! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}` |
+//! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}`: each distinct key once, within `--max-batch-bytes` (see [`crate::batch`]) |
 //! | `GET /api/v1/cluster` | this node's address, registration state and ring members |
 //! | `GET /api/v1/stats` | JSON counters per group and per plugin, ring size, registration state |
 //! | `GET /metrics` | the same counters, latency histograms and gauges in Prometheus text format |
@@ -21,8 +21,13 @@
 //! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
 //!
 //! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with the status of
-//! [`Error::status`]: 400 bad input, 404 no such key/group/route, 405 wrong method, 413 too large,
-//! 500 internal, 503 plugin failed, 504 timeout.
+//! [`Error::status`]: 400 bad input, 401 `unauthorized` (no or wrong API token), 404 no such
+//! key/group/route, 405 wrong method, 413 too large (`too_large` for a batch item past the
+//! budget), 500 internal, 502/504 a peer failed, 503 plugin failed, 504 timeout. An owner's
+//! 400/404/413 is passed on as it is.
+//!
+//! With `--api-token`, writes need `Authorization: Bearer <token>`, and reads too with
+//! `--api-token-reads`; `/healthz` and `/readyz` never do (see [`Access`]).
 //!
 //! Every request (peer protocol included) is timed into
 //! `geecache_http_request_duration_seconds` by route template, method and status.
@@ -43,20 +48,48 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
+use crate::batch::{self, Slot};
+use crate::cache::Clock as _;
 use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
 use crate::group::{Groups, Reply};
-use crate::peer::{ClusterSecret, PeerService};
+use crate::peer::{ClusterSecret, PeerLimits, PeerService};
 use crate::plugin::LoadedPlugin;
 pub use crate::plugin::PluginSnapshot;
 /// The body of `/api/v1/stats`, also what `/metrics` reports.
 pub use crate::telemetry::Stats;
 use crate::telemetry::metrics::{UNMATCHED_ROUTE, method_label};
 use crate::telemetry::{ClusterStats, Metrics};
+
+mod access;
+pub use access::{Access, ApiToken, EmptyToken};
+
+/// The API's limits and access rules (from flags; see `geecache-host --help`).
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Largest request body accepted (API and peer routes).
+    pub max_body_bytes: usize,
+    /// Byte budget of one batch answer (API and peer batch routes).
+    pub max_batch_bytes: usize,
+    /// Peer requests served at once; more are refused with 503 rather than queued.
+    pub peer_concurrency: usize,
+    /// Who must show the API token.
+    pub access: Access,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            max_body_bytes: crate::peer::DEFAULT_MAX_BODY_BYTES,
+            max_batch_bytes: batch::DEFAULT_MAX_BATCH_BYTES,
+            peer_concurrency: crate::peer::DEFAULT_PEER_CONCURRENCY,
+            access: Access::default(),
+        }
+    }
+}
 
 /// Shared state of every handler. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -74,8 +107,8 @@ struct Inner {
     plugins: Vec<LoadedPlugin>,
     /// False once shutdown has begun, so load balancers stop sending traffic.
     ready: AtomicBool,
-    /// Largest request body accepted.
-    max_body_bytes: usize,
+    /// Body and batch limits, and who must show the API token.
+    options: ApiOptions,
     /// The ring and its members, for `/api/v1/cluster`.
     cluster: Arc<Cluster>,
     /// Checks peer requests when the cluster has a secret.
@@ -90,7 +123,7 @@ impl AppState {
         groups: Groups,
         default_group: String,
         plugins: Vec<LoadedPlugin>,
-        max_body_bytes: usize,
+        options: ApiOptions,
         cluster: Arc<Cluster>,
         secret: Option<ClusterSecret>,
         metrics: Metrics,
@@ -101,7 +134,7 @@ impl AppState {
                 default_group,
                 plugins,
                 ready: AtomicBool::new(true),
-                max_body_bytes,
+                options,
                 cluster,
                 secret,
                 metrics,
@@ -176,18 +209,21 @@ fn error_response(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
+/// Logs an error on its way to a client: internals go to the log, never to the client.
+fn log_error(e: &Error) {
+    match e {
+        Error::Internal(detail) => tracing::error!(%detail, "internal error"),
+        other if other.status() >= 500 => tracing::warn!(error = %other, "request failed"),
+        _ => {}
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // Internals go to the log, not to the client.
-        match &self.0 {
-            Error::Internal(detail) => tracing::error!(%detail, "internal error"),
-            other if status.is_server_error() => tracing::warn!(error = %other, "request failed"),
-            _ => {}
-        }
-        let message = self.0.public_message();
-        error_response(status, self.0.code(), message)
+        log_error(&self.0);
+        error_response(status, self.0.code(), self.0.public_message())
     }
 }
 
@@ -305,11 +341,34 @@ struct PutQuery {
     ttl: Option<String>,
 }
 
+/// Longest `?ttl=` a PUT accepts: ten years (3650 days). Longer ones are refused (400) rather
+/// than clamped, since a caller asking for more has made a mistake.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 24 * 3600);
+
+/// The absolute expiry (ms since the Unix epoch) of a value put at `now_ms` with `?ttl=ttl`.
+///
+/// # Errors
+/// [`Error::BadRequest`] when `ttl` is not a duration, or longer than [`MAX_TTL`].
+pub fn expiry_of_ttl(ttl: &str, now_ms: u64) -> Result<u64, Error> {
+    let parsed = crate::config::parse_duration(ttl).map_err(Error::BadRequest)?;
+    if parsed > MAX_TTL {
+        return Err(Error::BadRequest(format!(
+            "ttl {ttl:?} is longer than the limit of 3650 days"
+        )));
+    }
+    // Within MAX_TTL the milliseconds fit a u64 and the sum cannot overflow before the year
+    // 584 million; checked all the same, since the clock is not ours.
+    u64::try_from(parsed.as_millis())
+        .ok()
+        .and_then(|ms| now_ms.checked_add(ms))
+        .ok_or_else(|| Error::BadRequest(format!("ttl {ttl:?} is out of range")))
+}
+
 /// A body extractor failure, as a JSON error: 413 past the body limit, 400 otherwise.
 fn body_error(state: &AppState, e: &BytesRejection) -> Error {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::BodyTooLarge {
-            limit: state.inner.max_body_bytes,
+            limit: state.inner.options.max_body_bytes,
         }
     } else {
         Error::BadRequest(e.body_text())
@@ -325,16 +384,11 @@ async fn rest_put(
     let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
     let body = body.map_err(|e| body_error(&state, &e))?;
-    let expires_at_ms = match q.ttl.as_deref() {
-        Some(ttl) => {
-            let ttl = crate::config::parse_duration(ttl).map_err(Error::BadRequest)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            Some(u64::try_from((now + ttl).as_millis()).unwrap_or(u64::MAX))
-        }
-        None => None,
-    };
+    let expires_at_ms = q
+        .ttl
+        .as_deref()
+        .map(|ttl| expiry_of_ttl(ttl, crate::cache::SystemClock.now_ms()))
+        .transpose()?;
     state
         .inner
         .groups
@@ -356,6 +410,9 @@ async fn rest_delete(
 /// Most keys one batch request may ask for.
 pub const MAX_BATCH_KEYS: usize = 1000;
 
+/// How many keys of one batch are loaded at once.
+const BATCH_CONCURRENCY: usize = 64;
+
 /// Body of `POST /api/v1/groups/{group}/batch`.
 #[derive(Debug, Deserialize)]
 struct BatchRequest {
@@ -364,24 +421,54 @@ struct BatchRequest {
 
 /// One key's answer in a batch.
 #[derive(Debug, Serialize)]
-struct BatchResult {
-    key: String,
+struct BatchResult<'a> {
+    key: &'a str,
     /// The value, when it is valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<String>,
+    value: Option<&'a str>,
     /// The value in standard base64, when it is not valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     value_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<BatchError>,
+    error: Option<BatchError<'a>>,
 }
 
 #[derive(Debug, Serialize)]
-struct BatchError {
-    code: &'static str,
+struct BatchError<'a> {
+    code: &'a str,
     message: String,
 }
 
+/// One batch item as the JSON text that goes into the answer, so that its size is known and
+/// the value is not held twice (as bytes and as text).
+fn batch_item_json(key: &str, answer: Result<Bytes, Error>) -> Vec<u8> {
+    let mut r = BatchResult {
+        key,
+        value: None,
+        value_base64: None,
+        error: None,
+    };
+    match &answer {
+        Ok(v) => match std::str::from_utf8(v) {
+            Ok(text) => r.value = Some(text),
+            Err(_) => {
+                r.value_base64 = Some(base64::engine::general_purpose::STANDARD.encode(v));
+            }
+        },
+        Err(e) => {
+            log_error(e);
+            r.error = Some(BatchError {
+                code: e.code(),
+                message: e.public_message(),
+            });
+        }
+    }
+    // Serializing strings and options into a Vec cannot fail.
+    serde_json::to_vec(&r).unwrap_or_default()
+}
+
+/// `POST /api/v1/groups/{group}/batch`: each distinct key once, in order of first occurrence,
+/// within the byte budget of [`ApiOptions::max_batch_bytes`] (see [`crate::batch`]).
 async fn batch_get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -391,7 +478,7 @@ async fn batch_get(
     let Json(req) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::BodyTooLarge {
-                limit: state.inner.max_body_bytes,
+                limit: state.inner.options.max_body_bytes,
             }
         } else {
             Error::BadRequest(e.body_text())
@@ -405,40 +492,40 @@ async fn batch_get(
         .into());
     }
     let group = state.inner.groups.get(&group)?.clone();
-    // Each key takes the normal get path (caches, singleflight, owner); at most 64 at once.
-    let results: Vec<BatchResult> = futures::stream::iter(req.keys)
-        .map(|key| {
+    let budget = state.inner.options.max_batch_bytes;
+    // Each key takes the normal get path (caches, singleflight, owner).
+    let items = batch::answer(
+        req.keys,
+        budget,
+        BATCH_CONCURRENCY,
+        |key| {
             let group = group.clone();
-            async move {
-                let answer = group.get(&key).await;
-                let mut r = BatchResult {
-                    key,
-                    value: None,
-                    value_base64: None,
-                    error: None,
-                };
-                match answer {
-                    Ok(v) => match std::str::from_utf8(&v) {
-                        Ok(text) => r.value = Some(text.to_string()),
-                        Err(_) => {
-                            r.value_base64 =
-                                Some(base64::engine::general_purpose::STANDARD.encode(&v));
-                        }
-                    },
-                    Err(e) => {
-                        r.error = Some(BatchError {
-                            code: e.code(),
-                            message: e.to_string(),
-                        })
-                    }
-                }
-                r
+            async move { batch_item_json(&key, group.get(&key).await) }
+        },
+        Vec::len,
+    )
+    .await;
+    let mut body = b"{\"results\":[".to_vec();
+    for (i, (key, slot)) in items.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match slot {
+            Slot::Answered(json) => body.extend_from_slice(&json),
+            Slot::OverBudget => {
+                body.extend_from_slice(&batch_item_json(&key, Err(batch::over_budget(budget))));
             }
-        })
-        .buffered(64)
-        .collect()
-        .await;
-    Ok(Json(serde_json::json!({ "results": results })).into_response())
+        }
+    }
+    body.extend_from_slice(b"]}");
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn stats(State(state): State<AppState>) -> Json<Stats> {
@@ -519,11 +606,21 @@ async fn wrong_method() -> Response {
 /// The node's routes (public API and peer protocol), without a socket: tests drive it with
 /// `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.inner.max_body_bytes;
+    let options = &state.inner.options;
+    let max_body = options.max_body_bytes;
     let timing = axum::middleware::from_fn_with_state(state.inner.metrics.clone(), observe_request);
+    let access =
+        axum::middleware::from_fn_with_state(Arc::new(options.access.clone()), access::check);
     let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
-    let peer_routes =
-        crate::peer::router_with_body_limit(service, state.inner.secret.clone(), max_body);
+    let peer_routes = crate::peer::router_with_limits(
+        service,
+        state.inner.secret.clone(),
+        PeerLimits {
+            max_body_bytes: max_body,
+            max_batch_bytes: options.max_batch_bytes,
+            concurrency: options.peer_concurrency,
+        },
+    );
     Router::new()
         .route("/api", get(classic_get))
         .route(
@@ -539,12 +636,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
+        // The API routes only: the peer routes, merged below, check the cluster secret.
+        .layer(access)
         .with_state(state)
         .merge(peer_routes)
         // Outermost, after the merge, so it times the peer routes too; `Router::layer` wraps
         // each route, so the matched route template is known by then.
         .layer(timing)
 }
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 mod encoding_tests {

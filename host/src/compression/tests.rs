@@ -239,3 +239,42 @@ fn inputs_that_announce_huge_outputs_are_refused() {
         assert!(matches!(err, CodecError::Corrupt { .. }), "{codec}: {err}");
     }
 }
+
+proptest! {
+    /// The envelope decoder is fed what a peer or a storage backend could send: any bytes,
+    /// tagged with any built-in codec, with any length limit. It answers a value or a typed
+    /// error, never panics, and never returns more than the limit.
+    #[test]
+    fn arbitrary_stored_bytes_decode_to_a_value_or_an_error(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        codec in prop::sample::select(vec!["none", "gzip", "snappy", "lz4", "zstd"]),
+        max_len in prop_oneof![0usize..64, 0usize..(1 << 20), Just(usize::MAX)],
+    ) {
+        let codecs = Codecs::builtin();
+        let stored = codecs.stored(Bytes::from(bytes), codec).unwrap();
+        for verify in [Verify::Decoded, Verify::All] {
+            match now(stored.decode(max_len, verify).boxed()) {
+                Ok(value) => prop_assert!(value.len() <= max_len),
+                Err(e) => prop_assert_eq!(e.code(), "corrupt_value", "{}", e),
+            }
+        }
+    }
+
+    /// A header claiming up to 4 GiB is refused by the limit before anything is allocated.
+    #[test]
+    fn a_header_claiming_more_than_the_limit_is_refused(
+        len in any::<u32>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        codec in prop::sample::select(vec!["none", "gzip", "snappy", "lz4", "zstd"]),
+    ) {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&payload);
+        let codecs = Codecs::builtin();
+        let stored = codecs.stored(Bytes::from(bytes), codec).unwrap();
+        let limit = 1024;
+        if let Ok(value) = now(stored.decode(limit, Verify::All).boxed()) {
+            prop_assert!(value.len() <= limit);
+        }
+    }
+}

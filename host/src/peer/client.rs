@@ -7,7 +7,7 @@ use bytes::Bytes;
 use prost::Message;
 use reqwest::{Method, StatusCode, Url, header};
 
-use super::auth::{self, ClusterSecret};
+use super::auth::ClusterSecret;
 use super::proto::{self, batch_item, get_response};
 use super::{
     BATCH_SEGMENT, CONTENT_TYPE, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PeerEntry,
@@ -20,6 +20,21 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer body read from a peer when the builder is given no limit: room for a batch
 /// of large values, but a broken or hostile peer cannot make the node buffer without bound.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// The HTTP client peer calls go through (one per node, shared by its peer clients): a pool of
+/// keep-alive connections, connects bounded by `connect_timeout`, and never a proxy, whatever
+/// `HTTP_PROXY`/`ALL_PROXY` say: peers talk to each other directly, and a proxy would see the
+/// cluster's traffic (and could replay it).
+///
+/// # Errors
+/// When reqwest cannot build a client (no TLS backend is needed, so in practice never).
+pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_max_idle_per_host(64)
+        .no_proxy()
+        .build()
+}
 
 /// Talks to one remote node. Cheap to clone (an `Arc` inside); clones share the connection pool.
 ///
@@ -114,11 +129,7 @@ impl PeerClientBuilder {
         let base = url.origin().ascii_serialization();
         let http = match self.http {
             Some(http) => http,
-            None => reqwest::Client::builder()
-                .connect_timeout(self.timeout)
-                .no_proxy()
-                .build()
-                .map_err(|e| invalid(error_chain(&e)))?,
+            None => http_client(self.timeout).map_err(|e| invalid(error_chain(&e)))?,
         };
         Ok(PeerClient {
             inner: Arc::new(Inner {
@@ -191,16 +202,19 @@ impl PeerClient {
         Ok(())
     }
 
-    /// Gets several keys of `group` from their owner: one `(key, result)` per key, in order.
-    /// Lists longer than [`MAX_BATCH_KEYS`] go as several requests, one after another.
+    /// Gets several keys of `group` from their owner: one `(key, result)` per key, in order
+    /// (a key asked twice is sent once and its result repeated). Lists of more than
+    /// [`MAX_BATCH_KEYS`] distinct keys go as several requests, one after another.
     ///
     /// # Errors
     /// A [`PeerError`] when a whole request fails; a key that failed alone has its own error
-    /// ([`PeerError::ItemFailed`]) in its item.
+    /// ([`PeerError::ItemFailed`]) in its item; code `too_large` when the owner's batch budget
+    /// was spent before it (ask for it again in a smaller batch).
     pub async fn batch_get(&self, group: &str, keys: &[String]) -> Result<BatchResult, PeerError> {
         let path = action_path(group, BATCH_SEGMENT);
-        let mut results = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_BATCH_KEYS) {
+        let distinct = crate::batch::dedup_keys(keys.to_vec());
+        let mut results = std::collections::HashMap::with_capacity(distinct.len());
+        for chunk in distinct.chunks(MAX_BATCH_KEYS) {
             let request = proto::BatchGetRequest {
                 keys: chunk.to_vec(),
             };
@@ -224,10 +238,14 @@ impl PeerClient {
                     }),
                     None => Err(self.bad_answer("BatchItem has no result")),
                 };
-                results.push((item.key, result));
+                results.insert(item.key, result);
             }
         }
-        Ok(results)
+        // Every key has its result: the items matched the distinct keys one for one.
+        Ok(keys
+            .iter()
+            .filter_map(|k| results.get(k).map(|r| (k.clone(), r.clone())))
+            .collect())
     }
 
     /// Tells the node to drop its local (hot) copies of `keys`. It tells no one else.
@@ -266,11 +284,9 @@ impl PeerClient {
                 Some(query) => format!("{}?{query}", url.path()),
                 None => url.path().to_string(),
             };
-            let date = auth::unix_now();
-            let signature = secret.sign(method.as_str(), &sent, date, &body);
-            request = request
-                .header(auth::DATE_HEADER, date)
-                .header(auth::SIGNATURE_HEADER, signature);
+            for (name, value) in secret.sign_request(method.as_str(), &sent, &body) {
+                request = request.header(name, value);
+            }
         }
         if !body.is_empty() || method == Method::PUT || method == Method::POST {
             request = request

@@ -16,7 +16,9 @@ use futures::future::BoxFuture;
 use proptest::prelude::*;
 use prost::Message;
 
-use super::auth::{DATE_HEADER, SIGNATURE_HEADER, unix_now};
+use super::auth::{
+    CONTENT_SHA256_HEADER, DATE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, new_nonce, unix_now,
+};
 use super::*;
 use crate::plugin::PluginError;
 
@@ -137,9 +139,26 @@ async fn serve(
     auth: Option<ClusterSecret>,
     max_body_bytes: usize,
 ) -> SocketAddr {
+    serve_with_limits(
+        service,
+        auth,
+        PeerLimits {
+            max_body_bytes,
+            ..PeerLimits::default()
+        },
+    )
+    .await
+}
+
+/// Serves `service` with these limits on a fresh 127.0.0.1 port until the test's runtime ends.
+async fn serve_with_limits(
+    service: Arc<MemoryService>,
+    auth: Option<ClusterSecret>,
+    limits: PeerLimits,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router_with_body_limit(service, auth, max_body_bytes);
+    let app = router_with_limits(service, auth, limits);
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
@@ -324,7 +343,11 @@ async fn batch_get_answers_each_key_on_its_own() {
     }
     assert_eq!(items[3].1, Ok(Some(entry(b"spaces", None))));
     assert_eq!(items[4].1, items[0].1);
-    assert_eq!(service.gets.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        service.gets.load(Ordering::SeqCst),
+        4,
+        "Tom, asked twice, is loaded once"
+    );
 }
 
 #[tokio::test]
@@ -611,10 +634,14 @@ async fn stale_or_tampered_requests_are_401() {
     }
     .encode_to_vec();
     let signed = |date: u64, body: &[u8]| {
+        let nonce = new_nonce();
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
         vec![
             protobuf_header(),
             (DATE_HEADER, date.to_string()),
-            (SIGNATURE_HEADER, s.sign("PUT", path, date, body)),
+            (NONCE_HEADER, nonce.clone()),
+            (CONTENT_SHA256_HEADER, hash.clone()),
+            (SIGNATURE_HEADER, s.sign("PUT", path, date, &nonce, &hash)),
         ]
     };
     let now = unix_now();
@@ -634,7 +661,8 @@ async fn stale_or_tampered_requests_are_401() {
     }
     .encode_to_vec();
     let answer = raw(addr, "PUT", path, &signed(now, &body), tampered).await;
-    assert_error_info(&answer, 401, "unauthorized");
+    let info = assert_error_info(&answer, 401, "unauthorized");
+    assert!(info.message.contains("body"), "{info:?}");
     // Nor for another path or method.
     let answer = raw(
         addr,
@@ -653,6 +681,144 @@ async fn stale_or_tampered_requests_are_401() {
         stored.get(&("g".into(), "k".into())),
         Some(&entry(b"honest", None))
     );
+}
+
+/// A captured request sent again, verbatim, is refused: its nonce was seen.
+#[tokio::test]
+async fn a_replayed_request_is_401_replayed() {
+    let s = secret("s3cret");
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(service.clone(), Some(s.clone()), DEFAULT_MAX_BODY_BYTES).await;
+    let path = "/_geecache/g/k";
+    let headers: Vec<(&'static str, String)> =
+        s.sign_request("DELETE", path, b"").into_iter().collect();
+
+    let answer = raw(addr, "DELETE", path, &headers, vec![]).await;
+    assert_eq!(answer.0, 204, "{answer:?}");
+    let answer = raw(addr, "DELETE", path, &headers, vec![]).await;
+    assert_error_info(&answer, 401, "replayed");
+    assert_eq!(service.deletes.load(Ordering::SeqCst), 1);
+}
+
+/// The signature is checked before the body is read: an unsigned request with a body over the
+/// limit is refused as unauthorized, not read up to the limit and refused as too large.
+#[tokio::test]
+async fn an_unsigned_request_is_refused_before_its_body_is_read() {
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(service.clone(), Some(secret("s3cret")), 1024).await;
+    let answer = raw(
+        addr,
+        "PUT",
+        "/_geecache/g/k",
+        &[protobuf_header()],
+        vec![0; 64 * 1024],
+    )
+    .await;
+    assert_error_info(&answer, 401, "unauthorized");
+    // Signed with the wrong secret: the same.
+    let headers: Vec<(&'static str, String)> = secret("guess")
+        .sign_request("PUT", "/_geecache/g/k", &[0; 64 * 1024])
+        .into_iter()
+        .collect();
+    let answer = raw(addr, "PUT", "/_geecache/g/k", &headers, vec![0; 64 * 1024]).await;
+    assert_error_info(&answer, 401, "unauthorized");
+    assert_eq!(service.sets.load(Ordering::SeqCst), 0);
+}
+
+/// Past `--peer-concurrency` requests in flight, the next one is refused at once with 503.
+#[tokio::test]
+async fn past_the_concurrency_limit_peer_requests_get_503_at_once() {
+    let service = Arc::new(MemoryService {
+        slow: Duration::from_secs(600),
+        ..MemoryService::default()
+    });
+    let limits = PeerLimits {
+        concurrency: 1,
+        ..PeerLimits::default()
+    };
+    let addr = serve_with_limits(service.clone(), None, limits).await;
+    let busy = tokio::spawn({
+        let client = client(addr, None);
+        async move { client.get("g", SLOW).await }
+    });
+    // Bounded wait until the slow request holds the only permit.
+    for _ in 0..500 {
+        if service.gets.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(service.gets.load(Ordering::SeqCst), 1);
+    let answer = raw(addr, "GET", "/_geecache/g/Tom", &[], vec![]).await;
+    assert_error_info(&answer, 503, "overloaded");
+    assert_eq!(
+        service.gets.load(Ordering::SeqCst),
+        1,
+        "refused before the service"
+    );
+    busy.abort();
+}
+
+/// One small batch naming a large key many times: loaded and answered once; past the byte
+/// budget, keys are refused with `too_large` and not loaded.
+#[tokio::test]
+async fn a_batch_answers_each_key_once_within_the_byte_budget() {
+    let service = Arc::new(MemoryService::default());
+    let big = vec![b'x'; 100_000];
+    for k in ["a", "b", "c"] {
+        service.insert("g", k, entry(&big, None));
+    }
+    let limits = PeerLimits {
+        max_batch_bytes: 250_000,
+        ..PeerLimits::default()
+    };
+    let addr = serve_with_limits(service.clone(), None, limits).await;
+
+    let body = proto::BatchGetRequest {
+        keys: vec!["a".to_string(); 1000],
+    }
+    .encode_to_vec();
+    let answer = raw(
+        addr,
+        "POST",
+        "/_geecache/g/_batch",
+        &[protobuf_header()],
+        body,
+    )
+    .await;
+    assert_eq!(answer.0, 200, "{answer:?}");
+    let response = proto::BatchGetResponse::decode(answer.2.clone()).unwrap();
+    assert_eq!(response.items.len(), 1);
+    assert!(answer.2.len() < 101_000, "{} bytes", answer.2.len());
+    assert_eq!(service.gets.load(Ordering::SeqCst), 1);
+
+    // Through the client, duplicates come back at every position they were asked at.
+    let keys: Vec<String> = ["a", "b", "a", "c", "Tom"].map(String::from).to_vec();
+    let results = client(addr, None).batch_get("g", &keys).await.unwrap();
+    let seen: Vec<&str> = results.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(seen, ["a", "b", "a", "c", "Tom"]);
+    assert_eq!(results[0].1, Ok(Some(entry(&big, None))));
+    assert_eq!(results[2].1, results[0].1);
+    assert_eq!(results[1].1, Ok(Some(entry(&big, None))));
+    for (key, result) in &results[3..] {
+        match result {
+            Err(PeerError::ItemFailed { code, .. }) => assert_eq!(code, "too_large", "{key}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    // Many distinct keys: loading stops soon after the budget is spent (what is in flight
+    // then, at most the batch concurrency, finishes), the rest are refused unloaded.
+    let keys: Vec<String> = (0..500).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        service.insert("g", k, entry(&[b'y'; 10_000], None));
+    }
+    let before = service.gets.load(Ordering::SeqCst);
+    let results = client(addr, None).batch_get("g", &keys).await.unwrap();
+    let answered = results.iter().filter(|(_, r)| r.is_ok()).count();
+    assert!((20..=25).contains(&answered), "{answered}");
+    let loads = service.gets.load(Ordering::SeqCst) - before;
+    assert!(loads < 100, "{loads} of 500 keys loaded");
 }
 
 #[tokio::test]
@@ -723,7 +889,10 @@ async fn the_api_router_serves_the_peer_routes() {
         crate::group::Groups::default(),
         "g".into(),
         vec![],
-        1024,
+        crate::api::ApiOptions {
+            max_body_bytes: 1024,
+            ..crate::api::ApiOptions::default()
+        },
         cluster,
         None,
         metrics,

@@ -79,8 +79,35 @@ pub enum PeerError {
     },
 }
 
+/// Statuses of an owner's answer that are the caller's fault, passed on to the client as they
+/// are (with the owner's code and message): bad input, no such key or group, too large.
+const PASSED_ON: [u16; 3] = [400, 404, 413];
+
+/// Whether `code` looks like one of the protocol's stable codes (`snake_case`, short), so it
+/// can be passed on to a client.
+fn is_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
 impl PeerError {
-    /// A stable, machine-readable code for API clients.
+    /// Whether this is the owner refusing the request itself (400, 404, 413 with a proper
+    /// code): the client's fault, not a peer failure.
+    fn is_passed_on(&self) -> bool {
+        matches!(self, PeerError::Status { status, code, .. } if PASSED_ON.contains(status) && is_code(code))
+    }
+
+    /// The code a client sees: the owner's own code when the owner refused the request itself
+    /// (400, 404, 413), [`PeerError::code`] otherwise.
+    pub fn client_code(&self) -> &str {
+        match self {
+            PeerError::Status { code, .. } if self.is_passed_on() => code,
+            other => other.code(),
+        }
+    }
+
+    /// A stable, machine-readable code of this node's own (for metrics labels: a fixed set).
     pub fn code(&self) -> &'static str {
         match self {
             PeerError::InvalidAddress { .. } => "peer_invalid_address",
@@ -92,12 +119,62 @@ impl PeerError {
         }
     }
 
-    /// The HTTP status a node serves this error with: 504 for a timeout, 502 otherwise (the
-    /// node acted as a gateway to a peer that failed).
+    /// The HTTP status a node serves this error with: the owner's own 400, 404 or 413 when it
+    /// refused the request itself, 504 for a timeout, 502 otherwise (the node acted as a
+    /// gateway to a peer that failed).
     pub fn status(&self) -> u16 {
         match self {
+            PeerError::Status { status, .. } if self.is_passed_on() => *status,
             PeerError::Timeout { .. } => 504,
             _ => 502,
+        }
+    }
+
+    /// The message a client may see: the owner's own message when it refused the request
+    /// itself (the owner made it public), this error otherwise.
+    pub fn public_message(&self) -> String {
+        match self {
+            PeerError::Status { message, .. } if self.is_passed_on() => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16, code: &str) -> PeerError {
+        PeerError::Status {
+            peer: "http://127.0.0.1:1".into(),
+            status,
+            code: code.into(),
+            message: "value is 9 bytes; the limit is 8 bytes".into(),
+        }
+    }
+
+    #[test]
+    fn an_owners_4xx_is_passed_on_its_5xx_is_a_bad_gateway() {
+        let e = answered(413, "value_too_large");
+        assert_eq!((e.status(), e.client_code()), (413, "value_too_large"));
+        assert_eq!(e.code(), "peer_error", "metrics keep their fixed labels");
+        assert_eq!(e.public_message(), "value is 9 bytes; the limit is 8 bytes");
+        let e = answered(404, "group_not_found");
+        assert_eq!((e.status(), e.client_code()), (404, "group_not_found"));
+        let e = answered(400, "bad_request");
+        assert_eq!((e.status(), e.client_code()), (400, "bad_request"));
+        for (status, code) in [
+            (500, "internal"),
+            (503, "plugin_unavailable"),
+            (400, "<html>"),
+        ] {
+            let e = answered(status, code);
+            assert_eq!(
+                (e.status(), e.code()),
+                (502, "peer_error"),
+                "{status} {code}"
+            );
+            assert!(e.public_message().contains("127.0.0.1:1"));
         }
     }
 }

@@ -1,55 +1,118 @@
 //! The server side of the peer protocol: an axum router that serves a [`PeerService`].
 //!
-//! Every request goes through one extractor, [`PeerRequest`]: it reads the body (bounded),
-//! checks the signature when the cluster has a secret, and decodes the group and key from the
-//! raw path, so each handler starts from a checked request and only decodes its message.
+//! Every request first takes a permit of the peer concurrency limit ([`PeerLimits::concurrency`];
+//! without one it is refused at once with 503, code `overloaded`, rather than queued). Then one
+//! extractor, [`PeerRequest`], checks the signature headers when the cluster has a secret
+//! (before reading the body), refuses a replayed nonce, reads the body (bounded), checks it
+//! against its signed hash, and decodes the group and key from the raw path, so each handler
+//! starts from a checked request and only decodes its message.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
-use futures::StreamExt;
 use prost::Message;
 
-use super::auth::{self, ClusterSecret};
+use super::auth::{self, AuthError, ClusterSecret, ReplayGuard, SignedHeaders};
 use super::proto::{self, batch_item, get_response};
 use super::{
-    BATCH_SEGMENT, CONTENT_TYPE, DEFAULT_MAX_BODY_BYTES, INVALIDATE_SEGMENT, MAX_BATCH_KEYS,
-    PATH_PREFIX, PeerEntry, PeerService, decode_segment,
+    BATCH_SEGMENT, CONTENT_TYPE, DEFAULT_MAX_BODY_BYTES, DEFAULT_PEER_CONCURRENCY,
+    INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PeerEntry, PeerService, decode_segment,
 };
+use crate::batch::{self, Slot};
 use crate::error::Error;
 
 /// How many keys of one batch are loaded at once; the rest wait their turn, in order.
 const BATCH_CONCURRENCY: usize = 16;
 
-/// The peer routes serving `service`, with the default body limit
-/// ([`DEFAULT_MAX_BODY_BYTES`](super::DEFAULT_MAX_BODY_BYTES)). With `auth`, every request must
-/// be signed with that secret.
+/// What one node's peer routes accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Largest request body read (larger ones get 413).
+    pub max_body_bytes: usize,
+    /// Byte budget of one `_batch` answer (see [`crate::batch`]).
+    pub max_batch_bytes: usize,
+    /// Requests served at once; past it, 503 `overloaded` at once.
+    pub concurrency: usize,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_batch_bytes: batch::DEFAULT_MAX_BATCH_BYTES,
+            concurrency: DEFAULT_PEER_CONCURRENCY,
+        }
+    }
+}
+
+/// The peer routes serving `service`, with the default [`PeerLimits`]. With `auth`, every
+/// request must be signed with that secret.
 ///
 /// The router has no state left to provide and no fallback, so it can be `.merge`d into the API
 /// router. Merge it rather than nest it: signatures cover the full path.
 pub fn router(service: Arc<dyn PeerService>, auth: Option<ClusterSecret>) -> Router {
-    router_with_body_limit(service, auth, DEFAULT_MAX_BODY_BYTES)
+    router_with_limits(service, auth, PeerLimits::default())
 }
 
-/// [`router`] with a request body limit of `max_body_bytes` (larger bodies get 413).
-pub fn router_with_body_limit(
+/// [`router`] with these limits.
+pub fn router_with_limits(
     service: Arc<dyn PeerService>,
     auth: Option<ClusterSecret>,
-    max_body_bytes: usize,
+    limits: PeerLimits,
 ) -> Router {
-    let state = PeerState { service, auth };
+    let state = PeerState {
+        service,
+        auth: auth.map(|secret| PeerAuth {
+            secret,
+            replays: ReplayGuard::default(),
+        }),
+        max_batch_bytes: limits.max_batch_bytes,
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1)));
     // One catch-all route, parsed by `parse_path`: the router's own `{group}/{key}` matching
     // would leave empty or extra segments to the API's 404 instead of a 400 with an ErrorInfo,
     // and `_batch`/`_invalidate` must stay usable as keys for GET, PUT and DELETE.
     Router::new()
         .route("/_geecache/{*path}", any(dispatch))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
+        // Outermost: a refused request costs no signature check and no body read.
+        .layer(axum::middleware::from_fn_with_state(
+            permits,
+            limit_concurrency,
+        ))
+}
+
+/// Serves the request if a permit is free; answers 503 `overloaded` at once otherwise.
+async fn limit_concurrency(
+    State(permits): State<Arc<tokio::sync::Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match permits.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "this node is serving as many peer requests as it allows (--peer-concurrency); retry later",
+        )
+        .into_response(),
+    }
+}
+
+/// How a node checks its peers' requests.
+#[derive(Debug, Clone)]
+struct PeerAuth {
+    /// The cluster secret requests must be signed with.
+    secret: ClusterSecret,
+    /// Nonces already seen, so a captured request cannot be sent again.
+    replays: ReplayGuard,
 }
 
 /// What every handler shares.
@@ -57,8 +120,10 @@ pub fn router_with_body_limit(
 struct PeerState {
     /// The node's groups, as seen by peers.
     service: Arc<dyn PeerService>,
-    /// The cluster secret requests must be signed with; `None` accepts every request.
-    auth: Option<ClusterSecret>,
+    /// Signature checks; `None` accepts every request.
+    auth: Option<PeerAuth>,
+    /// Byte budget of one `_batch` answer.
+    max_batch_bytes: usize,
 }
 
 /// An error answer: a status and an `ErrorInfo` body.
@@ -145,15 +210,40 @@ impl FromRequest<PeerState> for PeerRequest {
     async fn from_request(req: Request, state: &PeerState) -> Result<Self, Failure> {
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let headers = req.headers();
-        let content_type = headers.get(header::CONTENT_TYPE).cloned();
-        let header = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_string)
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let refuse = |e: AuthError| {
+            tracing::warn!(error = %e, %method, path, "refused an unsigned, badly signed or replayed peer request");
+            let status = match e {
+                AuthError::TooManyNonces => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            Failure::new(status, e.code(), e.to_string())
         };
-        let (date, signature) = (header(auth::DATE_HEADER), header(auth::SIGNATURE_HEADER));
+        // The headers are checked before the body is read: a forged request costs one HMAC.
+        let verified = match &state.auth {
+            Some(checks) => {
+                let headers = req.headers();
+                let header = |name| {
+                    headers
+                        .get(name)
+                        .and_then(|v: &HeaderValue| v.to_str().ok())
+                };
+                let signed = SignedHeaders {
+                    date: header(auth::DATE_HEADER),
+                    nonce: header(auth::NONCE_HEADER),
+                    content_sha256: header(auth::CONTENT_SHA256_HEADER),
+                    signature: header(auth::SIGNATURE_HEADER),
+                };
+                let verified = checks
+                    .secret
+                    .verify(method.as_str(), path, &signed, auth::unix_now())
+                    .map_err(refuse)?;
+                checks.replays.check(&verified.nonce).map_err(refuse)?;
+                Some(verified)
+            }
+            None => None,
+        };
         let body = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Failure::new(e.status(), "body_too_large", e.body_text())
@@ -161,21 +251,8 @@ impl FromRequest<PeerState> for PeerRequest {
                 Failure::bad_request(e.body_text())
             }
         })?;
-        if let Some(secret) = &state.auth {
-            let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-            secret
-                .verify(
-                    method.as_str(),
-                    path,
-                    date.as_deref(),
-                    signature.as_deref(),
-                    &body,
-                    auth::unix_now(),
-                )
-                .map_err(|e| {
-                    tracing::warn!(error = %e, %method, path, "refused an unsigned or badly signed peer request");
-                    Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-                })?;
+        if let Some(verified) = verified {
+            verified.check_body(&body).map_err(refuse)?;
         }
         let (group, key) = parse_path(uri.path())?;
         Ok(PeerRequest {
@@ -273,13 +350,19 @@ fn invalidate(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure>
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `_batch`: each distinct key once, in order of first occurrence, within the byte budget
+/// (see [`crate::batch`]); a key past the budget gets an `ErrorInfo` with code `too_large`.
 async fn batch_get(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
     let message: proto::BatchGetRequest = req.decode("BatchGetRequest")?;
     check_keys(&message.keys)?;
     let group = req.group.as_str();
     let service = &state.service;
-    let items = futures::stream::iter(message.keys)
-        .map(|key| async move {
+    let budget = state.max_batch_bytes;
+    let answered = batch::answer(
+        message.keys,
+        budget,
+        BATCH_CONCURRENCY,
+        |key| async move {
             let result = match service.get(group, &key).await {
                 Ok(Some(entry)) => batch_item::Result::Entry(entry.into()),
                 Ok(None) => batch_item::Result::Missing(proto::Missing {}),
@@ -289,10 +372,22 @@ async fn batch_get(state: &PeerState, req: &PeerRequest) -> Result<Response, Fai
                 key,
                 result: Some(result),
             }
+        },
+        Message::encoded_len,
+    )
+    .await;
+    let items = answered
+        .into_iter()
+        .map(|(key, slot)| match slot {
+            Slot::Answered(item) => item,
+            Slot::OverBudget => proto::BatchItem {
+                key,
+                result: Some(batch_item::Result::Error(error_info(&batch::over_budget(
+                    budget,
+                )))),
+            },
         })
-        .buffered(BATCH_CONCURRENCY)
-        .collect()
-        .await;
+        .collect();
     Ok(protobuf(&proto::BatchGetResponse { items }))
 }
 
@@ -308,4 +403,23 @@ fn check_keys(keys: &[String]) -> Result<(), Failure> {
         return Err(Failure::bad_request("a key is empty"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any request path: split into a group and a key, or refused with a 400.
+        #[test]
+        fn arbitrary_paths_parse_or_are_a_bad_request(
+            path in "(/_geecache)?(/[^/]{0,12}){0,4}|\\PC{0,40}",
+        ) {
+            if let Err(failure) = parse_path(&path) {
+                prop_assert_eq!(failure.status, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
 }

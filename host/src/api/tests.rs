@@ -1,0 +1,316 @@
+//! The API's hardening, driven through [`router`] with `oneshot` (no socket): batch answers
+//! are bounded, query numbers cannot overflow, the token guards what it should, item errors
+//! do not leak internals.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::group::{Getter, Group, Loaded};
+
+/// Answers every key with `size` bytes of `x`; `boom` fails with an internal error whose
+/// detail must not reach a client.
+#[derive(Debug)]
+struct SizedGetter {
+    /// Length of every value.
+    size: usize,
+    /// Calls so far.
+    calls: AtomicUsize,
+}
+
+impl Getter for SizedGetter {
+    fn name(&self) -> &str {
+        "sized"
+    }
+
+    fn get<'a>(
+        &'a self,
+        _group: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, crate::error::Result<Loaded>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let size = self.size;
+        async move {
+            if key == "boom" {
+                return Err(Error::Internal("the database password is hunter2".into()));
+            }
+            Ok(Loaded::Found {
+                value: Bytes::from(vec![b'x'; size]),
+                expires_at_ms: None,
+            })
+        }
+        .boxed()
+    }
+}
+
+/// A single node serving group `g` from a [`SizedGetter`] of `size`-byte values.
+fn app(size: usize, options: ApiOptions) -> (Router, Arc<SizedGetter>) {
+    let getter = Arc::new(SizedGetter {
+        size,
+        calls: AtomicUsize::new(0),
+    });
+    let group = Group::builder("g", getter.clone())
+        .options(crate::group::GroupOptions {
+            cache_bytes: 256 << 20,
+            max_value_bytes: 16 << 20,
+            ..crate::group::GroupOptions::default()
+        })
+        .build()
+        .unwrap();
+    let mut groups = Groups::default();
+    groups.insert(group).unwrap();
+    let metrics = Metrics::new("n");
+    let cluster = Cluster::new(
+        "n",
+        "127.0.0.1:1",
+        None,
+        Duration::from_secs(1),
+        metrics.clone(),
+    )
+    .unwrap();
+    let state = AppState::new(groups, "g".into(), vec![], options, cluster, None, metrics);
+    (router(state), getter)
+}
+
+async fn call(app: &Router, request: axum::http::Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, body)
+}
+
+fn batch_request(keys: &[&str]) -> axum::http::Request<Body> {
+    axum::http::Request::post("/api/v1/groups/g/batch")
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::json!({ "keys": keys }).to_string()))
+        .unwrap()
+}
+
+fn json(body: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+/// The case, scaled down: one small request naming a large key a thousand times.
+#[tokio::test]
+async fn a_key_repeated_in_a_batch_is_loaded_and_answered_once() {
+    let (app, getter) = app(1 << 20, ApiOptions::default());
+    let (status, _, body) = call(&app, batch_request(&["big"; 1000])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.len() < (1 << 20) + 1024, "{} bytes", body.len());
+    let results = json(&body)["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["key"], "big");
+    assert_eq!(results[0]["value"].as_str().unwrap().len(), 1 << 20);
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_batch_answer_stays_within_its_byte_budget() {
+    let options = ApiOptions {
+        max_batch_bytes: 100_000,
+        ..ApiOptions::default()
+    };
+    let (app, getter) = app(30_000, options);
+    let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (status, _, body) = call(&app, batch_request(&keys)).await;
+    assert_eq!(status, StatusCode::OK);
+    let results = json(&body)["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 1000, "every key is answered");
+    let with_value = results.iter().filter(|r| r.get("value").is_some()).count();
+    assert_eq!(with_value, 3, "three 30 KB values fit in 100 KB");
+    for r in &results[3..] {
+        assert_eq!(r["error"]["code"], "too_large", "{r}");
+    }
+    // The refusals are small, the values within the budget.
+    assert!(body.len() < 100_000 + 1000 * 300, "{} bytes", body.len());
+    let calls = getter.calls.load(Ordering::SeqCst);
+    assert!(calls < 200, "{calls} of 1000 keys were loaded");
+}
+
+/// Values that are not UTF-8 go out as base64, a third larger: the budget counts that.
+#[tokio::test]
+async fn the_budget_counts_base64_and_json_escaping() {
+    let item = batch_item_json("k", Ok(Bytes::from(vec![0xff; 300])));
+    assert!(item.len() >= 400, "base64 of 300 bytes is 400 bytes");
+    let item = batch_item_json("k", Ok(Bytes::from(vec![0x01; 100])));
+    assert!(item.len() >= 600, "each control byte is escaped as \\u0001");
+}
+
+#[tokio::test]
+async fn batch_item_errors_do_not_leak_internals() {
+    let (app, _) = app(10, ApiOptions::default());
+    let (_, _, body) = call(&app, batch_request(&["boom", "ok"])).await;
+    let results = json(&body)["results"].as_array().unwrap().clone();
+    assert_eq!(results[0]["error"]["code"], "internal");
+    let message = results[0]["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("hunter2"), "{message}");
+    assert_eq!(results[1]["value"], "x".repeat(10));
+}
+
+fn put(path: &str) -> axum::http::Request<Body> {
+    axum::http::Request::put(path)
+        .body(Body::from("v"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_huge_ttl_is_a_400_not_a_panic() {
+    let (app, _) = app(10, ApiOptions::default());
+    for ttl in ["18446744073709551615s", "584942417356y", "3651days", "soon"] {
+        let (status, _, body) =
+            call(&app, put(&format!("/api/v1/groups/g/keys/k?ttl={ttl}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{ttl}");
+        assert_eq!(json(&body)["error"]["code"], "bad_request", "{ttl}");
+    }
+    let (status, _, _) = call(&app, put("/api/v1/groups/g/keys/k?ttl=3650days")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[test]
+fn ttl_expiry_is_checked_arithmetic() {
+    assert_eq!(expiry_of_ttl("1s", 1_000).unwrap(), 2_000);
+    assert!(
+        expiry_of_ttl("10m", u64::MAX).is_err(),
+        "overflow is an error"
+    );
+    assert!(expiry_of_ttl("3651days", 0).is_err());
+}
+
+fn with_token(
+    request: axum::http::request::Builder,
+    token: Option<&str>,
+) -> axum::http::request::Builder {
+    match token {
+        Some(t) => request.header("authorization", format!("Bearer {t}")),
+        None => request,
+    }
+}
+
+#[tokio::test]
+async fn the_token_guards_writes_and_reads_only_when_asked() {
+    let access = |reads| ApiOptions {
+        access: Access {
+            token: Some(ApiToken::new("s3cret").unwrap()),
+            reads,
+        },
+        ..ApiOptions::default()
+    };
+    let (writes_only, _) = app(10, access(false));
+    let key = "/api/v1/groups/g/keys/k";
+    for (token, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("guess"), StatusCode::UNAUTHORIZED),
+        (Some("s3cret"), StatusCode::NO_CONTENT),
+    ] {
+        for method in ["PUT", "DELETE"] {
+            let request = with_token(
+                axum::http::Request::builder().method(method).uri(key),
+                token,
+            )
+            .body(Body::from("v"))
+            .unwrap();
+            let (status, headers, body) = call(&writes_only, request).await;
+            assert_eq!(status, want, "{method} {token:?}");
+            if want == StatusCode::UNAUTHORIZED {
+                assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+                assert_eq!(json(&body)["error"]["code"], "unauthorized");
+            }
+        }
+    }
+    let get = |path: &str, token| {
+        with_token(axum::http::Request::get(path), token)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for path in [key, "/api/v1/stats", "/metrics", "/healthz", "/readyz"] {
+        let (status, _, _) = call(&writes_only, get(path, None)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "reads are open without --api-token-reads: {path}"
+        );
+    }
+
+    let (guarded, _) = app(10, access(true));
+    for path in [
+        key,
+        "/api/v1/stats",
+        "/metrics",
+        "/api/v1/cluster",
+        "/api?key=k",
+    ] {
+        let (status, _, _) = call(&guarded, get(path, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let (status, _, _) = call(&guarded, get(path, Some("s3cret"))).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let (status, _, _) = call(&guarded, batch_request(&["k"])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the batch get is a read");
+    for path in ["/healthz", "/readyz"] {
+        let (status, _, _) = call(&guarded, get(path, None)).await;
+        assert_eq!(status, StatusCode::OK, "probes stay open: {path}");
+    }
+}
+
+proptest::proptest! {
+    /// Any `?ttl=` text: an expiry within ten years of now, or a 400; never a panic.
+    #[test]
+    fn arbitrary_ttls_give_a_bounded_expiry_or_a_bad_request(
+        ttl in "[0-9]{0,25}[a-z ]{0,8}|\\PC{0,20}",
+        now_ms in proptest::prelude::any::<u64>(),
+    ) {
+        match expiry_of_ttl(&ttl, now_ms) {
+            Ok(at) => proptest::prop_assert!(at - now_ms <= u64::try_from(MAX_TTL.as_millis()).unwrap()),
+            Err(e) => proptest::prop_assert_eq!(e.status(), 400),
+        }
+    }
+
+    /// Any `Accept-Encoding` value: a subset of the codings a value may be stored in.
+    #[test]
+    fn arbitrary_accept_encodings_are_read_without_panic(value in "[ -~]{0,60}") {
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(header::ACCEPT_ENCODING, v);
+        }
+        for coding in accepted_codings(&headers) {
+            proptest::prop_assert!(["gzip", "zstd"].contains(&coding));
+        }
+    }
+}
+
+/// The classic query and the PUT query, parsed from any query string: a value or a 400 JSON
+/// error, never a panic.
+#[tokio::test]
+async fn arbitrary_query_strings_are_a_value_or_a_json_error() {
+    use proptest::strategy::{Strategy as _, ValueTree as _};
+    let (app, _) = app(10, ApiOptions::default());
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = "[a-z=&%0-9+;]{0,30}";
+    for _ in 0..200 {
+        let query = strategy.new_tree(&mut runner).unwrap().current();
+        for path in ["/api", "/api/v1/groups/g/keys/k"] {
+            let uri = format!("{path}?{query}");
+            let Ok(request) = axum::http::Request::put(&uri).body(Body::from("v")) else {
+                continue;
+            };
+            let (status, _, body) = call(&app, request).await;
+            if !status.is_success() {
+                assert!(
+                    json(&body)["error"]["code"].is_string(),
+                    "{uri}: {status} {body:?}"
+                );
+            }
+        }
+    }
+}
