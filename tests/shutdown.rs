@@ -41,7 +41,7 @@ async fn readyz_turns_503_first_and_the_node_serves_through_the_grace() {
 
 /// A node with `db_getter` and `fs_storage` keeping its files in `dir`.
 async fn stored_node(dir: &std::path::Path) -> TestNode {
-    let grant = format!("fs_storage={}", dir.display());
+    let grant = format!("fs_storage={}:rw", dir.display());
     TestNode::start(&[
         "--plugin",
         plugins::DB_GETTER,

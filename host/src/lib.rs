@@ -4,10 +4,12 @@
 //! request through the node:
 //!
 //! - [`server`]: wiring: binds the listener, builds plugins and groups from the [`config`],
-//!   joins the cluster, runs until a shutdown future resolves, leaves the ring, then drains.
+//!   joins the cluster, runs until a shutdown future resolves, turns not-ready, leaves the ring,
+//!   serves through a grace, then drains requests and storage writes.
 //! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats,
-//!   `/metrics`, health; times every request; turns every [`error::Error`] into a JSON body with
-//!   a stable code and status.
+//!   `/metrics`, health; the optional API token; times every request; turns every
+//!   [`error::Error`] into a JSON body with a stable code and status. [`api::guard`] bounds what
+//!   all requests hold together: connections, request bodies and batch answers in flight.
 //! - [`batch`]: how a batch get (API or peer) is answered within a byte budget: each distinct
 //!   key once, loads stopped once the budget is spent.
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
@@ -22,11 +24,14 @@
 //! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that
 //!   panics or is cancelled.
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
-//!   on-disk compile cache), kind detection, per-call limits, host capabilities (log, config,
-//!   SQL), and the wasm implementations of the group's and the codec's traits.
+//!   on-disk compile cache), kind detection, per-call limits (wall-clock deadline that host
+//!   calls share, one memory budget over all memories and tables), grants bound to the
+//!   operator's name for a plugin, host capabilities (log, config, SQL confined to one
+//!   database), and the wasm implementations of the group's and the codec's traits.
 //! - [`peer`]: the peer protocol (HTTP + protobuf, `/_geecache/{group}/{key}`): the
 //!   [`peer::PeerService`] seam a node offers its peers, the router serving it, the client
-//!   calling one remote node, and HMAC request signing with the cluster secret.
+//!   calling one remote node, and HMAC request signing with the cluster secret (nonces against
+//!   replay, checked before a body is read).
 //! - [`ring`]: consistent hashing with virtual nodes (XXH3-64); which node owns a key (used by
 //!   the cluster layer).
 //! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
