@@ -363,7 +363,7 @@ async fn sql_reads_the_granted_database_and_nothing_else() {
         getter
             .get(
                 "g",
-                "sql:SELECT replace(printf('%.*c', 20000, 'x'), 'x', printf('%.*c', 25000, 'y'))",
+                "sql:SELECT printf('%.*c', 40000000, 'x') || printf('%.*c', 40000000, 'x')",
             )
             .await
             .unwrap_err(),

@@ -802,6 +802,15 @@ impl Cli {
         if self.api_token_reads && token.is_none() {
             return Err("--api-token-reads needs --api-token".into());
         }
+        let clustered = !self.etcd_endpoints.is_empty() || !self.peers.is_empty();
+        if token.is_some() && clustered && self.cluster_secret.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(
+                "--api-token in a cluster needs --cluster-secret: without it the peer routes \
+                 (/_geecache/...) accept writes from anyone, around the token"
+                    .into(),
+            );
+        }
         Ok(ApiOptions {
             max_body_bytes: size(
                 &self.max_body_bytes,

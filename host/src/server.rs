@@ -344,7 +344,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         // Bind first: a taken port fails before plugins compile, and `--port 0` learns its port.
         let listener = match TcpListener::bind(settings.addr).await {
             Ok(l) => l,
@@ -395,5 +395,9 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A plugin call stuck in host code (a granted FIFO, a slow mount) must not keep the process
+    // alive: blocking threads still running after the drain are abandoned.
+    rt.shutdown_timeout(DRAIN_TIMEOUT);
+    code
 }

@@ -10,8 +10,10 @@
 //! - [`RequestGuard::apply`]: every request that may carry a body reserves its size (the declared
 //!   `Content-Length`, or the body limit when none is declared) from one byte budget,
 //!   `--max-inflight-body-bytes`, before a byte of it is read, and keeps the reservation until
-//!   its answer is ready. A batch request (API or peer) also reserves what its answer may hold
-//!   while it is built: twice `--max-batch-bytes` (the items, then the encoded answer). When the budget is spent the request is refused at once with 503
+//!   its answer has been sent (or dropped): an answer a client does not read still counts. A
+//!   batch request (API or peer) also reserves what its answer may hold while it is built and
+//!   sent: twice `--max-batch-bytes` (the items, then the encoded answer). Every peer `POST` is
+//!   taken for a batch, whatever its last segment's spelling. When the budget is spent the request is refused at once with 503
 //!   `busy` and `Retry-After: 1`; requests without a body (every GET) reserve nothing and are
 //!   never refused by it. A body must arrive within `--body-timeout`, so a slow upload cannot
 //!   keep its reservation (or its connection's task) for ever.
@@ -117,15 +119,17 @@ impl RequestGuard {
         let chunked = headers.contains_key(header::TRANSFER_ENCODING);
         let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         let max = self.limits.max_body_bytes;
+        // HTTP/1.1: a request with neither Content-Length nor Transfer-Encoding has no body.
         let body = match declared {
             Some(n) if n > max as u64 => return Err(()),
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-            None if chunked || !bodiless => max,
+            None if chunked && !bodiless => max,
             None => 0,
         };
         let path = req.uri().path();
+        // Any peer POST, since `_bat%63h` decodes to `_batch` only after this point.
         let batch = *req.method() == Method::POST
-            && (path.ends_with("/batch") || path.ends_with("/_batch"));
+            && (path.ends_with("/batch") || path.starts_with("/_geecache/"));
         let answer = if batch {
             self.limits.max_batch_bytes.saturating_mul(2)
         } else {
@@ -145,7 +149,7 @@ async fn guard(State(guard): State<RequestGuard>, req: Request, next: Next) -> R
         })
         .into_response();
     };
-    let _reserved: Option<OwnedSemaphorePermit> = if wanted == 0 {
+    let reserved: Option<OwnedSemaphorePermit> = if wanted == 0 {
         None
     } else {
         match guard
@@ -162,7 +166,45 @@ async fn guard(State(guard): State<RequestGuard>, req: Request, next: Next) -> R
     } else {
         with_deadline(req, guard.limits.body_timeout)
     };
-    next.run(req).await
+    let response = next.run(req).await;
+    match reserved {
+        // The answer keeps the reservation until it has been sent or dropped.
+        Some(permit) => response.map(|body| {
+            Body::new(Held {
+                body,
+                _permit: permit,
+            })
+        }),
+        None => response,
+    }
+}
+
+/// A response body that holds its request's reservation until it is sent or dropped.
+struct Held {
+    /// The answer.
+    body: Body,
+    /// The reservation, released when this body is dropped.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// 503 `busy`: the body budget is spent right now.
@@ -343,17 +385,19 @@ mod tests {
         ServerLimits {
             max_connections: 8,
             max_inflight_body_bytes: 1000,
-            body_timeout: Duration::from_millis(200),
+            body_timeout: Duration::from_secs(2),
             max_body_bytes: 600,
             max_batch_bytes: 100,
         }
     }
 
+    /// A PUT of `body`, declared with `length`, or sent chunked when `None`.
     fn put_request(body: Body, length: Option<usize>) -> Request {
-        let mut req = Request::put("/put");
-        if let Some(n) = length {
-            req = req.header(header::CONTENT_LENGTH, n);
-        }
+        let req = Request::put("/put");
+        let req = match length {
+            Some(n) => req.header(header::CONTENT_LENGTH, n),
+            None => req.header(header::TRANSFER_ENCODING, "chunked"),
+        };
         req.body(body).unwrap()
     }
 
@@ -363,6 +407,10 @@ mod tests {
         let body = Body::from(vec![7u8; 500]);
         let response = app.oneshot(put_request(body, Some(500))).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        // Until the answer is sent, its request's bytes stay reserved.
+        assert_eq!(guard.reserved_body_bytes(), 500);
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "3");
+        drop(response);
         assert_eq!(guard.reserved_body_bytes(), 0);
     }
 
@@ -400,6 +448,7 @@ mod tests {
         for slow in [slow1, slow2] {
             let response = slow.await.unwrap().unwrap();
             assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            drop(response);
         }
         assert_eq!(guard.reserved_body_bytes(), 0);
     }
@@ -436,10 +485,23 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         assert_eq!(guard.reservation(&batch), Ok(10 + 200));
-        let peer = Request::post("/_geecache/g/_batch")
+        let peer = Request::post("/_geecache/g/_bat%63h")
+            .header(header::TRANSFER_ENCODING, "chunked")
             .body(Body::empty())
             .unwrap();
-        assert_eq!(guard.reservation(&peer), Ok(600 + 200));
+        assert_eq!(
+            guard.reservation(&peer),
+            Ok(600 + 200),
+            "any peer POST is a batch"
+        );
+        let delete = Request::delete("/api/v1/groups/g/keys/k")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            guard.reservation(&delete),
+            Ok(0),
+            "no length and not chunked: no body"
+        );
         let get = Request::get("/api?key=batch").body(Body::empty()).unwrap();
         assert_eq!(guard.reservation(&get), Ok(0));
         let huge = put_request(Body::empty(), Some(601));

@@ -612,7 +612,7 @@ pub fn router(state: AppState) -> Router {
     let access =
         axum::middleware::from_fn_with_state(Arc::new(options.access.clone()), access::check);
     let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
-    let peer_routes = crate::peer::router_with_limits(
+    let mut peer_routes = crate::peer::router_with_limits(
         service,
         state.inner.secret.clone(),
         PeerLimits {
@@ -621,6 +621,19 @@ pub fn router(state: AppState) -> Router {
             concurrency: options.peer_concurrency,
         },
     );
+    // Without a cluster secret the peer routes check nothing themselves: with an API token they
+    // must not be a way around it, so every peer request then needs the token (a clustered node
+    // refuses --api-token without --cluster-secret, so this only closes a single node's door).
+    if state.inner.secret.is_none() && options.access.token.is_some() {
+        let all = Access {
+            token: options.access.token.clone(),
+            reads: true,
+        };
+        peer_routes = peer_routes.layer(axum::middleware::from_fn_with_state(
+            Arc::new(all),
+            access::check,
+        ));
+    }
     Router::new()
         .route("/api", get(classic_get))
         .route(

@@ -257,6 +257,22 @@ async fn the_token_guards_writes_and_reads_only_when_asked() {
     }
     let (status, _, _) = call(&guarded, batch_request(&["k"])).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the batch get is a read");
+
+    // Without a cluster secret the peer routes are no way around the token. (Before, a
+    // protobuf PUT to /_geecache/... stored a value with no token at all.)
+    for app in [&writes_only, &guarded] {
+        for method in ["GET", "PUT", "DELETE", "POST"] {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri("/_geecache/g/k")
+                .body(Body::empty())
+                .unwrap();
+            let (status, _, _) = call(app, request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} on a peer route");
+        }
+    }
+    let (status, _, _) = call(&writes_only, get("/_geecache/g/k", Some("s3cret"))).await;
+    assert_ne!(status, StatusCode::UNAUTHORIZED, "the token opens them");
     for path in ["/healthz", "/readyz"] {
         let (status, _, _) = call(&guarded, get(path, None)).await;
         assert_eq!(status, StatusCode::OK, "probes stay open: {path}");
@@ -301,7 +317,13 @@ async fn arbitrary_query_strings_are_a_value_or_a_json_error() {
         let query = strategy.new_tree(&mut runner).unwrap().current();
         for path in ["/api", "/api/v1/groups/g/keys/k"] {
             let uri = format!("{path}?{query}");
-            let Ok(request) = axum::http::Request::put(&uri).body(Body::from("v")) else {
+            // `/api` is the classic GET; the key route's query is the PUT's `ttl`.
+            let request = if path == "/api" {
+                axum::http::Request::get(&uri).body(Body::empty())
+            } else {
+                axum::http::Request::put(&uri).body(Body::from("v"))
+            };
+            let Ok(request) = request else {
                 continue;
             };
             let (status, _, body) = call(&app, request).await;

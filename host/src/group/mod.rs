@@ -678,7 +678,11 @@ impl Core {
         let (kept, ack) = self.write(key, || (memory(), slot.send(key, op)));
         let written = match tokio::time::timeout_at(deadline, ack).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(Error::StorageWrite(e.to_string())),
+            Ok(Ok(Err(e))) => {
+                // The client hears what it may (a plugin's own `other` text stays in the log).
+                tracing::warn!(group = %self.name, error = %e, "storage write failed");
+                Err(Error::StorageWrite(e.public_message()))
+            }
             Ok(Err(_)) => Err(Error::StorageWrite("the storage tier has stopped".into())),
             Err(_) => Err(Error::StorageWrite(format!("no answer within {timeout:?}"))),
         };

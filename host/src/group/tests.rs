@@ -754,7 +754,12 @@ impl Storage for MemoryStorage {
                 gate.acquire().await.unwrap().forget();
             }
             if self.fail_puts.load(Ordering::SeqCst) {
-                return Err(Error::Internal("disk full".into()));
+                // As a storage plugin reports it: `other` text is for operators only.
+                return Err(Error::Plugin(crate::plugin::PluginError::Reported {
+                    plugin: "memory".into(),
+                    kind: "other",
+                    message: "disk full at /srv/secret-volume".into(),
+                }));
             }
             self.entries.lock().unwrap().insert(key.to_owned(), e);
             Ok(())
@@ -1048,6 +1053,11 @@ async fn a_set_the_storage_tier_refuses_fails_with_503_and_is_not_served() {
         (err.status(), err.code()),
         (503, "storage_unavailable"),
         "{err}"
+    );
+    assert!(
+        !err.public_message().contains("secret-volume"),
+        "the backend's own words stay in the log: {}",
+        err.public_message()
     );
     // Memory does not claim the value storage refused: the key loads from the getter.
     assert_eq!(g.get("json-f").await.unwrap(), records("json-f", 40));

@@ -52,6 +52,10 @@ use host::{CallLimiter, HostState};
 
 use crate::telemetry::Metrics;
 
+/// Most bytes one WASI `get-random-bytes` call may ask the host for (wasmtime-wasi's default is
+/// 64 MiB, allocated outside the plugin's memory cap).
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
 /// How often the epoch ticker advances the engine's epoch; the granularity of time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -665,6 +669,8 @@ impl PluginCore {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         wasi.socket_addr_check(|_, _| Box::pin(async { false }));
+        // `get-random-bytes` allocates its answer on the host: keep it small.
+        wasi.max_random_size(MAX_RANDOM_BYTES);
         for dir in &self.grants.dirs {
             let perms = if dir.writable {
                 wasmtime_wasi::FsPerms::ReadWrite

@@ -12,11 +12,15 @@
 //!   anything else that is not a plain read. `SQLITE_DBCONFIG_DEFENSIVE` is on, the schema is
 //!   untrusted (`TRUSTED_SCHEMA` off) and the FTS3 tokenizer is disabled.
 //! - **Bounded work and memory.** `SQLITE_LIMIT_LENGTH` (the largest string or blob SQLite will
-//!   build) is the plugin's memory cap, so `printf('%.*c', 500000000, 'x')` fails inside SQLite
-//!   instead of allocating 500 MB; one result may hold at most that many bytes in all
-//!   ([`SqlDb::query`]); statements, expressions and compound selects are capped; every query
-//!   carries its call's deadline through SQLite's progress handler (epoch interruption does not
-//!   reach host code).
+//!   build) is the plugin's memory cap, so a 500 MB string fails inside SQLite instead of being
+//!   allocated; one result may hold at most that many bytes in all ([`SqlDb::query`]); all the
+//!   plugin databases of the process together may allocate at most [`HEAP_LIMIT`] (SQLite's
+//!   hard heap limit: past it a query fails as out of memory); statements, expressions,
+//!   columns and compound selects are capped. Every query carries its call's deadline through
+//!   SQLite's progress handler (epoch interruption does not reach host code), which runs
+//!   between virtual-machine steps: functions whose one step can be quadratic in
+//!   `SQLITE_LIMIT_LENGTH` (`instr`, `replace`) are left off the allow-list so that no step
+//!   outlasts the deadline by much.
 //! - **Clean connections.** A connection goes back to the idle pool only in autocommit mode
 //!   with no handler left behind; anything else is closed.
 
@@ -61,7 +65,6 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "ifnull",
     "iif",
     "if",
-    "instr",
     "length",
     "like",
     "likelihood",
@@ -74,7 +77,6 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "octet_length",
     "printf",
     "quote",
-    "replace",
     "round",
     "rtrim",
     "sign",
@@ -163,6 +165,24 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "trunc",
 ];
 
+/// Most memory SQLite may allocate in this process, over every plugin database together
+/// (`sqlite3_hard_heap_limit64`). Past it, an allocation fails and so does the query that made
+/// it, with "out of memory" for the guest; the host's memory stays bounded.
+pub const HEAP_LIMIT: i64 = 256 << 20;
+
+/// Sets SQLite's process-wide hard heap limit to [`HEAP_LIMIT`], once.
+#[allow(unsafe_code)]
+fn limit_heap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_hard_heap_limit64 takes a plain integer, may be called from any thread
+        // at any time, and only sets a limit that SQLite's allocator checks.
+        unsafe {
+            rusqlite::ffi::sqlite3_hard_heap_limit64(HEAP_LIMIT);
+        }
+    });
+}
+
 /// A read-only SQLite database shared by every call of one plugin.
 #[derive(Debug)]
 pub struct SqlDb {
@@ -193,6 +213,7 @@ impl SqlDb {
     /// # Errors
     /// A message naming the file and the fix when it is missing or not a database.
     pub fn open(path: &Path, max_result_bytes: usize) -> Result<Self, String> {
+        limit_heap();
         if !path.is_file() {
             return Err(format!(
                 "database {} does not exist: run `bash plugins/build.sh` to create the demo \
@@ -284,7 +305,7 @@ fn confine(conn: &Connection, max_value_bytes: usize) -> rusqlite::Result<()> {
     for (limit, value) in [
         (Limit::SQLITE_LIMIT_LENGTH, length),
         (Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000),
-        (Limit::SQLITE_LIMIT_COLUMN, 500),
+        (Limit::SQLITE_LIMIT_COLUMN, 64),
         (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
         (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50),
         (Limit::SQLITE_LIMIT_VDBE_OP, 250_000),
@@ -554,6 +575,8 @@ mod tests {
             "PRAGMA table_info(scores)",
             "SELECT load_extension('/tmp/x.so')",
             "SELECT fts3_tokenizer('simple')",
+            "SELECT instr('aaaa', 'ab')",
+            "SELECT replace('aaaa', 'a', 'b')",
             "SELECT zeroblob(500000000)",
             "SELECT randomblob(10)",
             "SELECT sqlite_compileoption_used('X')",
@@ -578,9 +601,11 @@ mod tests {
     #[test]
     fn one_value_is_capped_by_sqlite_itself() {
         let (_dir, db) = demo_db();
-        // SQLITE_LIMIT_LENGTH stops SQLite from building the value: one million bytes here
+        // SQLITE_LIMIT_LENGTH stops SQLite from building the value: a million bytes here
         // against a 64 KiB cap (500 MB in the defect report, against the 64 MiB default).
-        let statement = "SELECT replace(printf('%.*c', 1000, 'x'), 'x', printf('%.*c', 1000, 'y'))";
+        let statement = "SELECT group_concat(printf('%.*c', 1000, 'x'), '') \
+                         FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                         LIMIT 1000) SELECT i FROM n)";
         let m = refused(&db, statement);
         assert!(m.contains("too big"), "{m}");
     }
