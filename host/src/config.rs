@@ -983,6 +983,10 @@ mod tests {
     fn bad_values_name_the_fix() {
         let err = cli(&["--plugin-config", "nodot"]).resolve().unwrap_err();
         assert!(err.contains("NAME.KEY=VALUE"), "{err}");
+        let err = cli(&["--api-token", "t", "--peers", "127.0.0.1:1"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("--cluster-secret"), "{err}");
         let err = cli(&["--plugin-dir", "fs=:rw"]).resolve().unwrap_err();
         assert!(err.contains("HOST_DIR[:GUEST_DIR][:rw]"), "{err}");
         let err = cli(&["--cache-bytes", "lots"]).resolve().unwrap_err();
