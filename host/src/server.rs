@@ -31,7 +31,7 @@ use crate::compression::Codecs;
 use crate::config::{Cli, Settings};
 use crate::discovery::{EtcdOptions, Member, Membership};
 use crate::group::{Getter, Group, Groups, Storage};
-use crate::peer::ClusterSecret;
+use crate::peer::{ClusterSecret, NodeAuth};
 use crate::plugin::{LoadedPlugin, Runtime};
 use crate::telemetry::Metrics;
 
@@ -186,7 +186,8 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         plugins,
         settings.api.clone(),
         cluster.clone(),
-        secret,
+        // Requests must be signed for this node's advertised address, and after now.
+        secret.map(|s| NodeAuth::new(s, &c.advertise_addr)),
         metrics,
     );
     Ok(Node {

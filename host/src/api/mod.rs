@@ -56,7 +56,7 @@ use crate::cache::Clock as _;
 use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
 use crate::group::{Groups, Reply};
-use crate::peer::{ClusterSecret, PeerLimits, PeerService};
+use crate::peer::{NodeAuth, PeerLimits, PeerService};
 use crate::plugin::LoadedPlugin;
 pub use crate::plugin::PluginSnapshot;
 /// The body of `/api/v1/stats`, also what `/metrics` reports.
@@ -111,21 +111,23 @@ struct Inner {
     options: ApiOptions,
     /// The ring and its members, for `/api/v1/cluster`.
     cluster: Arc<Cluster>,
-    /// Checks peer requests when the cluster has a secret.
-    secret: Option<ClusterSecret>,
+    /// Checks peer requests when the cluster has a secret: made once, when the node starts, so
+    /// its nonces and start time are the node's.
+    peer_auth: Option<NodeAuth>,
     /// The node's meters: request latencies are recorded here, `/metrics` is rendered from it.
     metrics: Metrics,
 }
 
 impl AppState {
-    /// State for a node serving `groups`, answering `/api?key=K` from `default_group`.
+    /// State for a node serving `groups`, answering `/api?key=K` from `default_group`; with
+    /// `peer_auth`, peer requests must be signed (for this node; see [`NodeAuth`]).
     pub fn new(
         groups: Groups,
         default_group: String,
         plugins: Vec<LoadedPlugin>,
         options: ApiOptions,
         cluster: Arc<Cluster>,
-        secret: Option<ClusterSecret>,
+        peer_auth: Option<NodeAuth>,
         metrics: Metrics,
     ) -> Self {
         AppState {
@@ -136,7 +138,7 @@ impl AppState {
                 ready: AtomicBool::new(true),
                 options,
                 cluster,
-                secret,
+                peer_auth,
                 metrics,
             }),
         }
@@ -614,7 +616,7 @@ pub fn router(state: AppState) -> Router {
     let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
     let mut peer_routes = crate::peer::router_with_limits(
         service,
-        state.inner.secret.clone(),
+        state.inner.peer_auth.clone(),
         PeerLimits {
             max_body_bytes: max_body,
             max_batch_bytes: options.max_batch_bytes,
@@ -624,7 +626,7 @@ pub fn router(state: AppState) -> Router {
     // Without a cluster secret the peer routes check nothing themselves: with an API token they
     // must not be a way around it, so every peer request then needs the token (a clustered node
     // refuses --api-token without --cluster-secret, so this only closes a single node's door).
-    if state.inner.secret.is_none() && options.access.token.is_some() {
+    if state.inner.peer_auth.is_none() && options.access.token.is_some() {
         let all = Access {
             token: options.access.token.clone(),
             reads: true,

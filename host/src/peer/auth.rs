@@ -8,21 +8,34 @@
 //! - `x-geecache-content-sha256`: lowercase hex of the SHA-256 of the body (of the empty string
 //!   when there is no body);
 //! - `x-geecache-signature`: lowercase hex of HMAC-SHA256(secret, text), where text is
-//!   `"{METHOD}\n{path}\n{date}\n{nonce}\n{content-sha256}"`. `path` is the request target
-//!   exactly as sent, percent-encoding included (with `?query` if there is one).
+//!   `"{METHOD}\n{authority}\n{path}\n{date}\n{nonce}\n{content-sha256}"`. `authority` is the
+//!   `host:port` of the node the request is for, as its peers know it (its advertised address;
+//!   the port always written, lowercase host, IPv6 in brackets: see [`authority_of`]), and is
+//!   also sent as the `Host` header. `path` is the request target exactly as sent,
+//!   percent-encoding included (with `?query` if there is one).
 //!
 //! The server checks, in this order and before it reads a byte of the body: every header is
-//! there and well formed, the date is within [`MAX_CLOCK_SKEW`] of its own clock, the signature
-//! matches (compared in constant time), and the nonce was not seen before ([`ReplayGuard`]:
-//! nonces are remembered for twice the skew window, so a captured request cannot be sent
-//! again while its date is still acceptable). Only then does it read the body (bounded) and
-//! check that its hash is the signed one. An unsigned or forged request therefore costs the
-//! node one HMAC, never a body read.
+//! there and well formed, the date is within [`MAX_CLOCK_SKEW`] of its own clock, the `Host`
+//! names this node, the signature matches (computed over this node's own advertised address, and
+//! compared in constant time), the request was not signed before this node started, and the
+//! nonce was not seen before. Only then does it read the body (bounded) and check that its hash
+//! is the signed one. An unsigned or forged request therefore costs the node one HMAC, never a
+//! body read.
+//!
+//! Replays are closed three ways. The authority in the signed text makes a request captured on
+//! its way to one node useless at any other. The [`ReplayGuard`] remembers every nonce for as
+//! long as its date is acceptable (2 × [`MAX_CLOCK_SKEW`] + 2 s), so it cannot be sent again to
+//! the same node. And since the guard lives in memory, a node refuses anything dated before it
+//! started: a restart forgets nonces, so it must not accept what was signed before it.
+//!
+//! Nodes' clocks must agree within [`MAX_CLOCK_SKEW`] (30 s): run NTP on every node.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -40,12 +53,23 @@ pub const CONTENT_SHA256_HEADER: &str = "x-geecache-content-sha256";
 /// Header carrying the hex HMAC-SHA256 signature.
 pub const SIGNATURE_HEADER: &str = "x-geecache-signature";
 
-/// How far a request's date may be from the server's clock, either way.
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+/// How far a request's date may be from the server's clock, either way. Short, because every
+/// nonce must be remembered for twice this: nodes need synchronized clocks (NTP).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
-/// Most nonces a node remembers at once (one per signed request in the last
-/// 2 × [`MAX_CLOCK_SKEW`]); past it, signed requests are refused until old nonces expire.
-pub const MAX_REMEMBERED_NONCES: u64 = 1_000_000;
+/// How long a nonce is remembered: 2 × [`MAX_CLOCK_SKEW`], plus one second for dates being
+/// whole seconds and one for the second the check happens in.
+pub const NONCE_WINDOW: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW.as_secs() + 2);
+
+/// Most nonces a node remembers at once: 4 Mi (4,194,304) of 16 bytes, kept in sorted slices
+/// without spare room, so 64 MiB at the cap, plus the latest few thousand of each second in
+/// small hash sets (under 9 MiB in all; about 69 MiB measured at the cap). A nonce is kept
+/// until its date is [`MAX_CLOCK_SKEW`] + 1 s old: 32 s for a request dated now, at most
+/// [`NONCE_WINDOW`] (62 s) for one dated the full skew ahead. So a node takes at least
+/// cap / 62 s, about 67,000 signed requests per second, sustained (about 130,000 with
+/// synchronized clocks); past it, signed requests get 503 `overloaded` until old nonces age
+/// out (never forgotten early, which would reopen the replay window).
+pub const MAX_REMEMBERED_NONCES: u64 = 4 * 1024 * 1024;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -72,14 +96,26 @@ pub enum AuthError {
     #[error("malformed {0} header")]
     Malformed(&'static str),
     /// The date is outside the accepted window around the server's clock.
-    #[error("request dated {skew_secs} s away from this node's clock (limit {} s)", MAX_CLOCK_SKEW.as_secs())]
+    #[error("request dated {skew_secs} s away from this node's clock (limit {} s; are the nodes' clocks synchronized?)", MAX_CLOCK_SKEW.as_secs())]
     Stale {
         /// Distance between the request's date and the server's clock, in seconds.
         skew_secs: u64,
     },
+    /// The request names another node than this one (`Host`).
+    #[error("request signed for another node ({host}); this node is {this}")]
+    OtherNode {
+        /// The authority the request was sent for.
+        host: String,
+        /// This node's advertised authority.
+        this: String,
+    },
     /// The signature does not match (wrong secret, or the request was altered).
     #[error("bad request signature")]
     BadSignature,
+    /// The request is dated before this node started, so before its replay guard: its nonce
+    /// may have been used with the node's previous run.
+    #[error("request signed before this node started; retry")]
+    BeforeStart,
     /// The body is not the one whose hash was signed.
     #[error("the body does not match its {CONTENT_SHA256_HEADER} header")]
     BodyMismatch,
@@ -115,11 +151,14 @@ pub struct SignedHeaders<'a> {
     pub signature: Option<&'a str>,
 }
 
-/// What a checked signature vouches for: the nonce to remember, the body hash to compare.
+/// What a checked signature vouches for: the date and nonce to remember, the body hash to
+/// compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// The request's nonce, lowercase hex.
-    pub nonce: String,
+    /// The signed date (unix seconds), which says how long the nonce must be remembered.
+    pub date: u64,
+    /// The request's nonce, as the number its 32 hex digits spell.
+    pub nonce: u128,
     /// The signed SHA-256 of the body.
     pub content_sha256: [u8; 32],
 }
@@ -135,6 +174,26 @@ impl Verified {
         } else {
             Err(AuthError::BodyMismatch)
         }
+    }
+}
+
+/// The authority a request for the node at `addr` (`host:port` or `http://host:port`) is
+/// signed for: `host:port`, the host lowercase (IPv6 in brackets), the port always written
+/// (80 when `addr` has none). Client and server both derive it with this function, the client
+/// from the peer's address and the server from its own advertised address, so they agree
+/// however the address was spelled. Text that is no such address is returned as it is.
+pub fn authority_of(addr: &str) -> String {
+    let with_scheme = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    match reqwest::Url::parse(&with_scheme) {
+        Ok(url) => match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            _ => addr.to_string(),
+        },
+        Err(_) => addr.to_string(),
     }
 }
 
@@ -155,30 +214,33 @@ impl ClusterSecret {
     pub fn sign(
         &self,
         method: &str,
+        authority: &str,
         path: &str,
         date: u64,
         nonce: &str,
         content_sha256: &str,
     ) -> String {
         hex::encode(
-            self.mac(method, path, date, nonce, content_sha256)
+            self.mac(method, authority, path, date, nonce, content_sha256)
                 .finalize()
                 .into_bytes(),
         )
     }
 
-    /// Every signing header of a request with this method, path and body, signed now with a
-    /// fresh nonce: what a client sends.
+    /// Every signing header of a request with this method, for the node at `authority` (see
+    /// [`authority_of`]), with this path and body, signed now with a fresh nonce: what a client
+    /// sends (with `authority` as its `Host`).
     pub fn sign_request(
         &self,
         method: &str,
+        authority: &str,
         path: &str,
         body: &[u8],
     ) -> [(&'static str, String); 4] {
         let date = unix_now();
         let nonce = new_nonce();
         let content_sha256 = hex::encode(Sha256::digest(body));
-        let signature = self.sign(method, path, date, &nonce, &content_sha256);
+        let signature = self.sign(method, authority, path, date, &nonce, &content_sha256);
         [
             (DATE_HEADER, date.to_string()),
             (NONCE_HEADER, nonce),
@@ -188,14 +250,16 @@ impl ClusterSecret {
     }
 
     /// Checks a request's signing headers against its method and path at time `now` (unix
-    /// seconds). The body is checked later, with [`Verified::check_body`], and the nonce with a
-    /// [`ReplayGuard`].
+    /// seconds), for the node whose authority is `authority` (the server's own, see
+    /// [`authority_of`]). The `Host` of the request is checked by [`NodeAuth::verify`]; the body
+    /// later, with [`Verified::check_body`]; the nonce with a [`ReplayGuard`].
     ///
     /// # Errors
     /// The [`AuthError`] that makes the request unacceptable.
     pub fn verify(
         &self,
         method: &str,
+        authority: &str,
         path: &str,
         headers: &SignedHeaders<'_>,
         now: u64,
@@ -214,9 +278,10 @@ impl ClusterSecret {
             .trim()
             .parse()
             .map_err(|_| AuthError::Malformed(DATE_HEADER))?;
-        if !is_lower_hex(nonce, 32) {
-            return Err(AuthError::Malformed(NONCE_HEADER));
-        }
+        let nonce_value = Some(nonce)
+            .filter(|n| is_lower_hex(n, 32))
+            .and_then(|n| u128::from_str_radix(n, 16).ok())
+            .ok_or(AuthError::Malformed(NONCE_HEADER))?;
         let hash: [u8; 32] = hex::decode(content_sha256)
             .ok()
             .filter(|_| is_lower_hex(content_sha256, 64))
@@ -228,11 +293,12 @@ impl ClusterSecret {
         }
         let signature = hex::decode(signature.trim()).map_err(|_| AuthError::BadSignature)?;
         // `verify_slice` compares in constant time.
-        self.mac(method, path, date, nonce, content_sha256)
+        self.mac(method, authority, path, date, nonce, content_sha256)
             .verify_slice(&signature)
             .map_err(|_| AuthError::BadSignature)?;
         Ok(Verified {
-            nonce: nonce.to_string(),
+            date,
+            nonce: nonce_value,
             content_sha256: hash,
         })
     }
@@ -240,6 +306,7 @@ impl ClusterSecret {
     fn mac(
         &self,
         method: &str,
+        authority: &str,
         path: &str,
         date: u64,
         nonce: &str,
@@ -247,8 +314,78 @@ impl ClusterSecret {
     ) -> HmacSha256 {
         // HMAC accepts keys of any length; `new` keeps the secret non-empty.
         let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
-        mac.update(format!("{method}\n{path}\n{date}\n{nonce}\n{content_sha256}").as_bytes());
+        mac.update(
+            format!("{method}\n{authority}\n{path}\n{date}\n{nonce}\n{content_sha256}").as_bytes(),
+        );
         mac
+    }
+}
+
+/// How one node checks its peers' requests: the cluster secret, the node's own authority (what
+/// requests must be signed for), and the nonces seen since it started. Cheap to clone; clones
+/// share the nonces. Make one per node (process), when it starts.
+#[derive(Debug, Clone)]
+pub struct NodeAuth {
+    /// The key every request must be signed with.
+    secret: ClusterSecret,
+    /// This node's advertised `host:port` (see [`authority_of`]): requests signed for another
+    /// node are refused, so a request captured on its way there cannot be replayed here.
+    authority: String,
+    /// Nonces seen, and the start time before which requests are refused.
+    replays: ReplayGuard,
+}
+
+impl NodeAuth {
+    /// Checks for the node advertised at `advertise_addr`, starting now.
+    pub fn new(secret: ClusterSecret, advertise_addr: &str) -> NodeAuth {
+        NodeAuth::with_guard(secret, advertise_addr, ReplayGuard::default())
+    }
+
+    /// [`NodeAuth::new`] with this replay guard.
+    pub fn with_guard(
+        secret: ClusterSecret,
+        advertise_addr: &str,
+        replays: ReplayGuard,
+    ) -> NodeAuth {
+        NodeAuth {
+            secret,
+            authority: authority_of(advertise_addr),
+            replays,
+        }
+    }
+
+    /// This node's authority, as requests must be signed for it.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Checks a request's headers at time `now` (unix seconds): `host` (its `Host`), the
+    /// signature (see [`ClusterSecret::verify`]), then the start time and the nonce (see
+    /// [`ReplayGuard::check`]). The body is left to [`Verified::check_body`].
+    ///
+    /// # Errors
+    /// The [`AuthError`] that makes the request unacceptable.
+    pub fn verify(
+        &self,
+        method: &str,
+        host: Option<&str>,
+        path: &str,
+        headers: &SignedHeaders<'_>,
+        now: u64,
+    ) -> Result<Verified, AuthError> {
+        let host = host.ok_or(AuthError::MissingHeader("host"))?;
+        let host = authority_of(host);
+        if host != self.authority {
+            return Err(AuthError::OtherNode {
+                host,
+                this: self.authority.clone(),
+            });
+        }
+        let verified = self
+            .secret
+            .verify(method, &self.authority, path, headers, now)?;
+        self.replays.check(verified.nonce, verified.date, now)?;
+        Ok(verified)
     }
 }
 
@@ -273,24 +410,138 @@ pub fn new_nonce() -> String {
     hex::encode(bytes)
 }
 
-/// The nonces of signed requests seen in the last 2 × [`MAX_CLOCK_SKEW`]: a request whose date
-/// is still acceptable cannot be replayed. Bounded: when it holds `capacity` nonces it refuses
-/// new requests rather than forget old nonces (forgetting would reopen the replay window).
+/// Hashes a nonce by folding its halves: nonces are random, and only nonces of correctly
+/// signed requests are stored, so no one without the secret can aim at a hash bucket.
+#[derive(Debug, Default)]
+struct NonceHasher(u64);
+
+impl Hasher for NonceHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = (n as u64) ^ ((n >> 64) as u64);
+    }
+}
+
+/// Recent nonces of one second, before they join its sorted ones.
+type NonceSet = HashSet<u128, BuildHasherDefault<NonceHasher>>;
+
+/// How many nonces a slot takes in its hash set before it merges them into its sorted slice:
+/// large enough that merging is rare (amortized a few moves per nonce), small enough that the
+/// sets of all slots stay within a few MiB.
+const MERGE_AT: usize = 4096;
+
+/// The nonces signed in one second, stored compactly: most in a sorted slice of exactly their
+/// size (16 bytes each), the latest in a small hash set.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The signing date whose nonces these are.
+    date: u64,
+    /// Nonces merged so far, sorted, without spare room.
+    sorted: Box<[u128]>,
+    /// Nonces since the last merge (fewer than [`MERGE_AT`]).
+    recent: NonceSet,
+}
+
+impl Slot {
+    fn len(&self) -> usize {
+        self.sorted.len() + self.recent.len()
+    }
+
+    fn contains(&self, nonce: u128) -> bool {
+        self.recent.contains(&nonce) || self.sorted.binary_search(&nonce).is_ok()
+    }
+
+    /// Adds a nonce not in the slot yet.
+    fn insert(&mut self, nonce: u128) {
+        self.recent.insert(nonce);
+        if self.recent.len() >= MERGE_AT {
+            let mut recent: Vec<u128> = self.recent.drain().collect();
+            recent.sort_unstable();
+            let mut merged = Vec::with_capacity(self.sorted.len() + recent.len());
+            let (mut old, mut new) = (self.sorted.iter().peekable(), recent.iter().peekable());
+            while let (Some(&&a), Some(&&b)) = (old.peek(), new.peek()) {
+                if a < b {
+                    merged.push(a);
+                    old.next();
+                } else {
+                    merged.push(b);
+                    new.next();
+                }
+            }
+            merged.extend(old);
+            merged.extend(new);
+            self.sorted = merged.into_boxed_slice();
+        }
+    }
+}
+
+/// Slots of the guard's ring: one per signing date a request can still be accepted with.
+const RING: usize = NONCE_WINDOW.as_secs() as usize;
+
+/// The nonces of the signed requests a node accepted, by signing date, for as long as that date
+/// is acceptable ([`NONCE_WINDOW`]), and the time the node started: a request whose date is
+/// still acceptable cannot be replayed, and one signed before the node started (whose nonce it
+/// cannot know) is refused. Bounded: when it holds `capacity` nonces it refuses new requests
+/// rather than forget old nonces (forgetting would reopen the replay window). Cheap to clone;
+/// clones share the nonces.
 #[derive(Clone)]
 pub struct ReplayGuard {
-    /// Nonces by value; each expires 2 × [`MAX_CLOCK_SKEW`] after it was first seen.
-    seen: moka::sync::Cache<String, ()>,
-    /// Nonces held, exactly (moka's own count lags behind): up on insert, down as they expire.
-    held: Arc<AtomicU64>,
+    /// The nonces and their count, behind one lock (a check holds it for a lookup and an
+    /// insert; one in [`MERGE_AT`] also merges a second's nonces).
+    state: Arc<Mutex<Nonces>>,
+    /// The first signing date accepted (unix seconds): the start time rounded up, since a
+    /// request dated the very second the guard was made may have been signed just before.
+    started: u64,
     /// Most nonces held at once.
     capacity: u64,
 }
 
+/// The ring of per-second nonce slots.
+#[derive(Debug, Default)]
+struct Nonces {
+    /// Slot `date % RING` holds the nonces signed at `date` (the slot's first field); a slot
+    /// whose date has aged out is emptied before it is counted or reused.
+    ring: Vec<Slot>,
+    /// Nonces in the ring, all slots together.
+    held: u64,
+}
+
+impl Nonces {
+    /// Empties the slots whose date can no longer be accepted at `now`.
+    fn expire(&mut self, now: u64) {
+        for slot in &mut self.ring {
+            if slot.len() > 0 && !still_acceptable(slot.date, now) {
+                self.held -= slot.len() as u64;
+                *slot = Slot::default();
+            }
+        }
+    }
+}
+
+/// Whether a request dated `date` may still be accepted at `now`, or was within the last
+/// second (so its nonce must still be remembered).
+fn still_acceptable(date: u64, now: u64) -> bool {
+    now <= date + MAX_CLOCK_SKEW.as_secs() + 1
+}
+
 impl fmt::Debug for ReplayGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = self.lock().held;
         f.debug_struct("ReplayGuard")
-            .field("held", &self.held.load(Ordering::SeqCst))
+            .field("held", &held)
             .field("capacity", &self.capacity)
+            .field("started", &self.started)
             .finish()
     }
 }
@@ -302,50 +553,74 @@ impl Default for ReplayGuard {
 }
 
 impl ReplayGuard {
-    /// A guard remembering at most `capacity` nonces.
+    /// A guard started now, remembering at most `capacity` nonces.
     pub fn with_capacity(capacity: u64) -> ReplayGuard {
-        let held = Arc::new(AtomicU64::new(0));
-        let expired = held.clone();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let started = now.as_secs() + u64::from(now.subsec_nanos() > 0);
+        ReplayGuard::started_at(started, capacity)
+    }
+
+    /// A guard that refuses requests dated before `started` (unix seconds), remembering at
+    /// most `capacity` nonces.
+    pub fn started_at(started: u64, capacity: u64) -> ReplayGuard {
         ReplayGuard {
-            // moka itself would evict past its capacity, silently forgetting nonces: give it
-            // room to spare and refuse at `capacity` ourselves.
-            seen: moka::sync::Cache::builder()
-                .max_capacity(capacity.saturating_mul(2).max(1))
-                .time_to_live(2 * MAX_CLOCK_SKEW)
-                .eviction_listener(move |_, _, _| {
-                    expired.fetch_sub(1, Ordering::SeqCst);
-                })
-                .build(),
-            held,
+            state: Arc::new(Mutex::new(Nonces {
+                ring: (0..RING).map(|_| Slot::default()).collect(),
+                held: 0,
+            })),
+            started,
             capacity,
         }
     }
 
-    /// Remembers `nonce`.
+    /// The first signing date this guard accepts.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Nonces> {
+        // The ring is consistent between statements: a panic elsewhere leaves it usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers `nonce`, signed at `date`, seen at `now` (unix seconds; the caller has checked
+    /// that `date` is within [`MAX_CLOCK_SKEW`] of `now`).
     ///
     /// # Errors
-    /// [`AuthError::Replayed`] when it was seen before; [`AuthError::TooManyNonces`] when the
-    /// guard is full.
-    pub fn check(&self, nonce: &str) -> Result<(), AuthError> {
-        if self.seen.contains_key(nonce) {
+    /// [`AuthError::BeforeStart`] when `date` is before the guard started;
+    /// [`AuthError::Replayed`] when the nonce was seen before with this date;
+    /// [`AuthError::TooManyNonces`] when the guard is full.
+    pub fn check(&self, nonce: u128, date: u64, now: u64) -> Result<(), AuthError> {
+        if date < self.started {
+            return Err(AuthError::BeforeStart);
+        }
+        if !still_acceptable(date, now) {
+            // The caller checks the skew; never store what the ring cannot keep.
+            return Err(AuthError::Stale {
+                skew_secs: now - date,
+            });
+        }
+        let mut nonces = self.lock();
+        let slot = (date % RING as u64) as usize;
+        if nonces.ring[slot].date == date && nonces.ring[slot].contains(nonce) {
             return Err(AuthError::Replayed);
         }
-        if self.held.load(Ordering::SeqCst) >= self.capacity {
-            // Expired nonces leave when moka gets to them; let it before refusing.
-            self.seen.run_pending_tasks();
-            if self.held.load(Ordering::SeqCst) >= self.capacity {
-                return Err(AuthError::TooManyNonces);
-            }
+        nonces.expire(now);
+        if nonces.held >= self.capacity {
+            return Err(AuthError::TooManyNonces);
         }
-        // Counted before it is inserted, so an expiry never takes the count below zero.
-        self.held.fetch_add(1, Ordering::SeqCst);
-        let entry = self.seen.entry(nonce.to_string()).or_insert(());
-        if entry.is_fresh() {
-            Ok(())
-        } else {
-            self.held.fetch_sub(1, Ordering::SeqCst);
-            Err(AuthError::Replayed)
+        let slot = &mut nonces.ring[slot];
+        if slot.date != date {
+            // Emptied by `expire`: the date it held is at least RING seconds older than
+            // `date`, and `date` is at most MAX_CLOCK_SKEW + 1 s old, so it aged out.
+            debug_assert_eq!(slot.len(), 0);
+            slot.date = date;
         }
+        slot.insert(nonce);
+        nonces.held += 1;
+        Ok(())
     }
 }
 
@@ -380,6 +655,7 @@ mod tests {
     const NONCE: &str = "000102030405060708090a0b0c0d0e0f";
     const HELLO_SHA256: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
     const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const NODE: &str = "node-a.example:9000";
 
     fn secret() -> ClusterSecret {
         ClusterSecret::new("top secret").unwrap()
@@ -391,19 +667,33 @@ mod tests {
     fn signature_matches_the_documented_text() {
         assert_eq!(hex::encode(Sha256::digest(b"hello")), HELLO_SHA256);
         assert_eq!(
-            secret().sign("PUT", "/_geecache/scores/Tom", DATE, NONCE, HELLO_SHA256),
-            "b6cd4c4d3569e373cde5b0914f45f559d262034861c48a51c95f6d404de0a90d"
+            secret().sign(
+                "PUT",
+                NODE,
+                "/_geecache/scores/Tom",
+                DATE,
+                NONCE,
+                HELLO_SHA256
+            ),
+            "64d3b65950c86680bab933a06a5874b14d6b03eaf8ef29970112d61660bc4f47"
         );
         assert_eq!(
-            secret().sign("GET", "/_geecache/scores/Tom", DATE, NONCE, EMPTY_SHA256),
-            "2a6ce725fd4803c5e84ea99c6e3f51b443a12f3a1f92e9e101951ab6147b3f56"
+            secret().sign(
+                "GET",
+                NODE,
+                "/_geecache/scores/Tom",
+                DATE,
+                NONCE,
+                EMPTY_SHA256
+            ),
+            "4160bc4b9e1d181db8f9672c2ad77e94f241dce2e1541e0cd278fac47a4de025"
         );
     }
 
     /// Headers of a request signed at `DATE` over `body`.
     fn signed(s: &ClusterSecret, method: &str, path: &str, body: &[u8]) -> [String; 4] {
         let hash = hex::encode(Sha256::digest(body));
-        let sig = s.sign(method, path, DATE, NONCE, &hash);
+        let sig = s.sign(method, NODE, path, DATE, NONCE, &hash);
         [DATE.to_string(), NONCE.to_string(), hash, sig]
     }
 
@@ -420,13 +710,14 @@ mod tests {
     fn verify_accepts_its_own_signature_within_the_window_and_checks_the_body() {
         let s = secret();
         let h = signed(&s, "GET", "/p", b"body");
-        for now in [DATE, DATE - 300, DATE + 300] {
-            let verified = s.verify("GET", "/p", &headers(&h), now).unwrap();
-            assert_eq!(verified.nonce, NONCE);
+        for now in [DATE, DATE - 30, DATE + 30] {
+            let verified = s.verify("GET", NODE, "/p", &headers(&h), now).unwrap();
+            assert_eq!(verified.nonce, 0x000102030405060708090a0b0c0d0e0f);
+            assert_eq!(verified.date, DATE);
             assert_eq!(verified.check_body(b"body"), Ok(()));
             assert_eq!(verified.check_body(b"bodY"), Err(AuthError::BodyMismatch));
         }
-        let [date, nonce, hash, sig] = s.sign_request("PUT", "/q", b"x");
+        let [date, nonce, hash, sig] = s.sign_request("PUT", NODE, "/q", b"x");
         assert_eq!(date.0, DATE_HEADER);
         assert!(is_lower_hex(&nonce.1, 32));
         let fresh = SignedHeaders {
@@ -435,7 +726,7 @@ mod tests {
             content_sha256: Some(&hash.1),
             signature: Some(&sig.1),
         };
-        let verified = s.verify("PUT", "/q", &fresh, unix_now()).unwrap();
+        let verified = s.verify("PUT", NODE, "/q", &fresh, unix_now()).unwrap();
         assert_eq!(verified.check_body(b"x"), Ok(()));
     }
 
@@ -445,10 +736,12 @@ mod tests {
         let h = signed(&s, "GET", "/p", b"body");
         let ok = headers(&h);
         let bad = Err(AuthError::BadSignature);
-        assert_eq!(s.verify("PUT", "/p", &ok, DATE), bad);
-        assert_eq!(s.verify("GET", "/q", &ok, DATE), bad);
+        assert_eq!(s.verify("PUT", NODE, "/p", &ok, DATE), bad);
+        assert_eq!(s.verify("GET", NODE, "/q", &ok, DATE), bad);
+        // Signed for another node (the old text named none).
+        assert_eq!(s.verify("GET", "node-b.example:9000", "/p", &ok, DATE), bad);
         let other = ClusterSecret::new("other").unwrap();
-        assert_eq!(other.verify("GET", "/p", &ok, DATE), bad);
+        assert_eq!(other.verify("GET", NODE, "/p", &ok, DATE), bad);
         // Another nonce or body hash than the signed one.
         let nonce = "f".repeat(32);
         let hash = "0".repeat(64);
@@ -466,7 +759,7 @@ mod tests {
                 ..ok
             },
         ] {
-            assert_eq!(s.verify("GET", "/p", &altered, DATE), bad);
+            assert_eq!(s.verify("GET", NODE, "/p", &altered, DATE), bad);
         }
         for (missing, name) in [
             (SignedHeaders { date: None, ..ok }, DATE_HEADER),
@@ -487,7 +780,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                s.verify("GET", "/p", &missing, DATE),
+                s.verify("GET", NODE, "/p", &missing, DATE),
                 Err(AuthError::MissingHeader(name))
             );
         }
@@ -524,29 +817,151 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                s.verify("GET", "/p", &malformed, DATE),
+                s.verify("GET", NODE, "/p", &malformed, DATE),
                 Err(AuthError::Malformed(name))
             );
         }
         assert_eq!(
-            s.verify("GET", "/p", &ok, DATE + 301),
-            Err(AuthError::Stale { skew_secs: 301 })
+            s.verify("GET", NODE, "/p", &ok, DATE + 31),
+            Err(AuthError::Stale { skew_secs: 31 })
         );
         assert_eq!(
-            s.verify("GET", "/p", &ok, DATE - 301),
-            Err(AuthError::Stale { skew_secs: 301 })
+            s.verify("GET", NODE, "/p", &ok, DATE - 31),
+            Err(AuthError::Stale { skew_secs: 31 })
         );
     }
 
     #[test]
     fn a_nonce_is_accepted_once_and_a_full_guard_refuses_rather_than_forgets() {
-        let guard = ReplayGuard::with_capacity(2);
-        assert_eq!(guard.check("a"), Ok(()));
-        assert_eq!(guard.check("a"), Err(AuthError::Replayed));
-        assert_eq!(guard.check("b"), Ok(()));
-        assert_eq!(guard.check("c"), Err(AuthError::TooManyNonces));
-        assert_eq!(guard.check("a"), Err(AuthError::Replayed), "not forgotten");
+        let guard = ReplayGuard::started_at(DATE, 2);
+        assert_eq!(guard.check(1, DATE, DATE), Ok(()));
+        assert_eq!(guard.check(1, DATE, DATE), Err(AuthError::Replayed));
+        assert_eq!(guard.check(2, DATE, DATE), Ok(()));
+        assert_eq!(guard.check(3, DATE, DATE), Err(AuthError::TooManyNonces));
+        assert_eq!(
+            guard.check(1, DATE, DATE),
+            Err(AuthError::Replayed),
+            "not forgotten"
+        );
         assert_eq!(AuthError::Replayed.code(), "replayed");
+        assert_eq!(AuthError::TooManyNonces.code(), "overloaded");
+        // Once the first two age out, there is room again.
+        let later = DATE + MAX_CLOCK_SKEW.as_secs() + 2;
+        assert_eq!(guard.check(3, later, later), Ok(()));
+    }
+
+    /// A nonce is remembered for as long as a request with its date can be accepted: from the
+    /// earliest moment (date + skew, seen at date - skew) to the last second of the window.
+    /// The old guard kept nonces 2 × skew from when they were first seen, against a clock
+    /// truncated to seconds, so a request first seen at `date - skew + 0.9 s` was forgotten at
+    /// `date + skew + 0.9 s`, still inside the window, and could be replayed then.
+    #[test]
+    fn a_nonce_is_remembered_to_the_last_second_its_date_is_acceptable() {
+        let skew = MAX_CLOCK_SKEW.as_secs();
+        let guard = ReplayGuard::started_at(DATE - skew, 1000);
+        assert_eq!(guard.check(7, DATE, DATE - skew), Ok(()));
+        for now in DATE - skew..=DATE + skew + 1 {
+            assert_eq!(
+                guard.check(7, DATE, now),
+                Err(AuthError::Replayed),
+                "at {now}"
+            );
+            // Other dates come and go meanwhile without disturbing it.
+            assert_eq!(guard.check(u128::from(now), now, now), Ok(()), "at {now}");
+        }
+        // The same nonce under another date is another signed text, not a replay.
+        assert_eq!(guard.check(7, DATE + 1, DATE + 1), Ok(()));
+        assert_eq!(NONCE_WINDOW, Duration::from_secs(62));
+        assert_eq!(MAX_CLOCK_SKEW, Duration::from_secs(30));
+    }
+
+    /// The guard is in memory: a node that restarted does not know the nonces it accepted
+    /// before, so it refuses anything dated before it started, including the second it
+    /// started in (a request of that second may have been signed before the restart).
+    #[test]
+    fn requests_dated_before_the_guard_started_are_refused() {
+        let guard = ReplayGuard::started_at(DATE, 10);
+        assert_eq!(guard.check(1, DATE - 1, DATE), Err(AuthError::BeforeStart));
+        assert_eq!(guard.check(1, DATE, DATE), Ok(()));
+        assert_eq!(AuthError::BeforeStart.code(), "unauthorized");
+        assert!(
+            AuthError::BeforeStart
+                .to_string()
+                .contains("signed before this node started; retry")
+        );
+        let fresh = ReplayGuard::default();
+        assert!(fresh.started() > unix_now() || fresh.started() == unix_now());
+        assert_eq!(
+            fresh.check(1, unix_now() - 1, unix_now()),
+            Err(AuthError::BeforeStart)
+        );
+    }
+
+    /// A request signed for one node is refused by another sharing the secret, even with its
+    /// `Host` rewritten; and requests for this node pass however its address is spelled.
+    #[test]
+    fn a_request_signed_for_another_node_is_refused() {
+        let s = secret();
+        let h = signed(&s, "PUT", "/p", b"body");
+        let a = NodeAuth::with_guard(s.clone(), NODE, ReplayGuard::started_at(DATE, 10));
+        let b = NodeAuth::with_guard(
+            s.clone(),
+            "node-b.example:9000",
+            ReplayGuard::started_at(DATE, 10),
+        );
+        // Verbatim to B: its Host names A.
+        let err = b
+            .verify("PUT", Some(NODE), "/p", &headers(&h), DATE)
+            .unwrap_err();
+        assert!(matches!(err, AuthError::OtherNode { .. }), "{err:?}");
+        assert!(err.to_string().contains("signed for another node"), "{err}");
+        assert_eq!(err.code(), "unauthorized");
+        // With the Host rewritten: the signature does not cover B.
+        assert_eq!(
+            b.verify("PUT", Some("node-b.example:9000"), "/p", &headers(&h), DATE),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            b.verify("PUT", None, "/p", &headers(&h), DATE),
+            Err(AuthError::MissingHeader("host"))
+        );
+        // A accepts it once.
+        let verified = a.verify("PUT", Some("NODE-A.example:9000"), "/p", &headers(&h), DATE);
+        assert_eq!(verified.unwrap().check_body(b"body"), Ok(()));
+        assert_eq!(
+            a.verify("PUT", Some(NODE), "/p", &headers(&h), DATE),
+            Err(AuthError::Replayed)
+        );
+    }
+
+    #[test]
+    fn authorities_are_normalized() {
+        assert_eq!(authority_of("Node-A.example:9000"), "node-a.example:9000");
+        assert_eq!(authority_of("http://node:80"), "node:80");
+        assert_eq!(authority_of("node"), "node:80");
+        assert_eq!(authority_of("127.0.0.1:7000"), "127.0.0.1:7000");
+        assert_eq!(authority_of("[::1]:7000"), "[::1]:7000");
+        assert_eq!(authority_of("http://[::1]:7000"), "[::1]:7000");
+    }
+
+    /// Past [`MERGE_AT`] nonces a second, they move to the sorted slice and are still found.
+    #[test]
+    fn a_busy_second_merges_its_nonces_and_still_finds_each() {
+        let guard = ReplayGuard::started_at(DATE, 100_000);
+        let nonces: Vec<u128> = (0..3 * MERGE_AT as u128 + 7)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+            .collect();
+        for &n in &nonces {
+            assert_eq!(guard.check(n, DATE, DATE), Ok(()));
+        }
+        for &n in &nonces {
+            assert_eq!(guard.check(n, DATE, DATE), Err(AuthError::Replayed));
+        }
+        let state = guard.lock();
+        let slot = &state.ring[(DATE % RING as u64) as usize];
+        assert_eq!(slot.sorted.len(), 3 * MERGE_AT);
+        assert!(slot.sorted.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(state.held, nonces.len() as u64);
     }
 
     #[test]

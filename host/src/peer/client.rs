@@ -7,7 +7,7 @@ use bytes::Bytes;
 use prost::Message;
 use reqwest::{Method, StatusCode, Url, header};
 
-use super::auth::ClusterSecret;
+use super::auth::{self, ClusterSecret};
 use super::proto::{self, batch_item, get_response};
 use super::{
     BATCH_SEGMENT, CONTENT_TYPE, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PeerEntry,
@@ -52,6 +52,9 @@ struct Inner {
     http: reqwest::Client,
     /// `http://host:port`, no trailing slash; request paths are appended to it.
     base: String,
+    /// `host:port` of the peer, port always written: what requests are signed for (see
+    /// [`auth::authority_of`]), so they are good at this peer only.
+    authority: String,
     /// Signs every request when the cluster has a secret.
     secret: Option<ClusterSecret>,
     /// Bound on each whole request, so a slow peer cannot hold a client request hostage.
@@ -127,6 +130,7 @@ impl PeerClientBuilder {
             return Err(invalid("expected host:port or http://host:port".into()));
         }
         let base = url.origin().ascii_serialization();
+        let authority = auth::authority_of(&base);
         let http = match self.http {
             Some(http) => http,
             None => http_client(self.timeout).map_err(|e| invalid(error_chain(&e)))?,
@@ -135,6 +139,7 @@ impl PeerClientBuilder {
             inner: Arc::new(Inner {
                 http,
                 base,
+                authority,
                 secret: self.secret,
                 timeout: self.timeout,
                 max_response_bytes: self.max_response_bytes,
@@ -266,7 +271,25 @@ impl PeerClient {
     }
 
     /// Sends one request (signed when there is a secret) and returns the body of a 2xx answer.
+    ///
+    /// A peer that refuses the request with 401 and `Retry-After` (it was signed just before
+    /// the peer started, see [`auth`]) gets it once more, signed anew, a second later.
     async fn send(&self, method: Method, path: String, body: Vec<u8>) -> Result<Bytes, PeerError> {
+        // Shared, not copied, if it has to be sent again.
+        let body = Bytes::from(body);
+        match self.send_once(method.clone(), &path, &body).await {
+            Err(Retry::After(wait, _)) => {
+                tokio::time::sleep(wait).await;
+                self.send_once(method, &path, &body)
+                    .await
+                    .map_err(Retry::into_error)
+            }
+            other => other.map_err(Retry::into_error),
+        }
+    }
+
+    /// One attempt of [`PeerClient::send`].
+    async fn send_once(&self, method: Method, path: &str, body: &Bytes) -> Result<Bytes, Retry> {
         let inner = &*self.inner;
         let url = Url::parse(&format!("{}{path}", inner.base)).map_err(|e| {
             PeerError::InvalidAddress {
@@ -284,17 +307,25 @@ impl PeerClient {
                 Some(query) => format!("{}?{query}", url.path()),
                 None => url.path().to_string(),
             };
-            for (name, value) in secret.sign_request(method.as_str(), &sent, &body) {
+            let signed = secret.sign_request(method.as_str(), &inner.authority, &sent, body);
+            for (name, value) in signed {
                 request = request.header(name, value);
             }
         }
         if !body.is_empty() || method == Method::PUT || method == Method::POST {
             request = request
                 .header(header::CONTENT_TYPE, CONTENT_TYPE)
-                .body(body);
+                .body(body.clone());
         }
         let response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            // Dates are whole seconds: one second (and a little) is always enough.
+            .map(|secs| Duration::from_secs(secs.min(1)) + Duration::from_millis(50));
         let body = self.read_body(response).await?;
         if status.is_success() {
             return Ok(body);
@@ -307,7 +338,13 @@ impl PeerClient {
             ),
         };
         let peer = inner.base.clone();
-        Err(if status == StatusCode::UNAUTHORIZED {
+        if let (StatusCode::UNAUTHORIZED, Some(wait)) = (status, retry_after) {
+            return Err(Retry::After(
+                wait,
+                PeerError::Unauthorized { peer, message },
+            ));
+        }
+        Err(Retry::No(if status == StatusCode::UNAUTHORIZED {
             PeerError::Unauthorized { peer, message }
         } else {
             PeerError::Status {
@@ -316,7 +353,7 @@ impl PeerClient {
                 code,
                 message,
             }
-        })
+        }))
     }
 
     /// Reads an answer body, refusing one over the limit (announced or actual) without
@@ -369,6 +406,29 @@ impl PeerClient {
                 message: error_chain(e),
             }
         }
+    }
+}
+
+/// How one attempt of a request failed.
+#[derive(Debug)]
+enum Retry {
+    /// For good.
+    No(PeerError),
+    /// Worth one more attempt, signed anew, after this wait; the error if it is not made.
+    After(Duration, PeerError),
+}
+
+impl Retry {
+    fn into_error(self) -> PeerError {
+        match self {
+            Retry::No(e) | Retry::After(_, e) => e,
+        }
+    }
+}
+
+impl From<PeerError> for Retry {
+    fn from(e: PeerError) -> Retry {
+        Retry::No(e)
     }
 }
 

@@ -17,7 +17,8 @@ use proptest::prelude::*;
 use prost::Message;
 
 use super::auth::{
-    CONTENT_SHA256_HEADER, DATE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, new_nonce, unix_now,
+    CONTENT_SHA256_HEADER, DATE_HEADER, MAX_CLOCK_SKEW, MAX_REMEMBERED_NONCES, NONCE_HEADER,
+    ReplayGuard, SIGNATURE_HEADER, new_nonce, unix_now,
 };
 use super::*;
 use crate::plugin::PluginError;
@@ -158,9 +159,36 @@ async fn serve_with_limits(
 ) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Started a while ago, so requests signed this very second pass at once (see
+    // `a_restarted_node_refuses_what_was_signed_before_it_started` for a node just started).
+    let auth = auth.map(|s| NodeAuth::with_guard(s, &addr.to_string(), old_guard()));
     let app = router_with_limits(service, auth, limits);
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// A replay guard of a node that started `MAX_CLOCK_SKEW` ago.
+fn old_guard() -> ReplayGuard {
+    ReplayGuard::started_at(unix_now() - MAX_CLOCK_SKEW.as_secs(), MAX_REMEMBERED_NONCES)
+}
+
+/// Serves `service` on `listener` with `auth` until `stop` fires; the handle ends when the
+/// listener is closed.
+fn serve_until(
+    listener: tokio::net::TcpListener,
+    service: Arc<MemoryService>,
+    auth: NodeAuth,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let app = router(service, Some(auth));
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.await;
+            })
+            .await
+            .unwrap();
+    })
 }
 
 /// A service with a few entries, served without a secret, and a client for it.
@@ -633,15 +661,17 @@ async fn stale_or_tampered_requests_are_401() {
         entry: Some(entry(b"honest", None).into()),
     }
     .encode_to_vec();
+    let authority = addr.to_string();
     let signed = |date: u64, body: &[u8]| {
         let nonce = new_nonce();
         let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
+        let signature = s.sign("PUT", &authority, path, date, &nonce, &hash);
         vec![
             protobuf_header(),
             (DATE_HEADER, date.to_string()),
             (NONCE_HEADER, nonce.clone()),
             (CONTENT_SHA256_HEADER, hash.clone()),
-            (SIGNATURE_HEADER, s.sign("PUT", path, date, &nonce, &hash)),
+            (SIGNATURE_HEADER, signature),
         ]
     };
     let now = unix_now();
@@ -651,7 +681,7 @@ async fn stale_or_tampered_requests_are_401() {
     assert_eq!(answer.0, 204, "{answer:?}");
 
     // ...but not too old, not from too far in the future, and not with another body.
-    for date in [now - 400, now + 400] {
+    for date in [now - 31, now + 31] {
         let answer = raw(addr, "PUT", path, &signed(date, &body), body.clone()).await;
         let info = assert_error_info(&answer, 401, "unauthorized");
         assert!(info.message.contains("clock"), "{info:?}");
@@ -690,14 +720,117 @@ async fn a_replayed_request_is_401_replayed() {
     let service = Arc::new(MemoryService::default());
     let addr = serve(service.clone(), Some(s.clone()), DEFAULT_MAX_BODY_BYTES).await;
     let path = "/_geecache/g/k";
-    let headers: Vec<(&'static str, String)> =
-        s.sign_request("DELETE", path, b"").into_iter().collect();
+    let headers: Vec<(&'static str, String)> = s
+        .sign_request("DELETE", &addr.to_string(), path, b"")
+        .into_iter()
+        .collect();
 
     let answer = raw(addr, "DELETE", path, &headers, vec![]).await;
     assert_eq!(answer.0, 204, "{answer:?}");
     let answer = raw(addr, "DELETE", path, &headers, vec![]).await;
     assert_error_info(&answer, 401, "replayed");
     assert_eq!(service.deletes.load(Ordering::SeqCst), 1);
+}
+
+/// A request captured on its way to node A and sent verbatim to node B (same secret) is
+/// refused: it names A. With the old signed text, which named no node, B stored it (204).
+#[tokio::test]
+async fn a_request_signed_for_one_node_is_refused_by_another() {
+    let s = secret("s3cret");
+    let a_service = Arc::new(MemoryService::default());
+    let b_service = Arc::new(MemoryService::default());
+    let a = serve(a_service.clone(), Some(s.clone()), DEFAULT_MAX_BODY_BYTES).await;
+    let b = serve(b_service.clone(), Some(s.clone()), DEFAULT_MAX_BODY_BYTES).await;
+    let path = "/_geecache/g/k";
+    let body = proto::SetRequest {
+        entry: Some(entry(b"stale", None).into()),
+    }
+    .encode_to_vec();
+    let mut captured: Vec<(&'static str, String)> = s
+        .sign_request("PUT", &a.to_string(), path, &body)
+        .into_iter()
+        .collect();
+    captured.push(protobuf_header());
+    let answer = raw(a, "PUT", path, &captured, body.clone()).await;
+    assert_eq!(answer.0, 204, "{answer:?}");
+
+    // Verbatim, `Host` included.
+    captured.push(("host", a.to_string()));
+    let answer = raw(b, "PUT", path, &captured, body.clone()).await;
+    let info = assert_error_info(&answer, 401, "unauthorized");
+    assert!(info.message.contains("signed for another node"), "{info:?}");
+    // With B's own `Host`: the signature does not cover it.
+    captured.pop();
+    let answer = raw(b, "PUT", path, &captured, body).await;
+    let info = assert_error_info(&answer, 401, "unauthorized");
+    assert!(info.message.contains("signature"), "{info:?}");
+    assert_eq!(b_service.sets.load(Ordering::SeqCst), 0);
+    assert_eq!(a_service.sets.load(Ordering::SeqCst), 1);
+}
+
+/// A node forgets its nonces when it restarts, so it refuses whatever was signed before it
+/// started (401 `unauthorized`, `Retry-After: 1`), and the client, told to, signs again and
+/// gets through. The old node accepted the replay after its restart (204).
+#[tokio::test]
+async fn a_restarted_node_refuses_what_was_signed_before_it_started() {
+    let s = secret("s3cret");
+    let service = Arc::new(MemoryService::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let authority = addr.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let first = NodeAuth::with_guard(s.clone(), &authority, old_guard());
+    let running = serve_until(listener, service.clone(), first, stopped);
+
+    let path = "/_geecache/g/k";
+    let mut captured: Vec<(&'static str, String)> = s
+        .sign_request("DELETE", &authority, path, b"")
+        .into_iter()
+        .collect();
+    let answer = raw(addr, "DELETE", path, &captured, vec![]).await;
+    assert_eq!(answer.0, 204, "{answer:?}");
+
+    // Restart: the same address, a fresh node.
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel();
+    let _running = serve_until(
+        listener,
+        service.clone(),
+        NodeAuth::new(s.clone(), &authority),
+        stopped,
+    );
+
+    captured.push(("host", authority.clone()));
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .delete(format!("http://{addr}{path}"))
+        .headers(
+            captured
+                .iter()
+                .map(|(n, v)| (n.parse().unwrap(), v.parse().unwrap()))
+                .collect(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let info = proto::ErrorInfo::decode(response.bytes().await.unwrap()).unwrap();
+    assert_eq!(info.code, "unauthorized");
+    assert!(
+        info.message
+            .contains("signed before this node started; retry"),
+        "{info:?}"
+    );
+    assert_eq!(service.deletes.load(Ordering::SeqCst), 1);
+
+    // The client copes: refused once at most, it signs again a second later.
+    client(addr, Some(s)).delete("g", "k").await.unwrap();
+    assert_eq!(service.deletes.load(Ordering::SeqCst), 2);
 }
 
 /// The signature is checked before the body is read: an unsigned request with a body over the
@@ -717,7 +850,7 @@ async fn an_unsigned_request_is_refused_before_its_body_is_read() {
     assert_error_info(&answer, 401, "unauthorized");
     // Signed with the wrong secret: the same.
     let headers: Vec<(&'static str, String)> = secret("guess")
-        .sign_request("PUT", "/_geecache/g/k", &[0; 64 * 1024])
+        .sign_request("PUT", &addr.to_string(), "/_geecache/g/k", &[0; 64 * 1024])
         .into_iter()
         .collect();
     let answer = raw(addr, "PUT", "/_geecache/g/k", &headers, vec![0; 64 * 1024]).await;

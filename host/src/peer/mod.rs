@@ -35,11 +35,12 @@
 //!
 //! # Authentication
 //!
-//! With a [`ClusterSecret`], the client signs each request's headers (method, path, date, a
-//! nonce, the body's SHA-256) and the server refuses (401, code `unauthorized`) a request whose
-//! signature is missing, wrong, or dated more than [`auth::MAX_CLOCK_SKEW`] away from its clock,
-//! before reading its body; a nonce seen before gets 401 `replayed`. See [`auth`] for the exact
-//! signed text.
+//! With a [`ClusterSecret`], the client signs each request's headers (method, the `host:port`
+//! of the node it is for, path, date, a nonce, the body's SHA-256) and the server refuses (401,
+//! code `unauthorized`) a request whose signature is missing or wrong, that is signed for
+//! another node, dated more than [`auth::MAX_CLOCK_SKEW`] away from its clock, or dated before
+//! the node started, before reading its body; a nonce seen before gets 401 `replayed`. See
+//! [`auth`] for the exact signed text.
 //!
 //! # Limits
 //!
@@ -62,7 +63,7 @@ mod end_to_end;
 mod error;
 mod server;
 
-pub use auth::ClusterSecret;
+pub use auth::{ClusterSecret, NodeAuth};
 pub use client::{BatchResult, DEFAULT_TIMEOUT, PeerClient, PeerClientBuilder, http_client};
 pub use error::PeerError;
 pub use server::{PeerLimits, router, router_with_limits};

@@ -3,7 +3,10 @@
 //! Every request first takes a permit of the peer concurrency limit ([`PeerLimits::concurrency`];
 //! without one it is refused at once with 503, code `overloaded`, rather than queued). Then one
 //! extractor, [`PeerRequest`], checks the signature headers when the cluster has a secret
-//! (before reading the body), refuses a replayed nonce, reads the body (bounded), checks it
+//! (before reading the body): signed for this node, not before it started, with a nonce not
+//! seen before (see [`auth`]). A request signed before the node started is refused with 401
+//! `unauthorized` and `Retry-After: 1` (the client signs it again and retries once). Then it
+//! reads the body (bounded), checks it
 //! against its signed hash, and decodes the group and key from the raw path, so each handler
 //! starts from a checked request and only decodes its message.
 
@@ -18,7 +21,7 @@ use axum::routing::any;
 use bytes::Bytes;
 use prost::Message;
 
-use super::auth::{self, AuthError, ClusterSecret, ReplayGuard, SignedHeaders};
+use super::auth::{self, AuthError, NodeAuth, SignedHeaders};
 use super::proto::{self, batch_item, get_response};
 use super::{
     BATCH_SEGMENT, CONTENT_TYPE, DEFAULT_MAX_BODY_BYTES, DEFAULT_PEER_CONCURRENCY,
@@ -52,26 +55,23 @@ impl Default for PeerLimits {
 }
 
 /// The peer routes serving `service`, with the default [`PeerLimits`]. With `auth`, every
-/// request must be signed with that secret.
+/// request must be signed with its secret, for its node (see [`NodeAuth`]).
 ///
 /// The router has no state left to provide and no fallback, so it can be `.merge`d into the API
 /// router. Merge it rather than nest it: signatures cover the full path.
-pub fn router(service: Arc<dyn PeerService>, auth: Option<ClusterSecret>) -> Router {
+pub fn router(service: Arc<dyn PeerService>, auth: Option<NodeAuth>) -> Router {
     router_with_limits(service, auth, PeerLimits::default())
 }
 
 /// [`router`] with these limits.
 pub fn router_with_limits(
     service: Arc<dyn PeerService>,
-    auth: Option<ClusterSecret>,
+    auth: Option<NodeAuth>,
     limits: PeerLimits,
 ) -> Router {
     let state = PeerState {
         service,
-        auth: auth.map(|secret| PeerAuth {
-            secret,
-            replays: ReplayGuard::default(),
-        }),
+        auth,
         max_batch_bytes: limits.max_batch_bytes,
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1)));
@@ -106,22 +106,13 @@ async fn limit_concurrency(
     }
 }
 
-/// How a node checks its peers' requests.
-#[derive(Debug, Clone)]
-struct PeerAuth {
-    /// The cluster secret requests must be signed with.
-    secret: ClusterSecret,
-    /// Nonces already seen, so a captured request cannot be sent again.
-    replays: ReplayGuard,
-}
-
 /// What every handler shares.
 #[derive(Debug, Clone)]
 struct PeerState {
     /// The node's groups, as seen by peers.
     service: Arc<dyn PeerService>,
-    /// Signature checks; `None` accepts every request.
-    auth: Option<PeerAuth>,
+    /// Signature, node and nonce checks; `None` accepts every request.
+    auth: Option<NodeAuth>,
     /// Byte budget of one `_batch` answer.
     max_batch_bytes: usize,
 }
@@ -133,6 +124,8 @@ struct Failure {
     status: StatusCode,
     /// Code and message for the caller.
     info: proto::ErrorInfo,
+    /// Whether to send `Retry-After: 1`: the same request, signed again, will pass shortly.
+    retry_after: bool,
 }
 
 impl Failure {
@@ -143,6 +136,7 @@ impl Failure {
                 code: code.to_string(),
                 message: message.into(),
             },
+            retry_after: false,
         }
     }
 
@@ -162,13 +156,20 @@ impl From<Error> for Failure {
         Failure {
             status,
             info: error_info(&e),
+            retry_after: false,
         }
     }
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.status, protobuf(&self.info)).into_response()
+        let mut response = (self.status, protobuf(&self.info)).into_response();
+        if self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -218,7 +219,10 @@ impl FromRequest<PeerState> for PeerRequest {
                 AuthError::TooManyNonces => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::UNAUTHORIZED,
             };
-            Failure::new(status, e.code(), e.to_string())
+            let mut failure = Failure::new(status, e.code(), e.to_string());
+            // Signed just before this node (re)started: a request signed now will pass.
+            failure.retry_after = matches!(e, AuthError::BeforeStart);
+            failure
         };
         // The headers are checked before the body is read: a forged request costs one HMAC.
         let verified = match &state.auth {
@@ -235,11 +239,11 @@ impl FromRequest<PeerState> for PeerRequest {
                     content_sha256: header(auth::CONTENT_SHA256_HEADER),
                     signature: header(auth::SIGNATURE_HEADER),
                 };
+                // HTTP/1.1 sends the authority as `Host`; HTTP/2 in the URI.
+                let host = header("host").or_else(|| uri.authority().map(|a| a.as_str()));
                 let verified = checks
-                    .secret
-                    .verify(method.as_str(), path, &signed, auth::unix_now())
+                    .verify(method.as_str(), host, path, &signed, auth::unix_now())
                     .map_err(refuse)?;
-                checks.replays.check(&verified.nonce).map_err(refuse)?;
                 Some(verified)
             }
             None => None,
