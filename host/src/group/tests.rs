@@ -1116,6 +1116,38 @@ async fn storage_queues_are_bounded_deletes_are_not_dropped_and_shutdown_drains_
     assert_eq!(storage.entries.lock().unwrap().len(), pending);
 }
 
+#[tokio::test(start_paused = true)]
+async fn storage_queues_are_bounded_by_bytes_background_writes_drop_client_writes_wait() {
+    let storage = Arc::new(MemoryStorage::gated());
+    let getter = Arc::new(RecordGetter::default());
+    let g = Group::builder("g", getter)
+        .options(GroupOptions {
+            storage_queue_bytes: 3000,
+            ..Default::default()
+        })
+        .storage(storage.clone())
+        .build()
+        .unwrap();
+    // One load's write-through (about 2.2 KB, stored raw) is held at the backend...
+    g.get("json-a").await.unwrap();
+    // ...so the next one does not fit in the bytes left, though the queues have slots to spare.
+    g.get("json-b").await.unwrap();
+    assert_eq!(g.snapshot().counters.storage_writes_dropped, 1);
+    // A client's write waits for room, and fails with 503 when none comes in time.
+    let big = Bytes::from(vec![b'x'; 1000]);
+    let err = g.set("json-c", big.clone(), None).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (503, "storage_unavailable"),
+        "{err}"
+    );
+    // Once the backend has finished the first write, its bytes are free again.
+    storage.release_puts(2);
+    g.set("json-c", big, None).await.unwrap();
+    assert!(storage.holds("json-a") && storage.holds("json-c"));
+    assert!(!storage.holds("json-b"), "dropped, not queued");
+}
+
 /// A getter that answers `v{version}`, with the version it read when called, only once the
 /// test lets it: loads that overlap writes, step by step.
 #[derive(Debug)]
