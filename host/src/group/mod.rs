@@ -553,8 +553,11 @@ impl Core {
         }
     }
 
-    /// Asks the storage tier for `key`; anything but a live, intact value is a miss.
-    async fn load_stored(&self, key: &str) -> Option<Value> {
+    /// Asks the storage tier for `key`; anything but a live, intact value is a miss. A value
+    /// that does not decode is deleted from the tier, unless a write to the key came since the
+    /// load started (`generation`): that write (say a set, already acknowledged) may have
+    /// replaced it, and a delete queued after it would remove the new value.
+    async fn load_stored(&self, key: &str, generation: u64) -> Option<Value> {
         let tier = self.storage.as_ref()?;
         let s = &self.stats;
         if tier.is_pending(key) {
@@ -600,7 +603,13 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(group = %self.name, storage = storage.name(), error = %e, "stored value does not decode; deleted, reloading from the getter");
-                self.unstore_in_background(key);
+                // Under the key's write lock, as queued writes must be, so the check holds
+                // until the delete is queued.
+                let current = self.generation_lock(key);
+                if *current == generation {
+                    self.unstore_in_background(key);
+                }
+                drop(current);
                 None
             }
         }
@@ -609,7 +618,7 @@ impl Core {
     /// Loads a key this node owns: storage tier, then getter. Fills the main cache, and the
     /// storage tier after a getter load, unless a write raced the load (`generation`).
     async fn load_owned(&self, key: &str, generation: u64) -> Result<Option<Value>> {
-        if let Some(value) = self.load_stored(key).await {
+        if let Some(value) = self.load_stored(key, generation).await {
             self.remember(
                 Tier::Main,
                 key,
