@@ -1,26 +1,31 @@
 //! How one batch request is answered without letting it grow without bound: the keys are
-//! de-duplicated, loaded a few at a time, and their answers are accounted against a byte budget
-//! (`--max-batch-bytes`) as they arrive.
+//! de-duplicated, loaded a few at a time, and each answer is charged against a byte budget
+//! (`--max-batch-bytes`) as soon as it is encoded.
 //!
 //! Both batch routes use [`answer`]: the API's `POST /api/v1/groups/{g}/batch` (JSON items) and
 //! the peer protocol's `POST /_geecache/{g}/_batch` (protobuf items). Without it, one 10 KB
 //! request naming an 8 MiB key a thousand times made the node build an 8 GB answer.
 //!
-//! The rules, in the order of the (de-duplicated) keys:
+//! The rules:
 //!
 //! - a key named twice is loaded and answered once, at its first position;
 //! - an item is counted by its encoded size in the answer (JSON escaping and base64 included);
-//! - the first item that does not fit in what is left of the budget spends it: that key and
-//!   every key after it is answered with [`Error::BatchBudget`] (code `too_large`), whether or
-//!   not its load had started. Which keys are cut does not depend on how the loads race;
+//! - an item is charged when its load finishes, not when its turn in the answer comes: items
+//!   finished early wait for a slow key before them, and they must not wait uncounted (a slow
+//!   first key followed by 63 cached 8 MiB values would otherwise hold gigabytes);
+//! - keys are answered while the budget lasts: the first item that does not fit in what is
+//!   left spends it. That item, every item whose load finishes after it, and every key whose
+//!   load had not started are answered with [`Error::BatchBudget`] (code `too_large`); items
+//!   refused are dropped at once. When loads finish in key order (one at a time, or all of
+//!   them cached) the answered keys are a prefix of the keys; when several loads race, which
+//!   keys are cut may depend on the order in which they finish;
 //! - no load is started once the budget is spent, and at most `concurrency` items are loaded or
 //!   waiting for their turn at any time, so what the node holds for one batch is bounded by the
-//!   budget plus `concurrency` values.
+//!   budget plus the values being loaded and encoded right now (at most `concurrency`).
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt as _;
 
@@ -63,38 +68,60 @@ where
     Fut: Future<Output = T>,
 {
     let keys = dedup_keys(keys);
-    let mut out = Vec::with_capacity(keys.len());
-    // Read when a load would start (the stream polls a future first when it takes it in).
-    let spent_out = Arc::new(AtomicBool::new(false));
-    let mut items = futures::stream::iter(keys)
-        .map(|key| {
-            let spent_out = spent_out.clone();
-            let load = &load;
-            async move {
-                if spent_out.load(Ordering::SeqCst) {
-                    return (key, None);
-                }
-                let item = load(key.clone()).await;
-                (key, Some(item))
+    let left = Budget::new(budget);
+    let (load, size, left) = (&load, &size, &left);
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            // Read when a load would start (the stream polls a future first when it takes it in).
+            if left.is_spent() {
+                return (key, Slot::OverBudget);
             }
-        })
-        .buffered(concurrency.max(1));
-    let mut left = budget;
-    while let Some((key, item)) = items.next().await {
-        let slot = match item {
-            Some(item) if !spent_out.load(Ordering::SeqCst) && size(&item) <= left => {
-                left -= size(&item);
+            let item = load(key.clone()).await;
+            // Charged now, before the item waits for its turn: what does not fit is dropped.
+            let slot = if left.charge(size(&item)) {
                 Slot::Answered(item)
-            }
-            // Dropped here: an item that does not fit is not kept.
-            _ => {
-                spent_out.store(true, Ordering::SeqCst);
+            } else {
                 Slot::OverBudget
-            }
-        };
-        out.push((key, slot));
+            };
+            (key, slot)
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// What is left of one batch's byte budget, shared by its loads.
+#[derive(Debug)]
+struct Budget {
+    /// Bytes left plus one; zero once an item did not fit (spent: nothing is charged any more).
+    /// One number, so "charge" and "spend" are a single atomic step each.
+    left_plus_one: AtomicUsize,
+}
+
+impl Budget {
+    fn new(budget: usize) -> Self {
+        Budget {
+            left_plus_one: AtomicUsize::new(budget.saturating_add(1)),
+        }
     }
-    out
+
+    /// Whether an item did not fit: no load should start any more.
+    fn is_spent(&self) -> bool {
+        self.left_plus_one.load(Ordering::SeqCst) == 0
+    }
+
+    /// Takes `bytes` from what is left and returns true; or, when they do not fit (or the
+    /// budget is already spent), spends the budget and returns false.
+    fn charge(&self, bytes: usize) -> bool {
+        let before =
+            self.left_plus_one
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| match v {
+                    0 => None,
+                    v if bytes < v => Some(v - bytes),
+                    _ => Some(0),
+                });
+        matches!(before, Ok(v) if bytes < v)
+    }
 }
 
 /// The error a key past the budget is answered with.
@@ -106,7 +133,8 @@ pub fn over_budget(budget: usize) -> Error {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
@@ -196,5 +224,76 @@ mod tests {
                 "concurrency {concurrency}"
             );
         }
+    }
+
+    /// A loaded item that counts the bytes alive, to see what one batch holds at its peak.
+    #[derive(Debug)]
+    struct Held {
+        len: usize,
+        alive: Arc<(AtomicUsize, AtomicUsize)>,
+    }
+
+    impl Held {
+        fn new(len: usize, alive: &Arc<(AtomicUsize, AtomicUsize)>) -> Self {
+            let now = alive.0.fetch_add(len, Ordering::SeqCst) + len;
+            alive.1.fetch_max(now, Ordering::SeqCst);
+            Held {
+                len,
+                alive: alive.clone(),
+            }
+        }
+    }
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.alive.0.fetch_sub(self.len, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn items_waiting_for_a_slow_first_key_are_charged_and_dropped_past_the_budget() {
+        // Key 0 is slow: it finishes only once 11 keys after it have loaded (each 10 bytes,
+        // the budget 100, so the 11th spends it). The items finished before key 0 must not
+        // be held, uncounted, while they wait for their turn behind it.
+        let alive = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let others_loaded = Arc::new(tokio::sync::Semaphore::new(0));
+        let names: Vec<String> = (0..64).map(|i| i.to_string()).collect();
+        let out = answer(
+            names,
+            100,
+            64,
+            |k| {
+                let alive = alive.clone();
+                let others_loaded = others_loaded.clone();
+                async move {
+                    if k == "0" {
+                        let _eleven = others_loaded.acquire_many(11).await.unwrap();
+                        Held::new(1, &alive)
+                    } else {
+                        let held = Held::new(10, &alive);
+                        others_loaded.add_permits(1);
+                        held
+                    }
+                }
+            },
+            |h| h.len,
+        )
+        .await;
+        let peak = alive.1.load(Ordering::SeqCst);
+        assert!(
+            peak <= 100 + 10,
+            "held {peak} bytes at once: the budget plus the item being charged at most"
+        );
+        let answered: Vec<&str> = out
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Answered(_)))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            answered,
+            ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
+            "the first ten to finish fit; the slow key, finishing after the cut, does not"
+        );
+        assert_eq!(out.len(), 64);
     }
 }

@@ -42,6 +42,8 @@ pub mod defaults {
     pub const BODY_TIMEOUT: &str = "30s";
     /// Default byte budget of one batch answer.
     pub const MAX_BATCH_BYTES: &str = "4MiB";
+    /// Default byte budget of a group's queued storage writes.
+    pub const STORAGE_QUEUE_BYTES: &str = "64MiB";
     /// Default number of peer requests served at once.
     pub const PEER_CONCURRENCY: usize = crate::peer::DEFAULT_PEER_CONCURRENCY;
     /// Default request (load) timeout.
@@ -273,6 +275,12 @@ pub struct Cli {
     /// [default: 2s].
     #[arg(long, value_name = "DURATION", env = "GEECACHE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+
+    /// Bytes (keys and values) each group's storage tier may hold in writes queued for its
+    /// backend; past it, a load's write-through is dropped (counted) and a client's PUT or
+    /// DELETE waits for room within --request-timeout [default: 64MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_STORAGE_QUEUE_BYTES")]
+    pub storage_queue_bytes: Option<String>,
 }
 
 /// The TOML config file. Every field is optional; flags win over it.
@@ -681,6 +689,11 @@ impl Cli {
                     .as_deref()
                     .unwrap_or(defaults::COMPRESS_MIN_BYTES),
             )?,
+            storage_queue_bytes: size_usize(
+                self.storage_queue_bytes
+                    .as_deref()
+                    .unwrap_or(defaults::STORAGE_QUEUE_BYTES),
+            )?,
         };
         let groups = if file.groups.is_empty() {
             vec![GroupSpec {
@@ -1044,6 +1057,23 @@ storage = "fs_storage"
         );
         let err = cli(&["--compression", "zstd:high"]).resolve().unwrap_err();
         assert!(err.contains("e.g. zstd:3"), "{err}");
+    }
+
+    #[test]
+    fn storage_queue_bytes_from_the_flag_or_the_default() {
+        let s = cli(&["--plugin", "plugins/db_getter.wasm"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.groups[0].options.storage_queue_bytes, 64 << 20);
+        let s = cli(&[
+            "--plugin",
+            "plugins/db_getter.wasm",
+            "--storage-queue-bytes",
+            "1MiB",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.groups[0].options.storage_queue_bytes, 1 << 20);
     }
 
     #[test]

@@ -164,6 +164,10 @@ pub struct GroupOptions {
     /// Values shorter than this are stored raw: they rarely shrink enough to pay for decoding
     /// them on every hit.
     pub compress_min_bytes: usize,
+    /// Bytes (keys and values) the storage tier's queued writes may hold: bounds what writes
+    /// waiting for a slow backend keep in memory. Past it, background writes are dropped and
+    /// clients' writes wait (within the request timeout).
+    pub storage_queue_bytes: usize,
 }
 
 impl Default for GroupOptions {
@@ -180,6 +184,7 @@ impl Default for GroupOptions {
             peer_timeout: Duration::from_secs(1),
             compression: CodecSpec::default(),
             compress_min_bytes: DEFAULT_MIN_BYTES,
+            storage_queue_bytes: tier::DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -548,8 +553,11 @@ impl Core {
         }
     }
 
-    /// Asks the storage tier for `key`; anything but a live, intact value is a miss.
-    async fn load_stored(&self, key: &str) -> Option<Value> {
+    /// Asks the storage tier for `key`; anything but a live, intact value is a miss. A value
+    /// that does not decode is deleted from the tier, unless a write to the key came since the
+    /// load started (`generation`): that write (say a set, already acknowledged) may have
+    /// replaced it, and a delete queued after it would remove the new value.
+    async fn load_stored(&self, key: &str, generation: u64) -> Option<Value> {
         let tier = self.storage.as_ref()?;
         let s = &self.stats;
         if tier.is_pending(key) {
@@ -595,7 +603,13 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(group = %self.name, storage = storage.name(), error = %e, "stored value does not decode; deleted, reloading from the getter");
-                self.unstore_in_background(key);
+                // Under the key's write lock, as queued writes must be, so the check holds
+                // until the delete is queued.
+                let current = self.generation_lock(key);
+                if *current == generation {
+                    self.unstore_in_background(key);
+                }
+                drop(current);
                 None
             }
         }
@@ -604,7 +618,7 @@ impl Core {
     /// Loads a key this node owns: storage tier, then getter. Fills the main cache, and the
     /// storage tier after a getter load, unless a write raced the load (`generation`).
     async fn load_owned(&self, key: &str, generation: u64) -> Result<Option<Value>> {
-        if let Some(value) = self.load_stored(key).await {
+        if let Some(value) = self.load_stored(key, generation).await {
             self.remember(
                 Tier::Main,
                 key,
@@ -629,12 +643,10 @@ impl Core {
     /// key's other writes); best effort: dropped when the tier's queue is full (`tier.rs`).
     /// Call it under the key's write lock.
     fn store_in_background(&self, key: &str, stored: &Stored, expires_at_ms: Option<u64>) {
-        if let Some(slot) = self
-            .storage
-            .as_ref()
-            .and_then(|tier| tier.try_reserve(key, "a load's write-through"))
-        {
-            slot.send_in_background(key, tier::Op::Put(peer_entry(stored, expires_at_ms)));
+        let Some(tier) = &self.storage else { return };
+        let op = tier::Op::Put(peer_entry(stored, expires_at_ms));
+        if let Some(slot) = tier.try_reserve(key, &op, "a load's write-through") {
+            slot.send_in_background(key, op);
         }
     }
 
@@ -647,7 +659,7 @@ impl Core {
         if tier.delete_pending(key) {
             return;
         }
-        if let Some(slot) = tier.try_reserve(key, "a delete") {
+        if let Some(slot) = tier.try_reserve(key, &tier::Op::Delete, "a delete") {
             slot.send_in_background(key, tier::Op::Delete);
         }
     }
@@ -672,7 +684,7 @@ impl Core {
     ) -> Result<(T, Result<()>)> {
         let timeout = self.options.load_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let slot = tokio::time::timeout_at(deadline, tier.reserve(key))
+        let slot = tokio::time::timeout_at(deadline, tier.reserve(key, &op))
             .await
             .map_err(|_| Error::StorageWrite(format!("its queue stayed full for {timeout:?}")))??;
         let (kept, ack) = self.write(key, || (memory(), slot.send(key, op)));
@@ -844,10 +856,10 @@ impl GroupBuilder {
     /// When `options.compression` names an unknown codec or a level it does not take.
     pub fn build(self) -> Result<Group> {
         let stats = Arc::new(GroupStats::default());
-        let storage = self
-            .storage
-            .map(|backend| StorageTier::new(backend, &self.name, stats.clone()));
         let o = &self.options;
+        let storage = self.storage.map(|backend| {
+            StorageTier::new(backend, &self.name, stats.clone(), o.storage_queue_bytes)
+        });
         let encoding = self.codecs.encoding(&o.compression, o.compress_min_bytes)?;
         let cache = |bytes: u64, name: &str| {
             Cache::builder(bytes)

@@ -720,6 +720,11 @@ struct MemoryStorage {
     puts_started: AtomicUsize,
     /// Makes every put fail, as a full disk does.
     fail_puts: AtomicBool,
+    /// When set, each get reads the entry at once but answers only once it takes a permit:
+    /// the test decides what happens between a read and what the reader does with it.
+    get_gate: Option<tokio::sync::Semaphore>,
+    /// Gets that have read their entry (and may be waiting at the gate).
+    gets_started: AtomicUsize,
 }
 
 impl MemoryStorage {
@@ -745,7 +750,14 @@ impl Storage for MemoryStorage {
         "memory"
     }
     fn get<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
-        Box::pin(async move { Ok(self.entries.lock().unwrap().get(key).cloned()) })
+        Box::pin(async move {
+            let entry = self.entries.lock().unwrap().get(key).cloned();
+            self.gets_started.fetch_add(1, Ordering::SeqCst);
+            if let Some(gate) = &self.get_gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            Ok(entry)
+        })
     }
     fn put<'a>(&'a self, _g: &'a str, key: &'a str, e: PeerEntry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
@@ -1124,6 +1136,84 @@ async fn storage_queues_are_bounded_deletes_are_not_dropped_and_shutdown_drains_
     let drained = g.drain_storage(later).await;
     assert_eq!((drained.written, drained.abandoned), (pending, 0));
     assert_eq!(storage.entries.lock().unwrap().len(), pending);
+}
+
+#[tokio::test(start_paused = true)]
+async fn storage_queues_are_bounded_by_bytes_background_writes_drop_client_writes_wait() {
+    let storage = Arc::new(MemoryStorage::gated());
+    let getter = Arc::new(RecordGetter::default());
+    let g = Group::builder("g", getter)
+        .options(GroupOptions {
+            storage_queue_bytes: 3000,
+            ..Default::default()
+        })
+        .storage(storage.clone())
+        .build()
+        .unwrap();
+    // One load's write-through (about 2.2 KB, stored raw) is held at the backend...
+    g.get("json-a").await.unwrap();
+    // ...so the next one does not fit in the bytes left, though the queues have slots to spare.
+    g.get("json-b").await.unwrap();
+    assert_eq!(g.snapshot().counters.storage_writes_dropped, 1);
+    // A client's write waits for room, and fails with 503 when none comes in time.
+    let big = Bytes::from(vec![b'x'; 1000]);
+    let err = g.set("json-c", big.clone(), None).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (503, "storage_unavailable"),
+        "{err}"
+    );
+    // Once the backend has finished the first write, its bytes are free again.
+    storage.release_puts(2);
+    g.set("json-c", big, None).await.unwrap();
+    assert!(storage.holds("json-a") && storage.holds("json-c"));
+    assert!(!storage.holds("json-b"), "dropped, not queued");
+}
+
+#[tokio::test]
+async fn a_corrupt_stored_value_is_not_deleted_after_a_set_that_replaced_it() {
+    let storage = Arc::new(MemoryStorage {
+        get_gate: Some(tokio::sync::Semaphore::new(0)),
+        ..Default::default()
+    });
+    let corrupt = PeerEntry {
+        value: Bytes::from_static(b"not zstd at all"),
+        codec: "zstd".into(),
+        expires_at_ms: None,
+    };
+    storage
+        .entries
+        .lock()
+        .unwrap()
+        .insert("json-k".into(), corrupt);
+    let (g, _) = stored_group(storage.clone());
+    let g = Arc::new(g);
+    // A get reads the corrupt entry from storage...
+    let get = tokio::spawn({
+        let g = g.clone();
+        async move { g.get("json-k").await }
+    });
+    for _ in 0..1000 {
+        if storage.gets_started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(storage.gets_started.load(Ordering::SeqCst), 1);
+    // ...a set replaces it, and is acknowledged once storage has the new value...
+    g.set("json-k", Bytes::from_static(b"v2"), None)
+        .await
+        .unwrap();
+    // ...then the get finds the entry it read does not decode: it must not delete v2.
+    storage.get_gate.as_ref().unwrap().add_permits(1);
+    assert_eq!(get.await.unwrap().unwrap(), records("json-k", 40));
+    let soon = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert_eq!(g.drain_storage(soon).await.abandoned, 0);
+    let kept = storage.entries.lock().unwrap().get("json-k").cloned();
+    assert!(
+        kept.is_some(),
+        "the acknowledged set was deleted from storage"
+    );
 }
 
 /// A getter that answers `v{version}`, with the version it read when called, only once the

@@ -8,11 +8,14 @@
 //! worker task each), so its writes land in order; and a read that finds a write pending
 //! treats the tier as a miss (it may be about to change) and goes to the getter.
 //!
-//! Why bounded, and what happens when a queue is full (each queue holds [`QUEUE_CAPACITY`]):
-//! - A client's write (`set` and `remove` at the owner) waits for room and then for the backend
-//!   to finish it, both within the request timeout: the node answers only once storage has it,
-//!   so an acknowledged write survives a restart. A write that cannot be queued in time fails
-//!   the request (503) before anything changed.
+//! Why bounded, and what happens when a queue is full (each queue holds [`QUEUE_CAPACITY`]
+//! writes, and the tier's queues together hold at most `--storage-queue-bytes` of keys and
+//! values, from when a write is queued until the backend has finished it: a count alone let
+//! 4 × 1,024 writes of 8 MiB values, some left behind by clients that gave up, hold 32 GiB):
+//! - A client's write (`set` and `remove` at the owner) waits for room (a slot and its bytes)
+//!   and then for the backend to finish it, both within the request timeout: the node answers
+//!   only once storage has it, so an acknowledged write survives a restart. A write that cannot
+//!   be queued in time fails the request (503) before anything changed.
 //! - A getter load's write-through is best effort: with no room it is dropped (counted as
 //!   `storage_writes_dropped`, logged). The load went to the getter because the tier had no
 //!   live copy it could trust, so dropping the copy loses a future storage hit, never serves
@@ -31,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::stats::{GroupStats, bump};
@@ -43,6 +46,9 @@ pub(super) const SHARDS: usize = 4;
 
 /// Writes one queue holds before writers wait (client writes) or drop (background writes).
 pub(super) const QUEUE_CAPACITY: usize = 1024;
+
+/// Default byte budget of one group's queued storage writes (`--storage-queue-bytes`).
+pub(super) const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 
 /// What a write does to the backend.
 #[derive(Debug)]
@@ -62,6 +68,8 @@ struct Write {
     op: Op,
     /// Told the backend's answer, when a caller waits for it.
     done: Option<oneshot::Sender<Result<()>>>,
+    /// The write's bytes in the tier's budget, given back when the worker has finished it.
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// The backend's answer to one write, for the caller that waits for it.
@@ -130,6 +138,12 @@ pub(super) struct StorageTier {
     shards: OnceLock<Vec<mpsc::Sender<Write>>>,
     /// Writes not yet done, shared with the workers.
     pending: Arc<Pending>,
+    /// Bytes (keys and values) the queued and running writes may hold, all queues together:
+    /// each write holds its size from when it is queued until the worker has finished it.
+    bytes: Arc<Semaphore>,
+    /// The budget `bytes` started with: a write larger than all of it is charged all of it (so
+    /// it runs alone rather than never).
+    queue_bytes: usize,
 }
 
 impl std::fmt::Debug for StorageTier {
@@ -147,6 +161,8 @@ pub(super) struct Slot<'a> {
     permit: mpsc::Permit<'a, Write>,
     /// Where the write is recorded as pending.
     pending: &'a Pending,
+    /// The write's bytes in the tier's budget.
+    bytes: OwnedSemaphorePermit,
 }
 
 impl Slot<'_> {
@@ -168,6 +184,7 @@ impl Slot<'_> {
             key: key.to_owned(),
             op,
             done,
+            _bytes: self.bytes,
         });
     }
 }
@@ -182,14 +199,34 @@ pub struct Drained {
 }
 
 impl StorageTier {
-    pub(super) fn new(backend: Arc<dyn Storage>, group: &str, stats: Arc<GroupStats>) -> Self {
+    /// `queue_bytes`: what the queued writes may hold, all queues together (at least 1).
+    pub(super) fn new(
+        backend: Arc<dyn Storage>,
+        group: &str,
+        stats: Arc<GroupStats>,
+        queue_bytes: usize,
+    ) -> Self {
+        let queue_bytes = queue_bytes.clamp(1, u32::MAX as usize);
         StorageTier {
             backend,
             group: group.into(),
             stats,
             shards: OnceLock::new(),
             pending: Arc::default(),
+            bytes: Arc::new(Semaphore::new(queue_bytes)),
+            queue_bytes,
         }
+    }
+
+    /// What `op` on `key` holds of the byte budget while it is queued: the key and the
+    /// value, capped at the whole budget.
+    fn cost(&self, key: &str, op: &Op) -> u32 {
+        let value = match op {
+            Op::Put(entry) => entry.value.len() + entry.codec.len(),
+            Op::Delete => 0,
+        };
+        let bytes = key.len().saturating_add(value).min(self.queue_bytes);
+        u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 
     /// The backend, for reads.
@@ -203,33 +240,50 @@ impl StorageTier {
         self.pending.keys().contains_key(key)
     }
 
-    /// Waits for room in `key`'s queue (bound it with a timeout).
+    /// Waits for room for `op` in `key`'s queue: its bytes, then a slot (bound it with a
+    /// timeout).
     ///
     /// # Errors
     /// [`Error::StorageWrite`] when the queue's worker is gone (the runtime is shutting down).
-    pub(super) async fn reserve(&self, key: &str) -> Result<Slot<'_>> {
-        let permit = self
-            .queue(key)
-            .reserve()
+    pub(super) async fn reserve(&self, key: &str, op: &Op) -> Result<Slot<'_>> {
+        let stopped = || Error::StorageWrite("the storage tier has stopped".into());
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(key, op))
             .await
-            .map_err(|_| Error::StorageWrite("the storage tier has stopped".into()))?;
+            .map_err(|_| stopped())?;
+        let permit = self.queue(key).reserve().await.map_err(|_| stopped())?;
         Ok(Slot {
             permit,
             pending: &self.pending,
+            bytes,
         })
     }
 
-    /// Room in `key`'s queue if there is some now; otherwise the write is dropped, counted
-    /// and logged as `what`.
-    pub(super) fn try_reserve(&self, key: &str, what: &str) -> Option<Slot<'_>> {
+    /// Room for `op` in `key`'s queue (its bytes and a slot) if there is some now; otherwise
+    /// the write is dropped, counted and logged as `what`.
+    pub(super) fn try_reserve(&self, key: &str, op: &Op, what: &str) -> Option<Slot<'_>> {
+        let dropped = |full: &str| {
+            bump(&self.stats.storage_writes_dropped);
+            tracing::warn!(group = %self.group, storage = self.backend.name(), "storage tier queue {full}; dropping {what}");
+        };
+        let Ok(bytes) = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(self.cost(key, op))
+        else {
+            dropped("bytes full");
+            return None;
+        };
         match self.queue(key).try_reserve() {
             Ok(permit) => Some(Slot {
                 permit,
                 pending: &self.pending,
+                bytes,
             }),
             Err(mpsc::error::TrySendError::Full(())) => {
-                bump(&self.stats.storage_writes_dropped);
-                tracing::warn!(group = %self.group, storage = self.backend.name(), "storage tier queue full; dropping {what}");
+                dropped("full");
                 None
             }
             // The worker is gone (the runtime is shutting down): nothing would run it.
