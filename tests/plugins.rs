@@ -448,3 +448,116 @@ async fn a_plugins_own_error_text_is_for_operators_only() {
     );
     assert!(invalid.public_message().contains("bad key"));
 }
+
+/// chaos_getter on a runtime with the given instance policy (200 ms time limit, 64 MiB cap).
+fn chaos_with(
+    instances: geecache_host::plugin::InstancePolicy,
+) -> (Runtime, std::sync::Arc<geecache_host::plugin::WasmGetter>) {
+    let rt = Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(compile_cache_dir()),
+        call_timeout: std::time::Duration::from_millis(200),
+        instances,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let getter = match load(&rt, plugins::CHAOS_GETTER, PluginGrants::default()).unwrap() {
+        LoadedPlugin::Getter(g) => g,
+        other => panic!("chaos_getter is a {}", other.kind()),
+    };
+    (rt, getter)
+}
+
+/// The chaos getter's per-instance call counter (key `count`, or `grow:N`).
+async fn calls_seen(getter: &geecache_host::plugin::WasmGetter, key: &str) -> String {
+    match getter.get("g", key).await.unwrap() {
+        Loaded::Found { value, .. } => String::from_utf8(value.to_vec()).unwrap(),
+        Loaded::NotFound => panic!("{key}: not found"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_instance_serves_many_calls_and_any_failure_retires_it() {
+    let (rt, getter) = chaos_with(geecache_host::plugin::InstancePolicy::defaults(64 << 20));
+    for n in 1..=3 {
+        assert_eq!(calls_seen(&getter, "count").await, n.to_string());
+    }
+    assert_eq!(getter.instances_created(), 1, "one instance served all three");
+    assert_eq!(getter.idle_instances(), 1);
+    assert_eq!(rt.idle_instances(), 1);
+
+    // A reported `unavailable` or "not found" leaves the instance in service ...
+    assert!(getter.get("g", "error").await.is_err());
+    assert_eq!(getter.get("g", "missing").await.unwrap(), Loaded::NotFound);
+    assert_eq!(calls_seen(&getter, "count").await, "6");
+    // ... while a trap, a timeout, a memory-limit hit or an `other` error retires it: the next
+    // call starts on a new instance whose counter starts again at 1.
+    for bad in ["panic", "loop", "oom", "other"] {
+        let err = getter.get("g", bad).await.unwrap_err();
+        assert_eq!(getter.idle_instances(), 0, "{bad}: {err}");
+        assert_eq!(calls_seen(&getter, "count").await, "1", "after {bad}");
+    }
+    assert_eq!(getter.instances_created(), 5);
+
+    // The time limit is per call: a warm instance idle for longer than the limit still has
+    // its whole budget (the epoch and wall-clock deadlines are re-armed for every call).
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(calls_seen(&getter, "count").await, "2");
+    assert_eq!(getter.instances_created(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_retired_after_its_calls_or_past_its_memory_bound() {
+    use geecache_host::plugin::InstancePolicy;
+    let (_rt, getter) = chaos_with(InstancePolicy {
+        max_calls: 3,
+        ..InstancePolicy::defaults(64 << 20)
+    });
+    let mut counts = Vec::new();
+    for _ in 0..4 {
+        counts.push(calls_seen(&getter, "count").await);
+    }
+    assert_eq!(counts, ["1", "2", "3", "1"], "retired after 3 calls");
+
+    let (_rt, getter) = chaos_with(InstancePolicy {
+        max_memory: 24 << 20,
+        ..InstancePolicy::defaults(64 << 20)
+    });
+    // 8 MiB more keeps the instance under its 24 MiB bound; 20 MiB more takes it past: that
+    // call answers, and the instance is retired afterwards.
+    assert_eq!(calls_seen(&getter, "grow:8").await, "1");
+    assert_eq!(calls_seen(&getter, "grow:20").await, "2");
+    assert_eq!(getter.idle_instances(), 0);
+    assert_eq!(calls_seen(&getter, "count").await, "1");
+
+    // The memory cap covers what the instance holds, whichever call allocated it: 40 MiB kept,
+    // then 30 MiB more is past the 64 MiB cap.
+    let (_rt, getter) = chaos_with(InstancePolicy {
+        max_memory: 64 << 20,
+        ..InstancePolicy::defaults(64 << 20)
+    });
+    assert_eq!(calls_seen(&getter, "grow:20").await, "1");
+    assert_eq!(calls_seen(&getter, "grow:20").await, "2");
+    let err = getter.get("g", "grow:30").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            geecache_host::error::Error::Plugin(PluginError::MemoryLimit { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(calls_seen(&getter, "count").await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_mode_gives_every_call_a_new_instance() {
+    use geecache_host::plugin::{InstanceMode, InstancePolicy};
+    let (rt, getter) = chaos_with(InstancePolicy {
+        mode: InstanceMode::Fresh,
+        ..InstancePolicy::defaults(64 << 20)
+    });
+    for _ in 0..3 {
+        assert_eq!(calls_seen(&getter, "count").await, "1");
+    }
+    assert_eq!(getter.instances_created(), 3);
+    assert_eq!(rt.idle_instances(), 0);
+}

@@ -30,6 +30,16 @@
 //! used through `std::fs`). A panic, a trap or running out of the memory or time budget fails
 //! only the call in progress: the host discards the instance and keeps serving.
 //!
+//! # One instance, many calls
+//!
+//! The host reuses an instance that finished a call cleanly for later calls (until it has
+//! served `--plugin-instance-calls` calls or its memory grew past `--plugin-instance-memory`),
+//! unless the operator runs with `--plugin-instances fresh`. So a `static` (a `OnceLock`
+//! holding a parsed config, a small cache) survives between calls, and the first call of an
+//! instance may pay for setting it up; but never rely on globals being reset, nor on them
+//! surviving: any call may land on a new instance. Returning [`Error::Other`] tells the host
+//! something is wrong with this instance, and it is discarded.
+//!
 //! # A getter: how a cache miss is loaded
 //!
 #![cfg_attr(feature = "getter", doc = "```no_run")]

@@ -1,6 +1,7 @@
 //! Baselines of the get path: a cache hit through `Group::get` (a small raw value, and a 16 KiB
-//! value stored raw, lz4 or zstd), and one wasm getter call on a fresh instance (with and without
-//! a SQL query), next to a native getter for the ratio.
+//! value stored raw, lz4 or zstd), a ring lookup, and one wasm getter call on a warm instance and
+//! on a fresh one (with and without a SQL query), next to a native getter and a bare
+//! blocking-pool round trip (the thread hop every wasm call pays) for the ratios.
 //!
 //! `cargo bench -p geecache-tests --bench get_path`
 
@@ -14,7 +15,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use futures::future::BoxFuture;
 use geecache_host::error::Result;
 use geecache_host::group::{Getter, Group, GroupOptions, Loaded};
-use geecache_host::plugin::{LoadedPlugin, PluginGrants, Runtime, RuntimeOptions};
+use geecache_host::plugin::{
+    InstanceMode, InstancePolicy, LoadedPlugin, PluginGrants, Runtime, RuntimeOptions,
+};
+use geecache_host::ring::Ring;
 use geecache_tests::{compile_cache_dir, corpus, demo_db, plugins};
 
 /// A getter that answers from memory: the floor a wasm getter is compared with.
@@ -58,8 +62,32 @@ fn benches(c: &mut Criterion) {
     db_grants
         .config
         .insert("database".into(), db.display().to_string());
-    let db_getter = load_getter(&rt, plugins::DB_GETTER, db_grants);
+    let db_getter = load_getter(&rt, plugins::DB_GETTER, db_grants.clone());
     let chaos = load_getter(&rt, plugins::CHAOS_GETTER, PluginGrants::default());
+    let fresh_rt = Runtime::new(RuntimeOptions {
+        compile_cache_dir: Some(compile_cache_dir()),
+        instances: InstancePolicy {
+            mode: InstanceMode::Fresh,
+            ..InstancePolicy::defaults(64 << 20)
+        },
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let db_getter_fresh = load_getter(&fresh_rt, plugins::DB_GETTER, db_grants);
+    let chaos_fresh = load_getter(&fresh_rt, plugins::CHAOS_GETTER, PluginGrants::default());
+
+    let ring = Ring::new(
+        geecache_host::ring::DEFAULT_REPLICAS,
+        ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"],
+    );
+    let keys: Vec<String> = (0..1024).map(|i| format!("key-{i}")).collect();
+    let mut i = 0usize;
+    c.bench_function("ring/owner_3_nodes", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            ring.owner(&keys[i]).unwrap().len()
+        })
+    });
 
     let group = Group::builder("bench", Arc::new(Native)).build().unwrap();
     tokio.block_on(group.get("hot")).unwrap();
@@ -87,13 +115,25 @@ fn benches(c: &mut Criterion) {
         b.to_async(&tokio)
             .iter(|| async { Native.get("g", "Tom").await.unwrap() })
     });
-    c.bench_function("getter_call/wasm_fresh_instance", |b| {
+    c.bench_function("getter_call/blocking_pool_round_trip", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { tokio::task::spawn_blocking(|| 1u8).await.unwrap() })
+    });
+    c.bench_function("getter_call/wasm_warm_instance", |b| {
         b.to_async(&tokio)
             .iter(|| async { chaos.get("g", "Tom").await.unwrap() })
     });
-    c.bench_function("getter_call/wasm_db_getter_sqlite", |b| {
+    c.bench_function("getter_call/wasm_fresh_instance", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { chaos_fresh.get("g", "Tom").await.unwrap() })
+    });
+    c.bench_function("getter_call/wasm_db_getter_sqlite_warm", |b| {
         b.to_async(&tokio)
             .iter(|| async { db_getter.get("scores", "Tom").await.unwrap() })
+    });
+    c.bench_function("getter_call/wasm_db_getter_sqlite_fresh", |b| {
+        b.to_async(&tokio)
+            .iter(|| async { db_getter_fresh.get("scores", "Tom").await.unwrap() })
     });
 }
 

@@ -28,7 +28,7 @@ use super::sql::{SqlDb, SqlError};
 /// Log messages from plugins are cut to this many bytes.
 const MAX_LOG_MESSAGE: usize = 4096;
 
-/// The data of one call's store.
+/// The data of one instance's store (one call's, or many calls' when instances are reused).
 pub(crate) struct HostState {
     /// WASI state: no env, no args, no network; only granted directories.
     pub wasi: WasiCtx,
@@ -42,7 +42,8 @@ pub(crate) struct HostState {
     pub config: BTreeMap<String, String>,
     /// The plugin's database, when it imports `sql`.
     pub sql: Option<Arc<SqlDb>>,
-    /// When this call's time is up; bounds host work (SQL) that epochs cannot interrupt.
+    /// When the current call's time is up; bounds host work (SQL) that epochs cannot
+    /// interrupt. Re-armed before every call.
     pub deadline: Instant,
 }
 
@@ -90,6 +91,17 @@ impl CallLimiter {
     /// Whether a growth was refused because of the budget.
     pub fn hit(&self) -> bool {
         self.hit
+    }
+
+    /// Bytes charged so far: what the instance's memories and tables hold now.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Starts a new call on the same instance: what it holds stays charged (memory never
+    /// shrinks), the record of a refusal is cleared.
+    pub fn new_call(&mut self) {
+        self.hit = false;
     }
 
     /// Charges growing one memory or table from `current` to `desired` bytes, or refuses.

@@ -7,10 +7,12 @@
 //!   only).
 //! - [`Runtime::load`] compiles a component once, detects its kind from what it exports, asks it
 //!   for its name, and returns a [`LoadedPlugin`] holding the grants the operator gave that file.
-//! - Every call gets a fresh `Store` instantiated from an `InstancePre` (~10–20 µs), under a memory
-//!   cap and a time limit, on a blocking thread so tokio's workers never run wasm. A trap, panic
-//!   or overrun fails that call with a [`PluginError`]; the store is dropped and nothing leaks
-//!   into the next call.
+//! - A call runs on a warm instance of its plugin when one is idle, or on a new `Store`
+//!   instantiated from an `InstancePre` (~10–20 µs), under a memory cap and a time limit, on a
+//!   blocking thread so tokio's workers never run wasm. A trap, panic or overrun fails that call
+//!   with a [`PluginError`] and its instance is dropped, so nothing of it reaches the next call.
+//!   Instances that ended cleanly are reused ([`pool`] says when they are retired);
+//!   `--plugin-instances fresh` gives every call a new one.
 //!
 //! What holds a call in (the trust model: plugins are operator-chosen but untrusted code):
 //! - **Time.** Epoch interruption stops wasm at the deadline; host calls cannot outlast it either:
@@ -29,6 +31,7 @@ mod compressor;
 mod error;
 mod getter;
 mod host;
+mod pool;
 pub mod sql;
 mod storage;
 
@@ -46,15 +49,21 @@ use wasmtime_wasi::WasiCtx;
 pub use compressor::WasmCompressor;
 pub use error::PluginError;
 pub use getter::WasmGetter;
+pub use pool::{InstanceMode, InstancePolicy};
 pub use storage::WasmStorage;
 
 use host::{CallLimiter, HostState};
+use pool::{IdleBudget, Pool, Warm};
 
 use crate::telemetry::Metrics;
 
 /// Most bytes one WASI `get-random-bytes` call may ask the host for (wasmtime-wasi's default is
 /// 64 MiB, allocated outside the plugin's memory cap).
 const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
+/// Pool slots beyond calls in flight and idle instances: load-time probes (`info`) take one
+/// without a concurrency permit.
+const PROBE_SLOTS: usize = 4;
 
 /// How often the epoch ticker advances the engine's epoch; the granularity of time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -78,6 +87,19 @@ pub struct RuntimeOptions {
     pub compile_cache_dir: Option<PathBuf>,
     /// Try the pooling allocator first (falls back to on-demand when it cannot be created).
     pub pooling: bool,
+    /// Whether instances serve many calls, and when they are retired.
+    pub instances: InstancePolicy,
+}
+
+impl RuntimeOptions {
+    /// Idle instances the runtime keeps across all plugins: as many as calls may run at once
+    /// when instances are reused, none otherwise.
+    fn idle_cap(&self) -> usize {
+        match self.instances.mode {
+            InstanceMode::Reuse => self.max_concurrent_calls.max(1),
+            InstanceMode::Fresh => 0,
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -88,6 +110,7 @@ impl Default for RuntimeOptions {
             max_concurrent_calls: 32,
             compile_cache_dir: None,
             pooling: true,
+            instances: InstancePolicy::defaults(64 << 20),
         }
     }
 }
@@ -236,6 +259,8 @@ pub struct Runtime {
     pooling: bool,
     /// Bounds calls in flight so the pool (and memory) is never oversubscribed.
     permits: Arc<tokio::sync::Semaphore>,
+    /// Caps idle (warm) instances across all plugins.
+    idle: Arc<IdleBudget>,
     /// Stops the epoch ticker when the runtime is dropped.
     ticker_stop: Arc<AtomicBool>,
     /// The epoch ticker thread, joined on drop.
@@ -277,7 +302,9 @@ fn base_config(options: &RuntimeOptions) -> wasmtime::Result<Config> {
 }
 
 fn pooling_config(options: &RuntimeOptions) -> PoolingAllocationConfig {
-    let slots = u32::try_from(options.max_concurrent_calls.max(1)).unwrap_or(u32::MAX);
+    // Every live instance takes a slot: calls in flight, idle instances, and probes.
+    let slots = options.max_concurrent_calls.max(1) + options.idle_cap() + PROBE_SLOTS;
+    let slots = u32::try_from(slots).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
         .total_core_instances(slots.saturating_mul(8))
@@ -352,6 +379,7 @@ impl Runtime {
             permits: Arc::new(tokio::sync::Semaphore::new(
                 options.max_concurrent_calls.max(1),
             )),
+            idle: Arc::new(IdleBudget::new(options.idle_cap())),
             engine,
             getter_linker,
             plain_linker,
@@ -375,6 +403,16 @@ impl Runtime {
             .max_concurrent_calls
             .max(1)
             .saturating_sub(self.permits.available_permits())
+    }
+
+    /// An empty pool of warm instances for one plugin, under this runtime's policy.
+    fn new_pool<I>(&self) -> Pool<I> {
+        Pool::new(self.options.instances, self.idle.clone())
+    }
+
+    /// Warm instances waiting for a call, across all plugins.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.count()
     }
 
     /// Compiles (or fetches from the compile cache) the component at `path`, detects its kind,
@@ -496,10 +534,14 @@ impl Runtime {
         let core = Arc::new(core);
         tracing::info!(plugin = %core.name, version = %core.version, %kind, path = %path.display(), "plugin loaded");
         Ok(match kind {
-            PluginKind::Getter => LoadedPlugin::Getter(Arc::new(WasmGetter::new(core, pre)?)),
-            PluginKind::Storage => LoadedPlugin::Storage(Arc::new(WasmStorage::new(core, pre)?)),
+            PluginKind::Getter => {
+                LoadedPlugin::Getter(Arc::new(WasmGetter::new(core, pre, self)?))
+            }
+            PluginKind::Storage => {
+                LoadedPlugin::Storage(Arc::new(WasmStorage::new(core, pre, self)?))
+            }
             PluginKind::Compressor => {
-                LoadedPlugin::Compressor(Arc::new(WasmCompressor::new(core, pre)?))
+                LoadedPlugin::Compressor(Arc::new(WasmCompressor::new(core, pre, self)?))
             }
         })
     }
@@ -525,9 +567,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Declares the wasm implementation of one plugin kind: the struct (core + pre-linked component),
-/// its `Debug`, `new`, `core`, the `info` probe used while loading, and `invoke`, which runs one
-/// export in a fresh instance and turns a guest-reported error into a [`PluginError`].
+/// Declares the wasm implementation of one plugin kind: the struct (core + pre-linked component +
+/// warm instances), its `Debug`, `new`, `core`, the `info` probe used while loading, and
+/// `invoke`, which runs one export on a warm instance (or a new one) and turns a guest-reported
+/// error into a [`PluginError`].
 macro_rules! plugin_kind {
     ($(#[$doc:meta])* $name:ident, $pre:ty, $instance:ty, $export:ident) => {
         $(#[$doc])*
@@ -536,6 +579,8 @@ macro_rules! plugin_kind {
             core: std::sync::Arc<$crate::plugin::PluginCore>,
             /// Pre-linked component; instantiating from it costs ~10–20 µs.
             pre: $pre,
+            /// Instances that finished a call cleanly, ready for the next.
+            pool: std::sync::Arc<$crate::plugin::Pool<$instance>>,
         }
 
         impl std::fmt::Debug for $name {
@@ -556,9 +601,21 @@ macro_rules! plugin_kind {
             pub(super) fn new(
                 core: std::sync::Arc<$crate::plugin::PluginCore>,
                 pre: wasmtime::component::InstancePre<$crate::plugin::host::HostState>,
+                runtime: &$crate::plugin::Runtime,
             ) -> Result<Self, $crate::plugin::PluginError> {
                 let pre = <$pre>::new(pre).map_err(|e| core.classify(&e, false))?;
-                Ok($name { core, pre })
+                let pool = std::sync::Arc::new(runtime.new_pool());
+                Ok($name { core, pre, pool })
+            }
+
+            /// Instances created for calls so far (how often a call could not reuse one).
+            pub fn instances_created(&self) -> u64 {
+                self.pool.created.load(std::sync::atomic::Ordering::Relaxed)
+            }
+
+            /// Warm instances of this plugin waiting for a call.
+            pub fn idle_instances(&self) -> usize {
+                self.pool.idle()
             }
 
             /// Name, version and counters.
@@ -566,26 +623,25 @@ macro_rules! plugin_kind {
                 &self.core
             }
 
-            /// Runs `call` on a fresh instance (on a blocking thread, under the limits).
+            /// Runs `call` on a warm instance or a new one (under the limits, see
+            /// [`PluginCore::call`]).
             async fn invoke<R: Send + 'static>(
                 &self,
                 call: impl FnOnce(
                         &mut wasmtime::Store<$crate::plugin::host::HostState>,
-                        $instance,
+                        &$instance,
                     ) -> wasmtime::Result<Result<R, $crate::plugin::bindings::types::Error>>
                     + Send
                     + 'static,
             ) -> Result<R, $crate::plugin::PluginError> {
                 use tracing::Instrument as _;
                 let pre = self.pre.clone();
+                let pool = self.pool.clone();
                 let started = std::time::Instant::now();
                 let span = tracing::info_span!("geecache.plugin.call", plugin = %self.core.name);
                 let answer = self
                     .core
-                    .call(move |store| {
-                        let instance = pre.instantiate(&mut *store)?;
-                        call(store, instance)
-                    })
+                    .call(move |core| core.call_warm(&pool, |store| pre.instantiate(store), call))
                     .instrument(span)
                     .await
                     .and_then(|answer| answer.map_err(|e| self.core.reported(e)));
@@ -694,14 +750,82 @@ impl PluginCore {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        self.arm(&mut store);
+        Ok(store)
+    }
+
+    /// Starts a call's limits on `store`: the wall-clock deadline (which bounds host calls),
+    /// the epoch deadline (which stops wasm), and a clean memory-limit record. Run before every
+    /// call, whether the instance is new or warm.
+    fn arm(&self, store: &mut Store<HostState>) {
         let ticks = self
             .call_timeout
             .as_millis()
             .div_ceil(EPOCH_TICK.as_millis())
             .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
-        Ok(store)
+        let state = store.data_mut();
+        state.deadline = Instant::now() + self.call_timeout;
+        state.limiter.new_call();
+    }
+
+    /// Runs one export call on a warm instance from `pool`, or on a new one made by
+    /// `instantiate`, on the calling thread; then gives the instance back to the pool when the
+    /// call ended cleanly (see [`pool`] for when it is retired instead).
+    ///
+    /// Instantiation counts against the call's time and memory limits.
+    fn call_warm<I, R>(
+        &self,
+        pool: &Pool<I>,
+        instantiate: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<I>,
+        body: impl FnOnce(&mut Store<HostState>, &I) -> wasmtime::Result<Result<R, bindings::types::Error>>,
+    ) -> Result<Result<R, bindings::types::Error>, PluginError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let busy = || {
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        };
+        let mut warm = match pool.take() {
+            Some(mut warm) => {
+                self.arm(&mut warm.store);
+                warm
+            }
+            None => {
+                pool.created.fetch_add(1, Ordering::Relaxed);
+                let mut store = self.new_store()?;
+                match instantiate(&mut store) {
+                    Ok(instance) => Warm {
+                        store,
+                        instance,
+                        calls: 0,
+                    },
+                    Err(e) => {
+                        busy();
+                        return Err(self.classify(&e, store.data().limiter.hit()));
+                    }
+                }
+            }
+        };
+        let result = body(&mut warm.store, &warm.instance).and_then(|answer| {
+            if Instant::now() >= warm.store.data().deadline {
+                Err(wasmtime::Error::new(Trap::Interrupt))
+            } else {
+                Ok(answer)
+            }
+        });
+        busy();
+        warm.calls += 1;
+        match result {
+            Ok(answer) => {
+                let healthy = !warm.store.data().limiter.hit()
+                    && !matches!(answer, Err(bindings::types::Error::Other(_)));
+                pool.give_back(warm, healthy);
+                Ok(answer)
+            }
+            Err(e) => Err(self.classify(&e, warm.store.data().limiter.hit())),
+        }
     }
 
     /// Runs `body` in a fresh store on the calling thread, classifying any failure.
@@ -767,17 +891,17 @@ impl PluginCore {
         }
     }
 
-    /// Runs `body` on a blocking thread (never on a tokio worker), bounded by the runtime's
-    /// concurrency permits.
+    /// Runs `work` (which runs wasm) on a blocking thread (never on a tokio worker), bounded by
+    /// the runtime's concurrency permits.
     ///
     /// # Cancellation
-    /// The permit moves into the blocking thread and is released only when the instance is
-    /// dropped there: a caller that stops waiting (request timeout, client gone) does not free
-    /// a slot while its wasm still runs, so abandoned calls can never exceed the pool. The call
-    /// itself still ends by its own deadline.
+    /// The permit moves into the blocking thread and is released only when `work` is done
+    /// there (its instance dropped or back in its pool): a caller that stops waiting (request
+    /// timeout, client gone) does not free a slot while its wasm still runs, so abandoned calls
+    /// can never exceed the pool. The call itself still ends by its own deadline.
     async fn call<R: Send + 'static>(
         self: &Arc<Self>,
-        body: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R> + Send + 'static,
+        work: impl FnOnce(&PluginCore) -> Result<R, PluginError> + Send + 'static,
     ) -> Result<R, PluginError> {
         let unavailable = |message: String| PluginError::Unavailable {
             plugin: self.name.clone(),
@@ -791,7 +915,7 @@ impl PluginCore {
             .map_err(|_| unavailable("the plugin runtime is shutting down".into()))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let answer = this.call_blocking(body);
+            let answer = work(&this);
             drop(permit);
             answer
         })

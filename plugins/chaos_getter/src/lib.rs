@@ -8,19 +8,43 @@
 //! | `oom`     | allocates 1 MiB chunks without bound (until the memory cap stops it) |
 //! | `missing` | not found                                                          |
 //! | `error`   | fails with `unavailable`                                           |
+//! | `other`   | fails with `other` (the host then discards the instance)            |
+//! | `count`   | found, value: how many calls this instance has served, this one included |
+//! | `grow:N`  | keeps N more MiB of memory for the instance's lifetime, then as `count` |
 //! | any other | found, value `chaos:<key>`                                         |
+//!
+//! `count` and `grow:N` show whether the host reused an instance: the counter lives in a
+//! global, so it restarts at 1 on a new instance.
 
 use std::hint::black_box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use geecache_guest_sdk::{Error, Getter, Lookup, export_getter};
 
 struct Chaos;
 
+/// Calls this instance has served.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Memory kept on purpose by `grow:N`.
+static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
 impl Getter for Chaos {
     const NAME: &'static str = "chaos_getter";
 
     fn get(_group: &str, key: &str) -> Result<Lookup, Error> {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(mib) = key.strip_prefix("grow:") {
+            let mib: usize = mib
+                .parse()
+                .map_err(|_| Error::InvalidInput(format!("grow:N wants a number, got {mib:?}")))?;
+            let mut kept = KEPT.lock().map_err(|_| Error::Other("poisoned".into()))?;
+            kept.push(black_box(vec![0x5A; mib << 20]));
+            return Ok(Lookup::found(calls.to_string()));
+        }
         match key {
+            "count" => Ok(Lookup::found(calls.to_string())),
+            "other" => Err(Error::Other("chaos_getter: other requested".into())),
             "panic" => panic!("chaos_getter: panic requested"),
             "loop" => spin_forever(),
             "oom" => exhaust_memory(),
