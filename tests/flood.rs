@@ -16,8 +16,9 @@
 //! - and a well-behaved client asking for `Tom` every 100 ms, which must get `630` every time.
 //!
 //! The budget is what the node's flags allow it to hold: its memory once warm, plus the cache
-//! budgets, the in-flight body and batch-answer budget, and the plugins' memory caps (calls in flight and idle warm instances). The peak
-//! must stay within that budget + 25%. The figures are printed (`--nocapture`) for the README.
+//! budgets, the in-flight body and batch-answer budget, and the plugins' memory caps (calls in
+//! flight and idle warm instances). The peak must stay within that budget + 25%. The figures
+//! are printed (`--nocapture`) for the README.
 
 #![allow(clippy::unwrap_used)]
 
