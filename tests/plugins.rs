@@ -283,26 +283,57 @@ async fn a_plugin_that_sleeps_in_a_host_call_stops_at_its_time_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_call_keeps_its_slot_until_its_wasm_stops() {
+async fn an_abandoned_call_stops_its_wasm_and_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime_with(2_000, 1);
     let getter = escape_getter(&rt, &demo_db(dir.path()), None);
-    // The caller gives up long before the plugin's own deadline.
+    // The caller gives up long before the plugin's own deadline. Calls run on the caller's
+    // task, so giving up drops the call: its wasm stops and its instance is dropped, so the
+    // one slot is free again and no abandoned wasm runs outside the limit.
     let abandoned = tokio::time::timeout(
         std::time::Duration::from_millis(200),
         getter.get("g", "sleep:20"),
     )
     .await;
     assert!(abandoned.is_err(), "the caller timed out");
-    // Before: the slot came back with the caller, while the wasm still ran.
+    assert_eq!(rt.calls_in_flight(), 0, "the abandoned call holds no slot");
     assert_eq!(
-        rt.calls_in_flight(),
-        1,
-        "the sleeping instance still holds its slot"
+        getter.idle_instances(),
+        0,
+        "its instance was dropped, not pooled"
     );
-    // The next call waits for that slot, and gets it once the sleeper hit its deadline.
     assert_eq!(getter.get("g", "nothing").await.unwrap(), Loaded::NotFound);
     assert_eq!(rt.calls_in_flight(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_plugin_does_not_stall_other_requests_on_its_thread() {
+    // One runtime thread only: if wasm did not yield, the quick call could only run after
+    // the loop hit its 1 s limit.
+    let (_rt, chaos) = chaos_with(
+        geecache_host::plugin::InstancePolicy::defaults(64 << 20),
+        1_000,
+    );
+    let looping = tokio::spawn({
+        let chaos = chaos.clone();
+        async move { chaos.get("g", "loop").await }
+    });
+    tokio::task::yield_now().await;
+    for n in 1..=3 {
+        assert_eq!(calls_seen(&chaos, "count").await, n.to_string());
+        assert!(
+            !looping.is_finished(),
+            "the quick call {n} was answered while the loop ran"
+        );
+    }
+    let err = looping.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            geecache_host::error::Error::Plugin(PluginError::Timeout { .. })
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,13 +480,14 @@ async fn a_plugins_own_error_text_is_for_operators_only() {
     assert!(invalid.public_message().contains("bad key"));
 }
 
-/// chaos_getter on a runtime with the given instance policy (200 ms time limit, 64 MiB cap).
+/// chaos_getter on a runtime with the given instance policy and time limit (64 MiB cap).
 fn chaos_with(
     instances: geecache_host::plugin::InstancePolicy,
+    timeout_ms: u64,
 ) -> (Runtime, std::sync::Arc<geecache_host::plugin::WasmGetter>) {
     let rt = Runtime::new(RuntimeOptions {
         compile_cache_dir: Some(compile_cache_dir()),
-        call_timeout: std::time::Duration::from_millis(200),
+        call_timeout: std::time::Duration::from_millis(timeout_ms),
         instances,
         ..RuntimeOptions::default()
     })
@@ -477,11 +509,18 @@ async fn calls_seen(getter: &geecache_host::plugin::WasmGetter, key: &str) -> St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_instance_serves_many_calls_and_any_failure_retires_it() {
-    let (rt, getter) = chaos_with(geecache_host::plugin::InstancePolicy::defaults(64 << 20));
+    let (rt, getter) = chaos_with(
+        geecache_host::plugin::InstancePolicy::defaults(64 << 20),
+        200,
+    );
     for n in 1..=3 {
         assert_eq!(calls_seen(&getter, "count").await, n.to_string());
     }
-    assert_eq!(getter.instances_created(), 1, "one instance served all three");
+    assert_eq!(
+        getter.instances_created(),
+        1,
+        "one instance served all three"
+    );
     assert_eq!(getter.idle_instances(), 1);
     assert_eq!(rt.idle_instances(), 1);
 
@@ -508,20 +547,26 @@ async fn a_warm_instance_serves_many_calls_and_any_failure_retires_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_is_retired_after_its_calls_or_past_its_memory_bound() {
     use geecache_host::plugin::InstancePolicy;
-    let (_rt, getter) = chaos_with(InstancePolicy {
-        max_calls: 3,
-        ..InstancePolicy::defaults(64 << 20)
-    });
+    let (_rt, getter) = chaos_with(
+        InstancePolicy {
+            max_calls: 3,
+            ..InstancePolicy::defaults(64 << 20)
+        },
+        200,
+    );
     let mut counts = Vec::new();
     for _ in 0..4 {
         counts.push(calls_seen(&getter, "count").await);
     }
     assert_eq!(counts, ["1", "2", "3", "1"], "retired after 3 calls");
 
-    let (_rt, getter) = chaos_with(InstancePolicy {
-        max_memory: 24 << 20,
-        ..InstancePolicy::defaults(64 << 20)
-    });
+    let (_rt, getter) = chaos_with(
+        InstancePolicy {
+            max_memory: 24 << 20,
+            ..InstancePolicy::defaults(64 << 20)
+        },
+        200,
+    );
     // 8 MiB more keeps the instance under its 24 MiB bound; 20 MiB more takes it past: that
     // call answers, and the instance is retired afterwards.
     assert_eq!(calls_seen(&getter, "grow:8").await, "1");
@@ -531,10 +576,13 @@ async fn an_instance_is_retired_after_its_calls_or_past_its_memory_bound() {
 
     // The memory cap covers what the instance holds, whichever call allocated it: 40 MiB kept,
     // then 30 MiB more is past the 64 MiB cap.
-    let (_rt, getter) = chaos_with(InstancePolicy {
-        max_memory: 64 << 20,
-        ..InstancePolicy::defaults(64 << 20)
-    });
+    let (_rt, getter) = chaos_with(
+        InstancePolicy {
+            max_memory: 64 << 20,
+            ..InstancePolicy::defaults(64 << 20)
+        },
+        200,
+    );
     assert_eq!(calls_seen(&getter, "grow:20").await, "1");
     assert_eq!(calls_seen(&getter, "grow:20").await, "2");
     let err = getter.get("g", "grow:30").await.unwrap_err();
@@ -551,10 +599,13 @@ async fn an_instance_is_retired_after_its_calls_or_past_its_memory_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_mode_gives_every_call_a_new_instance() {
     use geecache_host::plugin::{InstanceMode, InstancePolicy};
-    let (rt, getter) = chaos_with(InstancePolicy {
-        mode: InstanceMode::Fresh,
-        ..InstancePolicy::defaults(64 << 20)
-    });
+    let (rt, getter) = chaos_with(
+        InstancePolicy {
+            mode: InstanceMode::Fresh,
+            ..InstancePolicy::defaults(64 << 20)
+        },
+        200,
+    );
     for _ in 0..3 {
         assert_eq!(calls_seen(&getter, "count").await, "1");
     }

@@ -1,5 +1,5 @@
 //! The one `bindgen!` site of the host: Rust bindings for the three plugin worlds of
-//! `wit/geecache.wit`. The storage and compressor worlds reuse the getter world's bindings for
+//! `wit/geecache.wit`, with async exports (calls run on the caller's task, see `plugin`). The storage and compressor worlds reuse the getter world's bindings for
 //! the shared interfaces (`types`, `log`, `config`), so the host implements each import once.
 
 #![allow(missing_docs, missing_debug_implementations)]
@@ -9,7 +9,13 @@ pub mod getter {
     wasmtime::component::bindgen!({
         world: "getter-plugin",
         path: "../wit",
-        imports: { default: trappable },
+        // `sql.query` may leave the worker thread for a slow query (see `host`); the other
+        // imports are quick and synchronous. Exports are called with `call_async`.
+        imports: {
+            "geecache:plugin/sql.query": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
     });
 }
 
@@ -19,6 +25,7 @@ pub mod storage {
         world: "storage-plugin",
         path: "../wit",
         imports: { default: trappable },
+        exports: { default: async },
         with: {
             "geecache:plugin/types": super::getter::geecache::plugin::types,
             "geecache:plugin/log": super::getter::geecache::plugin::log,
@@ -33,6 +40,7 @@ pub mod compressor {
         world: "compressor-plugin",
         path: "../wit",
         imports: { default: trappable },
+        exports: { default: async },
         with: {
             "geecache:plugin/types": super::getter::geecache::plugin::types,
             "geecache:plugin/log": super::getter::geecache::plugin::log,

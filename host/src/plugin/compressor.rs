@@ -4,7 +4,7 @@ use super::bindings::compressor::{CompressorPlugin, CompressorPluginPre};
 use super::{PluginError, plugin_kind};
 
 plugin_kind!(
-    /// A wasm codec: each call runs in a fresh instance under the runtime's limits.
+    /// A wasm codec: each call runs on a warm (or new) instance under the runtime's limits.
     WasmCompressor,
     CompressorPluginPre<super::host::HostState>,
     CompressorPlugin,
@@ -21,9 +21,10 @@ impl WasmCompressor {
         data: Vec<u8>,
         level: Option<i32>,
     ) -> Result<Vec<u8>, PluginError> {
-        self.invoke(move |s, p| {
-            p.geecache_plugin_compressor()
-                .call_compress(s, &data, level)
+        self.invoke(|mut w| async move {
+            let compressor = w.instance.geecache_plugin_compressor();
+            let answer = compressor.call_compress(&mut w.store, &data, level).await;
+            (w, answer)
         })
         .await
     }
@@ -34,9 +35,12 @@ impl WasmCompressor {
     /// Any [`PluginError`] of the call; also when the plugin returns more than `max_len` bytes.
     pub async fn decompress(&self, data: Vec<u8>, max_len: u64) -> Result<Vec<u8>, PluginError> {
         let out = self
-            .invoke(move |s, p| {
-                p.geecache_plugin_compressor()
-                    .call_decompress(s, &data, max_len)
+            .invoke(|mut w| async move {
+                let compressor = w.instance.geecache_plugin_compressor();
+                let answer = compressor
+                    .call_decompress(&mut w.store, &data, max_len)
+                    .await;
+                (w, answer)
             })
             .await?;
         if out.len() as u64 > max_len {
@@ -68,23 +72,27 @@ impl crate::compression::Compressor for WasmCompressor {
             return Ok(());
         };
         const SAMPLE: &[u8] = b"geecache level check: geecache level check: geecache";
-        let answer = self.core.call_blocking(|store| {
-            self.pre
-                .instantiate(&mut *store)?
-                .geecache_plugin_compressor()
-                .call_compress(store, SAMPLE, Some(level))
-        })?;
-        answer.map(|_| ()).map_err(|e| {
-            let message = match self.core.reported(e) {
-                PluginError::Reported { message, .. } => message,
-                other => other.to_string(),
-            };
-            crate::compression::CodecError::BadLevel {
-                codec: self.core.name.clone(),
-                level,
-                range: format!("as the plugin says: {message}"),
+        let answer = super::on_own_thread(async {
+            self.invoke(|mut w| async move {
+                let compressor = w.instance.geecache_plugin_compressor();
+                let answer = compressor
+                    .call_compress(&mut w.store, SAMPLE, Some(level))
+                    .await;
+                (w, answer)
+            })
+            .await
+        });
+        match answer {
+            Ok(_) => Ok(()),
+            Err(PluginError::Reported { message, .. }) => {
+                Err(crate::compression::CodecError::BadLevel {
+                    codec: self.core.name.clone(),
+                    level,
+                    range: format!("as the plugin says: {message}"),
+                })
             }
-        })
+            Err(other) => Err(other.into()),
+        }
     }
 
     fn verify_output(&self) -> bool {

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::group::{Getter, Loaded};
 
 plugin_kind!(
-    /// A wasm getter: each `get` runs in a fresh instance under the runtime's limits.
+    /// A wasm getter: each `get` runs on a warm (or new) instance under the runtime's limits.
     WasmGetter,
     GetterPluginPre<super::host::HostState>,
     GetterPlugin,
@@ -26,7 +26,11 @@ impl Getter for WasmGetter {
         let (group, key) = (group.to_owned(), key.to_owned());
         Box::pin(async move {
             let lookup = self
-                .invoke(move |s, p| p.geecache_plugin_getter().call_get(s, &group, &key))
+                .invoke(|mut w| async move {
+                    let getter = w.instance.geecache_plugin_getter();
+                    let answer = getter.call_get(&mut w.store, &group, &key).await;
+                    (w, answer)
+                })
                 .await?;
             Ok(match lookup {
                 Lookup::Found(found) => Loaded::Found {

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
@@ -163,7 +163,7 @@ impl ResourceLimiter for CallLimiter {
 /// capabilities: `log` and `config` for every kind, `sql` too when `with_sql` (getters only).
 pub(crate) fn linker(engine: &Engine, with_sql: bool) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     // Replace WASI's monotonic clock with one whose waits end at the call's deadline.
     linker.allow_shadowing(true);
     monotonic_clock::add_to_linker::<HostState, DeadlineClock>(&mut linker, |s| DeadlineClocks {
@@ -265,24 +265,38 @@ impl config::Host for HostState {
     }
 }
 
+/// How long a SQL query may run on the calling (async worker) thread. A query that needs more
+/// is stopped and run again on a blocking thread, where it may take the rest of the call's
+/// time: most queries of a getter take microseconds and pay no thread hop, and a slow one holds
+/// a worker for at most this long.
+const INLINE_SQL_SLICE: Duration = Duration::from_millis(2);
+
 impl sql::Host for HostState {
-    fn query(
+    async fn query(
         &mut self,
         statement: String,
         params: Vec<sql::Value>,
         max_rows: u32,
     ) -> wasmtime::Result<Result<Vec<Vec<sql::Value>>, types::Error>> {
-        let Some(db) = &self.sql else {
+        let Some(db) = self.sql.clone() else {
             return Ok(Err(types::Error::Unavailable(
                 "no database is configured for this plugin (set NAME.database)".into(),
             )));
         };
-        Ok(db
-            .query(&statement, &params, max_rows, self.deadline)
-            .map_err(|e| match e {
-                SqlError::InvalidInput(m) => types::Error::InvalidInput(m),
-                SqlError::Unavailable(m) => types::Error::Unavailable(m),
-            }))
+        let deadline = self.deadline;
+        let slice_end = Instant::now() + INLINE_SQL_SLICE;
+        let answer = match db.query_within(&statement, &params, max_rows, deadline, slice_end) {
+            Some(answer) => answer,
+            None => tokio::task::spawn_blocking(move || {
+                db.query(&statement, &params, max_rows, deadline)
+            })
+            .await
+            .unwrap_or_else(|e| Err(SqlError::Unavailable(format!("the query failed: {e}")))),
+        };
+        Ok(answer.map_err(|e| match e {
+            SqlError::InvalidInput(m) => types::Error::InvalidInput(m),
+            SqlError::Unavailable(m) => types::Error::Unavailable(m),
+        }))
     }
 }
 

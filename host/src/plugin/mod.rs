@@ -43,7 +43,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::WasiCtx;
 
 pub use compressor::WasmCompressor;
@@ -53,7 +56,8 @@ pub use pool::{InstanceMode, InstancePolicy};
 pub use storage::WasmStorage;
 
 use host::{CallLimiter, HostState};
-use pool::{IdleBudget, Pool, Warm};
+use pool::IdleBudget;
+pub(crate) use pool::{Pool, Warm};
 
 use crate::telemetry::Metrics;
 
@@ -65,8 +69,9 @@ const MAX_RANDOM_BYTES: u64 = 64 << 10;
 /// without a concurrency permit.
 const PROBE_SLOTS: usize = 4;
 
-/// How often the epoch ticker advances the engine's epoch; the granularity of time limits.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch ticker advances the engine's epoch: the granularity of time limits, and
+/// the longest stretch wasm runs on a worker thread before it yields to other requests.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// WIT interface names (without version) that identify a plugin's kind.
 const GETTER_EXPORT: &str = "geecache:plugin/getter";
@@ -310,7 +315,9 @@ fn pooling_config(options: &RuntimeOptions) -> PoolingAllocationConfig {
         .total_core_instances(slots.saturating_mul(8))
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(8))
-        .max_memory_size(options.memory_limit);
+        .max_memory_size(options.memory_limit)
+        // A fiber stack per call in flight (calls are async).
+        .total_stacks(slots);
     pool
 }
 
@@ -406,7 +413,7 @@ impl Runtime {
     }
 
     /// An empty pool of warm instances for one plugin, under this runtime's policy.
-    fn new_pool<I>(&self) -> Pool<I> {
+    pub(crate) fn new_pool<I>(&self) -> Pool<I> {
         Pool::new(self.options.instances, self.idle.clone())
     }
 
@@ -534,9 +541,7 @@ impl Runtime {
         let core = Arc::new(core);
         tracing::info!(plugin = %core.name, version = %core.version, %kind, path = %path.display(), "plugin loaded");
         Ok(match kind {
-            PluginKind::Getter => {
-                LoadedPlugin::Getter(Arc::new(WasmGetter::new(core, pre, self)?))
-            }
+            PluginKind::Getter => LoadedPlugin::Getter(Arc::new(WasmGetter::new(core, pre, self)?)),
             PluginKind::Storage => {
                 LoadedPlugin::Storage(Arc::new(WasmStorage::new(core, pre, self)?))
             }
@@ -545,6 +550,32 @@ impl Runtime {
             }
         })
     }
+}
+
+/// Runs `work` to completion on a thread of its own with a small tokio runtime: for the few
+/// calls made outside the serving path (the `info` probe while loading, a compressor's level
+/// check while building a group), which may come from sync code inside or outside a runtime.
+pub(crate) fn on_own_thread<R: Send>(
+    work: impl Future<Output = Result<R, PluginError>> + Send,
+) -> Result<R, PluginError> {
+    let unavailable = |message: String| PluginError::Unavailable {
+        plugin: "<runtime>".into(),
+        message,
+    };
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("geecache-plugin-probe".into())
+            .spawn_scoped(scope, || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(|e| unavailable(format!("cannot start a runtime: {e}")))?
+                    .block_on(work)
+            })
+            .map_err(|e| unavailable(format!("cannot start a thread: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(unavailable("the probe thread panicked".into())))
+    })
 }
 
 /// Checks a plugin name, whether a plugin reported it or an operator gave it: 1-64 characters
@@ -577,10 +608,10 @@ macro_rules! plugin_kind {
         pub struct $name {
             /// Name, grants, limits, counters.
             core: std::sync::Arc<$crate::plugin::PluginCore>,
-            /// Pre-linked component; instantiating from it costs ~10–20 µs.
+            /// Pre-linked component; instantiating from it costs ~10–30 µs.
             pre: $pre,
             /// Instances that finished a call cleanly, ready for the next.
-            pool: std::sync::Arc<$crate::plugin::Pool<$instance>>,
+            pool: $crate::plugin::Pool<$instance>,
         }
 
         impl std::fmt::Debug for $name {
@@ -589,12 +620,22 @@ macro_rules! plugin_kind {
             }
         }
 
+        /// Asks a freshly loaded component for its name and version, on a fresh instance that
+        /// is dropped afterwards (the plugin has no grants yet).
         pub(super) fn info(
             core: &std::sync::Arc<$crate::plugin::PluginCore>,
             pre: &wasmtime::component::InstancePre<$crate::plugin::host::HostState>,
         ) -> Result<$crate::plugin::bindings::types::PluginInfo, $crate::plugin::PluginError> {
             let pre = <$pre>::new(pre.clone()).map_err(|e| core.classify(&e, false))?;
-            core.call_blocking(|store| pre.instantiate(&mut *store)?.$export().call_info(store))
+            $crate::plugin::on_own_thread(async {
+                let mut store = core.new_store()?;
+                let answer = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance.$export().call_info(&mut store).await
+                }
+                .await;
+                core.checked(answer, &store)
+            })
         }
 
         impl $name {
@@ -604,8 +645,12 @@ macro_rules! plugin_kind {
                 runtime: &$crate::plugin::Runtime,
             ) -> Result<Self, $crate::plugin::PluginError> {
                 let pre = <$pre>::new(pre).map_err(|e| core.classify(&e, false))?;
-                let pool = std::sync::Arc::new(runtime.new_pool());
-                Ok($name { core, pre, pool })
+                Ok($name { core, pre, pool: runtime.new_pool() })
+            }
+
+            /// Name, version and counters.
+            pub fn core(&self) -> &$crate::plugin::PluginCore {
+                &self.core
             }
 
             /// Instances created for calls so far (how often a call could not reuse one).
@@ -618,34 +663,48 @@ macro_rules! plugin_kind {
                 self.pool.idle()
             }
 
-            /// Name, version and counters.
-            pub fn core(&self) -> &$crate::plugin::PluginCore {
-                &self.core
-            }
-
-            /// Runs `call` on a warm instance or a new one (under the limits, see
-            /// [`PluginCore::call`]).
-            async fn invoke<R: Send + 'static>(
+            /// Runs `call` on a warm instance or a new one, under the limits (see
+            /// [`PluginCore::permit`]). `call` gets the instance and must hand it back with the
+            /// call's result.
+            async fn invoke<R, Fut>(
                 &self,
-                call: impl FnOnce(
-                        &mut wasmtime::Store<$crate::plugin::host::HostState>,
-                        &$instance,
-                    ) -> wasmtime::Result<Result<R, $crate::plugin::bindings::types::Error>>
-                    + Send
-                    + 'static,
-            ) -> Result<R, $crate::plugin::PluginError> {
+                call: impl FnOnce($crate::plugin::Warm<$instance>) -> Fut,
+            ) -> Result<R, $crate::plugin::PluginError>
+            where
+                Fut: std::future::Future<
+                    Output = (
+                        $crate::plugin::Warm<$instance>,
+                        wasmtime::Result<Result<R, $crate::plugin::bindings::types::Error>>,
+                    ),
+                >,
+            {
                 use tracing::Instrument as _;
-                let pre = self.pre.clone();
-                let pool = self.pool.clone();
+                let core = &self.core;
                 let started = std::time::Instant::now();
-                let span = tracing::info_span!("geecache.plugin.call", plugin = %self.core.name);
-                let answer = self
-                    .core
-                    .call(move |core| core.call_warm(&pool, |store| pre.instantiate(store), call))
-                    .instrument(span)
-                    .await
-                    .and_then(|answer| answer.map_err(|e| self.core.reported(e)));
-                self.core.observe_call(started, &answer);
+                let span = tracing::info_span!("geecache.plugin.call", plugin = %core.name);
+                let answer = async {
+                    let _permit = core.permit().await?;
+                    let warm = match self.pool.take() {
+                        Some(mut warm) => {
+                            core.arm(&mut warm.store);
+                            warm
+                        }
+                        None => {
+                            self.pool.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let mut store = core.new_store()?;
+                            match self.pre.instantiate_async(&mut store).await {
+                                Ok(instance) => $crate::plugin::Warm { store, instance, calls: 0 },
+                                Err(e) => return Err(core.classify(&e, store.data().limiter.hit())),
+                            }
+                        }
+                    };
+                    let (warm, result) = call(warm).await;
+                    core.finish(&self.pool, warm, result)
+                }
+                .instrument(span)
+                .await
+                .and_then(|answer| answer.map_err(|e| core.reported(e)));
+                core.observe_call(started, &answer);
                 answer
             }
         }
@@ -713,6 +772,8 @@ impl PluginCore {
 
     /// Records a finished call (started at `started`) in the latency histogram, by outcome.
     fn observe_call<R>(&self, started: Instant, answer: &Result<R, PluginError>) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
         let outcome = answer.as_ref().map_or_else(PluginError::code, |_| "ok");
         self.metrics
             .record_plugin_call(&self.name, outcome, started.elapsed());
@@ -750,106 +811,62 @@ impl PluginCore {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        // At every epoch tick: stop a call past its deadline, else yield to the executor, so
+        // wasm that runs long (or loops) shares its worker thread with other requests.
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
         self.arm(&mut store);
         Ok(store)
     }
 
-    /// Starts a call's limits on `store`: the wall-clock deadline (which bounds host calls),
-    /// the epoch deadline (which stops wasm), and a clean memory-limit record. Run before every
-    /// call, whether the instance is new or warm.
+    /// Starts a call's limits on `store`: the wall-clock deadline (which bounds host calls and
+    /// wasm: the epoch callback checks it at every tick) and a clean memory-limit record. Run
+    /// before every call, whether the instance is new or warm.
     fn arm(&self, store: &mut Store<HostState>) {
-        let ticks = self
-            .call_timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.set_epoch_deadline(1);
         let state = store.data_mut();
         state.deadline = Instant::now() + self.call_timeout;
         state.limiter.new_call();
     }
 
-    /// Runs one export call on a warm instance from `pool`, or on a new one made by
-    /// `instantiate`, on the calling thread; then gives the instance back to the pool when the
-    /// call ended cleanly (see [`pool`] for when it is retired instead).
-    ///
-    /// Instantiation counts against the call's time and memory limits.
-    fn call_warm<I, R>(
+    /// The call's result, or its failure classified. The time limit is wall-clock time: an
+    /// answer that comes back after the call's deadline is a timeout too. (A guest whose wait
+    /// was cut at the deadline may otherwise slip out between two epoch ticks with an answer.)
+    fn checked<R>(
         &self,
-        pool: &Pool<I>,
-        instantiate: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<I>,
-        body: impl FnOnce(&mut Store<HostState>, &I) -> wasmtime::Result<Result<R, bindings::types::Error>>,
-    ) -> Result<Result<R, bindings::types::Error>, PluginError> {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let busy = || {
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
-        };
-        let mut warm = match pool.take() {
-            Some(mut warm) => {
-                self.arm(&mut warm.store);
-                warm
-            }
-            None => {
-                pool.created.fetch_add(1, Ordering::Relaxed);
-                let mut store = self.new_store()?;
-                match instantiate(&mut store) {
-                    Ok(instance) => Warm {
-                        store,
-                        instance,
-                        calls: 0,
-                    },
-                    Err(e) => {
-                        busy();
-                        return Err(self.classify(&e, store.data().limiter.hit()));
-                    }
+        result: wasmtime::Result<R>,
+        store: &Store<HostState>,
+    ) -> Result<R, PluginError> {
+        result
+            .and_then(|answer| {
+                if Instant::now() >= store.data().deadline {
+                    Err(wasmtime::Error::new(Trap::Interrupt))
+                } else {
+                    Ok(answer)
                 }
-            }
-        };
-        let result = body(&mut warm.store, &warm.instance).and_then(|answer| {
-            if Instant::now() >= warm.store.data().deadline {
-                Err(wasmtime::Error::new(Trap::Interrupt))
-            } else {
-                Ok(answer)
-            }
-        });
-        busy();
-        warm.calls += 1;
-        match result {
-            Ok(answer) => {
-                let healthy = !warm.store.data().limiter.hit()
-                    && !matches!(answer, Err(bindings::types::Error::Other(_)));
-                pool.give_back(warm, healthy);
-                Ok(answer)
-            }
-            Err(e) => Err(self.classify(&e, warm.store.data().limiter.hit())),
-        }
+            })
+            .map_err(|e| self.classify(&e, store.data().limiter.hit()))
     }
 
-    /// Runs `body` in a fresh store on the calling thread, classifying any failure.
-    ///
-    /// The time limit is wall-clock time: an answer that comes back after the call's deadline
-    /// is a timeout too. (A guest whose wait was cut at the deadline may otherwise slip out
-    /// between two epoch ticks with an answer.)
-    fn call_blocking<R>(
+    /// Ends a call on `warm`: classifies its failure, and gives the instance back to `pool`
+    /// when the call ended cleanly (see [`pool`] for when it is retired instead).
+    fn finish<I, R>(
         &self,
-        body: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let mut store = self.new_store()?;
-        let result = body(&mut store).and_then(|answer| {
-            if Instant::now() >= store.data().deadline {
-                Err(wasmtime::Error::new(Trap::Interrupt))
-            } else {
-                Ok(answer)
-            }
-        });
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
-        result.map_err(|e| self.classify(&e, store.data().limiter.hit()))
+        pool: &Pool<I>,
+        mut warm: Warm<I>,
+        result: wasmtime::Result<Result<R, bindings::types::Error>>,
+    ) -> Result<Result<R, bindings::types::Error>, PluginError> {
+        warm.calls += 1;
+        let answer = self.checked(result, &warm.store)?;
+        let healthy = !warm.store.data().limiter.hit()
+            && !matches!(answer, Err(bindings::types::Error::Other(_)));
+        pool.give_back(warm, healthy);
+        Ok(answer)
     }
 
     fn classify(&self, e: &wasmtime::Error, memory_limit_hit: bool) -> PluginError {
@@ -891,36 +908,23 @@ impl PluginCore {
         }
     }
 
-    /// Runs `work` (which runs wasm) on a blocking thread (never on a tokio worker), bounded by
-    /// the runtime's concurrency permits.
+    /// A concurrency slot for one call, held for as long as the call's instance is in use.
     ///
-    /// # Cancellation
-    /// The permit moves into the blocking thread and is released only when `work` is done
-    /// there (its instance dropped or back in its pool): a caller that stops waiting (request
-    /// timeout, client gone) does not free a slot while its wasm still runs, so abandoned calls
-    /// can never exceed the pool. The call itself still ends by its own deadline.
-    async fn call<R: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&PluginCore) -> Result<R, PluginError> + Send + 'static,
-    ) -> Result<R, PluginError> {
-        let unavailable = |message: String| PluginError::Unavailable {
-            plugin: self.name.clone(),
-            message,
-        };
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+    /// Calls run on the caller's task (async wasmtime): no thread hop. Wasm yields to the
+    /// executor at every epoch tick, so a long or looping call shares its worker with other
+    /// requests and ends at its deadline; a SQL query runs inline only for a short slice (see
+    /// [`host`]). A caller that stops waiting (request timeout, client gone) drops the call:
+    /// its wasm stops there and its instance is dropped with it, so an abandoned call never
+    /// keeps running outside the concurrency limit.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PluginError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.permits
+            .acquire()
             .await
-            .map_err(|_| unavailable("the plugin runtime is shutting down".into()))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let answer = work(&this);
-            drop(permit);
-            answer
-        })
-        .await
-        .map_err(|e| unavailable(format!("the call's thread failed: {e}")))?
+            .map_err(|_| PluginError::Unavailable {
+                plugin: self.name.clone(),
+                message: "the plugin runtime is shutting down".into(),
+            })
     }
 
     /// Records a guest-reported error and converts it.

@@ -152,7 +152,11 @@ impl<I> Pool<I> {
         if self.policy.mode == InstanceMode::Fresh {
             return None;
         }
-        let warm = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let warm = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         if warm.is_some() {
             self.budget.release(1);
         }
@@ -182,7 +186,10 @@ impl<I> Pool<I> {
 
     /// Idle instances of this plugin right now.
     pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

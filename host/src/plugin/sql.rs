@@ -283,8 +283,46 @@ impl SqlDb {
         max_rows: u32,
         deadline: Instant,
     ) -> Result<Vec<Vec<Value>>, SqlError> {
-        let conn = self.take().map_err(SqlError::Unavailable)?;
-        conn.progress_handler(PROGRESS_OPS, Some(move || Instant::now() >= deadline));
+        self.run(statement, params, max_rows, deadline)
+            .map_err(|e| classify(e, deadline))
+    }
+
+    /// [`SqlDb::query`], but stopped at `slice_end` if that comes before `deadline`: `None`
+    /// then says the query needs more time than the slice (run it again with
+    /// [`SqlDb::query`] where it may block; reads have no side effects). This is how a query
+    /// runs on an async worker thread without holding it for long.
+    ///
+    /// # Errors
+    /// As [`SqlError`], inside the `Some`.
+    pub fn query_within(
+        &self,
+        statement: &str,
+        params: &[Value],
+        max_rows: u32,
+        deadline: Instant,
+        slice_end: Instant,
+    ) -> Option<Result<Vec<Vec<Value>>, SqlError>> {
+        match self.run(statement, params, max_rows, deadline.min(slice_end)) {
+            Err(QueryError::Sqlite(rusqlite::Error::SqliteFailure(err, _)))
+                if err.code == rusqlite::ErrorCode::OperationInterrupted
+                    && Instant::now() < deadline =>
+            {
+                None
+            }
+            result => Some(result.map_err(|e| classify(e, deadline))),
+        }
+    }
+
+    /// Runs one statement on a pooled connection, interrupted at `stop`.
+    fn run(
+        &self,
+        statement: &str,
+        params: &[Value],
+        max_rows: u32,
+        stop: Instant,
+    ) -> Result<Vec<Vec<Value>>, QueryError> {
+        let conn = self.take().map_err(QueryError::Unavailable)?;
+        conn.progress_handler(PROGRESS_OPS, Some(move || Instant::now() >= stop));
         let result = run_query(
             &conn,
             statement,
@@ -294,7 +332,7 @@ impl SqlDb {
         );
         conn.progress_handler(0, None::<fn() -> bool>);
         self.put_back(conn);
-        result.map_err(|e| classify(e, deadline))
+        result
     }
 }
 
@@ -393,6 +431,8 @@ enum QueryError {
     Sqlite(rusqlite::Error),
     /// The rows so far already hold more than the byte budget.
     TooLarge(usize),
+    /// No connection could be opened.
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for QueryError {
@@ -408,6 +448,7 @@ fn classify(e: QueryError, deadline: Instant) -> SqlError {
                 "the result is larger than {limit} bytes (the plugin's memory cap); select less"
             ));
         }
+        QueryError::Unavailable(message) => return SqlError::Unavailable(message),
         QueryError::Sqlite(e) => e,
     };
     match e {
@@ -522,6 +563,33 @@ mod tests {
             .query("DELETE FROM scores", &[], 10, later())
             .unwrap_err();
         assert!(matches!(err, SqlError::InvalidInput(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_query_past_its_inline_slice_asks_to_be_run_elsewhere() {
+        let (_dir, db) = demo_db();
+        // ~a million steps: far longer than a 1 ms slice, well within a 10 s deadline.
+        let slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) \
+                    SELECT count(*) FROM n";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let slice_end = Instant::now() + Duration::from_millis(1);
+        assert!(
+            db.query_within(slow, &[], 1, deadline, slice_end).is_none(),
+            "stopped at the slice, not failed"
+        );
+        // A quick one completes within its slice; the slow one completes where it may block.
+        let one = |rows: &[Vec<Value>], want: i64| matches!(rows, [row] if matches!(row.as_slice(), [Value::Integer(n)] if *n == want));
+        let later = Instant::now() + Duration::from_secs(5);
+        let quick = db.query_within("SELECT 1", &[], 1, deadline, later);
+        assert!(one(&quick.unwrap().unwrap(), 1));
+        assert!(one(&db.query(slow, &[], 1, deadline).unwrap(), 3_000_000));
+        // Past the deadline itself, it is the call's failure, not a retry.
+        let gone = Instant::now();
+        let err = db
+            .query_within(slow, &[], 1, gone, gone)
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, SqlError::Unavailable(_)), "{err:?}");
     }
 
     #[test]

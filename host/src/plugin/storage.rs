@@ -9,7 +9,8 @@ use super::bindings::storage::{StoragePlugin, StoragePluginPre};
 use super::{PluginError, plugin_kind};
 
 plugin_kind!(
-    /// A wasm storage backend: each call runs in a fresh instance under the runtime's limits.
+    /// A wasm storage backend: each call runs on a warm (or new) instance under the runtime's
+    /// limits.
     WasmStorage,
     StoragePluginPre<super::host::HostState>,
     StoragePlugin,
@@ -24,7 +25,11 @@ impl WasmStorage {
     pub async fn get(&self, group: &str, key: &str) -> Result<Option<PeerEntry>, PluginError> {
         let (group, key) = (group.to_owned(), key.to_owned());
         let entry = self
-            .invoke(move |s, p| p.geecache_plugin_storage().call_get(s, &group, &key))
+            .invoke(|mut w| async move {
+                let storage = w.instance.geecache_plugin_storage();
+                let answer = storage.call_get(&mut w.store, &group, &key).await;
+                (w, answer)
+            })
             .await?;
         Ok(entry.map(|e| PeerEntry {
             value: Bytes::from(e.value),
@@ -44,9 +49,10 @@ impl WasmStorage {
             codec: entry.codec,
             expires_at_ms: entry.expires_at_ms,
         };
-        self.invoke(move |s, p| {
-            p.geecache_plugin_storage()
-                .call_put(s, &group, &key, &entry)
+        self.invoke(|mut w| async move {
+            let storage = w.instance.geecache_plugin_storage();
+            let answer = storage.call_put(&mut w.store, &group, &key, &entry).await;
+            (w, answer)
         })
         .await
     }
@@ -57,8 +63,12 @@ impl WasmStorage {
     /// Any [`PluginError`] of the call.
     pub async fn delete(&self, group: &str, key: &str) -> Result<(), PluginError> {
         let (group, key) = (group.to_owned(), key.to_owned());
-        self.invoke(move |s, p| p.geecache_plugin_storage().call_delete(s, &group, &key))
-            .await
+        self.invoke(|mut w| async move {
+            let storage = w.instance.geecache_plugin_storage();
+            let answer = storage.call_delete(&mut w.store, &group, &key).await;
+            (w, answer)
+        })
+        .await
     }
 }
 
