@@ -204,8 +204,9 @@ async fn a_flood_of_the_worst_requests_stays_within_the_memory_budget() {
     assert_eq!(put.status(), 204);
     let (warm, _) = node.memory();
     // Plugins: calls in flight at their cap, plus as many idle warm instances at the retire
-    // bound (half the cap by default).
-    let plugins = PLUGIN_MEMORY_MIB * PLUGIN_CONCURRENCY * 3 / 2;
+    // bound (half the cap by default), plus the 4 MiB each pool slot (calls + idle + 4 probe
+    // slots) keeps resident.
+    let plugins = PLUGIN_MEMORY_MIB * PLUGIN_CONCURRENCY * 3 / 2 + 4 * (2 * PLUGIN_CONCURRENCY + 4);
     let budget = warm + (CACHE_MIB + HOT_MIB + INFLIGHT_MIB + plugins) * MIB;
 
     let stop = Arc::new(AtomicBool::new(false));
