@@ -121,6 +121,49 @@ where
     }
 }
 
+/// A layer of the global subscriber.
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The layers of the global subscriber: logs (text or `json`) to `writer`, and spans to
+/// `tracer` when traces are exported; each with its own filter from `env_filter`.
+///
+/// A list rather than optional layers: an absent `Option` layer enables every span and event
+/// (so that it filters nothing out), which would build every span again.
+fn layers<W>(
+    json: bool,
+    writer: W,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    env_filter: &dyn Fn() -> EnvFilter,
+) -> Vec<BoxedLayer>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = tracing_subscriber::fmt::layer().with_writer(writer);
+    let mut layers = vec![if json {
+        logs.json().with_filter(EventsOnly(env_filter())).boxed()
+    } else {
+        logs.with_filter(EventsOnly(env_filter())).boxed()
+    }];
+    if let Some(tracer) = tracer {
+        // The exporter's own HTTP stack must not feed spans back into the exporter.
+        let quiet_exporter = Targets::new()
+            .with_default(LevelFilter::TRACE)
+            .with_target("hyper", LevelFilter::OFF)
+            .with_target("hyper_util", LevelFilter::OFF)
+            .with_target("reqwest", LevelFilter::OFF)
+            .with_target("opentelemetry", LevelFilter::OFF)
+            .with_target("opentelemetry_sdk", LevelFilter::OFF)
+            .with_target("opentelemetry_otlp", LevelFilter::OFF);
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(env_filter().and(quiet_exporter))
+                .boxed(),
+        );
+    }
+    layers
+}
+
 /// Installs the global subscriber: logs (text or `json`) filtered by `RUST_LOG`, and OTLP trace
 /// export when the environment asks for it. Later calls (tests) install nothing.
 ///
@@ -135,35 +178,14 @@ pub fn init(json: bool) -> Telemetry {
         Some(Err(e)) => (None, Some(e)),
         None => (None, None),
     };
-    // The exporter's own HTTP stack must not feed spans back into the exporter.
-    let quiet_exporter = Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_target("hyper", LevelFilter::OFF)
-        .with_target("hyper_util", LevelFilter::OFF)
-        .with_target("reqwest", LevelFilter::OFF)
-        .with_target("opentelemetry", LevelFilter::OFF)
-        .with_target("opentelemetry_sdk", LevelFilter::OFF)
-        .with_target("opentelemetry_otlp", LevelFilter::OFF);
-    let otel = tracer.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("geecache"))
-            .with_filter(env_filter().and(quiet_exporter))
-    });
-    let text = (!json).then(|| {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(EventsOnly(env_filter()))
-    });
-    let json = json.then(|| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(EventsOnly(env_filter()))
-    });
+    let layers = layers(
+        json,
+        std::io::stderr,
+        tracer.as_ref().map(|p| p.tracer("geecache")),
+        &env_filter,
+    );
     let installed = tracing_subscriber::registry()
-        .with(text)
-        .with(json)
-        .with(otel)
+        .with(layers)
         .try_init()
         .is_ok();
     match (endpoint, failed) {
@@ -195,17 +217,17 @@ mod tests {
     /// Without a trace exporter, no layer takes a span: `info_span!` on the request path is a
     /// disabled span (nothing built, formatted or entered), while log events still pass.
     #[test]
-    fn log_layers_take_events_and_no_spans() {
-        let logs = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::sink)
-            .with_filter(EventsOnly(EnvFilter::new("info")));
-        let subscriber = tracing_subscriber::registry().with(logs);
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("geecache.test.span", group = "g");
-            assert!(span.is_disabled());
-            assert!(tracing::enabled!(tracing::Level::INFO));
-            assert!(!tracing::enabled!(tracing::Level::DEBUG));
-        });
+    fn without_otlp_no_layer_takes_a_span() {
+        for json in [false, true] {
+            let layers = layers(json, std::io::sink, None, &|| EnvFilter::new("info"));
+            let subscriber = tracing_subscriber::registry().with(layers);
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("geecache.test.span", group = "g");
+                assert!(span.is_disabled(), "json: {json}");
+                assert!(tracing::enabled!(tracing::Level::INFO));
+                assert!(!tracing::enabled!(tracing::Level::DEBUG));
+            });
+        }
     }
 
     #[test]
