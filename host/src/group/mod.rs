@@ -993,10 +993,15 @@ impl Group {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.gets);
+        // Recording on a disabled span still looks the field up (and, with `tracing`'s `log`
+        // feature, may consult `log`): skip it when no layer wants the span.
+        let traced = !span.is_disabled();
         let found = match core.lookup(key, accepted).await? {
             Some((tier, answer)) => {
                 core.count_hit(tier, &answer);
-                span.record("answered_by", tier.label());
+                if traced {
+                    span.record("answered_by", tier.label());
+                }
                 match answer {
                     Answer::Encoded(reply) => return Ok(reply),
                     Answer::Plain(found) => found,
@@ -1004,7 +1009,9 @@ impl Group {
             }
             None => {
                 bump(&core.stats.misses);
-                span.record("answered_by", "load");
+                if traced {
+                    span.record("answered_by", "load");
+                }
                 // Only the leader calls the closure, so only a real load gets a load span.
                 let generation = core.generation(key);
                 let flight = self
@@ -1017,7 +1024,9 @@ impl Group {
                             .instrument(load)
                     })
                     .await;
-                span.record("shared", flight.shared);
+                if traced {
+                    span.record("shared", flight.shared);
+                }
                 if flight.shared {
                     bump(&core.stats.loads_deduplicated);
                 }
