@@ -36,19 +36,16 @@ pub mod guard;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
-use opentelemetry::StringValue;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -62,10 +59,10 @@ use crate::plugin::LoadedPlugin;
 pub use crate::plugin::PluginSnapshot;
 /// The body of `/api/v1/stats`, also what `/metrics` reports.
 pub use crate::telemetry::Stats;
-use crate::telemetry::metrics::{UNMATCHED_ROUTE, method_label};
 use crate::telemetry::{ClusterStats, Metrics};
 
 mod access;
+mod timing;
 pub use access::{Access, ApiToken, EmptyToken};
 
 /// The API's limits and access rules (from flags; see `geecache-host --help`).
@@ -610,43 +607,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// Every route template of [`router`] (the peer routes' included): the matched template of a
-/// request is found here, so its `route` label is a `&'static str` rather than a copy made
-/// per request. A template missing from the list still gets its label, as a copy.
-const ROUTES: [&str; 9] = [
-    "/api",
-    "/api/v1/groups/{group}/keys/{key}",
-    "/api/v1/groups/{group}/batch",
-    "/api/v1/stats",
-    "/metrics",
-    "/api/v1/cluster",
-    "/healthz",
-    "/readyz",
-    "/_geecache/{*path}",
-];
-
-/// The `route` label of a request that matched `template` (or none).
-fn route_label(template: Option<&MatchedPath>) -> StringValue {
-    let Some(template) = template.map(MatchedPath::as_str) else {
-        return UNMATCHED_ROUTE.into();
-    };
-    match ROUTES.iter().find(|r| **r == template) {
-        Some(route) => (*route).into(),
-        None => template.to_owned().into(),
-    }
-}
-
-/// Times every request into `geecache_http_request_duration_seconds`, labelled with the route
-/// template (never the raw path, which carries keys), the method and the status.
-async fn observe_request(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = route_label(req.extensions().get::<MatchedPath>());
-    let method = method_label(req.method());
-    let started = Instant::now();
-    let response = next.run(req).await;
-    metrics.record_request(route, method, response.status().as_u16(), started.elapsed());
-    response
-}
-
 async fn cluster(State(state): State<AppState>) -> Json<ClusterSnapshot> {
     Json(state.inner.cluster.snapshot())
 }
@@ -688,9 +648,9 @@ async fn wrong_method() -> Response {
 pub fn router(state: AppState) -> Router {
     let options = &state.inner.options;
     let max_body = options.max_body_bytes;
-    let timing = axum::middleware::from_fn_with_state(state.inner.metrics.clone(), observe_request);
-    let access =
-        axum::middleware::from_fn_with_state(Arc::new(options.access.clone()), access::check);
+    let timing = timing::TimingLayer {
+        metrics: state.inner.metrics.clone(),
+    };
     let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
     let mut peer_routes = crate::peer::router_with_limits(
         service,
@@ -714,7 +674,7 @@ pub fn router(state: AppState) -> Router {
             access::check,
         ));
     }
-    Router::new()
+    let mut api = Router::new()
         .route("/api", get(classic_get))
         .route(
             "/api/v1/groups/{group}/keys/{key}",
@@ -728,10 +688,16 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(max_body))
-        // The API routes only: the peer routes, merged below, check the cluster secret.
-        .layer(access)
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body));
+    // The API routes only: the peer routes, merged below, check the cluster secret. Without a
+    // token the check admits every request, so it is not put on the request path at all.
+    if options.access.token.is_some() {
+        api = api.layer(axum::middleware::from_fn_with_state(
+            Arc::new(options.access.clone()),
+            access::check,
+        ));
+    }
+    api.with_state(state)
         .merge(peer_routes)
         // Outermost, after the merge, so it times the peer routes too; `Router::layer` wraps
         // each route, so the matched route template is known by then.
