@@ -30,8 +30,9 @@ use crate::telemetry::Metrics;
 /// One other node: its ring name and a client for it.
 #[derive(Debug)]
 struct Peer {
-    /// The node's advertised address (its ring name).
-    addr: String,
+    /// The node's advertised address (its ring name); shared, so it labels every request's
+    /// latency without a copy.
+    addr: Arc<str>,
     /// Signs and sends requests to it.
     client: PeerClient,
     /// Where request latencies are recorded (the node's meters).
@@ -47,7 +48,7 @@ impl Peer {
         span: tracing::Span,
         request: impl Future<Output = std::result::Result<T, PeerError>>,
     ) -> Result<T> {
-        let call = self.metrics.peer_call(&self.addr, op);
+        let call = self.metrics.peer_call(self.addr.clone(), op);
         let answer = request.instrument(span).await;
         call.finish(answer.as_ref().map_or_else(PeerError::code, |_| "ok"));
         Ok(answer?)
@@ -60,7 +61,7 @@ impl RemotePeer for Peer {
     }
 
     fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
-        let span = tracing::info_span!("geecache.peer.get", peer = %self.addr, %group);
+        let span = tracing::info_span!("geecache.peer.get", peer = &*self.addr, group);
         Box::pin(self.timed("get", span, self.client.get(group, key)))
     }
 
@@ -70,17 +71,17 @@ impl RemotePeer for Peer {
         key: &'a str,
         entry: PeerEntry,
     ) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.set", peer = %self.addr, %group);
+        let span = tracing::info_span!("geecache.peer.set", peer = &*self.addr, group);
         Box::pin(self.timed("set", span, self.client.set(group, key, entry)))
     }
 
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.delete", peer = %self.addr, %group);
+        let span = tracing::info_span!("geecache.peer.delete", peer = &*self.addr, group);
         Box::pin(self.timed("delete", span, self.client.delete(group, key)))
     }
 
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.invalidate", peer = %self.addr, %group);
+        let span = tracing::info_span!("geecache.peer.invalidate", peer = &*self.addr, group);
         Box::pin(self.timed("invalidate", span, self.client.invalidate(group, keys)))
     }
 }
@@ -235,7 +236,7 @@ impl Cluster {
             .http_client(self.http.clone())
             .build()?;
         Ok(Peer {
-            addr: addr.to_string(),
+            addr: addr.into(),
             client,
             metrics: self.metrics.clone(),
         })

@@ -18,18 +18,19 @@
 //!   never refused by it. A body must arrive within `--body-timeout`, so a slow upload cannot
 //!   keep its reservation (or its connection's task) for ever.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -104,7 +105,7 @@ impl RequestGuard {
     /// `router` with every request going through this guard (outermost, so it sees the peer
     /// routes too).
     pub fn apply(&self, router: axum::Router) -> axum::Router {
-        router.layer(axum::middleware::from_fn_with_state(self.clone(), guard))
+        router.layer(GuardLayer(self.clone()))
     }
 
     /// What a request must reserve before its body is read: 0 for a request that declares no
@@ -139,43 +140,116 @@ impl RequestGuard {
     }
 }
 
-/// The middleware of [`RequestGuard::apply`]: reserve, bound the body's arrival, answer,
-/// release.
-async fn guard(State(guard): State<RequestGuard>, req: Request, next: Next) -> Response {
-    let Ok(wanted) = guard.reservation(&req) else {
-        // Refused before a byte is read, as the body limit would once it was exceeded.
-        return super::ApiError(crate::error::Error::BodyTooLarge {
-            limit: guard.limits.max_body_bytes,
-        })
-        .into_response();
-    };
-    let reserved: Option<OwnedSemaphorePermit> = if wanted == 0 {
-        None
-    } else {
-        match guard
+/// The layer of [`RequestGuard::apply`]. A hand-written tower layer rather than an
+/// `axum::middleware::from_fn`, which boxes its future and the rest of the stack on every
+/// request: this one runs on every request, and for a GET it only reads two headers.
+#[derive(Debug, Clone)]
+struct GuardLayer(RequestGuard);
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.0.clone(),
+        }
+    }
+}
+
+/// A service behind the guard: reserve, bound the body's arrival, answer, release.
+#[derive(Debug, Clone)]
+struct Guarded<S> {
+    /// The route (or fallback) guarded.
+    inner: S,
+    /// The budget.
+    guard: RequestGuard,
+}
+
+impl<S> tower::Service<Request> for Guarded<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardedAnswer<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let refused = |response: Response| GuardedAnswer {
+            answer: None,
+            refused: Some(response),
+            permit: None,
+        };
+        let guard = &self.guard;
+        let Ok(wanted) = guard.reservation(&req) else {
+            // Refused before a byte is read, as the body limit would once it was exceeded.
+            return refused(
+                super::ApiError(crate::error::Error::BodyTooLarge {
+                    limit: guard.limits.max_body_bytes,
+                })
+                .into_response(),
+            );
+        };
+        if wanted == 0 {
+            return GuardedAnswer {
+                answer: Some(self.inner.call(req)),
+                refused: None,
+                permit: None,
+            };
+        }
+        let Ok(permit) = guard
             .bytes
             .clone()
             .try_acquire_many_owned(u32::try_from(wanted).unwrap_or(u32::MAX))
-        {
-            Ok(permit) => Some(permit),
-            Err(_) => return busy(),
+        else {
+            return refused(busy());
+        };
+        let req = with_deadline(req, guard.limits.body_timeout);
+        GuardedAnswer {
+            answer: Some(self.inner.call(req)),
+            refused: None,
+            permit: Some(permit),
         }
-    };
-    let req = if wanted == 0 {
-        req
-    } else {
-        with_deadline(req, guard.limits.body_timeout)
-    };
-    let response = next.run(req).await;
-    match reserved {
-        // The answer keeps the reservation until it has been sent or dropped.
-        Some(permit) => response.map(|body| {
-            Body::new(Held {
-                body,
-                _permit: permit,
-            })
-        }),
-        None => response,
+    }
+}
+
+/// A guarded request's answer: the route's, or the guard's refusal.
+struct GuardedAnswer<F> {
+    /// The route's answer, unless the guard refused the request.
+    answer: Option<F>,
+    /// The guard's refusal (413 or 503), answered at once.
+    refused: Option<Response>,
+    /// The request's reservation, handed to the answer's body.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<F> Future for GuardedAnswer<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(answer) = this.answer.as_mut() else {
+            return Poll::Ready(Ok(this.refused.take().unwrap_or_else(busy)));
+        };
+        let Ok(response) = ready!(Pin::new(answer).poll(cx));
+        Poll::Ready(Ok(match this.permit.take() {
+            // The answer keeps the reservation until it has been sent or dropped.
+            Some(permit) => response.map(|body| {
+                Body::new(Held {
+                    body,
+                    _permit: permit,
+                })
+            }),
+            None => response,
+        }))
     }
 }
 

@@ -36,14 +36,12 @@ pub mod guard;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -61,10 +59,10 @@ use crate::plugin::LoadedPlugin;
 pub use crate::plugin::PluginSnapshot;
 /// The body of `/api/v1/stats`, also what `/metrics` reports.
 pub use crate::telemetry::Stats;
-use crate::telemetry::metrics::{UNMATCHED_ROUTE, method_label};
 use crate::telemetry::{ClusterStats, Metrics};
 
 mod access;
+mod timing;
 pub use access::{Access, ApiToken, EmptyToken};
 
 /// The API's limits and access rules (from flags; see `geecache-host --help`).
@@ -252,36 +250,93 @@ fn reply_response(reply: Reply) -> Response {
     response
 }
 
+/// The content codings a stored value may be in that HTTP clients know: what
+/// `Accept-Encoding` is read for.
+const STORED_CODINGS: [&str; 2] = ["gzip", "zstd"];
+
+/// The content codings (of [`STORED_CODINGS`]) a request's `Accept-Encoding` accepts, kept
+/// inline: reading them allocates nothing. Also an extractor, which reads the headers where
+/// they are rather than taking a copy of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Accepted {
+    /// The accepted codings, in the order of [`STORED_CODINGS`]; the first `len` are set.
+    codings: [&'static str; 2],
+    /// How many are accepted.
+    len: usize,
+}
+
+impl Accepted {
+    fn as_slice(&self) -> &[&'static str] {
+        &self.codings[..self.len]
+    }
+}
+
+impl IntoIterator for Accepted {
+    type Item = &'static str;
+    type IntoIter = std::iter::Take<std::array::IntoIter<&'static str, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.codings.into_iter().take(self.len)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Accepted {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(accepted_codings(&parts.headers))
+    }
+}
+
+/// Whether an `Accept-Encoding` parameter is `q=0` (or any q ≤ 0), refusing its coding; the
+/// name and the value are read case-insensitively.
+fn refuses(param: &str) -> bool {
+    let param = param.trim();
+    param.get(..2).is_some_and(|q| q.eq_ignore_ascii_case("q="))
+        && param[2..].trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+}
+
 /// The content codings (of those a stored value may be in: `gzip`, `zstd`) that an
 /// `Accept-Encoding` header accepts. `q=0` refuses a coding; `*` accepts both unless refused.
-fn accepted_codings(headers: &HeaderMap) -> Vec<&'static str> {
+fn accepted_codings(headers: &HeaderMap) -> Accepted {
     let mut star = false;
-    let (mut yes, mut no) = (Vec::new(), Vec::new());
+    // Per coding of STORED_CODINGS: listed without q=0, listed with q=0.
+    let (mut yes, mut no) = ([false; 2], [false; 2]);
     for value in headers.get_all(header::ACCEPT_ENCODING) {
         let Ok(value) = value.to_str() else { continue };
         for item in value.split(',') {
             let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let refused = parts.any(|p| {
-                p.trim()
-                    .to_ascii_lowercase()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            let list = if refused { &mut no } else { &mut yes };
-            match coding.as_str() {
-                "gzip" | "x-gzip" => list.push("gzip"),
-                "zstd" => list.push("zstd"),
-                "*" => star = !refused,
-                _ => {}
+            let coding = parts.next().unwrap_or("").trim();
+            let refused = parts.any(refuses);
+            let index =
+                if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                    0
+                } else if coding.eq_ignore_ascii_case("zstd") {
+                    1
+                } else {
+                    if coding == "*" {
+                        star = !refused;
+                    }
+                    continue;
+                };
+            if refused {
+                no[index] = true;
+            } else {
+                yes[index] = true;
             }
         }
     }
-    ["gzip", "zstd"]
-        .into_iter()
-        .filter(|c| !no.contains(c) && (star || yes.contains(c)))
-        .collect()
+    let mut accepted = Accepted::default();
+    for (i, coding) in STORED_CODINGS.into_iter().enumerate() {
+        if !no[i] && (star || yes[i]) {
+            accepted.codings[accepted.len] = coding;
+            accepted.len += 1;
+        }
+    }
+    accepted
 }
 
 /// Query of the classic `GET /api?key=K[&group=G]`.
@@ -293,7 +348,7 @@ struct ClassicQuery {
 
 async fn classic_get(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    accepted: Accepted,
     query: Result<Query<ClassicQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
@@ -301,16 +356,16 @@ async fn classic_get(
         Error::BadRequest("missing query parameter `key`, e.g. /api?key=Tom".into())
     })?;
     let group = q.group.as_deref().unwrap_or(&state.inner.default_group);
-    get_value(&state, group, &key, &headers).await
+    get_value(&state, group, &key, accepted).await
 }
 
 async fn rest_get(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    accepted: Accepted,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    get_value(&state, &group, &key, &headers).await
+    get_value(&state, &group, &key, accepted).await
 }
 
 /// Both GET forms: the value of `key` in `group`, in the `geecache.api.get` span. A stored
@@ -319,21 +374,24 @@ async fn get_value(
     state: &AppState,
     group: &str,
     key: &str,
-    headers: &HeaderMap,
+    accepted: Accepted,
 ) -> Result<Response, ApiError> {
-    let span = tracing::info_span!("geecache.api.get", group = %group);
-    async {
-        let accepted = accepted_codings(headers);
+    let span = tracing::info_span!("geecache.api.get", group);
+    let get = async {
         let reply = state
             .inner
             .groups
             .get(group)?
-            .get_reply(key, &accepted)
+            .get_reply(key, accepted.as_slice())
             .await?;
         Ok(reply_response(reply))
+    };
+    if span.is_disabled() {
+        // No layer wants it (traces are not exported): no span to enter on every poll.
+        get.await
+    } else {
+        get.instrument(span).await
     }
-    .instrument(span)
-    .await
 }
 
 /// Query of `PUT /api/v1/groups/{group}/keys/{key}`.
@@ -549,26 +607,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// Times every request into `geecache_http_request_duration_seconds`, labelled with the route
-/// template (never the raw path, which carries keys), the method and the status.
-async fn observe_request(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
-        .to_string();
-    let method = method_label(req.method());
-    let started = Instant::now();
-    let response = next.run(req).await;
-    metrics.record_request(
-        &route,
-        method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
 async fn cluster(State(state): State<AppState>) -> Json<ClusterSnapshot> {
     Json(state.inner.cluster.snapshot())
 }
@@ -610,9 +648,9 @@ async fn wrong_method() -> Response {
 pub fn router(state: AppState) -> Router {
     let options = &state.inner.options;
     let max_body = options.max_body_bytes;
-    let timing = axum::middleware::from_fn_with_state(state.inner.metrics.clone(), observe_request);
-    let access =
-        axum::middleware::from_fn_with_state(Arc::new(options.access.clone()), access::check);
+    let timing = timing::TimingLayer {
+        metrics: state.inner.metrics.clone(),
+    };
     let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
     let mut peer_routes = crate::peer::router_with_limits(
         service,
@@ -636,7 +674,7 @@ pub fn router(state: AppState) -> Router {
             access::check,
         ));
     }
-    Router::new()
+    let mut api = Router::new()
         .route("/api", get(classic_get))
         .route(
             "/api/v1/groups/{group}/keys/{key}",
@@ -650,10 +688,16 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(max_body))
-        // The API routes only: the peer routes, merged below, check the cluster secret.
-        .layer(access)
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body));
+    // The API routes only: the peer routes, merged below, check the cluster secret. Without a
+    // token the check admits every request, so it is not put on the request path at all.
+    if options.access.token.is_some() {
+        api = api.layer(axum::middleware::from_fn_with_state(
+            Arc::new(options.access.clone()),
+            access::check,
+        ));
+    }
+    api.with_state(state)
         .merge(peer_routes)
         // Outermost, after the merge, so it times the peer routes too; `Router::layer` wraps
         // each route, so the matched route template is known by then.
@@ -675,7 +719,7 @@ mod encoding_tests {
                 HeaderValue::from_str(v).expect("ASCII"),
             );
         }
-        accepted_codings(&headers)
+        accepted_codings(&headers).into_iter().collect()
     }
 
     #[test]
@@ -689,5 +733,7 @@ mod encoding_tests {
         assert_eq!(accepted(&["*"]), ["gzip", "zstd"]);
         assert_eq!(accepted(&["*, zstd;q=0"]), ["gzip"]);
         assert_eq!(accepted(&["identity"]), Vec::<&str>::new());
+        assert_eq!(accepted(&["X-Gzip;Q=0.1", "zstd;q=0, *"]), ["gzip"]);
+        assert_eq!(accepted(&["gzip;q=0, x-gzip"]), Vec::<&str>::new());
     }
 }

@@ -222,6 +222,32 @@ pub struct Reply {
 /// take the stored payload as it is.
 const CONTENT_CODINGS: [&str; 2] = ["gzip", "zstd"];
 
+/// The stored payload of `entry` as it is, when it is a value stored in a content coding that
+/// the client accepts (`accepted`).
+fn encoded_reply(entry: &CacheEntry, accepted: &[&str]) -> Option<Reply> {
+    if accepted.is_empty() {
+        return None;
+    }
+    let Cached::Value(stored) = &entry.cached else {
+        return None;
+    };
+    let coding = CONTENT_CODINGS
+        .into_iter()
+        .find(|c| *c == stored.codec().name() && accepted.contains(c))?;
+    Some(Reply {
+        body: stored.payload(),
+        content_encoding: Some(coding),
+    })
+}
+
+/// What a cache hit answers.
+enum Answer {
+    /// The stored payload as it is, in a content coding the client accepts.
+    Encoded(Reply),
+    /// The plain value with its expiry, or a remembered "no such key".
+    Plain(Found),
+}
+
 /// What a client load produced: the plain value with its expiry, or "no such key".
 type Found = Option<(Bytes, Option<u64>)>;
 
@@ -353,61 +379,40 @@ impl Core {
         }
     }
 
-    /// Counts a hit in `tier` and names the tier on the current span.
-    fn count_hit(&self, tier: Tier) {
+    /// Counts a hit in `tier`, and what kind of hit it was.
+    fn count_hit(&self, tier: Tier, answer: &Answer) {
         bump(match tier {
             Tier::Main => &self.stats.hits,
             Tier::Hot => &self.stats.hot_hits,
         });
-        tracing::Span::current().record("answered_by", tier.label());
+        match answer {
+            Answer::Encoded(_) => bump(&self.stats.encoded_replies),
+            Answer::Plain(None) => bump(&self.stats.negative_hits),
+            Answer::Plain(Some(_)) => {}
+        }
     }
 
-    /// Answers from the main then the hot cache; counts the hit when `count` is set.
+    /// Answers from the main then the hot cache, with one cache read per tier; counts nothing
+    /// and says which tier answered. A value stored in a content coding that `accepted` lists
+    /// is answered with its stored payload as it is: values in memory were checked when they
+    /// entered it, so the payload goes out without a decode. Anything else is decoded.
     ///
     /// # Errors
     /// See [`Core::open`].
-    async fn lookup(&self, key: &str, count: bool) -> Result<Option<Found>> {
+    async fn lookup(&self, key: &str, accepted: &[&str]) -> Result<Option<(Tier, Answer)>> {
         for tier in [Tier::Main, Tier::Hot] {
             let Some(entry) = self.cache(tier).get(key) else {
                 continue;
             };
+            if let Some(reply) = encoded_reply(&entry, accepted) {
+                return Ok(Some((tier, Answer::Encoded(reply))));
+            }
             let Some(found) = self.open(tier, key, &entry).await? else {
                 continue;
             };
-            if count {
-                self.count_hit(tier);
-                if found.is_none() {
-                    bump(&self.stats.negative_hits);
-                }
-            }
-            return Ok(Some(found));
+            return Ok(Some((tier, Answer::Plain(found))));
         }
         Ok(None)
-    }
-
-    /// Answers from the main then the hot cache with the stored payload as it is, when it is
-    /// encoded in a content coding the client accepts; counts the hit. `None` sends the caller
-    /// down the normal path (which counts there). Values in memory were checked when they
-    /// entered it, so the payload goes out without a decode.
-    fn lookup_encoded(&self, key: &str, accepted: &[&str]) -> Option<Reply> {
-        for tier in [Tier::Main, Tier::Hot] {
-            let Some(entry) = self.cache(tier).get(key) else {
-                continue;
-            };
-            let Cached::Value(stored) = &entry.cached else {
-                return None;
-            };
-            let coding = CONTENT_CODINGS
-                .into_iter()
-                .find(|c| *c == stored.codec().name() && accepted.contains(c))?;
-            self.count_hit(tier);
-            bump(&self.stats.encoded_replies);
-            return Some(Reply {
-                body: stored.payload(),
-                content_encoding: Some(coding),
-            });
-        }
-        None
     }
 
     /// The expiry of a value kept by this group: the one its source gave, else now + the
@@ -747,7 +752,7 @@ impl Core {
     /// `generation` was read before the flight started: a write from then on stops this load
     /// from caching.
     async fn load(self: Arc<Self>, key: String, generation: u64) -> Result<Found> {
-        if let Some(found) = self.lookup(&key, false).await? {
+        if let Some((_, Answer::Plain(found))) = self.lookup(&key, &[]).await? {
             return Ok(found);
         }
         bump(&self.stats.loads);
@@ -961,45 +966,67 @@ impl Group {
         // The key goes on the span only at debug level: traces at info carry no keys.
         let span = tracing::info_span!(
             "geecache.group.get",
-            group = %self.core.name,
+            group = self.core.name.as_str(),
             answered_by = tracing::field::Empty,
             shared = tracing::field::Empty,
             key = tracing::field::Empty,
         );
+        if span.is_disabled() {
+            // No layer wants it (traces are not exported): no span to enter on every poll.
+            return self.get_in_span(key, accepted, &span).await;
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
             span.record("key", key);
         }
-        self.get_in_span(key, accepted).instrument(span).await
+        self.get_in_span(key, accepted, &span)
+            .instrument(span.clone())
+            .await
     }
 
-    /// [`Group::get_reply`] inside its span.
-    async fn get_in_span(&self, key: &str, accepted: &[&str]) -> Result<Reply> {
+    /// [`Group::get_reply`] inside `span`, which it tells where the answer came from.
+    async fn get_in_span(
+        &self,
+        key: &str,
+        accepted: &[&str],
+        span: &tracing::Span,
+    ) -> Result<Reply> {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.gets);
-        if !accepted.is_empty()
-            && let Some(reply) = core.lookup_encoded(key, accepted)
-        {
-            return Ok(reply);
-        }
-        let found = match core.lookup(key, true).await? {
-            Some(found) => found,
+        // Recording on a disabled span still looks the field up (and, with `tracing`'s `log`
+        // feature, may consult `log`): skip it when no layer wants the span.
+        let traced = !span.is_disabled();
+        let found = match core.lookup(key, accepted).await? {
+            Some((tier, answer)) => {
+                core.count_hit(tier, &answer);
+                if traced {
+                    span.record("answered_by", tier.label());
+                }
+                match answer {
+                    Answer::Encoded(reply) => return Ok(reply),
+                    Answer::Plain(found) => found,
+                }
+            }
             None => {
                 bump(&core.stats.misses);
-                let span = tracing::Span::current();
-                span.record("answered_by", "load");
+                if traced {
+                    span.record("answered_by", "load");
+                }
                 // Only the leader calls the closure, so only a real load gets a load span.
                 let generation = core.generation(key);
                 let flight = self
                     .flights
                     .run(&flight_key(generation, key), || {
-                        let load = tracing::info_span!("geecache.group.load", group = %core.name);
+                        let load =
+                            tracing::info_span!("geecache.group.load", group = core.name.as_str());
                         core.clone()
                             .load(key.to_owned(), generation)
                             .instrument(load)
                     })
                     .await;
-                span.record("shared", flight.shared);
+                if traced {
+                    span.record("shared", flight.shared);
+                }
                 if flight.shared {
                     bump(&core.stats.loads_deduplicated);
                 }
@@ -1023,10 +1050,10 @@ impl Group {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.peer_requests_served);
-        let span = tracing::info_span!("geecache.group.get_as_owner", group = %core.name);
+        let span = tracing::info_span!("geecache.group.get_as_owner", group = core.name.as_str());
         let generation = core.generation(key);
         let load = || {
-            let load = tracing::info_span!("geecache.group.load", group = %core.name);
+            let load = tracing::info_span!("geecache.group.load", group = core.name.as_str());
             core.clone()
                 .load_as_owner(key.to_owned(), generation)
                 .instrument(load)

@@ -1311,3 +1311,32 @@ async fn a_read_after_a_set_does_not_join_a_load_started_before_it() {
     assert_eq!(first.await.unwrap().unwrap(), Bytes::from_static(b"v0"));
     assert_eq!(owner_getter.calls.load(Ordering::SeqCst), 1);
 }
+
+/// A hit reads each tier once and answers the stored payload or the decoded value, whichever
+/// the client's codings allow: each get counts one hit, and only payload answers count as
+/// encoded replies.
+#[tokio::test]
+async fn a_hit_answers_the_payload_or_the_value_and_counts_once() {
+    let getter = Arc::new(MapGetter::default());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let g = group(getter.clone(), zstd_options(), clock);
+    let value = g.get("big").await.unwrap();
+    assert_eq!(value, Bytes::from(vec![0u8; 2048]));
+    let reply = g.get_reply("big", &["zstd"]).await.unwrap();
+    assert_eq!(reply.content_encoding, Some("zstd"));
+    assert!(reply.body.len() < value.len() / 2, "{}", reply.body.len());
+    for accepted in [&["gzip"][..], &[]] {
+        let reply = g.get_reply("big", accepted).await.unwrap();
+        assert_eq!((reply.content_encoding, reply.body), (None, value.clone()));
+    }
+    // A remembered "no such key" is a negative hit whatever the codings.
+    assert!(matches!(g.get("missing").await, Err(Error::KeyNotFound)));
+    let again = g.get_reply("missing", &["gzip", "zstd"]).await;
+    assert!(matches!(again, Err(Error::KeyNotFound)), "{again:?}");
+    let c = g.snapshot().counters;
+    assert_eq!(
+        (c.gets, c.hits, c.encoded_replies, c.negative_hits, c.misses),
+        (6, 4, 1, 1, 2)
+    );
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 2);
+}

@@ -21,8 +21,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// of large values, but a broken or hostile peer cannot make the node buffer without bound.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 
+/// Idle keep-alive connections kept per peer: as many as requests an owner serves at once
+/// ([`super::DEFAULT_PEER_CONCURRENCY`]), since HTTP/1.1 needs one connection per request in
+/// flight. With fewer, every request past the pool's size under load would open a new
+/// connection and close it afterwards (a connect per request, and sockets in `TIME_WAIT`).
+/// Idle connections are only those a past peak opened, and close after reqwest's idle timeout
+/// (90 s).
+pub const POOL_MAX_IDLE_PER_PEER: usize = super::DEFAULT_PEER_CONCURRENCY;
+
 /// The HTTP client peer calls go through (one per node, shared by its peer clients): a pool of
-/// keep-alive connections, connects bounded by `connect_timeout`, and never a proxy, whatever
+/// keep-alive connections ([`POOL_MAX_IDLE_PER_PEER`] per peer, `TCP_NODELAY` set: answers are
+/// small and latency-bound), connects bounded by `connect_timeout`, and never a proxy, whatever
 /// `HTTP_PROXY`/`ALL_PROXY` say: peers talk to each other directly, and a proxy would see the
 /// cluster's traffic (and could replay it).
 ///
@@ -31,7 +40,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_PEER)
+        // reqwest's default, said here because the latency of every peer call depends on it.
+        .tcp_nodelay(true)
         .no_proxy()
         .build()
 }

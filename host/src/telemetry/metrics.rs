@@ -25,8 +25,8 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, MeterProvider as _};
+use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder as _, TextEncoder};
@@ -422,11 +422,18 @@ impl Metrics {
 
     /// Records one HTTP request: `route` is the matched route template (or
     /// [`UNMATCHED_ROUTE`]), `method` one of [`method_label`]'s values.
-    pub fn record_request(&self, route: &str, method: &'static str, status: u16, took: Duration) {
+    /// Labels are built without allocating: `route` is a `&'static str` (or a shared one).
+    pub fn record_request(
+        &self,
+        route: impl Into<StringValue>,
+        method: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
         self.inner.http_duration.record(
             seconds(took),
             &[
-                KeyValue::new("route", route.to_string()),
+                KeyValue::new("route", route.into()),
                 KeyValue::new("method", method),
                 KeyValue::new("status", i64::from(status)),
             ],
@@ -436,10 +443,11 @@ impl Metrics {
     /// Starts timing one request to `peer` (a ring member's address) for `op` (`get`, `set`,
     /// `delete`, `invalidate`). Finish it with [`PeerCall::finish`]; a call dropped unfinished
     /// (its caller gave up, e.g. on the group's peer timeout) is recorded as `cancelled`.
-    pub fn peer_call(&self, peer: &str, op: &'static str) -> PeerCall {
+    /// `peer` is best a shared string (`Arc<str>`), which labels the call without a copy.
+    pub fn peer_call(&self, peer: impl Into<StringValue>, op: &'static str) -> PeerCall {
         PeerCall {
             histogram: self.inner.peer_duration.clone(),
-            peer: peer.to_string(),
+            peer: peer.into(),
             op,
             started: Instant::now(),
             done: false,
@@ -482,7 +490,7 @@ pub struct PeerCall {
     /// Where the duration goes.
     histogram: Histogram<f64>,
     /// The `peer` label.
-    peer: String,
+    peer: StringValue,
     /// The `op` label.
     op: &'static str,
     /// When the call started.
@@ -502,7 +510,7 @@ impl PeerCall {
         self.histogram.record(
             seconds(self.started.elapsed()),
             &[
-                KeyValue::new("peer", std::mem::take(&mut self.peer)),
+                KeyValue::new("peer", self.peer.clone()),
                 KeyValue::new("op", self.op),
                 KeyValue::new("outcome", outcome),
             ],

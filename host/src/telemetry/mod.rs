@@ -1,7 +1,8 @@
 //! Observability: logs, traces and metrics.
 //!
 //! - Logs: `tracing` events with a `RUST_LOG` filter (default `info`), as text or JSON lines on
-//!   stderr.
+//!   stderr. Log lines carry no span context (the log layers take no spans), so that spans cost
+//!   nothing on the request path unless traces are exported.
 //! - Traces: the get path runs in spans with stable names (`geecache.api.get` →
 //!   `geecache.group.get` → `geecache.group.load` → `geecache.peer.get` or
 //!   `geecache.plugin.call`; owners answer peers in `geecache.group.get_as_owner`). They are
@@ -18,10 +19,12 @@ pub use metrics::{ClusterStats, Metrics, Stats};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::subscriber::Interest;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The variables that turn OTLP trace export on, most specific first.
@@ -81,41 +84,108 @@ fn tracer_provider() -> Result<SdkTracerProvider, String> {
         .build())
 }
 
+/// The `RUST_LOG` filter (default `info`). Built once per layer: each layer filters for itself.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The filter of the log layers: the events `RUST_LOG` enables, and no span at all.
+///
+/// Log lines do not show spans, so a span that no trace exporter takes is enabled by no layer,
+/// and `info_span!` on the request path then costs an atomic load instead of a span built,
+/// formatted and entered on every request.
+#[derive(Debug)]
+struct EventsOnly(EnvFilter);
+
+impl<S> Filter<S> for EventsOnly
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        meta.is_event() && Filter::enabled(&self.0, meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
+        if meta.is_span() {
+            return Interest::never();
+        }
+        Filter::<S>::callsite_enabled(&self.0, meta)
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &Context<'_, S>) -> bool {
+        Filter::event_enabled(&self.0, event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Filter::<S>::max_level_hint(&self.0)
+    }
+}
+
+/// A layer of the global subscriber.
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The layers of the global subscriber: logs (text or `json`) to `writer`, and spans to
+/// `tracer` when traces are exported; each with its own filter from `env_filter`.
+///
+/// A list rather than optional layers: an absent `Option` layer enables every span and event
+/// (so that it filters nothing out), which would build every span again.
+fn layers<W>(
+    json: bool,
+    writer: W,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    env_filter: &dyn Fn() -> EnvFilter,
+) -> Vec<BoxedLayer>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = tracing_subscriber::fmt::layer().with_writer(writer);
+    let mut layers = vec![if json {
+        logs.json().with_filter(EventsOnly(env_filter())).boxed()
+    } else {
+        logs.with_filter(EventsOnly(env_filter())).boxed()
+    }];
+    if let Some(tracer) = tracer {
+        // The exporter's own HTTP stack must not feed spans back into the exporter.
+        let quiet_exporter = Targets::new()
+            .with_default(LevelFilter::TRACE)
+            .with_target("hyper", LevelFilter::OFF)
+            .with_target("hyper_util", LevelFilter::OFF)
+            .with_target("reqwest", LevelFilter::OFF)
+            .with_target("opentelemetry", LevelFilter::OFF)
+            .with_target("opentelemetry_sdk", LevelFilter::OFF)
+            .with_target("opentelemetry_otlp", LevelFilter::OFF);
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(env_filter().and(quiet_exporter))
+                .boxed(),
+        );
+    }
+    layers
+}
+
 /// Installs the global subscriber: logs (text or `json`) filtered by `RUST_LOG`, and OTLP trace
 /// export when the environment asks for it. Later calls (tests) install nothing.
+///
+/// Each layer has its own filter: the log layers take `RUST_LOG`'s events and no spans (log
+/// lines carry no span context; span-name directives such as `[geecache.api.get]=debug` do not
+/// select log lines), the OTLP layer takes `RUST_LOG`'s spans and events, except those of the
+/// exporter's own HTTP stack. Without OTLP no layer enables a span, so spans cost nothing.
 pub fn init(json: bool) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let endpoint = otlp_endpoint(|v| std::env::var(v).ok());
     let (tracer, failed) = match endpoint.as_ref().map(|_| tracer_provider()) {
         Some(Ok(provider)) => (Some(provider), None),
         Some(Err(e)) => (None, Some(e)),
         None => (None, None),
     };
-    // The exporter's own HTTP stack must not feed spans back into the exporter.
-    let quiet_exporter = Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_target("hyper", LevelFilter::OFF)
-        .with_target("hyper_util", LevelFilter::OFF)
-        .with_target("reqwest", LevelFilter::OFF)
-        .with_target("opentelemetry", LevelFilter::OFF)
-        .with_target("opentelemetry_sdk", LevelFilter::OFF)
-        .with_target("opentelemetry_otlp", LevelFilter::OFF);
-    let otel = tracer.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("geecache"))
-            .with_filter(quiet_exporter)
-    });
-    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
-    let json = json.then(|| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-    });
+    let layers = layers(
+        json,
+        std::io::stderr,
+        tracer.as_ref().map(|p| p.tracer("geecache")),
+        &env_filter,
+    );
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(text)
-        .with(json)
-        .with(otel)
+        .with(layers)
         .try_init()
         .is_ok();
     match (endpoint, failed) {
@@ -142,6 +212,22 @@ mod tests {
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect();
         move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    /// Without a trace exporter, no layer takes a span: `info_span!` on the request path is a
+    /// disabled span (nothing built, formatted or entered), while log events still pass.
+    #[test]
+    fn without_otlp_no_layer_takes_a_span() {
+        for json in [false, true] {
+            let layers = layers(json, std::io::sink, None, &|| EnvFilter::new("info"));
+            let subscriber = tracing_subscriber::registry().with(layers);
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("geecache.test.span", group = "g");
+                assert!(span.is_disabled(), "json: {json}");
+                assert!(tracing::enabled!(tracing::Level::INFO));
+                assert!(!tracing::enabled!(tracing::Level::DEBUG));
+            });
+        }
     }
 
     #[test]
