@@ -746,6 +746,8 @@ pub struct PluginCore {
     permits: Arc<tokio::sync::Semaphore>,
     /// Where call latencies are recorded.
     metrics: Metrics,
+    /// `name` as a metric label, shared rather than copied per call.
+    name_label: opentelemetry::StringValue,
 }
 
 impl std::fmt::Debug for PluginCore {
@@ -766,6 +768,7 @@ impl PluginCore {
         runtime: &Runtime,
     ) -> Self {
         PluginCore {
+            name_label: opentelemetry::StringValue::from(Arc::<str>::from(name.as_str())),
             name,
             version: String::new(),
             path: PathBuf::new(),
@@ -786,7 +789,7 @@ impl PluginCore {
         self.stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
         let outcome = answer.as_ref().map_or_else(PluginError::code, |_| "ok");
         self.metrics
-            .record_plugin_call(&self.name, outcome, started.elapsed());
+            .record_plugin_call(self.name_label.clone(), outcome, started.elapsed());
     }
 
     fn new_store(&self) -> Result<Store<HostState>, PluginError> {

@@ -456,11 +456,16 @@ impl Metrics {
 
     /// Records one plugin call of `plugin` that took `took` and ended with `outcome` (`ok` or
     /// an error code such as `plugin_timeout`).
-    pub fn record_plugin_call(&self, plugin: &str, outcome: &'static str, took: Duration) {
+    pub fn record_plugin_call(
+        &self,
+        plugin: impl Into<StringValue>,
+        outcome: &'static str,
+        took: Duration,
+    ) {
         self.inner.plugin_duration.record(
             seconds(took),
             &[
-                KeyValue::new("plugin", plugin.to_string()),
+                KeyValue::new("plugin", plugin.into()),
                 KeyValue::new("outcome", outcome),
             ],
         );
