@@ -294,7 +294,10 @@ async fn a_flood_of_the_worst_requests_stays_within_the_memory_budget() {
         let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
     }
     drop(idle);
-    let (rss, peak) = node.memory();
+    let (rss, hwm) = node.memory();
+    // VmHWM is only brought up to date when the process unmaps memory, so a sample of VmRSS
+    // can be above it: the peak is the larger of the two.
+    let peak = hwm.max(peak_sampled).max(rss);
 
     let mib = |b: u64| b as f64 / MIB as f64;
     eprintln!(
@@ -326,7 +329,6 @@ async fn a_flood_of_the_worst_requests_stays_within_the_memory_budget() {
         mib(peak),
         mib(budget)
     );
-    assert!(peak_sampled <= peak);
     // The node is still whole: the big value is intact and Tom still answers.
     let big = client
         .get(format!("{base}/api/v1/groups/scores/keys/big"))

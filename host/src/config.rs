@@ -967,6 +967,7 @@ fn validate_group_name(name: &str) -> Result<(), String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::plugin::InstanceMode;
 
     fn cli(args: &[&str]) -> Cli {
         let mut all = vec!["geecache-host"];
@@ -984,6 +985,37 @@ mod tests {
         assert_eq!(s.groups[0].name, "scores");
         assert_eq!(s.groups[0].options.cache_bytes, 64 << 20);
         assert_eq!(s.plugins.len(), 1);
+    }
+
+    #[test]
+    fn plugin_instances_are_reused_by_default_and_configurable() {
+        let plugin = ["--plugin", "plugins/db_getter.wasm"];
+        let s = cli(&plugin).resolve().unwrap();
+        assert_eq!(s.runtime.instances.mode, InstanceMode::Reuse);
+        assert_eq!(s.runtime.instances.max_calls, 10_000);
+        assert_eq!(s.runtime.instances.max_memory, 32 << 20, "half of --plugin-memory");
+
+        let mut args = plugin.to_vec();
+        args.extend([
+            "--plugin-instances",
+            "fresh",
+            "--plugin-memory",
+            "16MiB",
+            "--plugin-instance-calls",
+            "5",
+        ]);
+        let s = cli(&args).resolve().unwrap();
+        assert_eq!(s.runtime.instances.mode, InstanceMode::Fresh);
+        assert_eq!(s.runtime.instances.max_calls, 5);
+        assert_eq!(s.runtime.instances.max_memory, 8 << 20);
+
+        let mut bad = plugin.to_vec();
+        bad.extend(["--plugin-instances", "pooled"]);
+        let err = cli(&bad).resolve().unwrap_err();
+        assert!(err.contains("\"reuse\" or \"fresh\""), "{err}");
+        let mut zero = plugin.to_vec();
+        zero.extend(["--plugin-instance-calls", "0"]);
+        assert!(cli(&zero).resolve().unwrap_err().contains("at least 1"));
     }
 
     #[test]
