@@ -12,6 +12,7 @@ const PLUGINS: &[&str] = &[
     "chaos_getter",
     "chaos_compressor",
     "escape_getter",
+    "synth_getter",
 ];
 const TARGET: &str = "wasm32-wasip2";
 

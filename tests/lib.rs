@@ -33,6 +33,9 @@ pub mod plugins {
     pub const BROTLI_COMPRESSOR: &str = env!("PLUGIN_BROTLI_COMPRESSOR");
     /// A codec that panics, loops or returns garbage, depending on the value.
     pub const CHAOS_COMPRESSOR: &str = env!("PLUGIN_CHAOS_COMPRESSOR");
+    /// Answers every key with a deterministic value of `value_bytes` (config) bytes: the
+    /// perf tool's getter.
+    pub const SYNTH_GETTER: &str = env!("PLUGIN_SYNTH_GETTER");
 }
 
 /// The repository root.

@@ -612,3 +612,54 @@ async fn fresh_mode_gives_every_call_a_new_instance() {
     assert_eq!(getter.instances_created(), 3);
     assert_eq!(rt.idle_instances(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synth_getter_answers_any_key_with_a_deterministic_value_of_the_configured_size() {
+    use geecache_tests::TestNode;
+    let sized = TestNode::start(&[
+        "--plugin",
+        plugins::SYNTH_GETTER,
+        "--plugin-config",
+        "synth_getter.value_bytes=1000",
+    ])
+    .await;
+    let plain = TestNode::start(&["--plugin", plugins::SYNTH_GETTER]).await;
+
+    let (status, first) = sized.get("/api?key=perf-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(first.len(), 1000);
+    assert!(
+        first
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(b))
+    );
+    let (_, again) = sized.get("/api/v1/groups/scores/keys/perf-1").await;
+    assert_eq!(again, first, "a hit serves the loaded bytes");
+    let (_, other) = sized.get("/api?key=perf-2").await;
+    assert_ne!(other, first, "another key, another value");
+
+    // Another node (another instance) loads the same bytes for the same key: the default
+    // size is 100, and the value is where the same stream stops.
+    let (status, short) = plain.get("/api?key=perf-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(short, first[..100]);
+
+    sized.stop().await;
+    plain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synth_getter_with_a_bad_size_fails_its_loads_for_the_operators_log() {
+    use geecache_tests::TestNode;
+    let node = TestNode::start(&[
+        "--plugin",
+        plugins::SYNTH_GETTER,
+        "--plugin-config",
+        "synth_getter.value_bytes=lots",
+    ])
+    .await;
+    let (status, body) = node.get_json("/api?key=k").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_error", "{body}");
+    node.stop().await;
+}

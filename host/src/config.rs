@@ -993,7 +993,11 @@ mod tests {
         let s = cli(&plugin).resolve().unwrap();
         assert_eq!(s.runtime.instances.mode, InstanceMode::Reuse);
         assert_eq!(s.runtime.instances.max_calls, 10_000);
-        assert_eq!(s.runtime.instances.max_memory, 32 << 20, "half of --plugin-memory");
+        assert_eq!(
+            s.runtime.instances.max_memory,
+            32 << 20,
+            "half of --plugin-memory"
+        );
 
         let mut args = plugin.to_vec();
         args.extend([

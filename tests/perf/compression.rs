@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     values: usize,
     /// Least time spent measuring each direction of each cell; passes repeat until it is spent.
-    #[arg(long, default_value = "300ms", value_parser = humantime_duration)]
+    #[arg(long, default_value = "300ms", value_parser = crate::parse_duration)]
     min_time: Duration,
     /// Most passes per measurement, whatever the time.
     #[arg(long, default_value_t = 1000)]
@@ -42,10 +42,6 @@ pub struct Args {
     /// Markdown report file [default: target/perf/compression.md].
     #[arg(long)]
     report: Option<PathBuf>,
-}
-
-fn humantime_duration(s: &str) -> Result<Duration, String> {
-    geecache_host::config::parse_duration(s)
 }
 
 /// One cell of the table.
@@ -86,20 +82,6 @@ fn codecs(rt: &Runtime) -> anyhow::Result<Codecs> {
     };
     codecs.add(brotli).map_err(anyhow::Error::msg)?;
     Ok(codecs)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    format!("{cpu}, {cores} cores available")
 }
 
 /// Runs the comparison, prints the table, writes the report.
@@ -181,16 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let report = render(&args, &rows);
-    println!("{report}");
-    let path = args
-        .report
-        .unwrap_or_else(|| super::default_report("compression.md"));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("report written to {}", path.display());
-    Ok(())
+    crate::report::publish(&report, args.report.as_deref(), "compression.md")
 }
 
 /// MB/s with enough digits to tell slow codecs apart.
@@ -210,7 +183,7 @@ fn render(args: &Args, rows: &[Row]) -> String {
         "Machine: {}. Values of {} bytes, {} per corpus, each compressed on its own. \
          Speeds are MB/s of original bytes; `×lz4` is the speed relative to lz4 on the same \
          corpus in this run. Ratio = original / stored payload (higher is better).\n",
-        machine(),
+        crate::report::machine(),
         args.value_bytes,
         args.values
     );

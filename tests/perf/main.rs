@@ -1,22 +1,34 @@
 //! `geecache-perf`: the perf tool. Measures, prints a table, and writes a report file.
 //!
 //! ```text
-//! cargo run --release -p geecache-tests --bin geecache-perf -- compression
+//! cargo build --release -p geecache-host -p geecache-tests
+//! target/release/geecache-perf http
+//! target/release/geecache-perf memory
+//! target/release/geecache-perf compression
 //! ```
 //!
 //! Subcommands:
+//! - `http`: request rate, latency percentiles and success of nodes it starts (1 and 3, the
+//!   `synth_getter` plugin) or of running ones, for hits, misses, Zipf-skewed keys and mixed
+//!   sets and gets, against nginx and a fixed-response server measured by the same client in
+//!   the same run (see `http.rs`; the client is `load.rs`).
+//! - `memory`: the resident memory of a node whose cache budget is filled past its size.
 //! - `compression`: ratio, compress MB/s and decompress MB/s of every codec (built-in and the
 //!   brotli plugin) at a few levels, on generated realistic corpora (see `geecache_tests::corpus`),
 //!   value by value as a cache stores them.
 //!
 //! Figures are only comparable within one run (the machine may be shared and noisy): the
-//! report gives speeds as ratios against lz4, measured in the same run.
+//! reports give ratios against baselines measured in the same run.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 mod compression;
+mod http;
+mod load;
+mod memory;
+mod report;
+mod servers;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -31,22 +43,58 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Load nodes over HTTP: req/s, latency and success per workload, against nginx and a
+    /// fixed-response server in the same run.
+    Http(http::Args),
+    /// Resident memory of a node with its cache budget filled past its size.
+    Memory(memory::Args),
     /// Compare codecs: ratio and speed per codec and level, per corpus.
     Compression(compression::Args),
+    /// The fixed-response baseline server `http` starts (axum, as the node runs it).
+    #[command(hide = true)]
+    FixedServer(servers::FixedArgs),
 }
 
-/// Where reports go unless `--report` says otherwise.
-fn default_report(name: &str) -> PathBuf {
-    geecache_tests::repo_root()
-        .join("target")
-        .join("perf")
-        .join(name)
+/// Parses a duration flag as the node does (`300ms`, `5s`, `10m`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    geecache_host::config::parse_duration(s)
+}
+
+/// On the first SIGINT or SIGTERM, asks every load and wait to stop, so the servers this
+/// process started are stopped by their guards; on the second, exits at once.
+fn stop_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            geecache_host::server::shutdown_signal().await;
+            load::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "\ngeecache-perf: interrupted; stopping the servers it started (again to quit now)"
+            );
+            geecache_host::server::shutdown_signal().await;
+            std::process::exit(130);
+        });
+    });
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Http(args) => {
+            stop_on_signal();
+            http::run(args)
+        }
+        Command::Memory(args) => {
+            stop_on_signal();
+            memory::run(args)
+        }
         Command::Compression(args) => compression::run(args),
+        Command::FixedServer(args) => servers::serve_fixed(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

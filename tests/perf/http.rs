@@ -1,0 +1,618 @@
+//! `geecache-perf http`: request rate and latency of nodes over HTTP, against fixed-response
+//! baselines measured by the same client in the same run.
+//!
+//! Baselines: nginx answering a fixed body (when installed), and a fixed-response server on the
+//! node's own HTTP stack (axum on tokio). Workloads, each on fresh nodes that this command starts
+//! (the `synth_getter` plugin answering every key) or on `--target` nodes:
+//! - `hit`: `--keys` keys loaded once, then asked uniformly (every answer from the cache);
+//! - `miss`: a key never asked before on every request (every answer loaded by the getter; in a
+//!   cluster, by the key's owner for the node asked);
+//! - `zipf`: Zipf-distributed keys over `--zipf-keys` (cold at first, a realistic hit ratio);
+//! - `mixed`: the `hit` keys with `--put-percent` of requests setting them.
+//!
+//! `NAME@N` runs a workload on `N` nodes (static peers on loopback), the client's connections
+//! spread over them.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::load::{self, Keys, Load, Outcome, Requests, Zipf, interrupted};
+use crate::report;
+use crate::servers::{self, Cluster, Fixed, NodeSpec};
+
+/// Options of `geecache-perf http`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Workloads, `NAME[@NODES]`, comma-separated; NAME is hit, miss, zipf or mixed; `none`
+    /// for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hit,miss,zipf,mixed,miss@3"
+    )]
+    pub workloads: Vec<String>,
+    /// Baselines measured first: nginx, axum; `none` for none. nginx is skipped (with a note)
+    /// when it is not installed.
+    #[arg(long, value_delimiter = ',', default_value = "nginx,axum")]
+    pub baselines: Vec<String>,
+    /// Drive these running nodes (`http://host:port`, comma-separated) instead of starting
+    /// nodes; `@NODES` of the workloads is then ignored.
+    #[arg(long, value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// The group the workloads ask (nodes this command starts serve it from synth_getter).
+    #[arg(long, default_value = "perf")]
+    pub group: String,
+    /// `Authorization: Bearer` token sent with every request (for `--target` nodes with
+    /// `--api-token`).
+    #[arg(long, env = "GEECACHE_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Connections, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Client threads [default: the cores available].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Measuring time of each baseline and workload.
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    pub duration: Duration,
+    /// Bytes of every value (the getter's `value_bytes`, the baselines' body, PUT bodies).
+    #[arg(long, default_value_t = 100)]
+    pub value_bytes: usize,
+    /// Keys of the `hit` and `mixed` workloads (loaded once before measuring).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Keys the `zipf` workload draws from.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub zipf_keys: u64,
+    /// Exponent of the `zipf` workload (0.99 as in YCSB; higher is more skewed).
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf_exponent: f64,
+    /// Percent of `mixed` requests that are PUTs.
+    #[arg(long, default_value_t = 10)]
+    pub put_percent: u32,
+    /// Nodes of a cluster are started without a cluster secret (peer requests unsigned).
+    #[arg(long)]
+    pub insecure_peers: bool,
+    /// A flag for every node this command starts (repeatable), e.g. `--node-arg=--compression=lz4`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
+    /// The `geecache-host` program for the nodes [default: geecache-host (or geecache-node,
+    /// whichever is newer) next to this program].
+    #[arg(long)]
+    pub host_bin: Option<PathBuf>,
+    /// The synthetic getter component [default: the one the tests build].
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// How long after a run's end an unanswered request is waited for (then it fails).
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    pub answer_timeout: Duration,
+    /// Markdown report file [default: target/perf/http.md].
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// What a workload does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Hit,
+    Miss,
+    Zipf,
+    Mixed,
+}
+
+/// One `NAME[@NODES]` of `--workloads`.
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    kind: Kind,
+    nodes: usize,
+}
+
+impl Workload {
+    fn parse(s: &str) -> anyhow::Result<Workload> {
+        let (name, nodes) = match s.split_once('@') {
+            Some((name, n)) => (
+                name,
+                n.parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .with_context(|| format!("workload {s:?}: NODES must be 1 or more"))?,
+            ),
+            None => (s, 1),
+        };
+        let kind = match name {
+            "hit" => Kind::Hit,
+            "miss" => Kind::Miss,
+            "zipf" => Kind::Zipf,
+            "mixed" => Kind::Mixed,
+            _ => bail!("no workload {name:?}: hit, miss, zipf or mixed, with an optional @NODES"),
+        };
+        Ok(Workload { kind, nodes })
+    }
+
+    fn name(self) -> String {
+        let name = match self.kind {
+            Kind::Hit => "hit",
+            Kind::Miss => "miss",
+            Kind::Zipf => "zipf",
+            Kind::Mixed => "mixed",
+        };
+        if self.nodes == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}@{}", self.nodes)
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    /// Nodes loaded (None for a baseline).
+    nodes: Option<usize>,
+    /// `hit` or a baseline name: what other rows are compared with.
+    kind: Option<Kind>,
+    outcome: Outcome,
+    /// Getter calls during the measured part, summed over the nodes.
+    getter_calls: Option<u64>,
+    /// The largest peak resident memory among the nodes.
+    peak_rss: Option<u64>,
+}
+
+/// Everything a workload needs that does not change between workloads.
+#[derive(Debug)]
+struct Setup {
+    args: Args,
+    threads: usize,
+    /// Prefix of every key of this run, so keys of one run are not hits of another.
+    run_id: String,
+    /// Nodes to start, or None with `--target`.
+    nodes: Option<NodeSpec>,
+    /// `--target` addresses.
+    targets: Vec<SocketAddr>,
+    /// `PUT` body.
+    body: Arc<[u8]>,
+}
+
+impl Setup {
+    fn requests(&self, key_prefix: &str, keys: Keys, put_percent: u32) -> Requests {
+        Requests {
+            path_prefix: format!("/api/v1/groups/{}/keys/", self.args.group),
+            key_prefix: format!("{}{key_prefix}", self.run_id),
+            keys,
+            put_percent,
+            body: Arc::clone(&self.body),
+            authorization: self.args.token.as_ref().map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    fn load(&self, label: &str, targets: &[SocketAddr], requests: Requests) -> Load {
+        Load {
+            label: label.to_owned(),
+            targets: targets.to_vec(),
+            connections: self.args.connections,
+            threads: self.threads,
+            duration: self.args.duration,
+            max_requests: None,
+            answer_timeout: self.args.answer_timeout,
+            requests,
+            // The value size is known only for nodes this command starts.
+            expect_len: self.nodes.as_ref().map(|_| self.args.value_bytes),
+            progress: true,
+        }
+    }
+}
+
+/// Runs the baselines and workloads, prints the table, writes the report.
+///
+/// # Errors
+/// A server does not start, the user interrupts, or any request failed (after the report is
+/// written).
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let workloads = args
+        .workloads
+        .iter()
+        .filter(|w| *w != "none")
+        .map(|w| Workload::parse(w))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let baselines: Vec<String> = args
+        .baselines
+        .iter()
+        .filter(|b| *b != "none")
+        .cloned()
+        .collect();
+    if let Some(b) = baselines
+        .iter()
+        .find(|b| !["nginx", "axum"].contains(&b.as_str()))
+    {
+        bail!("no baseline {b:?}: nginx, axum or none");
+    }
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    let targets = args
+        .target
+        .iter()
+        .map(|t| target_addr(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let nodes = if targets.is_empty() && !workloads.is_empty() {
+        let host_bin = servers::host_binary(args.host_bin.as_deref())?;
+        let plugin = args
+            .plugin
+            .clone()
+            .unwrap_or_else(|| geecache_tests::plugins::SYNTH_GETTER.into());
+        anyhow::ensure!(plugin.is_file(), "no plugin at {}", plugin.display());
+        Some(NodeSpec {
+            host_bin,
+            plugin,
+            value_bytes: args.value_bytes,
+            group: args.group.clone(),
+            cluster_secret: (!args.insecure_peers).then(|| format!("perf-{}", run_id())),
+            extra: args.node_args.clone(),
+        })
+    } else {
+        None
+    };
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "geecache-perf: warning: this is a debug build; the client is slow. For figures: \
+             cargo run --release -p geecache-tests --bin geecache-perf -- http"
+        );
+    }
+    let setup = Setup {
+        threads: args.threads.unwrap_or_else(report::cores).max(1),
+        run_id: run_id(),
+        nodes,
+        targets,
+        body: (0..args.value_bytes)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
+        args,
+    };
+
+    let steps = baselines.len() + workloads.len();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut step = 0;
+    for b in baselines {
+        step += 1;
+        eprintln!("[{step}/{steps}] baseline {b}");
+        let fixed = match b.as_str() {
+            "nginx" => match servers::nginx_binary() {
+                Some(nginx) => Fixed::nginx(&nginx, setup.args.value_bytes)?,
+                None => {
+                    let note = "nginx is not installed: no nginx baseline \
+                                (Debian: apt-get install nginx-light)";
+                    eprintln!("  {note}");
+                    notes.push(note.to_owned());
+                    continue;
+                }
+            },
+            _ => Fixed::axum(setup.args.value_bytes)?,
+        };
+        let requests = setup.requests("b", Keys::Uniform(setup.args.keys), 0);
+        let mut load = setup.load(&b, &[fixed.addr], requests);
+        load.expect_len = Some(setup.args.value_bytes);
+        let outcome = load::run(&load)?;
+        rows.push(Row {
+            name: b,
+            nodes: None,
+            kind: None,
+            outcome,
+            getter_calls: None,
+            peak_rss: None,
+        });
+        drop(fixed);
+        if interrupted() {
+            bail!("interrupted");
+        }
+    }
+    for w in workloads {
+        step += 1;
+        eprintln!("[{step}/{steps}] {}", w.name());
+        rows.push(run_workload(&setup, w)?);
+        if interrupted() {
+            bail!("interrupted");
+        }
+    }
+
+    let text = render(&setup, &rows, &notes);
+    report::publish(&text, setup.args.report.as_deref(), "http.md")?;
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.outcome.all_ok())
+        .map(|r| r.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "not every request succeeded in: {} (see the report)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A short id from the clock, unique enough between runs on one machine.
+fn run_id() -> String {
+    let mut n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut id = String::new();
+    while n > 0 {
+        id.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+    }
+    id
+}
+
+/// `http://host:port` (or `host:port`) as a socket address.
+fn target_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    anyhow::ensure!(
+        !rest.starts_with("https://"),
+        "--target {url}: https is not supported"
+    );
+    let hostport = rest.trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("--target {url}: not host:port"))?
+        .next()
+        .with_context(|| format!("--target {url}: no address"))
+}
+
+fn run_workload(setup: &Setup, w: Workload) -> anyhow::Result<Row> {
+    let args = &setup.args;
+    let cluster = match &setup.nodes {
+        Some(spec) => Some(Cluster::start(spec, w.nodes)?),
+        None => None,
+    };
+    let targets = cluster
+        .as_ref()
+        .map_or_else(|| setup.targets.clone(), |c| c.addrs.clone());
+    // Each workload has its own keys, so no workload finds another's in a `--target` cache.
+    let prefix = format!("{}-", w.name().replace('@', "n"));
+    if matches!(w.kind, Kind::Hit | Kind::Mixed) {
+        let mut warm = setup.load(
+            &format!("{}: loading {} keys", w.name(), args.keys),
+            &targets,
+            setup.requests(&prefix, Keys::Sequential, 0),
+        );
+        warm.max_requests = Some(args.keys);
+        warm.duration = Duration::from_secs(600);
+        let outcome = load::run(&warm)?;
+        if !outcome.all_ok() {
+            bail!(
+                "{}: loading the keys failed for {} of {} requests: {}",
+                w.name(),
+                outcome.requests - outcome.ok,
+                outcome.requests,
+                outcome.problems.join("; ")
+            );
+        }
+    }
+    let keys = match w.kind {
+        Kind::Hit | Kind::Mixed => Keys::Uniform(args.keys),
+        Kind::Miss => Keys::Unique,
+        Kind::Zipf => Keys::Zipf(Arc::new(Zipf::new(args.zipf_keys, args.zipf_exponent))),
+    };
+    let put_percent = if w.kind == Kind::Mixed {
+        args.put_percent
+    } else {
+        0
+    };
+    let load = setup.load(
+        &w.name(),
+        &targets,
+        setup.requests(&prefix, keys, put_percent),
+    );
+    let before = getter_calls(&targets, &args.group, args.token.as_deref());
+    let outcome = load::run(&load)?;
+    let after = getter_calls(&targets, &args.group, args.token.as_deref());
+    let peak_rss = cluster.as_ref().and_then(|c| {
+        c.nodes
+            .iter()
+            .filter_map(|n| n.memory().map(|m| m.hwm))
+            .max()
+    });
+    Ok(Row {
+        name: w.name(),
+        nodes: Some(targets.len()),
+        kind: Some(w.kind),
+        outcome,
+        getter_calls: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+        peak_rss,
+    })
+}
+
+/// The group's getter calls summed over `targets`, from `/api/v1/stats`; None if any node
+/// does not say.
+fn getter_calls(targets: &[SocketAddr], group: &str, token: Option<&str>) -> Option<u64> {
+    targets
+        .iter()
+        .map(|addr| group_stats(*addr, group, token)?["getter_calls"].as_u64())
+        .sum()
+}
+
+/// The stats of `group` on the node at `addr`, from `/api/v1/stats`.
+pub fn group_stats(
+    addr: SocketAddr,
+    group: &str,
+    token: Option<&str>,
+) -> Option<serde_json::Value> {
+    let stats = get_json(addr, "/api/v1/stats", token)?;
+    stats["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == group)
+        .cloned()
+}
+
+/// `GET path` on `addr` (one connection, closed after), its body as JSON.
+fn get_json(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<serde_json::Value> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        let _ = write!(request, "Authorization: Bearer {t}\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8(response).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
+}
+
+/// Success percent, never rounded up to 100.00 when a request failed.
+fn success(o: &Outcome) -> String {
+    if o.all_ok() {
+        "100.00".into()
+    } else {
+        format!("{:.2}", (o.success_percent() * 100.0).floor() / 100.0)
+    }
+}
+
+fn ratio(rate: f64, base: Option<&Row>) -> String {
+    base.map_or_else(
+        || "-".into(),
+        |b| format!("{:.2}", rate / b.outcome.rate().max(1e-9)),
+    )
+}
+
+fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
+    let args = &setup.args;
+    let mut s = String::new();
+    let _ = writeln!(s, "# geecache-perf http\n");
+    let _ = writeln!(s, "- When: {}", report::now());
+    let _ = writeln!(s, "- Machine: {}", report::machine());
+    let _ = writeln!(s, "- Command: `{}`", report::command_line());
+    match &setup.nodes {
+        Some(spec) => {
+            let _ = writeln!(
+                s,
+                "- Nodes: `{}` (built {}), started per workload on 127.0.0.1, group `{}` from \
+                 `synth_getter` (value_bytes={}){}{}",
+                spec.host_bin.display(),
+                servers::modified(&spec.host_bin),
+                args.group,
+                args.value_bytes,
+                if spec.cluster_secret.is_some() {
+                    "; clusters sign peer requests (--cluster-secret)"
+                } else {
+                    "; clusters without a secret"
+                },
+                if spec.extra.is_empty() {
+                    String::new()
+                } else {
+                    format!("; node flags `{}`", spec.extra.join(" "))
+                }
+            );
+        }
+        None if !setup.targets.is_empty() => {
+            let _ = writeln!(s, "- Nodes: running at {}", args.target.join(", "));
+        }
+        None => {}
+    }
+    let _ = writeln!(
+        s,
+        "- Client: {} keep-alive HTTP/1.1 connections on {} threads, one request in flight \
+         each, {:?} per row; {}-byte values; hit/mixed over {} keys loaded first, zipf over {} \
+         keys (s={}), mixed {}% PUT",
+        args.connections,
+        setup.threads,
+        args.duration,
+        args.value_bytes,
+        args.keys,
+        args.zipf_keys,
+        args.zipf_exponent,
+        args.put_percent
+    );
+    let _ = writeln!(
+        s,
+        "- The client and the servers share the machine's cores: compare ratios within one run.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | nodes | req/s | p50 | p99 | p99.9 | success % | × nginx | × axum | × hit | \
+         getter calls / req | node peak RSS |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let baseline = |name: &str| rows.iter().find(|r| r.kind.is_none() && r.name == name);
+    let hit_of = |nodes: Option<usize>| {
+        rows.iter()
+            .find(|r| r.kind == Some(Kind::Hit) && r.nodes == nodes)
+    };
+    for r in rows {
+        let o = &r.outcome;
+        let rate = o.rate();
+        // Each workload against the hit path: the same cluster size where measured, else 1 node.
+        let hit = match r.kind {
+            Some(Kind::Hit) if r.nodes == Some(1) => None,
+            Some(_) => hit_of(r.nodes)
+                .filter(|h| h.name != r.name)
+                .or_else(|| hit_of(Some(1))),
+            None => None,
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.nodes.map_or_else(|| "-".into(), |n| n.to_string()),
+            rate,
+            report::latency(o.latency(0.5)),
+            report::latency(o.latency(0.99)),
+            report::latency(o.latency(0.999)),
+            success(o),
+            ratio(rate, baseline("nginx")),
+            ratio(rate, baseline("axum")),
+            ratio(rate, hit),
+            r.getter_calls.map_or_else(
+                || "-".into(),
+                |c| format!("{:.3}", c as f64 / o.requests.max(1) as f64)
+            ),
+            r.peak_rss.map_or_else(|| "-".into(), report::mib),
+        );
+    }
+    let failures: Vec<&Row> = rows.iter().filter(|r| !r.outcome.all_ok()).collect();
+    if !failures.is_empty() {
+        let _ = writeln!(s, "\n## Failures\n");
+        for r in failures {
+            let o = &r.outcome;
+            let _ = writeln!(
+                s,
+                "- {}: {} requests, {} non-2xx, {} with a wrong body length, {} errors; {}",
+                r.name,
+                o.requests,
+                o.non_2xx,
+                o.bad_body,
+                o.errors,
+                o.problems.join("; ")
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nreq/s counts every request finished in the row's time; success is 2xx with the \
+         expected body length. × nginx, × axum: req/s against the fixed-response baselines \
+         (nginx; axum on tokio as the node runs it). × hit: against the hit row on as many \
+         nodes, else on one node. Getter calls / req: the nodes' getter calls during the row \
+         over its requests (1 for all-miss, 0 for all-hit). Node peak RSS: the largest VmHWM \
+         among the row's nodes."
+    );
+    for n in notes {
+        let _ = writeln!(s, "\nNote: {n}");
+    }
+    s
+}

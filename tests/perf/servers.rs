@@ -1,0 +1,438 @@
+//! The servers `geecache-perf` starts on 127.0.0.1: geecache nodes (child processes of the
+//! `geecache-host` program), nginx with a fixed response, and the fixed-response server on the
+//! node's own HTTP stack. Each process is stopped when its guard drops, so an error, a panic or
+//! a Ctrl-C (see `main.rs`) leaves nothing running.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+use crate::load::interrupted;
+
+/// How long a server may take to answer its readiness check.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stopping server gets after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A child process, stopped when dropped.
+#[derive(Debug)]
+pub struct Process {
+    /// For messages.
+    name: String,
+    child: Child,
+    /// Where its stdout and stderr go.
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `cmd` with stdout and stderr to `log`.
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Process> {
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The end of the process's log.
+    fn log_tail(&self) -> String {
+        geecache_tests::log_tail(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// Waits until `GET path` on `addr` answers 200.
+    ///
+    /// # Errors
+    /// The process exits, the user interrupts, or [`READY_TIMEOUT`] passes.
+    fn wait_ready(&mut self, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited during startup ({status}); its log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if geecache_tests::http_get_blocking(addr, path)
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return Ok(());
+            }
+            if interrupted() {
+                bail!("interrupted");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not answer {path} within {READY_TIMEOUT:?}; its log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Resident memory now and at its peak, from `/proc/<pid>/status`.
+    pub fn memory(&self) -> Option<Memory> {
+        Memory::of(self.pid())
+    }
+}
+
+impl Drop for Process {
+    /// SIGTERM (nginx's master then stops its workers; a node stops at once with
+    /// `--shutdown-grace 0s`), then SIGKILL if it is still running after [`STOP_TIMEOUT`].
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // `kill` the program: signalling from Rust without `unsafe` needs a crate we do not
+        // otherwise use.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub rss: u64,
+    /// `VmHWM`: the most it has been resident.
+    pub hwm: u64,
+}
+
+impl Memory {
+    /// Reads `/proc/<pid>/status`; `None` where there is no such file (not Linux, or gone).
+    pub fn of(pid: u32) -> Option<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib * 1024)
+        };
+        Some(Memory {
+            rss: field("VmRSS:")?,
+            hwm: field("VmHWM:")?,
+        })
+    }
+}
+
+/// `n` distinct free ports on 127.0.0.1 (all bound at once, then released for the servers).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The program the nodes run: `explicit`, or the newer of `geecache-host` and `geecache-node`
+/// (the same program, built by the tests package) next to this executable.
+///
+/// # Errors
+/// Neither exists: the message says how to build it.
+pub fn host_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        anyhow::ensure!(
+            path.is_file(),
+            "--host-bin {}: no such file",
+            path.display()
+        );
+        return Ok(path.to_owned());
+    }
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let dir = exe.parent().context("this program has no directory")?;
+    let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    ["geecache-host", "geecache-node"]
+        .iter()
+        .map(|name| dir.join(name))
+        .filter_map(|p| mtime(&p).map(|t| (t, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p)
+        .with_context(|| {
+            format!(
+                "no geecache-host next to {}: build it with \
+                 `cargo build --release -p geecache-host -p geecache-tests` \
+                 (both packages in one command, so wasmtime is built once), or pass --host-bin",
+                exe.display()
+            )
+        })
+}
+
+/// `path`'s modification time as "YYYY-MM-DD HH:MM UTC"-ish text for the report.
+pub fn modified(path: &Path) -> String {
+    path.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or_else(|| "unknown".into(), |d| crate::report::utc(d.as_secs()))
+}
+
+/// How to start nodes.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// The `geecache-host` program.
+    pub host_bin: PathBuf,
+    /// The synthetic getter component.
+    pub plugin: PathBuf,
+    /// Its `value_bytes`.
+    pub value_bytes: usize,
+    /// The group it serves.
+    pub group: String,
+    /// Cluster secret for peer requests (None: peers unauthenticated).
+    pub cluster_secret: Option<String>,
+    /// More flags for every node.
+    pub extra: Vec<String>,
+}
+
+/// Nodes started for one workload, stopped when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Where they listen.
+    pub addrs: Vec<SocketAddr>,
+    /// The processes (dropped before the directory holding their logs).
+    pub nodes: Vec<Process>,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes; with more than one, each lists the others with `--peers`.
+    pub fn start(spec: &NodeSpec, n: usize) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("geecache-perf-")
+            .tempdir()?;
+        let addrs: Vec<SocketAddr> = free_ports(n)?.into_iter().map(loopback).collect();
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut cmd = Command::new(&spec.host_bin);
+            cmd.arg("--plugin")
+                .arg(format!("synth_getter={}", spec.plugin.display()))
+                .arg("--plugin-config")
+                .arg(format!("synth_getter.value_bytes={}", spec.value_bytes))
+                .args(["--group", &spec.group, "--bind", "127.0.0.1"])
+                .args(["--port", &addr.port().to_string()])
+                .args(["--advertise-addr", &addr.to_string()])
+                .arg("--compile-cache-dir")
+                .arg(geecache_tests::compile_cache_dir())
+                .args(["--shutdown-grace", "0s"]);
+            if n > 1 {
+                let others: Vec<String> = addrs
+                    .iter()
+                    .filter(|a| *a != addr)
+                    .map(ToString::to_string)
+                    .collect();
+                cmd.args(["--peers", &others.join(",")]);
+                if let Some(secret) = &spec.cluster_secret {
+                    cmd.args(["--cluster-secret", secret]);
+                }
+            }
+            cmd.args(&spec.extra);
+            let log = dir.path().join(format!("node-{i}.log"));
+            nodes.push(Process::spawn(&format!("node {addr}"), cmd, log)?);
+        }
+        for (node, addr) in nodes.iter_mut().zip(&addrs) {
+            node.wait_ready(*addr, "/readyz")?;
+        }
+        if n > 1 && spec.cluster_secret.is_some() {
+            // A node refuses signed peer requests dated (in whole seconds) before it started,
+            // its start rounded up: the sender then retries a second later. Start measuring
+            // once every node accepts the current second, or the first loads take a second.
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            let rest = Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()));
+            std::thread::sleep(rest + Duration::from_millis(50));
+        }
+        Ok(Cluster {
+            addrs,
+            nodes,
+            _dir: dir,
+        })
+    }
+}
+
+/// A fixed-response server, stopped when dropped.
+#[derive(Debug)]
+pub struct Fixed {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Held so the server stops when this drops.
+    _process: Process,
+    _dir: TempDir,
+}
+
+/// The nginx program, if installed (Debian puts it in /usr/sbin, often not on a user's PATH).
+pub fn nginx_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+impl Fixed {
+    /// nginx answering every request with `value_bytes` bytes, as many workers as cores, no
+    /// access log, keep-alive connections never closed by request count.
+    pub fn nginx(nginx: &Path, value_bytes: usize) -> anyhow::Result<Fixed> {
+        let dir = tempfile::Builder::new()
+            .prefix("geecache-perf-nginx-")
+            .tempdir()?;
+        let port = free_ports(1)?[0];
+        let d = dir.path().display();
+        // `return` text is a string with variables: the alphabet of the body has no `$`.
+        let body = "x".repeat(value_bytes);
+        let conf = format!(
+            "worker_processes auto;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 \"{body}\"; }}
+    }}
+}}
+"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf_path);
+        Fixed::spawn("nginx", cmd, port, dir, "/")
+    }
+
+    /// This program's hidden `fixed-server` subcommand: axum on tokio, set up as
+    /// `geecache-host`'s main sets them up, answering every request with `value_bytes` bytes.
+    pub fn axum(value_bytes: usize) -> anyhow::Result<Fixed> {
+        let dir = tempfile::Builder::new()
+            .prefix("geecache-perf-fixed-")
+            .tempdir()?;
+        let port = free_ports(1)?[0];
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args([
+            "fixed-server",
+            "--port",
+            &port.to_string(),
+            "--value-bytes",
+            &value_bytes.to_string(),
+        ]);
+        Fixed::spawn("fixed-server", cmd, port, dir, "/readyz")
+    }
+
+    /// Starts `cmd` (logging into `dir`) and waits until `ready_path` on `port` answers.
+    fn spawn(
+        name: &str,
+        cmd: Command,
+        port: u16,
+        dir: TempDir,
+        ready_path: &str,
+    ) -> anyhow::Result<Fixed> {
+        let mut process = Process::spawn(name, cmd, dir.path().join(format!("{name}.log")))?;
+        let addr = loopback(port);
+        process.wait_ready(addr, ready_path)?;
+        Ok(Fixed {
+            addr,
+            _process: process,
+            _dir: dir,
+        })
+    }
+}
+
+/// Options of the hidden `fixed-server` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct FixedArgs {
+    /// Port on 127.0.0.1.
+    #[arg(long)]
+    port: u16,
+    /// Bytes of every answer.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+}
+
+/// Serves the fixed response until SIGINT or SIGTERM: a multi-thread tokio runtime with
+/// default settings (as `geecache-host`'s main), axum, `TCP_NODELAY` on every connection (as
+/// the node's listener), every path answered `200` with the same bytes and content type as a
+/// node's value.
+pub fn serve_fixed(args: &FixedArgs) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let body = bytes::Bytes::from(vec![b'x'; args.value_bytes]);
+    rt.block_on(async move {
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+                    body,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(loopback(args.port))
+            .await?
+            .tap_io(|s| {
+                let _ = s.set_nodelay(true);
+            });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(geecache_host::server::shutdown_signal())
+            .await?;
+        Ok(())
+    })
+}
