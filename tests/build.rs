@@ -13,6 +13,9 @@ const PLUGINS: &[&str] = &[
     "chaos_compressor",
     "escape_getter",
     "synth_getter",
+    "reload_getter_v1",
+    "reload_getter_v2",
+    "reload_getter_broken",
 ];
 const TARGET: &str = "wasm32-wasip2";
 

@@ -36,6 +36,13 @@ pub mod plugins {
     /// Answers every key with a deterministic value of `value_bytes` (config) bytes: the
     /// perf tool's getter.
     pub const SYNTH_GETTER: &str = env!("PLUGIN_SYNTH_GETTER");
+    /// Version 1 of `reload_getter` (hot reload tests): answers `KEY@v1`; `slow*` keys after
+    /// 50 ms.
+    pub const RELOAD_GETTER_V1: &str = env!("PLUGIN_RELOAD_GETTER_V1");
+    /// Version 2 of `reload_getter`: answers `KEY@v2`.
+    pub const RELOAD_GETTER_V2: &str = env!("PLUGIN_RELOAD_GETTER_V2");
+    /// A `reload_getter` whose `info` traps.
+    pub const RELOAD_GETTER_BROKEN: &str = env!("PLUGIN_RELOAD_GETTER_BROKEN");
 }
 
 /// The repository root.

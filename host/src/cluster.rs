@@ -260,6 +260,65 @@ impl Cluster {
             .map_or(RegistrationState::Static, Membership::state)
     }
 
+    /// This node's advertised address.
+    pub fn self_addr(&self) -> &str {
+        &self.self_addr
+    }
+
+    /// Whether peer requests are signed (the cluster has a secret).
+    pub fn is_signed(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Sends a signed `POST` of `body` to `path_and_query` on the member at `addr`, within
+    /// `timeout`, and returns the status and body of its answer (at most `max_answer` bytes).
+    /// A member that refuses the signature as made before it started (`Retry-After`) gets the
+    /// request once more, signed anew. For the admin operations across the cluster (a plugin
+    /// rollout), which are not part of the peer protocol.
+    ///
+    /// # Errors
+    /// A transport failure or a timeout, as text for an operator.
+    pub async fn admin_post(
+        &self,
+        addr: &str,
+        path_and_query: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+        max_answer: usize,
+    ) -> std::result::Result<(u16, bytes::Bytes), String> {
+        let base = format!("http://{addr}");
+        let authority = crate::peer::auth::authority_of(&base);
+        let mut retried = false;
+        loop {
+            let mut request = self
+                .http
+                .post(format!("{base}{path_and_query}"))
+                .timeout(timeout)
+                .body(body.clone());
+            if let Some(secret) = &self.secret {
+                for (name, value) in secret.sign_request("POST", &authority, path_and_query, &body)
+                {
+                    request = request.header(name, value);
+                }
+            }
+            let mut response = request.send().await.map_err(|e| format!("{addr}: {e}"))?;
+            let status = response.status().as_u16();
+            if status == 401 && !retried && response.headers().contains_key("retry-after") {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(1050)).await;
+                continue;
+            }
+            let mut answer = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| format!("{addr}: {e}"))? {
+                if answer.len() + chunk.len() > max_answer {
+                    return Err(format!("{addr}: answer longer than {max_answer} bytes"));
+                }
+                answer.extend_from_slice(&chunk);
+            }
+            return Ok((status, answer.into()));
+        }
+    }
+
     /// The ring's members (addresses), this node included.
     pub fn ring_members(&self) -> Vec<String> {
         lock_read(&self.view).ring.members().to_vec()

@@ -34,6 +34,8 @@ pub mod defaults {
     pub const MAX_VALUE_BYTES: &str = "8MiB";
     /// Default largest request body.
     pub const MAX_BODY_BYTES: &str = "16MiB";
+    /// Default largest plugin component sent to the reload API (or by a cluster rollout).
+    pub const MAX_PLUGIN_BYTES: &str = "64MiB";
     /// Connections open at once.
     pub const MAX_CONNECTIONS: usize = 4096;
     /// Request body bytes in flight at once, across all requests.
@@ -201,6 +203,17 @@ pub struct Cli {
     /// Longest time one request body may take to arrive [default: 30s].
     #[arg(long, value_name = "DURATION", env = "GEECACHE_BODY_TIMEOUT")]
     pub body_timeout: Option<String>,
+
+    /// Largest component accepted by `POST /api/v1/plugins/{name}/reload` as its body (and
+    /// from another node in a cluster rollout); at most --max-inflight-body-bytes
+    /// [default: 64MiB].
+    #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_PLUGIN_BYTES")]
+    pub max_plugin_bytes: Option<String>,
+
+    /// Reload a plugin when its file is replaced (publish new versions by atomic rename:
+    /// write `x.wasm.tmp`, then `mv x.wasm.tmp x.wasm`). SIGHUP does the same on demand.
+    #[arg(long, env = "GEECACHE_WATCH_PLUGINS")]
+    pub watch_plugins: bool,
 
     /// Memory cap of one plugin call [default: 64MiB].
     #[arg(long, value_name = "SIZE", env = "GEECACHE_PLUGIN_MEMORY")]
@@ -423,6 +436,8 @@ pub struct Settings {
     pub server_limits: ServerLimits,
     /// JSON logs.
     pub log_json: bool,
+    /// Reload plugins when their files change (`--watch-plugins`).
+    pub watch_plugins: bool,
     /// How this node finds the others.
     pub cluster: ClusterSettings,
     /// How long a stopping node serves as "not ready" before it stops accepting (so load
@@ -800,9 +815,9 @@ impl Cli {
             lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))?,
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
         };
-        let api = self.api_options(&file)?;
+        let mut api = self.api_options(&file)?;
         let max_body_bytes = api.max_body_bytes;
-        let server_limits = ServerLimits {
+        let mut server_limits = ServerLimits {
             max_connections: self
                 .max_connections
                 .unwrap_or(defaults::MAX_CONNECTIONS)
@@ -819,7 +834,13 @@ impl Cli {
             )?,
             max_body_bytes,
             max_batch_bytes: api.max_batch_bytes,
+            max_plugin_bytes: api.max_plugin_bytes,
         };
+        // An upload larger than all bodies in flight together could never be received.
+        server_limits.max_plugin_bytes = server_limits
+            .max_plugin_bytes
+            .min(server_limits.max_inflight_body_bytes);
+        api.max_plugin_bytes = server_limits.max_plugin_bytes;
         let largest = max_body_bytes.saturating_add(api.max_batch_bytes.saturating_mul(2));
         if server_limits.max_inflight_body_bytes < largest {
             return Err(format!(
@@ -836,6 +857,7 @@ impl Cli {
             api,
             server_limits,
             log_json: self.log_json,
+            watch_plugins: self.watch_plugins,
             cluster,
             shutdown_grace: parse_duration(
                 self.shutdown_grace
@@ -885,6 +907,12 @@ impl Cli {
                 &file.max_batch_bytes,
                 defaults::MAX_BATCH_BYTES,
             )?,
+            max_plugin_bytes: size_usize(
+                self.max_plugin_bytes
+                    .as_deref()
+                    .unwrap_or(defaults::MAX_PLUGIN_BYTES),
+            )
+            .map_err(|e| format!("--max-plugin-bytes: {e}"))?,
             peer_concurrency,
             access: Access {
                 token,

@@ -61,6 +61,19 @@ pub enum Error {
     #[error("no such key")]
     KeyNotFound,
 
+    /// No loaded plugin reports that name (admin API).
+    #[error("no such plugin: {0:?} (GET /api/v1/plugins lists them)")]
+    PluginNotFound(String),
+
+    /// A new version of a plugin was refused; the old one keeps serving. The message says why
+    /// (it is for the operator who asked for the reload, so it names files).
+    #[error("{0}")]
+    PluginRefused(String),
+
+    /// A cluster-wide operation that needs the cluster secret was asked of a node without one.
+    #[error("{0}")]
+    Forbidden(String),
+
     /// A plugin failed (trap, panic, memory cap, time limit, or an error it reported).
     #[error(transparent)]
     Plugin(#[from] PluginError),
@@ -111,6 +124,9 @@ impl Error {
             Error::BatchBudget { .. } => "too_large",
             Error::GroupNotFound(_) => "group_not_found",
             Error::KeyNotFound => "key_not_found",
+            Error::PluginNotFound(_) => "plugin_not_found",
+            Error::PluginRefused(_) => "plugin_refused",
+            Error::Forbidden(_) => "forbidden",
             Error::Plugin(p) => p.code(),
             Error::Codec(c) => c.code(),
             Error::Peer(p) => p.client_code(),
@@ -141,7 +157,9 @@ impl Error {
             | Error::ValueTooLarge { .. }
             | Error::BodyTooLarge { .. }
             | Error::BatchBudget { .. } => 413,
-            Error::GroupNotFound(_) | Error::KeyNotFound => 404,
+            Error::GroupNotFound(_) | Error::KeyNotFound | Error::PluginNotFound(_) => 404,
+            Error::PluginRefused(_) => 422,
+            Error::Forbidden(_) => 403,
             Error::Plugin(p) => p.status(),
             Error::Codec(c) => c.status(),
             Error::Peer(p) => p.status(),

@@ -13,6 +13,9 @@
 //!    loads' write-through; clients' writes were awaited before they were acknowledged), and
 //!    logs how many were written and how many it gave up on.
 //!
+//! [`run`] also watches the plugin files with `--watch-plugins`; [`main`] reloads changed
+//! plugins on SIGHUP.
+//!
 //! Tests call all three with a listener on `127.0.0.1:0`; the binary calls [`main`].
 
 use std::future::Future;
@@ -30,9 +33,9 @@ use crate::cluster::Cluster;
 use crate::compression::Codecs;
 use crate::config::{Cli, Settings};
 use crate::discovery::{EtcdOptions, Member, Membership};
-use crate::group::{Getter, Group, Groups, Storage};
+use crate::group::{Group, Groups};
 use crate::peer::{ClusterSecret, NodeAuth};
-use crate::plugin::{LoadedPlugin, Runtime};
+use crate::plugin::{Plugins, Runtime};
 use crate::telemetry::Metrics;
 
 /// How long requests in flight may take to finish once the node stops accepting connections;
@@ -52,6 +55,8 @@ pub struct Node {
     pub guard: RequestGuard,
     /// How long [`run`] keeps serving, not ready, before it stops accepting connections.
     pub shutdown_grace: Duration,
+    /// Whether [`run`] reloads plugins whose files are replaced (`--watch-plugins`).
+    pub watch_plugins: bool,
 }
 
 /// Loads every plugin and builds every group of `settings`.
@@ -71,39 +76,12 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
     if !runtime.is_pooling() {
         tracing::info!("plugin instances use on-demand allocation");
     }
-    let mut plugins: Vec<LoadedPlugin> = Vec::new();
-    for spec in &settings.plugins {
-        let loaded = runtime
-            .load(&spec.path, spec.grants.clone())
-            .map_err(|e| e.to_string())?;
-        if plugins.iter().any(|p| p.info().name == loaded.info().name) {
-            return Err(format!(
-                "two plugins report the name {:?} ({}): names must be unique",
-                loaded.info().name,
-                spec.path.display()
-            ));
-        }
-        plugins.push(loaded);
-    }
-    let getters: Vec<Arc<dyn Getter>> = plugins
-        .iter()
-        .filter_map(|p| match p {
-            LoadedPlugin::Getter(g) => Some(g.clone() as Arc<dyn Getter>),
-            _ => None,
-        })
-        .collect();
-    let storages: Vec<Arc<dyn Storage>> = plugins
-        .iter()
-        .filter_map(|p| match p {
-            LoadedPlugin::Storage(s) => Some(s.clone() as Arc<dyn Storage>),
-            _ => None,
-        })
-        .collect();
+    let plugins = Arc::new(Plugins::load(runtime.clone(), &settings.plugins)?);
+    let getters = plugins.getters();
+    let storages = plugins.storages();
     let mut codecs = Codecs::builtin();
-    for p in &plugins {
-        if let LoadedPlugin::Compressor(c) = p {
-            codecs.add(c.clone())?;
-        }
+    for c in plugins.compressors() {
+        codecs.add(c)?;
     }
 
     let c = &settings.cluster;
@@ -183,7 +161,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
     let state = AppState::new(
         groups,
         default_group,
-        plugins,
+        plugins.clone(),
         settings.api.clone(),
         cluster.clone(),
         // Requests must be signed for this node's advertised address, and after now.
@@ -196,6 +174,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         cluster,
         guard: RequestGuard::new(settings.server_limits.clone()),
         shutdown_grace: settings.shutdown_grace,
+        watch_plugins: settings.watch_plugins,
     })
 }
 
@@ -254,6 +233,11 @@ pub async fn run(
     let state = node.state.clone();
     let cluster = node.cluster.clone();
     let grace = node.shutdown_grace;
+    let _watch = if node.watch_plugins {
+        Some(crate::plugin::watch::watch(state.plugins().clone()).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
     let app = node.guard.apply(api::router(node.state.clone()));
     let listener = LimitedListener::new(listener, node.guard.limits().max_connections);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -385,6 +369,7 @@ pub fn main() -> ExitCode {
         }
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let groups: Vec<String> = node.state.groups().iter().map(|g| g.name().to_string()).collect();
+        tokio::spawn(crate::plugin::watch::reload_on_sighup(node.state.plugins().clone()));
         tracing::info!(%addr, ?groups, "geecache-host listening; try: curl \"http://{addr}/api?key=Tom\"");
         match run(listener, node, shutdown_signal()).await {
             Ok(()) => {

@@ -1,7 +1,7 @@
 //! Who may call the API: an optional client token (`--api-token`), sent as
 //! `Authorization: Bearer <token>`.
 //!
-//! With a token configured, writes (`PUT`, `DELETE`) need it; reads (the GETs, the batch get,
+//! With a token configured, writes (`PUT`, `DELETE`, a plugin reload) need it; reads (the GETs, the batch get,
 //! `/api/v1/stats`, `/api/v1/cluster`, `/metrics`) need it too when `--api-token-reads` is set.
 //! `/healthz` and `/readyz` stay open for probes, and the peer routes have their own
 //! authentication (the cluster secret). A request without the right token gets 401, code
@@ -89,8 +89,9 @@ impl Access {
         if self.token.is_none() || matches!(path, "/healthz" | "/readyz") {
             return false;
         }
-        // POST serves the batch get, a read.
-        let read = matches!(*method, Method::GET | Method::HEAD | Method::POST);
+        // POST serves the batch get, a read; every other POST (a plugin reload) is a write.
+        let read = matches!(*method, Method::GET | Method::HEAD)
+            || (*method == Method::POST && path.ends_with("/batch"));
         !read || self.reads
     }
 }
@@ -156,6 +157,8 @@ mod tests {
         assert!(writes.requires_token(&Method::DELETE, k));
         assert!(!writes.requires_token(&Method::GET, k));
         assert!(!writes.requires_token(&Method::POST, "/api/v1/groups/g/batch"));
+        assert!(writes.requires_token(&Method::POST, "/api/v1/plugins/p/reload"));
+        assert!(!writes.requires_token(&Method::GET, "/api/v1/plugins"));
         assert!(all.requires_token(&Method::GET, "/metrics"));
         assert!(all.requires_token(&Method::POST, "/api/v1/groups/g/batch"));
         assert!(!all.requires_token(&Method::GET, "/healthz"));

@@ -50,6 +50,9 @@ pub struct ServerLimits {
     pub max_body_bytes: usize,
     /// Byte budget of one batch answer (`--max-batch-bytes`): a batch request reserves twice it.
     pub max_batch_bytes: usize,
+    /// Largest component a plugin upload may carry (`--max-plugin-bytes`): the body limit of
+    /// the plugin routes instead of `max_body_bytes`.
+    pub max_plugin_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -60,6 +63,7 @@ impl Default for ServerLimits {
             body_timeout: Duration::from_secs(30),
             max_body_bytes: 16 << 20,
             max_batch_bytes: crate::batch::DEFAULT_MAX_BATCH_BYTES,
+            max_plugin_bytes: 64 << 20,
         }
     }
 }
@@ -110,8 +114,8 @@ impl RequestGuard {
 
     /// What a request must reserve before its body is read: 0 for a request that declares no
     /// body, else its declared length (or the body limit when it declares none). `Err` when it
-    /// declares more than the body limit.
-    fn reservation(&self, req: &Request) -> Result<usize, ()> {
+    /// declares more than the body limit (which is the error's value).
+    fn reservation(&self, req: &Request) -> Result<usize, usize> {
         let headers = req.headers();
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -119,15 +123,19 @@ impl RequestGuard {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let chunked = headers.contains_key(header::TRANSFER_ENCODING);
         let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-        let max = self.limits.max_body_bytes;
+        let path = req.uri().path();
+        let max = if is_plugin_upload(req.method(), path) {
+            self.limits.max_plugin_bytes
+        } else {
+            self.limits.max_body_bytes
+        };
         // HTTP/1.1: a request with neither Content-Length nor Transfer-Encoding has no body.
         let body = match declared {
-            Some(n) if n > max as u64 => return Err(()),
+            Some(n) if n > max as u64 => return Err(max),
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             None if chunked && !bodiless => max,
             None => 0,
         };
-        let path = req.uri().path();
         // Any peer POST, since `_bat%63h` decodes to `_batch` only after this point.
         let batch = *req.method() == Method::POST
             && (path.ends_with("/batch") || path.starts_with("/_geecache/"));
@@ -138,6 +146,13 @@ impl RequestGuard {
         };
         Ok(body.saturating_add(answer).min(MAX_RESERVATION))
     }
+}
+
+/// Whether a request may carry a plugin component (the reload route and the cluster
+/// rollout's peer route), whose body limit is `--max-plugin-bytes`.
+pub(crate) fn is_plugin_upload(method: &Method, path: &str) -> bool {
+    *method == Method::POST
+        && (path.starts_with("/api/v1/plugins/") || path.starts_with(super::plugins::PEER_PREFIX))
 }
 
 /// The layer of [`RequestGuard::apply`]. A hand-written tower layer rather than an
@@ -186,14 +201,14 @@ where
             permit: None,
         };
         let guard = &self.guard;
-        let Ok(wanted) = guard.reservation(&req) else {
+        let wanted = match guard.reservation(&req) {
+            Ok(wanted) => wanted,
             // Refused before a byte is read, as the body limit would once it was exceeded.
-            return refused(
-                super::ApiError(crate::error::Error::BodyTooLarge {
-                    limit: guard.limits.max_body_bytes,
-                })
-                .into_response(),
-            );
+            Err(limit) => {
+                return refused(
+                    super::ApiError(crate::error::Error::BodyTooLarge { limit }).into_response(),
+                );
+            }
         };
         if wanted == 0 {
             return GuardedAnswer {
@@ -462,6 +477,7 @@ mod tests {
             body_timeout: Duration::from_secs(2),
             max_body_bytes: 600,
             max_batch_bytes: 100,
+            max_plugin_bytes: 700,
         }
     }
 
@@ -579,6 +595,6 @@ mod tests {
         let get = Request::get("/api?key=batch").body(Body::empty()).unwrap();
         assert_eq!(guard.reservation(&get), Ok(0));
         let huge = put_request(Body::empty(), Some(601));
-        assert_eq!(guard.reservation(&huge), Err(()));
+        assert_eq!(guard.reservation(&huge), Err(600));
     }
 }

@@ -16,6 +16,8 @@
 //! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}`: each distinct key once, within `--max-batch-bytes` (see [`crate::batch`]) |
 //! | `GET /api/v1/cluster` | this node's address, registration state and ring members |
 //! | `GET /api/v1/stats` | JSON counters per group and per plugin, ring size, registration state |
+//! | `GET /api/v1/plugins[/{name}]` | the loaded plugins: kind, version, SHA-256, source, reloads, counters (see [`plugins`]) |
+//! | `POST /api/v1/plugins/{name}/reload` | hot reload of one plugin, on this node or (`?cluster=true`) on every node |
 //! | `GET /metrics` | the same counters, latency histograms and gauges in Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
@@ -55,13 +57,14 @@ use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
 use crate::group::{Groups, Reply};
 use crate::peer::{NodeAuth, PeerLimits, PeerService};
-use crate::plugin::LoadedPlugin;
 pub use crate::plugin::PluginSnapshot;
+use crate::plugin::Plugins;
 /// The body of `/api/v1/stats`, also what `/metrics` reports.
 pub use crate::telemetry::Stats;
 use crate::telemetry::{ClusterStats, Metrics};
 
 mod access;
+mod plugins;
 mod timing;
 pub use access::{Access, ApiToken, EmptyToken};
 
@@ -74,6 +77,8 @@ pub struct ApiOptions {
     pub max_batch_bytes: usize,
     /// Peer requests served at once; more are refused with 503 rather than queued.
     pub peer_concurrency: usize,
+    /// Largest plugin component the reload route (and a cluster rollout) accepts.
+    pub max_plugin_bytes: usize,
     /// Who must show the API token.
     pub access: Access,
 }
@@ -84,6 +89,7 @@ impl Default for ApiOptions {
             max_body_bytes: crate::peer::DEFAULT_MAX_BODY_BYTES,
             max_batch_bytes: batch::DEFAULT_MAX_BATCH_BYTES,
             peer_concurrency: crate::peer::DEFAULT_PEER_CONCURRENCY,
+            max_plugin_bytes: 64 << 20,
             access: Access::default(),
         }
     }
@@ -101,8 +107,8 @@ struct Inner {
     groups: Groups,
     /// The group `/api?key=K` uses when no `group` is given.
     default_group: String,
-    /// Loaded plugins, for stats.
-    plugins: Vec<LoadedPlugin>,
+    /// Loaded plugins: stats, the admin view, hot reload.
+    plugins: Arc<Plugins>,
     /// False once shutdown has begun, so load balancers stop sending traffic.
     ready: AtomicBool,
     /// Body and batch limits, and who must show the API token.
@@ -122,7 +128,7 @@ impl AppState {
     pub fn new(
         groups: Groups,
         default_group: String,
-        plugins: Vec<LoadedPlugin>,
+        plugins: Arc<Plugins>,
         options: ApiOptions,
         cluster: Arc<Cluster>,
         peer_auth: Option<NodeAuth>,
@@ -152,6 +158,11 @@ impl AppState {
         self.inner.ready.store(false, Ordering::SeqCst);
     }
 
+    /// The node's plugins.
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.inner.plugins
+    }
+
     /// The node's meters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -163,12 +174,7 @@ impl AppState {
         let cluster = &self.inner.cluster;
         Stats {
             groups: self.inner.groups.iter().map(|g| g.snapshot()).collect(),
-            plugins: self
-                .inner
-                .plugins
-                .iter()
-                .map(LoadedPlugin::snapshot)
-                .collect(),
+            plugins: self.inner.plugins.snapshots(),
             cluster: ClusterStats {
                 ring_members: cluster.ring_members().len() as u64,
                 registration: cluster.registration(),
@@ -684,6 +690,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/plugins", get(plugins::list))
+        .route("/api/v1/plugins/{name}", get(plugins::show))
+        .route(
+            "/api/v1/plugins/{name}/reload",
+            post(plugins::reload).layer(DefaultBodyLimit::max(options.max_plugin_bytes)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(no_route)
@@ -697,8 +709,17 @@ pub fn router(state: AppState) -> Router {
             access::check,
         ));
     }
+    // A plugin rollout's requests between nodes: signed with the cluster secret, checked by
+    // the handler itself (like the peer routes, outside the API token's layer).
+    let rollout = Router::new()
+        .route(
+            &format!("{}{{name}}/{{op}}", plugins::PEER_PREFIX),
+            post(plugins::peer_op),
+        )
+        .with_state(state.clone());
     api.with_state(state)
         .merge(peer_routes)
+        .merge(rollout)
         // Outermost, after the merge, so it times the peer routes too; `Router::layer` wraps
         // each route, so the matched route template is known by then.
         .layer(timing)

@@ -75,7 +75,15 @@ fn app(size: usize, options: ApiOptions) -> (Router, Arc<SizedGetter>) {
         metrics.clone(),
     )
     .unwrap();
-    let state = AppState::new(groups, "g".into(), vec![], options, cluster, None, metrics);
+    let state = AppState::new(
+        groups,
+        "g".into(),
+        Default::default(),
+        options,
+        cluster,
+        None,
+        metrics,
+    );
     (router(state), getter)
 }
 

@@ -221,6 +221,11 @@ impl Cache {
         self.store.invalidate(key);
     }
 
+    /// Removes every entry (not counted as evictions).
+    pub fn clear(&self) {
+        self.store.invalidate_all();
+    }
+
     /// Removes `key` only if its entry is still `entry` (the same allocation a [`Cache::get`]
     /// returned): a newer entry inserted meanwhile is kept.
     pub fn remove_if_same(&self, key: &str, entry: &Arc<CacheEntry>) {

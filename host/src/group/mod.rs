@@ -1230,6 +1230,31 @@ impl Group {
         }
     }
 
+    /// Drops every value (and remembered miss) this node holds in memory for the group, main
+    /// and hot cache, e.g. after its getter was replaced (`reload?flush=true`). Every key's
+    /// write generation is bumped first, all under their locks, so a load still running (on
+    /// the old getter) cannot cache what it finds; callers waiting on it still get its answer.
+    /// The storage tier is left as it is.
+    pub fn flush(&self) {
+        let core = &self.core;
+        let mut shards: Vec<MutexGuard<'_, u64>> = core
+            .generations
+            .iter()
+            .map(|g| g.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+        for generation in &mut shards {
+            **generation += 1;
+        }
+        core.main.clear();
+        core.hot.clear();
+        drop(shards);
+    }
+
+    /// The name of the getter that loads this group's misses.
+    pub fn getter_name(&self) -> &str {
+        self.core.getter.name()
+    }
+
     /// Waits until the storage tier's queued writes are done, or until `deadline`; for
     /// shutdown, once no request is being served any more.
     pub async fn drain_storage(&self, deadline: tokio::time::Instant) -> Drained {

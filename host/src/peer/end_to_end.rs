@@ -1021,7 +1021,7 @@ async fn the_api_router_serves_the_peer_routes() {
     let api = crate::api::AppState::new(
         crate::group::Groups::default(),
         "g".into(),
-        vec![],
+        Default::default(),
         crate::api::ApiOptions {
             max_body_bytes: 1024,
             ..crate::api::ApiOptions::default()

@@ -227,24 +227,7 @@ impl FromRequest<PeerState> for PeerRequest {
         // The headers are checked before the body is read: a forged request costs one HMAC.
         let verified = match &state.auth {
             Some(checks) => {
-                let headers = req.headers();
-                let header = |name| {
-                    headers
-                        .get(name)
-                        .and_then(|v: &HeaderValue| v.to_str().ok())
-                };
-                let signed = SignedHeaders {
-                    date: header(auth::DATE_HEADER),
-                    nonce: header(auth::NONCE_HEADER),
-                    content_sha256: header(auth::CONTENT_SHA256_HEADER),
-                    signature: header(auth::SIGNATURE_HEADER),
-                };
-                // HTTP/1.1 sends the authority as `Host`; HTTP/2 in the URI.
-                let host = header("host").or_else(|| uri.authority().map(|a| a.as_str()));
-                let verified = checks
-                    .verify(method.as_str(), host, path, &signed, auth::unix_now())
-                    .map_err(refuse)?;
-                Some(verified)
+                Some(verify_signed(checks, &method, &uri, req.headers()).map_err(refuse)?)
             }
             None => None,
         };
@@ -267,6 +250,34 @@ impl FromRequest<PeerState> for PeerRequest {
             body,
         })
     }
+}
+
+/// Checks the signing headers of a request (method, raw path and query, `Host`) with `checks`,
+/// before its body is read; the body is left to [`auth::Verified::check_body`].
+///
+/// # Errors
+/// The [`AuthError`] that makes the request unacceptable.
+pub(crate) fn verify_signed(
+    checks: &NodeAuth,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+) -> Result<auth::Verified, AuthError> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let signed = SignedHeaders {
+        date: header(auth::DATE_HEADER),
+        nonce: header(auth::NONCE_HEADER),
+        content_sha256: header(auth::CONTENT_SHA256_HEADER),
+        signature: header(auth::SIGNATURE_HEADER),
+    };
+    // HTTP/1.1 sends the authority as `Host`; HTTP/2 in the URI.
+    let host = header("host").or_else(|| uri.authority().map(|a| a.as_str()));
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    checks.verify(method.as_str(), host, path, &signed, auth::unix_now())
 }
 
 impl PeerRequest {

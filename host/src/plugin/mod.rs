@@ -34,8 +34,10 @@ mod error;
 mod getter;
 mod host;
 mod pool;
+pub mod registry;
 pub mod sql;
 mod storage;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +57,7 @@ pub use compressor::WasmCompressor;
 pub use error::PluginError;
 pub use getter::WasmGetter;
 pub use pool::{InstanceMode, InstancePolicy};
+pub use registry::{Candidate, PluginEntry, Plugins, ReloadReport, Slot, Source};
 pub use storage::WasmStorage;
 
 use host::{CallLimiter, HostState};
@@ -208,6 +211,9 @@ impl LoadedPlugin {
             memory_limits: get(&core.stats.memory_limits),
             reported_errors: get(&core.stats.reported_errors),
             busy_seconds: get(&core.stats.busy_micros) as f64 / 1e6,
+            sha256: String::new(),
+            reloads: 0,
+            reload_failures: 0,
         }
     }
 }
@@ -250,6 +256,12 @@ pub struct PluginSnapshot {
     pub reported_errors: u64,
     /// Wall time spent in calls ([`PluginStats::busy_micros`]), in seconds.
     pub busy_seconds: f64,
+    /// Hex SHA-256 of the version serving now (empty for a plugin outside a [`Plugins`]).
+    pub sha256: String,
+    /// Versions swapped in by hot reload since the node started.
+    pub reloads: u64,
+    /// Reloads refused (the old version kept serving).
+    pub reload_failures: u64,
 }
 
 /// The wasmtime engine, linker and ticker shared by every plugin of the process.
@@ -443,19 +455,36 @@ impl Runtime {
     /// component, not a geecache plugin, imports something the host does not offer, its
     /// database is missing, or its `info` call fails.
     pub fn load(&self, path: &Path, grants: PluginGrants) -> Result<LoadedPlugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Load {
+            path: path.display().to_string(),
+            message: format!(
+                "{e}; build the plugins with `bash plugins/build.sh`, which writes plugins/<name>.wasm"
+            ),
+        })?;
+        self.load_bytes(&bytes, path, grants, None)
+    }
+
+    /// [`Runtime::load`] of a component's bytes. `path` is the file the plugin is known by (in
+    /// messages, and where its default database is looked for); `stats`, when given, are the
+    /// counters of the version this one replaces, which the new version goes on counting in.
+    ///
+    /// # Errors
+    /// As [`Runtime::load`].
+    pub fn load_bytes(
+        &self,
+        bytes: &[u8],
+        path: &Path,
+        grants: PluginGrants,
+        stats: Option<Arc<PluginStats>>,
+    ) -> Result<LoadedPlugin, PluginError> {
         let load_err = |message: String| PluginError::Load {
             path: path.display().to_string(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|e| {
-            load_err(format!(
-                "{e}; build the plugins with `bash plugins/build.sh`, which writes plugins/<name>.wasm"
-            ))
-        })?;
         if !bytes.starts_with(b"\0asm") {
             return Err(load_err("not a WebAssembly file".into()));
         }
-        let component = Component::new(&self.engine, &bytes).map_err(|e| {
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
             load_err(format!(
                 "not a valid WebAssembly component ({e:#}); plugins are components built for \
                  wasm32-wasip2, e.g. `cargo build --target wasm32-wasip2 --release`"
@@ -548,6 +577,9 @@ impl Runtime {
         let mut core = PluginCore::new(info.name, grants, sql, self);
         core.version = info.version;
         core.path = path.to_path_buf();
+        if let Some(stats) = stats {
+            core.stats = stats;
+        }
         let core = Arc::new(core);
         tracing::info!(plugin = %core.name, version = %core.version, %kind, path = %path.display(), "plugin loaded");
         Ok(match kind {
@@ -673,6 +705,12 @@ macro_rules! plugin_kind {
                 self.pool.idle()
             }
 
+            /// Drops this version's warm instances, now and as calls in flight finish: it was
+            /// replaced by a new version (hot reload).
+            pub(crate) fn retire(&self) {
+                self.pool.retire();
+            }
+
             /// Runs `call` on a warm instance or a new one, under the limits (see
             /// [`PluginCore::permit`]). `call` gets the instance and must hand it back with the
             /// call's result.
@@ -730,8 +768,8 @@ pub struct PluginCore {
     pub version: String,
     /// The file it was loaded from.
     pub path: PathBuf,
-    /// Per-call counters.
-    pub stats: PluginStats,
+    /// Per-call counters, shared by every version of the plugin (hot reload keeps them).
+    pub stats: Arc<PluginStats>,
     /// What the operator granted this plugin.
     grants: PluginGrants,
     /// The plugin's database, when it imports `sql`.
@@ -772,7 +810,7 @@ impl PluginCore {
             name,
             version: String::new(),
             path: PathBuf::new(),
-            stats: PluginStats::default(),
+            stats: Arc::default(),
             grants,
             sql,
             engine: runtime.engine.clone(),

@@ -19,7 +19,7 @@
 //! Idle instances across all plugins are capped ([`IdleBudget`]), so that the pooling allocator,
 //! sized for calls in flight plus idle instances, never runs out of slots.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use wasmtime::Store;
@@ -133,6 +133,9 @@ pub(crate) struct Pool<I> {
     idle: Mutex<Vec<Warm<I>>>,
     budget: Arc<IdleBudget>,
     policy: InstancePolicy,
+    /// Set when the plugin's version was replaced (hot reload): the idle instances were
+    /// dropped, and instances of calls still in flight are dropped when they finish.
+    retired: AtomicBool,
     /// Instances created for this plugin (probes excluded): how often a call paid for a new one.
     pub created: AtomicU64,
 }
@@ -143,6 +146,7 @@ impl<I> Pool<I> {
             idle: Mutex::new(Vec::new()),
             budget,
             policy,
+            retired: AtomicBool::new(false),
             created: AtomicU64::new(0),
         }
     }
@@ -168,6 +172,7 @@ impl<I> Pool<I> {
     pub fn give_back(&self, warm: Warm<I>, healthy: bool) {
         let keep = healthy
             && self.policy.mode == InstanceMode::Reuse
+            && !self.retired.load(Ordering::Acquire)
             && warm.calls < self.policy.max_calls
             && warm.store.data().limiter.used() <= self.policy.max_memory
             && self.budget.try_reserve();
@@ -182,6 +187,16 @@ impl<I> Pool<I> {
             drop(idle);
             self.budget.release(1);
         }
+    }
+
+    /// Drains the pool for good (its plugin version was replaced): drops the idle instances now
+    /// and every instance given back from now on, so no instance of an old version outlives
+    /// the calls that were running on it.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        self.budget.release(idle.len());
+        drop(idle);
     }
 
     /// Idle instances of this plugin right now.

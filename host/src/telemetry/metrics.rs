@@ -262,7 +262,21 @@ const PLUGIN_METRICS: &[(&str, &str)] = &[
         "geecache_plugin_busy_seconds_total",
         "Wall time spent running plugin calls.",
     ),
+    (
+        "geecache_plugin_reloads_total",
+        "New plugin versions swapped in by hot reload.",
+    ),
+    (
+        "geecache_plugin_reload_failures_total",
+        "Plugin reloads refused (the old version kept serving).",
+    ),
 ];
+
+/// The info metric of plugins: 1 for the version each plugin serves now.
+const PLUGIN_INFO: (&str, &str) = (
+    "geecache_plugin_info",
+    "1 per plugin, labelled with the version and the component's SHA-256 it serves now.",
+);
 
 /// Maps a plugin's snapshot to its series (labels `plugin` and `kind`).
 pub fn plugin_series(p: &PluginSnapshot) -> Vec<(&'static str, f64)> {
@@ -279,6 +293,11 @@ pub fn plugin_series(p: &PluginSnapshot) -> Vec<(&'static str, f64)> {
             p.reported_errors as f64,
         ),
         ("geecache_plugin_busy_seconds_total", p.busy_seconds),
+        ("geecache_plugin_reloads_total", p.reloads as f64),
+        (
+            "geecache_plugin_reload_failures_total",
+            p.reload_failures as f64,
+        ),
     ]
 }
 
@@ -565,6 +584,18 @@ fn register_observed(meter: &Meter, observed: &Arc<Mutex<Option<Arc<Stats>>>>) {
             }
         });
     }
+    let (name, help) = PLUGIN_INFO;
+    observe(meter, observed, name, help, move |stats, o| {
+        for p in &stats.plugins {
+            let labels = [
+                KeyValue::new("plugin", p.name.clone()),
+                KeyValue::new("kind", p.kind.clone()),
+                KeyValue::new("version", p.version.clone()),
+                KeyValue::new("sha256", p.sha256.clone()),
+            ];
+            o.observe(1.0, &labels);
+        }
+    });
     for &(name, help) in CLUSTER_METRICS {
         observe(meter, observed, name, help, move |stats, o| {
             for (series, state, value) in cluster_series(&stats.cluster) {
@@ -682,6 +713,9 @@ mod tests {
                 memory_limits: 3,
                 reported_errors: 4,
                 busy_seconds: 0.5,
+                sha256: "ab12".into(),
+                reloads: 6,
+                reload_failures: 7,
             }],
             cluster: ClusterStats {
                 ring_members: 3,
@@ -726,6 +760,15 @@ mod tests {
             let got = value(&text, name, &["plugin=\"db_getter\"", "kind=\"getter\""]);
             assert_eq!(got, Some(expected), "{name}\n{text}");
         }
+        assert_eq!(
+            value(
+                &text,
+                "geecache_plugin_info",
+                &["plugin=\"db_getter\"", "version=\"1\"", "sha256=\"ab12\""]
+            ),
+            Some(1.0),
+            "{text}"
+        );
         assert_eq!(value(&text, "geecache_ring_members", &[]), Some(3.0));
         assert_eq!(
             value(
@@ -743,6 +786,11 @@ mod tests {
             ),
             Some(0.0)
         );
+    }
+
+    fn text_has_type(name: &str) -> bool {
+        let text = Metrics::new("n1").render(stats()).unwrap();
+        text.contains(&format!("# TYPE {name} gauge"))
     }
 
     #[test]
@@ -768,6 +816,7 @@ mod tests {
             .map(|(n, _)| *n)
             .collect();
         assert_eq!(emitted, declared);
+        assert!(text_has_type(PLUGIN_INFO.0), "the info metric is exported");
         let text = Metrics::new("n1").render(stats()).unwrap();
         for line in text.lines().filter(|l| l.starts_with("# TYPE geecache_")) {
             let mut words = line.split(' ').skip(2);

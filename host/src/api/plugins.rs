@@ -1,0 +1,477 @@
+//! The plugin admin API: what is loaded, and hot reload on this node or across the cluster.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/v1/plugins` | `{"plugins": [...]}`: name, kind, version, SHA-256, source, loaded-at, reloads, call counters |
+//! | `GET /api/v1/plugins/{name}` | one of them |
+//! | `POST /api/v1/plugins/{name}/reload[?path=P][&flush=true][&cluster=true]` | a new version: the request's body (a component, up to `--max-plugin-bytes`), else the file `P`, else the plugin's own file read again |
+//!
+//! A reload is a write: with `--api-token` it needs the token. It answers 200 with what was
+//! swapped in (`version`, `sha256`, the previous ones), 404 `plugin_not_found`, or 422
+//! `plugin_refused` with the reason (the old version keeps serving). `flush=true` then drops
+//! the values held in memory by the groups the getter loads for (see [`Group::flush`]).
+//!
+//! `cluster=true` rolls the version out to every ring member in two phases, over signed
+//! requests to [`PEER_PREFIX`] (so it needs `--cluster-secret`): first every node (this one
+//! included) compiles and checks the component and keeps it staged; only when all of them have
+//! it does every node swap it in. If any node refuses it or cannot be reached, every node drops
+//! what it staged and keeps serving the old version: no node is left unable to load what the
+//! others run. The answer lists every node's result. Why HTTP rather than an etcd key that
+//! nodes watch: it works with static `--peers` as well as etcd, the caller gets every node's
+//! result in the answer, and the bytes travel with the request, so nodes need no shared disk.
+//!
+//! [`Group::flush`]: crate::group::Group::flush
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, error_response};
+use crate::error::Error;
+use crate::plugin::registry::sha256_hex;
+use crate::plugin::{Candidate, LoadedPlugin, PluginEntry, ReloadReport};
+
+/// Where the cluster rollout's peer routes live: `{PEER_PREFIX}{name}/{stage|commit|abort}`.
+/// Outside `/_geecache/`, so the peer protocol's routing and limits do not apply.
+pub(crate) const PEER_PREFIX: &str = "/_geecache_admin/plugins/";
+
+/// How long a node may take to receive, compile and check a staged component (a cold compile
+/// of a large component takes seconds).
+const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a commit or an abort may take on a node (a swap: no compile).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest answer read from a node during a rollout (a small JSON body).
+const MAX_NODE_ANSWER: usize = 64 << 10;
+
+/// One plugin, as `GET /api/v1/plugins` shows it.
+#[derive(Debug, Serialize)]
+pub struct PluginView {
+    /// The name it reports (what groups and this API call it).
+    name: String,
+    /// The operator's name for it (what its grants are bound to).
+    alias: String,
+    /// getter, storage or compressor.
+    kind: String,
+    /// The version it reports.
+    version: String,
+    /// Hex SHA-256 of its component.
+    sha256: String,
+    /// The file it came from, or `upload`.
+    source: String,
+    /// When the serving version was loaded (RFC 3339, UTC).
+    loaded_at: String,
+    /// The same, in ms since the Unix epoch.
+    loaded_at_unix_ms: u64,
+    /// Versions swapped in since the node started.
+    reloads: u64,
+    /// Reloads refused.
+    reload_failures: u64,
+    /// Calls started (across versions).
+    calls: u64,
+    /// Calls that trapped.
+    traps: u64,
+    /// Calls stopped at the time limit.
+    timeouts: u64,
+    /// Calls stopped at the memory cap.
+    memory_limits: u64,
+    /// Errors the plugin reported.
+    reported_errors: u64,
+    /// Wall time in calls, seconds.
+    busy_seconds: f64,
+    /// Warm instances of the serving version.
+    idle_instances: usize,
+}
+
+fn view(entry: &PluginEntry) -> PluginView {
+    let info = entry.info();
+    let snapshot = entry.snapshot();
+    let idle_instances = match entry.slot.current() {
+        LoadedPlugin::Getter(p) => p.idle_instances(),
+        LoadedPlugin::Storage(p) => p.idle_instances(),
+        LoadedPlugin::Compressor(p) => p.idle_instances(),
+    };
+    PluginView {
+        name: entry.name.clone(),
+        alias: entry.alias.clone(),
+        kind: entry.kind.to_string(),
+        version: info.version.clone(),
+        sha256: info.sha256.clone(),
+        source: info.source.to_string(),
+        loaded_at: humantime::format_rfc3339_seconds(info.loaded_at).to_string(),
+        loaded_at_unix_ms: info
+            .loaded_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        reloads: snapshot.reloads,
+        reload_failures: snapshot.reload_failures,
+        calls: snapshot.calls,
+        traps: snapshot.traps,
+        timeouts: snapshot.timeouts,
+        memory_limits: snapshot.memory_limits,
+        reported_errors: snapshot.reported_errors,
+        busy_seconds: snapshot.busy_seconds,
+        idle_instances,
+    }
+}
+
+/// `GET /api/v1/plugins`.
+pub(super) async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let plugins: Vec<PluginView> = state.plugins().iter().map(|e| view(e)).collect();
+    Json(serde_json::json!({ "plugins": plugins }))
+}
+
+/// `GET /api/v1/plugins/{name}`.
+pub(super) async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginView>, ApiError> {
+    Ok(Json(view(state.plugins().get(&name)?)))
+}
+
+/// Query of the reload route.
+#[derive(Debug, Deserialize)]
+pub(super) struct ReloadQuery {
+    /// Read the new version from this file (on this node).
+    path: Option<String>,
+    /// Drop the values the groups of this getter hold in memory.
+    #[serde(default)]
+    flush: bool,
+    /// Roll out to every ring member.
+    #[serde(default)]
+    cluster: bool,
+}
+
+/// Drops the memory of every group whose getter is `plugin`; their names.
+fn flush_groups(state: &AppState, plugin: &str) -> Vec<String> {
+    state
+        .groups()
+        .iter()
+        .filter(|g| g.getter_name() == plugin)
+        .map(|g| {
+            g.flush();
+            tracing::info!(group = %g.name(), %plugin, "group flushed after its getter was reloaded");
+            g.name().to_string()
+        })
+        .collect()
+}
+
+/// `POST /api/v1/plugins/{name}/reload`.
+pub(super) async fn reload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<ReloadQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let candidate = match (q.path, body.is_empty()) {
+        (Some(_), false) => {
+            return Err(Error::BadRequest(
+                "give the new component as the body or as ?path=, not both".into(),
+            )
+            .into());
+        }
+        (Some(path), true) => Candidate::File(path.into()),
+        (None, false) => Candidate::Bytes(body),
+        (None, true) => Candidate::SameFile,
+    };
+    if q.cluster {
+        return rollout(&state, &name, candidate, q.flush).await;
+    }
+    let report = state.plugins().reload(&name, candidate).await?;
+    let flushed = if q.flush {
+        flush_groups(&state, &name)
+    } else {
+        Vec::new()
+    };
+    Ok(Json(serde_json::json!({ "reload": report, "flushed_groups": flushed })).into_response())
+}
+
+/// One node's part in a rollout.
+#[derive(Debug, Serialize)]
+struct NodeResult {
+    /// The node's address.
+    node: String,
+    /// Whether it did its part.
+    ok: bool,
+    /// What it swapped in (commit phase).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reload: Option<serde_json::Value>,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+impl NodeResult {
+    fn of(node: &str, answer: Result<serde_json::Value, serde_json::Value>) -> NodeResult {
+        match answer {
+            Ok(reload) => NodeResult {
+                node: node.to_string(),
+                ok: true,
+                reload: reload.get("reload").cloned(),
+                error: None,
+            },
+            Err(error) => NodeResult {
+                node: node.to_string(),
+                ok: false,
+                reload: None,
+                error: Some(error),
+            },
+        }
+    }
+}
+
+fn error_value(e: &Error) -> serde_json::Value {
+    serde_json::json!({ "code": e.code(), "message": e.public_message() })
+}
+
+/// Sends one phase's request to the member at `addr`; its JSON answer, or the error it gave.
+async fn ask(
+    state: &AppState,
+    addr: &str,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let cluster = &state.inner.cluster;
+    match cluster
+        .admin_post(addr, path, body, timeout, MAX_NODE_ANSWER)
+        .await
+    {
+        Ok((status, answer)) => {
+            let json: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_else(
+                |_| serde_json::json!({ "error": { "code": "bad_answer", "message": String::from_utf8_lossy(&answer) } }),
+            );
+            if (200..300).contains(&status) {
+                Ok(json)
+            } else {
+                Err(json.get("error").cloned().unwrap_or(json))
+            }
+        }
+        Err(message) => Err(serde_json::json!({ "code": "node_unreachable", "message": message })),
+    }
+}
+
+/// `reload?cluster=true`: stage on every member, then commit on every member (or abort on
+/// every member if any could not stage).
+async fn rollout(
+    state: &AppState,
+    name: &str,
+    candidate: Candidate,
+    flush: bool,
+) -> Result<Response, ApiError> {
+    let cluster = state.inner.cluster.clone();
+    if !cluster.is_signed() || state.inner.peer_auth.is_none() {
+        return Err(Error::Forbidden(
+            "a cluster rollout needs --cluster-secret: nodes take plugin components only from \
+             signed requests"
+                .into(),
+        )
+        .into());
+    }
+    let plugins = state.plugins().clone();
+    let entry = plugins.get(name)?.clone();
+    let bytes = match candidate {
+        Candidate::Bytes(bytes) => bytes,
+        Candidate::File(path) => read(path).await?,
+        Candidate::SameFile => read(entry.path()).await?,
+    };
+    let sha256 = sha256_hex(&bytes);
+    let self_addr = cluster.self_addr().to_string();
+    let peers: Vec<String> = cluster
+        .ring_members()
+        .into_iter()
+        .filter(|a| *a != self_addr)
+        .collect();
+    tracing::info!(plugin = %name, %sha256, nodes = peers.len() + 1, "plugin rollout: staging on every node");
+
+    // Phase 1: every node compiles, checks and stages the component.
+    let stage_path = format!("{PEER_PREFIX}{name}/stage?sha256={sha256}");
+    let local = async {
+        plugins
+            .stage(name, bytes.clone(), &sha256)
+            .await
+            .map(|()| serde_json::json!({}))
+            .map_err(|e| error_value(&e))
+    };
+    let remote = futures::future::join_all(
+        peers
+            .iter()
+            .map(|p| ask(state, p, &stage_path, bytes.clone(), STAGE_TIMEOUT)),
+    );
+    let (local, remote) = tokio::join!(local, remote);
+    let mut staged = vec![NodeResult::of(&self_addr, local)];
+    staged.extend(peers.iter().zip(remote).map(|(p, r)| NodeResult::of(p, r)));
+
+    if staged.iter().any(|r| !r.ok) {
+        // Someone could not: drop it everywhere; the old version keeps serving everywhere.
+        let abort_path = format!("{PEER_PREFIX}{name}/abort?sha256={sha256}");
+        plugins.abort_staged(name, &sha256);
+        futures::future::join_all(
+            peers
+                .iter()
+                .map(|p| ask(state, p, &abort_path, Bytes::new(), COMMIT_TIMEOUT)),
+        )
+        .await;
+        tracing::warn!(plugin = %name, %sha256, "plugin rollout refused: not every node could load it; nothing changed");
+        let body = serde_json::json!({
+            "error": {
+                "code": "rollout_refused",
+                "message": format!("not every node could load the new version of {name}; every node keeps the old one"),
+            },
+            "committed": false,
+            "nodes": staged,
+        });
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+    }
+
+    // Phase 2: every node swaps it in.
+    let commit_path = format!("{PEER_PREFIX}{name}/commit?sha256={sha256}&flush={flush}");
+    let local = async {
+        let report = plugins.commit_staged(name, &sha256).await;
+        report
+            .map(|r: ReloadReport| {
+                let flushed = if flush {
+                    flush_groups(state, name)
+                } else {
+                    Vec::new()
+                };
+                serde_json::json!({ "reload": r, "flushed_groups": flushed })
+            })
+            .map_err(|e| error_value(&e))
+    };
+    let remote = futures::future::join_all(
+        peers
+            .iter()
+            .map(|p| ask(state, p, &commit_path, Bytes::new(), COMMIT_TIMEOUT)),
+    );
+    let (local, remote) = tokio::join!(local, remote);
+    let mut committed = vec![NodeResult::of(&self_addr, local)];
+    committed.extend(peers.iter().zip(remote).map(|(p, r)| NodeResult::of(p, r)));
+    let all = committed.iter().all(|r| r.ok);
+    tracing::info!(plugin = %name, %sha256, complete = all, "plugin rollout committed");
+    let body = serde_json::json!({
+        "plugin": name,
+        "sha256": sha256,
+        "committed": true,
+        "complete": all,
+        "nodes": committed,
+    });
+    // A node lost between the phases missed the swap: 502, so the caller retries it.
+    let status = if all {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// Reads a component file for a rollout, off the serving threads.
+async fn read(path: std::path::PathBuf) -> Result<Bytes, Error> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::read(&path)
+            .map(Bytes::from)
+            .map_err(|e| Error::PluginRefused(format!("cannot read {}: {e}", path.display())))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("reading a plugin file failed: {e}")))?
+}
+
+/// Query of the rollout's peer routes.
+#[derive(Debug, Deserialize)]
+struct PeerQuery {
+    sha256: String,
+    #[serde(default)]
+    flush: bool,
+}
+
+/// `POST {PEER_PREFIX}{name}/{stage|commit|abort}`: one node's part of a rollout, asked by
+/// another node. Signed with the cluster secret (checked before the body is read).
+pub(super) async fn peer_op(
+    State(state): State<AppState>,
+    Path((name, op)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match peer_op_inner(&state, &name, &op, req).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn peer_op_inner(
+    state: &AppState,
+    name: &str,
+    op: &str,
+    req: Request,
+) -> Result<serde_json::Value, Response> {
+    let fail = |e: Error| ApiError(e).into_response();
+    let Some(auth) = &state.inner.peer_auth else {
+        return Err(fail(Error::Forbidden(
+            "this node has no --cluster-secret: it takes no plugin rollout".into(),
+        )));
+    };
+    let (parts, body) = req.into_parts();
+    let verified =
+        crate::peer::verify_signed(auth, &parts.method, &parts.uri, &parts.headers).map_err(|e| {
+            tracing::warn!(error = %e, "refused an unsigned or badly signed plugin rollout request");
+            let mut response = error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string());
+            if matches!(e, crate::peer::auth::AuthError::BeforeStart) {
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            response
+        })?;
+    let limit = state.inner.options.max_plugin_bytes;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| fail(Error::BodyTooLarge { limit }))?;
+    verified
+        .check_body(&body)
+        .map_err(|e| error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+    let query: PeerQuery = serde_urlencoded_query(parts.uri.query()).map_err(fail)?;
+    let plugins = state.plugins();
+    match op {
+        "stage" => {
+            plugins
+                .stage(name, body, &query.sha256)
+                .await
+                .map_err(fail)?;
+            Ok(serde_json::json!({ "staged": query.sha256 }))
+        }
+        "commit" => {
+            let report = plugins
+                .commit_staged(name, &query.sha256)
+                .await
+                .map_err(fail)?;
+            let flushed = if query.flush {
+                flush_groups(state, name)
+            } else {
+                Vec::new()
+            };
+            Ok(serde_json::json!({ "reload": report, "flushed_groups": flushed }))
+        }
+        "abort" => Ok(serde_json::json!({ "aborted": plugins.abort_staged(name, &query.sha256) })),
+        other => Err(fail(Error::BadRequest(format!(
+            "no rollout operation {other:?}; expected stage, commit or abort"
+        )))),
+    }
+}
+
+/// The rollout query of a peer request.
+fn serde_urlencoded_query(query: Option<&str>) -> Result<PeerQuery, Error> {
+    let uri: axum::http::Uri = format!("/?{}", query.unwrap_or(""))
+        .parse()
+        .map_err(|e| Error::BadRequest(format!("malformed query: {e}")))?;
+    Query::<PeerQuery>::try_from_uri(&uri)
+        .map(|Query(q)| q)
+        .map_err(|e| Error::BadRequest(e.body_text()))
+}

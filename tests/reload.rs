@@ -1,0 +1,646 @@
+//! Hot reload of a plugin while the node serves: real components (`reload_getter` v1 answers
+//! `KEY@v1`, v2 `KEY@v2`), real nodes on 127.0.0.1, continuous load from several clients.
+//!
+//! Each trigger (the admin API, `--watch-plugins`, SIGHUP) swaps v1 → v2 under load with no
+//! failed request, after which new misses are answered by v2; broken new versions are refused
+//! and v1 keeps answering. Every wait is bounded; no sleep is an assertion.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/etcd.rs"]
+mod etcd;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use geecache_host::plugin::registry::sha256_hex;
+use geecache_tests::{TestNode, compile_cache_dir, free_port, plugins, wait_healthy};
+
+/// The file a test node loads its getter from (a copy of v1 in the test's own directory).
+fn plugin_file(dir: &Path) -> PathBuf {
+    let file = dir.join("reload_getter.wasm");
+    std::fs::copy(plugins::RELOAD_GETTER_V1, &file).unwrap();
+    file
+}
+
+/// Publishes `src` at `dst` the supported way: a copy beside it, then an atomic rename.
+fn publish(src: &str, dst: &Path) {
+    let tmp = dst.with_extension("wasm.tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+fn sha_of(path: &str) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// Continuous load: `clients` loops of gets, a mix of repeated keys (hits), unique keys
+/// (misses) and slow unique keys (calls that are in flight when the reload happens). Every
+/// answer must be 200 with `KEY@v1` or `KEY@v2`; anything else is recorded as a failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let tasks = (0..clients)
+            .map(|c| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                let base = base.to_string();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut n = 0u64;
+                    // Bounded in time and count whatever the test does.
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Duration::from_secs(60)
+                        && n < 200_000
+                    {
+                        n += 1;
+                        let key = match n % 4 {
+                            0 | 1 => format!("hot{}", n % 16),
+                            2 => format!("miss-{c}-{n}"),
+                            _ => format!("slow-{c}-{n}"),
+                        };
+                        let answer = client.get(format!("{base}/api?key={key}")).send().await;
+                        let verdict = match answer {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let body = r.text().await.unwrap_or_default();
+                                let good = status == 200
+                                    && (body == format!("{key}@v1") || body == format!("{key}@v2"));
+                                if good {
+                                    Ok(())
+                                } else {
+                                    Err(format!("{key}: {status} {body}"))
+                                }
+                            }
+                            Err(e) => Err(format!("{key}: {e}")),
+                        };
+                        match verdict {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                failures.lock().unwrap().push(e);
+                                0
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Waits until at least `n` more requests succeeded (bounded).
+    async fn wait_for(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ok.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "the load made no progress");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the clients; the requests that succeeded and the failures.
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+async fn get_text(client: &reqwest::Client, base: &str, path: &str) -> (u16, String) {
+    let r = client.get(format!("{base}{path}")).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn plugin_view(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    let (status, body) = get_text(client, base, "/api/v1/plugins/reload_getter").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls the admin view until the plugin serves `sha256` (bounded).
+async fn wait_for_sha(client: &reqwest::Client, base: &str, sha256: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = plugin_view(client, base).await;
+        if view["sha256"] == sha256 {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the plugin still serves {} (wanted {sha256})",
+            view["sha256"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After a swap to v2: fresh keys are answered by v2.
+async fn assert_v2_answers(client: &reqwest::Client, base: &str) {
+    for key in ["fresh-a", "fresh-b", "slow-fresh"] {
+        let (status, body) = get_text(client, base, &format!("/api?key={key}")).await;
+        assert_eq!((status, body.as_str()), (200, format!("{key}@v2").as_str()));
+    }
+}
+
+fn node_args(file: &Path) -> Vec<String> {
+    vec![
+        "--plugin".into(),
+        file.display().to_string(),
+        "--plugin-concurrency".into(),
+        "16".into(),
+    ]
+}
+
+/// A node in this process serving `reload_getter` v1 from a copy in `dir`, with `extra` flags;
+/// and the copy's path.
+async fn start_node(dir: &Path, extra: &[&str]) -> (TestNode, PathBuf) {
+    let file = plugin_file(dir);
+    let mut args = node_args(&file);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (TestNode::start(&args).await, file)
+}
+
+/// Stops the load; fails the test if any request failed.
+async fn assert_no_failures(load: Load) {
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ok > 0);
+}
+
+/// Waits (bounded) until every node's ring has `members` members.
+async fn wait_ring(nodes: &[TestNode], members: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes
+        .iter()
+        .any(|n| n.node.cluster.ring_members().len() != members)
+    {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_by_api_under_load_loses_no_request_and_v2_answers_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, file) = start_node(dir.path(), &[]).await;
+    let c = &node.client;
+    let v1 = sha_of(plugins::RELOAD_GETTER_V1);
+    let v2 = sha_of(plugins::RELOAD_GETTER_V2);
+    let before = plugin_view(c, &node.base).await;
+    assert_eq!(before["sha256"], v1.as_str());
+    assert_eq!(before["kind"], "getter");
+    assert_eq!(before["version"], "1");
+    assert_eq!(before["reloads"], 0);
+    assert_eq!(before["source"], file.display().to_string());
+
+    let load = Load::start(&node.base, 6);
+    load.wait_for(300).await;
+    // Swap by path.
+    let r = c
+        .post(format!(
+            "{}/api/v1/plugins/reload_getter/reload?path={}",
+            node.base,
+            plugins::RELOAD_GETTER_V2
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["reload"]["sha256"], v2.as_str());
+    assert_eq!(report["reload"]["previous_sha256"], v1.as_str());
+    assert_eq!(report["reload"]["version"], "2");
+    load.wait_for(300).await;
+    // And back to v1 by uploading its bytes, still under load.
+    let r = c
+        .post(format!("{}/api/v1/plugins/reload_getter/reload", node.base))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(plugins::RELOAD_GETTER_V1).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    load.wait_for(300).await;
+    assert_no_failures(load).await;
+
+    let view = plugin_view(c, &node.base).await;
+    assert_eq!(view["sha256"], v1.as_str());
+    assert_eq!(view["source"], "upload");
+    assert_eq!(view["reloads"], 2);
+    assert_eq!(view["reload_failures"], 0);
+    assert!(
+        view["calls"].as_u64().unwrap() > 0,
+        "counters span versions: {view}"
+    );
+
+    // The metrics show the version serving and the reloads.
+    let metrics = node.metrics_text().await;
+    let info = format!(
+        "geecache_plugin_info{{kind=\"getter\",plugin=\"reload_getter\",sha256=\"{v1}\",version=\"1\","
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&info) && l.ends_with(" 1")),
+        "{info} not in\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("geecache_plugin_reloads_total{")
+                && l.contains("plugin=\"reload_getter\"")
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_in_flight_finish_on_the_old_version_whose_instances_are_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _file) = start_node(dir.path(), &[]).await;
+    let plugins = node.node.state.plugins().clone();
+    let runtime = node.node.runtime.clone();
+    // Warm instances of v1.
+    for i in 0..4 {
+        let (status, body) = get_text(&node.client, &node.base, &format!("/api?key=warm{i}")).await;
+        assert_eq!((status, body), (200, format!("warm{i}@v1")));
+    }
+    assert!(runtime.idle_instances() >= 1);
+    // A slow call (400 ms in the plugin) in flight on v1 while v2 is swapped in. v2 is
+    // compiled into the compile cache first, so the reload takes a few ms.
+    let _ = runtime.load(Path::new(plugins::RELOAD_GETTER_V2), Default::default());
+    let client = node.client.clone();
+    let base = node.base.clone();
+    let slow =
+        tokio::spawn(async move { get_text(&client, &base, "/api?key=slower-inflight").await });
+    let waited = Instant::now();
+    while runtime.calls_in_flight() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the slow call never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    let report = plugins
+        .reload(
+            "reload_getter",
+            geecache_host::plugin::Candidate::File(plugins::RELOAD_GETTER_V2.into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.version, "2");
+    assert!(
+        !slow.is_finished(),
+        "the slow call was still running on v1 at the swap"
+    );
+    // v1's idle instances were dropped at the swap, and v2 has served nothing yet.
+    assert_eq!(
+        runtime.idle_instances(),
+        0,
+        "the old version's warm instances are drained"
+    );
+    assert_eq!(slow.await.unwrap(), (200, "slower-inflight@v1".to_string()));
+    // The slow call's v1 instance was dropped when it ended, not pooled.
+    assert_eq!(runtime.idle_instances(), 0);
+    assert_v2_answers(&node.client, &node.base).await;
+    assert_eq!(runtime.idle_instances(), 1, "v2's instance is reused");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_new_versions_are_refused_and_v1_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, file) = start_node(dir.path(), &[]).await;
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm this is not a component").unwrap();
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, b"hello").unwrap();
+    let c = &node.client;
+    let load = Load::start(&node.base, 4);
+    load.wait_for(100).await;
+    let cases: [(&str, &str); 6] = [
+        (
+            &garbage.display().to_string(),
+            "not a valid WebAssembly component",
+        ),
+        (&text.display().to_string(), "not a WebAssembly file"),
+        (plugins::FS_STORAGE, "is a storage plugin"),
+        (plugins::BROTLI_COMPRESSOR, "is a compressor plugin"),
+        (plugins::RELOAD_GETTER_BROKEN, "info() call failed"),
+        (
+            plugins::SYNTH_GETTER,
+            "reports the name \\\"synth_getter\\\"",
+        ),
+    ];
+    for (path, why) in &cases {
+        let r = c
+            .post(format!(
+                "{}/api/v1/plugins/reload_getter/reload?path={path}",
+                node.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 422, "{path}: {body}");
+        assert!(body.contains("\"code\":\"plugin_refused\""), "{body}");
+        assert!(body.contains(why), "{path}: wanted {why:?} in {body}");
+    }
+    // A missing file, an unknown plugin, both a body and a path.
+    let r = c
+        .post(format!(
+            "{}/api/v1/plugins/reload_getter/reload?path=/nonexistent.wasm",
+            node.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let r = c
+        .post(format!("{}/api/v1/plugins/nope/reload", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.text().await.unwrap().contains("plugin_not_found"));
+    let r = c
+        .post(format!(
+            "{}/api/v1/plugins/reload_getter/reload?path=x",
+            node.base
+        ))
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // The same through the watcher-free trigger path: a broken file, re-read by reload_changed.
+    publish(plugins::RELOAD_GETTER_BROKEN, &file);
+    let results = node.node.state.plugins().reload_changed().await;
+    assert_eq!(results.len(), 1);
+    assert!(results[0].1.is_err());
+    load.wait_for(100).await;
+    assert_no_failures(load).await;
+    let view = plugin_view(c, &node.base).await;
+    assert_eq!(view["sha256"], sha_of(plugins::RELOAD_GETTER_V1).as_str());
+    assert_eq!(view["reloads"], 0);
+    assert_eq!(view["reload_failures"], cases.len() as u64 + 2);
+    let (status, body) = get_text(c, &node.base, "/api?key=after-refusals").await;
+    assert_eq!((status, body.as_str()), (200, "after-refusals@v1"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flush_drops_what_the_old_getter_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, file) = start_node(dir.path(), &[]).await;
+    let c = &node.client;
+    assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v1");
+    // Without flush, what v1 loaded stays cached.
+    publish(plugins::RELOAD_GETTER_V2, &file);
+    let r = c
+        .post(format!("{}/api/v1/plugins/reload_getter/reload", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["flushed_groups"], serde_json::json!([]));
+    assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v1");
+    // With flush, the group's memory goes and v2 loads the key again.
+    let r = c
+        .post(format!(
+            "{}/api/v1/plugins/reload_getter/reload?flush=true",
+            node.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["flushed_groups"],
+        serde_json::json!(["scores"]),
+        "{body}"
+    );
+    assert_eq!(body["reload"]["changed"], false);
+    assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v2");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_is_a_write_that_needs_the_api_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _file) = start_node(dir.path(), &["--api-token", "s3cret"]).await;
+    let url = format!("{}/api/v1/plugins/reload_getter/reload", node.base);
+    let r = node.client.post(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = node
+        .client
+        .post(&url)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Listing is a read.
+    assert_eq!(
+        get_text(&node.client, &node.base, "/api/v1/plugins")
+            .await
+            .0,
+        200
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_plugins_reloads_a_file_replaced_by_rename_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, file) = start_node(dir.path(), &["--watch-plugins"]).await;
+    let c = &node.client;
+    let load = Load::start(&node.base, 6);
+    load.wait_for(300).await;
+    publish(plugins::RELOAD_GETTER_V2, &file);
+    let view = wait_for_sha(c, &node.base, &sha_of(plugins::RELOAD_GETTER_V2)).await;
+    assert_eq!(
+        view["reloads"], 1,
+        "one reload for one published file: {view}"
+    );
+    load.wait_for(300).await;
+    // A broken file is refused; v2 keeps serving.
+    publish(plugins::RELOAD_GETTER_BROKEN, &file);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while plugin_view(c, &node.base).await["reload_failures"] == 0 {
+        assert!(Instant::now() < deadline, "the broken file was never tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    load.wait_for(100).await;
+    assert_no_failures(load).await;
+    assert_v2_answers(c, &node.base).await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_reloads_changed_plugin_files_of_a_running_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugin_file(dir.path());
+    let port = free_port();
+    let log = dir.path().join("node.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(node_args(&file))
+        .args(["--port", &port.to_string(), "--shutdown-grace", "0s"])
+        .arg("--compile-cache-dir")
+        .arg(compile_cache_dir())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_healthy(&format!("{base}/healthz"), Duration::from_secs(60)).await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let c = reqwest::Client::new();
+    let load = Load::start(&base, 6);
+    load.wait_for(300).await;
+    publish(plugins::RELOAD_GETTER_V2, &file);
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for_sha(&c, &base, &sha_of(plugins::RELOAD_GETTER_V2)).await;
+    load.wait_for(300).await;
+    assert_no_failures(load).await;
+    assert_v2_answers(&c, &base).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("plugin reloaded"), "{logged}");
+    assert!(logged.contains("SIGHUP"), "{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_rollout_reaches_every_node_or_none() {
+    let etcd = etcd::EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugin_file(dir.path());
+    let endpoint = etcd.endpoint();
+    let common = |extra: &[&str]| {
+        let mut args = node_args(&file);
+        args.extend(
+            [
+                "--etcd-endpoints",
+                &endpoint,
+                "--lease-ttl",
+                "2s",
+                "--cluster-secret",
+                "rollout-secret",
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let mut nodes = Vec::new();
+    // The third node takes no component larger than 1 KiB: a rollout it cannot stage.
+    for extra in [&[][..], &[][..], &["--max-plugin-bytes", "1KiB"][..]] {
+        let args = common(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(TestNode::start(&args).await);
+    }
+    wait_ring(&nodes, 3, "the ring never had 3 members").await;
+    let v1 = sha_of(plugins::RELOAD_GETTER_V1);
+    let v2 = sha_of(plugins::RELOAD_GETTER_V2);
+    let c = nodes[0].client.clone();
+    let rollout = |n: &TestNode| {
+        format!(
+            "{}/api/v1/plugins/reload_getter/reload?cluster=true&path={}",
+            n.base,
+            plugins::RELOAD_GETTER_V2
+        )
+    };
+    // Node 3 cannot take it: nothing changes anywhere.
+    let r = c.post(rollout(&nodes[0])).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["committed"], false);
+    let nodes_report = body["nodes"].as_array().unwrap();
+    assert_eq!(nodes_report.len(), 3, "{body}");
+    assert_eq!(
+        nodes_report.iter().filter(|n| n["ok"] == false).count(),
+        1,
+        "{body}"
+    );
+    for n in &nodes {
+        assert_eq!(plugin_view(&n.client, &n.base).await["sha256"], v1.as_str());
+    }
+    // Stop node 3 and wait until the others dropped it; then the rollout reaches everyone.
+    let third = nodes.pop().unwrap();
+    third.stop().await;
+    wait_ring(&nodes, 2, "node 3 never left the ring").await;
+    let args = common(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes.push(TestNode::start(&args).await);
+    wait_ring(&nodes, 3, "the new node never joined").await;
+    let load = Load::start(&nodes[1].base, 4);
+    load.wait_for(200).await;
+    let r = c.post(rollout(&nodes[0])).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true, "{body}");
+    load.wait_for(200).await;
+    assert_no_failures(load).await;
+    for n in &nodes {
+        let view = plugin_view(&n.client, &n.base).await;
+        assert_eq!(view["sha256"], v2.as_str(), "{}: {view}", n.base);
+        assert_eq!(view["source"], "upload");
+        assert_v2_answers(&n.client, &n.base).await;
+    }
+    // Without the cluster secret's signature, a node takes no component.
+    let r = c
+        .post(format!(
+            "{}/_geecache_admin/plugins/reload_getter/stage?sha256={v1}",
+            nodes[1].base
+        ))
+        .body(std::fs::read(plugins::RELOAD_GETTER_V1).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    for n in nodes {
+        n.stop().await;
+    }
+}
