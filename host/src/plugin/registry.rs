@@ -640,7 +640,7 @@ impl Plugins {
     /// # Errors
     /// [`Error::BadRequest`] when the bytes do not hash to `sha256`; else as
     /// [`Plugins::prepare`].
-    pub async fn stage(&self, name: &str, bytes: Bytes, sha256: &str) -> Result<()> {
+    pub async fn stage(self: &Arc<Self>, name: &str, bytes: Bytes, sha256: &str) -> Result<()> {
         let entry = self.get(name)?.clone();
         if sha256_hex(&bytes) != sha256 {
             return Err(Error::BadRequest(format!(
@@ -650,9 +650,21 @@ impl Plugins {
         let _one_at_a_time = entry.reloading.lock().await;
         let prepared = self.prepare(name, Candidate::Bytes(bytes)).await;
         let prepared = self.counted(&entry, prepared)?;
-        let mut staged = lock(&self.staged);
-        staged.retain(|_, (_, at)| at.elapsed() < STAGED_TTL);
-        staged.insert(name.to_string(), (prepared, Instant::now()));
+        lock(&self.staged).insert(name.to_string(), (prepared, Instant::now()));
+        // A rollout whose coordinator died between the phases leaves it here: drop it later.
+        let (this, name, sha256) = (Arc::downgrade(self), name.to_string(), sha256.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(STAGED_TTL).await;
+            let Some(plugins) = this.upgrade() else { return };
+            let mut staged = lock(&plugins.staged);
+            let expired = staged
+                .get(&name)
+                .is_some_and(|(p, at)| p.sha256() == sha256 && at.elapsed() >= STAGED_TTL);
+            if expired {
+                staged.remove(&name);
+                tracing::warn!(plugin = %name, %sha256, "a staged plugin version was never committed; dropped");
+            }
+        });
         Ok(())
     }
 
