@@ -7,7 +7,8 @@
 //!   joins the cluster, runs until a shutdown future resolves, turns not-ready, leaves the ring,
 //!   serves through a grace, then drains requests and storage writes.
 //! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats,
-//!   `/metrics`, health; the optional API token; times every request; turns every
+//!   `/metrics`, health, the plugin admin API (list, hot reload, cluster rollout); the optional
+//!   API token; times every request; turns every
 //!   [`error::Error`] into a JSON body with a stable code and status. [`api::guard`] bounds what
 //!   all requests hold together: connections, request bodies and batch answers in flight.
 //! - [`batch`]: how a batch get (API or peer) is answered within a byte budget: each distinct
@@ -27,7 +28,10 @@
 //!   on-disk compile cache), kind detection, per-call limits (wall-clock deadline that host
 //!   calls share, one memory budget over all memories and tables), grants bound to the
 //!   operator's name for a plugin, host capabilities (log, config, SQL confined to one
-//!   database), and the wasm implementations of the group's and the codec's traits.
+//!   database), and the wasm implementations of the group's and the codec's traits;
+//!   [`plugin::registry`]: every plugin behind a slot swapped by hot reload (prepare off the
+//!   serving path, then swap; calls in flight keep their version), staged cluster rollouts;
+//!   [`plugin::watch`]: the `--watch-plugins` and SIGHUP triggers.
 //! - [`peer`]: the peer protocol (HTTP + protobuf, `/_geecache/{group}/{key}`): the
 //!   [`peer::PeerService`] seam a node offers its peers, the router serving it, the client
 //!   calling one remote node, and HMAC request signing with the cluster secret (nonces against
