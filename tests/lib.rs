@@ -193,6 +193,19 @@ impl TestNode {
         TestNode::start(&args).await
     }
 
+    /// `POST /api/v1/groups/{group}/batch` for `keys`: status and JSON answer.
+    pub async fn batch(&self, group: &str, keys: &[String]) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .post(format!("{}/api/v1/groups/{group}/batch", self.base))
+            .json(&serde_json::json!({ "keys": keys }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
     /// GET `path` (starting with `/`): status and body.
     pub async fn get(&self, path: &str) -> (u16, Vec<u8>) {
         let resp = self

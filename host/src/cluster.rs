@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 
 use crate::discovery::{Member, Membership, RegistrationState};
 use crate::error::{Error, Result};
-use crate::group::{PeerEntry, PeerPicker, RemotePeer};
+use crate::group::{OwnerItem, PeerEntry, PeerPicker, RemotePeer};
 use crate::peer::{ClusterSecret, PeerClient, PeerError};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
 use crate::telemetry::Metrics;
@@ -83,6 +83,34 @@ impl RemotePeer for Peer {
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
         let span = tracing::info_span!("geecache.peer.invalidate", peer = &*self.addr, group);
         Box::pin(self.timed("invalidate", span, self.client.invalidate(group, keys)))
+    }
+
+    /// One `_batch` request (several, one after another, past the protocol's key limit).
+    fn batch_get<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, OwnerItem)>>> {
+        let span = tracing::info_span!("geecache.peer.batch", peer = &*self.addr, group);
+        Box::pin(async move {
+            let items = self
+                .timed("batch", span, self.client.batch_get(group, keys))
+                .await?;
+            Ok(items
+                .into_iter()
+                .map(|(key, item)| {
+                    let item = match item {
+                        Ok(entry) => OwnerItem::Answered(entry),
+                        // The owner's budget ran out before this key: ask for it alone.
+                        Err(PeerError::ItemFailed { code, .. }) if code == "too_large" => {
+                            OwnerItem::Skipped
+                        }
+                        Err(e) => OwnerItem::Failed(e.to_string()),
+                    };
+                    (key, item)
+                })
+                .collect())
+        })
     }
 }
 

@@ -559,14 +559,19 @@ async fn batch_get(
     }
     let group = state.inner.groups.get(&group)?.clone();
     let budget = state.inner.options.max_batch_bytes;
-    // Each key takes the normal get path (caches, singleflight, owner).
+    // Keys other nodes own are asked from them first, one `_batch` request per owner, all at
+    // once; then each key takes the get path (caches, singleflight) with its owner's answer,
+    // or the normal one (a key this node owns, holds, or whose owner skipped it).
+    let keys = batch::dedup_keys(req.keys);
+    let answers = group.owner_answers(&keys).await;
     let items = batch::answer(
-        req.keys,
+        keys,
         budget,
         BATCH_CONCURRENCY,
         |key| {
             let group = group.clone();
-            async move { batch_item_json(&key, group.get(&key).await) }
+            let answer = answers.get(&key).cloned();
+            async move { batch_item_json(&key, group.get_with_owner_answer(&key, answer).await) }
         },
         Vec::len,
     )

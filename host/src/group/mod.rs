@@ -32,7 +32,7 @@
 mod stats;
 mod tier;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -108,6 +108,45 @@ pub trait RemotePeer: Send + Sync + fmt::Debug + 'static {
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Tells the node to drop its copies of `keys`.
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>>;
+    /// Asks the owner for several keys in one request: one answer per key, in order. The
+    /// default asks for them one by one.
+    fn batch_get<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, OwnerItem)>>> {
+        Box::pin(async move {
+            let mut items = Vec::with_capacity(keys.len());
+            for key in keys {
+                let item = match self.get(group, key).await {
+                    Ok(entry) => OwnerItem::Answered(entry),
+                    Err(e) => OwnerItem::Failed(e.to_string()),
+                };
+                items.push((key.clone(), item));
+            }
+            Ok(items)
+        })
+    }
+}
+
+/// What an owner's batch answer says about one key.
+#[derive(Debug, Clone)]
+pub enum OwnerItem {
+    /// The owner's entry, or `None`: it has no such key.
+    Answered(Option<PeerEntry>),
+    /// The owner failed to load it (the key is loaded locally, as after a failed single get).
+    Failed(String),
+    /// The owner did not get to it (its batch budget was spent): ask again with a single get.
+    Skipped,
+}
+
+/// A key's answer from its owner, fetched ahead of its get by [`Group::owner_answers`].
+#[derive(Debug, Clone)]
+pub struct OwnerAnswer {
+    /// The owner's ring name.
+    peer: String,
+    /// What it answered for the key, or why the request failed.
+    item: std::result::Result<Option<PeerEntry>, String>,
 }
 
 /// A tier below memory where a group keeps the entries it owns (a disk, a remote store): the
@@ -715,15 +754,33 @@ impl Core {
         generation: u64,
     ) -> Option<Found> {
         let timeout = self.options.peer_timeout;
+        let item = match tokio::time::timeout(timeout, peer.get(&self.name, key)).await {
+            Ok(Ok(entry)) => Ok(entry),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("timed out after {timeout:?}")),
+        };
+        self.take_owner_answer(peer.id(), key, generation, item)
+            .await
+    }
+
+    /// Takes the owner's answer for `key` (a single get's or a batch's): decodes and keeps a
+    /// value as a hot copy, remembers "no such key". `None` when the owner failed (counted and
+    /// logged): the caller loads locally.
+    async fn take_owner_answer(
+        &self,
+        peer: &str,
+        key: &str,
+        generation: u64,
+        item: std::result::Result<Option<PeerEntry>, String>,
+    ) -> Option<Found> {
         let failed = |error: String| {
             bump(&self.stats.peer_errors);
-            tracing::warn!(group = %self.name, peer = peer.id(), %error, "peer get failed; loading locally");
+            tracing::warn!(group = %self.name, peer, %error, "peer get failed; loading locally");
             None
         };
-        let entry = match tokio::time::timeout(timeout, peer.get(&self.name, key)).await {
-            Ok(Ok(entry)) => entry,
-            Ok(Err(e)) => return failed(e.to_string()),
-            Err(_) => return failed(format!("timed out after {timeout:?}")),
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(e) => return failed(e),
         };
         let Some(entry) = entry else {
             bump(&self.stats.peer_loads);
@@ -760,20 +817,45 @@ impl Core {
             if let Some(found) = self.load_from_peer(&*peer, &key, generation).await {
                 return Ok(found);
             }
-            // The owner is down or slow: answer the client from the source, and keep the value
-            // as a hot copy (it is still the owner's key).
-            let value = self.load_local(&key).await?;
-            self.remember(
-                Tier::Hot,
-                &key,
-                value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
-                generation,
-                false,
-            );
-            return Ok(value.map(|v| (v.plain, v.expires_at_ms)));
+            return self.load_for_failed_owner(&key, generation).await;
         }
         let value = self.load_owned(&key, generation).await?;
         Ok(value.map(|v| (v.plain, v.expires_at_ms)))
+    }
+
+    /// The owner is down or slow: answers the client from the source, and keeps the value as
+    /// a hot copy (it is still the owner's key).
+    async fn load_for_failed_owner(&self, key: &str, generation: u64) -> Result<Found> {
+        let value = self.load_local(key).await?;
+        self.remember(
+            Tier::Hot,
+            key,
+            value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
+            generation,
+            false,
+        );
+        Ok(value.map(|v| (v.plain, v.expires_at_ms)))
+    }
+
+    /// The singleflight leader's work for a batch's key whose owner answered ahead
+    /// ([`Group::owner_answers`]): take that answer, or load locally if the owner failed.
+    async fn load_with_owner_answer(
+        self: Arc<Self>,
+        key: String,
+        generation: u64,
+        answer: OwnerAnswer,
+    ) -> Result<Found> {
+        if let Some((_, Answer::Plain(found))) = self.lookup(&key, &[]).await? {
+            return Ok(found);
+        }
+        bump(&self.stats.loads);
+        if let Some(found) = self
+            .take_owner_answer(&answer.peer, &key, generation, answer.item)
+            .await
+        {
+            return Ok(found);
+        }
+        self.load_for_failed_owner(&key, generation).await
     }
 
     /// The singleflight leader's work for a peer's request: this node is the owner. Answers
@@ -1038,6 +1120,103 @@ impl Group {
             body,
             content_encoding: None,
         })
+    }
+
+    /// For a batch: asks the owners of `keys` for the keys they own that this node does not
+    /// hold in memory, with one batch request per owner (all at once, each within the peer
+    /// timeout). The answers, by key, go to [`Group::get_with_owner_answer`]. Keys this node
+    /// owns or holds, invalid keys, and keys an owner skipped are left out (they take the
+    /// normal get path). A request that fails fails each of its keys: they are loaded locally,
+    /// as a single get's would be.
+    pub async fn owner_answers(&self, keys: &[String]) -> HashMap<String, OwnerAnswer> {
+        let core = &self.core;
+        let Some(peers) = &core.peers else {
+            return HashMap::new();
+        };
+        let mut by_owner: HashMap<String, (Arc<dyn RemotePeer>, Vec<String>)> = HashMap::new();
+        for key in keys {
+            if self.check_key(key).is_err()
+                || core.main.get(key).is_some()
+                || core.hot.get(key).is_some()
+            {
+                continue;
+            }
+            if let Some(peer) = peers.pick(key) {
+                by_owner
+                    .entry(peer.id().to_string())
+                    .or_insert_with(|| (peer, Vec::new()))
+                    .1
+                    .push(key.clone());
+            }
+        }
+        let timeout = core.options.peer_timeout;
+        let asked = by_owner.into_iter().map(|(id, (peer, keys))| async move {
+            let answer = tokio::time::timeout(timeout, peer.batch_get(&core.name, &keys)).await;
+            let items: Vec<(String, OwnerItem)> = match answer {
+                Ok(Ok(items)) => items,
+                Ok(Err(e)) => keys
+                    .into_iter()
+                    .map(|k| (k, OwnerItem::Failed(e.to_string())))
+                    .collect(),
+                Err(_) => keys
+                    .into_iter()
+                    .map(|k| (k, OwnerItem::Failed(format!("timed out after {timeout:?}"))))
+                    .collect(),
+            };
+            (id, items)
+        });
+        let mut answers = HashMap::new();
+        for (peer, items) in futures::future::join_all(asked).await {
+            for (key, item) in items {
+                let item = match item {
+                    OwnerItem::Answered(entry) => Ok(entry),
+                    OwnerItem::Failed(e) => Err(e),
+                    OwnerItem::Skipped => continue,
+                };
+                let peer = peer.clone();
+                answers.insert(key, OwnerAnswer { peer, item });
+            }
+        }
+        answers
+    }
+
+    /// [`Group::get`] of a batch's key, with its owner's answer when [`Group::owner_answers`]
+    /// fetched one: the caches first, then that answer (or a local load if the owner failed),
+    /// in the key's singleflight like any load.
+    ///
+    /// # Errors
+    /// As [`Group::get`].
+    pub async fn get_with_owner_answer(
+        &self,
+        key: &str,
+        answer: Option<OwnerAnswer>,
+    ) -> Result<Bytes> {
+        let Some(answer) = answer else {
+            return self.get(key).await;
+        };
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.gets);
+        if let Some((tier, answer)) = core.lookup(key, &[]).await? {
+            core.count_hit(tier, &answer);
+            if let Answer::Plain(found) = answer {
+                return found.map(|(v, _)| v).ok_or(Error::KeyNotFound);
+            }
+        }
+        bump(&core.stats.misses);
+        let generation = core.generation(key);
+        let flight = self
+            .flights
+            .run(&flight_key(generation, key), || {
+                core.clone()
+                    .load_with_owner_answer(key.to_owned(), generation, answer)
+            })
+            .await;
+        if flight.shared {
+            bump(&core.stats.loads_deduplicated);
+        }
+        let found = flight.result.map_err(|e| (*e).clone())?;
+        found.map(|(v, _)| v).ok_or(Error::KeyNotFound)
     }
 
     /// Answers a peer that asks this node, as the key's owner, for `key`: never forwards to

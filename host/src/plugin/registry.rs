@@ -655,7 +655,9 @@ impl Plugins {
         let (this, name, sha256) = (Arc::downgrade(self), name.to_string(), sha256.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(STAGED_TTL).await;
-            let Some(plugins) = this.upgrade() else { return };
+            let Some(plugins) = this.upgrade() else {
+                return;
+            };
             let mut staged = lock(&plugins.staged);
             let expired = staged
                 .get(&name)

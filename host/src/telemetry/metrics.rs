@@ -460,7 +460,7 @@ impl Metrics {
     }
 
     /// Starts timing one request to `peer` (a ring member's address) for `op` (`get`, `set`,
-    /// `delete`, `invalidate`). Finish it with [`PeerCall::finish`]; a call dropped unfinished
+    /// `delete`, `invalidate`, `batch`). Finish it with [`PeerCall::finish`]; a call dropped unfinished
     /// (its caller gave up, e.g. on the group's peer timeout) is recorded as `cancelled`.
     /// `peer` is best a shared string (`Arc<str>`), which labels the call without a copy.
     pub fn peer_call(&self, peer: impl Into<StringValue>, op: &'static str) -> PeerCall {

@@ -1,0 +1,92 @@
+//! Batch gets in a cluster go through the keys' owners: one `_batch` request per owner, all at
+//! once, and keys whose owner fails are loaded locally. Three real nodes on 127.0.0.1 (static
+//! peers), the real `synth_getter` (a deterministic value for every key).
+
+#![allow(clippy::unwrap_used)]
+
+use geecache_tests::{TestNode, plugins};
+use serde_json::Value;
+
+const ARGS: &[&str] = &[
+    "--plugin",
+    plugins::SYNTH_GETTER,
+    "--plugin-config",
+    "synth_getter.value_bytes=64",
+    "--peer-timeout",
+    "2s",
+];
+
+async fn batch(node: &TestNode, keys: &[String]) -> Value {
+    let (status, answer) = node.batch("scores", keys).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// `count` of the peer-request histogram of `node` for `op` (summed over peers and outcomes).
+async fn peer_requests(node: &TestNode, op: &str) -> f64 {
+    let text = node.metrics_text().await;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("geecache_peer_request_duration_seconds_count{")
+                && l.contains(&format!("op=\"{op}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// The values a single get on `node` answers for `keys`.
+async fn single_gets(node: &TestNode, keys: &[String]) -> Vec<String> {
+    let mut values = Vec::new();
+    for key in keys {
+        let (status, body) = node.get(&format!("/api?key={key}")).await;
+        assert_eq!(status, 200);
+        values.push(String::from_utf8(body).unwrap());
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_asks_each_owner_once_and_answers_every_key() {
+    let nodes = TestNode::cluster(3, ARGS).await;
+    let keys: Vec<String> = (0..100).map(|i| format!("batch-key-{i}")).collect();
+    let answer = batch(&nodes[0], &keys).await;
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 100);
+    // One `_batch` request per other node, no single peer get.
+    assert_eq!(peer_requests(&nodes[0], "batch").await, 2.0);
+    assert_eq!(peer_requests(&nodes[0], "get").await, 0.0);
+    // Same values as single gets on another node (which ask the owners one by one).
+    let expected = single_gets(&nodes[1], &keys).await;
+    for (i, item) in results.iter().enumerate() {
+        assert_eq!(item["key"], keys[i].as_str());
+        assert_eq!(item["value"], expected[i].as_str(), "{item}");
+    }
+    // Now in node 0's hot cache: a second batch asks nobody.
+    batch(&nodes[0], &keys).await;
+    assert_eq!(peer_requests(&nodes[0], "batch").await, 2.0);
+    let stats = nodes[0].group_stats("scores").await;
+    assert!(stats["peer_loads"].as_u64().unwrap() > 40, "{stats}");
+    assert_eq!(stats["peer_errors"], 0, "{stats}");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_whose_owner_is_down_are_loaded_locally() {
+    let mut nodes = TestNode::cluster(3, ARGS).await;
+    let keys: Vec<String> = (0..60).map(|i| format!("down-key-{i}")).collect();
+    let expected = single_gets(&nodes[1], &keys).await;
+    // Node 2 stops; node 0 still has it on its ring (static peers).
+    nodes.pop().unwrap().stop().await;
+    let answer = batch(&nodes[0], &keys).await;
+    for (i, item) in answer["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(item["value"], expected[i].as_str(), "{item}");
+    }
+    let stats = nodes[0].group_stats("scores").await;
+    assert!(stats["peer_errors"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["getter_calls"].as_u64().unwrap() > 0, "{stats}");
+    for n in nodes {
+        n.stop().await;
+    }
+}
