@@ -58,10 +58,8 @@ const GET_PATH: [&str; 4] = [
 /// Keys long enough that they cannot turn up by chance in random trace and span ids.
 const KEYS: [&str; 2] = ["user000042", "user000077"];
 
-/// Runs a `geecache-node` process with `RUST_LOG=rust_log` exporting to a collector in this
-/// test, gets each of [`KEYS`] twice, waits (at most 30 s) until the [`GET_PATH`] spans arrive,
-/// stops the node with SIGTERM, and returns what the collector received.
-async fn export_get_path(rust_log: &str) -> Received {
+/// Starts an OTLP/HTTP collector on 127.0.0.1: what it receives, and its endpoint.
+async fn start_collector() -> (Received, String) {
     let received: Received = Arc::default();
     let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", collector.local_addr().unwrap());
@@ -69,6 +67,14 @@ async fn export_get_path(rust_log: &str) -> Received {
         .route("/v1/traces", post(collect))
         .with_state(received.clone());
     tokio::spawn(async move { axum::serve(collector, app).await });
+    (received, endpoint)
+}
+
+/// Runs a `geecache-node` process with `RUST_LOG=rust_log` exporting to a collector in this
+/// test, gets each of [`KEYS`] twice, waits (at most 30 s) until the [`GET_PATH`] spans arrive,
+/// stops the node with SIGTERM, and returns what the collector received.
+async fn export_get_path(rust_log: &str) -> Received {
+    let (received, endpoint) = start_collector().await;
 
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path());
@@ -150,4 +156,115 @@ async fn at_debug_level_the_group_span_carries_the_key() {
     for key in KEYS {
         assert!(received_contains(&received, key), "no span carries {key}");
     }
+}
+
+/// One `geecache-node` process of a static cluster, exporting its spans to a collector of its
+/// own; stopped (SIGKILL) when dropped.
+struct TracedNode {
+    child: std::process::Child,
+    base: String,
+    received: Received,
+    log: std::path::PathBuf,
+}
+
+impl Drop for TracedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn traced_node(
+    port: u16,
+    peer: u16,
+    db: &std::path::Path,
+    dir: &std::path::Path,
+) -> TracedNode {
+    let (received, endpoint) = start_collector().await;
+    let log = dir.join(format!("node-{port}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+        .arg("--plugin-config")
+        .arg(format!("db_getter.database={}", db.display()))
+        .args([
+            "--peers",
+            &format!("127.0.0.1:{peer}"),
+            "--cluster-secret",
+            "traces",
+        ])
+        .arg("--compile-cache-dir")
+        .arg(compile_cache_dir())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    TracedNode {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        received,
+        log,
+    }
+}
+
+#[tokio::test]
+async fn one_trace_crosses_nodes_from_the_callers_traceparent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let (a_port, b_port) = (free_port(), free_port());
+    let a = traced_node(a_port, b_port, &db, dir.path()).await;
+    let b = traced_node(b_port, a_port, &db, dir.path()).await;
+    for n in [&a, &b] {
+        assert!(
+            wait_healthy(&format!("{}/healthz", n.base), Duration::from_secs(60)).await,
+            "{}",
+            std::fs::read_to_string(&n.log).unwrap_or_default()
+        );
+    }
+    // The caller's trace: W3C traceparent with a trace id of our choosing.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let client = reqwest::Client::new();
+    // Enough keys that node B owns some of them: those go A → B → B's getter.
+    for i in 0..16 {
+        let answer = client
+            .get(format!("{}/api?key=user{:06}", a.base, 100 + i))
+            .header("traceparent", &traceparent)
+            .header("tracestate", "geecache=test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let has_trace = |received: &Received| {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|body| body.windows(16).any(|w| w == trace_bytes.as_slice()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline
+        && !(has_trace(&a.received)
+            && has_trace(&b.received)
+            && received_contains(&b.received, "geecache.peer.serve")
+            && received_contains(&b.received, "geecache.plugin.call"))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        has_trace(&a.received),
+        "node A's spans are not in the caller's trace"
+    );
+    assert!(
+        has_trace(&b.received),
+        "node B's spans are not in the caller's trace: the peer request did not carry it"
+    );
+    assert!(received_contains(&b.received, "geecache.peer.serve"));
+    assert!(received_contains(&b.received, "geecache.plugin.call"));
 }

@@ -345,6 +345,23 @@ fn accepted_codings(headers: &HeaderMap) -> Accepted {
     accepted
 }
 
+/// The W3C trace context (`traceparent`) of a request, read only when traces are exported (see
+/// [`crate::telemetry::remote_context`]): the get's spans continue the caller's trace.
+struct RemoteTrace(Option<opentelemetry::Context>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RemoteTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(RemoteTrace(crate::telemetry::remote_context(
+            &parts.headers,
+        )))
+    }
+}
+
 /// Query of the classic `GET /api?key=K[&group=G]`.
 #[derive(Debug, Deserialize)]
 struct ClassicQuery {
@@ -355,6 +372,7 @@ struct ClassicQuery {
 async fn classic_get(
     State(state): State<AppState>,
     accepted: Accepted,
+    trace: RemoteTrace,
     query: Result<Query<ClassicQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
@@ -362,16 +380,17 @@ async fn classic_get(
         Error::BadRequest("missing query parameter `key`, e.g. /api?key=Tom".into())
     })?;
     let group = q.group.as_deref().unwrap_or(&state.inner.default_group);
-    get_value(&state, group, &key, accepted).await
+    get_value(&state, group, &key, accepted, trace).await
 }
 
 async fn rest_get(
     State(state): State<AppState>,
     accepted: Accepted,
+    trace: RemoteTrace,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    get_value(&state, &group, &key, accepted).await
+    get_value(&state, &group, &key, accepted, trace).await
 }
 
 /// Both GET forms: the value of `key` in `group`, in the `geecache.api.get` span. A stored
@@ -381,6 +400,7 @@ async fn get_value(
     group: &str,
     key: &str,
     accepted: Accepted,
+    trace: RemoteTrace,
 ) -> Result<Response, ApiError> {
     let span = tracing::info_span!("geecache.api.get", group);
     let get = async {
@@ -396,6 +416,7 @@ async fn get_value(
         // No layer wants it (traces are not exported): no span to enter on every poll.
         get.await
     } else {
+        crate::telemetry::adopt(&span, trace.0);
         get.instrument(span).await
     }
 }

@@ -312,6 +312,12 @@ impl PeerClient {
             .http
             .request(method.clone(), url.clone())
             .timeout(inner.timeout);
+        // The current span's trace context, so the owner's spans join the caller's trace.
+        let mut trace = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject_current(&mut trace);
+        if !trace.is_empty() {
+            request = request.headers(trace);
+        }
         if let Some(secret) = &inner.secret {
             // Sign the path exactly as it goes on the wire: as the URL parser left it.
             let sent = match url.query() {

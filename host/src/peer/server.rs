@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
 use prost::Message;
+use tracing::Instrument as _;
 
 use super::auth::{self, AuthError, NodeAuth, SignedHeaders};
 use super::proto::{self, batch_item, get_response};
@@ -203,6 +204,8 @@ struct PeerRequest {
     content_type: Option<HeaderValue>,
     /// The whole body, within the body limit.
     body: Bytes,
+    /// The caller's trace context, when traces are exported.
+    trace: Option<opentelemetry::Context>,
 }
 
 impl FromRequest<PeerState> for PeerRequest {
@@ -212,6 +215,7 @@ impl FromRequest<PeerState> for PeerRequest {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        let trace = crate::telemetry::remote_context(req.headers());
         let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         let refuse = |e: AuthError| {
             tracing::warn!(error = %e, %method, path, "refused an unsigned, badly signed or replayed peer request");
@@ -248,6 +252,7 @@ impl FromRequest<PeerState> for PeerRequest {
             key,
             content_type,
             body,
+            trace,
         })
     }
 }
@@ -317,14 +322,28 @@ fn parse_path(path: &str) -> Result<(String, String), Failure> {
     Ok((decode_segment(group, "group")?, decode_segment(key, "key")?))
 }
 
+/// Serves a checked request in the `geecache.peer.serve` span, which continues the calling
+/// node's trace when traces are exported.
+async fn dispatch(
+    State(state): State<PeerState>,
+    mut req: PeerRequest,
+) -> Result<Response, Failure> {
+    let span = tracing::info_span!("geecache.peer.serve", group = %req.group);
+    if span.is_disabled() {
+        return route(&state, &req).await;
+    }
+    crate::telemetry::adopt(&span, req.trace.take());
+    route(&state, &req).instrument(span).await
+}
+
 /// Routes a checked request by method (and, for POST, by its last segment).
-async fn dispatch(State(state): State<PeerState>, req: PeerRequest) -> Result<Response, Failure> {
+async fn route(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
     match req.method {
-        Method::GET => get_key(&state, &req).await,
-        Method::PUT => set_key(&state, &req).await,
-        Method::DELETE => delete_key(&state, &req).await,
-        Method::POST if req.key == BATCH_SEGMENT => batch_get(&state, &req).await,
-        Method::POST if req.key == INVALIDATE_SEGMENT => invalidate(&state, &req),
+        Method::GET => get_key(state, req).await,
+        Method::PUT => set_key(state, req).await,
+        Method::DELETE => delete_key(state, req).await,
+        Method::POST if req.key == BATCH_SEGMENT => batch_get(state, req).await,
+        Method::POST if req.key == INVALIDATE_SEGMENT => invalidate(state, req),
         _ => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

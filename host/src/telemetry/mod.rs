@@ -9,12 +9,21 @@
 //!   exported over OTLP/HTTP (protobuf) only when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not `true`); the other
 //!   standard `OTEL_*` variables (headers, timeout, service name, batch settings) apply. Keys
-//!   appear on spans only at debug level.
+//!   appear on spans only at debug level. A client's W3C `traceparent`/`tracestate` is
+//!   continued ([`remote_context`]), and peer requests carry it on ([`inject_current`]), so
+//!   the owner's `geecache.peer.serve` span is in the caller's trace.
 //! - Metrics: [`metrics`], one [`Metrics`] per node, rendered at `/metrics`.
 
 pub mod metrics;
 
 pub use metrics::{ClusterStats, Metrics, Stats};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -26,6 +35,70 @@ use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Whether this process exports traces (set by [`init`]): only then is trace context read
+/// from requests and sent to peers.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces over OTLP.
+pub fn exports_traces() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Reads W3C trace context (`traceparent`, `tracestate`) from headers.
+struct Extract<'a>(&'a HeaderMap);
+
+impl Extractor for Extract<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Writes W3C trace context into headers.
+struct Inject<'a>(&'a mut HeaderMap);
+
+impl Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The W3C trace context (`traceparent`, and `tracestate`) a request carries, when this process
+/// exports traces and the request has one: what its spans continue. Reads nothing otherwise.
+pub fn remote_context(headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    if !exports_traces() || !headers.contains_key("traceparent") {
+        return None;
+    }
+    Some(TraceContextPropagator::new().extract(&Extract(headers)))
+}
+
+/// Makes `span` a child of the remote context `cx` (see [`remote_context`]).
+pub fn adopt(span: &tracing::Span, cx: Option<opentelemetry::Context>) {
+    if let Some(cx) = cx
+        && !span.is_disabled()
+    {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Adds the current span's trace context to `headers` (`traceparent`, `tracestate`), so the
+/// node a request goes to continues the trace. Nothing when traces are not exported.
+pub fn inject_current(headers: &mut HeaderMap) {
+    if !exports_traces() {
+        return;
+    }
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut Inject(headers));
+}
 
 /// The variables that turn OTLP trace export on, most specific first.
 pub const OTLP_ENDPOINT_VARS: [&str; 2] = [
@@ -197,9 +270,9 @@ pub fn init(json: bool) -> Telemetry {
         }
         _ => {}
     }
-    Telemetry {
-        tracer: if installed { tracer } else { None },
-    }
+    let tracer = if installed { tracer } else { None };
+    EXPORTING.store(tracer.is_some(), Ordering::Relaxed);
+    Telemetry { tracer }
 }
 
 #[cfg(test)]
