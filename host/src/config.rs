@@ -269,6 +269,28 @@ pub struct Cli {
     )]
     pub peers: Vec<String>,
 
+    /// Static cluster from a file of addresses (host:port, one per line or comma-separated,
+    /// `#` comments), read again every --peers-refresh: edit it (or replace it) to change the
+    /// members. This node's own address may be listed.
+    #[arg(long, value_name = "FILE", env = "GEECACHE_PEERS_FILE")]
+    pub peers_file: Option<PathBuf>,
+
+    /// Cluster from DNS: NAME:PORT entries (comma-separated), resolved every --peers-refresh;
+    /// each A record (AAAA when a name has none) is a member at PORT. E.g. a Kubernetes
+    /// headless service: --peers-dns geecache.ns.svc.cluster.local:9999, with
+    /// --advertise-addr $(POD_IP):9999.
+    #[arg(
+        long,
+        value_name = "NAME:PORT,...",
+        env = "GEECACHE_PEERS_DNS",
+        value_delimiter = ','
+    )]
+    pub peers_dns: Vec<String>,
+
+    /// How often --peers-file or --peers-dns is read again [default: 5s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_PEERS_REFRESH")]
+    pub peers_refresh: Option<String>,
+
     /// etcd endpoints (e.g. http://127.0.0.1:2379), comma-separated: register under
     /// /geecache/registry/<node-id> and discover the other nodes there.
     #[arg(
@@ -454,6 +476,10 @@ pub struct ClusterSettings {
     pub node_id: String,
     /// Other nodes' addresses (static membership).
     pub peers: Vec<String>,
+    /// A peers file or DNS names, read again every `peers_refresh`.
+    pub peer_source: Option<crate::discovery::PeerSource>,
+    /// How often `peer_source` is read again.
+    pub peers_refresh: Duration,
     /// etcd endpoints; when non-empty, membership comes from etcd.
     pub etcd_endpoints: Vec<String>,
     /// Lease TTL of the etcd registration.
@@ -466,6 +492,7 @@ impl ClusterSettings {
     /// Whether this node has peers (static or through etcd).
     pub fn is_clustered(&self) -> bool {
         !self.etcd_endpoints.is_empty()
+            || self.peer_source.is_some()
             || self.peers.iter().any(|p| p.as_str() != self.advertise_addr)
     }
 }
@@ -814,6 +841,9 @@ impl Cli {
             etcd_endpoints: self.etcd_endpoints.clone(),
             lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))?,
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
+            peer_source: self.peer_source()?,
+            peers_refresh: parse_duration(self.peers_refresh.as_deref().unwrap_or("5s"))
+                .map_err(|e| format!("--peers-refresh: {e}"))?,
         };
         let mut api = self.api_options(&file)?;
         let max_body_bytes = api.max_body_bytes;
@@ -868,6 +898,46 @@ impl Cli {
         })
     }
 
+    /// `--peers-file` or `--peers-dns`, which exclude each other, `--peers` and etcd.
+    fn peer_source(&self) -> Result<Option<crate::discovery::PeerSource>, String> {
+        use crate::discovery::PeerSource;
+        let dns: Vec<String> = self
+            .peers_dns
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let sources = [
+            !self.peers.is_empty(),
+            self.peers_file.is_some(),
+            !dns.is_empty(),
+            !self.etcd_endpoints.is_empty(),
+        ];
+        if self.peers_file.is_some() || !dns.is_empty() {
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err(
+                    "pick one way to find the peers: --peers, --peers-file, --peers-dns or                      --etcd-endpoints"
+                        .into(),
+                );
+            }
+            for name in &dns {
+                if name
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
+                    return Err(format!(
+                        "--peers-dns {name:?}: expected NAME:PORT, e.g. geecache.default.svc.cluster.local:9999"
+                    ));
+                }
+            }
+        }
+        Ok(match (&self.peers_file, dns.is_empty()) {
+            (Some(path), _) => Some(PeerSource::File(path.clone())),
+            (None, false) => Some(PeerSource::Dns(dns)),
+            (None, true) => None,
+        })
+    }
+
     /// The API's limits and access rules, flags winning over the file.
     fn api_options(&self, file: &FileConfig) -> Result<ApiOptions, String> {
         let size = |cli: &Option<String>, file: &Option<String>, default: &str| {
@@ -887,7 +957,10 @@ impl Cli {
         if self.api_token_reads && token.is_none() {
             return Err("--api-token-reads needs --api-token".into());
         }
-        let clustered = !self.etcd_endpoints.is_empty() || !self.peers.is_empty();
+        let clustered = !self.etcd_endpoints.is_empty()
+            || !self.peers.is_empty()
+            || self.peers_file.is_some()
+            || !self.peers_dns.is_empty();
         if token.is_some() && clustered && self.cluster_secret.as_deref().is_none_or(str::is_empty)
         {
             return Err(

@@ -189,7 +189,11 @@ pub async fn join(node: &Node, settings: &Settings) -> Result<(), String> {
         id: c.node_id.clone(),
         addr: c.advertise_addr.clone(),
     };
-    let membership = if c.etcd_endpoints.is_empty() {
+    let membership = if let Some(source) = &c.peer_source {
+        Membership::polled(me, source.clone(), c.peers_refresh)
+            .await
+            .map_err(|e| e.to_string())?
+    } else if c.etcd_endpoints.is_empty() {
         let peers = c
             .peers
             .iter()

@@ -5,11 +5,14 @@
 //! rebuilt from it whenever it changes.
 //!
 //! - [`Membership::fixed`]: the list given at startup; it never changes.
+//! - [`Membership::polled`]: a file of addresses or DNS names, read again every few seconds
+//!   (see [`polled`]).
 //! - [`Membership::etcd`]: each node registers `{prefix}{id}` under a lease kept alive in the
 //!   background, watches the prefix and republishes the list on every change (see [`etcd`] for
 //!   what happens when etcd goes away or the lease is lost).
 
 pub mod etcd;
+pub mod polled;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use etcd::EtcdOptions;
+pub use polled::PeerSource;
 
 /// One cache node as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -100,6 +104,10 @@ pub enum DiscoveryError {
     )]
     NoEndpoints,
 
+    /// A peers file cannot be read at startup.
+    #[error("{0}")]
+    Source(String),
+
     /// The options cannot work (an endpoint that is not a URL, an empty prefix, ...).
     #[error("invalid etcd options: {0}")]
     InvalidOptions(String),
@@ -142,6 +150,16 @@ struct Inner {
     _fixed: Option<watch::Sender<Vec<Member>>>,
     /// For etcd: the background task that registers, keeps alive and watches.
     task: Option<etcd::Task>,
+    /// For a polled source: the task that reads it again; aborted when the last handle goes.
+    poller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(poller) = &self.poller {
+            poller.abort();
+        }
+    }
 }
 
 impl Membership {
@@ -157,8 +175,41 @@ impl Membership {
                 state,
                 _fixed: Some(tx),
                 task: None,
+                poller: None,
             }),
         }
+    }
+
+    /// A membership read from `source` (a peers file, or DNS names) now and every `every`;
+    /// see [`polled`].
+    ///
+    /// # Errors
+    /// [`DiscoveryError::Source`] when the file cannot be read at startup. DNS that does not
+    /// answer yet is not an error: the node starts alone and picks the others up later.
+    pub async fn polled(
+        self_member: Member,
+        source: PeerSource,
+        every: Duration,
+    ) -> Result<Membership, DiscoveryError> {
+        let first = match polled::read(&source).await {
+            Ok(addrs) => addrs,
+            Err(e) if matches!(source, PeerSource::Dns(_)) => {
+                tracing::warn!(%source, error = %e, "cannot resolve the peers yet; starting alone");
+                Vec::new()
+            }
+            Err(e) => return Err(DiscoveryError::Source(format!("{source}: {e}"))),
+        };
+        let (members, poller) = polled::start(self_member, source, every, first);
+        let (_, state) = watch::channel(RegistrationState::Static);
+        Ok(Membership {
+            inner: Arc::new(Inner {
+                members,
+                state,
+                _fixed: None,
+                task: None,
+                poller: Some(poller),
+            }),
+        })
     }
 
     /// Registers this node in etcd and follows the registry; see the [`etcd`] module docs.
@@ -181,6 +232,7 @@ impl Membership {
                 state: started.state,
                 _fixed: None,
                 task: Some(started.task),
+                poller: None,
             }),
         })
     }
@@ -205,6 +257,9 @@ impl Membership {
     pub async fn shutdown(self) {
         if let Some(task) = &self.inner.task {
             task.shutdown().await;
+        }
+        if let Some(poller) = &self.inner.poller {
+            poller.abort();
         }
     }
 
