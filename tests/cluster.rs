@@ -27,8 +27,15 @@ struct NodeProc {
 
 impl NodeProc {
     fn spawn(dir: &Path, db: &Path, etcd: &str) -> NodeProc {
-        let port = free_port();
-        let log = dir.join(format!("node-{port}.log"));
+        NodeProc::spawn_on(dir, db, etcd, free_port())
+    }
+
+    /// A node on `port` (a restart takes its old port, and so its old ring name).
+    fn spawn_on(dir: &Path, db: &Path, etcd: &str, port: u16) -> NodeProc {
+        let log = dir.join(format!(
+            "node-{port}-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
         let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
             .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
             .arg("--plugin-config")
@@ -433,4 +440,159 @@ async fn an_etcd_outage_keeps_the_ring_and_nodes_re_register_after_it() {
     }
     let refs: Vec<&NodeProc> = c.nodes.iter().collect();
     wait_members(&c.client, &refs, 3, Duration::from_secs(10)).await;
+}
+
+/// Requests from several clients, each to whichever node the "load balancer" lists now (a node
+/// is taken out of the list before it is stopped, and put back once it is ready), over keys
+/// `user000001..=user000200`; every answer must be 200 with the key's score.
+struct BalancedLoad {
+    pool: Arc<std::sync::RwLock<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl BalancedLoad {
+    fn start(pool: Vec<String>, clients: usize, db: &Path) -> BalancedLoad {
+        let pool = Arc::new(std::sync::RwLock::new(pool));
+        let stop = Arc::new(AtomicBool::new(false));
+        let scores: Arc<Vec<String>> = Arc::new(
+            (1..=200)
+                .map(|i| expected_score(db, &format!("user{i:06}")))
+                .collect(),
+        );
+        let tasks = (0..clients)
+            .map(|c| {
+                let (pool, stop, scores) = (pool.clone(), stop.clone(), scores.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let (mut ok, mut failures) = (0u64, Vec::new());
+                    let started = Instant::now();
+                    let mut i = c as u64;
+                    while !stop.load(Ordering::SeqCst)
+                        && started.elapsed() < Duration::from_secs(120)
+                        && i < 1_000_000
+                    {
+                        i += 1;
+                        let target = {
+                            let pool = pool.read().unwrap();
+                            pool[(i as usize) % pool.len()].clone()
+                        };
+                        let k = (i * 7919) % 200;
+                        let url = format!("{target}/api?key=user{:06}", k + 1);
+                        match client.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                let body = r.text().await.unwrap_or_default();
+                                if body == scores[k as usize] {
+                                    ok += 1;
+                                } else {
+                                    failures.push(format!("{url}: wrong value {body}"));
+                                }
+                            }
+                            Ok(r) => failures.push(format!(
+                                "{url}: {} {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            )),
+                            Err(e) => failures.push(format!("{url}: {e}")),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        BalancedLoad { pool, stop, tasks }
+    }
+
+    fn set_pool(&self, pool: Vec<String>) {
+        *self.pool.write().unwrap() = pool;
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failures) = (0, Vec::new());
+        for t in self.tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failures.extend(f);
+        }
+        (ok, failures)
+    }
+}
+
+async fn group_counter(client: &reqwest::Client, node: &NodeProc, name: &str) -> u64 {
+    let stats = json(client, &format!("{}/api/v1/stats", node.base)).await;
+    stats["groups"][0][name].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restarts_fail_no_request_and_no_peer_request() {
+    let mut c = three_nodes().await;
+    let bases: Vec<String> = c.nodes.iter().map(|n| n.base.clone()).collect();
+    let load = BalancedLoad::start(bases.clone(), 6, &c.db);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut getter_calls_total, mut peer_errors_total) = (0, 0);
+    for i in 0..3 {
+        // Drain it at the load balancer first, as /readyz would tell one.
+        let others: Vec<String> = bases
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, b)| b.clone())
+            .collect();
+        load.set_pool(others);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let node = c.nodes.remove(i);
+        getter_calls_total += group_counter(&c.client, &node, "getter_calls").await;
+        peer_errors_total += group_counter(&c.client, &node, "peer_errors").await;
+        let port = node.port;
+        node.stop();
+        let refs: Vec<&NodeProc> = c.nodes.iter().collect();
+        wait_members(&c.client, &refs, 2, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Start again on the same port: the same ring name.
+        let again = NodeProc::spawn_on(c.dir.path(), &c.db, &c.etcd.endpoint(), port);
+        assert!(
+            wait_healthy(&format!("{}/readyz", again.base), Duration::from_secs(60)).await,
+            "{}",
+            again.log()
+        );
+        c.nodes.insert(i, again);
+        let refs: Vec<&NodeProc> = c.nodes.iter().collect();
+        wait_members(&c.client, &refs, 3, Duration::from_secs(10)).await;
+        load.set_pool(bases.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ok, failures) = load.finish().await;
+    for n in &c.nodes {
+        getter_calls_total += group_counter(&c.client, n, "getter_calls").await;
+        peer_errors_total += group_counter(&c.client, n, "peer_errors").await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ok > 500, "the load ran: {ok}");
+    // No peer request failed, so no key was loaded by a node that does not own it: each key is
+    // loaded by its owner, once per ring (the first ring, and two rings per restart).
+    let peer_failures: Vec<String> = std::fs::read_dir(c.dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .flat_map(|log| {
+            log.lines()
+                .filter(|l| l.contains("peer get failed"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        peer_errors_total, 0,
+        "peer requests failed during the restarts: {peer_failures:#?}"
+    );
+    assert!(
+        getter_calls_total <= 200 * 7,
+        "{getter_calls_total} loads of 200 keys over 7 rings"
+    );
 }

@@ -274,16 +274,6 @@ impl Cluster {
         for (node, addr) in nodes.iter_mut().zip(&addrs) {
             node.wait_ready(*addr, "/readyz")?;
         }
-        if n > 1 && spec.cluster_secret.is_some() {
-            // A node refuses signed peer requests dated (in whole seconds) before it started,
-            // its start rounded up: the sender then retries a second later. Start measuring
-            // once every node accepts the current second, or the first loads take a second.
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default();
-            let rest = Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()));
-            std::thread::sleep(rest + Duration::from_millis(50));
-        }
         Ok(Cluster {
             addrs,
             nodes,

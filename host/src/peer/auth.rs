@@ -3,7 +3,8 @@
 //!
 //! The client sends four headers:
 //!
-//! - `x-geecache-date`: the time of signing, in seconds since the Unix epoch;
+//! - `x-geecache-date`: the time of signing, in seconds since the Unix epoch, with three
+//!   decimals (`1764197105.703`; whole seconds are accepted too);
 //! - `x-geecache-nonce`: 32 lowercase hex digits (128 random bits), new for every request;
 //! - `x-geecache-content-sha256`: lowercase hex of the SHA-256 of the body (of the empty string
 //!   when there is no body);
@@ -41,7 +42,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// Header carrying the signing time (unix seconds).
+/// Header carrying the signing time (unix seconds, optionally with a `.` and 3 digits of
+/// milliseconds).
 pub const DATE_HEADER: &str = "x-geecache-date";
 
 /// Header carrying the request's nonce (32 lowercase hex digits).
@@ -157,6 +159,9 @@ pub struct SignedHeaders<'a> {
 pub struct Verified {
     /// The signed date (unix seconds), which says how long the nonce must be remembered.
     pub date: u64,
+    /// The same date in milliseconds, which says whether it was signed before the node
+    /// started.
+    pub date_ms: u64,
     /// The request's nonce, as the number its 32 hex digits spell.
     pub nonce: u128,
     /// The signed SHA-256 of the body.
@@ -220,6 +225,26 @@ impl ClusterSecret {
         nonce: &str,
         content_sha256: &str,
     ) -> String {
+        self.sign_dated(
+            method,
+            authority,
+            path,
+            &date.to_string(),
+            nonce,
+            content_sha256,
+        )
+    }
+
+    /// [`ClusterSecret::sign`] with the date as it goes in its header (`SECS` or `SECS.MMM`).
+    fn sign_dated(
+        &self,
+        method: &str,
+        authority: &str,
+        path: &str,
+        date: &str,
+        nonce: &str,
+        content_sha256: &str,
+    ) -> String {
         hex::encode(
             self.mac(method, authority, path, date, nonce, content_sha256)
                 .finalize()
@@ -237,12 +262,15 @@ impl ClusterSecret {
         path: &str,
         body: &[u8],
     ) -> [(&'static str, String); 4] {
-        let date = unix_now();
+        // Milliseconds, so a node that just started (and refuses what was signed before it)
+        // takes a request signed a moment after it, in the same second.
+        let now_ms = unix_now_ms();
+        let date = format!("{}.{:03}", now_ms / 1000, now_ms % 1000);
         let nonce = new_nonce();
         let content_sha256 = hex::encode(Sha256::digest(body));
-        let signature = self.sign(method, authority, path, date, &nonce, &content_sha256);
+        let signature = self.sign_dated(method, authority, path, &date, &nonce, &content_sha256);
         [
-            (DATE_HEADER, date.to_string()),
+            (DATE_HEADER, date),
             (NONCE_HEADER, nonce),
             (CONTENT_SHA256_HEADER, content_sha256),
             (SIGNATURE_HEADER, signature),
@@ -274,10 +302,8 @@ impl ClusterSecret {
         let signature = headers
             .signature
             .ok_or(AuthError::MissingHeader(SIGNATURE_HEADER))?;
-        let date: u64 = date
-            .trim()
-            .parse()
-            .map_err(|_| AuthError::Malformed(DATE_HEADER))?;
+        let date_text = date.trim();
+        let (date, date_ms) = parse_date(date_text).ok_or(AuthError::Malformed(DATE_HEADER))?;
         let nonce_value = Some(nonce)
             .filter(|n| is_lower_hex(n, 32))
             .and_then(|n| u128::from_str_radix(n, 16).ok())
@@ -293,11 +319,12 @@ impl ClusterSecret {
         }
         let signature = hex::decode(signature.trim()).map_err(|_| AuthError::BadSignature)?;
         // `verify_slice` compares in constant time.
-        self.mac(method, authority, path, date, nonce, content_sha256)
+        self.mac(method, authority, path, date_text, nonce, content_sha256)
             .verify_slice(&signature)
             .map_err(|_| AuthError::BadSignature)?;
         Ok(Verified {
             date,
+            date_ms,
             nonce: nonce_value,
             content_sha256: hash,
         })
@@ -308,7 +335,7 @@ impl ClusterSecret {
         method: &str,
         authority: &str,
         path: &str,
-        date: u64,
+        date: &str,
         nonce: &str,
         content_sha256: &str,
     ) -> HmacSha256 {
@@ -384,9 +411,26 @@ impl NodeAuth {
         let verified = self
             .secret
             .verify(method, &self.authority, path, headers, now)?;
-        self.replays.check(verified.nonce, verified.date, now)?;
+        self.replays
+            .check_ms(verified.nonce, verified.date_ms, now)?;
         Ok(verified)
     }
+}
+
+/// A date header's value: `SECS` or `SECS.MMM` (unix time), as seconds and milliseconds.
+fn parse_date(text: &str) -> Option<(u64, u64)> {
+    let (secs, ms) = match text.split_once('.') {
+        Some((secs, ms)) if ms.len() == 3 && ms.bytes().all(|b| b.is_ascii_digit()) => {
+            (secs, ms.parse::<u64>().ok()?)
+        }
+        Some(_) => return None,
+        None => (text, 0),
+    };
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: u64 = secs.parse().ok()?;
+    Some((secs, secs.checked_mul(1000)?.checked_add(ms)?))
 }
 
 /// Whether `s` is exactly `len` lowercase hex digits.
@@ -500,9 +544,10 @@ pub struct ReplayGuard {
     /// The nonces and their count, behind one lock (a check holds it for a lookup and an
     /// insert; one in [`MERGE_AT`] also merges a second's nonces).
     state: Arc<Mutex<Nonces>>,
-    /// The first signing date accepted (unix seconds): the start time rounded up, since a
-    /// request dated the very second the guard was made may have been signed just before.
-    started: u64,
+    /// The first signing date accepted, in unix milliseconds: just after the guard was made.
+    /// (Dates carry milliseconds, so a node that just started takes requests signed a moment
+    /// after it rather than refusing the whole second it started in.)
+    started_ms: u64,
     /// Most nonces held at once.
     capacity: u64,
 }
@@ -541,7 +586,7 @@ impl fmt::Debug for ReplayGuard {
         f.debug_struct("ReplayGuard")
             .field("held", &held)
             .field("capacity", &self.capacity)
-            .field("started", &self.started)
+            .field("started_ms", &self.started_ms)
             .finish()
     }
 }
@@ -555,29 +600,30 @@ impl Default for ReplayGuard {
 impl ReplayGuard {
     /// A guard started now, remembering at most `capacity` nonces.
     pub fn with_capacity(capacity: u64) -> ReplayGuard {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let started = now.as_secs() + u64::from(now.subsec_nanos() > 0);
-        ReplayGuard::started_at(started, capacity)
+        ReplayGuard::started_at_ms(unix_now_ms() + 1, capacity)
     }
 
     /// A guard that refuses requests dated before `started` (unix seconds), remembering at
     /// most `capacity` nonces.
     pub fn started_at(started: u64, capacity: u64) -> ReplayGuard {
+        ReplayGuard::started_at_ms(started.saturating_mul(1000), capacity)
+    }
+
+    /// A guard that refuses requests dated before `started_ms` (unix milliseconds).
+    pub fn started_at_ms(started_ms: u64, capacity: u64) -> ReplayGuard {
         ReplayGuard {
             state: Arc::new(Mutex::new(Nonces {
                 ring: (0..RING).map(|_| Slot::default()).collect(),
                 held: 0,
             })),
-            started,
+            started_ms,
             capacity,
         }
     }
 
-    /// The first signing date this guard accepts.
+    /// The first whole signing second all of which this guard accepts.
     pub fn started(&self) -> u64 {
-        self.started
+        self.started_ms.div_ceil(1000)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Nonces> {
@@ -593,9 +639,19 @@ impl ReplayGuard {
     /// [`AuthError::Replayed`] when the nonce was seen before with this date;
     /// [`AuthError::TooManyNonces`] when the guard is full.
     pub fn check(&self, nonce: u128, date: u64, now: u64) -> Result<(), AuthError> {
-        if date < self.started {
+        self.check_ms(nonce, date.saturating_mul(1000), now)
+    }
+
+    /// [`ReplayGuard::check`] with the date in milliseconds (the start is checked to the
+    /// millisecond; nonces are kept by second).
+    ///
+    /// # Errors
+    /// As [`ReplayGuard::check`].
+    pub fn check_ms(&self, nonce: u128, date_ms: u64, now: u64) -> Result<(), AuthError> {
+        if date_ms < self.started_ms {
             return Err(AuthError::BeforeStart);
         }
+        let date = date_ms / 1000;
         if !still_acceptable(date, now) {
             // The caller checks the skew; never store what the ring cannot keep.
             return Err(AuthError::Stale {
@@ -639,6 +695,13 @@ impl fmt::Debug for ClusterSecret {
 }
 
 /// The current time in unix seconds (0 if the clock is before 1970).
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -876,13 +939,31 @@ mod tests {
     }
 
     /// The guard is in memory: a node that restarted does not know the nonces it accepted
-    /// before, so it refuses anything dated before it started, including the second it
-    /// started in (a request of that second may have been signed before the restart).
+    /// before, so it refuses anything dated before it started, to the millisecond.
     #[test]
     fn requests_dated_before_the_guard_started_are_refused() {
         let guard = ReplayGuard::started_at(DATE, 10);
         assert_eq!(guard.check(1, DATE - 1, DATE), Err(AuthError::BeforeStart));
         assert_eq!(guard.check(1, DATE, DATE), Ok(()));
+        let guard = ReplayGuard::started_at_ms(DATE * 1000 + 400, 10);
+        assert_eq!(
+            guard.check_ms(2, DATE * 1000 + 399, DATE),
+            Err(AuthError::BeforeStart)
+        );
+        assert_eq!(guard.check_ms(2, DATE * 1000 + 400, DATE), Ok(()));
+        // A whole-second date of the start's second was perhaps signed before it.
+        assert_eq!(guard.check(3, DATE, DATE), Err(AuthError::BeforeStart));
+        assert_eq!(
+            parse_date("1764197105.703"),
+            Some((1_764_197_105, 1_764_197_105_703))
+        );
+        assert_eq!(
+            parse_date("1764197105"),
+            Some((1_764_197_105, 1_764_197_105_000))
+        );
+        for bad in ["", ".5", "1.5", "1.5000", "-1", "1.-50", "1e3", " 1"] {
+            assert_eq!(parse_date(bad), None, "{bad:?}");
+        }
         assert_eq!(AuthError::BeforeStart.code(), "unauthorized");
         assert!(
             AuthError::BeforeStart

@@ -284,7 +284,9 @@ impl PeerClient {
     /// Sends one request (signed when there is a secret) and returns the body of a 2xx answer.
     ///
     /// A peer that refuses the request with 401 and `Retry-After` (it was signed just before
-    /// the peer started, see [`auth`]) gets it once more, signed anew, a second later.
+    /// the peer started, see [`auth`]) gets it once more, signed anew, a second later; one
+    /// whose connection failed or was reset (a pooled connection it closed while restarting
+    /// or draining) gets it once more at once, on a new connection.
     async fn send(&self, method: Method, path: String, body: Vec<u8>) -> Result<Bytes, PeerError> {
         // Shared, not copied, if it has to be sent again.
         let body = Bytes::from(body);
@@ -334,7 +336,17 @@ impl PeerClient {
                 .header(header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(body.clone());
         }
-        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        let response = request.send().await.map_err(|e| {
+            let error = self.transport(&e);
+            // A pooled connection the peer closed (it restarted, or drains to stop), or a
+            // reset: once more on a fresh connection, at once. Every peer request is
+            // idempotent (gets, sets of one value, deletes, invalidations).
+            if !e.is_timeout() && (e.is_connect() || e.is_request()) {
+                Retry::After(Duration::ZERO, error)
+            } else {
+                Retry::No(error)
+            }
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()
