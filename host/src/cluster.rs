@@ -160,6 +160,16 @@ pub struct Cluster {
     metrics: Metrics,
 }
 
+/// A member's address as a base URL: as it is when it has a scheme (`https://...`), else
+/// `http://` + it.
+fn with_scheme(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -180,7 +190,22 @@ impl Cluster {
         peer_timeout: Duration,
         metrics: Metrics,
     ) -> Result<Arc<Cluster>> {
-        let http = crate::peer::http_client(peer_timeout)
+        Cluster::with_tls(self_id, self_addr, secret, peer_timeout, metrics, None)
+    }
+
+    /// [`Cluster::new`] whose `https://` peers must have certificates `peer_tls` trusts.
+    ///
+    /// # Errors
+    /// As [`Cluster::new`].
+    pub fn with_tls(
+        self_id: &str,
+        self_addr: &str,
+        secret: Option<ClusterSecret>,
+        peer_timeout: Duration,
+        metrics: Metrics,
+        peer_tls: Option<rustls::ClientConfig>,
+    ) -> Result<Arc<Cluster>> {
+        let http = crate::peer::http_client_with_tls(peer_timeout, peer_tls)
             .map_err(|e| Error::Internal(format!("cannot build the peer HTTP client: {e}")))?;
         let cluster = Cluster {
             self_addr: self_addr.to_string(),
@@ -258,7 +283,7 @@ impl Cluster {
     }
 
     fn client(&self, addr: &str) -> Result<Peer> {
-        let client = PeerClient::builder(format!("http://{addr}"))
+        let client = PeerClient::builder(with_scheme(addr))
             .timeout(self.peer_timeout)
             .secret(self.secret.clone())
             .http_client(self.http.clone())
@@ -314,7 +339,7 @@ impl Cluster {
         timeout: Duration,
         max_answer: usize,
     ) -> std::result::Result<(u16, bytes::Bytes), String> {
-        let base = format!("http://{addr}");
+        let base = with_scheme(addr);
         let authority = crate::peer::auth::authority_of(&base);
         let mut retried = false;
         loop {

@@ -306,8 +306,33 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_LEASE_TTL")]
     pub lease_ttl: Option<String>,
 
+    /// Serve TLS (HTTPS) to clients and peers with this PEM certificate chain (leaf first);
+    /// needs --tls-key. SIGHUP reads both files again.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "GEECACHE_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "GEECACHE_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificates of the CA(s) that sign the peers' certificates: peers advertised as
+    /// https:// are trusted only if one of these signed theirs [default: the system's roots].
+    #[arg(long, value_name = "FILE", env = "GEECACHE_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+
     /// The address other nodes reach this one at [default: --bind:--port, with 127.0.0.1 for
-    /// an unspecified bind address]. Also the node's name on the ring.
+    /// an unspecified bind address, and https:// with --tls-cert]. Also the node's name on the
+    /// ring; `https://host:port` for a node serving TLS.
     #[arg(long, value_name = "HOST:PORT", env = "GEECACHE_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
 
@@ -460,6 +485,8 @@ pub struct Settings {
     pub log_json: bool,
     /// Reload plugins when their files change (`--watch-plugins`).
     pub watch_plugins: bool,
+    /// The node's TLS certificate and key, when it serves TLS.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// How this node finds the others.
     pub cluster: ClusterSettings,
     /// How long a stopping node serves as "not ready" before it stops accepting (so load
@@ -480,6 +507,8 @@ pub struct ClusterSettings {
     pub peer_source: Option<crate::discovery::PeerSource>,
     /// How often `peer_source` is read again.
     pub peers_refresh: Duration,
+    /// The CA certificates peers' TLS certificates must chain to (`--peer-ca`).
+    pub peer_ca: Option<PathBuf>,
     /// etcd endpoints; when non-empty, membership comes from etcd.
     pub etcd_endpoints: Vec<String>,
     /// Lease TTL of the etcd registration.
@@ -824,7 +853,12 @@ impl Cli {
             } else {
                 bind
             };
-            SocketAddr::new(host, port).to_string()
+            let addr = SocketAddr::new(host, port).to_string();
+            if self.tls_cert.is_some() {
+                format!("https://{addr}")
+            } else {
+                addr
+            }
         });
         let cluster = ClusterSettings {
             node_id: self
@@ -842,6 +876,7 @@ impl Cli {
             lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))?,
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
             peer_source: self.peer_source()?,
+            peer_ca: self.peer_ca.clone(),
             peers_refresh: parse_duration(self.peers_refresh.as_deref().unwrap_or("5s"))
                 .map_err(|e| format!("--peers-refresh: {e}"))?,
         };
@@ -888,6 +923,13 @@ impl Cli {
             server_limits,
             log_json: self.log_json,
             watch_plugins: self.watch_plugins,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
             cluster,
             shutdown_grace: parse_duration(
                 self.shutdown_grace

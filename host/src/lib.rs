@@ -42,6 +42,8 @@
 //!   watch); publishes the member list the ring is built from.
 //! - [`cluster`]: membership → ring → peer clients, as the group's `PeerPicker`; a single node
 //!   is a cluster of one.
+//! - [`tls`]: rustls for the node's port (certificate reloaded on SIGHUP, handshakes off the
+//!   accept loop) and the peer client's trust (`--peer-ca`).
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
 //! - [`error`]: the error type shared by the modules above.
 //! - [`telemetry`]: logs (`RUST_LOG`, text or JSON), get-path spans exported over OTLP when
@@ -65,3 +67,4 @@ pub mod ring;
 pub mod server;
 pub mod singleflight;
 pub mod telemetry;
+pub mod tls;

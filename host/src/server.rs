@@ -57,6 +57,8 @@ pub struct Node {
     pub shutdown_grace: Duration,
     /// Whether [`run`] reloads plugins whose files are replaced (`--watch-plugins`).
     pub watch_plugins: bool,
+    /// TLS of the node's port, when it serves TLS (`--tls-cert`).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Loads every plugin and builds every group of `settings`.
@@ -93,12 +95,21 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         .groups
         .first()
         .map_or(Duration::from_secs(1), |g| g.options.peer_timeout);
-    let cluster = Cluster::new(
+    let peer_tls = match &c.peer_ca {
+        Some(ca) => Some(crate::tls::peer_client_config(ca)?),
+        None => None,
+    };
+    let tls = match &settings.tls {
+        Some(files) => Some(crate::tls::ServerTls::load(files.clone())?),
+        None => None,
+    };
+    let cluster = Cluster::with_tls(
         &c.node_id,
         &c.advertise_addr,
         secret.clone(),
         peer_timeout,
         metrics.clone(),
+        peer_tls,
     )
     .map_err(|e| e.to_string())?;
 
@@ -175,6 +186,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         guard: RequestGuard::new(settings.server_limits.clone()),
         shutdown_grace: settings.shutdown_grace,
         watch_plugins: settings.watch_plugins,
+        tls,
     })
 }
 
@@ -244,6 +256,7 @@ pub async fn run(
     };
     let app = node.guard.apply(api::router(node.state.clone()));
     let listener = LimitedListener::new(listener, node.guard.limits().max_connections);
+    let tls = node.tls.clone();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -261,17 +274,16 @@ pub async fn run(
         tracing::info!("shutting down: no new connections; draining requests in flight");
         let _ = drain_tx.send(());
     };
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let serve = std::pin::pin!(serve.into_future());
-    let served = tokio::select! {
-        r = serve => r,
-        () = async {
-            let _ = drain_rx.await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } => {
-            tracing::warn!("drain timeout passed; closing remaining connections");
-            Ok(())
+    let drained = async {
+        let _ = drain_rx.await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, &tls);
+            serve_until(listener, app, signal, drained).await
         }
+        None => serve_until(listener, app, signal, drained).await,
     };
     // Requests are done (or were given up on): what they queued is written now, and a
     // straggler's write is waited for too.
@@ -287,6 +299,54 @@ pub async fn run(
         tracing::info!("storage tier: drained {} writes", drained.written);
     }
     served
+}
+
+/// Serves `app` on `listener` until `signal` (graceful: requests in flight finish) or, after
+/// it, until `drained` resolves (the drain timeout: remaining connections are closed).
+async fn serve_until<L>(
+    listener: L,
+    app: axum::Router,
+    signal: impl Future<Output = ()> + Send + 'static,
+    drained: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let serve = std::pin::pin!(serve.into_future());
+    tokio::select! {
+        r = serve => r,
+        () = drained => {
+            tracing::warn!("drain timeout passed; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Reloads, on every SIGHUP: the plugins whose files changed, and the TLS certificate.
+async fn on_sighup(plugins: Arc<crate::plugin::Plugins>, tls: Option<crate::tls::ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; plugins reload through the API only");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            if let Some(tls) = &tls
+                && let Err(e) = tls.reload()
+            {
+                tracing::error!(error = %e, "SIGHUP: the TLS certificate was not reloaded; the old one is served");
+            }
+            crate::plugin::watch::reload_changed_on_signal(&plugins).await;
+        }
+    }
+    #[cfg(not(unix))]
+    drop((plugins, tls));
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -373,7 +433,7 @@ pub fn main() -> ExitCode {
         }
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let groups: Vec<String> = node.state.groups().iter().map(|g| g.name().to_string()).collect();
-        tokio::spawn(crate::plugin::watch::reload_on_sighup(node.state.plugins().clone()));
+        tokio::spawn(on_sighup(node.state.plugins().clone(), node.tls.clone()));
         tracing::info!(%addr, ?groups, "geecache-host listening; try: curl \"http://{addr}/api?key=Tom\"");
         match run(listener, node, shutdown_signal()).await {
             Ok(()) => {

@@ -36,15 +36,30 @@ pub const POOL_MAX_IDLE_PER_PEER: usize = super::DEFAULT_PEER_CONCURRENCY;
 /// cluster's traffic (and could replay it).
 ///
 /// # Errors
-/// When reqwest cannot build a client (no TLS backend is needed, so in practice never).
+/// When reqwest cannot build a client (its TLS setup failed).
 pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    http_client_with_tls(connect_timeout, None)
+}
+
+/// [`http_client`] whose `https://` peers are checked with `tls` (`--peer-ca`) rather than the
+/// system's roots.
+///
+/// # Errors
+/// As [`http_client`].
+pub fn http_client_with_tls(
+    connect_timeout: Duration,
+    tls: Option<rustls::ClientConfig>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_PEER)
         // reqwest's default, said here because the latency of every peer call depends on it.
         .tcp_nodelay(true)
-        .no_proxy()
-        .build()
+        .no_proxy();
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder.build()
 }
 
 /// Talks to one remote node. Cheap to clone (an `Arc` inside); clones share the connection pool.
@@ -122,7 +137,7 @@ impl PeerClientBuilder {
     ///
     /// # Errors
     /// [`PeerError::InvalidAddress`] when the address is not `host:port` or `http://host:port`
-    /// (HTTPS and base paths are not supported), or the HTTP client cannot be created.
+    /// (`https://host:port` too; base paths are not supported), or the HTTP client cannot be created.
     pub fn build(self) -> Result<PeerClient, PeerError> {
         let invalid = |message: String| PeerError::InvalidAddress {
             addr: self.addr.clone(),
@@ -134,8 +149,8 @@ impl PeerClientBuilder {
             format!("http://{}", self.addr)
         };
         let url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
-        if url.scheme() != "http" {
-            return Err(invalid("only http:// peers are supported".into()));
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(invalid("peers are http:// or https://".into()));
         }
         if url.host().is_none() || url.path() != "/" || url.query().is_some() {
             return Err(invalid("expected host:port or http://host:port".into()));

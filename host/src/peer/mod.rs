@@ -64,7 +64,9 @@ mod error;
 mod server;
 
 pub use auth::{ClusterSecret, NodeAuth};
-pub use client::{BatchResult, DEFAULT_TIMEOUT, PeerClient, PeerClientBuilder, http_client};
+pub use client::{
+    BatchResult, DEFAULT_TIMEOUT, PeerClient, PeerClientBuilder, http_client, http_client_with_tls,
+};
 pub use error::PeerError;
 pub(crate) use server::verify_signed;
 pub use server::{PeerLimits, router, router_with_limits};

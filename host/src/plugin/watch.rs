@@ -1,4 +1,5 @@
-//! The reload triggers that are not the admin API: `--watch-plugins` (file events) and SIGHUP.
+//! The reload triggers that are not the admin API: `--watch-plugins` (file events) and SIGHUP
+//! (wired in [`crate::server`]).
 //! Both reload every plugin whose file's content changed ([`Plugins::reload_changed`]).
 //!
 //! `--watch-plugins` watches the directories of the plugin files the node started with
@@ -97,29 +98,13 @@ pub fn watch(plugins: Arc<Plugins>) -> Result<PluginWatch, String> {
     })
 }
 
-/// Reloads the plugins whose files changed each time the process receives SIGHUP; runs until
-/// the runtime stops. Does nothing where there is no SIGHUP.
-pub async fn reload_on_sighup(plugins: Arc<Plugins>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; plugins reload through the API only");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            let results = plugins.reload_changed().await;
-            let failed = results.iter().filter(|(_, r)| r.is_err()).count();
-            tracing::info!(
-                changed = results.len(),
-                failed,
-                "SIGHUP: reloaded the plugins whose files changed"
-            );
-        }
-    }
-    #[cfg(not(unix))]
-    drop(plugins);
+/// What SIGHUP does to plugins: reloads those whose files changed, and logs how many.
+pub async fn reload_changed_on_signal(plugins: &Plugins) {
+    let results = plugins.reload_changed().await;
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    tracing::info!(
+        changed = results.len(),
+        failed,
+        "SIGHUP: reloaded the plugins whose files changed"
+    );
 }

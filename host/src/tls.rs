@@ -1,0 +1,328 @@
+//! TLS (rustls) for the node's port, which serves clients and peers alike, and for the peer
+//! client.
+//!
+//! - Server: `--tls-cert` (a PEM chain, leaf first) and `--tls-key` (a PEM private key). The
+//!   certificate is served through a resolver that [`ServerTls::reload`] swaps (SIGHUP), so a
+//!   renewed certificate takes effect for new connections while open ones go on. A handshake
+//!   runs on the connection's own task, not in the accept loop, and must finish within
+//!   [`HANDSHAKE_TIMEOUT`].
+//! - Peers: `--peer-ca` (PEM certificates) is what a node trusts when it calls a peer whose
+//!   advertised address is `https://...`; a peer whose certificate another CA signed is
+//!   refused (the request fails and the key is loaded locally, as for any failed owner).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the node's certificate and key are (`--tls-cert`, `--tls-key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Reads a certificate and key pair into what rustls serves.
+fn load_key_pair(files: &TlsFiles) -> Result<Arc<CertifiedKey>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("--tls-cert {}: {e}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no PEM certificate in it",
+            files.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("--tls-key {}: {e}", files.key.display()))?;
+    let pair = CertifiedKey::new(certs, signing);
+    pair.keys_match().map_err(|e| {
+        format!(
+            "--tls-key {} does not belong to --tls-cert {}: {e}",
+            files.key.display(),
+            files.cert.display()
+        )
+    })?;
+    Ok(Arc::new(pair))
+}
+
+/// Serves the current certificate; [`ServerTls::reload`] swaps it.
+#[derive(Debug)]
+struct Resolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The node's TLS server side: configuration and the reloadable certificate.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Where the certificate and key are read from.
+    files: TlsFiles,
+    /// The certificate being served.
+    resolver: Arc<Resolver>,
+    /// Accepts connections with it.
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Reads the certificate and key.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, or a key that does not match the certificate.
+    pub fn load(files: TlsFiles) -> Result<ServerTls, String> {
+        let resolver = Arc::new(Resolver {
+            current: ArcSwap::new(load_key_pair(&files)?),
+        });
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ServerTls {
+            files,
+            resolver,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
+    /// Reads the certificate and key again (SIGHUP): new connections get the new certificate,
+    /// open ones are not touched. On an error the old certificate stays.
+    ///
+    /// # Errors
+    /// As [`ServerTls::load`].
+    pub fn reload(&self) -> Result<(), String> {
+        let pair = load_key_pair(&self.files)?;
+        self.resolver.current.store(pair);
+        tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+        Ok(())
+    }
+
+    /// The certificate chain served now (leaf first), DER.
+    pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.resolver.current.load().cert.clone()
+    }
+}
+
+/// The TLS client configuration of peer calls: trusts the certificates in `ca` (PEM) only.
+///
+/// # Errors
+/// The file cannot be read or holds no certificate.
+pub fn peer_client_config(ca: &Path) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("--peer-ca {}: {e}", ca.display()))?;
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "--peer-ca {}: no usable PEM certificate in it",
+            ca.display()
+        ));
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A listener whose connections speak TLS: `accept` returns at once, and the handshake runs
+/// when the connection is first read or written (on its own task).
+pub struct TlsListener<L> {
+    /// The plain listener.
+    inner: L,
+    /// Its TLS side.
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl<L: std::fmt::Debug> std::fmt::Debug for TlsListener<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L> TlsListener<L> {
+    /// `inner`'s connections, with TLS from `tls`.
+    pub fn new(inner: L, tls: &ServerTls) -> Self {
+        TlsListener {
+            inner,
+            acceptor: tls.acceptor.clone(),
+        }
+    }
+}
+
+impl<L> axum::serve::Listener for TlsListener<L>
+where
+    L: axum::serve::Listener,
+{
+    type Io = TlsConnection<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.inner.accept().await;
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(io));
+        (
+            TlsConnection {
+                state: State::Handshaking(Box::pin(handshake)),
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+type Handshake<IO> = Pin<Box<tokio::time::Timeout<tokio_rustls::Accept<IO>>>>;
+
+/// Where a connection's TLS stands.
+enum State<IO> {
+    /// The handshake is under way.
+    Handshaking(Handshake<IO>),
+    /// Ready.
+    Streaming(Box<tokio_rustls::server::TlsStream<IO>>),
+    /// The handshake failed; every operation fails.
+    Failed,
+}
+
+/// A server-side TLS connection whose handshake completes on first use.
+pub struct TlsConnection<IO> {
+    state: State<IO>,
+}
+
+impl<IO> std::fmt::Debug for TlsConnection<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Handshaking(_) => "handshaking",
+            State::Streaming(_) => "streaming",
+            State::Failed => "failed",
+        };
+        f.debug_struct("TlsConnection")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<IO> TlsConnection<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Drives the handshake; `Ready(Ok(stream))` once it is done.
+    fn stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<&mut tokio_rustls::server::TlsStream<IO>>> {
+        if let State::Handshaking(handshake) = &mut self.state {
+            let done = match handshake.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Ok(stream))) => Ok(stream),
+                Poll::Ready(Ok(Err(e))) => Err(e),
+                Poll::Ready(Err(_elapsed)) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                )),
+            };
+            match done {
+                Ok(stream) => self.state = State::Streaming(Box::new(stream)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    self.state = State::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        match &mut self.state {
+            State::Streaming(stream) => Poll::Ready(Ok(stream)),
+            _ => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ))),
+        }
+    }
+}
+
+use std::future::Future as _;
+
+impl<IO> AsyncRead for TlsConnection<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_read(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<IO> AsyncWrite for TlsConnection<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_flush(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream(cx) {
+            Poll::Ready(Ok(stream)) => Pin::new(stream).poll_shutdown(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! TLS between clients and nodes and between peers (rustls): certificates from a throwaway CA
+//! (rcgen), real nodes on 127.0.0.1 serving https, the real db_getter.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use geecache_tests::{TestNode, plugins};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use tokio::net::TcpListener;
+
+/// A certificate authority for one test.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Writes the CA certificate to `dir/name`.
+    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, self.pem()).unwrap();
+        path
+    }
+
+    /// A certificate for 127.0.0.1 signed by this CA, written as `dir/{name}.crt` and
+    /// `.key`; and its DER.
+    fn node_cert(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (crt, pem_key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+        (crt, pem_key, cert.der().to_vec())
+    }
+}
+
+/// A client that trusts `ca`.
+fn client(ca: &Ca) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+async fn group_stats(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    let stats: serde_json::Value = client
+        .get(format!("{base}/api/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["groups"][0].clone()
+}
+
+/// The DER of the certificate a TLS connection to `addr` is served, trusting `ca`.
+async fn served_cert(addr: &str, ca: &Ca) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_over_tls_serves_and_refuses_a_peer_of_another_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other_ca) = (Ca::new("geecache test CA"), Ca::new("someone else's CA"));
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    // Three nodes with certificates of the cluster's CA, a fourth with another CA's.
+    let mut listeners = Vec::new();
+    for _ in 0..4 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("https://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut certs = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let issuer = if i == 3 { &other_ca } else { &ca };
+        let (crt, key, der) = issuer.node_cert(dir.path(), &format!("node{i}"));
+        certs.push((crt.clone(), key.clone(), der));
+        let peers: Vec<&str> = addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| a.as_str())
+            .collect();
+        let peers = peers.join(",");
+        let (crt, key, ca_path) = (
+            crt.display().to_string(),
+            key.display().to_string(),
+            ca_file.display().to_string(),
+        );
+        let args = [
+            "--plugin",
+            plugins::DB_GETTER,
+            "--plugin-config",
+            "db_getter.database={db}",
+            "--tls-cert",
+            &crt,
+            "--tls-key",
+            &key,
+            "--peer-ca",
+            &ca_path,
+            "--cluster-secret",
+            "tls-cluster",
+            "--advertise-addr",
+            &addrs[i],
+            "--peers",
+            &peers,
+        ];
+        nodes.push(TestNode::start_on(listener, &args).await);
+    }
+    let https = client(&ca);
+    let a = &addrs[0];
+    // Every key answers, through whichever owner.
+    for i in 1..=60 {
+        let r = https
+            .get(format!("{a}/api?key=user{i:06}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "user{i:06}");
+    }
+    let stats = group_stats(&https, a).await;
+    assert!(stats["peer_loads"].as_u64().unwrap() > 0, "{stats}");
+    // The fourth node's certificate is refused: its keys were loaded locally.
+    assert!(stats["peer_errors"].as_u64().unwrap() > 0, "{stats}");
+    // ...though it serves TLS, as a client that trusts its CA sees.
+    let theirs = client(&other_ca);
+    let r = theirs
+        .get(format!("{}/healthz", addrs[3]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Nodes 1 and 2 took no error from each other or from node 0.
+    for addr in &addrs[1..3] {
+        let s = group_stats(&https, addr).await;
+        assert!(s["peer_requests_served"].as_u64().unwrap() > 0, "{s}");
+    }
+    // Plain HTTP to a TLS port gets no answer.
+    let plain = reqwest::Client::new();
+    assert!(
+        plain
+            .get(format!("http://{}/healthz", nodes[0].addr))
+            .send()
+            .await
+            .is_err()
+    );
+
+    // A renewed certificate (SIGHUP in the binary) is served to new connections; the
+    // connections open before keep working.
+    let addr0 = nodes[0].addr.to_string();
+    assert_eq!(served_cert(&addr0, &ca).await, certs[0].2);
+    let (crt, key, new_der) = ca.node_cert(dir.path(), "node0-renewed");
+    std::fs::copy(&crt, &certs[0].0).unwrap();
+    std::fs::copy(&key, &certs[0].1).unwrap();
+    nodes[0].node.tls.as_ref().unwrap().reload().unwrap();
+    assert_eq!(served_cert(&addr0, &ca).await, new_der);
+    let r = https.get(format!("{a}/api?key=Tom")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "630");
+    // A key that does not match is refused, and the served certificate stays.
+    std::fs::copy(&certs[1].1, &certs[0].1).unwrap();
+    assert!(nodes[0].node.tls.as_ref().unwrap().reload().is_err());
+    assert_eq!(served_cert(&addr0, &ca).await, new_der);
+    for n in nodes {
+        n.stop().await;
+    }
+}
