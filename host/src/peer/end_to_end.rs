@@ -986,13 +986,18 @@ async fn a_slow_peer_times_out() {
 
 #[test]
 fn peer_addresses_are_checked() {
-    for good in ["127.0.0.1:9001", "http://node-1:9001", "http://[::1]:9001/"] {
+    for good in [
+        "127.0.0.1:9001",
+        "http://node-1:9001",
+        "http://[::1]:9001/",
+        "https://node:9001",
+    ] {
         let client = PeerClient::builder(good).build().unwrap();
-        assert!(client.base_url().starts_with("http://"), "{good}");
+        assert!(client.base_url().starts_with("http"), "{good}");
         assert!(!client.base_url().ends_with('/'), "{good}");
     }
     for bad in [
-        "https://node:9001",
+        "ftp://node:9001",
         "http://node:9001/prefix",
         "node:notaport",
         "",
