@@ -95,26 +95,29 @@ async fn served_cert(addr: &str, ca: &Ca) -> Vec<u8> {
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_over_tls_serves_and_refuses_a_peer_of_another_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, other_ca) = (Ca::new("geecache test CA"), Ca::new("someone else's CA"));
-    let ca_file = ca.write(dir.path(), "ca.pem");
-    // Three nodes with certificates of the cluster's CA, a fourth with another CA's.
+/// Starts one node per certificate issuer in `issuers` on 127.0.0.1 over https, each listing
+/// the others as peers, with `extra` flags; their `https://` addresses, the nodes, and each
+/// node's certificate (file, key file, DER).
+async fn tls_nodes(
+    dir: &Path,
+    issuers: &[&Ca],
+    ca_file: &Path,
+    extra: &[&str],
+) -> (Vec<String>, Vec<TestNode>, Vec<(PathBuf, PathBuf, Vec<u8>)>) {
     let mut listeners = Vec::new();
-    for _ in 0..4 {
+    for _ in issuers {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
     }
     let addrs: Vec<String> = listeners
         .iter()
         .map(|l| format!("https://{}", l.local_addr().unwrap()))
         .collect();
-    let mut nodes = Vec::new();
-    let mut certs = Vec::new();
+    let (mut nodes, mut certs) = (Vec::new(), Vec::new());
+    let ca_path = ca_file.display().to_string();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let issuer = if i == 3 { &other_ca } else { &ca };
-        let (crt, key, der) = issuer.node_cert(dir.path(), &format!("node{i}"));
-        certs.push((crt.clone(), key.clone(), der));
+        let (crt, key, der) = issuers[i].node_cert(dir, &format!("node{i}"));
+        let (crt_s, key_s) = (crt.display().to_string(), key.display().to_string());
+        certs.push((crt, key, der));
         let peers: Vec<&str> = addrs
             .iter()
             .enumerate()
@@ -122,31 +125,41 @@ async fn a_cluster_over_tls_serves_and_refuses_a_peer_of_another_ca() {
             .map(|(_, a)| a.as_str())
             .collect();
         let peers = peers.join(",");
-        let (crt, key, ca_path) = (
-            crt.display().to_string(),
-            key.display().to_string(),
-            ca_file.display().to_string(),
-        );
-        let args = [
+        let mut args = vec![
             "--plugin",
             plugins::DB_GETTER,
             "--plugin-config",
             "db_getter.database={db}",
             "--tls-cert",
-            &crt,
+            &crt_s,
             "--tls-key",
-            &key,
+            &key_s,
             "--peer-ca",
             &ca_path,
-            "--cluster-secret",
-            "tls-cluster",
             "--advertise-addr",
             &addrs[i],
             "--peers",
             &peers,
         ];
+        args.extend_from_slice(extra);
         nodes.push(TestNode::start_on(listener, &args).await);
     }
+    (addrs, nodes, certs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_over_tls_serves_and_refuses_a_peer_of_another_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other_ca) = (Ca::new("geecache test CA"), Ca::new("someone else's CA"));
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    // Three nodes with certificates of the cluster's CA, a fourth with another CA's.
+    let (addrs, nodes, certs) = tls_nodes(
+        dir.path(),
+        &[&ca, &ca, &ca, &other_ca],
+        &ca_file,
+        &["--cluster-secret", "tls-cluster"],
+    )
+    .await;
     let https = client(&ca);
     let a = &addrs[0];
     // Every key answers, through whichever owner.
@@ -200,6 +213,39 @@ async fn a_cluster_over_tls_serves_and_refuses_a_peer_of_another_ca() {
     std::fs::copy(&certs[1].1, &certs[0].1).unwrap();
     assert!(nodes[0].node.tls.as_ref().unwrap().reload().is_err());
     assert_eq!(served_cert(&addr0, &ca).await, new_der);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_mutual_tls_peers_show_certificates_and_api_clients_need_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("geecache mtls CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (addrs, nodes, _) =
+        tls_nodes(dir.path(), &[&ca, &ca, &ca], &ca_file, &["--peer-mtls"]).await;
+    // An API client with no certificate of its own is served; peers show theirs.
+    let https = client(&ca);
+    for i in 1..=40 {
+        let r = https
+            .get(format!("{}/api?key=user{i:06}", addrs[0]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "user{i:06}");
+    }
+    let stats = group_stats(&https, &addrs[0]).await;
+    assert!(stats["peer_loads"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["peer_errors"], 0, "{stats}");
+    // A peer request on a connection without a client certificate is refused.
+    let r = https
+        .get(format!("{}/_geecache/scores/Tom", addrs[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.text().await.unwrap().contains("client certificate"));
     for n in nodes {
         n.stop().await;
     }

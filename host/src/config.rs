@@ -330,6 +330,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "GEECACHE_PEER_CA")]
     pub peer_ca: Option<PathBuf>,
 
+    /// Mutual TLS between peers: show this node's certificate when calling a peer, and take
+    /// peer requests only from connections whose client certificate --peer-ca signed (API
+    /// clients need none). Needs --tls-cert, --tls-key and --peer-ca.
+    #[arg(long, env = "GEECACHE_PEER_MTLS")]
+    pub peer_mtls: bool,
+
     /// The address other nodes reach this one at [default: --bind:--port, with 127.0.0.1 for
     /// an unspecified bind address, and https:// with --tls-cert]. Also the node's name on the
     /// ring; `https://host:port` for a node serving TLS.
@@ -509,6 +515,8 @@ pub struct ClusterSettings {
     pub peers_refresh: Duration,
     /// The CA certificates peers' TLS certificates must chain to (`--peer-ca`).
     pub peer_ca: Option<PathBuf>,
+    /// Mutual TLS between peers (`--peer-mtls`).
+    pub peer_mtls: bool,
     /// etcd endpoints; when non-empty, membership comes from etcd.
     pub etcd_endpoints: Vec<String>,
     /// Lease TTL of the etcd registration.
@@ -877,9 +885,17 @@ impl Cli {
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
             peer_source: self.peer_source()?,
             peer_ca: self.peer_ca.clone(),
+            peer_mtls: self.peer_mtls,
             peers_refresh: parse_duration(self.peers_refresh.as_deref().unwrap_or("5s"))
                 .map_err(|e| format!("--peers-refresh: {e}"))?,
         };
+        if self.peer_mtls && (self.tls_cert.is_none() || self.peer_ca.is_none()) {
+            return Err(
+                "--peer-mtls needs --tls-cert, --tls-key (this node's certificate, also shown to \
+                 peers) and --peer-ca (what peers' certificates must chain to)"
+                    .into(),
+            );
+        }
         let mut api = self.api_options(&file)?;
         let max_body_bytes = api.max_body_bytes;
         let mut server_limits = ServerLimits {
@@ -1028,6 +1044,7 @@ impl Cli {
                     .unwrap_or(defaults::MAX_PLUGIN_BYTES),
             )
             .map_err(|e| format!("--max-plugin-bytes: {e}"))?,
+            require_peer_cert: self.peer_mtls,
             peer_concurrency,
             access: Access {
                 token,

@@ -95,12 +95,20 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         .groups
         .first()
         .map_or(Duration::from_secs(1), |g| g.options.peer_timeout);
-    let peer_tls = match &c.peer_ca {
-        Some(ca) => Some(crate::tls::peer_client_config(ca)?),
+    let client_ca = c.peer_ca.as_deref().filter(|_| c.peer_mtls);
+    let tls = match &settings.tls {
+        Some(files) => Some(crate::tls::ServerTls::load_with_client_ca(
+            files.clone(),
+            client_ca,
+        )?),
         None => None,
     };
-    let tls = match &settings.tls {
-        Some(files) => Some(crate::tls::ServerTls::load(files.clone())?),
+    let peer_tls = match &c.peer_ca {
+        // With mutual TLS, peers are shown this node's certificate.
+        Some(ca) => Some(crate::tls::peer_client_config(
+            ca,
+            tls.as_ref().filter(|_| c.peer_mtls),
+        )?),
         None => None,
     };
     let cluster = Cluster::with_tls(
@@ -281,7 +289,7 @@ pub async fn run(
     let served = match tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, &tls);
-            serve_until(listener, app, signal, drained).await
+            serve_tls_until(listener, app, signal, drained).await
         }
         None => serve_until(listener, app, signal, drained).await,
     };
@@ -314,7 +322,15 @@ where
     L::Addr: std::fmt::Debug,
 {
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let serve = std::pin::pin!(serve.into_future());
+    until_drained(serve.into_future(), drained).await
+}
+
+/// Runs `serve` until it ends, or until `drained` (the drain timeout) resolves first.
+async fn until_drained(
+    serve: impl Future<Output = std::io::Result<()>>,
+    drained: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let serve = std::pin::pin!(serve);
     tokio::select! {
         r = serve => r,
         () = drained => {
@@ -322,6 +338,19 @@ where
             Ok(())
         }
     }
+}
+
+/// [`serve_until`] for TLS connections, each with its [`crate::tls::PeerIdentity`] (whether
+/// its client showed a verified certificate), which the peer routes check with `--peer-mtls`.
+async fn serve_tls_until(
+    listener: crate::tls::TlsListener<LimitedListener>,
+    app: axum::Router,
+    signal: impl Future<Output = ()> + Send + 'static,
+    drained: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<crate::tls::PeerIdentity>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+    until_drained(serve.into_future(), drained).await
 }
 
 /// Reloads, on every SIGHUP: the plugins whose files changed, and the TLS certificate.

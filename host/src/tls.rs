@@ -9,11 +9,16 @@
 //! - Peers: `--peer-ca` (PEM certificates) is what a node trusts when it calls a peer whose
 //!   advertised address is `https://...`; a peer whose certificate another CA signed is
 //!   refused (the request fails and the key is loaded locally, as for any failed owner).
+//! - Mutual TLS (`--peer-mtls`): a node also shows its own certificate when it calls a peer,
+//!   and takes peer requests only on connections whose client certificate `--peer-ca` signed.
+//!   Clients of the API need none: the handshake accepts connections without a client
+//!   certificate, and the peer routes check [`PeerIdentity`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,6 +84,37 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// The same certificate, shown to peers as a client (mutual TLS); renewed with it.
+impl rustls::client::ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The certificates in a PEM file, as trust roots.
+fn roots(path: &Path, flag: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "{flag} {}: no usable PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
 /// The node's TLS server side: configuration and the reloadable certificate.
 #[derive(Clone)]
 pub struct ServerTls {
@@ -104,12 +140,37 @@ impl ServerTls {
     /// # Errors
     /// A file that cannot be read or parsed, or a key that does not match the certificate.
     pub fn load(files: TlsFiles) -> Result<ServerTls, String> {
+        ServerTls::load_with_client_ca(files, None)
+    }
+
+    /// [`ServerTls::load`] that also asks connecting clients for a certificate, and verifies
+    /// one that is shown against the CA(s) in `client_ca` (mutual TLS between peers; clients
+    /// without a certificate are still served).
+    ///
+    /// # Errors
+    /// As [`ServerTls::load`]; or `client_ca` holds no certificate.
+    pub fn load_with_client_ca(
+        files: TlsFiles,
+        client_ca: Option<&Path>,
+    ) -> Result<ServerTls, String> {
         let resolver = Arc::new(Resolver {
             current: ArcSwap::new(load_key_pair(&files)?),
         });
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca {
+            Some(ca) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(
+                    ca,
+                    "--peer-ca",
+                )?))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("--peer-ca {}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ServerTls {
             files,
@@ -136,25 +197,43 @@ impl ServerTls {
     }
 }
 
-/// The TLS client configuration of peer calls: trusts the certificates in `ca` (PEM) only.
+/// The TLS client configuration of peer calls: trusts the certificates in `ca` (PEM) only;
+/// with `identity`, shows that node's certificate to the peer (mutual TLS).
 ///
 /// # Errors
 /// The file cannot be read or holds no certificate.
-pub fn peer_client_config(ca: &Path) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("--peer-ca {}: {e}", ca.display()))?;
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!(
-            "--peer-ca {}: no usable PEM certificate in it",
-            ca.display()
-        ));
+pub fn peer_client_config(
+    ca: &Path,
+    identity: Option<&ServerTls>,
+) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots(ca, "--peer-ca")?);
+    Ok(match identity {
+        Some(tls) => builder.with_client_cert_resolver(tls.resolver.clone()),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// Whether a connection's client showed a certificate that `--peer-ca` signed (mutual TLS):
+/// the connection info of a TLS listener, read by the peer routes.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(Arc<AtomicBool>);
+
+impl PeerIdentity {
+    /// Whether the client showed a verified certificate (known once the handshake is done,
+    /// which it is by the time a request arrives on the connection).
+    pub fn verified(&self) -> bool {
+        self.0.load(Ordering::Acquire)
     }
-    Ok(rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+}
+
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener<L>>>
+    for PeerIdentity
+where
+    L: axum::serve::Listener,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener<L>>) -> Self {
+        PeerIdentity(stream.io().client_verified.clone())
+    }
 }
 
 /// A listener whose connections speak TLS: `accept` returns at once, and the handshake runs
@@ -197,6 +276,7 @@ where
         (
             TlsConnection {
                 state: State::Handshaking(Box::pin(handshake)),
+                client_verified: Arc::default(),
             },
             addr,
         )
@@ -222,6 +302,9 @@ enum State<IO> {
 /// A server-side TLS connection whose handshake completes on first use.
 pub struct TlsConnection<IO> {
     state: State<IO>,
+    /// Set when the handshake is done if the client showed a certificate (which the verifier
+    /// checked: an unverifiable one fails the handshake).
+    client_verified: Arc<AtomicBool>,
 }
 
 impl<IO> std::fmt::Debug for TlsConnection<IO> {
@@ -257,7 +340,11 @@ where
                 )),
             };
             match done {
-                Ok(stream) => self.state = State::Streaming(Box::new(stream)),
+                Ok(stream) => {
+                    let shown = stream.get_ref().1.peer_certificates().is_some();
+                    self.client_verified.store(shown, Ordering::Release);
+                    self.state = State::Streaming(Box::new(stream));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
                     self.state = State::Failed;

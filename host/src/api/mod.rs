@@ -79,6 +79,9 @@ pub struct ApiOptions {
     pub peer_concurrency: usize,
     /// Largest plugin component the reload route (and a cluster rollout) accepts.
     pub max_plugin_bytes: usize,
+    /// Mutual TLS between peers: peer routes only on connections that showed a verified
+    /// client certificate (see [`crate::tls::PeerIdentity`]).
+    pub require_peer_cert: bool,
     /// Who must show the API token.
     pub access: Access,
 }
@@ -90,6 +93,7 @@ impl Default for ApiOptions {
             max_batch_bytes: batch::DEFAULT_MAX_BATCH_BYTES,
             peer_concurrency: crate::peer::DEFAULT_PEER_CONCURRENCY,
             max_plugin_bytes: 64 << 20,
+            require_peer_cert: false,
             access: Access::default(),
         }
     }
@@ -659,6 +663,25 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// With `--peer-mtls`: a peer request on a connection without a verified client certificate
+/// is refused (401), before its signature is checked or its body read.
+async fn require_peer_cert(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let verified = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::tls::PeerIdentity>>()
+        .is_some_and(|info| info.0.verified());
+    if verified {
+        next.run(req).await
+    } else {
+        error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "peer requests need a client certificate signed by the cluster's CA (--peer-mtls)"
+                .into(),
+        )
+    }
+}
+
 async fn no_route() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
@@ -743,6 +766,11 @@ pub fn router(state: AppState) -> Router {
             post(plugins::peer_op),
         )
         .with_state(state.clone());
+    let (mut peer_routes, mut rollout) = (peer_routes, rollout);
+    if options.require_peer_cert {
+        peer_routes = peer_routes.layer(axum::middleware::from_fn(require_peer_cert));
+        rollout = rollout.layer(axum::middleware::from_fn(require_peer_cert));
+    }
     api.with_state(state)
         .merge(peer_routes)
         .merge(rollout)
