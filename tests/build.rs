@@ -5,14 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[&str] = &[
-    "db_getter",
-    "fs_storage",
-    "brotli_compressor",
-    "chaos_getter",
-    "chaos_compressor",
-    "escape_getter",
-    "synth_getter",
+/// The Rust plugins: (folder in `plugins/`, component file name without `.wasm`).
+const PLUGINS: &[(&str, &str)] = &[
+    ("db_getter", "db_getter"),
+    ("fs_storage", "fs_storage"),
+    ("brotli_compressor", "brotli_compressor"),
+    ("chaos_getter", "chaos_getter"),
+    ("chaos_compressor", "chaos_compressor"),
+    ("escape_getter", "escape_getter"),
+    ("synth_getter", "synth_getter"),
+    ("template", "hello_getter"),
 ];
 const TARGET: &str = "wasm32-wasip2";
 
@@ -33,9 +35,9 @@ fn main() {
     watch(&root.join("guest-sdk/Cargo.toml"));
     watch(&plugins.join("Cargo.toml"));
     watch(&plugins.join("Cargo.lock"));
-    for name in PLUGINS {
-        watch(&plugins.join(name).join("src"));
-        watch(&plugins.join(name).join("Cargo.toml"));
+    for (dir, _) in PLUGINS {
+        watch(&plugins.join(dir).join("src"));
+        watch(&plugins.join(dir).join("Cargo.toml"));
     }
 
     let target_dir = plugins.join("target");
@@ -62,7 +64,7 @@ fn main() {
              `rustup target add {TARGET}`"
         );
     }
-    for name in PLUGINS {
+    for (_, name) in PLUGINS {
         let wasm = target_dir
             .join(TARGET)
             .join("release")

@@ -36,6 +36,8 @@ pub mod plugins {
     /// Answers every key with a deterministic value of `value_bytes` (config) bytes: the
     /// perf tool's getter.
     pub const SYNTH_GETTER: &str = env!("PLUGIN_SYNTH_GETTER");
+    /// `plugins/template`: the getter plugin authors start from.
+    pub const HELLO_GETTER: &str = env!("PLUGIN_HELLO_GETTER");
 }
 
 /// The repository root.
