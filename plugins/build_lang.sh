@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Builds the getters written in other languages into plugins/target/lang/<name>.wasm:
+#   py_getter  Python      componentize-py (version pinned in py_getter/requirements.txt)
+#   js_getter  JavaScript  componentize-js (version pinned in js_getter/package-lock.json)
+#
+#   bash plugins/build_lang.sh [--required]
+#
+# Each tool is installed on first use into its plugin's folder, at the pinned version:
+# py_getter/.venv (python3 -m venv + pip) and js_getter/node_modules (npm ci). Both folders are
+# git-ignored; delete them to reinstall. A component is rebuilt only when its sources, its pins,
+# the WIT or this script changed. This needs python3 with its venv module (Debian: python3-venv)
+# and node with npm (Debian: nodejs npm), and network access to PyPI and npm the first time.
+#
+# Without them a plugin is skipped, with a message saying what to install, and the script
+# exits 0 (plugins/build.sh then goes on with the Rust plugins). With --required, as in the
+# test build (tests/build.rs), a plugin that could not be built makes it exit 1.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+wit="$(cd "$here/.." && pwd)/wit/geecache.wit"
+out_dir="$here/target/lang"
+required=0
+[[ "${1:-}" == "--required" ]] && required=1
+
+say() { printf 'build_lang.sh: %s\n' "$*"; }
+failed=()
+# Records that plugin $1 was not built, and why ($2); tells how to fix it ($3).
+skip() {
+    say "skipping $1: $2"
+    say "  to build it: $3"
+    failed+=("$1")
+}
+
+# Whether $out is missing or older than any of the remaining arguments.
+stale() {
+    local out=$1
+    shift
+    [[ -f "$out" ]] || return 0
+    local input
+    for input in "$@" "$wit" "${BASH_SOURCE[0]}"; do
+        [[ "$input" -nt "$out" ]] && return 0
+    done
+    return 1
+}
+
+# Runs a build command (output in $out.tmp) and renames its result to $out, so an interrupted
+# build never leaves a half-written component behind.
+build_into() {
+    local name=$1 out=$2
+    shift 2
+    rm -f "$out.tmp"
+    local started=$SECONDS
+    if "$@" && [[ -s "$out.tmp" ]]; then
+        mv "$out.tmp" "$out"
+        say "built $name ($(wc -c <"$out") bytes, $((SECONDS - started)) s)"
+        return 0
+    fi
+    rm -f "$out.tmp"
+    return 1
+}
+
+# Runs a command with its stdout (progress chatter) discarded; errors still show.
+quietly() { "$@" >/dev/null; }
+
+mkdir -p "$out_dir"
+
+# --- Python: componentize-py ----------------------------------------------------------------
+py="$here/py_getter"
+py_out="$out_dir/py_getter.wasm"
+venv="$py/.venv"
+if ! stale "$py_out" "$py/app.py" "$py/requirements.txt"; then
+    say "py_getter is up to date"
+elif ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    skip py_getter "python3 with its venv module not found" \
+        "sudo apt-get install python3 python3-venv, then run this again"
+else
+    # The venv is (re)made when missing or when the pins changed since it was filled.
+    if [[ ! -x "$venv/bin/componentize-py" || "$py/requirements.txt" -nt "$venv/.installed" ]]; then
+        say "installing componentize-py into py_getter/.venv ($(tr '\n' ' ' <"$py/requirements.txt"))"
+        rm -rf "$venv"
+        if python3 -m venv "$venv" &&
+            "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$py/requirements.txt"; then
+            touch "$venv/.installed"
+        else
+            rm -rf "$venv"
+        fi
+    fi
+    if [[ ! -x "$venv/bin/componentize-py" ]]; then
+        skip py_getter "could not install componentize-py (see pip's message above)" \
+            "python3 -m venv plugins/py_getter/.venv && plugins/py_getter/.venv/bin/pip install -r plugins/py_getter/requirements.txt"
+    elif ! build_into py_getter "$py_out" quietly env PYTHONDONTWRITEBYTECODE=1 \
+        "$venv/bin/componentize-py" --wit-path "$wit" --world getter-plugin \
+        componentize --python-path "$py" app --output "$py_out.tmp"; then
+        skip py_getter "componentize-py failed (see above)" "fix plugins/py_getter/app.py"
+    fi
+fi
+
+# --- JavaScript: componentize-js ------------------------------------------------------------
+js="$here/js_getter"
+js_out="$out_dir/js_getter.wasm"
+if ! stale "$js_out" "$js/getter.js" "$js/package.json" "$js/package-lock.json"; then
+    say "js_getter is up to date"
+elif ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    skip js_getter "node and npm not found" "sudo apt-get install nodejs npm (node >= 18), then run this again"
+else
+    # `npm ci` installs exactly the lock file's versions; install scripts are not needed.
+    if [[ ! -x "$js/node_modules/.bin/componentize-js" || "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]]; then
+        say "installing componentize-js into js_getter/node_modules (npm ci)"
+        (cd "$js" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || rm -rf "$js/node_modules"
+    fi
+    if [[ ! -x "$js/node_modules/.bin/componentize-js" ]]; then
+        skip js_getter "could not install componentize-js (see npm's message above)" \
+            "cd plugins/js_getter && npm ci"
+    # package.json's `build` script is the build command (`npm run build` by hand); here its
+    # output goes to a temporary name first (a second --out wins).
+    elif ! build_into js_getter "$js_out" npm run --silent --prefix "$js" build -- --out "$js_out.tmp"; then
+        skip js_getter "componentize-js failed (see above)" "fix plugins/js_getter/getter.js"
+    fi
+fi
+
+if [[ ${#failed[@]} -gt 0 && $required -eq 1 ]]; then
+    say "error: not built: ${failed[*]}"
+    exit 1
+fi
+exit 0
