@@ -24,8 +24,10 @@ required=0
 
 say() { printf 'build_lang.sh: %s\n' "$*"; }
 failed=()
-# Records that plugin $1 was not built, and why ($2); tells how to fix it ($3).
+# Records that plugin $1 was not built, and why ($2); tells how to fix it ($3). Removes its
+# previous component, which no longer matches its sources: nothing must load a stale one.
 skip() {
+    rm -f "$out_dir/$1.wasm"
     say "skipping $1: $2"
     say "  to build it: $3"
     failed+=("$1")
