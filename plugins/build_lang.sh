@@ -6,14 +6,16 @@
 #   bash plugins/build_lang.sh [--required]
 #
 # Each tool is installed on first use into its plugin's folder, at the pinned version:
-# py_getter/.venv (python3 -m venv + pip) and js_getter/node_modules (npm ci). Both folders are
-# git-ignored; delete them to reinstall. A component is rebuilt only when its sources, its pins,
-# the WIT or this script changed. This needs python3 with its venv module (Debian: python3-venv)
-# and node with npm (Debian: nodejs npm), and network access to PyPI and npm the first time.
+# py_getter/.venv (python3 -m venv + pip) and js_getter/node_modules (npm ci; plus a node >= 20
+# in js_getter/.node where the system's is older). These folders are git-ignored; delete them
+# to reinstall. A component is rebuilt only when its sources, its pins, the WIT or this script
+# changed. This needs python3 with its venv module (Debian: python3-venv) and node with npm
+# (Debian: nodejs npm), and network access to PyPI and npm the first time.
 #
-# Without them a plugin is skipped, with a message saying what to install, and the script
-# exits 0 (plugins/build.sh then goes on with the Rust plugins). With --required, as in the
-# test build (tests/build.rs), a plugin that could not be built makes it exit 1.
+# Without them a plugin is skipped, with a message saying what to install, its old component
+# is removed, and the script exits 0: plugins/build.sh goes on with the Rust plugins, and
+# tests/build.rs lets the tests that need it fail with that advice. With --required (CI) a
+# plugin that could not be built makes the script exit 1.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -100,19 +102,41 @@ fi
 # --- JavaScript: componentize-js ------------------------------------------------------------
 js="$here/js_getter"
 js_out="$out_dir/js_getter.wasm"
+# componentize-js 0.23 needs node >= 20 (npm skips its parser's native binding on older ones).
+# Where the system's node is older (Debian 12 ships 18), this node, from the npm registry's
+# official builds (package node-<platform>-<arch>), is installed into js_getter/.node and used.
+node_pin=22.23.3
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 if ! stale "$js_out" "$js/getter.js" "$js/package.json" "$js/package-lock.json"; then
     say "js_getter is up to date"
 elif ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    skip js_getter "node and npm not found" "sudo apt-get install nodejs npm (node >= 18), then run this again"
+    skip js_getter "node and npm not found" "sudo apt-get install nodejs npm, then run this again"
 else
+    # npm runs under the node first on PATH (its own shebang may name the system's).
+    npm_cli="$(readlink -f "$(command -v npm)")"
+    npm() { node "$npm_cli" "$@"; }
+    if [[ $(node_major) -lt 20 ]]; then
+        node_pkg="node-$(node -p 'process.platform + "-" + process.arch')"
+        local_node="$js/.node/node_modules/$node_pkg/bin"
+        if [[ ! -x "$local_node/node" ]]; then
+            say "node $(node --version) is older than componentize-js needs (20): installing $node_pkg@$node_pin into js_getter/.node"
+            npm install --prefix "$js/.node" --ignore-scripts --no-audit --no-fund --loglevel=error "$node_pkg@$node_pin" ||
+                rm -rf "$js/.node"
+        fi
+        PATH="$local_node:$PATH"
+    fi
     # `npm ci` installs exactly the lock file's versions; install scripts are not needed.
-    if [[ ! -x "$js/node_modules/.bin/componentize-js" || "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]]; then
+    if [[ $(node_major) -lt 20 ]]; then
+        skip js_getter "node $(node --version) is too old, and node $node_pin could not be installed (see above)" \
+            "install node >= 20 (https://nodejs.org), then run this again"
+    elif [[ ! -x "$js/node_modules/.bin/componentize-js" || "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]]; then
         say "installing componentize-js into js_getter/node_modules (npm ci)"
         (cd "$js" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || rm -rf "$js/node_modules"
     fi
     if [[ ! -x "$js/node_modules/.bin/componentize-js" ]]; then
-        skip js_getter "could not install componentize-js (see npm's message above)" \
-            "cd plugins/js_getter && npm ci"
+        [[ " ${failed[*]} " == *" js_getter "* ]] ||
+            skip js_getter "could not install componentize-js (see npm's message above)" \
+                "cd plugins/js_getter && npm ci"
     # package.json's `build` script is the build command (`npm run build` by hand); here its
     # output goes to a temporary name first (a second --out wins).
     elif ! build_into js_getter "$js_out" npm run --silent --prefix "$js" build -- --out "$js_out.tmp"; then
