@@ -67,6 +67,12 @@ build_into() {
 quietly() { "$@" >/dev/null; }
 
 mkdir -p "$out_dir"
+# One run at a time (a test build and a bench build may start this together); flock is
+# util-linux's, on every Debian.
+if command -v flock >/dev/null; then
+    exec 9>"$out_dir/.lock"
+    flock 9
+fi
 
 # --- Python: componentize-py ----------------------------------------------------------------
 py="$here/py_getter"
