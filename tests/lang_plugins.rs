@@ -80,11 +80,14 @@ fn without_name(answers: Vec<(u16, String)>, name: &str) -> Vec<(u16, String)> {
         .collect()
 }
 
-/// Checks that the getter `name` at `path` gives db_getter's answers.
+/// Checks that the getter `name` at `path` gives db_getter's answers, then that one warm
+/// instance of it serves call after call (each test compiles its component once: later loads
+/// hit the on-disk compile cache).
 async fn answers_as_db_getter_does(name: &str, path: &str) {
     let want = without_name(db_getter_answers().await, "db_getter");
     let got = without_name(answers(name, path).await, name);
     assert_eq!(got, want, "{name}");
+    serves_many_calls_on_one_instance(path).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,11 +100,10 @@ async fn the_javascript_getter_answers_as_db_getter_does() {
     answers_as_db_getter_does("js_getter", plugins::js_getter()).await;
 }
 
-/// With the default limits, one warm instance of each serves call after call: their runtimes'
-/// heaps stay under the bound past which an instance is retired (half of `--plugin-memory`),
-/// so a miss costs a call, not a new Python or JavaScript runtime.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_python_or_javascript_instance_serves_many_calls() {
+/// With the default limits, one warm instance serves call after call: the Python and
+/// JavaScript runtimes' heaps stay under the bound past which an instance is retired (half of
+/// `--plugin-memory`), so a miss costs a call, not a new runtime.
+async fn serves_many_calls_on_one_instance(path: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut grants = PluginGrants::default();
     grants
@@ -112,17 +114,15 @@ async fn a_warm_python_or_javascript_instance_serves_many_calls() {
         ..RuntimeOptions::default()
     })
     .unwrap();
-    for path in [plugins::py_getter(), plugins::js_getter()] {
-        let LoadedPlugin::Getter(getter) = rt.load(Path::new(path), grants.clone()).unwrap() else {
-            panic!("{path} is a getter");
-        };
-        for i in 1..=50 {
-            let key = format!("user{i:06}");
-            assert!(matches!(
-                getter.get("scores", &key).await.unwrap(),
-                Loaded::Found { .. }
-            ));
-        }
-        assert_eq!(getter.instances_created(), 1, "{path}");
+    let LoadedPlugin::Getter(getter) = rt.load(Path::new(path), grants).unwrap() else {
+        panic!("{path} is a getter");
+    };
+    for i in 1..=50 {
+        let key = format!("user{i:06}");
+        assert!(matches!(
+            getter.get("scores", &key).await.unwrap(),
+            Loaded::Found { .. }
+        ));
     }
+    assert_eq!(getter.instances_created(), 1, "{path}");
 }
