@@ -4,14 +4,15 @@
 #   bash plugins/build.sh        (from any directory)
 #
 # Produces plugins/<name>.wasm for every plugin in this workspace and plugins/demo.db (from
-# db_getter/demo.sql, rebuilt when missing or older than the SQL). Installs the wasm32-wasip2
+# db_getter/demo.sql, rebuilt when missing or older than the SQL); then, with build_lang.sh,
+# plugins/py_getter.wasm and plugins/js_getter.wasm where python3 and node are available. Installs the wasm32-wasip2
 # Rust target through rustup when it is missing. Safe to run again: cargo rebuilds only what
 # changed, and unchanged outputs are left alone.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target=wasm32-wasip2
-plugins=(db_getter fs_storage brotli_compressor chaos_getter chaos_compressor escape_getter synth_getter)
+plugins=(db_getter fs_storage brotli_compressor chaos_getter chaos_compressor escape_getter synth_getter hello_getter)
 
 say() { printf 'build.sh: %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -48,15 +49,20 @@ say "building plugins (cargo build --release --target $target)"
 cargo build --release --target "$target" --manifest-path "$here/Cargo.toml"
 target_dir="$(cargo metadata --format-version 1 --no-deps --manifest-path "$here/Cargo.toml" |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-for name in "${plugins[@]}"; do
-    built="$target_dir/$target/release/$name.wasm"
-    [[ -f "$built" ]] || die "cargo did not produce $built"
+# Copies component $1 to plugins/$2.wasm unless that is already the same.
+publish() {
+    local built=$1 name=$2
     if cmp -s "$built" "$here/$name.wasm"; then
         say "plugins/$name.wasm is up to date ($(wc -c <"$built") bytes)"
     else
         cp "$built" "$here/$name.wasm.tmp" && mv "$here/$name.wasm.tmp" "$here/$name.wasm"
         say "wrote plugins/$name.wasm ($(wc -c <"$built") bytes)"
     fi
+}
+for name in "${plugins[@]}"; do
+    built="$target_dir/$target/release/$name.wasm"
+    [[ -f "$built" ]] || die "cargo did not produce $built"
+    publish "$built" "$name"
 done
 
 # 3. The demo database for db_getter. Built under a temporary name and renamed, so an
@@ -82,3 +88,14 @@ con.close()' "$tmp" "$sql"
     mv "$tmp" "$db"
     say "wrote plugins/demo.db from db_getter/demo.sql"
 fi
+
+# 4. The getters in Python and JavaScript: built when python3 (with venv) and node (with npm)
+#    are here, their pinned tools installed into the plugins' folders on first use. When a
+#    tool is missing, build_lang.sh says how to get it, and the Rust plugins above still work.
+bash "$here/build_lang.sh" || say "warning: build_lang.sh failed; the Python and JavaScript getters were not built"
+for name in py_getter js_getter; do
+    built="$here/target/lang/$name.wasm"
+    if [[ -f "$built" ]]; then
+        publish "$built" "$name"
+    fi
+done

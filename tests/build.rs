@@ -1,21 +1,38 @@
 //! Builds the plugins workspace (`plugins/`) for wasm32-wasip2 and exposes each component's path
 //! to the tests as `env!("PLUGIN_<NAME>")`, so the tests always run against the current plugin
 //! sources and a plain `cargo build` of the host never builds wasm.
+//!
+//! Also builds the getters in other languages with `plugins/build_lang.sh` (which installs
+//! componentize-py and componentize-js at pinned versions into the plugins' folders on first
+//! use). One that cannot be built here (no python3 or node, no network) does not stop the
+//! build: its `PLUGIN_<NAME>` is empty, cargo prints a warning saying what to install, and the
+//! tests that need it fail with the same advice.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[&str] = &[
-    "db_getter",
-    "fs_storage",
-    "brotli_compressor",
-    "chaos_getter",
-    "chaos_compressor",
-    "escape_getter",
-    "synth_getter",
-    "reload_getter_v1",
-    "reload_getter_v2",
-    "reload_getter_broken",
+/// The Rust plugins: (folder in `plugins/`, component file name without `.wasm`).
+const PLUGINS: &[(&str, &str)] = &[
+    ("db_getter", "db_getter"),
+    ("fs_storage", "fs_storage"),
+    ("brotli_compressor", "brotli_compressor"),
+    ("chaos_getter", "chaos_getter"),
+    ("chaos_compressor", "chaos_compressor"),
+    ("escape_getter", "escape_getter"),
+    ("synth_getter", "synth_getter"),
+    ("template", "hello_getter"),
+    ("reload_getter_v1", "reload_getter_v1"),
+    ("reload_getter_v2", "reload_getter_v2"),
+    ("reload_getter_broken", "reload_getter_broken"),
+];
+/// The plugins in other languages, built into `plugins/target/lang/<name>.wasm`, and the files
+/// each is built from.
+const LANG_PLUGINS: &[(&str, &[&str])] = &[
+    ("py_getter", &["app.py", "requirements.txt"]),
+    (
+        "js_getter",
+        &["getter.js", "package.json", "package-lock.json"],
+    ),
 ];
 const TARGET: &str = "wasm32-wasip2";
 
@@ -36,9 +53,9 @@ fn main() {
     watch(&root.join("guest-sdk/Cargo.toml"));
     watch(&plugins.join("Cargo.toml"));
     watch(&plugins.join("Cargo.lock"));
-    for name in PLUGINS {
-        watch(&plugins.join(name).join("src"));
-        watch(&plugins.join(name).join("Cargo.toml"));
+    for (dir, _) in PLUGINS {
+        watch(&plugins.join(dir).join("src"));
+        watch(&plugins.join(dir).join("Cargo.toml"));
     }
 
     let target_dir = plugins.join("target");
@@ -65,7 +82,7 @@ fn main() {
              `rustup target add {TARGET}`"
         );
     }
-    for name in PLUGINS {
+    for (_, name) in PLUGINS {
         let wasm = target_dir
             .join(TARGET)
             .join("release")
@@ -77,5 +94,45 @@ fn main() {
             wasm.display()
         );
     }
+    build_lang_plugins(&plugins);
     println!("cargo:rustc-env=GEECACHE_REPO_ROOT={}", root.display());
+}
+
+/// Runs `plugins/build_lang.sh` and exposes what it built; see the module docs.
+fn build_lang_plugins(plugins: &Path) {
+    let script = plugins.join("build_lang.sh");
+    watch(&script);
+    for (name, sources) in LANG_PLUGINS {
+        for source in *sources {
+            watch(&plugins.join(name).join(source));
+        }
+    }
+    let output = Command::new("bash").arg(&script).output();
+    let log = match &output {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("cannot run bash {}: {e}", script.display()),
+    };
+    // The script's own progress stays in the build log (`cargo test -vv` shows it); what it
+    // skipped, and how to fix that, is shown as a warning.
+    for line in log.lines() {
+        if line.contains("skipping") || line.contains("to build it") || line.contains("error") {
+            println!("cargo:warning={line}");
+        }
+    }
+    for (name, _) in LANG_PLUGINS {
+        let wasm = plugins.join("target/lang").join(format!("{name}.wasm"));
+        // Rebuilt when deleted; and while it does not exist, cargo reruns this script on every
+        // build, so the plugin is built as soon as its tool is installed.
+        watch(&wasm);
+        let path = if wasm.is_file() {
+            wasm.display().to_string()
+        } else {
+            String::new()
+        };
+        println!("cargo:rustc-env=PLUGIN_{}={path}", name.to_uppercase());
+    }
 }

@@ -43,6 +43,38 @@ pub mod plugins {
     pub const RELOAD_GETTER_V2: &str = env!("PLUGIN_RELOAD_GETTER_V2");
     /// A `reload_getter` whose `info` traps.
     pub const RELOAD_GETTER_BROKEN: &str = env!("PLUGIN_RELOAD_GETTER_BROKEN");
+
+    /// `plugins/template`: the getter plugin authors start from.
+    pub const HELLO_GETTER: &str = env!("PLUGIN_HELLO_GETTER");
+
+    /// `plugins/py_getter`: db_getter's twin in Python (componentize-py).
+    ///
+    /// # Panics
+    /// When `tests/build.rs` could not build it (no python3 with venv here, or no network for
+    /// the first install of componentize-py).
+    pub fn py_getter() -> &'static str {
+        built_by_build_lang("py_getter", env!("PLUGIN_PY_GETTER"))
+    }
+
+    /// `plugins/js_getter`: db_getter's twin in JavaScript (componentize-js).
+    ///
+    /// # Panics
+    /// When `tests/build.rs` could not build it (no node and npm here, or no network for the
+    /// first install of componentize-js).
+    pub fn js_getter() -> &'static str {
+        built_by_build_lang("js_getter", env!("PLUGIN_JS_GETTER"))
+    }
+
+    fn built_by_build_lang(name: &str, path: &'static str) -> &'static str {
+        assert!(
+            !path.is_empty(),
+            "{name}.wasm was not built: tests/build.rs runs plugins/build_lang.sh, which needs \
+             python3 with venv (Debian: python3-venv) for py_getter and node with npm (Debian: \
+             nodejs npm) for js_getter, and network access to PyPI/npm once. Run `bash \
+             plugins/build_lang.sh` to see why, then `cargo test` again."
+        );
+        path
+    }
 }
 
 /// The repository root.

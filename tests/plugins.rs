@@ -663,3 +663,30 @@ async fn synth_getter_with_a_bad_size_fails_its_loads_for_the_operators_log() {
     assert_eq!(body["error"]["code"], "plugin_error", "{body}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_template_plugin_builds_loads_and_greets() {
+    use geecache_tests::TestNode;
+    // plugins/template, built by tests/build.rs like every plugin, so it cannot rot.
+    let node = TestNode::start(&["--plugin", plugins::HELLO_GETTER]).await;
+    assert_eq!(
+        node.get("/api?key=you").await,
+        (200, b"hello, you".to_vec())
+    );
+    let (status, body) = node.get_json("/api?key=missing-1").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &"key_not_found".into())
+    );
+    node.stop().await;
+
+    let node = TestNode::start(&[
+        "--plugin",
+        plugins::HELLO_GETTER,
+        "--plugin-config",
+        "hello_getter.greeting=hi",
+    ])
+    .await;
+    assert_eq!(node.get("/api?key=you").await, (200, b"hi, you".to_vec()));
+    node.stop().await;
+}

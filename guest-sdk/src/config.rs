@@ -8,6 +8,12 @@
 //! ```
 
 /// Returns the value of `key`, or `None` when the operator did not set it.
+///
+/// Natively (in a plugin's unit tests) the answer comes from the
+/// [`FakeHost`](crate::testing::FakeHost) the test runs under.
 pub fn get(key: &str) -> Option<String> {
-    crate::wit::shared::config::get(key)
+    #[cfg(target_arch = "wasm32")]
+    return crate::wit::shared::config::get(key);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::config_get(key);
 }

@@ -25,6 +25,10 @@
 //! - [`config`]: the plugin's own configuration values, set by the operator.
 //! - `sql` (getters only): read-only SQL queries against the host's database.
 //!
+//! Built for any target but wasm32 (as `cargo test` builds a plugin's unit tests), these are
+//! answered by the `testing::FakeHost` a test runs under: see [`testing`] for how to unit-test
+//! a plugin natively.
+//!
 //! Everything else — files, sockets, environment variables — is denied unless the operator
 //! grants it to the plugin (for example a preopened directory for a file-backed storage plugin,
 //! used through `std::fs`). A panic, a trap or running out of the memory or time budget fails
@@ -223,6 +227,12 @@ mod storage;
 pub use storage::export as __storage_export;
 #[cfg(feature = "storage")]
 pub use storage::{Entry, Storage};
+
+#[cfg(all(
+    not(target_arch = "wasm32"),
+    any(feature = "getter", feature = "storage", feature = "compressor")
+))]
+pub mod testing;
 
 #[cfg(feature = "compressor")]
 mod compressor;

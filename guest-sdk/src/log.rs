@@ -10,7 +10,16 @@
 //! log::debug(&format!("loading {key}"));
 //! ```
 
-use crate::wit::shared::log::{Level, log};
+use crate::wit::shared::log::Level;
+
+/// Emits one record: into the host's log in a component; natively (in a plugin's unit tests)
+/// into the [`FakeHost`](crate::testing::FakeHost) the test runs under.
+fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    crate::wit::shared::log::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    crate::testing::log(level, message);
+}
 
 /// Logs `message` at trace level: very fine-grained diagnostics.
 pub fn trace(message: &str) {

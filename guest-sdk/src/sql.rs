@@ -39,11 +39,22 @@ pub type Row = Vec<Value>;
 /// Runs one read-only statement with positional parameters (`?1`, `?2`, ...) and returns up to
 /// `max_rows` rows.
 ///
+/// Natively (in a plugin's unit tests) the [`FakeHost`](crate::testing::FakeHost) the test runs
+/// under answers.
+///
 /// # Errors
 ///
 /// [`Error::InvalidInput`] for a bad statement or parameters, [`Error::Unavailable`] when the
 /// database cannot be reached or the query ran out of time.
 pub fn query(statement: &str, params: &[Value], max_rows: u32) -> Result<Vec<Row>, Error> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::sql_query(statement, params, max_rows);
+    #[cfg(target_arch = "wasm32")]
+    return query_host(statement, params, max_rows);
+}
+
+#[cfg(target_arch = "wasm32")]
+fn query_host(statement: &str, params: &[Value], max_rows: u32) -> Result<Vec<Row>, Error> {
     let params: Vec<wit::Value> = params.iter().cloned().map(Into::into).collect();
     let rows = wit::query(statement, &params, max_rows)?;
     Ok(rows

@@ -1,7 +1,8 @@
 //! Baselines of the get path: a cache hit through `Group::get` (a small raw value, and a 16 KiB
 //! value stored raw, lz4 or zstd), a ring lookup, and one wasm getter call on a warm instance and
-//! on a fresh one (with and without a SQL query), next to a native getter and a bare
-//! blocking-pool round trip (the thread hop every wasm call pays) for the ratios.
+//! on a fresh one (with and without a SQL query; the SQL getter in Rust, Python and JavaScript),
+//! next to a native getter and a bare blocking-pool round trip (the thread hop every wasm call
+//! used to pay) for the ratios.
 //!
 //! `cargo bench -p geecache-tests --bench get_path`
 
@@ -73,7 +74,20 @@ fn benches(c: &mut Criterion) {
         ..RuntimeOptions::default()
     })
     .unwrap();
-    let db_getter_fresh = load_getter(&fresh_rt, plugins::DB_GETTER, db_grants);
+    let db_getter_fresh = load_getter(&fresh_rt, plugins::DB_GETTER, db_grants.clone());
+    // db_getter's twins in Python and JavaScript, over the same database.
+    // (language, on a warm instance, on a fresh one)
+    type Twins = (&'static str, Arc<dyn Getter>, Arc<dyn Getter>);
+    let lang: Vec<Twins> = [("py", plugins::py_getter()), ("js", plugins::js_getter())]
+        .into_iter()
+        .map(|(lang, path)| {
+            (
+                lang,
+                load_getter(&rt, path, db_grants.clone()),
+                load_getter(&fresh_rt, path, db_grants.clone()),
+            )
+        })
+        .collect();
     let chaos_fresh = load_getter(&fresh_rt, plugins::CHAOS_GETTER, PluginGrants::default());
 
     let ring = Ring::new(
@@ -135,6 +149,22 @@ fn benches(c: &mut Criterion) {
         b.to_async(&tokio)
             .iter(|| async { db_getter_fresh.get("scores", "Tom").await.unwrap() })
     });
+    for (lang, warm, fresh) in &lang {
+        c.bench_function(
+            &format!("getter_call/wasm_{lang}_getter_sqlite_warm"),
+            |b| {
+                b.to_async(&tokio)
+                    .iter(|| async { warm.get("scores", "Tom").await.unwrap() })
+            },
+        );
+        c.bench_function(
+            &format!("getter_call/wasm_{lang}_getter_sqlite_fresh"),
+            |b| {
+                b.to_async(&tokio)
+                    .iter(|| async { fresh.get("scores", "Tom").await.unwrap() })
+            },
+        );
+    }
 }
 
 criterion_group! {

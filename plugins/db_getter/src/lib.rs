@@ -52,3 +52,73 @@ fn value_bytes(value: Value) -> Option<Vec<u8>> {
 }
 
 export_getter!(DbGetter);
+
+#[cfg(test)]
+mod tests {
+    //! Natively, under the SDK's fake host: the statement, the parameter and how each column
+    //! type is served. `tests/single_node.rs` runs the same plugin in a real node over SQLite.
+
+    use geecache_guest_sdk::testing::{FakeHost, Level};
+
+    use super::*;
+
+    fn scores(rows: &[(&str, Value)]) -> FakeHost {
+        rows.iter()
+            .fold(FakeHost::new(), |host, (name, value)| {
+                host.rows(DEFAULT_QUERY, [*name], vec![vec![value.clone()]])
+            })
+            .rows(DEFAULT_QUERY, ["Nobody"], vec![])
+    }
+
+    #[test]
+    fn tom_is_630_and_nobody_is_not_found() {
+        let host = scores(&[("Tom", Value::Integer(630))]);
+        assert_eq!(
+            host.get::<DbGetter>("scores", "Tom"),
+            Ok(Lookup::found("630"))
+        );
+        assert_eq!(
+            host.get::<DbGetter>("scores", "Nobody"),
+            Ok(Lookup::NotFound)
+        );
+        let queries = host.queries();
+        assert_eq!(queries[0].params, vec![Value::from("Tom")]);
+        assert_eq!(queries[0].max_rows, 1);
+        assert!(host.logged(Level::Debug, "scores/Tom: found, 3 bytes"));
+        assert!(host.logged(Level::Debug, "scores/Nobody: not found"));
+    }
+
+    #[test]
+    fn every_column_type_is_served_and_null_is_not_found() {
+        let host = scores(&[
+            ("real", Value::Real(2.5)),
+            ("text", Value::from("héllo")),
+            ("blob", Value::Blob(vec![0, 255])),
+            ("null", Value::Null),
+        ]);
+        let get = |key| host.get::<DbGetter>("g", key);
+        assert_eq!(get("real"), Ok(Lookup::found("2.5")));
+        assert_eq!(get("text"), Ok(Lookup::found("héllo")));
+        assert_eq!(get("blob"), Ok(Lookup::found(vec![0, 255])));
+        assert_eq!(get("null"), Ok(Lookup::NotFound));
+    }
+
+    #[test]
+    fn the_operators_query_is_used_and_its_errors_are_the_calls() {
+        let query = "SELECT v FROM kv WHERE k = ?1";
+        let host = FakeHost::new()
+            .config("query", query)
+            .rows(query, ["a"], vec![vec![Value::Integer(1)]])
+            .answer(
+                query,
+                ["down"],
+                Err(Error::Unavailable("db is down".into())),
+            );
+        assert_eq!(host.get::<DbGetter>("g", "a"), Ok(Lookup::found("1")));
+        assert_eq!(
+            host.get::<DbGetter>("g", "down"),
+            Err(Error::Unavailable("db is down".into()))
+        );
+        assert!(host.queries().iter().all(|q| q.statement == query));
+    }
+}
