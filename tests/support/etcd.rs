@@ -55,8 +55,48 @@ impl EtcdServer {
             peer_port: free_port(),
             dir,
         };
+        // A free port may be taken by another test between `free_port` and etcd's bind: then
+        // try again on other ports, from an empty data directory.
+        for _ in 0..4 {
+            if server.spawn_child() {
+                server.wait_healthy();
+                return server;
+            }
+            let _ = std::fs::remove_dir_all(server.dir.path().join("data"));
+            server.client_port = free_port();
+            server.peer_port = free_port();
+        }
         server.launch();
         server
+    }
+
+    /// Spawns etcd; false when it exits at once because a port was taken (within 2 s).
+    fn spawn_child(&mut self) -> bool {
+        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        while Instant::now() < deadline {
+            let child = self.child.as_mut().unwrap();
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                if self.log().contains("address already in use") {
+                    return false;
+                }
+                // Another failure: let `wait_healthy` of a new launch report it with the log.
+                return self.spawn_and_keep();
+            }
+            if health(addr) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Spawns again for `wait_healthy` to report on.
+    fn spawn_and_keep(&mut self) -> bool {
+        self.spawn();
+        true
     }
 
     /// The client URL, e.g. `http://127.0.0.1:34567`.
@@ -104,6 +144,12 @@ impl EtcdServer {
     }
 
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    /// Starts the process (not waiting for it).
+    fn spawn(&mut self) {
         let client_url = format!("http://127.0.0.1:{}", self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
@@ -126,7 +172,6 @@ impl EtcdServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {ETCD_BIN}: {e}"));
         self.child = Some(child);
-        self.wait_healthy();
     }
 
     /// Polls etcd's `/health` (a real read through the server) until it says so.
