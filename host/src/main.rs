@@ -1,5 +1,11 @@
 //! `geecache-host`: see `geecache_host::server::main` and `--help`.
 
+// mimalloc, not glibc malloc: the request path allocates per request, and glibc's malloc and
+// free were ~10% of a loaded node's CPU in `perf` (issue 10). Set in the binaries only, so the
+// library (and the fuzz targets, under ASan) keep the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     geecache_host::server::main()
 }

@@ -1,6 +1,12 @@
 //! The `geecache-host` program, built inside the tests crate so process-level tests can find it
 //! through `env!("CARGO_BIN_EXE_geecache-node")` (cargo exposes only a package's own binaries).
 
+// mimalloc, not glibc malloc: the request path allocates per request, and glibc's malloc and
+// free were ~10% of a loaded node's CPU in `perf` (issue 10). Set in the binaries only, so the
+// library (and the fuzz targets, under ASan) keep the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     geecache_host::server::main()
 }

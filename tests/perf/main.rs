@@ -22,6 +22,12 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+// mimalloc, not glibc malloc: the request path allocates per request, and glibc's malloc and
+// free were ~10% of a loaded node's CPU in `perf` (issue 10). Set in the binaries only, so the
+// library (and the fuzz targets, under ASan) keep the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod compression;
 mod http;
 mod load;
