@@ -259,6 +259,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_PEER_TIMEOUT")]
     pub peer_timeout: Option<String>,
 
+    /// Gets to one peer for one group asked at the same moment go as one batch request of at
+    /// most this many keys; 0 or 1 sends every get alone [default: 32].
+    #[arg(long, value_name = "N", env = "GEECACHE_PEER_COALESCE")]
+    pub peer_coalesce: Option<usize>,
+
     /// Static cluster: the other nodes' addresses (host:port), comma-separated. This node's
     /// own address may be listed too. Ignored with --etcd-endpoints.
     #[arg(
@@ -523,6 +528,8 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     /// Signs and checks peer requests when set.
     pub secret: Option<String>,
+    /// Most keys in one coalesced batch of peer gets (0 or 1: every get alone).
+    pub peer_coalesce: usize,
 }
 
 impl ClusterSettings {
@@ -888,6 +895,9 @@ impl Cli {
             peer_mtls: self.peer_mtls,
             peers_refresh: parse_duration(self.peers_refresh.as_deref().unwrap_or("5s"))
                 .map_err(|e| format!("--peers-refresh: {e}"))?,
+            peer_coalesce: self
+                .peer_coalesce
+                .unwrap_or(crate::cluster::DEFAULT_COALESCE_KEYS),
         };
         if self.peer_mtls && (self.tls_cert.is_none() || self.peer_ca.is_none()) {
             return Err(

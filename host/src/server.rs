@@ -120,6 +120,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         peer_tls,
     )
     .map_err(|e| e.to_string())?;
+    cluster.set_coalesce_keys(c.peer_coalesce);
 
     let mut groups = Groups::default();
     for spec in &settings.groups {

@@ -161,6 +161,8 @@ struct Row {
     outcome: Outcome,
     /// Getter calls during the measured part, summed over the nodes.
     getter_calls: Option<u64>,
+    /// Peer requests served during the measured part, summed over the nodes.
+    peer_requests: Option<u64>,
     /// The largest peak resident memory among the nodes.
     peak_rss: Option<u64>,
 }
@@ -305,6 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             kind: None,
             outcome,
             getter_calls: None,
+            peer_requests: None,
             peak_rss: None,
         });
         drop(fixed);
@@ -411,8 +414,10 @@ fn run_workload(setup: &Setup, w: Workload) -> anyhow::Result<Row> {
         setup.requests(&prefix, keys, put_percent),
     );
     let before = getter_calls(&targets, &args.group, args.token.as_deref());
+    let peers_before = peer_requests(&targets, args.token.as_deref());
     let outcome = load::run(&load)?;
     let after = getter_calls(&targets, &args.group, args.token.as_deref());
+    let peers_after = peer_requests(&targets, args.token.as_deref());
     let peak_rss = cluster.as_ref().and_then(|c| {
         c.nodes
             .iter()
@@ -425,6 +430,9 @@ fn run_workload(setup: &Setup, w: Workload) -> anyhow::Result<Row> {
         kind: Some(w.kind),
         outcome,
         getter_calls: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+        peer_requests: peers_before
+            .zip(peers_after)
+            .map(|(b, a)| a.saturating_sub(b)),
         peak_rss,
     })
 }
@@ -435,6 +443,26 @@ fn getter_calls(targets: &[SocketAddr], group: &str, token: Option<&str>) -> Opt
     targets
         .iter()
         .map(|addr| group_stats(*addr, group, token)?["getter_calls"].as_u64())
+        .sum()
+}
+
+/// Peer requests (`/_geecache/...`, single gets and batches alike) the nodes at `targets` have
+/// served, from their `/metrics`; None if any node does not say.
+fn peer_requests(targets: &[SocketAddr], token: Option<&str>) -> Option<u64> {
+    targets
+        .iter()
+        .map(|addr| {
+            let text = get_body(*addr, "/metrics", token)?;
+            Some(
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("geecache_http_request_duration_seconds_count{")
+                            && l.contains("route=\"/_geecache/{*path}\"")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64,
+            )
+        })
         .sum()
 }
 
@@ -454,6 +482,11 @@ pub fn group_stats(
 
 /// `GET path` on `addr` (one connection, closed after), its body as JSON.
 fn get_json(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<serde_json::Value> {
+    serde_json::from_str(&get_body(addr, path, token)?).ok()
+}
+
+/// `GET path` on `addr` (one connection, closed after), the body of a 200 answer.
+fn get_body(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -469,7 +502,7 @@ fn get_json(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<serde_j
     if !head.starts_with("HTTP/1.1 200") {
         return None;
     }
-    serde_json::from_str(body).ok()
+    Some(body.to_string())
 }
 
 /// Success percent, never rounded up to 100.00 when a request failed.
@@ -543,11 +576,11 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
     let _ = writeln!(
         s,
         "| run | nodes | req/s | p50 | p99 | p99.9 | success % | × nginx | × axum | × hit | \
-         getter calls / req | node peak RSS |"
+         getter calls / req | peer requests / req | node peak RSS |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let baseline = |name: &str| rows.iter().find(|r| r.kind.is_none() && r.name == name);
     let hit_of = |nodes: Option<usize>| {
@@ -567,7 +600,7 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.nodes.map_or_else(|| "-".into(), |n| n.to_string()),
             rate,
@@ -579,6 +612,10 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
             ratio(rate, baseline("axum")),
             ratio(rate, hit),
             r.getter_calls.map_or_else(
+                || "-".into(),
+                |c| format!("{:.3}", c as f64 / o.requests.max(1) as f64)
+            ),
+            r.peer_requests.map_or_else(
                 || "-".into(),
                 |c| format!("{:.3}", c as f64 / o.requests.max(1) as f64)
             ),
@@ -608,7 +645,10 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
          expected body length. × nginx, × axum: req/s against the fixed-response baselines \
          (nginx; axum on tokio as the node runs it). × hit: against the hit row on as many \
          nodes, else on one node. Getter calls / req: the nodes' getter calls during the row \
-         over its requests (1 for all-miss, 0 for all-hit). Node peak RSS: the largest VmHWM \
+         over its requests (1 for all-miss, 0 for all-hit). Peer requests / req: the peer requests \
+         (single gets and batches) the nodes served during the row over its requests (up to \
+         0.67 for all-miss on 3 nodes; less when gets to one owner were coalesced into \
+         batches). Node peak RSS: the largest VmHWM \
          among the row's nodes."
     );
     for n in notes {

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,9 +28,23 @@ use crate::peer::{ClusterSecret, PeerClient, PeerError};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
 use crate::telemetry::Metrics;
 
-/// One other node: its ring name and a client for it.
+mod coalesce;
+
+use coalesce::Coalescer;
+pub use coalesce::DEFAULT_MAX_KEYS as DEFAULT_COALESCE_KEYS;
+
+/// One other node: its ring name, a client for it, and the lanes that coalesce gets to it.
 #[derive(Debug)]
 struct Peer {
+    /// What sends and times requests to it (shared with the tasks sending coalesced batches).
+    core: Arc<PeerCore>,
+    /// Gets to it under load go as batches (see [`coalesce`]).
+    coalescer: Arc<Coalescer>,
+}
+
+/// How requests reach one other node.
+#[derive(Debug)]
+struct PeerCore {
     /// The node's advertised address (its ring name); shared, so it labels every request's
     /// latency without a copy.
     addr: Arc<str>,
@@ -39,30 +54,55 @@ struct Peer {
     metrics: Metrics,
 }
 
-impl Peer {
+impl PeerCore {
     /// Runs one request to this peer in its span, timing it by outcome (`ok` or the error's
     /// code; `cancelled` when the caller stops waiting).
+    async fn time<T>(
+        &self,
+        op: &'static str,
+        span: tracing::Span,
+        request: impl Future<Output = std::result::Result<T, PeerError>>,
+    ) -> std::result::Result<T, PeerError> {
+        let call = self.metrics.peer_call(self.addr.clone(), op);
+        let answer = request.instrument(span).await;
+        call.finish(answer.as_ref().map_or_else(PeerError::code, |_| "ok"));
+        answer
+    }
+
+    /// [`PeerCore::time`], with the error as the node's.
     async fn timed<T>(
         &self,
         op: &'static str,
         span: tracing::Span,
         request: impl Future<Output = std::result::Result<T, PeerError>>,
     ) -> Result<T> {
-        let call = self.metrics.peer_call(self.addr.clone(), op);
-        let answer = request.instrument(span).await;
-        call.finish(answer.as_ref().map_or_else(PeerError::code, |_| "ok"));
-        Ok(answer?)
+        Ok(self.time(op, span, request).await?)
+    }
+
+    /// One batch of gets the coalescer formed (timed as operation `coalesced`).
+    async fn coalesced_batch(
+        &self,
+        group: &str,
+        keys: &[String],
+    ) -> std::result::Result<crate::peer::BatchResult, PeerError> {
+        let span = tracing::info_span!("geecache.peer.coalesced", peer = &*self.addr, group);
+        self.time("coalesced", span, self.client.batch_get(group, keys))
+            .await
     }
 }
 
 impl RemotePeer for Peer {
     fn id(&self) -> &str {
-        &self.addr
+        &self.core.addr
     }
 
+    /// Timed from the get's start to its answer, in a batch or not.
     fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
-        let span = tracing::info_span!("geecache.peer.get", peer = &*self.addr, group);
-        Box::pin(self.timed("get", span, self.client.get(group, key)))
+        let span = tracing::info_span!("geecache.peer.get", peer = &*self.core.addr, group);
+        Box::pin(
+            self.core
+                .timed("get", span, self.coalescer.get(&self.core, group, key)),
+        )
     }
 
     fn set<'a>(
@@ -71,18 +111,27 @@ impl RemotePeer for Peer {
         key: &'a str,
         entry: PeerEntry,
     ) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.set", peer = &*self.addr, group);
-        Box::pin(self.timed("set", span, self.client.set(group, key, entry)))
+        let span = tracing::info_span!("geecache.peer.set", peer = &*self.core.addr, group);
+        Box::pin(
+            self.core
+                .timed("set", span, self.core.client.set(group, key, entry)),
+        )
     }
 
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.delete", peer = &*self.addr, group);
-        Box::pin(self.timed("delete", span, self.client.delete(group, key)))
+        let span = tracing::info_span!("geecache.peer.delete", peer = &*self.core.addr, group);
+        Box::pin(
+            self.core
+                .timed("delete", span, self.core.client.delete(group, key)),
+        )
     }
 
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.invalidate", peer = &*self.addr, group);
-        Box::pin(self.timed("invalidate", span, self.client.invalidate(group, keys)))
+        let span = tracing::info_span!("geecache.peer.invalidate", peer = &*self.core.addr, group);
+        Box::pin(
+            self.core
+                .timed("invalidate", span, self.core.client.invalidate(group, keys)),
+        )
     }
 
     /// One `_batch` request (several, one after another, past the protocol's key limit).
@@ -91,10 +140,11 @@ impl RemotePeer for Peer {
         group: &'a str,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<(String, OwnerItem)>>> {
-        let span = tracing::info_span!("geecache.peer.batch", peer = &*self.addr, group);
+        let span = tracing::info_span!("geecache.peer.batch", peer = &*self.core.addr, group);
         Box::pin(async move {
             let items = self
-                .timed("batch", span, self.client.batch_get(group, keys))
+                .core
+                .timed("batch", span, self.core.client.batch_get(group, keys))
                 .await?;
             Ok(items
                 .into_iter()
@@ -158,6 +208,8 @@ pub struct Cluster {
     watcher: RwLock<Option<JoinHandle<()>>>,
     /// The node's meters, handed to every peer client.
     metrics: Metrics,
+    /// Most keys in one coalesced batch of gets (`--peer-coalesce`; 0 or 1: none).
+    coalesce_keys: AtomicUsize,
 }
 
 /// A member's address as a base URL: as it is when it has a scheme (`https://...`), else
@@ -223,8 +275,16 @@ impl Cluster {
             membership: RwLock::new(None),
             watcher: RwLock::new(None),
             metrics,
+            coalesce_keys: AtomicUsize::new(coalesce::DEFAULT_MAX_KEYS),
         };
         Ok(Arc::new(cluster))
+    }
+
+    /// Most keys in one batch of the gets to a peer that are coalesced (`--peer-coalesce`; 0
+    /// or 1: every get goes alone). Applies to the peers met from now on: set it before
+    /// [`Cluster::join`].
+    pub fn set_coalesce_keys(&self, keys: usize) {
+        self.coalesce_keys.store(keys, Ordering::Relaxed);
     }
 
     /// Follows `membership` from now on: every change rebuilds the ring at once.
@@ -289,9 +349,12 @@ impl Cluster {
             .http_client(self.http.clone())
             .build()?;
         Ok(Peer {
-            addr: addr.into(),
-            client,
-            metrics: self.metrics.clone(),
+            core: Arc::new(PeerCore {
+                addr: addr.into(),
+                client,
+                metrics: self.metrics.clone(),
+            }),
+            coalescer: Coalescer::new(self.coalesce_keys.load(Ordering::Relaxed)),
         })
     }
 

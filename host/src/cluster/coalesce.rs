@@ -1,0 +1,467 @@
+//! Coalescing of peer gets: the gets this node sends one owner for one group at the same moment
+//! go as one `_batch` request instead of one HTTP exchange each.
+//!
+//! Each (peer, group) has a lane. The first get to find its lane empty opens a batch, yields to
+//! the runtime once (so that every task ready to run gets to run), then closes the batch and
+//! sends it; gets arriving meanwhile join it. A get that is alone in its batch is sent as an
+//! ordinary single get. So an idle node pays one yield per peer get, and a busy node (many
+//! requests ready at once) sends one exchange for several keys: the busier, the fewer exchanges
+//! per key. It is the same idea as a DataLoader's "batch what one tick asked for". Nothing ever
+//! waits for a timer or for another request to end: a batch is only as slow as its slowest key.
+//!
+//! Details that keep it from making anything worse:
+//!
+//! - a batch has at most the lane's key limit (`--peer-coalesce`, default [`DEFAULT_MAX_KEYS`]);
+//!   longer ones go as several requests at once;
+//! - a batch of several keys is sent by a task of its own, so a get whose caller gave up (a
+//!   timeout, a dropped client) does not take the others' request down with it; a get that
+//!   opened a batch and is dropped before closing it still has it sent;
+//! - a key the owner refused for its batch budget (`too_large`) is asked for again alone;
+//! - a batch that fails fails each of its gets with the batch's error, as a single get would
+//!   have failed (the caller then loads locally, as for any peer error);
+//! - every request keeps the peer client's own time limit.
+//!
+//! What a lane holds: the keys and answer channels of the batch being formed, at most one per
+//! get this node has in flight to that peer and group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::PeerCore;
+use crate::group::PeerEntry;
+use crate::peer::PeerError;
+
+/// Most keys in one coalesced batch (`--peer-coalesce`). The owner loads 16 of a batch's keys
+/// at once and answers when all are done, so a larger batch would mostly add waiting.
+pub const DEFAULT_MAX_KEYS: usize = 32;
+
+/// What one get comes to.
+type Answer = Result<Option<PeerEntry>, PeerError>;
+
+/// The lanes of one peer, by group.
+#[derive(Debug)]
+pub(super) struct Coalescer {
+    /// Most keys per batch; 0 or 1: every get is sent alone.
+    max_keys: usize,
+    /// The batch being formed in each lane, by group name (the node's groups: a few).
+    lanes: Mutex<HashMap<String, Vec<Waiter>>>,
+}
+
+/// A get in a batch being formed.
+#[derive(Debug)]
+struct Waiter {
+    key: String,
+    answer: oneshot::Sender<Answer>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Coalescer {
+    /// Lanes whose batches hold at most `max_keys` keys (0 or 1: every get is sent alone).
+    pub(super) fn new(max_keys: usize) -> Arc<Coalescer> {
+        Arc::new(Coalescer {
+            max_keys,
+            lanes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Gets `key` of `group` from the peer: alone, or in the batch of the gets asked for at the
+    /// same moment.
+    pub(super) async fn get(
+        self: &Arc<Self>,
+        core: &Arc<PeerCore>,
+        group: &str,
+        key: &str,
+    ) -> Answer {
+        if self.max_keys <= 1 {
+            return core.client.get(group, key).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let opens = {
+            let mut lanes = lock(&self.lanes);
+            let forming = if let Some(forming) = lanes.get_mut(group) {
+                forming
+            } else {
+                lanes.entry(group.to_string()).or_default()
+            };
+            forming.push(Waiter {
+                key: key.to_string(),
+                answer: tx,
+            });
+            forming.len() == 1
+        };
+        if opens {
+            let mut batch = Opened {
+                coalescer: Arc::clone(self),
+                core: Arc::clone(core),
+                group: group.to_string(),
+                closed: false,
+            };
+            tokio::task::yield_now().await;
+            let waiters = batch.close();
+            // The first get of a batch is the one that opened it.
+            if waiters.len() == 1 {
+                drop(waiters);
+                return core.client.get(group, key).await;
+            }
+            batch.send(waiters);
+        }
+        match rx.await {
+            Ok(Err(PeerError::ItemFailed { code, .. })) if code == "too_large" => {
+                core.client.get(group, key).await
+            }
+            Ok(answer) => answer,
+            Err(_) => Err(PeerError::Unreachable {
+                peer: core.client.base_url().to_string(),
+                message: "the coalesced request for this key was dropped".into(),
+            }),
+        }
+    }
+
+    /// Gets in batches being formed right now, over every lane (for tests).
+    #[cfg(test)]
+    fn forming(&self) -> usize {
+        lock(&self.lanes).values().map(Vec::len).sum()
+    }
+}
+
+/// A batch opened by a get, until it is closed and sent. Dropped unclosed (its get was
+/// dropped while yielding), it closes and sends the batch for the others.
+struct Opened {
+    coalescer: Arc<Coalescer>,
+    core: Arc<PeerCore>,
+    group: String,
+    closed: bool,
+}
+
+impl Opened {
+    /// Takes the lane's batch: gets from now on open the next one.
+    fn close(&mut self) -> Vec<Waiter> {
+        self.closed = true;
+        lock(&self.coalescer.lanes)
+            .get_mut(&self.group)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Sends `waiters` in requests of at most the lane's key limit, each in a task of its own.
+    fn send(&self, mut waiters: Vec<Waiter>) {
+        // Gets whose callers stopped waiting are not asked for.
+        waiters.retain(|w| !w.answer.is_closed());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (shutting down): the gets see a closed channel, a peer error, and
+            // load locally.
+            return;
+        };
+        while !waiters.is_empty() {
+            let rest = waiters.split_off(waiters.len().min(self.coalescer.max_keys));
+            let batch = std::mem::replace(&mut waiters, rest);
+            runtime.spawn(send(Arc::clone(&self.core), self.group.clone(), batch));
+        }
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if !self.closed {
+            let mut waiters = self.close();
+            // The first is the dropped get's own (it opened the batch); its receiver may
+            // outlive this guard by a moment, so it is skipped by place, not by a closed check.
+            if !waiters.is_empty() {
+                waiters.remove(0);
+            }
+            self.send(waiters);
+        }
+    }
+}
+
+/// Sends `batch` to the peer (a single get for one key) and answers each of its gets.
+async fn send(core: Arc<PeerCore>, group: String, batch: Vec<Waiter>) {
+    if let [one] = batch.as_slice() {
+        let answer = core.client.get(&group, &one.key).await;
+        for w in batch {
+            let _ = w.answer.send(answer.clone());
+        }
+        return;
+    }
+    let keys: Vec<String> = batch.iter().map(|w| w.key.clone()).collect();
+    match core.coalesced_batch(&group, &keys).await {
+        Ok(items) => {
+            let items: HashMap<String, Answer> = items.into_iter().collect();
+            for w in batch {
+                let answer = items.get(&w.key).cloned().unwrap_or_else(|| {
+                    Err(PeerError::Decode {
+                        peer: core.client.base_url().to_string(),
+                        message: "the batch answer has no item for this key".into(),
+                    })
+                });
+                let _ = w.answer.send(answer);
+            }
+        }
+        Err(e) => {
+            for w in batch {
+                let _ = w.answer.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real peer routes served over HTTP on 127.0.0.1 and the real peer client, in
+    //! front of a small in-memory owner.
+
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures::FutureExt as _;
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::error::Error;
+    use crate::peer::{PeerClient, PeerLimits, PeerService};
+    use crate::telemetry::Metrics;
+
+    /// Answers every key with its own name; keys starting `slow` after `SLOW`.
+    #[derive(Debug, Default)]
+    struct Owner {
+        /// Keys asked, in order.
+        asked: Mutex<Vec<String>>,
+        /// A `slow` key's load has started.
+        slow_started: AtomicBool,
+        /// A `slow` key's load has ended.
+        slow_done: AtomicBool,
+        /// Bytes of every value (0: the key itself).
+        value_bytes: usize,
+    }
+
+    const SLOW: Duration = Duration::from_millis(300);
+
+    impl PeerService for Owner {
+        fn get<'a>(
+            &'a self,
+            _group: &'a str,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<PeerEntry>, Error>> {
+            async move {
+                lock(&self.asked).push(key.to_string());
+                if key.starts_with("slow") {
+                    self.slow_started.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(SLOW).await;
+                    self.slow_done.store(true, Ordering::SeqCst);
+                }
+                let value = if self.value_bytes == 0 {
+                    Bytes::copy_from_slice(key.as_bytes())
+                } else {
+                    Bytes::from(vec![b'v'; self.value_bytes])
+                };
+                Ok(Some(PeerEntry {
+                    value,
+                    codec: "identity".into(),
+                    expires_at_ms: None,
+                }))
+            }
+            .boxed()
+        }
+
+        fn set<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: PeerEntry,
+        ) -> BoxFuture<'a, Result<(), Error>> {
+            async { Ok(()) }.boxed()
+        }
+
+        fn delete<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+            async { Ok(()) }.boxed()
+        }
+
+        fn invalidate(&self, _: &str, _: &[String]) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    /// HTTP requests the owner's server received: single gets and batches.
+    #[derive(Debug, Default)]
+    struct Requests {
+        gets: AtomicUsize,
+        batches: AtomicUsize,
+    }
+
+    impl Requests {
+        fn seen(&self) -> (usize, usize) {
+            (
+                self.gets.load(Ordering::SeqCst),
+                self.batches.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    /// Serves `owner` on 127.0.0.1 and returns what sends to it, and its request counts.
+    async fn serve(owner: Arc<Owner>, limits: PeerLimits) -> (Arc<PeerCore>, Arc<Requests>) {
+        let requests = Arc::new(Requests::default());
+        let counted = Arc::clone(&requests);
+        let app =
+            crate::peer::router_with_limits(owner, None, limits).layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let counter = if req.method() == axum::http::Method::POST {
+                        &counted.batches
+                    } else {
+                        &counted.gets
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    next.run(req)
+                },
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (core(&format!("http://{addr}")), requests)
+    }
+
+    fn core(base: &str) -> Arc<PeerCore> {
+        Arc::new(PeerCore {
+            addr: base.into(),
+            client: PeerClient::builder(base)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+            metrics: Metrics::new("test"),
+        })
+    }
+
+    fn value(answer: &Answer) -> String {
+        let entry = answer.as_ref().unwrap().as_ref().unwrap();
+        String::from_utf8(entry.value.to_vec()).unwrap()
+    }
+
+    /// Gets polled in one pass (as the requests a busy node has ready at one moment) go as
+    /// batches of at most the key limit, and each get gets its own key's value.
+    #[tokio::test]
+    async fn gets_asked_at_one_moment_go_as_batches_of_at_most_the_key_limit() {
+        let owner = Arc::new(Owner::default());
+        let (core, requests) = serve(Arc::clone(&owner), PeerLimits::default()).await;
+        for (max_keys, expected) in [(32, (0, 1)), (8, (0, 4)), (1, (20, 4)), (0, (40, 4))] {
+            let c = Coalescer::new(max_keys);
+            let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+            let answers =
+                futures::future::join_all(keys.iter().map(|k| c.get(&core, "g", k))).await;
+            for (k, a) in keys.iter().zip(&answers) {
+                assert_eq!(&value(a), k, "max_keys {max_keys}");
+            }
+            // Cumulative: 1 batch of 20; then 8 + 8 + 4; then 20 singles; then 20 more.
+            assert_eq!(requests.seen(), expected, "max_keys {max_keys}");
+            assert_eq!(c.forming(), 0);
+        }
+        assert_eq!(lock(&owner.asked).len(), 80);
+    }
+
+    /// A get alone goes as an ordinary single get, not as a batch of one.
+    #[tokio::test]
+    async fn a_get_alone_goes_as_a_single_get() {
+        let (core, requests) = serve(Arc::new(Owner::default()), PeerLimits::default()).await;
+        let c = Coalescer::new(DEFAULT_MAX_KEYS);
+        assert_eq!(value(&c.get(&core, "g", "Tom").await), "Tom");
+        assert_eq!(value(&c.get(&core, "g", "Sam").await), "Sam");
+        assert_eq!(requests.seen(), (2, 0));
+    }
+
+    /// A batch is only as slow as its own keys: a get asked while a batch with a slow key is in
+    /// flight goes in a request of its own and is answered before that batch.
+    #[tokio::test]
+    async fn a_batch_with_a_slow_key_does_not_hold_gets_asked_after_it() {
+        let owner = Arc::new(Owner::default());
+        let (core, requests) = serve(Arc::clone(&owner), PeerLimits::default()).await;
+        let c = Coalescer::new(DEFAULT_MAX_KEYS);
+        let slow = {
+            let (c, core) = (Arc::clone(&c), Arc::clone(&core));
+            tokio::spawn(async move {
+                let (a, b) = tokio::join!(c.get(&core, "g", "slow"), c.get(&core, "g", "a"));
+                (value(&a), value(&b))
+            })
+        };
+        while !owner.slow_started.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(value(&c.get(&core, "g", "b").await), "b");
+        assert!(
+            !owner.slow_done.load(Ordering::SeqCst),
+            "b waited for the slow batch"
+        );
+        assert_eq!(slow.await.unwrap(), ("slow".into(), "a".into()));
+        assert_eq!(requests.seen(), (1, 1));
+    }
+
+    /// Keys past the owner's batch budget (`too_large`) are asked for again, alone.
+    #[tokio::test]
+    async fn keys_past_the_owners_batch_budget_are_asked_for_alone() {
+        let owner = Arc::new(Owner {
+            value_bytes: 1000,
+            ..Owner::default()
+        });
+        let limits = PeerLimits {
+            max_batch_bytes: 2500,
+            ..PeerLimits::default()
+        };
+        let (core, requests) = serve(Arc::clone(&owner), limits).await;
+        let c = Coalescer::new(DEFAULT_MAX_KEYS);
+        let keys: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+        let answers = futures::future::join_all(keys.iter().map(|k| c.get(&core, "g", k))).await;
+        for a in &answers {
+            assert_eq!(a.as_ref().unwrap().as_ref().unwrap().value.len(), 1000);
+        }
+        let (gets, batches) = requests.seen();
+        assert_eq!(batches, 1);
+        assert!((3..=5).contains(&gets), "{gets} keys asked again alone");
+    }
+
+    /// A get that opened a batch and is dropped before closing it (its client gave up) still
+    /// has the batch sent for the others, without its own key.
+    #[tokio::test]
+    async fn a_batch_whose_opener_was_dropped_is_still_sent_for_the_others() {
+        let owner = Arc::new(Owner::default());
+        let (core, requests) = serve(Arc::clone(&owner), PeerLimits::default()).await;
+        let c = Coalescer::new(DEFAULT_MAX_KEYS);
+        let mut opener = Box::pin(c.get(&core, "g", "gone"));
+        assert!(futures::poll!(&mut opener).is_pending());
+        let mut joined = [
+            Box::pin(c.get(&core, "g", "x")),
+            Box::pin(c.get(&core, "g", "y")),
+        ];
+        for j in &mut joined {
+            assert!(futures::poll!(j).is_pending());
+        }
+        assert_eq!(c.forming(), 3);
+        drop(opener);
+        assert_eq!(c.forming(), 0);
+        let [x, y] = joined;
+        assert_eq!((value(&x.await), value(&y.await)), ("x".into(), "y".into()));
+        assert_eq!(requests.seen(), (0, 1));
+        assert_eq!(*lock(&owner.asked), ["x", "y"]);
+    }
+
+    /// When the batch's request fails, each of its gets fails with that error (the caller then
+    /// loads locally), and nothing stays queued.
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_gets() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let core = core(&base);
+        let c = Coalescer::new(DEFAULT_MAX_KEYS);
+        let answers =
+            futures::future::join_all(["a", "b", "c"].map(|k| c.get(&core, "g", k))).await;
+        for a in answers {
+            assert!(matches!(a, Err(PeerError::Unreachable { .. })), "{a:?}");
+        }
+        assert_eq!(c.forming(), 0);
+    }
+}
