@@ -21,7 +21,8 @@
 //! - [`compression`]: the codec trait, the built-in codecs (none, gzip, snappy, lz4, zstd) and
 //!   compressor plugins by name; the stored-value envelope (length + checksum, so nothing corrupt
 //!   is served); a group's policy (codec, level, minimum size).
-//! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected clock.
+//! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected clock;
+//!   [`cache::Doorkeeper`]: a hot copy is kept from a key's second fetch from its owner on.
 //! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that
 //!   panics or is cancelled.
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
@@ -41,7 +42,8 @@
 //! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
 //!   watch); publishes the member list the ring is built from.
 //! - [`cluster`]: membership → ring → peer clients, as the group's `PeerPicker`; a single node
-//!   is a cluster of one.
+//!   is a cluster of one. Gets to one peer asked at one moment go as one `_batch` request
+//!   (`cluster/coalesce.rs`, `--peer-coalesce`).
 //! - [`tls`]: rustls for the node's port (certificate reloaded on SIGHUP, handshakes off the
 //!   accept loop) and the peer client's trust (`--peer-ca`).
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.

@@ -12,8 +12,10 @@
 //! - an eviction counter for metrics.
 
 mod clock;
+mod doorkeeper;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use doorkeeper::Doorkeeper;
 
 use std::fmt;
 use std::sync::Arc;

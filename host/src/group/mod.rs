@@ -41,7 +41,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tracing::Instrument as _;
 
-use crate::cache::{Cache, CacheEntry, Cached, Clock, SystemClock};
+use crate::cache::{Cache, CacheEntry, Cached, Clock, Doorkeeper, SystemClock};
 use crate::compression::{
     CodecError, CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify,
 };
@@ -315,6 +315,8 @@ struct Core {
     main: Cache,
     /// Copies of values other nodes own.
     hot: Cache,
+    /// Admits a copy to `hot` the second time its key is fetched from the owner.
+    hot_door: Doorkeeper,
     /// Source of "now" for expiry, injected for tests.
     clock: Arc<dyn Clock>,
     /// Limits and policies.
@@ -784,21 +786,26 @@ impl Core {
         };
         let Some(entry) = entry else {
             bump(&self.stats.peer_loads);
-            self.remember(Tier::Hot, key, None, generation, false);
+            if self.hot_door.admit(key) {
+                self.remember(Tier::Hot, key, None, generation, false);
+            }
             return Some(None);
         };
         let expires_at_ms = entry.expires_at_ms;
         match self.accept(entry).await {
             Ok((plain, stored)) => {
                 bump(&self.stats.peer_loads);
-                // Kept as received: no decompress/recompress between peers.
-                self.remember(
-                    Tier::Hot,
-                    key,
-                    Some((&stored, expires_at_ms)),
-                    generation,
-                    false,
-                );
+                // A copy is kept from the key's second fetch on (see `Doorkeeper`), as
+                // received: no decompress/recompress between peers.
+                if self.hot_door.admit(key) {
+                    self.remember(
+                        Tier::Hot,
+                        key,
+                        Some((&stored, expires_at_ms)),
+                        generation,
+                        false,
+                    );
+                }
                 Some(Some((plain, expires_at_ms)))
             }
             Err(e) => failed(e.to_string()),
@@ -963,6 +970,7 @@ impl GroupBuilder {
                 storage,
                 main,
                 hot,
+                hot_door: Doorkeeper::default(),
                 clock: self.clock,
                 options: self.options,
                 codecs: self.codecs,
