@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::PeerCore;
 use crate::group::PeerEntry;
@@ -160,7 +161,10 @@ impl Opened {
         while !waiters.is_empty() {
             let rest = waiters.split_off(waiters.len().min(self.coalescer.max_keys));
             let batch = std::mem::replace(&mut waiters, rest);
-            runtime.spawn(send(Arc::clone(&self.core), self.group.clone(), batch));
+            // In the span of the get that closed the batch: the batch's request carries that
+            // get's trace on to the owner (the other gets' traces stop at this node).
+            let sent = send(Arc::clone(&self.core), self.group.clone(), batch);
+            runtime.spawn(sent.instrument(tracing::Span::current()));
         }
     }
 }
