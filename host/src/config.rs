@@ -260,7 +260,7 @@ pub struct Cli {
     pub peer_timeout: Option<String>,
 
     /// Gets to one peer for one group asked at the same moment go as one batch request of at
-    /// most this many keys; 0 or 1 sends every get alone [default: 32].
+    /// most this many keys (up to 1000); 0 or 1 sends every get alone [default: 16].
     #[arg(long, value_name = "N", env = "GEECACHE_PEER_COALESCE")]
     pub peer_coalesce: Option<usize>,
 
@@ -895,9 +895,16 @@ impl Cli {
             peer_mtls: self.peer_mtls,
             peers_refresh: parse_duration(self.peers_refresh.as_deref().unwrap_or("5s"))
                 .map_err(|e| format!("--peers-refresh: {e}"))?,
-            peer_coalesce: self
-                .peer_coalesce
-                .unwrap_or(crate::cluster::DEFAULT_COALESCE_KEYS),
+            peer_coalesce: match self.peer_coalesce {
+                Some(n) if n > crate::peer::MAX_BATCH_KEYS => {
+                    return Err(format!(
+                        "--peer-coalesce {n}: a batch holds at most {} keys",
+                        crate::peer::MAX_BATCH_KEYS
+                    ));
+                }
+                Some(n) => n,
+                None => crate::cluster::DEFAULT_COALESCE_KEYS,
+            },
         };
         if self.peer_mtls && (self.tls_cert.is_none() || self.peer_ca.is_none()) {
             return Err(

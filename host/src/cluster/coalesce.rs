@@ -6,13 +6,18 @@
 //! sends it; gets arriving meanwhile join it. A get that is alone in its batch is sent as an
 //! ordinary single get. So an idle node pays one yield per peer get, and a busy node (many
 //! requests ready at once) sends one exchange for several keys: the busier, the fewer exchanges
-//! per key. It is the same idea as a DataLoader's "batch what one tick asked for". Nothing ever
-//! waits for a timer or for another request to end: a batch is only as slow as its slowest key.
+//! per key. It is the same idea as a DataLoader's "batch what one tick asked for". Nothing
+//! waits for a timer or for another request to end before it is sent.
 //!
 //! Details that keep it from making anything worse:
 //!
-//! - a batch has at most the lane's key limit (`--peer-coalesce`, default [`DEFAULT_MAX_KEYS`]);
-//!   longer ones go as several requests at once;
+//! - a batch is answered when its last key is: a get whose batch has not answered within
+//!   [`HEDGE_AFTER`] (a slow key in it) is asked for again alone, so the keys the owner holds
+//!   wait at most that long for a slow one, never for its whole load (at the owner, the single
+//!   get of the slow key joins the batch's load of it);
+//! - a batch has at most the lane's key limit (`--peer-coalesce`, default [`DEFAULT_MAX_KEYS`],
+//!   the keys an owner loads at once for one batch); longer ones go as several requests at
+//!   once;
 //! - a batch of several keys is sent by a task of its own, so a get whose caller gave up (a
 //!   timeout, a dropped client) does not take the others' request down with it; a get that
 //!   opened a batch and is dropped before closing it still has it sent;
@@ -26,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
@@ -34,9 +40,15 @@ use super::PeerCore;
 use crate::group::PeerEntry;
 use crate::peer::PeerError;
 
-/// Most keys in one coalesced batch (`--peer-coalesce`). The owner loads 16 of a batch's keys
-/// at once and answers when all are done, so a larger batch would mostly add waiting.
-pub const DEFAULT_MAX_KEYS: usize = 32;
+/// Most keys in one coalesced batch (`--peer-coalesce`): as many as the owner loads at once
+/// for one batch, so that every key of a batch starts loading at once (the owner takes a
+/// batch's keys in order, 16 at a time).
+pub const DEFAULT_MAX_KEYS: usize = 16;
+
+/// How long a get waits for its batch's answer before it goes alone: a batch is answered when
+/// its last key is, so without this, keys the owner holds would wait for a slow key's load
+/// (and could all run past `--peer-timeout`, then load locally, off the owner).
+pub const HEDGE_AFTER: Duration = Duration::from_millis(50);
 
 /// What one get comes to.
 type Answer = Result<Option<PeerEntry>, PeerError>;
@@ -72,6 +84,9 @@ impl Coalescer {
 
     /// Gets `key` of `group` from the peer: alone, or in the batch of the gets asked for at the
     /// same moment.
+    ///
+    /// The future must be polled until it finishes or be dropped (as any caller awaiting it
+    /// does): a get that opened a batch closes it when it is polled again after its yield.
     pub(super) async fn get(
         self: &Arc<Self>,
         core: &Arc<PeerCore>,
@@ -111,7 +126,14 @@ impl Coalescer {
             }
             batch.send(waiters);
         }
-        match rx.await {
+        let answer = match tokio::time::timeout(HEDGE_AFTER, rx).await {
+            Ok(answer) => answer,
+            // The batch is slower than a get should be: a slow key in it holds the others.
+            // This key goes alone; at the owner it joins the batch's load of it if that is
+            // still running (owner loads are single-flighted), so nothing is loaded twice.
+            Err(_) => return core.client.get(group, key).await,
+        };
+        match answer {
             Ok(Err(PeerError::ItemFailed { code, .. })) if code == "too_large" => {
                 core.client.get(group, key).await
             }
@@ -401,7 +423,29 @@ mod tests {
             "b waited for the slow batch"
         );
         assert_eq!(slow.await.unwrap(), ("slow".into(), "a".into()));
-        assert_eq!(requests.seen(), (1, 1));
+        // The batch of `slow` and `a`, each of them again alone after `HEDGE_AFTER`, and `b`.
+        assert_eq!(requests.seen(), (3, 1));
+    }
+
+    /// A key in the same batch as a slow key does not wait for the slow load: after
+    /// `HEDGE_AFTER` it is asked for again alone, and answered before the slow key.
+    #[tokio::test]
+    async fn a_key_batched_with_a_slow_key_is_asked_again_alone_and_answered_first() {
+        let owner = Arc::new(Owner::default());
+        let (core, requests) = serve(Arc::clone(&owner), PeerLimits::default()).await;
+        let c = Coalescer::new(DEFAULT_MAX_KEYS);
+        let fast_answered_while_slow_loads = AtomicBool::new(false);
+        let (slow, fast) = tokio::join!(c.get(&core, "g", "slow"), async {
+            let a = c.get(&core, "g", "fast").await;
+            fast_answered_while_slow_loads
+                .store(!owner.slow_done.load(Ordering::SeqCst), Ordering::SeqCst);
+            a
+        });
+        assert_eq!((value(&slow), value(&fast)), ("slow".into(), "fast".into()));
+        assert!(fast_answered_while_slow_loads.load(Ordering::SeqCst));
+        // One batch of both, then each alone (the slow key's own hedge too).
+        assert_eq!(requests.seen(), (2, 1));
+        assert!(SLOW > HEDGE_AFTER * 4);
     }
 
     /// Keys past the owner's batch budget (`too_large`) are asked for again, alone.
