@@ -61,6 +61,11 @@ pub struct Args {
     /// Measuring time of each baseline and workload.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub duration: Duration,
+    /// Rounds: the baselines and workloads run this many times, one after the other, and the
+    /// table gives each ratio as its median over the rounds (a shared machine drifts between
+    /// rows; a ratio within a round is what to compare).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Bytes of every value (the getter's `value_bytes`, the baselines' body, PUT bodies).
     #[arg(long, default_value_t = 100)]
     pub value_bytes: usize,
@@ -277,12 +282,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args,
     };
 
-    let steps = baselines.len() + workloads.len();
-    let mut rows = Vec::new();
+    let rounds = setup.args.rounds;
+    let steps = (baselines.len() + workloads.len()) * rounds as usize;
+    let mut all_rounds = Vec::new();
     let mut notes = Vec::new();
     let mut step = 0;
+    for round in 1..=rounds {
+        let rows = run_round(&setup, &baselines, &workloads, &mut notes, &mut step, steps)?;
+        if rounds > 1 {
+            eprintln!("round {round}/{rounds} done");
+        }
+        all_rounds.push(rows);
+    }
+
+    let text = render(&setup, &all_rounds, &notes);
+    report::publish(&text, setup.args.report.as_deref(), "http.md")?;
+    let failed: Vec<&str> = all_rounds
+        .iter()
+        .flatten()
+        .filter(|r| !r.outcome.all_ok())
+        .map(|r| r.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "not every request succeeded in: {} (see the report)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// One round: every baseline, then every workload.
+fn run_round(
+    setup: &Setup,
+    baselines: &[String],
+    workloads: &[Workload],
+    notes: &mut Vec<String>,
+    step: &mut usize,
+    steps: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
     for b in baselines {
-        step += 1;
+        *step += 1;
         eprintln!("[{step}/{steps}] baseline {b}");
         let fixed = match b.as_str() {
             "nginx" => match servers::nginx_binary() {
@@ -291,18 +332,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     let note = "nginx is not installed: no nginx baseline \
                                 (Debian: apt-get install nginx-light)";
                     eprintln!("  {note}");
-                    notes.push(note.to_owned());
+                    if !notes.iter().any(|n| n == note) {
+                        notes.push(note.to_owned());
+                    }
                     continue;
                 }
             },
             _ => Fixed::axum(setup.args.value_bytes)?,
         };
         let requests = setup.requests("b", Keys::Uniform(setup.args.keys), 0);
-        let mut load = setup.load(&b, &[fixed.addr], requests);
+        let mut load = setup.load(b, &[fixed.addr], requests);
         load.expect_len = Some(setup.args.value_bytes);
         let outcome = load::run(&load)?;
         rows.push(Row {
-            name: b,
+            name: b.clone(),
             nodes: None,
             kind: None,
             outcome,
@@ -316,28 +359,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     for w in workloads {
-        step += 1;
+        *step += 1;
         eprintln!("[{step}/{steps}] {}", w.name());
-        rows.push(run_workload(&setup, w)?);
+        rows.push(run_workload(setup, *w)?);
         if interrupted() {
             bail!("interrupted");
         }
     }
-
-    let text = render(&setup, &rows, &notes);
-    report::publish(&text, setup.args.report.as_deref(), "http.md")?;
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|r| !r.outcome.all_ok())
-        .map(|r| r.name.as_str())
-        .collect();
-    if !failed.is_empty() {
-        bail!(
-            "not every request succeeded in: {} (see the report)",
-            failed.join(", ")
-        );
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// A short id from the clock, unique enough between runs on one machine.
@@ -514,14 +543,76 @@ fn success(o: &Outcome) -> String {
     }
 }
 
-fn ratio(rate: f64, base: Option<&Row>) -> String {
-    base.map_or_else(
-        || "-".into(),
-        |b| format!("{:.2}", rate / b.outcome.rate().max(1e-9)),
-    )
+/// A row's rate against each comparison row of its own round: nginx, axum, and the hit path
+/// (the hit row on as many nodes, else on one node).
+fn ratios(round: &[Row], r: &Row) -> [Option<f64>; 3] {
+    let baseline = |name: &str| round.iter().find(|b| b.kind.is_none() && b.name == name);
+    let hit_of = |nodes: Option<usize>| {
+        round
+            .iter()
+            .find(|h| h.kind == Some(Kind::Hit) && h.nodes == nodes)
+    };
+    let hit = match r.kind {
+        Some(Kind::Hit) if r.nodes == Some(1) => None,
+        Some(_) => hit_of(r.nodes)
+            .filter(|h| h.name != r.name)
+            .or_else(|| hit_of(Some(1))),
+        None => None,
+    };
+    let rate = r.outcome.rate();
+    [baseline("nginx"), baseline("axum"), hit].map(|b| b.map(|b| rate / b.outcome.rate().max(1e-9)))
 }
 
-fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
+/// The median of `values` (the mean of the middle two of an even count); None when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some(f64::midpoint(values[n / 2 - 1], values[n / 2])),
+    }
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |r| format!("{r:.2}"))
+}
+
+/// One row of the table: a row of every round, pooled, with each ratio the median of the
+/// rounds' own ratios.
+struct Combined<'a> {
+    first: &'a Row,
+    outcome: Outcome,
+    ratios: [Option<f64>; 3],
+    getter_calls: Option<u64>,
+    peer_requests: Option<u64>,
+    peak_rss: Option<u64>,
+}
+
+fn combine<'a>(rounds: &'a [Vec<Row>], i: usize) -> Combined<'a> {
+    let rows: Vec<(&Vec<Row>, &Row)> = rounds
+        .iter()
+        .filter_map(|round| round.get(i).map(|r| (round, r)))
+        .collect();
+    let first = rows[0].1;
+    let mut outcome = first.outcome.clone();
+    for (_, r) in &rows[1..] {
+        outcome.absorb(&r.outcome);
+    }
+    let per_round: Vec<[Option<f64>; 3]> = rows.iter().map(|(round, r)| ratios(round, r)).collect();
+    let ratios = [0, 1, 2].map(|k| median(per_round.iter().filter_map(|r| r[k]).collect()));
+    let sum = |f: fn(&Row) -> Option<u64>| rows.iter().map(|(_, r)| f(r)).sum::<Option<u64>>();
+    Combined {
+        first,
+        outcome,
+        ratios,
+        getter_calls: sum(|r| r.getter_calls),
+        peer_requests: sum(|r| r.peer_requests),
+        peak_rss: rows.iter().filter_map(|(_, r)| r.peak_rss).max(),
+    }
+}
+
+fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
     let args = &setup.args;
     let mut s = String::new();
     let _ = writeln!(s, "# geecache-perf http\n");
@@ -558,11 +649,16 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
     let _ = writeln!(
         s,
         "- Client: {} keep-alive HTTP/1.1 connections on {} threads, one request in flight \
-         each, {:?} per row; {}-byte values; hit/mixed over {} keys loaded first, zipf over {} \
+         each, {:?} per row{}; {}-byte values; hit/mixed over {} keys loaded first, zipf over {} \
          keys (s={}), mixed {}% PUT",
         args.connections,
         setup.threads,
         args.duration,
+        if rounds.len() > 1 {
+            format!(", {} rounds", rounds.len())
+        } else {
+            String::new()
+        },
         args.value_bytes,
         args.keys,
         args.zipf_keys,
@@ -582,47 +678,59 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
         s,
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    let baseline = |name: &str| rows.iter().find(|r| r.kind.is_none() && r.name == name);
-    let hit_of = |nodes: Option<usize>| {
-        rows.iter()
-            .find(|r| r.kind == Some(Kind::Hit) && r.nodes == nodes)
-    };
-    for r in rows {
-        let o = &r.outcome;
-        let rate = o.rate();
-        // Each workload against the hit path: the same cluster size where measured, else 1 node.
-        let hit = match r.kind {
-            Some(Kind::Hit) if r.nodes == Some(1) => None,
-            Some(_) => hit_of(r.nodes)
-                .filter(|h| h.name != r.name)
-                .or_else(|| hit_of(Some(1))),
-            None => None,
+    let rows_per_round = rounds.first().map_or(0, Vec::len);
+    for i in 0..rows_per_round {
+        let c = combine(rounds, i);
+        let o = &c.outcome;
+        let per_request = |n: Option<u64>| {
+            n.map_or_else(
+                || "-".into(),
+                |n| format!("{:.3}", n as f64 / o.requests.max(1) as f64),
+            )
         };
         let _ = writeln!(
             s,
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.name,
-            r.nodes.map_or_else(|| "-".into(), |n| n.to_string()),
-            rate,
+            c.first.name,
+            c.first.nodes.map_or_else(|| "-".into(), |n| n.to_string()),
+            o.rate(),
             report::latency(o.latency(0.5)),
             report::latency(o.latency(0.99)),
             report::latency(o.latency(0.999)),
             success(o),
-            ratio(rate, baseline("nginx")),
-            ratio(rate, baseline("axum")),
-            ratio(rate, hit),
-            r.getter_calls.map_or_else(
-                || "-".into(),
-                |c| format!("{:.3}", c as f64 / o.requests.max(1) as f64)
-            ),
-            r.peer_requests.map_or_else(
-                || "-".into(),
-                |c| format!("{:.3}", c as f64 / o.requests.max(1) as f64)
-            ),
-            r.peak_rss.map_or_else(|| "-".into(), report::mib),
+            ratio(c.ratios[0]),
+            ratio(c.ratios[1]),
+            ratio(c.ratios[2]),
+            per_request(c.getter_calls),
+            per_request(c.peer_requests),
+            c.peak_rss.map_or_else(|| "-".into(), report::mib),
         );
     }
-    let failures: Vec<&Row> = rows.iter().filter(|r| !r.outcome.all_ok()).collect();
+    if rounds.len() > 1 {
+        let _ = writeln!(s, "\n### Each round\n");
+        let _ = writeln!(s, "| round | run | req/s | × nginx | × axum | × hit |");
+        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
+        for (n, round) in rounds.iter().enumerate() {
+            for r in round {
+                let [a, b, c] = ratios(round, r);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} | {} | {} | {} |",
+                    n + 1,
+                    r.name,
+                    r.outcome.rate(),
+                    ratio(a),
+                    ratio(b),
+                    ratio(c)
+                );
+            }
+        }
+    }
+    let failures: Vec<&Row> = rounds
+        .iter()
+        .flatten()
+        .filter(|r| !r.outcome.all_ok())
+        .collect();
     if !failures.is_empty() {
         let _ = writeln!(s, "\n## Failures\n");
         for r in failures {
@@ -644,7 +752,9 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
         "\nreq/s counts every request finished in the row's time; success is 2xx with the \
          expected body length. × nginx, × axum: req/s against the fixed-response baselines \
          (nginx; axum on tokio as the node runs it). × hit: against the hit row on as many \
-         nodes, else on one node. Getter calls / req: the nodes' getter calls during the row \
+         nodes, else on one node. With several rounds, req/s, latencies and success pool every \
+         round, and each ratio is the median of the rounds' own ratios (each against the \
+         baseline measured in its round). Getter calls / req: the nodes' getter calls during the row \
          over its requests (1 for all-miss, 0 for all-hit). Peer requests / req: the peer requests \
          (single gets and batches) the nodes served during the row over its requests (up to \
          0.67 for all-miss on 3 nodes; less when gets to one owner were coalesced into \
@@ -655,4 +765,17 @@ fn render(setup: &Setup, rows: &[Row], notes: &[String]) -> String {
         let _ = writeln!(s, "\nNote: {n}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![0.7]), Some(0.7));
+        assert_eq!(median(vec![0.9, 0.5, 0.7]), Some(0.7));
+        assert_eq!(median(vec![0.8, 0.5, 0.6, 0.9]), Some(0.7));
+    }
 }

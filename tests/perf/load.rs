@@ -88,7 +88,7 @@ pub struct Load {
 }
 
 /// What a run measured.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// Requests answered or failed.
     pub requests: u64,
@@ -109,6 +109,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds `other`'s requests, time and latencies to this outcome (rounds of one row).
+    pub fn absorb(&mut self, other: &Outcome) {
+        self.requests += other.requests;
+        self.ok += other.ok;
+        self.non_2xx += other.non_2xx;
+        self.bad_body += other.bad_body;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms of one run have the same bounds");
+        for p in &other.problems {
+            if self.problems.len() < MAX_PROBLEMS && !self.problems.contains(p) {
+                self.problems.push(p.clone());
+            }
+        }
+    }
+
     /// Requests per second over the run.
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
