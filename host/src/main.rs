@@ -2,7 +2,9 @@
 
 // mimalloc, not glibc malloc: the request path allocates per request, and glibc's malloc and
 // free were ~10% of a loaded node's CPU in `perf` (issue 10). Set in the binaries only, so the
-// library (and the fuzz targets, under ASan) keep the system allocator.
+// library keeps the system allocator; the `mimalloc` feature (default) builds it at all, and
+// the fuzz targets (under ASan) build without it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
