@@ -93,3 +93,89 @@ async fn keys_whose_owner_is_down_are_loaded_locally() {
         n.stop().await;
     }
 }
+
+/// Sends single gets for `keys` to `node` all at once; returns the values in key order.
+async fn concurrent_gets(node: &TestNode, keys: &[String]) -> Vec<String> {
+    let paths: Vec<String> = keys.iter().map(|key| format!("/api?key={key}")).collect();
+    futures::future::join_all(paths.iter().map(|path| node.get(path)))
+        .await
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 200);
+            String::from_utf8(body).unwrap()
+        })
+        .collect()
+}
+
+/// Peer-protocol requests `node` has served (single gets, batches, ...).
+async fn served_peer_requests(node: &TestNode) -> f64 {
+    let text = node.metrics_text().await;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("geecache_http_request_duration_seconds_count{")
+                && l.contains("route=\"/_geecache/{*path}\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// What 120 concurrent single gets on node 0 of a 3-node cluster started with `extra` flags
+/// cost between the nodes.
+struct Forwarded {
+    /// Keys another node owned and loaded.
+    keys: f64,
+    /// Gets node 0 timed as `get` (one per forwarded key, alone or in a batch).
+    gets: f64,
+    /// Batch requests node 0 formed (`coalesced`).
+    batches: f64,
+    /// Peer requests the other two nodes served.
+    served: f64,
+}
+
+/// Every value is right, and every key another node owns was loaded by that owner, never
+/// locally (whether its get went alone or in a batch).
+async fn forwarded_gets(extra: &[&str], prefix: &str) -> Forwarded {
+    let args: Vec<&str> = ARGS.iter().chain(extra).copied().collect();
+    let nodes = TestNode::cluster(3, &args).await;
+    let keys: Vec<String> = (0..120).map(|i| format!("{prefix}-{i}")).collect();
+    let values = concurrent_gets(&nodes[0], &keys).await;
+    let stats = nodes[0].group_stats("scores").await;
+    let forwarded = Forwarded {
+        keys: stats["peer_loads"].as_u64().unwrap() as f64,
+        gets: peer_requests(&nodes[0], "get").await,
+        batches: peer_requests(&nodes[0], "coalesced").await,
+        served: served_peer_requests(&nodes[1]).await + served_peer_requests(&nodes[2]).await,
+    };
+    assert_eq!(stats["peer_errors"], 0, "{stats}");
+    // About two thirds of the keys are another node's.
+    assert!(forwarded.keys > 40.0, "{stats}");
+    assert_eq!(
+        stats["getter_calls"].as_u64().unwrap() as f64 + forwarded.keys,
+        keys.len() as f64,
+        "{stats}"
+    );
+    assert_eq!(forwarded.gets, forwarded.keys);
+    // The same values as another node's single gets, asked one at a time.
+    assert_eq!(values, single_gets(&nodes[1], &keys).await);
+    for n in nodes {
+        n.stop().await;
+    }
+    forwarded
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_coalescing_off_every_forwarded_get_is_its_own_peer_request() {
+    let f = forwarded_gets(&["--peer-coalesce", "0"], "alone").await;
+    assert_eq!(f.batches, 0.0);
+    assert_eq!(f.served, f.keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_coalescing_on_concurrent_gets_are_answered_by_their_owners() {
+    let f = forwarded_gets(&[], "together").await;
+    // 120 gets at once: those to one owner share requests (81 keys went as 7 batches here),
+    // and the owners served every batch sent.
+    assert!(f.batches > 0.0);
+    assert!(f.served >= f.batches, "{} < {}", f.served, f.batches);
+    assert!(f.served < f.keys, "{} requests for {} keys", f.served, f.keys);
+}
