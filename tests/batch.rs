@@ -177,5 +177,10 @@ async fn with_coalescing_on_concurrent_gets_are_answered_by_their_owners() {
     // and the owners served every batch sent.
     assert!(f.batches > 0.0);
     assert!(f.served >= f.batches, "{} < {}", f.served, f.batches);
-    assert!(f.served < f.keys, "{} requests for {} keys", f.served, f.keys);
+    assert!(
+        f.served < f.keys,
+        "{} requests for {} keys",
+        f.served,
+        f.keys
+    );
 }

@@ -287,6 +287,7 @@ pub async fn run(
         let _ = drain_rx.await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
     };
+    let app = api::Shortcut::new(app, node.state.clone());
     let served = match tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, &tls);
@@ -314,7 +315,7 @@ pub async fn run(
 /// it, until `drained` resolves (the drain timeout: remaining connections are closed).
 async fn serve_until<L>(
     listener: L,
-    app: axum::Router,
+    app: api::Shortcut,
     signal: impl Future<Output = ()> + Send + 'static,
     drained: impl Future<Output = ()>,
 ) -> std::io::Result<()>
@@ -345,11 +346,11 @@ async fn until_drained(
 /// its client showed a verified certificate), which the peer routes check with `--peer-mtls`.
 async fn serve_tls_until(
     listener: crate::tls::TlsListener<LimitedListener>,
-    app: axum::Router,
+    app: api::Shortcut,
     signal: impl Future<Output = ()> + Send + 'static,
     drained: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = app.into_make_service_with_connect_info::<crate::tls::PeerIdentity>();
+    let app = app.with_peer_identity();
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
     until_drained(serve.into_future(), drained).await
 }

@@ -84,6 +84,12 @@ pub struct Access {
 }
 
 impl Access {
+    /// Whether `req` may go on: it needs no token, or carries the right one.
+    pub(crate) fn admits(&self, req: &Request) -> bool {
+        !self.requires_token(req.method(), req.uri().path())
+            || self.token.as_ref().is_some_and(|t| t.admits(req.headers()))
+    }
+
     /// Whether a request with this method and path must carry the token.
     fn requires_token(&self, method: &Method, path: &str) -> bool {
         if self.token.is_none() || matches!(path, "/healthz" | "/readyz") {
@@ -98,10 +104,7 @@ impl Access {
 
 /// Refuses requests that need the token and do not carry it (see the module docs).
 pub async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
-    let token = access.token.as_ref();
-    if !access.requires_token(req.method(), req.uri().path())
-        || token.is_some_and(|t| t.admits(req.headers()))
-    {
+    if access.admits(&req) {
         return next.run(req).await;
     }
     let mut response = super::error_response(

@@ -33,6 +33,10 @@
 //!
 //! Every request (peer protocol included) is timed into
 //! `geecache_http_request_duration_seconds` by route template, method and status.
+//!
+//! The server puts a [`Shortcut`] in front of the router: a plain, bodiless
+//! `GET /api/v1/groups/{group}/keys/{key}` (the hit path) is answered by the same code without
+//! axum's routing and per-route layers.
 
 pub mod guard;
 
@@ -65,8 +69,10 @@ use crate::telemetry::{ClusterStats, Metrics};
 
 mod access;
 mod plugins;
+mod shortcut;
 mod timing;
 pub use access::{Access, ApiToken, EmptyToken};
+pub use shortcut::Shortcut;
 
 /// The API's limits and access rules (from flags; see `geecache-host --help`).
 #[derive(Debug, Clone)]

@@ -52,6 +52,12 @@ impl Getter for SizedGetter {
 
 /// A single node serving group `g` from a [`SizedGetter`] of `size`-byte values.
 fn app(size: usize, options: ApiOptions) -> (Router, Arc<SizedGetter>) {
+    let (state, getter) = app_state(size, options);
+    (router(state), getter)
+}
+
+/// The state of [`app`]'s node.
+fn app_state(size: usize, options: ApiOptions) -> (AppState, Arc<SizedGetter>) {
     let getter = Arc::new(SizedGetter {
         size,
         calls: AtomicUsize::new(0),
@@ -84,10 +90,17 @@ fn app(size: usize, options: ApiOptions) -> (Router, Arc<SizedGetter>) {
         None,
         metrics,
     );
-    (router(state), getter)
+    (state, getter)
 }
 
-async fn call(app: &Router, request: axum::http::Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+async fn call<S>(app: &S, request: axum::http::Request<Body>) -> (StatusCode, HeaderMap, Bytes)
+where
+    S: tower::Service<
+            axum::http::Request<Body>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
@@ -343,4 +356,151 @@ async fn arbitrary_query_strings_are_a_value_or_a_json_error() {
             }
         }
     }
+}
+
+#[test]
+fn the_shortcut_takes_plain_bodiless_gets_of_a_key_only() {
+    let open = Access::default();
+    let get = |uri: &str| axum::http::Request::get(uri).body(Body::empty()).unwrap();
+    let taken = |req: &axum::http::Request<Body>| {
+        shortcut::plain_get(req, &open).map(|(g, k)| (g.to_owned(), k.to_owned()))
+    };
+    let pair = |g: &str, k: &str| Some((g.to_owned(), k.to_owned()));
+    assert_eq!(taken(&get("/api/v1/groups/g/keys/Tom")), pair("g", "Tom"));
+    assert_eq!(
+        taken(&get("/api/v1/groups/g/keys/Tom?ttl=1")),
+        pair("g", "Tom")
+    );
+    for uri in [
+        "/api/v1/groups/g/keys/T%6Fm",
+        "/api/v1/groups/g/keys/a/b",
+        "/api/v1/groups/g/keys/",
+        "/api/v1/groups//keys/k",
+        "/api/v1/groups/g%2F/keys/k",
+        "/api/v1/groups/g/batch",
+        "/api?key=Tom",
+        "/api/v1/groups/g/keys",
+    ] {
+        assert_eq!(taken(&get(uri)), None, "{uri}");
+    }
+    for method in ["HEAD", "PUT", "DELETE", "POST"] {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri("/api/v1/groups/g/keys/k")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(taken(&req), None, "{method}");
+    }
+    for (name, value) in [("content-length", "1"), ("transfer-encoding", "chunked")] {
+        let req = axum::http::Request::get("/api/v1/groups/g/keys/k")
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(taken(&req), None, "{name}");
+    }
+    // With a token on reads, only a request carrying it is taken.
+    let guarded = Access {
+        token: Some(ApiToken::new("s3cret").unwrap()),
+        reads: true,
+    };
+    let bare = get("/api/v1/groups/g/keys/k");
+    assert_eq!(shortcut::plain_get(&bare, &guarded), None);
+    let carrying = with_token(
+        axum::http::Request::get("/api/v1/groups/g/keys/k"),
+        Some("s3cret"),
+    )
+    .body(Body::empty())
+    .unwrap();
+    assert!(shortcut::plain_get(&carrying, &guarded).is_some());
+}
+
+/// The shortcut and the router answer every GET of a key alike: values, codings, errors (an
+/// unknown group, a key over the limit, a failing getter that must not leak), the token.
+#[tokio::test]
+async fn the_shortcut_answers_as_the_router_does() {
+    for reads in [false, true] {
+        let options = ApiOptions {
+            access: Access {
+                token: Some(ApiToken::new("s3cret").unwrap()),
+                reads,
+            },
+            ..ApiOptions::default()
+        };
+        let (state, _) = app_state(10, options);
+        let routed = router(state.clone());
+        let shortcut = Shortcut::new(router(state.clone()), state);
+        let long = format!("/api/v1/groups/g/keys/{}", "k".repeat(2_000));
+        for (uri, token, encoding) in [
+            ("/api/v1/groups/g/keys/Tom", Some("s3cret"), None),
+            ("/api/v1/groups/g/keys/Tom", None, None),
+            ("/api/v1/groups/g/keys/Tom", Some("guess"), None),
+            (
+                "/api/v1/groups/g/keys/Tom",
+                Some("s3cret"),
+                Some("gzip, zstd"),
+            ),
+            ("/api/v1/groups/nope/keys/Tom", Some("s3cret"), None),
+            ("/api/v1/groups/g/keys/boom", Some("s3cret"), None),
+            (long.as_str(), Some("s3cret"), None),
+        ] {
+            let request = || {
+                let mut r = with_token(axum::http::Request::get(uri), token);
+                if let Some(e) = encoding {
+                    r = r.header("accept-encoding", e);
+                }
+                r.body(Body::empty()).unwrap()
+            };
+            let (want_status, want_headers, want_body) = call(&routed, request()).await;
+            let (status, headers, body) = call(&shortcut, request()).await;
+            let what = format!(
+                "reads={reads} {} {token:?} {encoding:?}",
+                &uri[..uri.len().min(40)]
+            );
+            assert_eq!(status, want_status, "{what}");
+            assert_eq!(body, want_body, "{what}");
+            for name in [
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::VARY,
+                header::WWW_AUTHENTICATE,
+            ] {
+                assert_eq!(
+                    headers.get(&name),
+                    want_headers.get(&name),
+                    "{what}: {name}"
+                );
+            }
+        }
+    }
+}
+
+/// A GET the shortcut answered is timed under its route, as the router's timing layer would;
+/// the router still answers everything else (here, `/metrics`).
+#[tokio::test]
+async fn the_shortcut_times_its_requests_under_the_route() {
+    let (state, getter) = app_state(10, ApiOptions::default());
+    let shortcut = Shortcut::new(router(state.clone()), state);
+    for _ in 0..3 {
+        let request = axum::http::Request::get("/api/v1/groups/g/keys/k")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(call(&shortcut, request).await.0, StatusCode::OK);
+    }
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+    let metrics = axum::http::Request::get("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = call(&shortcut, metrics).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("geecache_http_request_duration_seconds_count{")
+                && l.contains(r#"route="/api/v1/groups/{group}/keys/{key}""#)
+                && l.contains(r#"method="GET""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no count for the key route:\n{text}"));
+    assert!(line.ends_with(" 3"), "{line}");
 }
