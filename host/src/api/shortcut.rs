@@ -1,11 +1,12 @@
-//! The hit path's way past the router: a plain `GET /api/v1/groups/{group}/keys/{key}` is
-//! answered by the same [`get_value`] the route's handler calls, without axum's routing,
-//! extractors and per-route layers (a third of what a cache hit cost on top of a fixed
-//! response, in `perf`). Everything else goes to the [`Router`] untouched.
+//! The hit path's way past the router: a plain `GET /api/v1/groups/{group}/keys/{key}` or
+//! `GET /api?key=K[&group=G]` is answered by the same [`get_value`] the routes' handlers call,
+//! without axum's routing, extractors and per-route layers (a third of what a cache hit cost on
+//! top of a fixed response, in `perf`). Everything else goes to the [`Router`] untouched.
 //!
 //! Only requests whose answer cannot differ from the router's are taken: method `GET`, no
 //! body declared (no `Content-Length`, no `Transfer-Encoding`: the body guard has nothing to
-//! reserve), a group and a key with no `/` and no `%` (nothing to percent-decode), and that
+//! reserve), a group and a key with no `/` and no `%` (nothing to percent-decode; in the
+//! classic query, no `+` either, and only `key=` and `group=`, once each), and that
 //! the API token's check admits (the same [`Access::admits`] the router's layer asks; a
 //! request it refuses goes to the router, which answers the 401). The answer, its errors
 //! included, is [`get_value`]'s; its duration is recorded under the route's label, as the
@@ -29,8 +30,20 @@ use super::{Access, AppState, RemoteTrace, accepted_codings, get_value};
 use crate::telemetry::Metrics;
 use crate::tls::{PeerIdentity, TlsListener};
 
-/// The route a shortcut request stands for, as the timing layer labels it.
-pub(crate) const ROUTE: &str = "/api/v1/groups/{group}/keys/{key}";
+/// The routes a shortcut request stands for, as the timing layer labels them.
+const KEY_ROUTE: &str = "/api/v1/groups/{group}/keys/{key}";
+const CLASSIC_ROUTE: &str = "/api";
+
+/// A GET the shortcut answers.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PlainGet<'r> {
+    /// The group, or `None` for the node's default group (the classic form without `group=`).
+    pub group: Option<&'r str>,
+    /// The key.
+    pub key: &'r str,
+    /// Its route's label.
+    pub route: &'static str,
+}
 
 /// The router behind a shortcut for plain GETs of a key. Cheap to clone (per connection).
 ///
@@ -80,18 +93,55 @@ impl Shortcut {
     }
 }
 
-/// `(group, key)` of a request the shortcut may answer, or `None` for the router.
-pub(crate) fn plain_get<'r>(req: &'r Request, access: &Access) -> Option<(&'r str, &'r str)> {
+/// The GET of a request the shortcut may answer, or `None` for the router.
+pub(crate) fn plain_get<'r>(req: &'r Request, access: &Access) -> Option<PlainGet<'r>> {
     if req.method() != Method::GET {
         return None;
     }
-    let rest = req.uri().path().strip_prefix("/api/v1/groups/")?;
-    let (group, key) = rest.split_once("/keys/")?;
     let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    let uri = req.uri();
+    let get = if let Some(rest) = uri.path().strip_prefix("/api/v1/groups/") {
+        let (group, key) = rest.split_once("/keys/")?;
+        (plain(group) && plain(key)).then_some(PlainGet {
+            group: Some(group),
+            key,
+            route: KEY_ROUTE,
+        })?
+    } else if uri.path() == "/api" {
+        let (group, key) = classic_query(uri.query()?)?;
+        PlainGet {
+            group,
+            key,
+            route: CLASSIC_ROUTE,
+        }
+    } else {
+        return None;
+    };
     let headers = req.headers();
     let bodiless = !headers.contains_key(header::CONTENT_LENGTH)
         && !headers.contains_key(header::TRANSFER_ENCODING);
-    (plain(group) && plain(key) && bodiless && access.admits(req)).then_some((group, key))
+    (bodiless && access.admits(req)).then_some(get)
+}
+
+/// `(group, key)` of a classic query made of `key=K` and at most one `group=G`, both plain (no
+/// `%`, no `+`: nothing to decode, no `/`), in either order; `None` for anything else.
+fn classic_query(query: &str) -> Option<(Option<&str>, &str)> {
+    let (mut group, mut key) = (None, None);
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=')?;
+        if value.is_empty() || value.contains(['/', '%', '+', '=']) {
+            return None;
+        }
+        let slot = match name {
+            "key" => &mut key,
+            "group" => &mut group,
+            _ => return None,
+        };
+        if slot.replace(value).is_some() {
+            return None;
+        }
+    }
+    Some((group, key?))
 }
 
 impl tower::Service<Request> for Shortcut {
@@ -105,13 +155,14 @@ impl tower::Service<Request> for Shortcut {
 
     fn call(&mut self, mut req: Request) -> Answer {
         let state = &self.state;
-        let Some((group, key)) = plain_get(&req, &state.inner.options.access) else {
+        let Some(get) = plain_get(&req, &state.inner.options.access) else {
             if let Some(identity) = &self.identity {
                 req.extensions_mut().insert(identity.clone());
             }
             return Answer::Routed(tower::Service::call(&mut self.router, req));
         };
-        let (group, key) = (group.to_owned(), key.to_owned());
+        let group = get.group.unwrap_or(&state.inner.default_group).to_owned();
+        let (key, route) = (get.key.to_owned(), get.route);
         let accepted = accepted_codings(req.headers());
         let trace = RemoteTrace(crate::telemetry::remote_context(req.headers()));
         let state = state.clone();
@@ -121,7 +172,7 @@ impl tower::Service<Request> for Shortcut {
             let response = get_value(&state, &group, &key, accepted, trace)
                 .await
                 .into_response();
-            metrics.record_request(ROUTE, "GET", response.status().as_u16(), started.elapsed());
+            metrics.record_request(route, "GET", response.status().as_u16(), started.elapsed());
             response
         }))
     }

@@ -10,7 +10,7 @@
 //!   [`moka::Expiry`]) so that expired entries nobody reads are dropped eventually;
 //! - negative entries ([`Cached::NotFound`]) so that a missing key cannot hammer the origin;
 //! - an eviction counter for metrics;
-//! - keys that carry their hash ([`StoreKey`]), so that moka's table rehashes read a stored
+//! - keys that carry their hash (`StoreKey`), so that moka's table rehashes read a stored
 //!   number instead of hashing every key's text again.
 
 mod clock;
