@@ -735,6 +735,9 @@ pub fn router(state: AppState) -> Router {
             access::check,
         ));
     }
+    // Plain GETs of the first two routes are answered ahead of this router by `Shortcut`
+    // (shortcut.rs): a change to their paths, their query parameters or what their GET handlers
+    // do must be made in `shortcut::plain_get` and `get_value` too.
     let mut api = Router::new()
         .route("/api", get(classic_get))
         .route(
