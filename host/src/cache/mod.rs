@@ -124,10 +124,45 @@ struct StoreKey {
 
 impl StoreKey {
     fn new(text: &str) -> Self {
-        StoreKey {
+        KeyRef::new(text).to_key()
+    }
+}
+
+/// A key to look a [`StoreKey`] up with: its text, borrowed, and its hash; no copy of the text.
+#[derive(Clone, Copy, Debug)]
+struct KeyRef<'a> {
+    /// Keyed SipHash of `text`, as [`StoreKey::new`] computes it.
+    hash: u64,
+    /// The key.
+    text: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    fn new(text: &'a str) -> Self {
+        KeyRef {
             hash: KEY_HASHER.hash_one(text),
-            text: text.into(),
+            text,
         }
+    }
+
+    /// The owned key, for an insert or moka's entry API.
+    fn to_key(self) -> StoreKey {
+        StoreKey {
+            hash: self.hash,
+            text: self.text.into(),
+        }
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl moka::Equivalent<StoreKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &StoreKey) -> bool {
+        self.hash == key.hash && self.text == &*key.text
     }
 }
 
@@ -238,7 +273,7 @@ impl Cache {
     /// removal of an expired entry is atomic per key and removes only an entry that is expired,
     /// so a fresh entry inserted meanwhile is kept (this `get` still reports a miss).
     pub fn get(&self, key: &str) -> Option<Arc<CacheEntry>> {
-        let key = StoreKey::new(key);
+        let key = KeyRef::new(key);
         let entry = self.store.get(&key)?;
         // An entry without an expiry needs no clock read (a tenth of a hit's cost).
         let Some(expires_at_ms) = entry.expires_at_ms else {
@@ -250,7 +285,7 @@ impl Cache {
         }
         let outcome = self
             .store
-            .entry_by_ref(&key)
+            .entry(key.to_key())
             .and_compute_with(|current| match current {
                 Some(current) if current.value().is_expired_at(now_ms) => Op::Remove,
                 _ => Op::Nop,
@@ -300,7 +335,7 @@ impl Cache {
 
     /// Removes the entry for `key`, if any (not counted as an eviction).
     pub fn remove(&self, key: &str) {
-        self.store.invalidate(&StoreKey::new(key));
+        self.store.invalidate(&KeyRef::new(key));
     }
 
     /// Removes every entry (not counted as evictions).
@@ -312,7 +347,7 @@ impl Cache {
     /// returned): a newer entry inserted meanwhile is kept.
     pub fn remove_if_same(&self, key: &str, entry: &Arc<CacheEntry>) {
         self.store
-            .entry_by_ref(&StoreKey::new(key))
+            .entry(StoreKey::new(key))
             .and_compute_with(|current| match current {
                 Some(current) if Arc::ptr_eq(current.value(), entry) => Op::Remove,
                 _ => Op::Nop,
@@ -710,6 +745,11 @@ mod tests {
         store.insert(b.clone(), Arc::new(value(b"for b", None)));
         assert_eq!(store.get(&a).unwrap().cached, raw(b"for a"));
         assert_eq!(store.get(&b).unwrap().cached, raw(b"for b"));
+        // Looked up by reference (what `Cache::get` does), the text still decides.
+        let by_ref = |text| KeyRef { hash: a.hash, text };
+        assert_eq!(store.get(&by_ref("a")).unwrap().cached, raw(b"for a"));
+        assert_eq!(store.get(&by_ref("b")).unwrap().cached, raw(b"for b"));
+        assert!(store.get(&by_ref("c")).is_none());
         store.invalidate(&a);
         assert!(store.get(&a).is_none());
         assert_eq!(store.get(&b).unwrap().cached, raw(b"for b"));
