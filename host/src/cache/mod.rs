@@ -193,8 +193,9 @@ impl BuildHasher for StoredHash {
     }
 }
 
-/// Returns the last `u64` written. Anything else written (moka hashes only [`StoreKey`]s, so
-/// nothing is) is mixed in rather than ignored, so it could never make every hash equal.
+/// Returns the last `u64` written. Anything else written (moka hashes only [`StoreKey`]s and
+/// [`KeyRef`]s, which write their `u64`, so nothing is) is mixed in rather than ignored, so it
+/// could never make every hash equal.
 #[derive(Debug)]
 struct PassThrough(u64);
 
