@@ -11,7 +11,8 @@
 //!   API token; times every request; turns every
 //!   [`error::Error`] into a JSON body with a stable code and status. [`api::guard`] bounds what
 //!   all requests hold together: connections, request bodies and batch answers in flight.
-//!   [`api::Shortcut`] answers plain GETs of a key ahead of the router (the hit path).
+//!   [`api::Shortcut`] answers plain GETs of a key ahead of the router (the hit path);
+//!   [`api::serve`] serves each connection with hyper's HTTP/1.1 and stops gracefully.
 //! - [`batch`]: how a batch get (API or peer) is answered within a byte budget: each distinct
 //!   key once, loads stopped once the budget is spent.
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer

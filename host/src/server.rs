@@ -321,20 +321,18 @@ async fn serve_until<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
 {
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    until_drained(serve.into_future(), drained).await
+    until_drained(api::serve(listener, move |_| app.clone(), signal), drained).await
 }
 
 /// Runs `serve` until it ends, or until `drained` (the drain timeout) resolves first.
 async fn until_drained(
-    serve: impl Future<Output = std::io::Result<()>>,
+    serve: impl Future<Output = ()>,
     drained: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let serve = std::pin::pin!(serve);
     tokio::select! {
-        r = serve => r,
+        () = serve => Ok(()),
         () = drained => {
             tracing::warn!("drain timeout passed; closing remaining connections");
             Ok(())
@@ -350,9 +348,8 @@ async fn serve_tls_until(
     signal: impl Future<Output = ()> + Send + 'static,
     drained: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = app.with_peer_identity();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    until_drained(serve.into_future(), drained).await
+    let serve = api::serve(listener, move |io| app.with_identity(io.identity()), signal);
+    until_drained(serve, drained).await
 }
 
 /// Reloads, on every SIGHUP: the plugins whose files changed, and the TLS certificate.

@@ -226,16 +226,6 @@ impl PeerIdentity {
     }
 }
 
-impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener<L>>>
-    for PeerIdentity
-where
-    L: axum::serve::Listener,
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener<L>>) -> Self {
-        PeerIdentity(stream.io().client_verified.clone())
-    }
-}
-
 /// A listener whose connections speak TLS: `accept` returns at once, and the handshake runs
 /// when the connection is first read or written (on its own task).
 pub struct TlsListener<L> {
@@ -305,6 +295,14 @@ pub struct TlsConnection<IO> {
     /// Set when the handshake is done if the client showed a certificate (which the verifier
     /// checked: an unverifiable one fails the handshake).
     client_verified: Arc<AtomicBool>,
+}
+
+impl<IO> TlsConnection<IO> {
+    /// Who the client is: known once the handshake is done, which it is by the time a request
+    /// arrives on the connection.
+    pub fn identity(&self) -> PeerIdentity {
+        PeerIdentity(Arc::clone(&self.client_verified))
+    }
 }
 
 impl<IO> std::fmt::Debug for TlsConnection<IO> {

@@ -395,10 +395,11 @@ pub struct FixedArgs {
     value_bytes: usize,
 }
 
-/// Serves the fixed response until SIGINT or SIGTERM: a multi-thread tokio runtime with
-/// default settings (as `geecache-host`'s main), axum, `TCP_NODELAY` on every connection (as
-/// the node's listener), every path answered `200` with the same bytes and content type as a
-/// node's value.
+/// Serves the fixed response until SIGINT or SIGTERM on the node's own HTTP stack: a
+/// multi-thread tokio runtime with default settings (as `geecache-host`'s main), connections
+/// served by `geecache_host::api::serve` (hyper's HTTP/1.1) through an axum router,
+/// `TCP_NODELAY` on every connection (as the node's listener), every path answered `200` with
+/// the same bytes and content type as a node's value.
 pub fn serve_fixed(args: &FixedArgs) -> anyhow::Result<()> {
     use axum::serve::ListenerExt as _;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -420,9 +421,13 @@ pub fn serve_fixed(args: &FixedArgs) -> anyhow::Result<()> {
             .tap_io(|s| {
                 let _ = s.set_nodelay(true);
             });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(geecache_host::server::shutdown_signal())
-            .await?;
+        let service = geecache_host::api::RouterService(app);
+        geecache_host::api::serve(
+            listener,
+            move |_| service.clone(),
+            geecache_host::server::shutdown_signal(),
+        )
+        .await;
         Ok(())
     })
 }

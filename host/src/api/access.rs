@@ -85,7 +85,7 @@ pub struct Access {
 
 impl Access {
     /// Whether `req` may go on: it needs no token, or carries the right one.
-    pub(crate) fn admits(&self, req: &Request) -> bool {
+    pub(crate) fn admits<B>(&self, req: &axum::http::Request<B>) -> bool {
         !self.requires_token(req.method(), req.uri().path())
             || self.token.as_ref().is_some_and(|t| t.admits(req.headers()))
     }

@@ -69,9 +69,11 @@ use crate::telemetry::{ClusterStats, Metrics};
 
 mod access;
 mod plugins;
+mod serve;
 mod shortcut;
 mod timing;
 pub use access::{Access, ApiToken, EmptyToken};
+pub use serve::{RouterService, serve};
 pub use shortcut::Shortcut;
 
 /// The API's limits and access rules (from flags; see `geecache-host --help`).

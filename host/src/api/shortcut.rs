@@ -22,13 +22,16 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{Access, AppState, RemoteTrace, accepted_codings, get_value};
 use crate::telemetry::Metrics;
-use crate::tls::{PeerIdentity, TlsListener};
+use hyper::body::Incoming;
+
+use crate::tls::PeerIdentity;
 
 /// The routes a shortcut request stands for, as the timing layer labels them.
 const KEY_ROUTE: &str = "/api/v1/groups/{group}/keys/{key}";
@@ -45,11 +48,10 @@ pub(crate) struct PlainGet<'r> {
     pub route: &'static str,
 }
 
-/// The router behind a shortcut for plain GETs of a key. Cheap to clone (per connection).
-///
-/// It is its own make-service for `axum::serve` (one clone per connection); for TLS
-/// connections, [`Shortcut::with_peer_identity`] gives the one that hands the router each
-/// connection's [`PeerIdentity`], as `into_make_service_with_connect_info` would.
+/// The router behind a shortcut for plain GETs of a key: the service [`super::serve`] answers
+/// a connection's requests with. Cheap to clone (one per connection); a TLS connection's,
+/// from [`Shortcut::with_identity`], hands the router its [`PeerIdentity`], as axum's
+/// `into_make_service_with_connect_info` would.
 #[derive(Clone)]
 pub struct Shortcut {
     /// Every request the shortcut does not take.
@@ -70,10 +72,6 @@ impl std::fmt::Debug for Shortcut {
     }
 }
 
-/// The make-service of a TLS listener: a [`Shortcut`] per connection, with its identity.
-#[derive(Clone, Debug)]
-pub struct WithPeerIdentity(Shortcut);
-
 impl Shortcut {
     /// `router` (the node's whole app, guard included) with the shortcut in front, answering
     /// from `state`.
@@ -87,14 +85,21 @@ impl Shortcut {
         }
     }
 
-    /// The make-service for a TLS listener.
-    pub fn with_peer_identity(self) -> WithPeerIdentity {
-        WithPeerIdentity(self)
+    /// This shortcut for a TLS connection whose client is `identity`: every routed request
+    /// carries it (as `ConnectInfo`), for the peer routes' `--peer-mtls` check.
+    pub fn with_identity(&self, identity: PeerIdentity) -> Shortcut {
+        Shortcut {
+            identity: Some(ConnectInfo(identity)),
+            ..self.clone()
+        }
     }
 }
 
 /// The GET of a request the shortcut may answer, or `None` for the router.
-pub(crate) fn plain_get<'r>(req: &'r Request, access: &Access) -> Option<PlainGet<'r>> {
+pub(crate) fn plain_get<'r, B>(
+    req: &'r axum::http::Request<B>,
+    access: &Access,
+) -> Option<PlainGet<'r>> {
     if req.method() != Method::GET {
         return None;
     }
@@ -144,22 +149,20 @@ fn classic_query(query: &str) -> Option<(Option<&str>, &str)> {
     Some((group, key?))
 }
 
-impl tower::Service<Request> for Shortcut {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Answer;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        tower::Service::<Request>::poll_ready(&mut self.router, cx)
-    }
-
-    fn call(&mut self, mut req: Request) -> Answer {
+impl Shortcut {
+    /// The answer to `req`: [`get_value`]'s for a plain GET, the router's for the rest.
+    fn answer<B>(&self, req: axum::http::Request<B>) -> Answer
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let state = &self.state;
         let Some(get) = plain_get(&req, &state.inner.options.access) else {
+            let mut req = req.map(Body::new);
             if let Some(identity) = &self.identity {
                 req.extensions_mut().insert(identity.clone());
             }
-            return Answer::Routed(tower::Service::call(&mut self.router, req));
+            return Answer::Routed(tower::Service::call(&mut self.router.clone(), req));
         };
         let group = get.group.unwrap_or(&state.inner.default_group).to_owned();
         let (key, route) = (get.key.to_owned(), get.route);
@@ -175,6 +178,33 @@ impl tower::Service<Request> for Shortcut {
             metrics.record_request(route, "GET", response.status().as_u16(), started.elapsed());
             response
         }))
+    }
+}
+
+/// How [`super::serve`] calls it: once per request of the connection it was made for.
+impl hyper::service::Service<Request<Incoming>> for Shortcut {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<Incoming>) -> Answer {
+        self.answer(req)
+    }
+}
+
+/// The same as a tower service (the tests call it so).
+impl tower::Service<Request> for Shortcut {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready; `answer` calls a clone of it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Answer {
+        self.answer(req)
     }
 }
 
@@ -196,39 +226,5 @@ impl Future for Answer {
             Answer::Routed(f) => Pin::new(f).poll(cx),
             Answer::Direct(f) => Poll::Ready(Ok(ready!(f.as_mut().poll(cx)))),
         }
-    }
-}
-
-/// One [`Shortcut`] per connection, as `axum::serve` asks of a make-service.
-impl<L: axum::serve::Listener> tower::Service<axum::serve::IncomingStream<'_, L>> for Shortcut {
-    type Response = Shortcut;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Shortcut, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _stream: axum::serve::IncomingStream<'_, L>) -> Self::Future {
-        std::future::ready(Ok(self.clone()))
-    }
-}
-
-impl<L: axum::serve::Listener> tower::Service<axum::serve::IncomingStream<'_, TlsListener<L>>>
-    for WithPeerIdentity
-{
-    type Response = Shortcut;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Shortcut, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: axum::serve::IncomingStream<'_, TlsListener<L>>) -> Self::Future {
-        use axum::extract::connect_info::Connected as _;
-        let mut shortcut = self.0.clone();
-        shortcut.identity = Some(ConnectInfo(PeerIdentity::connect_info(stream)));
-        std::future::ready(Ok(shortcut))
     }
 }
