@@ -71,7 +71,12 @@ pub async fn serve<L, S, F>(
         let stops = Arc::clone(&stops);
         let open = open_tx.clone();
         tokio::spawn(async move {
+            // One flat write per answer (head and body copied into one buffer) rather than a
+            // vectored write of the two: answers are small, and five alternating pairs of hit
+            // runs were all faster flat (89–103k hits/s against 75–98k, node system time
+            // 6.7–7.9 µs per hit against 7.2–9.4).
             let conn = hyper::server::conn::http1::Builder::new()
+                .writev(false)
                 .serve_connection(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             let served = tokio::select! {
