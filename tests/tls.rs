@@ -250,3 +250,95 @@ async fn with_mutual_tls_peers_show_certificates_and_api_clients_need_none() {
         n.stop().await;
     }
 }
+
+/// The `geecache-node` process itself: `kill -HUP` makes it serve a renewed certificate to new
+/// connections, keeps serving, and a renewal whose key does not match is refused (logged) with
+/// the served certificate kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_makes_a_running_process_serve_its_renewed_certificate() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("sighup-ca");
+    let (crt, key, first_der) = ca.node_cert(dir.path(), "node");
+    let db = geecache_tests::demo_db(dir.path());
+    let port = geecache_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = dir.path().join("node.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", plugins::DB_GETTER, "--plugin-config"])
+        .arg(format!("db_getter.database={}", db.display()))
+        .arg("--tls-cert")
+        .arg(&crt)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(["--port", &port.to_string(), "--shutdown-grace", "0s"])
+        .arg("--compile-cache-dir")
+        .arg(geecache_tests::compile_cache_dir())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let https = client(&ca);
+    let base = format!("https://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while https.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the node never answered: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served_cert(&addr, &ca).await, first_der);
+    async fn assert_tom(https: &reqwest::Client, base: &str) {
+        let r = https
+            .get(format!("{base}/api?key=Tom"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "630");
+    }
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // Renewed on disk, then SIGHUP: new connections get the new certificate.
+    let (new_crt, new_key, new_der) = ca.node_cert(dir.path(), "renewed");
+    std::fs::copy(&new_crt, &crt).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served_cert(&addr, &ca).await != new_der {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_tom(&https, &base).await;
+
+    // A key that does not match the certificate: refused, the renewed one is still served.
+    let (_, other_key, _) = ca.node_cert(dir.path(), "other");
+    std::fs::copy(&other_key, &key).unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains("TLS certificate was not reloaded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal logged: {logged}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served_cert(&addr, &ca).await, new_der);
+    assert_tom(&https, &base).await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
