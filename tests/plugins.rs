@@ -597,6 +597,28 @@ async fn an_instance_is_retired_after_its_calls_or_past_its_memory_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_leaks_host_resources_is_retired_and_bounded() {
+    use geecache_host::plugin::InstancePolicy;
+    let (_rt, getter) = chaos_with(InstancePolicy::defaults(64 << 20), 2_000);
+    // A few leaked handles: the instance stays in service.
+    assert_eq!(calls_seen(&getter, "leak:10").await, "1");
+    assert_eq!(calls_seen(&getter, "count").await, "2");
+    // More than an idle instance may hold: that call answers, the instance is retired.
+    assert_eq!(calls_seen(&getter, "leak:100").await, "3");
+    assert_eq!(getter.idle_instances(), 0);
+    assert_eq!(calls_seen(&getter, "count").await, "1");
+    // More than any instance may hold: creating them fails, so does the call; the next call
+    // is served by a new instance.
+    let err = getter.get("g", "leak:5000").await.unwrap_err();
+    assert!(
+        matches!(err, geecache_host::error::Error::Plugin(_)),
+        "{err:?}"
+    );
+    assert_eq!(getter.idle_instances(), 0, "{err}");
+    assert_eq!(calls_seen(&getter, "count").await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_mode_gives_every_call_a_new_instance() {
     use geecache_host::plugin::{InstanceMode, InstancePolicy};
     let (rt, getter) = chaos_with(

@@ -851,9 +851,11 @@ impl PluginCore {
                     message: format!("cannot preopen {}: {e:#}", dir.host.display()),
                 })?;
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(pool::MAX_RESOURCES);
         let state = HostState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: CallLimiter::new(self.memory_limit),
             plugin: self.name.clone(),
             config: self.grants.config.clone(),

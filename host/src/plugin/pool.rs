@@ -10,6 +10,9 @@
 //! - a memory or table growth was refused during the call, even if the guest coped;
 //! - it has served [`InstancePolicy::max_calls`] calls;
 //! - its memories and tables together grew past [`InstancePolicy::max_memory`];
+//! - it holds more than [`MAX_IDLE_RESOURCES`] host resources (WASI handles) after a call: a
+//!   guest that leaks them (never drops a stream or pollable) would otherwise grow its host-side
+//!   table call after call;
 //! - the pool of its plugin, or the runtime's idle budget, is full.
 //!
 //! Limits hold per call in both modes: before each call the deadline (epoch and wall clock) is
@@ -58,6 +61,16 @@ impl std::fmt::Display for InstanceMode {
         })
     }
 }
+
+/// Most host resources (WASI handles in the instance's `ResourceTable`) an instance may still
+/// hold when a call ends and be reused: a well-behaved guest drops what a call opened, and holds
+/// a handful at most (none, for the plugins in `plugins/`).
+pub const MAX_IDLE_RESOURCES: usize = 64;
+
+/// Most host resources an instance may hold at once, whatever it does: past this, creating one
+/// more fails (and with it the call, which retires the instance). It bounds what one call of a
+/// leaking guest can make the host keep.
+pub const MAX_RESOURCES: usize = 4096;
 
 /// When an instance is reused and when it is retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,12 +182,14 @@ impl<I> Pool<I> {
 
     /// Returns an instance that finished a call cleanly (`healthy`: no error, no refused
     /// growth, no `other` error from the guest); drops it when the policy says to retire it.
-    pub fn give_back(&self, warm: Warm<I>, healthy: bool) {
+    pub fn give_back(&self, mut warm: Warm<I>, healthy: bool) {
         let keep = healthy
             && self.policy.mode == InstanceMode::Reuse
             && !self.retired.load(Ordering::Acquire)
             && warm.calls < self.policy.max_calls
             && warm.store.data().limiter.used() <= self.policy.max_memory
+            // Counted by walking the table: a few entries for a well-behaved guest.
+            && warm.store.data_mut().table.iter_mut().count() <= MAX_IDLE_RESOURCES
             && self.budget.try_reserve();
         if keep {
             // Drop outside the lock if the pool turned out to be full: dropping a store

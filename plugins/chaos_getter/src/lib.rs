@@ -11,6 +11,7 @@
 //! | `other`   | fails with `other` (the host then discards the instance)            |
 //! | `count`   | found, value: how many calls this instance has served, this one included |
 //! | `grow:N`  | keeps N more MiB of memory for the instance's lifetime, then as `count` |
+//! | `leak:N`  | creates N host resources (WASI pollables) it never drops, then as `count` |
 //! | any other | found, value `chaos:<key>`                                         |
 //!
 //! `count` and `grow:N` show whether the host reused an instance: the counter lives in a
@@ -40,6 +41,16 @@ impl Getter for Chaos {
                 .map_err(|_| Error::InvalidInput(format!("grow:N wants a number, got {mib:?}")))?;
             let mut kept = KEPT.lock().map_err(|_| Error::Other("poisoned".into()))?;
             kept.push(black_box(vec![0x5A; mib << 20]));
+            return Ok(Lookup::found(calls.to_string()));
+        }
+        if let Some(n) = key.strip_prefix("leak:") {
+            let n: u32 = n
+                .parse()
+                .map_err(|_| Error::InvalidInput(format!("leak:N wants a number, got {n:?}")))?;
+            for _ in 0..n {
+                let pollable = wasip2::clocks::monotonic_clock::subscribe_duration(1_000_000_000);
+                std::mem::forget(pollable);
+            }
             return Ok(Lookup::found(calls.to_string()));
         }
         match key {
