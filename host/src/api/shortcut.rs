@@ -26,11 +26,10 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
 
 use super::{Access, AppState, RemoteTrace, accepted_codings, get_value};
 use crate::telemetry::Metrics;
-use hyper::body::Incoming;
-
 use crate::tls::PeerIdentity;
 
 /// The routes a shortcut request stands for, as the timing layer labels them.
