@@ -509,6 +509,49 @@ async fn watch_plugins_reloads_a_file_replaced_by_rename_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_plugins_follows_a_reload_to_a_file_in_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _file) = start_node(dir.path(), &["--watch-plugins"]).await;
+    let c = &node.client;
+    // The operator moves the plugin to a file in a directory the node did not start with.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join("getter.wasm");
+    std::fs::copy(plugins::RELOAD_GETTER_V2, &moved).unwrap();
+    let r = c
+        .post(format!(
+            "{}/api/v1/plugins/reload_getter/reload?path={}",
+            node.base,
+            moved.display()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        plugin_view(c, &node.base).await["source"],
+        moved.display().to_string()
+    );
+    // That file is watched from now on: v1 published there is reloaded by itself.
+    let v1 = sha_of(plugins::RELOAD_GETTER_V1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        publish(plugins::RELOAD_GETTER_V1, &moved);
+        if tokio::time::timeout(Duration::from_secs(2), wait_for_sha(c, &node.base, &v1))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        // The watch on the new directory may start a moment after the reload's answer.
+        assert!(Instant::now() < deadline, "the moved file is not watched");
+        publish(plugins::RELOAD_GETTER_V2, &moved);
+    }
+    let (status, body) = get_text(c, &node.base, "/api?key=after-move").await;
+    assert_eq!((status, body.as_str()), (200, "after-move@v1"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sighup_reloads_changed_plugin_files_of_a_running_process() {
     let dir = tempfile::tempdir().unwrap();
     let file = plugin_file(dir.path());

@@ -332,6 +332,9 @@ pub struct Plugins {
     entries: Vec<Arc<PluginEntry>>,
     /// Versions staged by a cluster rollout, by plugin name, with when they were staged.
     staged: Mutex<HashMap<String, (Prepared, Instant)>>,
+    /// Bumped whenever a reload changes where a plugin's bytes come from (another file, or an
+    /// upload): what `--watch-plugins` follows to watch the files serving now.
+    sources: tokio::sync::watch::Sender<u64>,
 }
 
 /// Hex SHA-256 of `bytes`.
@@ -399,6 +402,7 @@ impl Plugins {
             runtime: Some(runtime),
             entries,
             staged: Mutex::default(),
+            sources: tokio::sync::watch::Sender::default(),
         })
     }
 
@@ -559,6 +563,9 @@ impl Plugins {
         let info = Arc::new(info);
         *lock(&entry.info) = info.clone();
         entry.reloads.fetch_add(1, Ordering::Relaxed);
+        if info.source != previous.source {
+            self.sources.send_modify(|n| *n += 1);
+        }
         tracing::info!(
             plugin = %entry.name,
             version = %info.version,
@@ -709,7 +716,13 @@ impl Plugins {
         }
     }
 
-    /// The files of the plugins loaded from files: what `--watch-plugins` watches.
+    /// Changes whenever a reload changes where a plugin's bytes come from, i.e. what
+    /// [`Plugins::watched_files`] returns.
+    pub fn sources_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sources.subscribe()
+    }
+
+    /// The files of the plugins serving from files now: what `--watch-plugins` watches.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         self.entries
             .iter()

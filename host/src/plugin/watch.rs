@@ -2,8 +2,8 @@
 //! (wired in [`crate::server`]).
 //! Both reload every plugin whose file's content changed ([`Plugins::reload_changed`]).
 //!
-//! `--watch-plugins` watches the directories of the plugin files the node started with
-//! (inotify on Linux). Events come in bursts (a copy writes, a rename moves), so a reload waits
+//! `--watch-plugins` watches the directories of the plugins' files (inotify on Linux): those the
+//! node started with, then those a reload names (`reload?path=`). Events come in bursts (a copy writes, a rename moves), so a reload waits
 //! until no event came for [`DEBOUNCE`]; and since it compares the SHA-256 of each file with
 //! the serving version's, a burst reloads each changed plugin once. The supported way to
 //! publish a new version is an atomic rename (`cp new.wasm dir/x.wasm.tmp && mv
@@ -11,8 +11,9 @@
 //! refused (not a component) and then reloaded when the writes settle.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
@@ -25,9 +26,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// A running `--watch-plugins`: stops when dropped.
 #[derive(Debug)]
 pub struct PluginWatch {
-    /// The file watcher (its thread stops when it is dropped).
-    _watcher: notify::RecommendedWatcher,
-    /// The task that debounces and reloads.
+    /// The task that debounces, reloads and follows the plugins' files; it owns the file
+    /// watcher (whose thread stops when it is dropped).
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,32 +37,52 @@ impl Drop for PluginWatch {
     }
 }
 
+/// The plugin files being watched: their names (what file events are matched on) and their
+/// directories (what the watcher watches).
+#[derive(Debug, Default)]
+struct Watched {
+    names: BTreeSet<OsString>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Watched {
+    fn of(files: &[PathBuf]) -> Watched {
+        Watched {
+            names: files
+                .iter()
+                .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+                .collect(),
+            dirs: files
+                .iter()
+                .map(|f| match f.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Watches the plugin files of `plugins` and reloads those that change (see the module docs).
-/// Call it inside a tokio runtime.
+/// Follows reloads that change a plugin's file (`reload?path=`): the new file is watched from
+/// then on. Call it inside a tokio runtime.
 ///
 /// # Errors
 /// When the directories cannot be watched (e.g. the inotify watch limit), as text for the
 /// operator.
 pub fn watch(plugins: Arc<Plugins>) -> Result<PluginWatch, String> {
-    let files = plugins.watched_files();
-    let dirs: BTreeSet<PathBuf> = files
-        .iter()
-        .map(|f| match f.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        })
-        .collect();
-    let names: BTreeSet<std::ffi::OsString> = files
-        .iter()
-        .filter_map(|f| f.file_name().map(ToOwned::to_owned))
-        .collect();
+    let mut sources = plugins.sources_changed();
+    let watched = Watched::of(&plugins.watched_files());
+    let names = Arc::new(Mutex::new(watched.names));
     // One pending wake-up is enough: the task re-reads every file when it runs.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let event_names = Arc::clone(&names);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
+        let names = event_names.lock().unwrap_or_else(PoisonError::into_inner);
         let ours = event
             .paths
             .iter()
@@ -72,30 +92,52 @@ pub fn watch(plugins: Arc<Plugins>) -> Result<PluginWatch, String> {
         }
     })
     .map_err(|e| format!("--watch-plugins: cannot watch files: {e}"))?;
-    for dir in &dirs {
+    for dir in &watched.dirs {
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| format!("--watch-plugins: cannot watch {}: {e}", dir.display()))?;
     }
-    tracing::info!(dirs = ?dirs, "watching plugin files; a replaced file is reloaded");
+    tracing::info!(dirs = ?watched.dirs, "watching plugin files; a replaced file is reloaded");
+    let mut dirs = watched.dirs;
     let task = tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Debounce: wait for a quiet moment.
-            loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(())) => {}
-                    Ok(None) => return,
-                    Err(_quiet) => break,
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    // Debounce: wait for a quiet moment.
+                    loop {
+                        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                            Ok(Some(())) => {}
+                            Ok(None) => return,
+                            Err(_quiet) => break,
+                        }
+                    }
+                    let results = plugins.reload_changed().await;
+                    tracing::debug!(reloads = results.len(), "plugin files changed");
+                }
+                changed = sources.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = Watched::of(&plugins.watched_files());
+                    for dir in now.dirs.difference(&dirs) {
+                        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                            Ok(()) => tracing::info!(dir = %dir.display(), "watching a new plugin directory"),
+                            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "--watch-plugins: cannot watch a reloaded plugin's directory; reload it with the API or SIGHUP"),
+                        }
+                    }
+                    for dir in dirs.difference(&now.dirs) {
+                        let _ = watcher.unwatch(dir);
+                    }
+                    dirs = now.dirs;
+                    *names.lock().unwrap_or_else(PoisonError::into_inner) = now.names;
                 }
             }
-            let results = plugins.reload_changed().await;
-            tracing::debug!(reloads = results.len(), "plugin files changed");
         }
     });
-    Ok(PluginWatch {
-        _watcher: watcher,
-        task,
-    })
+    Ok(PluginWatch { task })
 }
 
 /// What SIGHUP does to plugins: reloads those whose files changed, and logs how many.
