@@ -3,12 +3,12 @@
 //! Both reload every plugin whose file's content changed ([`Plugins::reload_changed`]).
 //!
 //! `--watch-plugins` watches the directories of the plugins' files (inotify on Linux): those the
-//! node started with, then those a reload names (`reload?path=`). Events come in bursts (a copy writes, a rename moves), so a reload waits
-//! until no event came for [`DEBOUNCE`]; and since it compares the SHA-256 of each file with
-//! the serving version's, a burst reloads each changed plugin once. The supported way to
-//! publish a new version is an atomic rename (`cp new.wasm dir/x.wasm.tmp && mv
-//! dir/x.wasm.tmp dir/x.wasm`): a file written in place may be read half-written, which is
-//! refused (not a component) and then reloaded when the writes settle.
+//! node started with, then those a reload names (`reload?path=`). Events come in bursts (a copy
+//! writes, a rename moves), so a reload waits until no event came for [`DEBOUNCE`]; and since it
+//! compares the SHA-256 of each file with the serving version's, a burst reloads each changed
+//! plugin once. The supported way to publish a new version is an atomic rename (`cp new.wasm
+//! dir/x.wasm.tmp && mv dir/x.wasm.tmp dir/x.wasm`): a file written in place may be read
+//! half-written, which is refused (not a component) and then reloaded when the writes settle.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
