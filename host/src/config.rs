@@ -259,8 +259,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_PEER_TIMEOUT")]
     pub peer_timeout: Option<String>,
 
-    /// Gets to one peer for one group asked at the same moment go as one batch request of at
-    /// most this many keys (up to 1000); 0 or 1 sends every get alone [default: 16].
+    /// Gets to one peer for one group asked at the same moment (or while the previous request
+    /// is in flight, up to 500 µs) go as one batch request of at most this many keys (up to
+    /// 1000); 0 or 1 sends every get alone, at once [default: 16].
     #[arg(long, value_name = "N", env = "GEECACHE_PEER_COALESCE")]
     pub peer_coalesce: Option<usize>,
 
