@@ -1,11 +1,12 @@
 //! `geecache-perf http` runs end to end, briefly, so the tool does not rot: the fixed-response
 //! baseline and every workload against one node it starts, in two rounds, and every request
-//! succeeds. No timing
-//! is asserted (the figures are the tool's business, not a test's).
+//! succeeds. No timing is asserted (the figures are the tool's business, not a test's). And
+//! the servers it starts do not outlive it, even when it is killed with SIGKILL.
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
@@ -50,4 +51,133 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
             assert!(cells[5].parse::<f64>().unwrap() > 0.0, "{line}");
         }
     }
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`), with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            found.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// Whether `pid` has ended (gone, or a zombie nobody has reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Waits (up to a minute) until `find` finds something, and returns it.
+fn wait_for<T>(what: &str, mut find: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = find() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no {what} within a minute");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `geecache-perf http` with `args` (60 s rows), waits until `servers` finds the servers
+/// it started, kills it with SIGKILL (no destructor runs), and checks that every one of those
+/// servers ends within 15 s.
+fn servers_end_with_a_killed_perf_tool(args: &[&str], servers: impl Fn(u32) -> Option<Vec<u32>>) {
+    let mut perf = Command::new(env!("CARGO_BIN_EXE_geecache-perf"))
+        .args(["http", "--host-bin", env!("CARGO_BIN_EXE_geecache-node")])
+        .args(["--duration", "60s", "--connections", "2", "--threads", "1"])
+        .args(["--keys", "10"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = perf.id();
+    let running = wait_for("server started by the perf tool", || servers(pid));
+    perf.kill().unwrap();
+    perf.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !running.iter().all(|p| ended(*p)) {
+        if Instant::now() > deadline {
+            let left: Vec<u32> = running.iter().copied().filter(|p| !ended(*p)).collect();
+            for p in &left {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .status();
+            }
+            panic!("servers {left:?} outlived the perf tool's SIGKILL");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The perf tool's nodes and its fixed-response server do not outlive it, even killed by
+/// SIGKILL.
+#[test]
+fn a_killed_perf_tool_leaves_no_node_or_fixed_server_running() {
+    servers_end_with_a_killed_perf_tool(&["--baselines", "none", "--workloads", "hit"], |perf| {
+        let nodes: Vec<u32> = children_of(perf)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.starts_with(env!("CARGO_BIN_EXE_geecache-node")))
+            .map(|(pid, _)| pid)
+            .collect();
+        (!nodes.is_empty()).then_some(nodes)
+    });
+    servers_end_with_a_killed_perf_tool(&["--baselines", "axum", "--workloads", "none"], |perf| {
+        let fixed: Vec<u32> = children_of(perf)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("fixed-server"))
+            .map(|(pid, _)| pid)
+            .collect();
+        (!fixed.is_empty()).then_some(fixed)
+    });
+}
+
+/// nginx (the baseline) does not outlive the perf tool either: its master is told to stop,
+/// and stops its workers. CI installs nginx (`nginx-light`); this test fails without it.
+#[test]
+fn a_killed_perf_tool_leaves_no_nginx_running() {
+    assert!(
+        std::path::Path::new("/usr/sbin/nginx").exists() || which_nginx(),
+        "nginx is not installed (Debian: apt-get install nginx-light)"
+    );
+    servers_end_with_a_killed_perf_tool(&["--baselines", "nginx", "--workloads", "none"], |perf| {
+        let master = children_of(perf)
+            .into_iter()
+            .find(|(_, cmd)| cmd.starts_with("nginx: master"))?;
+        let workers: Vec<u32> = children_of(master.0).into_iter().map(|(p, _)| p).collect();
+        (!workers.is_empty()).then(|| [vec![master.0], workers].concat())
+    });
+}
+
+/// Whether `nginx` is on the PATH.
+fn which_nginx() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("nginx").exists()))
 }

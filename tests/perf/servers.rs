@@ -1,7 +1,9 @@
 //! The servers `geecache-perf` starts on 127.0.0.1: geecache nodes (child processes of the
 //! `geecache-host` program), nginx with a fixed response, and the fixed-response server on the
 //! node's own HTTP stack. Each process is stopped when its guard drops, so an error, a panic or
-//! a Ctrl-C (see `main.rs`) leaves nothing running.
+//! a Ctrl-C (see `main.rs`) leaves nothing running. A SIGKILL of this program runs no guard:
+//! for that, each server is started by util-linux's `setpriv --pdeathsig`, so the kernel sends
+//! it a signal when this program dies (see [`Death`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,51 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping server gets after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The signal a server gets from the kernel when this program dies, however it dies.
+#[derive(Debug, Clone, Copy)]
+enum Death {
+    /// For nginx, whose master process then stops its workers (killed, it would leave them
+    /// running, holding the port).
+    Term,
+    /// For the others.
+    Kill,
+}
+
+/// `cmd`, started by `setpriv --pdeathsig SIGNAL --` (util-linux; Debian installs it with every
+/// system), which sets the child's parent-death signal and then executes the program as the
+/// same process. Without `setpriv`, `cmd` as it is.
+///
+/// The kernel sends the signal when the thread that started the child ends: every server is
+/// started by the program's main thread, whose end is the program's.
+fn dying_with_this_program(cmd: Command, death: Death) -> Command {
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        return cmd;
+    };
+    let mut wrapped = Command::new(setpriv);
+    let signal = match death {
+        Death::Term => "TERM",
+        Death::Kill => "KILL",
+    };
+    wrapped
+        .args(["--pdeathsig", signal, "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(name, value),
+            None => wrapped.env_remove(name),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
 /// A child process, stopped when dropped.
 #[derive(Debug)]
 pub struct Process {
@@ -30,8 +77,9 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `cmd` with stdout and stderr to `log`.
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Process> {
+    /// Starts `cmd` with stdout and stderr to `log`, to get `death` if this program dies.
+    fn spawn(name: &str, cmd: Command, log: PathBuf, death: Death) -> anyhow::Result<Process> {
+        let mut cmd = dying_with_this_program(cmd, death);
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null())
@@ -269,7 +317,12 @@ impl Cluster {
             }
             cmd.args(&spec.extra);
             let log = dir.path().join(format!("node-{i}.log"));
-            nodes.push(Process::spawn(&format!("node {addr}"), cmd, log)?);
+            nodes.push(Process::spawn(
+                &format!("node {addr}"),
+                cmd,
+                log,
+                Death::Kill,
+            )?);
         }
         for (node, addr) in nodes.iter_mut().zip(&addrs) {
             node.wait_ready(*addr, "/readyz")?;
@@ -344,7 +397,7 @@ http {{
             .arg(dir.path().join("error.log"))
             .arg("-c")
             .arg(&conf_path);
-        Fixed::spawn("nginx", cmd, port, dir, "/")
+        Fixed::spawn("nginx", cmd, port, dir, "/", Death::Term)
     }
 
     /// This program's hidden `fixed-server` subcommand: axum on tokio, set up as
@@ -362,7 +415,7 @@ http {{
             "--value-bytes",
             &value_bytes.to_string(),
         ]);
-        Fixed::spawn("fixed-server", cmd, port, dir, "/readyz")
+        Fixed::spawn("fixed-server", cmd, port, dir, "/readyz", Death::Kill)
     }
 
     /// Starts `cmd` (logging into `dir`) and waits until `ready_path` on `port` answers.
@@ -372,8 +425,10 @@ http {{
         port: u16,
         dir: TempDir,
         ready_path: &str,
+        death: Death,
     ) -> anyhow::Result<Fixed> {
-        let mut process = Process::spawn(name, cmd, dir.path().join(format!("{name}.log")))?;
+        let log = dir.path().join(format!("{name}.log"));
+        let mut process = Process::spawn(name, cmd, log, death)?;
         let addr = loopback(port);
         process.wait_ready(addr, ready_path)?;
         Ok(Fixed {
