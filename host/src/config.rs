@@ -255,7 +255,8 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", env = "GEECACHE_HOT_CACHE_BYTES")]
     pub hot_cache_bytes: Option<String>,
 
-    /// Longest to wait for a key's owner before loading it locally instead [default: 1s].
+    /// Longest to wait for a key's owner before loading it locally instead; a PUT or DELETE
+    /// forwarded to the owner waits up to --request-timeout plus this [default: 1s].
     #[arg(long, value_name = "DURATION", env = "GEECACHE_PEER_TIMEOUT")]
     pub peer_timeout: Option<String>,
 

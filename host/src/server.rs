@@ -91,10 +91,12 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         Some(s) => Some(ClusterSecret::new(s).map_err(|e| format!("--cluster-secret: {e}"))?),
         None => None,
     };
-    let peer_timeout = settings
+    let (peer_timeout, load_timeout) = settings
         .groups
         .first()
-        .map_or(Duration::from_secs(1), |g| g.options.peer_timeout);
+        .map_or((Duration::from_secs(1), Duration::from_secs(5)), |g| {
+            (g.options.peer_timeout, g.options.load_timeout)
+        });
     let client_ca = c.peer_ca.as_deref().filter(|_| c.peer_mtls);
     let tls = match &settings.tls {
         Some(files) => Some(crate::tls::ServerTls::load_with_client_ca(
@@ -121,6 +123,9 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
     )
     .map_err(|e| e.to_string())?;
     cluster.set_coalesce_keys(c.peer_coalesce);
+    // The owner takes up to its --request-timeout to store a write; the exchange, up to a peer
+    // timeout more.
+    cluster.set_write_timeout(load_timeout.saturating_add(peer_timeout));
 
     let mut groups = Groups::default();
     for spec in &settings.groups {

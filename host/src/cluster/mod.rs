@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -210,6 +210,14 @@ pub struct Cluster {
     metrics: Metrics,
     /// Most keys in one coalesced batch of gets (`--peer-coalesce`; 0 or 1: none).
     coalesce_keys: AtomicUsize,
+    /// Per-request time limit of a peer PUT or DELETE, in milliseconds (see
+    /// [`Cluster::set_write_timeout`]).
+    write_timeout_ms: AtomicU64,
+}
+
+/// Whole milliseconds of `d`, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A member's address as a base URL: as it is when it has a scheme (`https://...`), else
@@ -276,6 +284,7 @@ impl Cluster {
             watcher: RwLock::new(None),
             metrics,
             coalesce_keys: AtomicUsize::new(coalesce::DEFAULT_MAX_KEYS),
+            write_timeout_ms: AtomicU64::new(millis(peer_timeout)),
         };
         Ok(Arc::new(cluster))
     }
@@ -285,6 +294,15 @@ impl Cluster {
     /// [`Cluster::join`].
     pub fn set_coalesce_keys(&self, keys: usize) {
         self.coalesce_keys.store(keys, Ordering::Relaxed);
+    }
+
+    /// Per-request time limit of the PUTs and DELETEs sent to owners (the peer timeout until
+    /// set): an owner answers a write once its storage tier has taken it, within its
+    /// `--request-timeout`, so a forwarded write should wait that long and a little more.
+    /// Applies to the peers met from now on: set it before [`Cluster::join`].
+    pub fn set_write_timeout(&self, timeout: Duration) {
+        self.write_timeout_ms
+            .store(millis(timeout), Ordering::Relaxed);
     }
 
     /// Follows `membership` from now on: every change rebuilds the ring at once.
@@ -345,6 +363,9 @@ impl Cluster {
     fn client(&self, addr: &str) -> Result<Peer> {
         let client = PeerClient::builder(with_scheme(addr))
             .timeout(self.peer_timeout)
+            .write_timeout(Duration::from_millis(
+                self.write_timeout_ms.load(Ordering::Relaxed),
+            ))
             .secret(self.secret.clone())
             .http_client(self.http.clone())
             .build()?;

@@ -88,6 +88,8 @@ struct Inner {
     secret: Option<ClusterSecret>,
     /// Bound on each whole request, so a slow peer cannot hold a client request hostage.
     timeout: Duration,
+    /// The bound of a PUT or DELETE (see [`PeerClientBuilder::write_timeout`]).
+    write_timeout: Duration,
     /// Bound on each answer body, so a peer cannot make this node buffer without limit.
     max_response_bytes: usize,
 }
@@ -100,6 +102,8 @@ pub struct PeerClientBuilder {
     addr: String,
     /// See [`PeerClientBuilder::timeout`].
     timeout: Duration,
+    /// See [`PeerClientBuilder::write_timeout`].
+    write_timeout: Option<Duration>,
     /// See [`PeerClientBuilder::secret`].
     secret: Option<ClusterSecret>,
     /// See [`PeerClientBuilder::http_client`].
@@ -113,6 +117,14 @@ impl PeerClientBuilder {
     /// ([`DEFAULT_TIMEOUT`] by default). Past it, calls fail with [`PeerError::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Bound on each PUT and DELETE instead of [`PeerClientBuilder::timeout`] (which it is by
+    /// default): the owner of a key answers a write once its storage tier has taken it, which
+    /// may take longer than a get should wait.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = Some(timeout);
         self
     }
 
@@ -173,9 +185,21 @@ impl PeerClientBuilder {
                 authority,
                 secret: self.secret,
                 timeout: self.timeout,
+                write_timeout: self.write_timeout.unwrap_or(self.timeout),
                 max_response_bytes: self.max_response_bytes,
             }),
         })
+    }
+}
+
+impl Inner {
+    /// The bound of a request with `method`.
+    fn timeout_of(&self, method: &Method) -> Duration {
+        if *method == Method::PUT || *method == Method::DELETE {
+            self.write_timeout
+        } else {
+            self.timeout
+        }
     }
 }
 
@@ -188,6 +212,7 @@ impl PeerClient {
         PeerClientBuilder {
             addr: addr.into(),
             timeout: DEFAULT_TIMEOUT,
+            write_timeout: None,
             secret: None,
             http: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -324,6 +349,7 @@ impl PeerClient {
     /// One attempt of [`PeerClient::send`].
     async fn send_once(&self, method: Method, path: &str, body: &Bytes) -> Result<Bytes, Retry> {
         let inner = &*self.inner;
+        let timeout = inner.timeout_of(&method);
         let url = if path.contains(['?', '#']) {
             Url::parse(&format!("{}{path}", inner.base)).map_err(|e| PeerError::InvalidAddress {
                 addr: inner.base.clone(),
@@ -337,7 +363,7 @@ impl PeerClient {
         let mut request = inner
             .http
             .request(method.clone(), url.clone())
-            .timeout(inner.timeout);
+            .timeout(timeout);
         // The current span's trace context, so the owner's spans join the caller's trace.
         let mut trace = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_current(&mut trace);
@@ -361,7 +387,7 @@ impl PeerClient {
                 .body(body.clone());
         }
         let response = request.send().await.map_err(|e| {
-            let error = self.transport(&e);
+            let error = self.transport(&e, timeout);
             // A pooled connection the peer closed (it restarted, or drains to stop), or a
             // reset: once more on a fresh connection, at once. Every peer request is
             // idempotent (gets, sets of one value, deletes, invalidations).
@@ -379,7 +405,7 @@ impl PeerClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             // Dates are whole seconds: one second (and a little) is always enough.
             .map(|secs| Duration::from_secs(secs.min(1)) + Duration::from_millis(50));
-        let body = self.read_body(response).await?;
+        let body = self.read_body(response, timeout).await?;
         if status.is_success() {
             return Ok(body);
         }
@@ -411,7 +437,11 @@ impl PeerClient {
 
     /// Reads an answer body, refusing one over the limit (announced or actual) without
     /// buffering it.
-    async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, PeerError> {
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError> {
         let limit = self.inner.max_response_bytes;
         let too_large = || self.bad_answer(format!("answer is larger than {limit} bytes"));
         if response
@@ -421,7 +451,11 @@ impl PeerClient {
             return Err(too_large());
         }
         let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport(&e, timeout))?
+        {
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
             }
@@ -445,14 +479,12 @@ impl PeerClient {
         }
     }
 
-    /// Classifies a reqwest error: timeout, or unreachable (refused, reset, closed).
-    fn transport(&self, e: &reqwest::Error) -> PeerError {
+    /// Classifies a reqwest error of a request bounded by `timeout`: timeout, or unreachable
+    /// (refused, reset, closed).
+    fn transport(&self, e: &reqwest::Error, timeout: Duration) -> PeerError {
         let peer = self.inner.base.clone();
         if e.is_timeout() {
-            PeerError::Timeout {
-                peer,
-                timeout: self.inner.timeout,
-            }
+            PeerError::Timeout { peer, timeout }
         } else {
             PeerError::Unreachable {
                 peer,

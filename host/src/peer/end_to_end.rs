@@ -29,7 +29,7 @@ const NO_SUCH_GROUP: &str = "nope";
 const BOOM: &str = "boom";
 /// Key whose load fails like a plugin that cannot run.
 const PLUGIN_DOWN: &str = "plugin-down";
-/// Key whose load takes `MemoryService::slow`.
+/// Key whose load, set and delete take `MemoryService::slow`.
 const SLOW: &str = "slow";
 
 /// The seam's simplest implementation: a map behind a mutex, with call counters and a few keys
@@ -105,6 +105,9 @@ impl PeerService for MemoryService {
         async move {
             self.sets.fetch_add(1, Ordering::SeqCst);
             Self::check_group(group)?;
+            if key == SLOW {
+                tokio::time::sleep(self.slow).await;
+            }
             self.insert(group, key, entry);
             Ok(())
         }
@@ -115,6 +118,9 @@ impl PeerService for MemoryService {
         async move {
             self.deletes.fetch_add(1, Ordering::SeqCst);
             Self::check_group(group)?;
+            if key == SLOW {
+                tokio::time::sleep(self.slow).await;
+            }
             self.entries
                 .lock()
                 .unwrap()
@@ -316,6 +322,40 @@ async fn set_then_get_then_delete() {
     assert_eq!(status_of(&err.unwrap_err()), (404, "group_not_found"));
     let err = client.delete(NO_SUCH_GROUP, "k").await;
     assert_eq!(status_of(&err.unwrap_err()), (404, "group_not_found"));
+}
+
+/// A PUT or DELETE is bounded by the write timeout, a GET by the timeout: an owner that takes
+/// longer than a get may wait to store a write (its storage tier) still has the write answered.
+#[tokio::test]
+async fn writes_have_the_write_timeout_and_gets_the_timeout() {
+    let service = Arc::new(MemoryService {
+        slow: Duration::from_millis(400),
+        ..MemoryService::default()
+    });
+    let addr = serve(service.clone(), None, DEFAULT_MAX_BODY_BYTES).await;
+    let timeout = Duration::from_millis(100);
+    let writes = PeerClient::builder(addr.to_string())
+        .timeout(timeout)
+        .write_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    writes.set("g", SLOW, entry(b"v", None)).await.unwrap();
+    writes.delete("g", SLOW).await.unwrap();
+    let e = writes.get("g", SLOW).await.unwrap_err();
+    assert!(
+        matches!(e, PeerError::Timeout { timeout: t, .. } if t == timeout),
+        "{e:?}"
+    );
+    // Without a write timeout, a write has the get's.
+    let plain = PeerClient::builder(addr.to_string())
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    let e = plain.set("g", SLOW, entry(b"v", None)).await.unwrap_err();
+    assert!(
+        matches!(e, PeerError::Timeout { timeout: t, .. } if t == timeout),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
