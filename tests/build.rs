@@ -24,6 +24,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("reload_getter_v1", "reload_getter_v1"),
     ("reload_getter_v2", "reload_getter_v2"),
     ("reload_getter_broken", "reload_getter_broken"),
+    ("reload_compressor_narrow", "reload_compressor_narrow"),
 ];
 /// The plugins in other languages, built into `plugins/target/lang/<name>.wasm`, and the files
 /// each is built from.

@@ -43,6 +43,8 @@ pub mod plugins {
     pub const RELOAD_GETTER_V2: &str = env!("PLUGIN_RELOAD_GETTER_V2");
     /// A `reload_getter` whose `info` traps.
     pub const RELOAD_GETTER_BROKEN: &str = env!("PLUGIN_RELOAD_GETTER_BROKEN");
+    /// A new version of `chaos_compressor` that takes levels 0 to 3 only.
+    pub const RELOAD_COMPRESSOR_NARROW: &str = env!("PLUGIN_RELOAD_COMPRESSOR_NARROW");
 
     /// `plugins/template`: the getter plugin authors start from.
     pub const HELLO_GETTER: &str = env!("PLUGIN_HELLO_GETTER");

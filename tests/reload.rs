@@ -131,8 +131,14 @@ async fn get_text(client: &reqwest::Client, base: &str, path: &str) -> (u16, Str
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// The admin API's view of `reload_getter`.
 async fn plugin_view(client: &reqwest::Client, base: &str) -> serde_json::Value {
-    let (status, body) = get_text(client, base, "/api/v1/plugins/reload_getter").await;
+    plugin_view_of(client, base, "reload_getter").await
+}
+
+/// The admin API's view of plugin `name`.
+async fn plugin_view_of(client: &reqwest::Client, base: &str, name: &str) -> serde_json::Value {
+    let (status, body) = get_text(client, base, &format!("/api/v1/plugins/{name}")).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -685,5 +691,55 @@ async fn cluster_rollout_reaches_every_node_or_none() {
     assert_eq!(r.status().as_u16(), 401);
     for n in nodes {
         n.stop().await;
+    }
+}
+
+/// A compressor's new version must take every level the node's groups compress at with it:
+/// one that refuses the group's level is refused (the old version keeps compressing), and the
+/// same version is taken by a node whose group's level it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressor_that_refuses_a_groups_level_is_refused() {
+    for (level, taken) in [(9, false), (2, true)] {
+        let compression = format!("chaos_compressor:{level}");
+        let node = TestNode::start(&[
+            "--plugin",
+            plugins::SYNTH_GETTER,
+            "--plugin",
+            plugins::CHAOS_COMPRESSOR,
+            "--compression",
+            &compression,
+            "--compress-min-bytes",
+            "1",
+        ])
+        .await;
+        let c = &node.client;
+        let r = c
+            .post(format!(
+                "{}/api/v1/plugins/chaos_compressor/reload?path={}",
+                node.base,
+                plugins::RELOAD_COMPRESSOR_NARROW
+            ))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        let view = plugin_view_of(c, &node.base, "chaos_compressor").await;
+        if taken {
+            assert_eq!(status, 200, "level {level}: {body}");
+            assert_eq!(view["version"], "2-narrow", "{view}");
+        } else {
+            assert_eq!(status, 422, "level {level}: {body}");
+            assert!(body.contains("\"code\":\"plugin_refused\""), "{body}");
+            assert!(
+                body.contains("refuses level 9, which a group of this node compresses at"),
+                "{body}"
+            );
+            assert_ne!(view["version"], "2-narrow", "{view}");
+        }
+        // Either way, values are still compressed and served.
+        let (status, body) = get_text(c, &node.base, "/api?key=after-reload").await;
+        assert_eq!(status, 200, "level {level}: {body}");
+        node.stop().await;
     }
 }

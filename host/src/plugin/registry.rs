@@ -4,7 +4,8 @@
 //! [`ArcSwap`]), never a version itself. A reload ([`Plugins::reload`]):
 //! 1. reads the new component (a file, or bytes sent to the admin API) and compiles and probes
 //!    it on a blocking thread, off the serving path ([`Plugins::prepare`]): it must load, be of
-//!    the same kind, report the same name, and (a compressor) round-trip a sample;
+//!    the same kind, report the same name, and (a compressor) round-trip a sample and take
+//!    every level the node's groups compress at with it;
 //! 2. only then swaps it in ([`Plugins::commit`]). A call takes the current version when it
 //!    starts and keeps it to the end, so calls in flight finish on the old version and new
 //!    calls go to the new one; the old version's warm instances are dropped at once, and those
@@ -19,7 +20,7 @@
 //! swaps it in everywhere only once every node has it ([`Plugins::commit_staged`]), so no node
 //! is left unable to load what the others run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,6 +49,9 @@ pub struct Reloadable<P> {
     name: String,
     /// The version new calls go to.
     current: ArcSwap<P>,
+    /// A compressor's levels that groups were built with (each checked then): a new version
+    /// must take them too.
+    levels: Mutex<BTreeSet<i32>>,
 }
 
 impl<P> Reloadable<P> {
@@ -55,6 +59,7 @@ impl<P> Reloadable<P> {
         Reloadable {
             name,
             current: ArcSwap::new(first),
+            levels: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -108,8 +113,17 @@ impl Compressor for Reloadable<WasmCompressor> {
         &self.name
     }
 
+    /// Checks `level` with the current version, and remembers it (a group compresses at it)
+    /// so that a reload to a version that refuses it is refused.
     fn check_level(&self, level: Option<i32>) -> std::result::Result<(), CodecError> {
-        self.current().check_level(level)
+        self.current().check_level(level)?;
+        if let Some(level) = level {
+            self.levels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(level);
+        }
+        Ok(())
     }
 
     fn verify_output(&self) -> bool {
@@ -466,7 +480,7 @@ impl Plugins {
     /// # Errors
     /// [`Error::PluginNotFound`]; [`Error::PluginRefused`] when the bytes cannot be read, are
     /// not a component, do not load, are of another kind, report another name, or (a
-    /// compressor) do not round-trip a sample.
+    /// compressor) do not round-trip a sample or refuse a level a group compresses at.
     pub async fn prepare(&self, name: &str, candidate: Candidate) -> Result<Prepared> {
         let entry = self.get(name)?.clone();
         let runtime = self
@@ -524,6 +538,11 @@ impl Plugins {
             round_trip(c)
                 .await
                 .map_err(|m| refused(name, format!("the new compressor {m}")))?;
+            if let Slot::Compressor(old) = &entry.slot {
+                takes_levels(c, old)
+                    .await
+                    .map_err(|m| refused(name, format!("the new compressor {m}")))?;
+            }
         }
         Ok(Prepared {
             entry,
@@ -735,6 +754,37 @@ impl Plugins {
 }
 
 /// Compresses a sample with a new compressor and decompresses it back.
+/// Whether `new` takes every level the groups compress at with `old` (each checked as at
+/// startup, on a blocking thread: the check is a plugin call of its own).
+async fn takes_levels(
+    new: &Arc<WasmCompressor>,
+    old: &Reloadable<WasmCompressor>,
+) -> std::result::Result<(), String> {
+    let levels: Vec<i32> = old
+        .levels
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .copied()
+        .collect();
+    if levels.is_empty() {
+        return Ok(());
+    }
+    let new = Arc::clone(new);
+    tokio::task::spawn_blocking(move || {
+        for level in levels {
+            if let Err(e) = new.check_level(Some(level)) {
+                return Err(format!(
+                    "refuses level {level}, which a group of this node compresses at: {e}"
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("could not be checked: {e}"))?
+}
+
 async fn round_trip(c: &WasmCompressor) -> std::result::Result<(), String> {
     const SAMPLE: &[u8] = b"geecache reload check: geecache reload check: geecache reload check";
     let packed = c
