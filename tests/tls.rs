@@ -43,6 +43,17 @@ impl Ca {
         path
     }
 
+    /// A client identity (certificate and key, PEM) for `names`, signed by this CA.
+    fn identity(&self, names: &[&str]) -> reqwest::Identity {
+        let params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+        reqwest::Identity::from_pem(pem.as_bytes()).unwrap()
+    }
+
     /// A certificate for 127.0.0.1 signed by this CA, written as `dir/{name}.crt` and
     /// `.key`; and its DER.
     fn node_cert(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
@@ -246,6 +257,27 @@ async fn with_mutual_tls_peers_show_certificates_and_api_clients_need_none() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert!(r.text().await.unwrap().contains("client certificate"));
+    // A certificate of the same CA for a host that is no ring member's is refused too; one for
+    // the members' host (127.0.0.1) is a peer's.
+    for (names, status) in [(&["intruder.example"][..], 401), (&["127.0.0.1"][..], 200)] {
+        let with_cert = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .identity(ca.identity(names))
+            .no_proxy()
+            .build()
+            .unwrap();
+        let r = with_cert
+            .get(format!("{}/_geecache/scores/Tom", addrs[1]))
+            .send()
+            .await
+            .unwrap();
+        let got = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(got, status, "{names:?}: {body}");
+        if status == 401 {
+            assert!(body.contains("names no host of a ring member"), "{body}");
+        }
+    }
     for n in nodes {
         n.stop().await;
     }

@@ -338,8 +338,9 @@ pub struct Cli {
     pub peer_ca: Option<PathBuf>,
 
     /// Mutual TLS between peers: show this node's certificate when calling a peer, and take
-    /// peer requests only from connections whose client certificate --peer-ca signed (API
-    /// clients need none). Needs --tls-cert, --tls-key and --peer-ca.
+    /// peer requests only from connections whose client certificate --peer-ca signed for the
+    /// host of a ring member (API clients need none). Needs --tls-cert, --tls-key and
+    /// --peer-ca.
     #[arg(long, env = "GEECACHE_PEER_MTLS")]
     pub peer_mtls: bool,
 

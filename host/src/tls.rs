@@ -10,21 +10,22 @@
 //!   advertised address is `https://...`; a peer whose certificate another CA signed is
 //!   refused (the request fails and the key is loaded locally, as for any failed owner).
 //! - Mutual TLS (`--peer-mtls`): a node also shows its own certificate when it calls a peer,
-//!   and takes peer requests only on connections whose client certificate `--peer-ca` signed.
-//!   Clients of the API need none: the handshake accepts connections without a client
-//!   certificate, and the peer routes check [`PeerIdentity`].
+//!   and takes peer requests only on connections whose client certificate `--peer-ca` signed
+//!   and names the host of a ring member (as a node's certificate must, to serve its advertised
+//!   address), so another holder of a certificate from the same CA is not a peer. Clients of
+//!   the API need none: the handshake accepts connections without a client certificate, and
+//!   the peer routes check [`PeerIdentity`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -213,16 +214,31 @@ pub fn peer_client_config(
     })
 }
 
-/// Whether a connection's client showed a certificate that `--peer-ca` signed (mutual TLS):
-/// the connection info of a TLS listener, read by the peer routes.
-#[derive(Debug, Clone)]
-pub struct PeerIdentity(Arc<AtomicBool>);
+/// The certificate a connection's client showed, which `--peer-ca` signed (mutual TLS): the
+/// connection info of a TLS listener, read by the peer routes.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity(Arc<OnceLock<Option<CertificateDer<'static>>>>);
 
 impl PeerIdentity {
     /// Whether the client showed a verified certificate (known once the handshake is done,
     /// which it is by the time a request arrives on the connection).
     pub fn verified(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.get().is_some_and(Option::is_some)
+    }
+
+    /// Whether the client's verified certificate is valid for one of `hosts` (DNS names or IP
+    /// addresses), as a server certificate for that host would be checked.
+    pub fn names_one_of<'h>(&self, hosts: impl IntoIterator<Item = &'h str>) -> bool {
+        let Some(Some(der)) = self.0.get() else {
+            return false;
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+            return false;
+        };
+        hosts.into_iter().any(|host| {
+            ServerName::try_from(host)
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        })
     }
 }
 
@@ -266,7 +282,7 @@ where
         (
             TlsConnection {
                 state: State::Handshaking(Box::pin(handshake)),
-                client_verified: Arc::default(),
+                client: PeerIdentity::default(),
             },
             addr,
         )
@@ -292,16 +308,16 @@ enum State<IO> {
 /// A server-side TLS connection whose handshake completes on first use.
 pub struct TlsConnection<IO> {
     state: State<IO>,
-    /// Set when the handshake is done if the client showed a certificate (which the verifier
-    /// checked: an unverifiable one fails the handshake).
-    client_verified: Arc<AtomicBool>,
+    /// Set when the handshake is done: the certificate the client showed, if any (which the
+    /// verifier checked: an unverifiable one fails the handshake).
+    client: PeerIdentity,
 }
 
 impl<IO> TlsConnection<IO> {
     /// Who the client is: known once the handshake is done, which it is by the time a request
     /// arrives on the connection.
     pub fn identity(&self) -> PeerIdentity {
-        PeerIdentity(Arc::clone(&self.client_verified))
+        self.client.clone()
     }
 }
 
@@ -339,8 +355,13 @@ where
             };
             match done {
                 Ok(stream) => {
-                    let shown = stream.get_ref().1.peer_certificates().is_some();
-                    self.client_verified.store(shown, Ordering::Release);
+                    let shown = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| leaf.clone().into_owned());
+                    let _ = self.client.0.set(shown);
                     self.state = State::Streaming(Box::new(stream));
                 }
                 Err(e) => {

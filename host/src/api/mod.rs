@@ -673,21 +673,52 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// With `--peer-mtls`: a peer request on a connection without a verified client certificate
 /// is refused (401), before its signature is checked or its body read.
-async fn require_peer_cert(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let verified = req
+/// With `--peer-mtls`: a peer request must come on a connection whose client showed a
+/// certificate `--peer-ca` signed, for the host of a ring member.
+async fn require_peer_cert(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let identity = req
         .extensions()
         .get::<axum::extract::ConnectInfo<crate::tls::PeerIdentity>>()
-        .is_some_and(|info| info.0.verified());
-    if verified {
-        next.run(req).await
-    } else {
-        error_response(
+        .map(|info| &info.0);
+    let Some(identity) = identity.filter(|i| i.verified()) else {
+        return error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "peer requests need a client certificate signed by the cluster's CA (--peer-mtls)"
                 .into(),
-        )
+        );
+    };
+    if !state
+        .inner
+        .cluster
+        .any_member(|addr| identity.names_one_of([host_of(addr)]))
+    {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the client certificate names no host of a ring member; peer requests come from \
+             ring members only (--peer-mtls)"
+                .into(),
+        );
     }
+    next.run(req).await
+}
+
+/// The host of a member address (`host:port`, `https://host:port`, `[v6]:port`), without
+/// brackets.
+fn host_of(addr: &str) -> &str {
+    let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
 }
 
 async fn no_route() -> Response {
@@ -779,8 +810,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
     let (mut peer_routes, mut rollout) = (peer_routes, rollout);
     if options.require_peer_cert {
-        peer_routes = peer_routes.layer(axum::middleware::from_fn(require_peer_cert));
-        rollout = rollout.layer(axum::middleware::from_fn(require_peer_cert));
+        peer_routes = peer_routes.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_peer_cert,
+        ));
+        rollout = rollout.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_peer_cert,
+        ));
     }
     api.with_state(state)
         .merge(peer_routes)
@@ -821,5 +858,22 @@ mod encoding_tests {
         assert_eq!(accepted(&["identity"]), Vec::<&str>::new());
         assert_eq!(accepted(&["X-Gzip;Q=0.1", "zstd;q=0, *"]), ["gzip"]);
         assert_eq!(accepted(&["gzip;q=0, x-gzip"]), Vec::<&str>::new());
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn the_host_of_a_member_address() {
+        for (addr, host) in [
+            ("127.0.0.1:9999", "127.0.0.1"),
+            ("https://node-1.example:9999", "node-1.example"),
+            ("http://node-1:80/", "node-1"),
+            ("[::1]:9999", "::1"),
+            ("https://[fd00::2]:443", "fd00::2"),
+            ("node-1", "node-1"),
+        ] {
+            assert_eq!(super::host_of(addr), host, "{addr}");
+        }
     }
 }

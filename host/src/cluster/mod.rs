@@ -461,6 +461,11 @@ impl Cluster {
         lock_read(&self.view).ring.members().to_vec()
     }
 
+    /// Whether `f` holds for the address of some current member (this node included).
+    pub fn any_member(&self, mut f: impl FnMut(&str) -> bool) -> bool {
+        lock_read(&self.view).members.iter().any(|m| f(&m.addr))
+    }
+
     /// Leaves the cluster: stops following changes and deregisters from etcd (bounded).
     pub async fn leave(&self) {
         if let Some(task) = lock_write(&self.watcher).take() {
