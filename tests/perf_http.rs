@@ -105,11 +105,21 @@ fn wait_for<T>(what: &str, mut find: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A child process killed (SIGKILL) when dropped.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `geecache-perf http` with `args` (60 s rows), waits until `servers` finds the servers
 /// it started, kills it with SIGKILL (no destructor runs), and checks that every one of those
 /// servers ends within 15 s.
 fn servers_end_with_a_killed_perf_tool(args: &[&str], servers: impl Fn(u32) -> Option<Vec<u32>>) {
-    let mut perf = Command::new(env!("CARGO_BIN_EXE_geecache-perf"))
+    let perf = Command::new(env!("CARGO_BIN_EXE_geecache-perf"))
         .args(["http", "--host-bin", env!("CARGO_BIN_EXE_geecache-node")])
         .args(["--duration", "60s", "--connections", "2", "--threads", "1"])
         .args(["--keys", "10"])
@@ -119,9 +129,11 @@ fn servers_end_with_a_killed_perf_tool(args: &[&str], servers: impl Fn(u32) -> O
         .spawn()
         .unwrap();
     let pid = perf.id();
+    // Killed on every path: a failed wait must not leave the tool and its servers running.
+    let mut perf = KilledOnDrop(perf);
     let running = wait_for("server started by the perf tool", || servers(pid));
-    perf.kill().unwrap();
-    perf.wait().unwrap();
+    perf.0.kill().unwrap();
+    perf.0.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !running.iter().all(|p| ended(*p)) {
         if Instant::now() > deadline {
@@ -152,7 +164,11 @@ fn a_killed_perf_tool_leaves_no_node_or_fixed_server_running() {
     servers_end_with_a_killed_perf_tool(&["--baselines", "axum", "--workloads", "none"], |perf| {
         let fixed: Vec<u32> = children_of(perf)
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains("fixed-server"))
+            // The server itself, not `setpriv` starting it (its parent-death signal is set
+            // once `setpriv` has run the server).
+            .filter(|(_, cmd)| {
+                cmd.starts_with(env!("CARGO_BIN_EXE_geecache-perf")) && cmd.contains("fixed-server")
+            })
             .map(|(pid, _)| pid)
             .collect();
         (!fixed.is_empty()).then_some(fixed)

@@ -272,10 +272,13 @@ async fn with_mutual_tls_peers_show_certificates_and_api_clients_need_none() {
             .await
             .unwrap();
         let got = r.status().as_u16();
+        // A node that has just joined is a member a moment later: the refusal says to retry.
+        let retry_after = r.headers().get("retry-after").cloned();
         let body = r.text().await.unwrap_or_default();
         assert_eq!(got, status, "{names:?}: {body}");
         if status == 401 {
             assert!(body.contains("names no host of a ring member"), "{body}");
+            assert_eq!(retry_after.unwrap(), "1");
         }
     }
     for n in nodes {

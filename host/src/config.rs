@@ -261,8 +261,8 @@ pub struct Cli {
     pub peer_timeout: Option<String>,
 
     /// Gets to one peer for one group asked at the same moment (or while the previous request
-    /// is in flight, up to 500 µs) go as one batch request of at most this many keys (up to
-    /// 1000); 0 or 1 sends every get alone, at once [default: 16].
+    /// is in flight, up to 500 µs after it was sent) go as one batch request of at most this
+    /// many keys (up to 1000); 0 or 1 sends every get alone, at once [default: 16].
     #[arg(long, value_name = "N", env = "GEECACHE_PEER_COALESCE")]
     pub peer_coalesce: Option<usize>,
 

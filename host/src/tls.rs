@@ -226,19 +226,32 @@ impl PeerIdentity {
         self.0.get().is_some_and(Option::is_some)
     }
 
-    /// Whether the client's verified certificate is valid for one of `hosts` (DNS names or IP
-    /// addresses), as a server certificate for that host would be checked.
-    pub fn names_one_of<'h>(&self, hosts: impl IntoIterator<Item = &'h str>) -> bool {
+    /// Runs `check` with the names of the client's verified certificate (parsed once for it),
+    /// or gives `None` when the client showed none or it does not parse.
+    pub fn with_names<R>(&self, check: impl FnOnce(&CertNames<'_>) -> R) -> Option<R> {
         let Some(Some(der)) = self.0.get() else {
-            return false;
+            return None;
         };
-        let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
-            return false;
-        };
-        hosts.into_iter().any(|host| {
-            ServerName::try_from(host)
-                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-        })
+        let cert = webpki::EndEntityCert::try_from(der).ok()?;
+        Some(check(&CertNames(cert)))
+    }
+}
+
+/// A client certificate, parsed, to check the hosts it is valid for.
+pub struct CertNames<'a>(webpki::EndEntityCert<'a>);
+
+impl CertNames<'_> {
+    /// Whether the certificate is valid for `host` (a DNS name or an IP address), as a server
+    /// certificate for that host would be checked.
+    pub fn include(&self, host: &str) -> bool {
+        ServerName::try_from(host)
+            .is_ok_and(|name| self.0.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+}
+
+impl std::fmt::Debug for CertNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertNames").finish_non_exhaustive()
     }
 }
 

@@ -671,10 +671,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// With `--peer-mtls`: a peer request on a connection without a verified client certificate
-/// is refused (401), before its signature is checked or its body read.
 /// With `--peer-mtls`: a peer request must come on a connection whose client showed a
-/// certificate `--peer-ca` signed, for the host of a ring member.
+/// certificate `--peer-ca` signed, for the host of a ring member; otherwise it is refused
+/// (401) before its signature is checked or its body read. A certificate for no member's host
+/// is answered with `Retry-After: 1`: a node that has just joined is a member for the others a
+/// moment later (their membership watch), and the peer client retries such a refusal once.
 async fn require_peer_cert(
     State(state): State<AppState>,
     req: axum::extract::Request,
@@ -692,18 +693,24 @@ async fn require_peer_cert(
                 .into(),
         );
     };
-    if !state
-        .inner
-        .cluster
-        .any_member(|addr| identity.names_one_of([host_of(addr)]))
-    {
-        return error_response(
+    let member = identity.with_names(|names| {
+        state
+            .inner
+            .cluster
+            .any_member(|addr| names.include(host_of(addr)))
+    });
+    if member != Some(true) {
+        let mut refused = error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the client certificate names no host of a ring member; peer requests come from \
              ring members only (--peer-mtls)"
                 .into(),
         );
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return refused;
     }
     next.run(req).await
 }

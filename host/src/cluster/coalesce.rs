@@ -14,7 +14,7 @@
 //! the 3-node miss benchmark this cut the peer requests per key from 1/2.8 to 1/4.2 and raised
 //! the rate by 13–29% (README, "Numbers"). An idle lane, or one whose last request has been out
 //! longer than that (a slow load), sends at once, so a get waits at most that long for the
-//! lane, never for a slow load.
+//! lane (rounded up to tokio's next millisecond tick: at most ~1.5 ms), never for a slow load.
 //!
 //! Details that keep it from making anything worse:
 //!
@@ -68,7 +68,9 @@ const IN_FLIGHT: usize = 1;
 /// Longest a batch waits for the lane's requests in flight to be answered: until this long
 /// after the lane last sent one. A lane whose last request is older than this (a slow load)
 /// sends at once. About a loaded exchange's time on loopback: 250 µs measured a little worse
-/// (more, smaller batches) and 1.5 ms no better, with a longer tail.
+/// (more, smaller batches) and 1.5 ms no better, with a longer tail. Whether it has passed is
+/// checked exactly; a batch that sleeps until it passes wakes at tokio's timer tick after it
+/// (whole milliseconds, rounded up), unless the answer comes first.
 const WAIT_FOR_ANSWER: Duration = Duration::from_micros(500);
 
 /// What one get comes to.
@@ -148,7 +150,8 @@ impl Coalescer {
     /// same moment.
     ///
     /// The future must be polled until it finishes or be dropped (as any caller awaiting it
-    /// does): a get that opened a batch closes it when it is polled again after its yield.
+    /// does): a get that opened a batch closes it when it is polled again after its yield, or
+    /// after waiting for the lane (see [`Opened::close_when_ready`]).
     pub(super) async fn get(
         self: &Arc<Self>,
         core: &Arc<PeerCore>,
@@ -601,13 +604,15 @@ mod tests {
         assert_eq!(requests.seen(), (1, 2));
     }
 
-    /// A lane whose request has been in flight for longer than the wait sends at once: a get
-    /// never waits for a slow load, only for the wait.
+    /// A get waits for the lane's request in flight (a slow load) until the wait has passed
+    /// since that request was sent, then goes; a lane whose last request is older than the
+    /// wait sends at once. The bounds asserted are half the wait either way: far from what a
+    /// request on loopback takes.
     #[tokio::test]
     async fn a_get_waits_for_a_slow_request_in_flight_at_most_the_wait() {
         let owner = Arc::new(Owner::default());
         let (core, requests) = serve(Arc::clone(&owner), PeerLimits::default()).await;
-        let wait = Duration::from_millis(100);
+        let wait = Duration::from_secs(1);
         let c = Coalescer::with_timing(DEFAULT_MAX_KEYS, wait, SLOW * 100);
         let held = Arc::clone(&owner.gate).write_owned().await;
         let first = {
@@ -615,12 +620,21 @@ mod tests {
             tokio::spawn(async move { value(&c.get(&core, "g", "held").await) })
         };
         asked(&owner, 1).await;
-        // `held` is answered only at the end: a get waiting for it would never end.
+        // `held` is answered only at the end: a get waiting for its answer would never end.
+        let started = tokio::time::Instant::now();
         let a = tokio::time::timeout(Duration::from_secs(10), c.get(&core, "g", "a")).await;
         assert_eq!(value(&a.unwrap()), "a");
-        // Asked after the wait had passed: at once, while `held` is still held.
+        let waited = started.elapsed();
+        assert!(waited >= wait / 2, "went after {waited:?}, without waiting");
+        // Asked once the wait has passed since the last request: at once, `held` still held.
         tokio::time::sleep(wait).await;
+        let started = tokio::time::Instant::now();
         assert_eq!(value(&c.get(&core, "g", "b").await), "b");
+        let took = started.elapsed();
+        assert!(
+            took < wait / 2,
+            "waited {took:?} for a lane idle for the wait"
+        );
         assert_eq!(requests.seen(), (3, 0));
         drop(held);
         assert_eq!(first.await.unwrap(), "held");

@@ -461,9 +461,13 @@ impl Cluster {
         lock_read(&self.view).ring.members().to_vec()
     }
 
-    /// Whether `f` holds for the address of some current member (this node included).
+    /// Whether `f` holds for the address of some member of the ring (this node included).
     pub fn any_member(&self, mut f: impl FnMut(&str) -> bool) -> bool {
-        lock_read(&self.view).members.iter().any(|m| f(&m.addr))
+        lock_read(&self.view)
+            .ring
+            .members()
+            .iter()
+            .any(|addr| f(addr))
     }
 
     /// Leaves the cluster: stops following changes and deregisters from etcd (bounded).

@@ -46,7 +46,7 @@ struct MemoryService {
     sets: AtomicUsize,
     /// Calls of `delete`.
     deletes: AtomicUsize,
-    /// How long a get of [`SLOW`] takes.
+    /// How long a get, set or delete of [`SLOW`] takes.
     slow: Duration,
 }
 

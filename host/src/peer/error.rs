@@ -35,8 +35,9 @@ pub enum PeerError {
         timeout: Duration,
     },
 
-    /// The peer refused this node's signature (401): the secrets differ, one side has none, or
-    /// the clocks are too far apart.
+    /// The peer refused the request (401): its signature (the secrets differ, one side has
+    /// none, or the clocks are too far apart), or with `--peer-mtls` this node's certificate
+    /// (none shown, or one that names no host of the peer's ring members).
     #[error("peer {peer} refused the request as unauthorized: {message}")]
     Unauthorized {
         /// The peer's base URL.

@@ -753,7 +753,6 @@ impl Plugins {
     }
 }
 
-/// Compresses a sample with a new compressor and decompresses it back.
 /// Whether `new` takes every level the groups compress at with `old` (each checked as at
 /// startup, on a blocking thread: the check is a plugin call of its own).
 async fn takes_levels(
@@ -773,10 +772,19 @@ async fn takes_levels(
     let new = Arc::clone(new);
     tokio::task::spawn_blocking(move || {
         for level in levels {
-            if let Err(e) = new.check_level(Some(level)) {
-                return Err(format!(
-                    "refuses level {level}, which a group of this node compresses at: {e}"
-                ));
+            match new.check_level(Some(level)) {
+                Ok(()) => {}
+                Err(e @ CodecError::BadLevel { .. }) => {
+                    return Err(format!(
+                        "refuses level {level}, which a group of this node compresses at: {e}"
+                    ));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "failed the check of level {level}, which a group of this node \
+                         compresses at: {e}"
+                    ));
+                }
             }
         }
         Ok(())
@@ -785,6 +793,7 @@ async fn takes_levels(
     .map_err(|e| format!("could not be checked: {e}"))?
 }
 
+/// Compresses a sample with a new compressor and decompresses it back.
 async fn round_trip(c: &WasmCompressor) -> std::result::Result<(), String> {
     const SAMPLE: &[u8] = b"geecache reload check: geecache reload check: geecache reload check";
     let packed = c
