@@ -39,6 +39,11 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         // | run | nodes | req/s | p50 | p99 | p99.9 | success % | ...
         assert_eq!(cells[7], "100.00", "{row}: {line}");
         assert!(cells[3].parse::<u64>().unwrap() > 0, "{row}: {line}");
+        // | ... | node peak RSS | server CPU / req | client CPU / req |
+        for cpu in [&cells[14], &cells[15]] {
+            let micros: f64 = cpu.trim_end_matches(" µs").parse().unwrap();
+            assert!(micros > 0.0, "{row}: {line}");
+        }
         // Each round has its own line, with its own ratio to that round's baseline.
         for round in ["1", "2"] {
             let line = text

@@ -24,7 +24,7 @@ use anyhow::{Context, bail};
 
 use crate::load::{self, Keys, Load, Outcome, Requests, Zipf, interrupted};
 use crate::report;
-use crate::servers::{self, Cluster, Fixed, NodeSpec};
+use crate::servers::{self, Cluster, CpuTime, Fixed, NodeSpec};
 
 /// Options of `geecache-perf http`.
 #[derive(Debug, Clone, clap::Args)]
@@ -170,6 +170,50 @@ struct Row {
     peer_requests: Option<u64>,
     /// The largest peak resident memory among the nodes.
     peak_rss: Option<u64>,
+    /// CPU time the servers (the nodes, or the baseline) and this program spent on the row.
+    cpu: Cpu,
+}
+
+/// CPU time spent on a row: of the servers and of the client, from `/proc` (Linux; not for
+/// `--target` nodes).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// The servers', summed over their processes.
+    servers: Option<Duration>,
+    /// This program's (the load generator's).
+    client: Option<Duration>,
+}
+
+impl Cpu {
+    /// Reads the servers' (`pids`, with their children) and the client's CPU time around
+    /// `run`.
+    fn around<T>(pids: &[u32], run: impl FnOnce() -> T) -> (T, Cpu) {
+        let servers = (!pids.is_empty())
+            .then(|| CpuTime::of_trees(pids))
+            .flatten();
+        let client = CpuTime::of_self();
+        let out = run();
+        let spent = |before: Option<CpuTime>, after: Option<CpuTime>| {
+            before.zip(after).map(|(b, a)| a.since(b))
+        };
+        let cpu = Cpu {
+            servers: spent(
+                servers,
+                (!pids.is_empty())
+                    .then(|| CpuTime::of_trees(pids))
+                    .flatten(),
+            ),
+            client: spent(client, CpuTime::of_self()),
+        };
+        (out, cpu)
+    }
+
+    /// Both, summed over rounds.
+    fn absorb(&mut self, other: Cpu) {
+        let add = |a: Option<Duration>, b: Option<Duration>| a.zip(b).map(|(a, b)| a + b);
+        self.servers = add(self.servers, other.servers);
+        self.client = add(self.client, other.client);
+    }
 }
 
 /// Everything a workload needs that does not change between workloads.
@@ -343,15 +387,16 @@ fn run_round(
         let requests = setup.requests("b", Keys::Uniform(setup.args.keys), 0);
         let mut load = setup.load(b, &[fixed.addr], requests);
         load.expect_len = Some(setup.args.value_bytes);
-        let outcome = load::run(&load)?;
+        let (outcome, cpu) = Cpu::around(&[fixed.pid()], || load::run(&load));
         rows.push(Row {
             name: b.clone(),
             nodes: None,
             kind: None,
-            outcome,
+            outcome: outcome?,
             getter_calls: None,
             peer_requests: None,
             peak_rss: None,
+            cpu,
         });
         drop(fixed);
         if interrupted() {
@@ -444,7 +489,12 @@ fn run_workload(setup: &Setup, w: Workload) -> anyhow::Result<Row> {
     );
     let before = getter_calls(&targets, &args.group, args.token.as_deref());
     let peers_before = peer_requests(&targets, args.token.as_deref());
-    let outcome = load::run(&load)?;
+    let pids: Vec<u32> = cluster
+        .as_ref()
+        .map(|c| c.nodes.iter().map(servers::Process::pid).collect())
+        .unwrap_or_default();
+    let (outcome, cpu) = Cpu::around(&pids, || load::run(&load));
+    let outcome = outcome?;
     let after = getter_calls(&targets, &args.group, args.token.as_deref());
     let peers_after = peer_requests(&targets, args.token.as_deref());
     let peak_rss = cluster.as_ref().and_then(|c| {
@@ -463,6 +513,7 @@ fn run_workload(setup: &Setup, w: Workload) -> anyhow::Result<Row> {
             .zip(peers_after)
             .map(|(b, a)| a.saturating_sub(b)),
         peak_rss,
+        cpu,
     })
 }
 
@@ -587,6 +638,7 @@ struct Combined<'a> {
     getter_calls: Option<u64>,
     peer_requests: Option<u64>,
     peak_rss: Option<u64>,
+    cpu: Cpu,
 }
 
 fn combine<'a>(rounds: &'a [Vec<Row>], i: usize) -> Combined<'a> {
@@ -596,8 +648,10 @@ fn combine<'a>(rounds: &'a [Vec<Row>], i: usize) -> Combined<'a> {
         .collect();
     let first = rows[0].1;
     let mut outcome = first.outcome.clone();
+    let mut cpu = first.cpu;
     for (_, r) in &rows[1..] {
         outcome.absorb(&r.outcome);
+        cpu.absorb(r.cpu);
     }
     let per_round: Vec<[Option<f64>; 3]> = rows.iter().map(|(round, r)| ratios(round, r)).collect();
     let ratios = [0, 1, 2].map(|k| median(per_round.iter().filter_map(|r| r[k]).collect()));
@@ -609,6 +663,7 @@ fn combine<'a>(rounds: &'a [Vec<Row>], i: usize) -> Combined<'a> {
         getter_calls: sum(|r| r.getter_calls),
         peer_requests: sum(|r| r.peer_requests),
         peak_rss: rows.iter().filter_map(|(_, r)| r.peak_rss).max(),
+        cpu,
     }
 }
 
@@ -672,11 +727,12 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
     let _ = writeln!(
         s,
         "| run | nodes | req/s | p50 | p99 | p99.9 | success % | × nginx | × axum | × hit | \
-         getter calls / req | peer requests / req | node peak RSS |"
+         getter calls / req | peer requests / req | node peak RSS | server CPU / req | \
+         client CPU / req |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let rows_per_round = rounds.first().map_or(0, Vec::len);
     for i in 0..rows_per_round {
@@ -688,9 +744,15 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
                 |n| format!("{:.3}", n as f64 / o.requests.max(1) as f64),
             )
         };
+        let cpu_per_request = |d: Option<Duration>| {
+            d.map_or_else(
+                || "-".into(),
+                |d| format!("{:.1} µs", d.as_secs_f64() * 1e6 / o.requests.max(1) as f64),
+            )
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.first.name,
             c.first.nodes.map_or_else(|| "-".into(), |n| n.to_string()),
             o.rate(),
@@ -704,6 +766,8 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
             per_request(c.getter_calls),
             per_request(c.peer_requests),
             c.peak_rss.map_or_else(|| "-".into(), report::mib),
+            cpu_per_request(c.cpu.servers),
+            cpu_per_request(c.cpu.client),
         );
     }
     if rounds.len() > 1 {
@@ -759,7 +823,9 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
          (single gets and batches) the nodes served during the row over its requests (up to \
          0.67 for all-miss on 3 nodes; less when gets to one owner were coalesced into \
          batches). Node peak RSS: the largest VmHWM \
-         among the row's nodes."
+         among the row's nodes. Server CPU / req: user and system time of the row's servers \
+         (its nodes, or the baseline's processes) over its requests; client CPU / req: this \
+         program's; both from /proc, over the row's whole run, in the kernel's 10 ms ticks."
     );
     for n in notes {
         let _ = writeln!(s, "\nNote: {n}");

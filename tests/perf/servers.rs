@@ -200,6 +200,92 @@ impl Memory {
     }
 }
 
+/// CPU time (user and system) that processes and their descendants have used so far, from
+/// `/proc/<pid>/stat`; `None` where there is no `/proc` (not Linux) or a process is gone.
+/// Differences of two readings are what a row cost (the client's own: `pid` = this program).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTime(Duration);
+
+impl CpuTime {
+    /// Of `pids` and every process descended from them (nginx's workers).
+    pub fn of_trees(pids: &[u32]) -> Option<CpuTime> {
+        let mut all: Vec<u32> = pids.to_vec();
+        let mut parents = Vec::new();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
+                parents.push((pid, ppid));
+            }
+        }
+        // Descendants, generation by generation (a process tree is shallow here).
+        let mut i = 0;
+        while i < all.len() {
+            let parent = all[i];
+            all.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        CpuTime::of_processes(&all)
+    }
+
+    /// This program's own (its threads, not the servers it started).
+    pub fn of_self() -> Option<CpuTime> {
+        CpuTime::of_processes(&[std::process::id()])
+    }
+
+    /// Of exactly `pids`.
+    fn of_processes(pids: &[u32]) -> Option<CpuTime> {
+        let ticks: u64 = pids
+            .iter()
+            .map(|pid| {
+                let f = stat_fields(*pid)?;
+                // After `pid (comm)`: state is field 0, utime 11 and stime 12.
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .sum::<Option<u64>>()?;
+        Some(CpuTime(Duration::from_secs_f64(
+            ticks as f64 / clock_ticks_per_second(),
+        )))
+    }
+
+    /// The CPU time spent from `before` to this reading.
+    pub fn since(self, before: CpuTime) -> Duration {
+        self.0.saturating_sub(before.0)
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after `pid (comm)` (the name may hold spaces).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The kernel's clock ticks per second in `/proc` (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
 /// `n` distinct free ports on 127.0.0.1 (all bound at once, then released for the servers).
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
@@ -341,8 +427,15 @@ pub struct Fixed {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Held so the server stops when this drops.
-    _process: Process,
+    process: Process,
     _dir: TempDir,
+}
+
+impl Fixed {
+    /// The server's process id (nginx: its master's).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
 }
 
 /// The nginx program, if installed (Debian puts it in /usr/sbin, often not on a user's PATH).
@@ -433,7 +526,7 @@ http {{
         process.wait_ready(addr, ready_path)?;
         Ok(Fixed {
             addr,
-            _process: process,
+            process,
             _dir: dir,
         })
     }
