@@ -44,10 +44,11 @@
 //! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
 //!   watch); publishes the member list the ring is built from.
 //! - [`cluster`]: membership → ring → peer clients, as the group's `PeerPicker`; a single node
-//!   is a cluster of one. Gets to one peer asked at one moment go as one `_batch` request
-//!   (`cluster/coalesce.rs`, `--peer-coalesce`).
+//!   is a cluster of one. Gets to one peer asked at one moment, or while the previous request
+//!   to it is in flight, go as one `_batch` request (`cluster/coalesce.rs`, `--peer-coalesce`).
 //! - [`tls`]: rustls for the node's port (certificate reloaded on SIGHUP, handshakes off the
-//!   accept loop) and the peer client's trust (`--peer-ca`).
+//!   accept loop), the peer client's trust (`--peer-ca`), and with `--peer-mtls` the client
+//!   certificate a peer request's connection showed, checked against the ring's hosts.
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
 //! - [`error`]: the error type shared by the modules above.
 //! - [`telemetry`]: logs (`RUST_LOG`, text or JSON), get-path spans exported over OTLP when
