@@ -25,6 +25,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("reload_getter_v2", "reload_getter_v2"),
     ("reload_getter_broken", "reload_getter_broken"),
     ("reload_compressor_narrow", "reload_compressor_narrow"),
+    ("storage_basic", "storage_basic"),
 ];
 /// The plugins in other languages, built into `plugins/target/lang/<name>.wasm`, and the files
 /// each is built from.

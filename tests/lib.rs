@@ -45,6 +45,9 @@ pub mod plugins {
     pub const RELOAD_GETTER_BROKEN: &str = env!("PLUGIN_RELOAD_GETTER_BROKEN");
     /// A new version of `chaos_compressor` that takes levels 0 to 3 only.
     pub const RELOAD_COMPRESSOR_NARROW: &str = env!("PLUGIN_RELOAD_COMPRESSOR_NARROW");
+    /// A storage backend built without `storage-clear` (world `storage-plugin-basic`), as
+    /// storage plugins were before that interface existed; keeps entries in instance memory.
+    pub const STORAGE_BASIC: &str = env!("PLUGIN_STORAGE_BASIC");
 
     /// `plugins/template`: the getter plugin authors start from.
     pub const HELLO_GETTER: &str = env!("PLUGIN_HELLO_GETTER");

@@ -462,6 +462,89 @@ async fn flush_drops_what_the_old_getter_loaded() {
     node.stop().await;
 }
 
+/// `POST /api/v1/plugins/reload_getter/reload?flush=true`, which must succeed; its answer.
+async fn reload_with_flush(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    let r = client
+        .post(format!(
+            "{base}/api/v1/plugins/reload_getter/reload?flush=true"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the reload itself succeeds");
+    r.json().await.unwrap()
+}
+
+/// The entry files `fs_storage` keeps for group `scores` under `dir` (its layout: a directory
+/// per group named `x` + the hex of the name, a file per key).
+fn stored_files(dir: &Path) -> usize {
+    let hex: String = "scores".bytes().map(|b| format!("{b:02x}")).collect();
+    let group_dir = dir.join(format!("x{hex}"));
+    std::fs::read_dir(group_dir).map_or(0, |files| files.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flush_empties_the_storage_tier_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let stored = tempfile::tempdir().unwrap();
+    let grant = format!("fs_storage={}:rw", stored.path().display());
+    let (node, file) = start_node(
+        dir.path(),
+        &["--plugin", plugins::FS_STORAGE, "--plugin-dir", &grant],
+    )
+    .await;
+    let c = &node.client;
+    assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v1");
+    // The load's write-through lands in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_files(stored.path()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "kept@v1 never reached fs_storage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    publish(plugins::RELOAD_GETTER_V2, &file);
+    let body = reload_with_flush(c, &node.base).await;
+    assert_eq!(
+        body["flushed_groups"],
+        serde_json::json!(["scores"]),
+        "{body}"
+    );
+    assert_eq!(body["storage_not_cleared"], serde_json::json!([]), "{body}");
+    assert_eq!(stored_files(stored.path()), 0, "the group's files are gone");
+    // Not in memory, not in storage: v2 loads it.
+    assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v2");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storage_plugin_without_storage_clear_loads_and_a_flush_says_it_kept_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, file) = start_node(dir.path(), &["--plugin", plugins::STORAGE_BASIC]).await;
+    let c = &node.client;
+    let view = plugin_view_of(c, &node.base, "storage_basic").await;
+    assert_eq!(view["kind"], "storage", "{view}");
+    assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v1");
+
+    publish(plugins::RELOAD_GETTER_V2, &file);
+    let body = reload_with_flush(c, &node.base).await;
+    assert_eq!(
+        body["flushed_groups"],
+        serde_json::json!(["scores"]),
+        "{body}"
+    );
+    let left = &body["storage_not_cleared"];
+    assert_eq!(left[0]["group"], "scores", "{body}");
+    let why = left[0]["error"].as_str().unwrap();
+    assert!(
+        why.contains("storage_basic") && why.contains("storage-clear"),
+        "says which plugin and what it lacks: {why}"
+    );
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_is_a_write_that_needs_the_api_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -130,6 +130,17 @@
 //!             _ => Ok(()),
 //!         }
 //!     }
+//!
+//!     fn clear(group: &str) -> Result<(), Error> {
+//!         let prefix = format!("{group}-");
+//!         for file in fs::read_dir("/data").map_err(io_error)? {
+//!             let file = file.map_err(io_error)?;
+//!             if file.file_name().to_string_lossy().starts_with(&prefix) {
+//!                 fs::remove_file(file.path()).map_err(io_error)?;
+//!             }
+//!         }
+//!         Ok(())
+//!     }
 //! }
 //!
 //! export_storage!(Files);

@@ -44,6 +44,17 @@ pub trait Storage {
     ///
     /// Removing a missing key succeeds; fail only when the medium cannot be reached.
     fn delete(group: &str, key: &str) -> Result<(), Error>;
+
+    /// Removes every entry of `group`, when the host flushes the group (for example after its
+    /// getter was replaced: what the old one loaded must not come back from storage). The
+    /// host's writes of `group` wait until it returns; a `get` started before may overlap it.
+    ///
+    /// # Errors
+    ///
+    /// Clearing a group that holds nothing succeeds; fail only when the medium cannot be
+    /// reached or changed. The host then reports to the operator that the group's stored
+    /// entries were left.
+    fn clear(group: &str) -> Result<(), Error>;
 }
 
 /// One stored entry, exactly as the host hands it over.
@@ -131,9 +142,14 @@ pub mod export {
     pub fn delete<S: Storage>(group: &str, key: &str) -> Result<(), types::Error> {
         S::delete(group, key).map_err(Into::into)
     }
+
+    pub fn clear<S: Storage>(group: &str) -> Result<(), types::Error> {
+        S::clear(group).map_err(Into::into)
+    }
 }
 
-/// Exports a [`Storage`] implementation as this component's `storage` interface.
+/// Exports a [`Storage`] implementation as this component's `storage` and `storage-clear`
+/// interfaces.
 ///
 /// Call it once, at the top level of the plugin crate (a `cdylib` that enables the SDK's
 /// `storage` feature), with the implementing type:
@@ -182,6 +198,17 @@ macro_rules! export_storage {
                 ) -> ::std::result::Result<(), $crate::wit::storage::geecache::plugin::types::Error>
                 {
                     $crate::__storage_export::delete::<$storage>(&group, &key)
+                }
+            }
+
+            impl $crate::wit::storage::exports::geecache::plugin::storage_clear::Guest
+                for GeecacheStorageAdapter
+            {
+                fn clear(
+                    group: ::std::string::String,
+                ) -> ::std::result::Result<(), $crate::wit::storage::geecache::plugin::types::Error>
+                {
+                    $crate::__storage_export::clear::<$storage>(&group)
                 }
             }
 

@@ -17,7 +17,8 @@
 //!   key once, loads stopped once the budget is spent.
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
 //!   (stored bytes + codec) or, for keys this node owns, storage tier → local getter; negative
-//!   caching; set/remove at the owner with invalidation. Talks only to traits
+//!   caching; set/remove at the owner with invalidation; flush (memory, then the storage tier's
+//!   clear as a barrier across its ordered write queues). Talks only to traits
 //!   ([`group::Getter`], [`group::Storage`], [`group::PeerPicker`],
 //!   [`compression::Compressor`]), never to wasmtime or HTTP.
 //! - [`compression`]: the codec trait, the built-in codecs (none, gzip, snappy, lz4, zstd) and

@@ -9,7 +9,10 @@
 //! A reload is a write: with `--api-token` it needs the token. It answers 200 with what was
 //! swapped in (`version`, `sha256`, the previous ones), 404 `plugin_not_found`, or 422
 //! `plugin_refused` with the reason (the old version keeps serving). `flush=true` then drops
-//! the values held in memory by the groups the getter loads for (see [`Group::flush`]).
+//! the values the groups the getter loads for hold, in memory and in their storage tier (see
+//! [`Group::flush`]); the answer names them in `flushed_groups`, and lists in
+//! `storage_not_cleared` (`{"group", "error"}`) each whose storage tier kept its entries (a
+//! storage plugin built without `storage-clear`, or one that failed).
 //!
 //! `cluster=true` rolls the version out to every ring member in two phases, over signed
 //! requests to [`PEER_PREFIX`] (so it needs `--cluster-secret`): first every node (this one
@@ -45,7 +48,8 @@ pub(crate) const PEER_PREFIX: &str = "/_geecache_admin/plugins/";
 /// of a large component takes seconds).
 const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long a commit or an abort may take on a node (a swap: no compile).
+/// How long a commit or an abort may take on a node (a swap: no compile; a flush's storage
+/// clear waits up to the request timeout on top, see `commit_timeout`).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest answer read from a node during a rollout (a small JSON body).
@@ -149,18 +153,50 @@ pub(super) struct ReloadQuery {
     cluster: bool,
 }
 
-/// Drops the memory of every group whose getter is `plugin`; their names.
-fn flush_groups(state: &AppState, plugin: &str) -> Vec<String> {
-    state
+/// Flushes every group whose getter is `plugin` (memory and storage tier, see
+/// [`Group::flush`]); the answer's `flushed_groups` (their names) and `storage_not_cleared`
+/// (`{"group", "error"}` for each group whose storage tier keeps its entries).
+///
+/// [`Group::flush`]: crate::group::Group::flush
+async fn flush_groups(state: &AppState, plugin: &str) -> serde_json::Value {
+    let groups: Vec<_> = state
         .groups()
         .iter()
         .filter(|g| g.getter_name() == plugin)
-        .map(|g| {
-            g.flush();
-            tracing::info!(group = %g.name(), %plugin, "group flushed after its getter was reloaded");
-            g.name().to_string()
-        })
-        .collect()
+        .cloned()
+        .collect();
+    let results = futures::future::join_all(groups.iter().map(|g| g.flush())).await;
+    let mut flushed = Vec::new();
+    let mut not_cleared = Vec::new();
+    for (g, result) in groups.iter().zip(results) {
+        flushed.push(g.name().to_string());
+        match result {
+            Ok(()) => {
+                tracing::info!(group = %g.name(), %plugin, "group flushed after its getter was reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(group = %g.name(), %plugin, error = %e, "group flushed after its getter was reloaded, but its storage tier keeps its entries");
+                not_cleared.push(serde_json::json!({ "group": g.name(), "error": e.to_string() }));
+            }
+        }
+    }
+    serde_json::json!({ "flushed_groups": flushed, "storage_not_cleared": not_cleared })
+}
+
+/// The answer of one node's reload: its report, and what a flush did.
+async fn reload_answer(
+    state: &AppState,
+    name: &str,
+    report: ReloadReport,
+    flush: bool,
+) -> serde_json::Value {
+    let mut answer = if flush {
+        flush_groups(state, name).await
+    } else {
+        serde_json::json!({ "flushed_groups": [], "storage_not_cleared": [] })
+    };
+    answer["reload"] = serde_json::json!(report);
+    answer
 }
 
 /// `POST /api/v1/plugins/{name}/reload`.
@@ -186,12 +222,7 @@ pub(super) async fn reload(
         return rollout(&state, &name, candidate, q.flush).await;
     }
     let report = state.plugins().reload(&name, candidate).await?;
-    let flushed = if q.flush {
-        flush_groups(&state, &name)
-    } else {
-        Vec::new()
-    };
-    Ok(Json(serde_json::json!({ "reload": report, "flushed_groups": flushed })).into_response())
+    Ok(Json(reload_answer(&state, &name, report, q.flush).await).into_response())
 }
 
 /// One node's part in a rollout.
@@ -226,6 +257,18 @@ impl NodeResult {
             },
         }
     }
+}
+
+/// How long a node's commit may take: the swap, plus its groups' storage clears after a flush
+/// (each waits up to the group's request timeout; nodes are assumed configured alike).
+fn commit_timeout(state: &AppState) -> Duration {
+    let clear = state
+        .groups()
+        .iter()
+        .map(|g| g.options().load_timeout)
+        .max()
+        .unwrap_or_default();
+    COMMIT_TIMEOUT.saturating_add(clear)
 }
 
 fn error_value(e: &Error) -> serde_json::Value {
@@ -335,22 +378,15 @@ async fn rollout(
     // Phase 2: every node swaps it in.
     let commit_path = format!("{PEER_PREFIX}{name}/commit?sha256={sha256}&flush={flush}");
     let local = async {
-        let report = plugins.commit_staged(name, &sha256).await;
-        report
-            .map(|r: ReloadReport| {
-                let flushed = if flush {
-                    flush_groups(state, name)
-                } else {
-                    Vec::new()
-                };
-                serde_json::json!({ "reload": r, "flushed_groups": flushed })
-            })
-            .map_err(|e| error_value(&e))
+        match plugins.commit_staged(name, &sha256).await {
+            Ok(report) => Ok(reload_answer(state, name, report, flush).await),
+            Err(e) => Err(error_value(&e)),
+        }
     };
     let remote = futures::future::join_all(
         peers
             .iter()
-            .map(|p| ask(state, p, &commit_path, Bytes::new(), COMMIT_TIMEOUT)),
+            .map(|p| ask(state, p, &commit_path, Bytes::new(), commit_timeout(state))),
     );
     let (local, remote) = tokio::join!(local, remote);
     let mut committed = vec![NodeResult::of(&self_addr, local)];
@@ -452,12 +488,7 @@ async fn peer_op_inner(
                 .commit_staged(name, &query.sha256)
                 .await
                 .map_err(fail)?;
-            let flushed = if query.flush {
-                flush_groups(state, name)
-            } else {
-                Vec::new()
-            };
-            Ok(serde_json::json!({ "reload": report, "flushed_groups": flushed }))
+            Ok(reload_answer(state, name, report, query.flush).await)
         }
         "abort" => Ok(serde_json::json!({ "aborted": plugins.abort_staged(name, &query.sha256) })),
         other => Err(fail(Error::BadRequest(format!(

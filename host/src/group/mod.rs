@@ -166,6 +166,8 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<()>>;
     /// Removes `key` of `group`; removing a missing key is not an error.
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Removes every entry of `group` (see [`Group::flush`]); fails for a backend that cannot.
+    fn clear<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<()>>;
 }
 
 /// Which node owns a key: the seam between a group and the cluster (ring + peer clients).
@@ -1417,12 +1419,56 @@ impl Group {
         }
     }
 
-    /// Drops every value (and remembered miss) this node holds in memory for the group, main
-    /// and hot cache, e.g. after its getter was replaced (`reload?flush=true`). Every key's
-    /// write generation is bumped first, all under their locks, so a load still running (on
-    /// the old getter) cannot cache what it finds; callers waiting on it still get its answer.
-    /// The storage tier is left as it is.
-    pub fn flush(&self) {
+    /// Drops every value (and remembered miss) this node holds for the group: main and hot
+    /// cache, and the entries of its storage tier, e.g. after its getter was replaced
+    /// (`reload?flush=true`). Every key's write generation is bumped first, all under their
+    /// locks, so a load still running (on the old getter) cannot cache or store what it finds;
+    /// callers waiting on it still get its answer.
+    ///
+    /// The storage tier's clear is queued behind the writes made before the flush and ahead of
+    /// those made after (see `tier.rs`); reads skip the tier until it is done. This waits for
+    /// it, up to the load timeout (a clear that takes longer still happens, in order).
+    ///
+    /// # Errors
+    /// Memory is emptied whatever happens; an error says the storage tier was not, or not in
+    /// time: the backend cannot clear (a plugin built without `storage-clear`), failed, or
+    /// its queues stayed full.
+    pub async fn flush(&self) -> Result<()> {
+        let core = &self.core;
+        let timeout = core.options.load_timeout;
+        let slots = match &core.storage {
+            Some(tier) => match tokio::time::timeout(timeout, tier.reserve_clear()).await {
+                Ok(Ok(slots)) => Some(slots),
+                Ok(Err(e)) => return Err(self.flush_memory_only(e)),
+                Err(_) => {
+                    let e = Error::StorageWrite(format!(
+                        "its write queues stayed full for {timeout:?}; not cleared"
+                    ));
+                    return Err(self.flush_memory_only(e));
+                }
+            },
+            None => None,
+        };
+        let ack = self.flush_memory(|| slots.map(tier::ClearSlots::send));
+        let Some(ack) = ack else { return Ok(()) };
+        match tokio::time::timeout(timeout, ack).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::StorageWrite("the storage tier has stopped".into())),
+            Err(_) => Err(Error::StorageWrite(format!(
+                "the clear did not finish within {timeout:?} (--request-timeout); it goes on in order"
+            ))),
+        }
+    }
+
+    /// Empties memory when the storage tier could not take the clear; returns `e`.
+    fn flush_memory_only(&self, e: Error) -> Error {
+        self.flush_memory(|| ());
+        e
+    }
+
+    /// Bumps every write generation and empties main and hot cache, all under every write
+    /// lock; `under_locks` runs there too (it queues the storage tier's clear).
+    fn flush_memory<T>(&self, under_locks: impl FnOnce() -> T) -> T {
         let core = &self.core;
         let mut shards: Vec<MutexGuard<'_, u64>> = core
             .generations
@@ -1432,9 +1478,11 @@ impl Group {
         for generation in &mut shards {
             **generation += 1;
         }
+        let answer = under_locks();
         core.main.clear();
         core.hot.clear();
         drop(shards);
+        answer
     }
 
     /// The name of the getter that loads this group's misses.

@@ -730,6 +730,10 @@ struct MemoryStorage {
     get_gate: Option<tokio::sync::Semaphore>,
     /// Gets that have read their entry (and may be waiting at the gate).
     gets_started: AtomicUsize,
+    /// Clears asked for.
+    clears: AtomicUsize,
+    /// Makes every clear fail, as a plugin built without `storage-clear` does.
+    cannot_clear: bool,
 }
 
 impl MemoryStorage {
@@ -788,6 +792,20 @@ impl Storage for MemoryStorage {
                 tokio::time::sleep(d).await;
             }
             self.entries.lock().unwrap().remove(key);
+            Ok(())
+        })
+    }
+    fn clear<'a>(&'a self, _g: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.clears.fetch_add(1, Ordering::SeqCst);
+            if self.cannot_clear {
+                return Err(Error::Plugin(crate::plugin::PluginError::Unsupported {
+                    plugin: "memory".into(),
+                    what: "clear a group",
+                    message: "built without storage-clear".into(),
+                }));
+            }
+            self.entries.lock().unwrap().clear();
             Ok(())
         })
     }
@@ -1055,6 +1073,99 @@ async fn a_set_answers_only_once_storage_has_the_value() {
         g.get("json-d").await.unwrap(),
         Bytes::from_static(b"durable")
     );
+}
+
+#[tokio::test]
+async fn a_flush_empties_memory_and_the_storage_tier_and_later_writes_stay() {
+    let storage = Arc::new(MemoryStorage::default());
+    let (g, getter) = stored_group(storage.clone());
+    g.get("json-a").await.unwrap();
+    storage.wait_for("json-a", true).await;
+
+    g.flush().await.unwrap();
+    assert_eq!(storage.clears.load(Ordering::SeqCst), 1);
+    assert!(!storage.holds("json-a"), "the tier was cleared");
+    // Neither memory nor storage has it: the getter loads it again.
+    g.get("json-a").await.unwrap();
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(g.snapshot().counters.storage_hits, 0);
+
+    // A write after the flush lands after the clear and stays.
+    g.set("json-b", Bytes::from_static(b"after"), None)
+        .await
+        .unwrap();
+    assert!(storage.holds("json-b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_queued_before_a_flush_does_not_come_back_after_it() {
+    let storage = Arc::new(MemoryStorage::gated());
+    let (g, getter) = stored_group(storage.clone());
+    let g = Arc::new(g);
+    let puts_started = |n: usize| {
+        let storage = storage.clone();
+        async move {
+            for _ in 0..200 {
+                if storage.puts_started.load(Ordering::SeqCst) == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("{n} puts never started");
+        }
+    };
+    // json-x is stored; json-w's write-through is held at the backend.
+    storage.release_puts(1);
+    g.get("json-x").await.unwrap();
+    storage.wait_for("json-x", true).await;
+    g.get("json-w").await.unwrap();
+    puts_started(2).await;
+
+    let flush = tokio::spawn({
+        let g = g.clone();
+        async move { g.flush().await }
+    });
+    // The clear waits behind the held put; meanwhile reads skip the tier for every key.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !flush.is_finished(),
+        "the clear ran before the write queued ahead of it"
+    );
+    g.get("json-x").await.unwrap();
+    assert_eq!(
+        g.snapshot().counters.storage_hits,
+        0,
+        "read a tier being cleared"
+    );
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 3);
+
+    storage.release_puts(100);
+    flush.await.unwrap().unwrap();
+    assert_eq!(storage.clears.load(Ordering::SeqCst), 1);
+    // json-w's put landed before the clear, so the clear removed it. (json-x's reload wrote
+    // through after the flush, behind the clear: it may be back.)
+    assert!(
+        !storage.holds("json-w"),
+        "a write from before the flush survived it"
+    );
+}
+
+#[tokio::test]
+async fn a_flush_says_when_the_storage_tier_cannot_clear_and_still_empties_memory() {
+    let storage = Arc::new(MemoryStorage {
+        cannot_clear: true,
+        ..Default::default()
+    });
+    let (g, getter) = stored_group(storage.clone());
+    g.get("json-c").await.unwrap();
+    storage.wait_for("json-c", true).await;
+    let err = g.flush().await.unwrap_err();
+    assert!(err.to_string().contains("storage-clear"), "{err}");
+    assert_eq!(g.snapshot().counters.storage_errors, 1);
+    // Memory is gone; the kept entry is what the tier serves.
+    g.get("json-c").await.unwrap();
+    assert_eq!(g.snapshot().counters.storage_hits, 1);
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -29,12 +29,18 @@
 //! The writer side takes a queue slot ([`StorageTier::reserve`] / [`StorageTier::try_reserve`])
 //! *before* taking the key's write lock, and sends into it under the lock: a write never waits
 //! while holding the lock, and the queue still sees a key's writes in generation order.
+//!
+//! A clear (a group flush) is a barrier across the queues: it takes a slot in every queue
+//! ([`StorageTier::reserve_clear`]) and is sent into all of them under every write lock of the
+//! group, so each queue has the writes made before the flush ahead of it and those made after
+//! behind it. Each worker stops at it; the last to arrive asks the backend to clear the group,
+//! and then all go on. Until the clear has finished, every read treats the tier as a miss.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Barrier, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::stats::{GroupStats, bump};
@@ -57,6 +63,26 @@ pub(super) enum Op {
     Put(PeerEntry),
     /// Remove the key.
     Delete,
+}
+
+/// What a queue's worker runs next.
+#[derive(Debug)]
+enum Job {
+    /// A write of one key.
+    Write(Write),
+    /// A clear of the group: a barrier across the queues (see the module docs).
+    Clear(Arc<ClearBarrier>),
+}
+
+/// One clear of the group, sent into every queue.
+#[derive(Debug)]
+struct ClearBarrier {
+    /// Every worker waits here; the leader then runs the clear.
+    arrived: Barrier,
+    /// Every worker waits here until the leader has finished the clear.
+    finished: Barrier,
+    /// Told the backend's answer.
+    done: Mutex<Option<oneshot::Sender<Result<()>>>>,
 }
 
 /// One write to the backend.
@@ -93,6 +119,8 @@ struct Pending {
     total: AtomicUsize,
     /// Woken when `total` drops to zero, for [`StorageTier::drain`].
     idle: Notify,
+    /// Clears queued or running: until they are done no key's stored entry can be trusted.
+    clearing: AtomicUsize,
 }
 
 impl Pending {
@@ -116,6 +144,21 @@ impl Pending {
                 keys.remove(key);
             }
         }
+        drop(keys);
+        self.one_less();
+    }
+
+    fn add_clear(&self) {
+        self.clearing.fetch_add(1, Ordering::SeqCst);
+        self.total.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn clear_done(&self) {
+        self.clearing.fetch_sub(1, Ordering::SeqCst);
+        self.one_less();
+    }
+
+    fn one_less(&self) {
         if self.total.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();
         }
@@ -135,7 +178,7 @@ pub(super) struct StorageTier {
     /// The group's counters (storage errors are counted by the workers).
     stats: Arc<GroupStats>,
     /// The queues, started on the first write (which runs inside the tokio runtime).
-    shards: OnceLock<Vec<mpsc::Sender<Write>>>,
+    shards: OnceLock<Vec<mpsc::Sender<Job>>>,
     /// Writes not yet done, shared with the workers.
     pending: Arc<Pending>,
     /// Bytes (keys and values) the queued and running writes may hold, all queues together:
@@ -158,7 +201,7 @@ impl std::fmt::Debug for StorageTier {
 /// Room for one write in a key's queue, taken before the key's write lock.
 pub(super) struct Slot<'a> {
     /// The reserved place in the queue.
-    permit: mpsc::Permit<'a, Write>,
+    permit: mpsc::Permit<'a, Job>,
     /// Where the write is recorded as pending.
     pending: &'a Pending,
     /// The write's bytes in the tier's budget.
@@ -180,12 +223,40 @@ impl Slot<'_> {
 
     fn send_inner(self, key: &str, op: Op, done: Option<oneshot::Sender<Result<()>>>) {
         self.pending.add(key, &op);
-        self.permit.send(Write {
+        self.permit.send(Job::Write(Write {
             key: key.to_owned(),
             op,
             done,
             _bytes: self.bytes,
+        }));
+    }
+}
+
+/// Room for a clear in every queue, taken before the group's write locks.
+pub(super) struct ClearSlots<'a> {
+    /// One reserved place per queue.
+    permits: Vec<mpsc::Permit<'a, Job>>,
+    /// Where the clear is recorded as pending.
+    pending: &'a Pending,
+}
+
+impl ClearSlots<'_> {
+    /// Queues the clear behind every write queued so far (call it under all of the group's
+    /// write locks) and returns the backend's answer to come. From now until it is done, reads
+    /// skip the tier.
+    pub(super) fn send(self) -> Ack {
+        let (done, ack) = oneshot::channel();
+        let queues = self.permits.len();
+        let barrier = Arc::new(ClearBarrier {
+            arrived: Barrier::new(queues),
+            finished: Barrier::new(queues),
+            done: Mutex::new(Some(done)),
         });
+        self.pending.add_clear();
+        for permit in self.permits {
+            permit.send(Job::Clear(barrier.clone()));
+        }
+        ack
     }
 }
 
@@ -237,7 +308,7 @@ impl StorageTier {
     /// Whether a write to `key` is queued or running: what the backend holds for it may be
     /// about to change, so a read must not trust it.
     pub(super) fn is_pending(&self, key: &str) -> bool {
-        self.pending.keys().contains_key(key)
+        self.pending.clearing.load(Ordering::SeqCst) > 0 || self.pending.keys().contains_key(key)
     }
 
     /// Waits for room for `op` in `key`'s queue: its bytes, then a slot (bound it with a
@@ -258,6 +329,25 @@ impl StorageTier {
             permit,
             pending: &self.pending,
             bytes,
+        })
+    }
+
+    /// Waits for a slot in every queue, for a clear (bound it with a timeout).
+    ///
+    /// # Errors
+    /// [`Error::StorageWrite`] when a queue's worker is gone (the runtime is shutting down).
+    pub(super) async fn reserve_clear(&self) -> Result<ClearSlots<'_>> {
+        let mut permits = Vec::with_capacity(SHARDS);
+        for queue in self.queues() {
+            let permit = queue
+                .reserve()
+                .await
+                .map_err(|_| Error::StorageWrite("the storage tier has stopped".into()))?;
+            permits.push(permit);
+        }
+        Ok(ClearSlots {
+            permits,
+            pending: &self.pending,
         })
     }
 
@@ -321,8 +411,15 @@ impl StorageTier {
     }
 
     /// The queue of `key`, starting the workers on first use.
-    fn queue(&self, key: &str) -> &mpsc::Sender<Write> {
-        let shards = self.shards.get_or_init(|| {
+    fn queue(&self, key: &str) -> &mpsc::Sender<Job> {
+        let shards = self.queues();
+        let shard = (xxh3_64(key.as_bytes()) % SHARDS as u64) as usize;
+        &shards[shard]
+    }
+
+    /// Every queue, starting the workers on first use.
+    fn queues(&self) -> &[mpsc::Sender<Job>] {
+        self.shards.get_or_init(|| {
             (0..SHARDS)
                 .map(|_| {
                     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -336,21 +433,47 @@ impl StorageTier {
                     tx
                 })
                 .collect()
-        });
-        let shard = (xxh3_64(key.as_bytes()) % SHARDS as u64) as usize;
-        &shards[shard]
+        })
     }
 }
 
-/// Runs one queue's writes in order until the group (every sender) is dropped.
+/// Runs one queue's jobs in order until the group (every sender) is dropped.
 async fn worker(
-    mut writes: mpsc::Receiver<Write>,
+    mut jobs: mpsc::Receiver<Job>,
     backend: Arc<dyn Storage>,
     group: Arc<str>,
     stats: Arc<GroupStats>,
     pending: Arc<Pending>,
 ) {
-    while let Some(write) = writes.recv().await {
+    while let Some(job) = jobs.recv().await {
+        let write = match job {
+            Job::Write(write) => write,
+            Job::Clear(clear) => {
+                if clear.arrived.wait().await.is_leader() {
+                    let result = backend.clear(&group).await;
+                    match &result {
+                        Ok(()) => {
+                            tracing::info!(%group, storage = backend.name(), "storage tier cleared")
+                        }
+                        Err(e) => {
+                            bump(&stats.storage_errors);
+                            tracing::warn!(%group, storage = backend.name(), error = %e, "storage clear failed; the tier keeps its entries");
+                        }
+                    }
+                    pending.clear_done();
+                    let done = clear
+                        .done
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    if let Some(done) = done {
+                        let _ = done.send(result);
+                    }
+                }
+                clear.finished.wait().await;
+                continue;
+            }
+        };
         let (result, what) = match write.op {
             Op::Put(entry) => (backend.put(&group, &write.key, entry).await, "put"),
             Op::Delete => (backend.delete(&group, &write.key).await, "delete"),

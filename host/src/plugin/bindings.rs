@@ -1,4 +1,4 @@
-//! The one `bindgen!` site of the host: Rust bindings for the three plugin worlds of
+//! The one `bindgen!` site of the host: Rust bindings for the plugin worlds of
 //! `wit/geecache.wit`, with async exports (calls run on the caller's task, see `plugin`). The storage and compressor worlds reuse the getter world's bindings for
 //! the shared interfaces (`types`, `log`, `config`), so the host implements each import once.
 
@@ -19,8 +19,25 @@ pub mod getter {
     });
 }
 
-/// Bindings for `world storage-plugin`.
+/// Bindings for `world storage-plugin-basic`: what every storage plugin exports.
 pub mod storage {
+    wasmtime::component::bindgen!({
+        world: "storage-plugin-basic",
+        path: "../wit",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "geecache:plugin/types": super::getter::geecache::plugin::types,
+            "geecache:plugin/log": super::getter::geecache::plugin::log,
+            "geecache:plugin/config": super::getter::geecache::plugin::config,
+        },
+    });
+}
+
+/// Bindings for `world storage-plugin`, for its `storage-clear` export only: a storage
+/// plugin built before that interface existed lacks it, so the host looks it up on its own
+/// (see `plugin::storage`).
+pub mod storage_clear {
     wasmtime::component::bindgen!({
         world: "storage-plugin",
         path: "../wit",
@@ -30,6 +47,7 @@ pub mod storage {
             "geecache:plugin/types": super::getter::geecache::plugin::types,
             "geecache:plugin/log": super::getter::geecache::plugin::log,
             "geecache:plugin/config": super::getter::geecache::plugin::config,
+            "geecache:plugin/storage": super::storage::exports::geecache::plugin::storage,
         },
     });
 }

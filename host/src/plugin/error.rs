@@ -60,6 +60,18 @@ pub enum PluginError {
         message: String,
     },
 
+    /// The plugin lacks an optional export the call needs (it was built against an older
+    /// `wit/geecache.wit`).
+    #[error("plugin {plugin} cannot {what}: {message}")]
+    Unsupported {
+        /// The plugin's reported name.
+        plugin: String,
+        /// What was asked, e.g. `clear a group`.
+        what: &'static str,
+        /// What it lacks and the fix.
+        message: String,
+    },
+
     /// The call could not even start (instantiation failed, the runtime is shutting down).
     #[error("plugin {plugin} is unavailable: {message}")]
     Unavailable {
@@ -79,6 +91,7 @@ impl PluginError {
             PluginError::Timeout { .. } => "plugin_timeout",
             PluginError::MemoryLimit { .. } => "plugin_memory_limit",
             PluginError::Reported { .. } => "plugin_error",
+            PluginError::Unsupported { .. } => "plugin_unsupported",
             PluginError::Unavailable { .. } => "plugin_unavailable",
         }
     }

@@ -104,6 +104,11 @@ impl Storage for Reloadable<WasmStorage> {
         let version = self.current();
         Box::pin(async move { Ok(version.delete(group, key).await?) })
     }
+
+    fn clear<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<()>> {
+        let version = self.current();
+        Box::pin(async move { Ok(version.clear(group).await?) })
+    }
 }
 
 /// A reloadable codec. A new version must decode what the old one wrote: a value that does not

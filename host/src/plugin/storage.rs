@@ -4,18 +4,75 @@ use bytes::Bytes;
 
 use crate::group::PeerEntry;
 
-use super::bindings::storage::exports::geecache::plugin::storage::Entry;
-use super::bindings::storage::{StoragePlugin, StoragePluginPre};
+use super::bindings::storage::exports::geecache::plugin::storage::{Entry, Guest};
+use super::bindings::storage::{StoragePluginBasic, StoragePluginBasicIndices};
+use super::bindings::storage_clear::exports::geecache::plugin::storage_clear;
+use super::host::HostState;
 use super::{PluginError, plugin_kind};
 
 plugin_kind!(
     /// A wasm storage backend: each call runs on a warm (or new) instance under the runtime's
     /// limits.
     WasmStorage,
-    StoragePluginPre<super::host::HostState>,
-    StoragePlugin,
+    StoragePre,
+    StorageInstance,
     geecache_plugin_storage
 );
+
+/// A pre-linked storage component: its `storage` export, and its `storage-clear` export when
+/// it has one (a plugin built before that interface existed has not; it still loads).
+#[derive(Clone)]
+pub struct StoragePre {
+    pre: wasmtime::component::InstancePre<HostState>,
+    storage: StoragePluginBasicIndices,
+    clear: Option<storage_clear::GuestIndices>,
+}
+
+impl StoragePre {
+    /// Finds the exports.
+    ///
+    /// # Errors
+    /// When the component does not export `storage`.
+    pub fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Self> {
+        let storage = StoragePluginBasicIndices::new(&pre)?;
+        let clear = storage_clear::GuestIndices::new(&pre).ok();
+        Ok(StoragePre {
+            pre,
+            storage,
+            clear,
+        })
+    }
+
+    /// A new instance in `store`; its exports are type-checked here, `storage-clear`'s too.
+    ///
+    /// # Errors
+    /// When instantiation fails or an export has the wrong type.
+    pub async fn instantiate_async(
+        &self,
+        mut store: impl wasmtime::AsContextMut<Data = HostState>,
+    ) -> wasmtime::Result<StorageInstance> {
+        let mut store = store.as_context_mut();
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        let storage = self.storage.load(&mut store, &instance)?;
+        let clear = match &self.clear {
+            Some(clear) => Some(clear.load(&mut store, &instance)?),
+            None => None,
+        };
+        Ok(StorageInstance { storage, clear })
+    }
+}
+
+/// One instance of a storage component.
+pub struct StorageInstance {
+    storage: StoragePluginBasic,
+    clear: Option<storage_clear::Guest>,
+}
+
+impl StorageInstance {
+    fn geecache_plugin_storage(&self) -> &Guest {
+        self.storage.geecache_plugin_storage()
+    }
+}
 
 impl WasmStorage {
     /// The entry stored under `key` of `group`, if any.
@@ -72,6 +129,39 @@ impl WasmStorage {
     }
 }
 
+impl WasmStorage {
+    /// Whether this plugin exports `storage-clear`, so [`WasmStorage::clear`] can work.
+    pub fn can_clear(&self) -> bool {
+        self.pre.clear.is_some()
+    }
+
+    /// Removes every entry of `group`.
+    ///
+    /// # Errors
+    /// Any [`PluginError`] of the call; [`PluginError::Unsupported`] when the plugin has no
+    /// `storage-clear` export.
+    pub async fn clear(&self, group: &str) -> Result<(), PluginError> {
+        if !self.can_clear() {
+            return Err(PluginError::Unsupported {
+                plugin: self.core.name.clone(),
+                what: "clear a group",
+                message: "it was built without the storage-clear export; rebuild it with the \
+                          current guest-sdk (or wit/geecache.wit) to let flushes empty it"
+                    .into(),
+            });
+        }
+        let group = group.to_owned();
+        self.invoke(|mut w| async move {
+            let answer = match &w.instance.clear {
+                Some(clear) => clear.call_clear(&mut w.store, &group).await,
+                None => Err(wasmtime::format_err!("storage-clear vanished")),
+            };
+            (w, answer)
+        })
+        .await
+    }
+}
+
 /// A storage plugin is a group's storage tier: entries pass through as stored (bytes, codec
 /// tag, expiry); the group checks what comes back.
 impl crate::group::Storage for WasmStorage {
@@ -102,5 +192,12 @@ impl crate::group::Storage for WasmStorage {
         key: &'a str,
     ) -> futures::future::BoxFuture<'a, crate::error::Result<()>> {
         Box::pin(async move { Ok(WasmStorage::delete(self, group, key).await?) })
+    }
+
+    fn clear<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> futures::future::BoxFuture<'a, crate::error::Result<()>> {
+        Box::pin(async move { Ok(WasmStorage::clear(self, group).await?) })
     }
 }

@@ -101,14 +101,40 @@ impl Storage for FsStorage {
     fn delete(group: &str, key: &str) -> Result<(), Error> {
         remove(&entry_path(group, key))
     }
+
+    /// Renames the group's directory out of the way (so it is gone at once for readers), then
+    /// removes it. A removal that fails halfway leaves only the renamed directory behind,
+    /// which no read looks at; it is logged.
+    fn clear(group: &str) -> Result<(), Error> {
+        let dir = group_dir(group);
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let nonce = RandomState::new().hash_one(now_ms());
+        let trash = dir.with_file_name(format!(".{name}.{nonce:016x}.cleared"));
+        match fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(io_error("rename", &dir, &err)),
+        }
+        if let Err(err) = fs::remove_dir_all(&trash) {
+            log::warn(&format!(
+                "cleared group directory {} but could not remove it: {err}",
+                trash.display()
+            ));
+        }
+        log::debug(&format!("cleared {}", dir.display()));
+        Ok(())
+    }
 }
 
 /// Where the entry for `key` of `group` lives.
 fn entry_path(group: &str, key: &str) -> PathBuf {
+    group_dir(group).join(file_name(key.as_bytes()))
+}
+
+/// The directory of `group`'s entries.
+fn group_dir(group: &str) -> PathBuf {
     let dir = config::get("dir").unwrap_or_else(|| DEFAULT_DIR.to_owned());
-    [dir, file_name(group.as_bytes()), file_name(key.as_bytes())]
-        .iter()
-        .collect()
+    Path::new(&dir).join(file_name(group.as_bytes()))
 }
 
 /// A safe file name for any byte string: `x<hex>` when short, `h<sha256 hex>` otherwise. The
