@@ -230,6 +230,49 @@ async fn the_binary_serves_tom_and_stops_gracefully_on_sigterm() {
     assert!(log.contains("shutting down"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sizes_the_runtime_and_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = geecache_tests::demo_db(dir.path());
+    for workers in [1, 3] {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+            .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+            .arg("--plugin-config")
+            .arg(format!("db_getter.database={}", db.display()))
+            .arg("--compile-cache-dir")
+            .arg(geecache_tests::compile_cache_dir())
+            .args(["--worker-threads", &workers.to_string(), "--log-json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        assert!(wait_healthy(&format!("{base}/healthz"), Duration::from_secs(60)).await);
+        let body = reqwest::get(format!("{base}/api?key=Tom")).await.unwrap();
+        assert_eq!(body.text().await.unwrap(), "630");
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        let listening = log
+            .lines()
+            .find(|l| l.contains("listening"))
+            .unwrap_or_default();
+        assert!(
+            listening.contains(&format!("\"workers\":{workers}")),
+            "{listening}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", plugins::DB_GETTER, "--port", "0"])
+        .args(["--worker-threads", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--worker-threads must be at least 1"), "{err}");
+}
+
 #[test]
 fn a_missing_plugin_file_is_a_clear_cli_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_geecache-node"))

@@ -369,6 +369,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
 
+    /// Threads of the async runtime that serves requests and runs plugin calls. Fewer than
+    /// the cores suits a machine shared with other busy processes (other nodes, a load
+    /// generator): its workers then wake each other less [default: the cores available].
+    #[arg(long, value_name = "N", env = "GEECACHE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Bytes (keys and values) each group's storage tier may hold in writes queued for its
     /// backend; past it, a load's write-through is dropped (counted) and a client's PUT or
     /// DELETE waits for room within --request-timeout [default: 64MiB].
@@ -506,6 +512,8 @@ pub struct Settings {
     /// How long a stopping node serves as "not ready" before it stops accepting (so load
     /// balancers that poll `/readyz` stop sending first).
     pub shutdown_grace: Duration,
+    /// Worker threads of the async runtime; `None`: tokio's default (the cores available).
+    pub worker_threads: Option<usize>,
 }
 
 /// How a node takes part in a cluster.
@@ -973,6 +981,10 @@ impl Cli {
                     .unwrap_or(defaults::SHUTDOWN_GRACE),
             )
             .map_err(|e| format!("--shutdown-grace: {e}"))?,
+            worker_threads: match self.worker_threads {
+                Some(0) => return Err("--worker-threads must be at least 1".into()),
+                n => n,
+            },
         })
     }
 

@@ -416,10 +416,11 @@ pub fn main() -> ExitCode {
     };
     // Held to the end of main: dropping it flushes the spans still buffered for OTLP.
     let _telemetry = crate::telemetry::init(settings.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.worker_threads {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("geecache-host: cannot start the async runtime: {e}");
@@ -467,7 +468,8 @@ pub fn main() -> ExitCode {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let groups: Vec<String> = node.state.groups().iter().map(|g| g.name().to_string()).collect();
         tokio::spawn(on_sighup(node.state.plugins().clone(), node.tls.clone()));
-        tracing::info!(%addr, ?groups, "geecache-host listening; try: curl \"http://{addr}/api?key=Tom\"");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(%addr, ?groups, workers, "geecache-host listening; try: curl \"http://{addr}/api?key=Tom\"");
         match run(listener, node, shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
