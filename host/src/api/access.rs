@@ -1,7 +1,7 @@
 //! Who may call the API: an optional client token (`--api-token`), sent as
 //! `Authorization: Bearer <token>`.
 //!
-//! With a token configured, writes (`PUT`, `DELETE`, a plugin reload) need it; reads (the GETs, the batch get,
+//! With a token configured, writes (`PUT`, `DELETE`, a group flush, a plugin reload) need it; reads (the GETs, the batch get,
 //! `/api/v1/stats`, `/api/v1/cluster`, `/metrics`) need it too when `--api-token-reads` is set.
 //! `/healthz` and `/readyz` stay open for probes, and the peer routes have their own
 //! authentication (the cluster secret). A request without the right token gets 401, code
@@ -161,6 +161,8 @@ mod tests {
         assert!(!writes.requires_token(&Method::GET, k));
         assert!(!writes.requires_token(&Method::POST, "/api/v1/groups/g/batch"));
         assert!(writes.requires_token(&Method::POST, "/api/v1/plugins/p/reload"));
+        assert!(writes.requires_token(&Method::POST, "/api/v1/groups/g/flush"));
+        assert!(writes.requires_token(&Method::POST, "/api/v1/groups/batch/flush"));
         assert!(!writes.requires_token(&Method::GET, "/api/v1/plugins"));
         assert!(all.requires_token(&Method::GET, "/metrics"));
         assert!(all.requires_token(&Method::POST, "/api/v1/groups/g/batch"));

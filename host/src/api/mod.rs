@@ -13,6 +13,7 @@
 //! |---|---|
 //! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204; `ttl` ≤ [`MAX_TTL`] |
 //! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
+//! | `POST /api/v1/groups/{group}/flush[?cluster=true]` | drops every value of the group this node (or every ring member) holds, in memory and in its storage tier (see [`flush`]) |
 //! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}`: each distinct key once, within `--max-batch-bytes` (see [`crate::batch`]) |
 //! | `GET /api/v1/cluster` | this node's address, registration state and ring members |
 //! | `GET /api/v1/stats` | JSON counters per group and per plugin, ring size, registration state |
@@ -68,6 +69,7 @@ pub use crate::telemetry::Stats;
 use crate::telemetry::{ClusterStats, Metrics};
 
 mod access;
+mod flush;
 mod plugins;
 mod serve;
 mod shortcut;
@@ -785,6 +787,7 @@ pub fn router(state: AppState) -> Router {
             get(rest_get).put(rest_put).delete(rest_delete),
         )
         .route("/api/v1/groups/{group}/batch", post(batch_get))
+        .route("/api/v1/groups/{group}/flush", post(flush::flush))
         .route("/api/v1/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/api/v1/cluster", get(cluster))
@@ -813,6 +816,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{}{{name}}/{{op}}", plugins::PEER_PREFIX),
             post(plugins::peer_op),
+        )
+        .route(
+            &format!("{}{{group}}", flush::FLUSH_PREFIX),
+            post(flush::peer_flush),
         )
         .with_state(state.clone());
     let (mut peer_routes, mut rollout) = (peer_routes, rollout);

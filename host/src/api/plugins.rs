@@ -275,8 +275,9 @@ fn error_value(e: &Error) -> serde_json::Value {
     serde_json::json!({ "code": e.code(), "message": e.public_message() })
 }
 
-/// Sends one phase's request to the member at `addr`; its JSON answer, or the error it gave.
-async fn ask(
+/// Sends one admin request (a rollout's phase, a flush) to the member at `addr`, signed;
+/// its JSON answer, or the error it gave.
+pub(super) async fn ask(
     state: &AppState,
     addr: &str,
     path: &str,
@@ -448,31 +449,8 @@ async fn peer_op_inner(
     req: Request,
 ) -> Result<serde_json::Value, Response> {
     let fail = |e: Error| ApiError(e).into_response();
-    let Some(auth) = &state.inner.peer_auth else {
-        return Err(fail(Error::Forbidden(
-            "this node has no --cluster-secret: it takes no plugin rollout".into(),
-        )));
-    };
-    let (parts, body) = req.into_parts();
-    let verified =
-        crate::peer::verify_signed(auth, &parts.method, &parts.uri, &parts.headers).map_err(|e| {
-            tracing::warn!(error = %e, "refused an unsigned or badly signed plugin rollout request");
-            let mut response = error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string());
-            if matches!(e, crate::peer::auth::AuthError::BeforeStart) {
-                response.headers_mut().insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from_static("1"),
-                );
-            }
-            response
-        })?;
     let limit = state.inner.options.max_plugin_bytes;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| fail(Error::BodyTooLarge { limit }))?;
-    verified
-        .check_body(&body)
-        .map_err(|e| error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+    let (parts, body) = verified_admin_request(state, req, limit, "plugin rollout").await?;
     let query: PeerQuery = serde_urlencoded_query(parts.uri.query()).map_err(fail)?;
     let plugins = state.plugins();
     match op {
@@ -495,6 +473,45 @@ async fn peer_op_inner(
             "no rollout operation {other:?}; expected stage, commit or abort"
         )))),
     }
+}
+
+/// An admin request from another node (a rollout's phase, a cluster flush): its parts and
+/// body, once its signature with the cluster secret checked out (before the body is read,
+/// and then over the body, at most `limit` bytes). Otherwise the error answer: 403 without
+/// `--cluster-secret`, 401 for a bad signature (with `Retry-After` when it is from before this
+/// node started), 413 for a body past `limit`.
+pub(super) async fn verified_admin_request(
+    state: &AppState,
+    req: Request,
+    limit: usize,
+    what: &str,
+) -> Result<(axum::http::request::Parts, Bytes), Response> {
+    let fail = |e: Error| ApiError(e).into_response();
+    let Some(auth) = &state.inner.peer_auth else {
+        return Err(fail(Error::Forbidden(format!(
+            "this node has no --cluster-secret: it takes no {what} from other nodes"
+        ))));
+    };
+    let (parts, body) = req.into_parts();
+    let verified = crate::peer::verify_signed(auth, &parts.method, &parts.uri, &parts.headers)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "refused an unsigned or badly signed {what} request");
+            let mut response = error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string());
+            if matches!(e, crate::peer::auth::AuthError::BeforeStart) {
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            response
+        })?;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| fail(Error::BodyTooLarge { limit }))?;
+    verified
+        .check_body(&body)
+        .map_err(|e| error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+    Ok((parts, body))
 }
 
 /// The rollout query of a peer request.

@@ -1485,6 +1485,11 @@ impl Group {
         answer
     }
 
+    /// The name of the storage backend of this group's storage tier, if it has one.
+    pub fn storage_name(&self) -> Option<&str> {
+        self.core.storage.as_ref().map(|tier| tier.backend().name())
+    }
+
     /// The name of the getter that loads this group's misses.
     pub fn getter_name(&self) -> &str {
         self.core.getter.name()

@@ -1,0 +1,197 @@
+//! Flushing a group: `POST /api/v1/groups/{group}/flush[?cluster=true]`, a write (it needs
+//! the API token when one is set).
+//!
+//! On this node, a flush drops every value the group holds: main and hot cache, and the
+//! entries of its storage tier (see [`Group::flush`]). Answer: 200
+//! `{"group", "node", "storage": "cleared" | "none"}` (`none`: the group has no storage tier).
+//! When the storage tier could not be cleared (a storage plugin built without
+//! `storage-clear`, a failing backend), memory is flushed all the same and the answer is the
+//! error, e.g. 503 `plugin_unsupported`, whose message says so.
+//!
+//! A flush on one node of a cluster leaves the copies the other nodes hold (each owns part of
+//! the keys and keeps hot copies of others). With `?cluster=true`, every ring member flushes:
+//! this node sends each a request signed with the cluster secret (like a plugin rollout's, so
+//! it needs `--cluster-secret`) to `{FLUSH_PREFIX}{group}`. Answer:
+//! `{"group", "complete", "nodes": [{"node", "ok", "answer" or "error"}]}`, 200 when every
+//! node flushed, 502 otherwise (flushing again is harmless).
+//!
+//! [`Group::flush`]: crate::group::Group::flush
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::plugins::{ask, verified_admin_request};
+use super::{ApiError, AppState, error_response};
+use crate::error::Error;
+use crate::group::Group;
+
+/// Where the cluster flush's requests between nodes go: `{FLUSH_PREFIX}{group}`. Outside
+/// `/_geecache/`, so the peer protocol's routing and limits do not apply.
+pub(crate) const FLUSH_PREFIX: &str = "/_geecache_admin/flush/";
+
+/// How long a node may take to flush, on top of its storage clear (which waits up to the
+/// group's request timeout).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Query of `POST /api/v1/groups/{group}/flush`.
+#[derive(Debug, Deserialize)]
+pub(super) struct FlushQuery {
+    /// Flush on every ring member.
+    #[serde(default)]
+    cluster: bool,
+}
+
+/// One node's part in a cluster flush.
+#[derive(Debug, Serialize)]
+struct NodeFlush {
+    /// The node's address.
+    node: String,
+    /// Whether it flushed memory and storage.
+    ok: bool,
+    /// Its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<serde_json::Value>,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+/// Why a node's flush did not clear the storage tier: the status and the error's JSON
+/// (`{"code", "message"}`).
+type NotCleared = (StatusCode, serde_json::Value);
+
+/// Flushes `group` on this node: its answer, or the error (memory is flushed either way).
+async fn flush_here(state: &AppState, group: &Group) -> Result<serde_json::Value, NotCleared> {
+    let node = state.inner.cluster.self_addr().to_string();
+    match group.flush().await {
+        Ok(()) => {
+            tracing::info!(group = %group.name(), "group flushed");
+            let storage = if group.storage_name().is_some() {
+                "cleared"
+            } else {
+                "none"
+            };
+            Ok(serde_json::json!({ "group": group.name(), "node": node, "storage": storage }))
+        }
+        Err(e) => {
+            tracing::warn!(group = %group.name(), error = %e, "group flushed, but its storage tier keeps its entries");
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let message = format!(
+                "the group's memory was flushed, but its storage tier keeps its entries: {}",
+                e.public_message()
+            );
+            Err((
+                status,
+                serde_json::json!({ "code": e.code(), "message": message }),
+            ))
+        }
+    }
+}
+
+/// The HTTP answer of a flush on this node.
+fn answer_of(flushed: Result<serde_json::Value, NotCleared>) -> Response {
+    match flushed {
+        Ok(answer) => Json(answer).into_response(),
+        Err((status, error)) => {
+            let text = |k: &str| error[k].as_str().unwrap_or_default().to_owned();
+            error_response(status, &text("code"), text("message"))
+        }
+    }
+}
+
+/// `POST /api/v1/groups/{group}/flush[?cluster=true]`.
+pub(super) async fn flush(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<FlushQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let group = state.groups().get(&name)?.clone();
+    if !query.cluster {
+        return Ok(answer_of(flush_here(&state, &group).await));
+    }
+    let cluster = state.inner.cluster.clone();
+    if !cluster.is_signed() || state.inner.peer_auth.is_none() {
+        return Err(Error::Forbidden(
+            "a cluster flush needs --cluster-secret: nodes take admin requests from other \
+             nodes only when signed"
+                .into(),
+        )
+        .into());
+    }
+    let self_addr = cluster.self_addr().to_string();
+    let peers: Vec<String> = cluster
+        .ring_members()
+        .into_iter()
+        .filter(|a| *a != self_addr)
+        .collect();
+    let path = format!("{FLUSH_PREFIX}{}", percent_encode(&name));
+    let timeout = FLUSH_TIMEOUT.saturating_add(group.options().load_timeout);
+    let local = async { flush_here(&state, &group).await.map_err(|(_, error)| error) };
+    let remote = futures::future::join_all(
+        peers
+            .iter()
+            .map(|p| ask(&state, p, &path, Bytes::new(), timeout)),
+    );
+    let (local, remote) = tokio::join!(local, remote);
+    let mut nodes = vec![node_flush(&self_addr, local)];
+    nodes.extend(peers.iter().zip(remote).map(|(p, r)| node_flush(p, r)));
+    let complete = nodes.iter().all(|n| n.ok);
+    tracing::info!(group = %name, complete, nodes = nodes.len(), "cluster flush");
+    let status = if complete {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let body = serde_json::json!({ "group": name, "complete": complete, "nodes": nodes });
+    Ok((status, Json(body)).into_response())
+}
+
+fn node_flush(node: &str, answer: Result<serde_json::Value, serde_json::Value>) -> NodeFlush {
+    let ok = answer.is_ok();
+    let (answer, error) = match answer {
+        Ok(answer) => (Some(answer), None),
+        Err(error) => (None, Some(error)),
+    };
+    NodeFlush {
+        node: node.to_string(),
+        ok,
+        answer,
+        error,
+    }
+}
+
+/// A group name as one path segment.
+fn percent_encode(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `POST {FLUSH_PREFIX}{group}`: this node's part of a cluster flush, asked by another node.
+/// Signed with the cluster secret (checked before anything is done).
+pub(super) async fn peer_flush(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    if let Err(response) = verified_admin_request(&state, req, 0, "cluster flush").await {
+        return response;
+    }
+    let group = match path {
+        Ok(Path(name)) => state.groups().get(&name).cloned(),
+        Err(e) => Err(Error::BadRequest(e.body_text())),
+    };
+    let group = match group {
+        Ok(group) => group,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    answer_of(flush_here(&state, &group).await)
+}

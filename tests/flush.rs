@@ -1,0 +1,178 @@
+//! `POST /api/v1/groups/{group}/flush`: real nodes on 127.0.0.1, the real `db_getter` over
+//! SQLite, the real `fs_storage` (and `storage_basic`, a storage plugin without
+//! `storage-clear`), a real static cluster signing its admin requests.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use geecache_tests::{TestNode, plugins};
+
+/// `POST {base}{path}`: status and JSON answer.
+async fn post(node: &TestNode, path: &str) -> (u16, serde_json::Value) {
+    let r = node
+        .client
+        .post(format!("{}{path}", node.base))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// Entry files `fs_storage` keeps under `dir`, all groups.
+fn stored_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|group| std::fs::read_dir(group.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_drops_memory_and_storage_and_the_next_get_loads_again() {
+    let stored = tempfile::tempdir().unwrap();
+    let grant = format!("fs_storage={}:rw", stored.path().display());
+    let node =
+        TestNode::with_db_getter(&["--plugin", plugins::FS_STORAGE, "--plugin-dir", &grant]).await;
+    assert_eq!(node.get("/api?key=Tom").await.1, b"630");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_files(stored.path()) == 0 {
+        assert!(Instant::now() < deadline, "Tom never reached fs_storage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (status, body) = post(&node, "/api/v1/groups/scores/flush").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["group"], "scores");
+    assert_eq!(body["storage"], "cleared", "{body}");
+    assert_eq!(stored_files(stored.path()), 0, "the group's files are gone");
+    // Not in memory, not in storage: the getter is asked again.
+    assert_eq!(node.get("/api?key=Tom").await.1, b"630");
+    let stats = node.group_stats("scores").await;
+    assert_eq!(stats["getter_calls"], 2, "{stats}");
+    assert_eq!(stats["storage_hits"], 0, "{stats}");
+
+    // Bad requests get clear errors.
+    let (status, body) = post(&node, "/api/v1/groups/nope/flush").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("group_not_found"))
+    );
+    let r = node
+        .client
+        .get(format!("{}/api/v1/groups/scores/flush", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    // A whole-cluster flush needs the cluster secret (its requests are signed).
+    let (status, body) = post(&node, "/api/v1/groups/scores/flush?cluster=true").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--cluster-secret")
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_says_when_the_storage_plugin_cannot_clear_and_needs_the_token() {
+    let node =
+        TestNode::with_db_getter(&["--plugin", plugins::STORAGE_BASIC, "--api-token", "s3cret"])
+            .await;
+    assert_eq!(node.get("/api?key=Tom").await.1, b"630");
+    let (status, _) = post(&node, "/api/v1/groups/scores/flush").await;
+    assert_eq!(status, 401, "a flush is a write");
+
+    let r = node
+        .client
+        .post(format!("{}/api/v1/groups/scores/flush", node.base))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "plugin_unsupported", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("memory was flushed") && message.contains("storage-clear"),
+        "{message}"
+    );
+    node.stop().await;
+}
+
+/// Getter calls of group `scores`, all nodes together.
+async fn getter_calls(nodes: &[TestNode]) -> u64 {
+    let mut calls = 0;
+    for n in nodes {
+        calls += n.group_stats("scores").await["getter_calls"]
+            .as_u64()
+            .unwrap();
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_flush_reaches_every_node() {
+    let nodes = TestNode::cluster(
+        3,
+        &[
+            "--plugin",
+            plugins::DB_GETTER,
+            "--plugin-config",
+            "db_getter.database={db}",
+            "--cluster-secret",
+            "flush-secret",
+        ],
+    )
+    .await;
+    let keys: Vec<String> = (1..=30).map(|i| format!("user{i:06}")).collect();
+    let read_all = |via: &TestNode| {
+        let (client, base, keys) = (via.client.clone(), via.base.clone(), keys.clone());
+        async move {
+            for key in &keys {
+                let r = client
+                    .get(format!("{base}/api?key={key}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200, "{key}");
+            }
+        }
+    };
+    read_all(&nodes[0]).await;
+    assert_eq!(
+        getter_calls(&nodes).await,
+        30,
+        "each key loaded once, by its owner"
+    );
+
+    // A flush of one node leaves what the others own.
+    let (status, body) = post(&nodes[0], "/api/v1/groups/scores/flush").await;
+    assert_eq!(
+        (status, &body["storage"]),
+        (200, &serde_json::json!("none")),
+        "{body}"
+    );
+    let (status, body) = post(&nodes[0], "/api/v1/groups/scores/flush?cluster=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true, "{body}");
+    let report = body["nodes"].as_array().unwrap();
+    assert_eq!(report.len(), 3, "{body}");
+    assert!(report.iter().all(|n| n["ok"] == true), "{body}");
+
+    // Every owner dropped its keys: all 30 load again.
+    read_all(&nodes[1]).await;
+    assert_eq!(getter_calls(&nodes).await, 60);
+
+    // Another node's part is taken only when signed with the cluster secret.
+    let (status, _) = post(&nodes[1], "/_geecache_admin/flush/scores").await;
+    assert_eq!(status, 401);
+    for n in nodes {
+        n.stop().await;
+    }
+}
