@@ -96,10 +96,12 @@ async fn a_flush_says_when_the_storage_plugin_cannot_clear_and_needs_the_token()
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "plugin_unsupported", "{body}");
+    assert_eq!(body["error"]["code"], "storage_not_cleared", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("memory was flushed") && message.contains("storage-clear"),
+        message.contains("memory was flushed")
+            && message.contains("storage_basic")
+            && message.contains("storage-clear"),
         "{message}"
     );
     node.stop().await;
@@ -151,12 +153,18 @@ async fn a_cluster_flush_reaches_every_node() {
         "each key loaded once, by its owner"
     );
 
-    // A flush of one node leaves what the others own.
+    // A flush of one node leaves what the others own: only its own keys load again.
     let (status, body) = post(&nodes[0], "/api/v1/groups/scores/flush").await;
     assert_eq!(
         (status, &body["storage"]),
         (200, &serde_json::json!("none")),
         "{body}"
+    );
+    read_all(&nodes[0]).await;
+    let after_local = getter_calls(&nodes).await;
+    assert!(
+        (31..60).contains(&after_local),
+        "{after_local} getter calls: node 0's keys only"
     );
     let (status, body) = post(&nodes[0], "/api/v1/groups/scores/flush?cluster=true").await;
     assert_eq!(status, 200, "{body}");
@@ -167,7 +175,7 @@ async fn a_cluster_flush_reaches_every_node() {
 
     // Every owner dropped its keys: all 30 load again.
     read_all(&nodes[1]).await;
-    assert_eq!(getter_calls(&nodes).await, 60);
+    assert_eq!(getter_calls(&nodes).await, after_local + 30);
 
     // Another node's part is taken only when signed with the cluster secret.
     let (status, _) = post(&nodes[1], "/_geecache_admin/flush/scores").await;

@@ -537,7 +537,7 @@ async fn a_storage_plugin_without_storage_clear_loads_and_a_flush_says_it_kept_i
     );
     let left = &body["storage_not_cleared"];
     assert_eq!(left[0]["group"], "scores", "{body}");
-    let why = left[0]["error"].as_str().unwrap();
+    let why = left[0]["error"]["message"].as_str().unwrap();
     assert!(
         why.contains("storage_basic") && why.contains("storage-clear"),
         "says which plugin and what it lacks: {why}"

@@ -96,12 +96,12 @@
 //!
 //! use geecache_guest_sdk::{export_storage, log, Entry, Error, Storage};
 //!
-//! /// Keeps each value in `/data/<group>-<key>`; a real backend encodes the names safely and
+//! /// Keeps each value in `/data/<group>/<key>`; a real backend encodes the names safely and
 //! /// also stores `codec` and `expires_at_ms` (see `plugins/fs_storage`).
 //! struct Files;
 //!
 //! fn path(group: &str, key: &str) -> String {
-//!     format!("/data/{group}-{key}")
+//!     format!("/data/{group}/{key}")
 //! }
 //!
 //! fn io_error(err: std::io::Error) -> Error {
@@ -121,6 +121,7 @@
 //!
 //!     fn put(group: &str, key: &str, entry: Entry) -> Result<(), Error> {
 //!         log::debug(&format!("storing {} bytes", entry.value.len()));
+//!         fs::create_dir_all(format!("/data/{group}")).map_err(io_error)?;
 //!         fs::write(path(group, key), &entry.value).map_err(io_error)
 //!     }
 //!
@@ -132,14 +133,10 @@
 //!     }
 //!
 //!     fn clear(group: &str) -> Result<(), Error> {
-//!         let prefix = format!("{group}-");
-//!         for file in fs::read_dir("/data").map_err(io_error)? {
-//!             let file = file.map_err(io_error)?;
-//!             if file.file_name().to_string_lossy().starts_with(&prefix) {
-//!                 fs::remove_file(file.path()).map_err(io_error)?;
-//!             }
+//!         match fs::remove_dir_all(format!("/data/{group}")) {
+//!             Err(err) if err.kind() != ErrorKind::NotFound => Err(io_error(err)),
+//!             _ => Ok(()),
 //!         }
-//!         Ok(())
 //!     }
 //! }
 //!

@@ -98,6 +98,19 @@ pub enum Error {
     #[error("the storage tier did not take the write: {0}")]
     StorageWrite(String),
 
+    /// A flush emptied the group's memory but not its storage tier: the backend cannot clear
+    /// (a storage plugin built without `storage-clear`) or failed.
+    #[error("the storage tier was not cleared: {0}")]
+    StorageNotCleared(String),
+
+    /// A flush emptied the group's memory, and its storage tier's clear had not finished
+    /// within the request timeout; it goes on, in order with the tier's writes.
+    #[error(
+        "the storage tier's clear had not finished after {0:?} (--request-timeout); it goes \
+         on, in order, and reads skip the tier until it is done"
+    )]
+    StorageClearPending(Duration),
+
     /// The whole request took longer than the request timeout.
     #[error("request timed out after {0:?} (--request-timeout)")]
     Timeout(Duration),
@@ -132,6 +145,8 @@ impl Error {
             Error::Peer(p) => p.client_code(),
             Error::LoaderPanicked(_) => "loader_panicked",
             Error::StorageWrite(_) => "storage_unavailable",
+            Error::StorageNotCleared(_) => "storage_not_cleared",
+            Error::StorageClearPending(_) => "storage_clear_pending",
             Error::Timeout(_) => "timeout",
             Error::Internal(_) => "internal",
         }
@@ -164,8 +179,8 @@ impl Error {
             Error::Codec(c) => c.status(),
             Error::Peer(p) => p.status(),
             Error::LoaderPanicked(_) | Error::Internal(_) => 500,
-            Error::StorageWrite(_) => 503,
-            Error::Timeout(_) => 504,
+            Error::StorageWrite(_) | Error::StorageNotCleared(_) => 503,
+            Error::StorageClearPending(_) | Error::Timeout(_) => 504,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! `{"group", "node", "storage": "cleared" | "none"}` (`none`: the group has no storage tier).
 //! When the storage tier could not be cleared (a storage plugin built without
 //! `storage-clear`, a failing backend), memory is flushed all the same and the answer is the
-//! error, e.g. 503 `plugin_unsupported`, whose message says so.
+//! error, whose message says so: 503 `storage_not_cleared`, or 504 `storage_clear_pending`
+//! when the clear had not finished within the request timeout (it goes on).
 //!
 //! A flush on one node of a cluster leaves the copies the other nodes hold (each owns part of
 //! the keys and keeps hot copies of others). With `?cluster=true`, every ring member flushes:
@@ -15,7 +16,14 @@
 //! `{"group", "complete", "nodes": [{"node", "ok", "answer" or "error"}]}`, 200 when every
 //! node flushed, 502 otherwise (flushing again is harmless).
 //!
+//! The nodes flush at about the same time, not at once: a node that has flushed may fetch a
+//! key from its owner that has not yet, and keep that old value as a hot copy. So once every
+//! node has answered, a second pass (`?hot=true`) drops every node's hot copies again (see
+//! [`Group::flush_hot`]); by then every owner has flushed. A plugin rollout with `flush=true`
+//! ends with the same pass ([`hot_pass`]).
+//!
 //! [`Group::flush`]: crate::group::Group::flush
+//! [`Group::flush_hot`]: crate::group::Group::flush_hot
 
 use std::time::Duration;
 
@@ -39,6 +47,14 @@ pub(crate) const FLUSH_PREFIX: &str = "/_geecache_admin/flush/";
 /// How long a node may take to flush, on top of its storage clear (which waits up to the
 /// group's request timeout).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Query of `POST {FLUSH_PREFIX}{group}` (a node's part of a cluster flush).
+#[derive(Debug, Default, Deserialize)]
+struct PeerFlushQuery {
+    /// The second pass: drop hot copies only.
+    #[serde(default)]
+    hot: bool,
+}
 
 /// Query of `POST /api/v1/groups/{group}/flush`.
 #[derive(Debug, Deserialize)]
@@ -81,13 +97,10 @@ async fn flush_here(state: &AppState, group: &Group) -> Result<serde_json::Value
             Ok(serde_json::json!({ "group": group.name(), "node": node, "storage": storage }))
         }
         Err(e) => {
-            tracing::warn!(group = %group.name(), error = %e, "group flushed, but its storage tier keeps its entries");
+            tracing::warn!(group = %group.name(), error = %e, "group flushed in memory, not in its storage tier");
             let status =
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let message = format!(
-                "the group's memory was flushed, but its storage tier keeps its entries: {}",
-                e.public_message()
-            );
+            let message = format!("the group's memory was flushed, but {}", e.public_message());
             Err((
                 status,
                 serde_json::json!({ "code": e.code(), "message": message }),
@@ -145,6 +158,7 @@ pub(super) async fn flush(
     let (local, remote) = tokio::join!(local, remote);
     let mut nodes = vec![node_flush(&self_addr, local)];
     nodes.extend(peers.iter().zip(remote).map(|(p, r)| node_flush(p, r)));
+    hot_pass(&state, &[group], &peers).await;
     let complete = nodes.iter().all(|n| n.ok);
     tracing::info!(group = %name, complete, nodes = nodes.len(), "cluster flush");
     let status = if complete {
@@ -170,6 +184,27 @@ fn node_flush(node: &str, answer: Result<serde_json::Value, serde_json::Value>) 
     }
 }
 
+/// The second pass of a cluster flush of `groups`, once every node has flushed: this node and
+/// every one of `peers` drop their hot copies of them (best effort: a node that misses it keeps
+/// such a copy for at most `--hot-ttl`, as after a lost invalidation).
+pub(super) async fn hot_pass(state: &AppState, groups: &[std::sync::Arc<Group>], peers: &[String]) {
+    for group in groups {
+        group.flush_hot();
+        let path = format!("{FLUSH_PREFIX}{}?hot=true", percent_encode(group.name()));
+        let answers = futures::future::join_all(
+            peers
+                .iter()
+                .map(|p| ask(state, p, &path, Bytes::new(), FLUSH_TIMEOUT)),
+        )
+        .await;
+        for (peer, answer) in peers.iter().zip(answers) {
+            if let Err(error) = answer {
+                tracing::warn!(group = %group.name(), %peer, %error, "a node missed the hot-copy pass of a cluster flush");
+            }
+        }
+    }
+}
+
 /// A group name as one path segment.
 fn percent_encode(name: &str) -> String {
     percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -182,9 +217,14 @@ pub(super) async fn peer_flush(
     path: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
-    if let Err(response) = verified_admin_request(&state, req, 0, "cluster flush").await {
-        return response;
-    }
+    let parts = match verified_admin_request(&state, req, 0, "cluster flush").await {
+        Ok((parts, _)) => parts,
+        Err(response) => return response,
+    };
+    let hot = match Query::<PeerFlushQuery>::try_from_uri(&parts.uri) {
+        Ok(Query(q)) => q.hot,
+        Err(e) => return ApiError(Error::BadRequest(e.body_text())).into_response(),
+    };
     let group = match path {
         Ok(Path(name)) => state.groups().get(&name).cloned(),
         Err(e) => Err(Error::BadRequest(e.body_text())),
@@ -193,5 +233,10 @@ pub(super) async fn peer_flush(
         Ok(group) => group,
         Err(e) => return ApiError(e).into_response(),
     };
+    if hot {
+        group.flush_hot();
+        return Json(serde_json::json!({ "group": group.name(), "hot": "flushed" }))
+            .into_response();
+    }
     answer_of(flush_here(&state, &group).await)
 }

@@ -11,8 +11,10 @@
 //! `plugin_refused` with the reason (the old version keeps serving). `flush=true` then drops
 //! the values the groups the getter loads for hold, in memory and in their storage tier (see
 //! [`Group::flush`]); the answer names them in `flushed_groups`, and lists in
-//! `storage_not_cleared` (`{"group", "error"}`) each whose storage tier kept its entries (a
-//! storage plugin built without `storage-clear`, or one that failed).
+//! `storage_not_cleared` (`{"group", "error": {"code", "message"}}`) each whose storage tier
+//! was not cleared (a storage plugin built without `storage-clear`, one that failed, or one
+//! still clearing at the request timeout). After a cluster rollout with `flush=true`, every
+//! node drops those groups' hot copies once more (see `flush::hot_pass`).
 //!
 //! `cluster=true` rolls the version out to every ring member in two phases, over signed
 //! requests to [`PEER_PREFIX`] (so it needs `--cluster-secret`): first every node (this one
@@ -145,7 +147,7 @@ pub(super) async fn show(
 pub(super) struct ReloadQuery {
     /// Read the new version from this file (on this node).
     path: Option<String>,
-    /// Drop the values the groups of this getter hold in memory.
+    /// Drop the values the groups of this getter hold, in memory and in their storage tier.
     #[serde(default)]
     flush: bool,
     /// Roll out to every ring member.
@@ -176,7 +178,10 @@ async fn flush_groups(state: &AppState, plugin: &str) -> serde_json::Value {
             }
             Err(e) => {
                 tracing::warn!(group = %g.name(), %plugin, error = %e, "group flushed after its getter was reloaded, but its storage tier keeps its entries");
-                not_cleared.push(serde_json::json!({ "group": g.name(), "error": e.to_string() }));
+                not_cleared.push(serde_json::json!({
+                    "group": g.name(),
+                    "error": { "code": e.code(), "message": e.public_message() },
+                }));
             }
         }
     }
@@ -390,6 +395,16 @@ async fn rollout(
             .map(|p| ask(state, p, &commit_path, Bytes::new(), commit_timeout(state))),
     );
     let (local, remote) = tokio::join!(local, remote);
+    if flush {
+        // Hot copies fetched from an owner that had not flushed yet go too.
+        let groups: Vec<_> = state
+            .groups()
+            .iter()
+            .filter(|g| g.getter_name() == name)
+            .cloned()
+            .collect();
+        super::flush::hot_pass(state, &groups, &peers).await;
+    }
     let mut committed = vec![NodeResult::of(&self_addr, local)];
     committed.extend(peers.iter().zip(remote).map(|(p, r)| NodeResult::of(p, r)));
     let all = committed.iter().all(|r| r.ok);

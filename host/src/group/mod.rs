@@ -166,8 +166,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<()>>;
     /// Removes `key` of `group`; removing a missing key is not an error.
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
-    /// Removes every entry of `group` (see [`Group::flush`]); fails for a backend that cannot.
+    /// Removes every entry of `group` (see [`Group::flush`]).
     fn clear<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Why this backend cannot [`clear`](Storage::clear) at all (e.g. a plugin built without
+    /// `storage-clear`); `None` when it can.
+    fn cannot_clear(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Which node owns a key: the seam between a group and the cluster (ring + peer clients).
@@ -1427,37 +1432,52 @@ impl Group {
     ///
     /// The storage tier's clear is queued behind the writes made before the flush and ahead of
     /// those made after (see `tier.rs`); reads skip the tier until it is done. This waits for
-    /// it, up to the load timeout (a clear that takes longer still happens, in order).
+    /// it, all together up to the load timeout (`--request-timeout`).
     ///
     /// # Errors
-    /// Memory is emptied whatever happens; an error says the storage tier was not, or not in
-    /// time: the backend cannot clear (a plugin built without `storage-clear`), failed, or
-    /// its queues stayed full.
+    /// Memory is emptied whatever happens. [`Error::StorageNotCleared`]: the backend cannot
+    /// clear (a plugin built without `storage-clear`; nothing is queued then), failed, or its
+    /// queues stayed full; [`Error::StorageClearPending`]: the clear had not finished in time
+    /// (it goes on).
     pub async fn flush(&self) -> Result<()> {
         let core = &self.core;
         let timeout = core.options.load_timeout;
-        let slots = match &core.storage {
-            Some(tier) => match tokio::time::timeout(timeout, tier.reserve_clear()).await {
-                Ok(Ok(slots)) => Some(slots),
-                Ok(Err(e)) => return Err(self.flush_memory_only(e)),
-                Err(_) => {
-                    let e = Error::StorageWrite(format!(
-                        "its write queues stayed full for {timeout:?}; not cleared"
-                    ));
-                    return Err(self.flush_memory_only(e));
-                }
-            },
-            None => None,
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(tier) = &core.storage else {
+            self.flush_memory(|| ());
+            return Ok(());
         };
-        let ack = self.flush_memory(|| slots.map(tier::ClearSlots::send));
-        let Some(ack) = ack else { return Ok(()) };
-        match tokio::time::timeout(timeout, ack).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::StorageWrite("the storage tier has stopped".into())),
-            Err(_) => Err(Error::StorageWrite(format!(
-                "the clear did not finish within {timeout:?} (--request-timeout); it goes on in order"
-            ))),
+        if let Some(why) = tier.backend().cannot_clear() {
+            return Err(self.flush_memory_only(Error::StorageNotCleared(why)));
         }
+        let slots = match tokio::time::timeout_at(deadline, tier.reserve_clear()).await {
+            Ok(Ok(slots)) => slots,
+            Ok(Err(e)) => {
+                return Err(self.flush_memory_only(Error::StorageNotCleared(e.to_string())));
+            }
+            Err(_) => {
+                let e = Error::StorageNotCleared(format!(
+                    "its write queues stayed full for {timeout:?} (--request-timeout)"
+                ));
+                return Err(self.flush_memory_only(e));
+            }
+        };
+        let ack = self.flush_memory(|| slots.send());
+        match tokio::time::timeout_at(deadline, ack).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Error::StorageNotCleared(e.public_message())),
+            Ok(Err(_)) => Err(Error::StorageNotCleared(
+                "the storage tier has stopped".into(),
+            )),
+            Err(_) => Err(Error::StorageClearPending(timeout)),
+        }
+    }
+
+    /// Drops the hot copies and bumps every write generation (so a load in flight caches
+    /// nothing): the second pass of a cluster flush, once every node has flushed, for copies
+    /// fetched from an owner that had not flushed yet.
+    pub fn flush_hot(&self) {
+        self.flush_memory_with(|| (), false);
     }
 
     /// Empties memory when the storage tier could not take the clear; returns `e`.
@@ -1469,6 +1489,11 @@ impl Group {
     /// Bumps every write generation and empties main and hot cache, all under every write
     /// lock; `under_locks` runs there too (it queues the storage tier's clear).
     fn flush_memory<T>(&self, under_locks: impl FnOnce() -> T) -> T {
+        self.flush_memory_with(under_locks, true)
+    }
+
+    /// [`Group::flush_memory`], of the hot cache only unless `main` is set.
+    fn flush_memory_with<T>(&self, under_locks: impl FnOnce() -> T, main: bool) -> T {
         let core = &self.core;
         let mut shards: Vec<MutexGuard<'_, u64>> = core
             .generations
@@ -1479,7 +1504,9 @@ impl Group {
             **generation += 1;
         }
         let answer = under_locks();
-        core.main.clear();
+        if main {
+            core.main.clear();
+        }
         core.hot.clear();
         drop(shards);
         answer

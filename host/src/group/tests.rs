@@ -774,6 +774,7 @@ impl Storage for MemoryStorage {
             if let Some(gate) = &self.put_gate {
                 gate.acquire().await.unwrap().forget();
             }
+            assert_ne!(key, "json-panic", "a backend that panics");
             if self.fail_puts.load(Ordering::SeqCst) {
                 // As a storage plugin reports it: `other` text is for operators only.
                 return Err(Error::Plugin(crate::plugin::PluginError::Reported {
@@ -798,16 +799,13 @@ impl Storage for MemoryStorage {
     fn clear<'a>(&'a self, _g: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.clears.fetch_add(1, Ordering::SeqCst);
-            if self.cannot_clear {
-                return Err(Error::Plugin(crate::plugin::PluginError::Unsupported {
-                    plugin: "memory".into(),
-                    what: "clear a group",
-                    message: "built without storage-clear".into(),
-                }));
-            }
             self.entries.lock().unwrap().clear();
             Ok(())
         })
+    }
+    fn cannot_clear(&self) -> Option<String> {
+        self.cannot_clear
+            .then(|| "memory was built without storage-clear".to_owned())
     }
 }
 
@@ -1126,7 +1124,15 @@ async fn a_write_queued_before_a_flush_does_not_come_back_after_it() {
         async move { g.flush().await }
     });
     // The clear waits behind the held put; meanwhile reads skip the tier for every key.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tier = g.core.storage.as_ref().unwrap();
+    for _ in 0..400 {
+        if tier.clearing() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(tier.clearing(), "the flush never queued its clear");
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
         !flush.is_finished(),
         "the clear ran before the write queued ahead of it"
@@ -1151,6 +1157,23 @@ async fn a_write_queued_before_a_flush_does_not_come_back_after_it() {
 }
 
 #[tokio::test]
+async fn a_backend_that_panics_fails_that_write_and_the_queues_go_on() {
+    let storage = Arc::new(MemoryStorage::default());
+    let (g, _) = stored_group(storage.clone());
+    let err = g
+        .set("json-panic", Bytes::from_static(b"boom"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 503, "{err}");
+    // Every queue's worker is still there: a clear (which needs all of them) and a write run.
+    g.flush().await.unwrap();
+    g.set("json-after", Bytes::from_static(b"fine"), None)
+        .await
+        .unwrap();
+    assert!(storage.holds("json-after"));
+}
+
+#[tokio::test]
 async fn a_flush_says_when_the_storage_tier_cannot_clear_and_still_empties_memory() {
     let storage = Arc::new(MemoryStorage {
         cannot_clear: true,
@@ -1160,8 +1183,9 @@ async fn a_flush_says_when_the_storage_tier_cannot_clear_and_still_empties_memor
     g.get("json-c").await.unwrap();
     storage.wait_for("json-c", true).await;
     let err = g.flush().await.unwrap_err();
+    assert_eq!((err.code(), err.status()), ("storage_not_cleared", 503));
     assert!(err.to_string().contains("storage-clear"), "{err}");
-    assert_eq!(g.snapshot().counters.storage_errors, 1);
+    assert_eq!(storage.clears.load(Ordering::SeqCst), 0, "not even asked");
     // Memory is gone; the kept entry is what the tier serves.
     g.get("json-c").await.unwrap();
     assert_eq!(g.snapshot().counters.storage_hits, 1);

@@ -307,6 +307,12 @@ impl StorageTier {
 
     /// Whether a write to `key` is queued or running: what the backend holds for it may be
     /// about to change, so a read must not trust it.
+    /// Whether a clear is queued or running.
+    #[cfg(test)]
+    pub(super) fn clearing(&self) -> bool {
+        self.pending.clearing.load(Ordering::SeqCst) > 0
+    }
+
     pub(super) fn is_pending(&self, key: &str) -> bool {
         self.pending.clearing.load(Ordering::SeqCst) > 0 || self.pending.keys().contains_key(key)
     }
@@ -437,6 +443,16 @@ impl StorageTier {
     }
 }
 
+/// A backend call whose panic is an error: a worker must outlive its calls, or the writes
+/// queued behind it, and a clear waiting for it at the barrier, would wait forever.
+async fn unwound(call: futures::future::BoxFuture<'_, Result<()>>) -> Result<()> {
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(Error::StorageWrite("the storage backend panicked".into())))
+}
+
 /// Runs one queue's jobs in order until the group (every sender) is dropped.
 async fn worker(
     mut jobs: mpsc::Receiver<Job>,
@@ -450,7 +466,7 @@ async fn worker(
             Job::Write(write) => write,
             Job::Clear(clear) => {
                 if clear.arrived.wait().await.is_leader() {
-                    let result = backend.clear(&group).await;
+                    let result = unwound(backend.clear(&group)).await;
                     match &result {
                         Ok(()) => {
                             tracing::info!(%group, storage = backend.name(), "storage tier cleared")
@@ -475,8 +491,8 @@ async fn worker(
             }
         };
         let (result, what) = match write.op {
-            Op::Put(entry) => (backend.put(&group, &write.key, entry).await, "put"),
-            Op::Delete => (backend.delete(&group, &write.key).await, "delete"),
+            Op::Put(entry) => (unwound(backend.put(&group, &write.key, entry)).await, "put"),
+            Op::Delete => (unwound(backend.delete(&group, &write.key)).await, "delete"),
         };
         if let Err(e) = &result {
             bump(&stats.storage_errors);

@@ -109,6 +109,10 @@ impl Storage for Reloadable<WasmStorage> {
         let version = self.current();
         Box::pin(async move { Ok(version.clear(group).await?) })
     }
+
+    fn cannot_clear(&self) -> Option<String> {
+        Storage::cannot_clear(&*self.current())
+    }
 }
 
 /// A reloadable codec. A new version must decode what the old one wrote: a value that does not

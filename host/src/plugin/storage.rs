@@ -200,4 +200,14 @@ impl crate::group::Storage for WasmStorage {
     ) -> futures::future::BoxFuture<'a, crate::error::Result<()>> {
         Box::pin(async move { Ok(WasmStorage::clear(self, group).await?) })
     }
+
+    fn cannot_clear(&self) -> Option<String> {
+        (!self.can_clear()).then(|| {
+            format!(
+                "plugin {} was built without the storage-clear export; rebuild it with the \
+                 current guest-sdk (or wit/geecache.wit) to let flushes empty it",
+                self.core.name
+            )
+        })
+    }
 }

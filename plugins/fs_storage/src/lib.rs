@@ -27,12 +27,16 @@
 //! reader sees the old entry or the new one, never a torn one. An expired or unreadable file is
 //! removed when read and reported as missing: this is a cache tier, the origin still has the
 //! data.
+//!
+//! Clearing a group (a flush) renames its directory to `.<name>.<nonce>.cleared`, so the group
+//! is empty at once, and removes such directories' files for up to 200 ms per clear; the
+//! rest goes at the next clears.
 
 use std::fs;
 use std::hash::{BuildHasher, RandomState};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use geecache_guest_sdk::{Entry, Error, Storage, config, export_storage, log};
 use sha2::{Digest, Sha256};
@@ -102,27 +106,53 @@ impl Storage for FsStorage {
         remove(&entry_path(group, key))
     }
 
-    /// Renames the group's directory out of the way (so it is gone at once for readers), then
-    /// removes it. A removal that fails halfway leaves only the renamed directory behind,
-    /// which no read looks at; it is logged.
+    /// Renames the group's directory out of the way, which empties the group at once, then
+    /// removes the files of such renamed directories for at most [`SWEEP_BUDGET`] (a large
+    /// group may take longer than a plugin call may): what is left is removed by later
+    /// clears, and no read ever looks there.
     fn clear(group: &str) -> Result<(), Error> {
         let dir = group_dir(group);
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         let nonce = RandomState::new().hash_one(now_ms());
-        let trash = dir.with_file_name(format!(".{name}.{nonce:016x}.cleared"));
+        let trash = dir.with_file_name(format!(".{name}.{nonce:016x}{CLEARED}"));
         match fs::rename(&dir, &trash) {
-            Ok(()) => {}
-            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+            Ok(()) => log::debug(&format!("cleared {}", dir.display())),
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
             Err(err) => return Err(io_error("rename", &dir, &err)),
         }
-        if let Err(err) = fs::remove_dir_all(&trash) {
-            log::warn(&format!(
-                "cleared group directory {} but could not remove it: {err}",
-                trash.display()
-            ));
-        }
-        log::debug(&format!("cleared {}", dir.display()));
+        sweep(dir.parent().unwrap_or(Path::new(".")), SWEEP_BUDGET);
         Ok(())
+    }
+}
+
+/// How long one clear spends removing the files of groups cleared before.
+const SWEEP_BUDGET: Duration = Duration::from_millis(200);
+
+/// The suffix of a cleared group's directory, renamed away to be removed.
+const CLEARED: &str = ".cleared";
+
+/// Removes the files (then the directory) of each cleared group's directory under `base`,
+/// until `budget` is spent. Failures are logged and left for the next sweep.
+fn sweep(base: &Path, budget: Duration) {
+    let started = Instant::now();
+    let Ok(dirs) = fs::read_dir(base) else { return };
+    for dir in dirs.flatten() {
+        let name = dir.file_name();
+        if !name.to_string_lossy().ends_with(CLEARED) {
+            continue;
+        }
+        let path = dir.path();
+        if let Ok(files) = fs::read_dir(&path) {
+            for file in files.flatten() {
+                if started.elapsed() > budget {
+                    return;
+                }
+                discard(&file.path());
+            }
+        }
+        if let Err(err) = fs::remove_dir(&path) {
+            log::warn(&format!("cannot remove {} yet: {err}", path.display()));
+        }
     }
 }
 
