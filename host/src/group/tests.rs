@@ -563,6 +563,39 @@ async fn a_peer_answer_that_does_not_decode_is_not_served() {
 }
 
 #[tokio::test]
+async fn a_hot_flush_drops_the_hot_copies_and_keeps_the_owned_values() {
+    let owner = Arc::new(
+        Group::builder("g", Arc::new(RecordGetter::default()))
+            .build()
+            .unwrap(),
+    );
+    let peer = Arc::new(InProcessPeer {
+        owner: owner.clone(),
+        fail: Default::default(),
+        invalidations: AtomicUsize::new(0),
+    });
+    let local = Group::builder("g", Arc::new(RecordGetter::default()))
+        .peers(Arc::new(PrefixPicker(peer)))
+        .build()
+        .unwrap();
+    let (remote, own) = ("r-json", "json-own");
+    for _ in 0..2 {
+        local.get(remote).await.unwrap();
+    }
+    local.get(own).await.unwrap();
+    assert!(
+        local.core.hot.get(remote).is_some(),
+        "a hot copy from the second fetch"
+    );
+    local.flush_hot();
+    assert!(local.core.hot.get(remote).is_none(), "the hot copy is gone");
+    assert!(
+        local.core.main.get(own).is_some(),
+        "what this node owns stays"
+    );
+}
+
+#[tokio::test]
 async fn peers_receive_the_stored_bytes_and_keep_them_as_they_are() {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let owner = Arc::new(
