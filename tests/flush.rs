@@ -36,6 +36,8 @@ async fn a_flush_drops_memory_and_storage_and_the_next_get_loads_again() {
     let node =
         TestNode::with_db_getter(&["--plugin", plugins::FS_STORAGE, "--plugin-dir", &grant]).await;
     assert_eq!(node.get("/api?key=Tom").await.1, b"630");
+    let (_, view) = node.get_json("/api/v1/plugins/fs_storage").await;
+    assert_eq!(view["can_clear"], true, "{view}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while stored_files(stored.path()) == 0 {
         assert!(Instant::now() < deadline, "Tom never reached fs_storage");

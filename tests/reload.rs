@@ -526,6 +526,7 @@ async fn a_storage_plugin_without_storage_clear_loads_and_a_flush_says_it_kept_i
     let c = &node.client;
     let view = plugin_view_of(c, &node.base, "storage_basic").await;
     assert_eq!(view["kind"], "storage", "{view}");
+    assert_eq!(view["can_clear"], false, "{view}");
     assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v1");
 
     publish(plugins::RELOAD_GETTER_V2, &file);

@@ -94,15 +94,19 @@ pub struct PluginView {
     busy_seconds: f64,
     /// Warm instances of the serving version.
     idle_instances: usize,
+    /// For a storage plugin: whether the serving version exports `storage-clear`, so a flush
+    /// can empty it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    can_clear: Option<bool>,
 }
 
 fn view(entry: &PluginEntry) -> PluginView {
     let info = entry.info();
     let snapshot = entry.snapshot();
-    let idle_instances = match entry.slot.current() {
-        LoadedPlugin::Getter(p) => p.idle_instances(),
-        LoadedPlugin::Storage(p) => p.idle_instances(),
-        LoadedPlugin::Compressor(p) => p.idle_instances(),
+    let (idle_instances, can_clear) = match entry.slot.current() {
+        LoadedPlugin::Getter(p) => (p.idle_instances(), None),
+        LoadedPlugin::Storage(p) => (p.idle_instances(), Some(p.can_clear())),
+        LoadedPlugin::Compressor(p) => (p.idle_instances(), None),
     };
     PluginView {
         name: entry.name.clone(),
@@ -125,6 +129,7 @@ fn view(entry: &PluginEntry) -> PluginView {
         reported_errors: snapshot.reported_errors,
         busy_seconds: snapshot.busy_seconds,
         idle_instances,
+        can_clear,
     }
 }
 
