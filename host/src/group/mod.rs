@@ -1452,8 +1452,9 @@ impl Group {
         }
         let slots = match tokio::time::timeout_at(deadline, tier.reserve_clear()).await {
             Ok(Ok(slots)) => slots,
-            Ok(Err(e)) => {
-                return Err(self.flush_memory_only(Error::StorageNotCleared(e.to_string())));
+            Ok(Err(_)) => {
+                let e = Error::StorageNotCleared("the storage tier has stopped".into());
+                return Err(self.flush_memory_only(e));
             }
             Err(_) => {
                 let e = Error::StorageNotCleared(format!(

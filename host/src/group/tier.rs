@@ -305,14 +305,14 @@ impl StorageTier {
         &*self.backend
     }
 
-    /// Whether a write to `key` is queued or running: what the backend holds for it may be
-    /// about to change, so a read must not trust it.
     /// Whether a clear is queued or running.
     #[cfg(test)]
     pub(super) fn clearing(&self) -> bool {
         self.pending.clearing.load(Ordering::SeqCst) > 0
     }
 
+    /// Whether a write to `key`, or a clear, is queued or running: what the backend holds for
+    /// it may be about to change, so a read must not trust it.
     pub(super) fn is_pending(&self, key: &str) -> bool {
         self.pending.clearing.load(Ordering::SeqCst) > 0 || self.pending.keys().contains_key(key)
     }
