@@ -129,6 +129,10 @@ impl WasmStorage {
     }
 }
 
+/// Why a storage plugin without `storage-clear` cannot clear, and the fix.
+const NO_CLEAR: &str = "was built without the storage-clear export; rebuild it with the current \
+                        guest-sdk (or wit/geecache.wit) to let flushes empty it";
+
 impl WasmStorage {
     /// Whether this plugin exports `storage-clear`, so [`WasmStorage::clear`] can work.
     pub fn can_clear(&self) -> bool {
@@ -145,9 +149,7 @@ impl WasmStorage {
             return Err(PluginError::Unsupported {
                 plugin: self.core.name.clone(),
                 what: "clear a group",
-                message: "it was built without the storage-clear export; rebuild it with the \
-                          current guest-sdk (or wit/geecache.wit) to let flushes empty it"
-                    .into(),
+                message: format!("it {NO_CLEAR}"),
             });
         }
         let group = group.to_owned();
@@ -202,12 +204,6 @@ impl crate::group::Storage for WasmStorage {
     }
 
     fn cannot_clear(&self) -> Option<String> {
-        (!self.can_clear()).then(|| {
-            format!(
-                "plugin {} was built without the storage-clear export; rebuild it with the \
-                 current guest-sdk (or wit/geecache.wit) to let flushes empty it",
-                self.core.name
-            )
-        })
+        (!self.can_clear()).then(|| format!("plugin {} {NO_CLEAR}", self.core.name))
     }
 }
