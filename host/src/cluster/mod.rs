@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use crate::discovery::{Member, Membership, RegistrationState};
 use crate::error::{Error, Result};
 use crate::group::{OwnerItem, PeerEntry, PeerPicker, RemotePeer};
-use crate::peer::{ClusterSecret, PeerClient, PeerError};
+use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerHttp};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
 use crate::telemetry::Metrics;
 
@@ -199,7 +199,7 @@ pub struct Cluster {
     /// Per-request time limit of peer clients.
     peer_timeout: Duration,
     /// Shared connection pool of every peer client.
-    http: reqwest::Client,
+    http: PeerHttp,
     /// The current view; replaced as a whole on membership changes.
     view: RwLock<Arc<View>>,
     /// Where the members come from; `None` until [`Cluster::join`].
@@ -425,35 +425,42 @@ impl Cluster {
     ) -> std::result::Result<(u16, bytes::Bytes), String> {
         let base = with_scheme(addr);
         let authority = crate::peer::auth::authority_of(&base);
-        let mut retried = false;
-        loop {
-            let mut request = self
-                .http
-                .post(format!("{base}{path_and_query}"))
-                .timeout(timeout)
-                .body(body.clone());
-            if let Some(secret) = &self.secret {
-                for (name, value) in secret.sign_request("POST", &authority, path_and_query, &body)
+        let uri: hyper::Uri = format!("{base}{path_and_query}")
+            .parse()
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let attempt = async {
+            let mut retried = false;
+            loop {
+                let mut request = hyper::Request::post(uri.clone())
+                    .body(http_body_util::Full::new(body.clone()))
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                if let Some(secret) = &self.secret {
+                    let signed = secret.sign_request("POST", &authority, path_and_query, &body);
+                    crate::peer::insert_signed(request.headers_mut(), signed);
+                }
+                let response = self
+                    .http
+                    .send(request)
+                    .await
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                let status = response.status().as_u16();
+                if status == 401
+                    && !retried
+                    && crate::peer::retry_after(response.headers()).is_some()
                 {
-                    request = request.header(name, value);
+                    retried = true;
+                    tokio::time::sleep(Duration::from_millis(1050)).await;
+                    continue;
                 }
+                let answer = PeerHttp::read_body(response, max_answer)
+                    .await
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                return Ok((status, answer));
             }
-            let mut response = request.send().await.map_err(|e| format!("{addr}: {e}"))?;
-            let status = response.status().as_u16();
-            if status == 401 && !retried && response.headers().contains_key("retry-after") {
-                retried = true;
-                tokio::time::sleep(Duration::from_millis(1050)).await;
-                continue;
-            }
-            let mut answer = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| format!("{addr}: {e}"))? {
-                if answer.len() + chunk.len() > max_answer {
-                    return Err(format!("{addr}: answer longer than {max_answer} bytes"));
-                }
-                answer.extend_from_slice(&chunk);
-            }
-            return Ok((status, answer.into()));
-        }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| format!("{addr}: no answer within {timeout:?}"))?
     }
 
     /// The ring's members (addresses), this node included.

@@ -193,7 +193,7 @@ pub fn authority_of(addr: &str) -> String {
     } else {
         format!("http://{addr}")
     };
-    match reqwest::Url::parse(&with_scheme) {
+    match url::Url::parse(&with_scheme) {
         Ok(url) => match (url.host_str(), url.port_or_known_default()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
             _ => addr.to_string(),

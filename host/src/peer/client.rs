@@ -4,8 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prost::Message;
-use reqwest::{Method, StatusCode, Url, header};
+use url::Url;
 
 use super::auth::{self, ClusterSecret};
 use super::proto::{self, batch_item, get_response};
@@ -25,41 +33,128 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// ([`super::DEFAULT_PEER_CONCURRENCY`]), since HTTP/1.1 needs one connection per request in
 /// flight. With fewer, every request past the pool's size under load would open a new
 /// connection and close it afterwards (a connect per request, and sockets in `TIME_WAIT`).
-/// Idle connections are only those a past peak opened, and close after reqwest's idle timeout
-/// (90 s).
+/// Idle connections are only those a past peak opened, and close after [`POOL_IDLE_TIMEOUT`].
 pub const POOL_MAX_IDLE_PER_PEER: usize = super::DEFAULT_PEER_CONCURRENCY;
 
-/// The HTTP client peer calls go through (one per node, shared by its peer clients): a pool of
-/// keep-alive connections ([`POOL_MAX_IDLE_PER_PEER`] per peer, `TCP_NODELAY` set: answers are
-/// small and latency-bound), connects bounded by `connect_timeout`, and never a proxy, whatever
-/// `HTTP_PROXY`/`ALL_PROXY` say: peers talk to each other directly, and a proxy would see the
-/// cluster's traffic (and could replay it).
+/// How long a pooled connection may stay idle before it is closed.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// TCP keep-alive probes on peer connections: a peer that vanished without closing (its
+/// machine lost power) is noticed on an idle pooled connection after about a minute.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// The HTTP client peer calls go through (one per node, shared by its peer clients and the
+/// cluster's admin requests). Cheap to clone; clones share the pool.
+///
+/// It is hyper's pooled HTTP/1.1 client, with nothing between it and the peer protocol:
+/// keep-alive connections ([`POOL_MAX_IDLE_PER_PEER`] per peer), `TCP_NODELAY` (answers are
+/// small and latency-bound), TCP keep-alive, connects bounded by a timeout, `https://` peers
+/// through rustls. It never goes through a proxy, whatever `HTTP_PROXY`/`ALL_PROXY` say: peers
+/// talk to each other directly, and a proxy would see the cluster's traffic (and could replay
+/// it). (reqwest, which it replaced, spent ~5% of a node's CPU in URL, redirect-policy and
+/// pool layers when most gets are forwarded; none of them does anything for peers.)
+#[derive(Debug, Clone)]
+pub struct PeerHttp {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// How a [`PeerHttp`] request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// No answer: the connection could not be made, or broke before the answer's head. The
+    /// request may be sent again on a new connection.
+    #[error("{0}")]
+    Send(String),
+    /// The answer's body broke off.
+    #[error("{0}")]
+    Body(String),
+    /// The answer's body is longer than the limit.
+    #[error("answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl PeerHttp {
+    /// Sends `request` and waits for the head of the answer (its body is read with
+    /// [`PeerHttp::read_body`]). Callers bound it in time.
+    ///
+    /// # Errors
+    /// [`HttpError::Send`].
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, HttpError> {
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| HttpError::Send(error_chain(&e)))
+    }
+
+    /// Reads an answer's body, refusing one over `limit` bytes (announced or actual) without
+    /// buffering it. A body of one chunk (the usual answer) is returned without a copy.
+    ///
+    /// # Errors
+    /// [`HttpError::TooLarge`], or [`HttpError::Body`] when the body broke off.
+    pub async fn read_body(response: Response<Incoming>, limit: usize) -> Result<Bytes, HttpError> {
+        let announced = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+            return Err(HttpError::TooLarge(limit));
+        }
+        match Limited::new(response.into_body(), limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(HttpError::TooLarge(limit)),
+            Err(e) => Err(HttpError::Body(error_chain(&*e))),
+        }
+    }
+}
+
+/// A [`PeerHttp`] with connects bounded by `connect_timeout`, whose `https://` peers are
+/// checked against the platform's roots (the system's certificate store).
 ///
 /// # Errors
-/// When reqwest cannot build a client (its TLS setup failed).
-pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// When the platform's certificate verifier cannot be set up.
+pub fn http_client(connect_timeout: Duration) -> Result<PeerHttp, rustls::Error> {
     http_client_with_tls(connect_timeout, None)
 }
 
-/// [`http_client`] whose `https://` peers are checked with `tls` (`--peer-ca`) rather than the
-/// system's roots.
+/// [`http_client`] whose `https://` peers are checked with `tls` (`--peer-ca`, and with
+/// `--peer-mtls` the certificate this node shows) rather than the platform's roots.
 ///
 /// # Errors
 /// As [`http_client`].
 pub fn http_client_with_tls(
     connect_timeout: Duration,
     tls: Option<rustls::ClientConfig>,
-) -> Result<reqwest::Client, reqwest::Error> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
+) -> Result<PeerHttp, rustls::Error> {
+    let tls = match tls {
+        Some(tls) => tls,
+        None => {
+            use rustls_platform_verifier::ConfigVerifierExt;
+            rustls::ClientConfig::with_platform_verifier()?
+        }
+    };
+    let mut tcp = HttpConnector::new();
+    // The scheme is checked by the TLS layer around it: `http://` and `https://` both pass.
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_keepalive(Some(TCP_KEEPALIVE));
+    tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
+    tcp.set_keepalive_retries(Some(3));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_PEER)
-        // reqwest's default, said here because the latency of every peer call depends on it.
-        .tcp_nodelay(true)
-        .no_proxy();
-    if let Some(tls) = tls {
-        builder = builder.tls_backend_preconfigured(tls);
-    }
-    builder.build()
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    Ok(PeerHttp { client })
 }
 
 /// Talks to one remote node. Cheap to clone (an `Arc` inside); clones share the connection pool.
@@ -75,12 +170,13 @@ pub struct PeerClient {
 #[derive(Debug)]
 struct Inner {
     /// Connection pool; may be shared with the clients of other peers.
-    http: reqwest::Client,
-    /// `http://host:port`, no trailing slash; request paths are appended to it.
+    http: PeerHttp,
+    /// `http://host:port`, no trailing slash: how the peer is named in errors.
     base: String,
-    /// `base` parsed once: each request's URL is a copy with its path set, so the scheme and
-    /// host are not parsed again per request (that was ~3% of a loaded node's CPU).
-    base_url: Url,
+    /// `base`'s scheme and authority, parsed once: each request's URI is made of them and its
+    /// path, with nothing parsed again but the path.
+    scheme: Scheme,
+    uri_authority: Authority,
     /// `host:port` of the peer, port always written: what requests are signed for (see
     /// [`auth::authority_of`]), so they are good at this peer only.
     authority: String,
@@ -107,7 +203,7 @@ pub struct PeerClientBuilder {
     /// See [`PeerClientBuilder::secret`].
     secret: Option<ClusterSecret>,
     /// See [`PeerClientBuilder::http_client`].
-    http: Option<reqwest::Client>,
+    http: Option<PeerHttp>,
     /// See [`PeerClientBuilder::max_response_bytes`].
     max_response_bytes: usize,
 }
@@ -143,7 +239,7 @@ impl PeerClientBuilder {
 
     /// Use this HTTP client (and its connection pool) instead of a new one, e.g. one client for
     /// every peer of a node. Its own timeouts still apply; the builder's is set per request.
-    pub fn http_client(mut self, http: reqwest::Client) -> Self {
+    pub fn http_client(mut self, http: PeerHttp) -> Self {
         self.http = Some(http);
         self
     }
@@ -171,7 +267,13 @@ impl PeerClientBuilder {
             return Err(invalid("expected host:port or http://host:port".into()));
         }
         let base = url.origin().ascii_serialization();
-        let base_url = Url::parse(&base).map_err(|e| invalid(e.to_string()))?;
+        let base_uri: Uri = base
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(e.to_string()))?;
+        let (Some(scheme), Some(uri_authority)) = (base_uri.scheme(), base_uri.authority()) else {
+            return Err(invalid("expected host:port or http://host:port".into()));
+        };
+        let (scheme, uri_authority) = (scheme.clone(), uri_authority.clone());
         let authority = auth::authority_of(&base);
         let http = match self.http {
             Some(http) => http,
@@ -181,7 +283,8 @@ impl PeerClientBuilder {
             inner: Arc::new(Inner {
                 http,
                 base,
-                base_url,
+                scheme,
+                uri_authority,
                 authority,
                 secret: self.secret,
                 timeout: self.timeout,
@@ -326,86 +429,102 @@ impl PeerClient {
         Ok(())
     }
 
-    /// Sends one request (signed when there is a secret) and returns the body of a 2xx answer.
+    /// Sends one request (signed when there is a secret) and returns the body of a 2xx answer,
+    /// all within the method's timeout.
     ///
-    /// A peer that refuses the request with 401 and `Retry-After` (it was signed just before
-    /// the peer started, see [`auth`]) gets it once more, signed anew, a second later; one
-    /// whose connection failed or was reset (a pooled connection it closed while restarting
-    /// or draining) gets it once more at once, on a new connection.
+    /// A request whose connection failed or broke before an answer (a pooled connection the
+    /// peer closed while restarting or draining) is sent once more at once, on a new
+    /// connection, within what is left of the same timeout. Every peer request is idempotent
+    /// (gets, sets of one value, deletes, invalidations). A peer that refuses the request with
+    /// 401 and `Retry-After` (it was signed just before the peer started, see [`auth`]) gets
+    /// it once more, signed anew, a second later, with a timeout of its own.
     async fn send(&self, method: Method, path: String, body: Vec<u8>) -> Result<Bytes, PeerError> {
+        let timeout = self.inner.timeout_of(&method);
+        let path = PathAndQuery::try_from(path).map_err(|e| PeerError::InvalidAddress {
+            addr: self.inner.base.clone(),
+            message: e.to_string(),
+        })?;
         // Shared, not copied, if it has to be sent again.
         let body = Bytes::from(body);
-        match self.send_once(method.clone(), &path, &body).await {
-            Err(Retry::After(wait, _)) => {
-                tokio::time::sleep(wait).await;
-                self.send_once(method, &path, &body)
-                    .await
-                    .map_err(Retry::into_error)
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut reset_retried = false;
+        let mut refusal_retried = false;
+        loop {
+            let attempt = self.send_once(&method, &path, &body);
+            let outcome = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return Err(PeerError::Timeout {
+                        peer: self.inner.base.clone(),
+                        timeout,
+                    });
+                }
+            };
+            match outcome {
+                Ok(body) => return Ok(body),
+                Err(Retry::Reset(_)) if !reset_retried => reset_retried = true,
+                Err(Retry::After(wait, _)) if !refusal_retried => {
+                    refusal_retried = true;
+                    tokio::time::sleep(wait).await;
+                    deadline = tokio::time::Instant::now() + timeout;
+                }
+                Err(e) => return Err(e.into_error()),
             }
-            other => other.map_err(Retry::into_error),
         }
     }
 
-    /// One attempt of [`PeerClient::send`].
-    async fn send_once(&self, method: Method, path: &str, body: &Bytes) -> Result<Bytes, Retry> {
+    /// One attempt of [`PeerClient::send`], unbounded in time (the caller bounds it).
+    async fn send_once(
+        &self,
+        method: &Method,
+        path: &PathAndQuery,
+        body: &Bytes,
+    ) -> Result<Bytes, Retry> {
         let inner = &*self.inner;
-        let timeout = inner.timeout_of(&method);
-        let url = if path.contains(['?', '#']) {
-            Url::parse(&format!("{}{path}", inner.base)).map_err(|e| PeerError::InvalidAddress {
+        let uri = Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.uri_authority.clone())
+            .path_and_query(path.clone())
+            .build()
+            .map_err(|e| PeerError::InvalidAddress {
                 addr: inner.base.clone(),
                 message: e.to_string(),
-            })?
-        } else {
-            let mut url = inner.base_url.clone();
-            url.set_path(path);
-            url
-        };
-        let mut request = inner
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(timeout);
+            })?;
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
         // The current span's trace context, so the owner's spans join the caller's trace.
-        let mut trace = reqwest::header::HeaderMap::new();
-        crate::telemetry::inject_current(&mut trace);
-        if !trace.is_empty() {
-            request = request.headers(trace);
-        }
+        crate::telemetry::inject_current(headers);
         if let Some(secret) = &inner.secret {
-            // Sign the path exactly as it goes on the wire: as the URL parser left it.
-            let sent = match url.query() {
-                Some(query) => format!("{}?{query}", url.path()),
-                None => url.path().to_string(),
-            };
-            let signed = secret.sign_request(method.as_str(), &inner.authority, &sent, body);
-            for (name, value) in signed {
-                request = request.header(name, value);
-            }
+            // Signed for the path exactly as it goes on the wire.
+            let signed =
+                secret.sign_request(method.as_str(), &inner.authority, path.as_str(), body);
+            insert_signed(headers, signed);
         }
-        if !body.is_empty() || method == Method::PUT || method == Method::POST {
-            request = request
-                .header(header::CONTENT_TYPE, CONTENT_TYPE)
-                .body(body.clone());
+        if !body.is_empty() || *method == Method::PUT || *method == Method::POST {
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(CONTENT_TYPE),
+            );
         }
-        let response = request.send().await.map_err(|e| {
-            let error = self.transport(&e, timeout);
-            // A pooled connection the peer closed (it restarted, or drains to stop), or a
-            // reset: once more on a fresh connection, at once. Every peer request is
-            // idempotent (gets, sets of one value, deletes, invalidations).
-            if !e.is_timeout() && (e.is_connect() || e.is_request()) {
-                Retry::After(Duration::ZERO, error)
-            } else {
-                Retry::No(error)
-            }
+        let response = inner.http.send(request).await.map_err(|e| {
+            Retry::Reset(PeerError::Unreachable {
+                peer: inner.base.clone(),
+                message: e.to_string(),
+            })
         })?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            // Dates are whole seconds: one second (and a little) is always enough.
-            .map(|secs| Duration::from_secs(secs.min(1)) + Duration::from_millis(50));
-        let body = self.read_body(response, timeout).await?;
+        let retry_after = retry_after(response.headers());
+        let body = PeerHttp::read_body(response, inner.max_response_bytes)
+            .await
+            .map_err(|e| match e {
+                HttpError::TooLarge(_) => self.bad_answer(e.to_string()),
+                HttpError::Send(_) | HttpError::Body(_) => PeerError::Unreachable {
+                    peer: inner.base.clone(),
+                    message: e.to_string(),
+                },
+            })?;
         if status.is_success() {
             return Ok(body);
         }
@@ -435,35 +554,6 @@ impl PeerClient {
         }))
     }
 
-    /// Reads an answer body, refusing one over the limit (announced or actual) without
-    /// buffering it.
-    async fn read_body(
-        &self,
-        mut response: reqwest::Response,
-        timeout: Duration,
-    ) -> Result<Bytes, PeerError> {
-        let limit = self.inner.max_response_bytes;
-        let too_large = || self.bad_answer(format!("answer is larger than {limit} bytes"));
-        if response
-            .content_length()
-            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
-        {
-            return Err(too_large());
-        }
-        let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.transport(&e, timeout))?
-        {
-            if body.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
-    }
-
     fn decode<M: Message + Default>(&self, body: Bytes) -> Result<M, PeerError> {
         M::decode(body).map_err(|e| self.bad_answer(e.to_string()))
     }
@@ -478,20 +568,6 @@ impl PeerClient {
             message: message.into(),
         }
     }
-
-    /// Classifies a reqwest error of a request bounded by `timeout`: timeout, or unreachable
-    /// (refused, reset, closed).
-    fn transport(&self, e: &reqwest::Error, timeout: Duration) -> PeerError {
-        let peer = self.inner.base.clone();
-        if e.is_timeout() {
-            PeerError::Timeout { peer, timeout }
-        } else {
-            PeerError::Unreachable {
-                peer,
-                message: error_chain(e),
-            }
-        }
-    }
 }
 
 /// How one attempt of a request failed.
@@ -499,16 +575,40 @@ impl PeerClient {
 enum Retry {
     /// For good.
     No(PeerError),
-    /// Worth one more attempt, signed anew, after this wait; the error if it is not made.
+    /// No answer (refused, reset, closed): worth one more attempt at once, on a new
+    /// connection; the error if it is not made.
+    Reset(PeerError),
+    /// Refused as signed too early: worth one more attempt, signed anew, after this wait; the
+    /// error if it is not made.
     After(Duration, PeerError),
 }
 
 impl Retry {
     fn into_error(self) -> PeerError {
         match self {
-            Retry::No(e) | Retry::After(_, e) => e,
+            Retry::No(e) | Retry::Reset(e) | Retry::After(_, e) => e,
         }
     }
+}
+
+/// Puts the headers of [`ClusterSecret::sign_request`] on a request.
+pub(crate) fn insert_signed(headers: &mut HeaderMap, signed: [(&'static str, String); 4]) {
+    for (name, value) in signed {
+        // The values are digits, dots and hex: always valid header values.
+        if let Ok(value) = header::HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// The wait a `Retry-After` header asks for, capped: dates are whole seconds, so one second
+/// (and a little) is always enough.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs.min(1)) + Duration::from_millis(50))
 }
 
 impl From<PeerError> for Retry {
@@ -522,7 +622,7 @@ fn action_path(group: &str, action: &str) -> String {
     format!("{PATH_PREFIX}/{}/{action}", encode_segment(group))
 }
 
-/// An error and its causes on one line: reqwest's own message rarely says what failed.
+/// An error and its causes on one line: an HTTP client's own message rarely says what failed.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();

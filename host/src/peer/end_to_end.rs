@@ -1024,6 +1024,68 @@ async fn a_slow_peer_times_out() {
     assert_eq!((err.status(), err.code()), (504, "peer_timeout"));
 }
 
+/// A listener that takes connections, reads each one's request head, and then closes it
+/// (`close: true`; the first connection after `first_close_after`) or holds it open without
+/// an answer; counts the connections.
+async fn unanswering_peer(
+    close: bool,
+    first_close_after: Duration,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = vec![0; 4096];
+            let _ = conn.read(&mut buf).await;
+            // The first connection is always closed: that is the reset the client retries.
+            if n == 0 {
+                tokio::time::sleep(first_close_after).await;
+                drop(conn);
+            } else if close {
+                drop(conn);
+            } else {
+                held.push(conn);
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_the_answer_is_tried_once_more() {
+    let (addr, accepted) = unanswering_peer(true, Duration::ZERO).await;
+    let err = client(addr, None).get("g", "k").await.unwrap_err();
+    assert!(matches!(err, PeerError::Unreachable { .. }), "{err:?}");
+    // One new connection for the second attempt, and no third.
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_second_attempt_has_what_is_left_of_the_timeout() {
+    // The first attempt is reset after 700 ms of the 1 s: a retry with a timeout of its own
+    // would end at 1.7 s, one within the first's at 1 s.
+    let (addr, accepted) = unanswering_peer(false, Duration::from_millis(700)).await;
+    let timeout = Duration::from_secs(1);
+    let client = PeerClient::builder(format!("http://{addr}"))
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = client.get("g", "k").await.unwrap_err();
+    assert!(matches!(err, PeerError::Timeout { .. }), "{err:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "the retry had a timeout of its own: {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn peer_addresses_are_checked() {
     for good in [

@@ -65,8 +65,10 @@ mod server;
 
 pub use auth::{ClusterSecret, NodeAuth};
 pub use client::{
-    BatchResult, DEFAULT_TIMEOUT, PeerClient, PeerClientBuilder, http_client, http_client_with_tls,
+    BatchResult, DEFAULT_TIMEOUT, HttpError, PeerClient, PeerClientBuilder, PeerHttp, http_client,
+    http_client_with_tls,
 };
+pub(crate) use client::{insert_signed, retry_after};
 pub use error::PeerError;
 pub(crate) use server::verify_signed;
 pub use server::{PeerLimits, router, router_with_limits};
