@@ -385,6 +385,18 @@ impl Stored {
             .expect("a value under 4 GiB")
     }
 
+    /// The same value in an allocation of its own. A value received over the network is a
+    /// slice of a larger buffer (the request or answer body: a batch of values, or hyper's
+    /// read buffer), and a cached slice would keep all of that alive while the cache counts
+    /// only the value's bytes. What is cached from a peer goes through here first.
+    #[must_use]
+    pub fn compacted(&self) -> Stored {
+        Stored {
+            bytes: Bytes::copy_from_slice(&self.bytes),
+            codec: self.codec.clone(),
+        }
+    }
+
     /// The stored bytes (header and payload), as they are kept and sent to peers.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes

@@ -803,12 +803,13 @@ impl Core {
             Ok((plain, stored)) => {
                 bump(&self.stats.peer_loads);
                 // A copy is kept from the key's second fetch on (see `Doorkeeper`), as
-                // received: no decompress/recompress between peers.
+                // received: no decompress/recompress between peers (but out of the answer's
+                // buffer, see `Stored::compacted`).
                 if self.hot_door.admit(key) {
                     self.remember(
                         Tier::Hot,
                         key,
-                        Some((&stored, expires_at_ms)),
+                        Some((&stored.compacted(), expires_at_ms)),
                         generation,
                         false,
                     );
@@ -1301,7 +1302,9 @@ impl Group {
         self.check_key(key)?;
         let expires_at_ms = entry.expires_at_ms;
         let (_, stored) = self.core.accept(entry).await?;
-        self.store_as_owner(key, stored, expires_at_ms).await
+        // Out of the request's body, which may be a slice of the connection's read buffer.
+        self.store_as_owner(key, stored.compacted(), expires_at_ms)
+            .await
     }
 
     /// The owner's part of a set: memory, then (when the group has a storage tier) the

@@ -562,6 +562,58 @@ async fn a_peer_answer_that_does_not_decode_is_not_served() {
     }
 }
 
+/// Whether `inner` points into `outer`'s bytes (shares its allocation).
+fn within(inner: &Bytes, outer: &Bytes) -> bool {
+    let range = outer.as_ptr_range();
+    range.contains(&inner.as_ptr())
+}
+
+#[tokio::test]
+async fn values_from_the_network_are_cached_out_of_their_body() {
+    // A value as it arrives: a slice of a much larger body (a batch, or a read buffer).
+    let stored = Stored::raw(&records("k", 4));
+    let mut body = stored.bytes().to_vec();
+    body.resize(64 << 10, 0);
+    let body = Bytes::from(body);
+    let entry = PeerEntry {
+        value: body.slice(..stored.len()),
+        codec: "none".into(),
+        expires_at_ms: None,
+    };
+    let held = |g: &Group, tier: Tier, key: &str| match &g.core.cache(tier).get(key).unwrap().cached
+    {
+        Cached::Value(stored) => stored.bytes().clone(),
+        Cached::NotFound => panic!("a value"),
+    };
+
+    // A hot copy of an owner's answer.
+    let local = Group::builder("g", Arc::new(RecordGetter::default()))
+        .peers(Arc::new(AlwaysRemote(Arc::new(FixedPeer(entry.clone())))))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(local.get("k").await.unwrap(), records("k", 4));
+    }
+    let hot = held(&local, Tier::Hot, "k");
+    assert_eq!(hot, body.slice(..stored.len()));
+    assert!(
+        !within(&hot, &body),
+        "the hot copy keeps the whole body alive"
+    );
+
+    // A value a peer sets at its owner.
+    let owner = Group::builder("g", Arc::new(RecordGetter::default()))
+        .build()
+        .unwrap();
+    owner.set_as_owner("k", entry).await.unwrap();
+    let owned = held(&owner, Tier::Main, "k");
+    assert_eq!(owned, body.slice(..stored.len()));
+    assert!(
+        !within(&owned, &body),
+        "the owner's value keeps the whole body alive"
+    );
+}
+
 #[tokio::test]
 async fn a_hot_flush_drops_the_hot_copies_and_keeps_the_owned_values() {
     let owner = Arc::new(

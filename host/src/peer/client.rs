@@ -90,7 +90,7 @@ impl PeerHttp {
     }
 
     /// Reads an answer's body, refusing one over `limit` bytes (announced or actual) without
-    /// buffering it. A body of one chunk (the usual answer) is returned without a copy.
+    /// buffering it.
     ///
     /// # Errors
     /// [`HttpError::TooLarge`], or [`HttpError::Body`] when the body broke off.
@@ -104,7 +104,10 @@ impl PeerHttp {
             return Err(HttpError::TooLarge(limit));
         }
         match Limited::new(response.into_body(), limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
+            // Copied out of hyper's read buffer: a value decoded from the answer is a slice of
+            // it, and a hot copy would keep the whole buffer (many kilobytes) alive, and the
+            // connection would need a new buffer for its next answer.
+            Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
             Err(e) if e.is::<LengthLimitError>() => Err(HttpError::TooLarge(limit)),
             Err(e) => Err(HttpError::Body(error_chain(&*e))),
         }
