@@ -428,39 +428,39 @@ impl Cluster {
         let uri: hyper::Uri = format!("{base}{path_and_query}")
             .parse()
             .map_err(|e| format!("{addr}: {e}"))?;
-        let attempt = async {
-            let mut retried = false;
-            loop {
-                let mut request = hyper::Request::post(uri.clone())
-                    .body(http_body_util::Full::new(body.clone()))
-                    .map_err(|e| format!("{addr}: {e}"))?;
-                if let Some(secret) = &self.secret {
-                    let signed = secret.sign_request("POST", &authority, path_and_query, &body);
-                    crate::peer::insert_signed(request.headers_mut(), signed);
-                }
-                let response = self
-                    .http
-                    .send(request)
-                    .await
-                    .map_err(|e| format!("{addr}: {e}"))?;
+        let mut retried = false;
+        loop {
+            let mut request = hyper::Request::post(uri.clone())
+                .body(http_body_util::Full::new(body.clone()))
+                .map_err(|e| format!("{addr}: {e}"))?;
+            if let Some(secret) = &self.secret {
+                let signed = secret.sign_request("POST", &authority, path_and_query, &body);
+                crate::peer::insert_signed(request.headers_mut(), signed);
+            }
+            // Each attempt has the whole timeout, as the peer client's refused-as-early retry.
+            let attempt = async {
+                let response = self.http.send(request).await?;
                 let status = response.status().as_u16();
                 if status == 401
                     && !retried
                     && crate::peer::retry_after(response.headers()).is_some()
                 {
-                    retried = true;
-                    tokio::time::sleep(Duration::from_millis(1050)).await;
-                    continue;
+                    return Ok((status, None));
                 }
-                let answer = PeerHttp::read_body(response, max_answer)
-                    .await
-                    .map_err(|e| format!("{addr}: {e}"))?;
-                return Ok((status, answer));
-            }
-        };
-        tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| format!("{addr}: no answer within {timeout:?}"))?
+                let answer = PeerHttp::read_body(response, max_answer).await?;
+                Ok::<_, crate::peer::HttpError>((status, Some(answer)))
+            };
+            let (status, answer) = tokio::time::timeout(timeout, attempt)
+                .await
+                .map_err(|_| format!("{addr}: no answer within {timeout:?}"))?
+                .map_err(|e| format!("{addr}: {e}"))?;
+            let Some(answer) = answer else {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(1050)).await;
+                continue;
+            };
+            return Ok((status, answer));
+        }
     }
 
     /// The ring's members (addresses), this node included.
