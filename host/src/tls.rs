@@ -19,6 +19,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -215,25 +216,45 @@ pub fn peer_client_config(
 }
 
 /// The certificate a connection's client showed, which `--peer-ca` signed (mutual TLS): the
-/// connection info of a TLS listener, read by the peer routes.
+/// connection info of a TLS listener, read by the peer routes. Clones share one connection's.
 #[derive(Debug, Clone, Default)]
-pub struct PeerIdentity(Arc<OnceLock<Option<CertificateDer<'static>>>>);
+pub struct PeerIdentity {
+    /// Set once the handshake is done: the certificate, if the client showed one.
+    shown: Arc<OnceLock<Option<CertificateDer<'static>>>>,
+    /// The last answer of [`PeerIdentity::member_of`]: `version << 1 | member`, 0 for none.
+    member: Arc<AtomicU64>,
+}
 
 impl PeerIdentity {
     /// Whether the client showed a verified certificate (known once the handshake is done,
     /// which it is by the time a request arrives on the connection).
     pub fn verified(&self) -> bool {
-        self.0.get().is_some_and(Option::is_some)
+        self.shown.get().is_some_and(Option::is_some)
     }
 
-    /// Runs `check` with the names of the client's verified certificate (parsed once for it),
+    /// Runs `check` with the names of the client's verified certificate (parsed for it),
     /// or gives `None` when the client showed none or it does not parse.
     pub fn with_names<R>(&self, check: impl FnOnce(&CertNames<'_>) -> R) -> Option<R> {
-        let Some(Some(der)) = self.0.get() else {
+        let Some(Some(der)) = self.shown.get() else {
             return None;
         };
         let cert = webpki::EndEntityCert::try_from(der).ok()?;
         Some(check(&CertNames(cert)))
+    }
+
+    /// Whether the certificate passes `check` (false without one), asked once per connection
+    /// for each `version` of what it is checked against (the ring's, which changes only with
+    /// membership): a connection's next requests reuse the answer instead of parsing the
+    /// certificate again. `version` must not be 0.
+    pub fn member_of(&self, version: u64, check: impl FnOnce(&CertNames<'_>) -> bool) -> bool {
+        let last = self.member.load(Ordering::Acquire);
+        if last != 0 && last >> 1 == version {
+            return last & 1 == 1;
+        }
+        let member = self.with_names(check) == Some(true);
+        self.member
+            .store(version << 1 | u64::from(member), Ordering::Release);
+        member
     }
 }
 
@@ -374,7 +395,7 @@ where
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .map(|leaf| leaf.clone().into_owned());
-                    let _ = self.client.0.set(shown);
+                    let _ = self.client.shown.set(shown);
                     self.state = State::Streaming(Box::new(stream));
                 }
                 Err(e) => {
@@ -443,5 +464,55 @@ where
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// An identity whose client showed a (self-signed) certificate for `names`.
+    fn showing(names: &[&str]) -> PeerIdentity {
+        let names = names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>();
+        let cert = rcgen::generate_simple_self_signed(names).unwrap().cert;
+        let identity = PeerIdentity::default();
+        identity
+            .shown
+            .set(Some(cert.der().clone().into_owned()))
+            .unwrap();
+        identity
+    }
+
+    #[test]
+    fn membership_is_checked_once_per_connection_and_ring_version() {
+        let identity = showing(&["node-a.example"]);
+        let checks = Cell::new(0);
+        let is_member = |host: &'static str| {
+            let checks = &checks;
+            move |names: &CertNames<'_>| {
+                checks.set(checks.get() + 1);
+                names.include(host)
+            }
+        };
+        assert!(identity.member_of(1, is_member("node-a.example")));
+        // The same ring: the answer is kept, whatever the check would say now.
+        assert!(identity.member_of(1, is_member("node-b.example")));
+        assert!(identity.clone().member_of(1, is_member("node-b.example")));
+        assert_eq!(checks.get(), 1);
+        // The ring changed (node-a left): checked again.
+        assert!(!identity.member_of(2, is_member("node-b.example")));
+        assert!(!identity.member_of(2, is_member("node-a.example")));
+        assert_eq!(checks.get(), 2);
+    }
+
+    #[test]
+    fn without_a_certificate_no_one_is_a_member() {
+        let identity = PeerIdentity::default();
+        assert!(!identity.member_of(1, |_| true));
+        identity.shown.set(None).unwrap();
+        assert!(!identity.member_of(2, |_| true));
     }
 }

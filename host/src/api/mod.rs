@@ -695,13 +695,12 @@ async fn require_peer_cert(
                 .into(),
         );
     };
-    let member = identity.with_names(|names| {
-        state
-            .inner
-            .cluster
-            .any_member(|addr| names.include(host_of(addr)))
+    // Checked once per connection and ring: the certificate is not parsed per request.
+    let cluster = &state.inner.cluster;
+    let member = identity.member_of(cluster.ring_version(), |names| {
+        cluster.any_member(|addr| names.include(host_of(addr)))
     });
-    if member != Some(true) {
+    if !member {
         let mut refused = error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

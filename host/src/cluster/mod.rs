@@ -213,6 +213,8 @@ pub struct Cluster {
     /// Per-request time limit of a peer PUT or DELETE, in milliseconds (see
     /// [`Cluster::set_write_timeout`]).
     write_timeout_ms: AtomicU64,
+    /// Counts the ring's changes, from 1 (see [`Cluster::ring_version`]).
+    ring_version: AtomicU64,
 }
 
 /// Whole milliseconds of `d`, saturating.
@@ -285,6 +287,7 @@ impl Cluster {
             metrics,
             coalesce_keys: AtomicUsize::new(coalesce::DEFAULT_MAX_KEYS),
             write_timeout_ms: AtomicU64::new(millis(peer_timeout)),
+            ring_version: AtomicU64::new(1),
         };
         Ok(Arc::new(cluster))
     }
@@ -358,6 +361,8 @@ impl Cluster {
             peers,
             members: members.to_vec(),
         });
+        // After the new view is in: whoever reads the new version sees the new ring.
+        self.ring_version.fetch_add(1, Ordering::AcqRel);
     }
 
     fn client(&self, addr: &str) -> Result<Peer> {
@@ -468,6 +473,12 @@ impl Cluster {
         lock_read(&self.view).ring.members().to_vec()
     }
 
+    /// A number that changes whenever the ring's members do (never 0): what is computed from
+    /// the members can be kept until it changes.
+    pub fn ring_version(&self) -> u64 {
+        self.ring_version.load(Ordering::Acquire)
+    }
+
     /// Whether `f` holds for the address of some member of the ring (this node included).
     pub fn any_member(&self, mut f: impl FnMut(&str) -> bool) -> bool {
         lock_read(&self.view)
@@ -507,5 +518,30 @@ impl PeerPicker for Cluster {
             .values()
             .map(|p| p.clone() as Arc<dyn RemotePeer>)
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ring_version_changes_with_the_members_only() {
+        let me = "127.0.0.1:9001";
+        let cluster = Cluster::new(me, me, None, Duration::from_secs(1), Metrics::new(me)).unwrap();
+        let alone = cluster.ring_version();
+        assert_ne!(alone, 0);
+        cluster.join(Membership::fixed(
+            Member::new(me, me),
+            vec![Member::new("b", "127.0.0.1:9002")],
+        ));
+        let two = cluster.ring_version();
+        assert_ne!(two, alone, "a member joined");
+        cluster.apply(&[Member::new(me, me), Member::new("b", "127.0.0.1:9002")]);
+        assert_eq!(cluster.ring_version(), two, "the same members");
+        cluster.apply(&[Member::new(me, me)]);
+        assert_ne!(cluster.ring_version(), two, "a member left");
+        cluster.leave().await;
     }
 }
