@@ -55,16 +55,22 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// pool layers when most gets are forwarded; none of them does anything for peers.)
 #[derive(Debug, Clone)]
 pub struct PeerHttp {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<BoundedConnector, Full<Bytes>>,
+    /// The bound on each connect.
+    connect_timeout: Duration,
 }
 
 /// How a [`PeerHttp`] request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// No answer: the connection could not be made, or broke before the answer's head. The
-    /// request may be sent again on a new connection.
+    /// request may be sent again.
     #[error("{0}")]
     Send(String),
+    /// No connection within the connect timeout (TCP and TLS handshake): the peer is down or
+    /// unreachable behind a black hole; trying again at once would wait as long again.
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
     /// The answer's body broke off.
     #[error("{0}")]
     Body(String),
@@ -83,10 +89,23 @@ impl PeerHttp {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, HttpError> {
-        self.client
-            .request(request)
-            .await
-            .map_err(|e| HttpError::Send(error_chain(&e)))
+        self.client.request(request).await.map_err(|e| {
+            // Ours (the whole connect), or the TCP connector's (its share of the timeout for
+            // each of a name's addresses, all of which timed out).
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(cause) = source {
+                let timed_out = cause.is::<ConnectTimeout>()
+                    || (e.is_connect()
+                        && cause
+                            .downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
+                if timed_out {
+                    return HttpError::ConnectTimeout(self.connect_timeout);
+                }
+                source = cause.source();
+            }
+            HttpError::Send(error_chain(&e))
+        })
     }
 
     /// Reads an answer's body, refusing one over `limit` bytes (announced or actual) without
@@ -103,16 +122,72 @@ impl PeerHttp {
         if announced.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
             return Err(HttpError::TooLarge(limit));
         }
-        match Limited::new(response.into_body(), limit).collect().await {
-            // Copied out of hyper's read buffer: a value decoded from the answer is a slice of
-            // it, and a hot copy would keep the whole buffer (many kilobytes) alive, and the
-            // connection would need a new buffer for its next answer.
-            Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
-            Err(e) if e.is::<LengthLimitError>() => Err(HttpError::TooLarge(limit)),
-            Err(e) => Err(HttpError::Body(error_chain(&*e))),
+        // Copied, once, out of hyper's read buffer into a buffer of the body's size: a value
+        // decoded from the answer is a slice of the body, and a slice of the read buffer would
+        // keep all of it alive and make the connection allocate a new one for its next answer.
+        let capacity = announced.map_or(0, |n| usize::try_from(n).unwrap_or(limit).min(limit));
+        let mut body = bytes::BytesMut::with_capacity(capacity);
+        let mut incoming = Limited::new(response.into_body(), limit);
+        while let Some(frame) = incoming.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        body.extend_from_slice(data);
+                    }
+                }
+                Err(e) if e.is::<LengthLimitError>() => return Err(HttpError::TooLarge(limit)),
+                Err(e) => return Err(HttpError::Body(error_chain(&*e))),
+            }
         }
+        Ok(body.freeze())
     }
 }
+
+/// The connect timeout ran out (see [`BoundedConnector`]).
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within {0:?}")]
+struct ConnectTimeout(Duration);
+
+/// hyper-rustls's connector with one bound on a whole connect: name resolution, TCP and the
+/// TLS handshake. The pool may finish a connect in the background once its request went on
+/// another connection, and a connect that stalls (a peer that answers the SYN and nothing
+/// more) must not hold a task and a socket until the kernel gives up.
+#[derive(Debug, Clone)]
+struct BoundedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+impl tower::Service<Uri> for BoundedConnector {
+    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(ConnectTimeout(timeout)) as Self::Error),
+            }
+        })
+    }
+}
+
+/// How long sent data may stay unacknowledged before the connection is dropped (Linux
+/// `TCP_USER_TIMEOUT`): a peer that vanished mid-answer is given up on, not retransmitted to
+/// for a quarter of an hour.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A [`PeerHttp`] with connects bounded by `connect_timeout`, whose `https://` peers are
 /// checked against the platform's roots (the system's certificate store).
@@ -147,17 +222,25 @@ pub fn http_client_with_tls(
     tcp.set_keepalive(Some(TCP_KEEPALIVE));
     tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
     tcp.set_keepalive_retries(Some(3));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    tcp.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+    let connector = BoundedConnector {
+        inner: hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp),
+        timeout: connect_timeout,
+    };
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_PEER)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(connector);
-    Ok(PeerHttp { client })
+    Ok(PeerHttp {
+        client,
+        connect_timeout,
+    })
 }
 
 /// Talks to one remote node. Cheap to clone (an `Arc` inside); clones share the connection pool.
@@ -436,8 +519,9 @@ impl PeerClient {
     /// all within the method's timeout.
     ///
     /// A request whose connection failed or broke before an answer (a pooled connection the
-    /// peer closed while restarting or draining) is sent once more at once, on a new
-    /// connection, within what is left of the same timeout. Every peer request is idempotent
+    /// peer closed while restarting or draining) is sent once more at once (on another pooled
+    /// connection or a new one), within what is left of the same timeout; one that got no
+    /// connection within the connect timeout is not. Every peer request is idempotent
     /// (gets, sets of one value, deletes, invalidations). A peer that refuses the request with
     /// 401 and `Retry-After` (it was signed just before the peer started, see [`auth`]) gets
     /// it once more, signed anew, a second later, with a timeout of its own.
@@ -511,11 +595,15 @@ impl PeerClient {
                 header::HeaderValue::from_static(CONTENT_TYPE),
             );
         }
-        let response = inner.http.send(request).await.map_err(|e| {
-            Retry::Reset(PeerError::Unreachable {
+        let response = inner.http.send(request).await.map_err(|e| match e {
+            HttpError::ConnectTimeout(timeout) => Retry::No(PeerError::Timeout {
+                peer: inner.base.clone(),
+                timeout,
+            }),
+            _ => Retry::Reset(PeerError::Unreachable {
                 peer: inner.base.clone(),
                 message: e.to_string(),
-            })
+            }),
         })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
@@ -523,10 +611,12 @@ impl PeerClient {
             .await
             .map_err(|e| match e {
                 HttpError::TooLarge(_) => self.bad_answer(e.to_string()),
-                HttpError::Send(_) | HttpError::Body(_) => PeerError::Unreachable {
-                    peer: inner.base.clone(),
-                    message: e.to_string(),
-                },
+                HttpError::Send(_) | HttpError::ConnectTimeout(_) | HttpError::Body(_) => {
+                    PeerError::Unreachable {
+                        peer: inner.base.clone(),
+                        message: e.to_string(),
+                    }
+                }
             })?;
         if status.is_success() {
             return Ok(body);
@@ -578,7 +668,7 @@ impl PeerClient {
 enum Retry {
     /// For good.
     No(PeerError),
-    /// No answer (refused, reset, closed): worth one more attempt at once, on a new
+    /// No answer (refused, reset, closed): worth one more attempt at once, on another
     /// connection; the error if it is not made.
     Reset(PeerError),
     /// Refused as signed too early: worth one more attempt, signed anew, after this wait; the

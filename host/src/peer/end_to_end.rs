@@ -1086,6 +1086,33 @@ async fn the_second_attempt_has_what_is_left_of_the_timeout() {
     );
 }
 
+#[tokio::test]
+async fn a_connect_that_stalls_times_out_at_the_connect_timeout_and_is_not_retried() {
+    // A peer that takes the TCP connection and then says nothing: the TLS handshake of an
+    // https:// peer never ends.
+    let (addr, accepted) = unanswering_peer(false, Duration::from_secs(60)).await;
+    let connect_timeout = Duration::from_millis(300);
+    let client = PeerClient::builder(format!("https://{addr}"))
+        .timeout(Duration::from_secs(10))
+        .http_client(http_client(connect_timeout).unwrap())
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = client.get("g", "k").await.unwrap_err();
+    assert!(
+        matches!(err, PeerError::Timeout { timeout, .. } if timeout == connect_timeout),
+        "{err:?}"
+    );
+    assert_eq!(Error::from(err).status(), 504);
+    // Neither the request's 10 s nor a second connect.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn peer_addresses_are_checked() {
     for good in [
