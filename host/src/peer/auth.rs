@@ -358,6 +358,9 @@ pub struct NodeAuth {
     /// This node's advertised `host:port` (see [`authority_of`]): requests signed for another
     /// node are refused, so a request captured on its way there cannot be replayed here.
     authority: String,
+    /// The port a `Host` without one means: 443 when the node is advertised as `https://`
+    /// (clients leave a scheme's default port out of `Host`), else 80.
+    default_port: u16,
     /// Nonces seen, and the start time before which requests are refused.
     replays: ReplayGuard,
 }
@@ -374,9 +377,13 @@ impl NodeAuth {
         advertise_addr: &str,
         replays: ReplayGuard,
     ) -> NodeAuth {
+        let https = advertise_addr
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
         NodeAuth {
             secret,
             authority: authority_of(advertise_addr),
+            default_port: if https { 443 } else { 80 },
             replays,
         }
     }
@@ -401,7 +408,7 @@ impl NodeAuth {
         now: u64,
     ) -> Result<Verified, AuthError> {
         let host = host.ok_or(AuthError::MissingHeader("host"))?;
-        let host = authority_of(host);
+        let host = host_authority(host, self.default_port);
         if host != self.authority {
             return Err(AuthError::OtherNode {
                 host,
@@ -414,6 +421,22 @@ impl NodeAuth {
         self.replays
             .check_ms(verified.nonce, verified.date_ms, now)?;
         Ok(verified)
+    }
+}
+
+/// The authority a `Host` header names (see [`authority_of`]), the port `default_port` when
+/// it has none.
+fn host_authority(host: &str, default_port: u16) -> String {
+    // `host:port`, or `[v6]:port`; a bare IPv6 address is always in brackets in a `Host`.
+    let has_port = host.rsplit_once(':').is_some_and(|(name, port)| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!name.contains(':') || name.ends_with(']'))
+    });
+    if has_port {
+        authority_of(host)
+    } else {
+        authority_of(&format!("{host}:{default_port}"))
     }
 }
 
@@ -1013,6 +1036,55 @@ mod tests {
             a.verify("PUT", Some(NODE), "/p", &headers(&h), DATE),
             Err(AuthError::Replayed)
         );
+    }
+
+    /// Clients leave a scheme's default port out of `Host`: a node advertised as `https://`
+    /// on 443 takes `Host: node` as `node:443`, one on plain HTTP as `node:80`.
+    #[test]
+    fn a_host_without_a_port_has_the_default_port_of_the_node_s_scheme() {
+        let s = secret();
+        let hash = hex::encode(Sha256::digest(b""));
+        for (advertised, signed_for, host) in [
+            ("https://node.example", "node.example:443", "node.example"),
+            (
+                "HTTPS://node.example:443",
+                "node.example:443",
+                "Node.Example",
+            ),
+            (
+                "https://node.example",
+                "node.example:443",
+                "node.example:443",
+            ),
+            ("node.example", "node.example:80", "node.example"),
+            ("http://node.example", "node.example:80", "node.example:80"),
+            ("https://[::1]", "[::1]:443", "[::1]"),
+        ] {
+            let sig = s.sign("GET", signed_for, "/p", DATE, NONCE, &hash);
+            let h = [DATE.to_string(), NONCE.to_string(), hash.clone(), sig];
+            let auth =
+                NodeAuth::with_guard(s.clone(), advertised, ReplayGuard::started_at(DATE, 10));
+            assert_eq!(auth.authority(), signed_for);
+            let verified = auth.verify("GET", Some(host), "/p", &headers(&h), DATE);
+            assert!(verified.is_ok(), "{advertised} {host}: {verified:?}");
+        }
+        // A plain-HTTP node does not take a bare `Host` as 443, nor an https one as 80.
+        for (advertised, host) in [
+            ("node.example:443", "node.example"),
+            ("https://node.example", "node.example:80"),
+        ] {
+            let auth =
+                NodeAuth::with_guard(s.clone(), advertised, ReplayGuard::started_at(DATE, 10));
+            let sig = s.sign("GET", auth.authority(), "/p", DATE, NONCE, &hash);
+            let h = [DATE.to_string(), NONCE.to_string(), hash.clone(), sig];
+            let err = auth
+                .verify("GET", Some(host), "/p", &headers(&h), DATE)
+                .unwrap_err();
+            assert!(
+                matches!(err, AuthError::OtherNode { .. }),
+                "{advertised} {host}: {err:?}"
+            );
+        }
     }
 
     #[test]
