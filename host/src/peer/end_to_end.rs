@@ -1113,6 +1113,77 @@ async fn a_connect_that_stalls_times_out_at_the_connect_timeout_and_is_not_retri
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+/// A TLS server on 127.0.0.1 with a certificate from a throwaway CA, answering every request
+/// with 404; its address and the CA's certificate.
+async fn tls_peer() -> (SocketAddr, rustls::pki_types::CertificateDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key.into())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0; 4096];
+                let _ = tls.read(&mut buf).await;
+                let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                let _ = tls.write_all(answer).await;
+                let _ = tls.flush().await;
+            });
+        }
+    });
+    (addr, issuer.der().clone())
+}
+
+#[tokio::test]
+async fn https_peers_are_checked_against_the_platform_roots_or_the_given_ca() {
+    let (addr, ca) = tls_peer().await;
+    let timeout = Duration::from_secs(5);
+    // Without --peer-ca: the system's roots, which do not know the throwaway CA.
+    let platform = PeerClient::builder(format!("https://{addr}"))
+        .http_client(http_client(timeout).unwrap())
+        .build()
+        .unwrap();
+    let err = platform.get("g", "k").await.unwrap_err();
+    assert!(matches!(err, PeerError::Unreachable { .. }), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // With the CA (--peer-ca): the handshake passes and the peer's answer comes back.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let trusting = PeerClient::builder(format!("https://{addr}"))
+        .http_client(http_client_with_tls(timeout, Some(config)).unwrap())
+        .build()
+        .unwrap();
+    let err = trusting.get("g", "k").await.unwrap_err();
+    assert!(
+        matches!(err, PeerError::Status { status: 404, .. }),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn peer_addresses_are_checked() {
     for good in [
