@@ -38,8 +38,9 @@
 //!   [`plugin::watch`]: the `--watch-plugins` and SIGHUP triggers.
 //! - [`peer`]: the peer protocol (HTTP + protobuf, `/_geecache/{group}/{key}`): the
 //!   [`peer::PeerService`] seam a node offers its peers, the router serving it, the client
-//!   calling one remote node, and HMAC request signing with the cluster secret (nonces against
-//!   replay, checked before a body is read).
+//!   calling one remote node (over [`peer::PeerHttp`], hyper's pooled client with rustls,
+//!   shared with the cluster's admin requests), and HMAC request signing with the cluster
+//!   secret (nonces against replay, checked before a body is read).
 //! - [`ring`]: consistent hashing with virtual nodes (XXH3-64); which node owns a key (used by
 //!   the cluster layer).
 //! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
@@ -49,7 +50,8 @@
 //!   to it is in flight, go as one `_batch` request (`cluster/coalesce.rs`, `--peer-coalesce`).
 //! - [`tls`]: rustls for the node's port (certificate reloaded on SIGHUP, handshakes off the
 //!   accept loop), the peer client's trust (`--peer-ca`), and with `--peer-mtls` the client
-//!   certificate a peer request's connection showed, checked against the ring's hosts.
+//!   certificate a peer request's connection showed, checked against the ring's hosts (once
+//!   per connection and ring version).
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
 //! - [`error`]: the error type shared by the modules above.
 //! - [`telemetry`]: logs (`RUST_LOG`, text or JSON), get-path spans exported over OTLP when
