@@ -13,11 +13,11 @@
 //! |---|---|
 //! | `PUT /api/v1/groups/{group}/keys/{key}[?ttl=10m]` | sets the value (raw body) at the key's owner; 204; `ttl` ≤ [`MAX_TTL`] |
 //! | `DELETE /api/v1/groups/{group}/keys/{key}` | removes the key at its owner (the next get reloads it); 204 |
-//! | `POST /api/v1/groups/{group}/flush[?cluster=true]` | drops every value of the group this node (or every ring member) holds, in memory and in its storage tier (see [`flush`]) |
+//! | `POST /api/v1/groups/{group}/flush[?cluster=true]` | drops every value of the group this node (or every ring member) holds, in memory and in its storage tier (see `api/flush.rs`) |
 //! | `POST /api/v1/groups/{group}/batch` | `{"keys": [...]}` → `{"results": [{"key", "value" or "value_base64" or "error"}]}`: each distinct key once, within `--max-batch-bytes` (see [`crate::batch`]) |
 //! | `GET /api/v1/cluster` | this node's address, registration state and ring members |
 //! | `GET /api/v1/stats` | JSON counters per group and per plugin, ring size, registration state |
-//! | `GET /api/v1/plugins[/{name}]` | the loaded plugins: kind, version, SHA-256, source, reloads, counters (see [`plugins`]) |
+//! | `GET /api/v1/plugins[/{name}]` | the loaded plugins: kind, version, SHA-256, source, reloads, counters (see `api/plugins.rs`) |
 //! | `POST /api/v1/plugins/{name}/reload` | hot reload of one plugin, on this node or (`?cluster=true`) on every node |
 //! | `GET /metrics` | the same counters, latency histograms and gauges in Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |

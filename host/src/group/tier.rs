@@ -260,7 +260,7 @@ impl ClearSlots<'_> {
     }
 }
 
-/// What [`StorageTier::drain`] got done before its deadline.
+/// What `StorageTier::drain` got done before its deadline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drained {
     /// Writes that were pending when the drain began and finished in time.

@@ -47,7 +47,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// cluster's admin requests). Cheap to clone; clones share the pool.
 ///
 /// It is hyper's pooled HTTP/1.1 client, with nothing between it and the peer protocol:
-/// keep-alive connections ([`POOL_MAX_IDLE_PER_PEER`] per peer), `TCP_NODELAY` (answers are
+/// keep-alive connections (as many idle per peer as an owner serves requests at once), `TCP_NODELAY` (answers are
 /// small and latency-bound), TCP keep-alive, connects bounded by a timeout, `https://` peers
 /// through rustls. It never goes through a proxy, whatever `HTTP_PROXY`/`ALL_PROXY` say: peers
 /// talk to each other directly, and a proxy would see the cluster's traffic (and could replay
@@ -310,7 +310,7 @@ impl PeerClientBuilder {
         self
     }
 
-    /// Largest answer body to read ([`DEFAULT_MAX_RESPONSE_BYTES`] by default); a longer one
+    /// Largest answer body to read (64 MiB by default); a longer one
     /// fails the call with [`PeerError::Decode`] without being read further.
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
         self.max_response_bytes = limit;

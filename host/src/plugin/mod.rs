@@ -14,13 +14,13 @@
 //!   most a 2 ms slice before moving to a blocking thread, so a slow or looping plugin shares
 //!   its worker thread with other requests. A trap, panic or overrun fails that call with a
 //!   [`PluginError`] and its instance is dropped, so nothing of it reaches the next call.
-//!   Instances that ended cleanly are reused ([`pool`] says when they are retired);
+//!   Instances that ended cleanly are reused (`plugin/pool.rs` says when they are retired);
 //!   `--plugin-instances fresh` gives every call a new one.
 //!
 //! What holds a call in (the trust model: plugins are operator-chosen but untrusted code):
 //! - **Time.** Epoch interruption stops wasm at the deadline; host calls cannot outlast it either:
 //!   a clock subscription (how a guest sleeps or waits) never waits past the call's deadline (see
-//!   [`host`]), and SQL carries the deadline into SQLite. The call's concurrency slot is held
+//!   `plugin/host.rs`), and SQL carries the deadline into SQLite. The call's concurrency slot is held
 //!   with its instance: a caller that gives up drops the call, which stops its wasm there.
 //! - **Memory.** One budget per call over all linear memories and tables of the instance
 //!   together (`--plugin-memory`).
