@@ -47,9 +47,9 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// cluster's admin requests). Cheap to clone; clones share the pool.
 ///
 /// It is hyper's pooled HTTP/1.1 client, with nothing between it and the peer protocol:
-/// keep-alive connections (as many idle per peer as an owner serves requests at once), `TCP_NODELAY` (answers are
-/// small and latency-bound), TCP keep-alive, connects bounded by a timeout, `https://` peers
-/// through rustls. It never goes through a proxy, whatever `HTTP_PROXY`/`ALL_PROXY` say: peers
+/// keep-alive connections (as many idle per peer as an owner serves requests at once),
+/// `TCP_NODELAY` (answers are small and latency-bound), TCP keep-alive, connects bounded by a
+/// timeout, `https://` peers through rustls. It never goes through a proxy, whatever `HTTP_PROXY`/`ALL_PROXY` say: peers
 /// talk to each other directly, and a proxy would see the cluster's traffic (and could replay
 /// it). (reqwest, which it replaced, spent ~5% of a node's CPU in URL, redirect-policy and
 /// pool layers when most gets are forwarded; none of them does anything for peers.)
