@@ -242,6 +242,15 @@ impl PeerIdentity {
         Some(check(&CertNames(cert)))
     }
 
+    /// The identity of a connection whose client showed `certificate` (tests of the peer
+    /// routes, which have no TLS connection).
+    #[cfg(test)]
+    pub(crate) fn showing(certificate: CertificateDer<'static>) -> PeerIdentity {
+        let identity = PeerIdentity::default();
+        let _ = identity.shown.set(Some(certificate));
+        identity
+    }
+
     /// Whether the certificate passes `check` (false without one), asked once per connection
     /// for each `version` of what it is checked against (the ring's, which changes only with
     /// membership): a connection's next requests reuse the answer instead of parsing the
@@ -478,12 +487,7 @@ mod tests {
     fn showing(names: &[&str]) -> PeerIdentity {
         let names = names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>();
         let cert = rcgen::generate_simple_self_signed(names).unwrap().cert;
-        let identity = PeerIdentity::default();
-        identity
-            .shown
-            .set(Some(cert.der().clone().into_owned()))
-            .unwrap();
-        identity
+        PeerIdentity::showing(cert.der().clone().into_owned())
     }
 
     #[test]

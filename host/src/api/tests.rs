@@ -539,3 +539,40 @@ async fn the_shortcut_times_its_requests_under_the_route() {
         .unwrap_or_else(|| panic!("no count for the classic route:\n{text}"));
     assert!(classic.ends_with(" 1"), "{classic}");
 }
+
+/// With `--peer-mtls`, a connection's certificate is checked once per ring: the next request
+/// on the same connection after its node left the ring is refused.
+#[tokio::test]
+async fn a_peer_connection_is_refused_once_its_node_left_the_ring() {
+    use crate::discovery::Member;
+    let options = ApiOptions {
+        require_peer_cert: true,
+        ..ApiOptions::default()
+    };
+    let (state, _) = app_state(10, options);
+    let cluster = state.inner.cluster.clone();
+    let app = router(state);
+    let me = Member::new("n", "127.0.0.1:1");
+    let b = Member::new("b", "node-b.example:9000");
+    cluster.apply(&[me.clone(), b]);
+    let cert = rcgen::generate_simple_self_signed(vec!["node-b.example".to_string()])
+        .unwrap()
+        .cert;
+    // One connection: one identity, its clones in every request's extensions.
+    let identity = crate::tls::PeerIdentity::showing(cert.der().clone().into_owned());
+    let request = || {
+        let mut request = axum::http::Request::get("/_geecache/g/k")
+            .body(Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(identity.clone()));
+        request
+    };
+    let (status, _, _) = call(&app, request()).await;
+    assert_ne!(status, StatusCode::UNAUTHORIZED, "node-b is a member");
+    cluster.apply(&[me]);
+    let (status, headers, body) = call(&app, request()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body:?}");
+    assert_eq!(headers.get(header::RETRY_AFTER).unwrap(), "1");
+}

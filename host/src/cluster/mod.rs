@@ -327,7 +327,7 @@ impl Cluster {
     }
 
     /// Rebuilds the view from `members`, reusing the clients of nodes that stay.
-    fn apply(&self, members: &[Member]) {
+    pub(crate) fn apply(&self, members: &[Member]) {
         let old = lock_read(&self.view).clone();
         let mut addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
         if !addrs.contains(&self.self_addr) {

@@ -436,6 +436,8 @@ fn host_authority(host: &str, default_port: u16) -> String {
     if has_port {
         authority_of(host)
     } else {
+        // An empty port (`node:`) is the default one too (RFC 3986, 3.2.3).
+        let host = host.strip_suffix(':').unwrap_or(host);
         authority_of(&format!("{host}:{default_port}"))
     }
 }
@@ -1059,6 +1061,8 @@ mod tests {
             ("node.example", "node.example:80", "node.example"),
             ("http://node.example", "node.example:80", "node.example:80"),
             ("https://[::1]", "[::1]:443", "[::1]"),
+            ("https://node.example", "node.example:443", "node.example:"),
+            ("node.example", "node.example:80", "node.example:"),
         ] {
             let sig = s.sign("GET", signed_for, "/p", DATE, NONCE, &hash);
             let h = [DATE.to_string(), NONCE.to_string(), hash.clone(), sig];

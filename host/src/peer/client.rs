@@ -90,21 +90,11 @@ impl PeerHttp {
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, HttpError> {
         self.client.request(request).await.map_err(|e| {
-            // Ours (the whole connect), or the TCP connector's (its share of the timeout for
-            // each of a name's addresses, all of which timed out).
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(cause) = source {
-                let timed_out = cause.is::<ConnectTimeout>()
-                    || (e.is_connect()
-                        && cause
-                            .downcast_ref::<std::io::Error>()
-                            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
-                if timed_out {
-                    return HttpError::ConnectTimeout(self.connect_timeout);
-                }
-                source = cause.source();
+            if is_connect_timeout(&e, e.is_connect()) {
+                HttpError::ConnectTimeout(self.connect_timeout)
+            } else {
+                HttpError::Send(error_chain(&e))
             }
-            HttpError::Send(error_chain(&e))
         })
     }
 
@@ -141,6 +131,25 @@ impl PeerHttp {
         }
         Ok(body.freeze())
     }
+}
+
+/// Whether `e` (of a request whose connect failed, when `connecting`) is a connect timeout:
+/// ours (the whole connect), or the TCP connector's (its share of the timeout for each of a
+/// name's addresses, all of which timed out).
+fn is_connect_timeout(e: &(dyn std::error::Error + 'static), connecting: bool) -> bool {
+    let mut source = Some(e);
+    while let Some(cause) = source {
+        let timed_out = cause.is::<ConnectTimeout>()
+            || (connecting
+                && cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
+        if timed_out {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The connect timeout ran out (see [`BoundedConnector`]).
@@ -725,4 +734,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a cause, as the HTTP client wraps the connector's.
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Wrapped(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+    #[test]
+    fn connect_timeouts_are_told_apart_from_other_failures() {
+        let ours = Wrapped(Box::new(ConnectTimeout(Duration::from_secs(1))));
+        assert!(is_connect_timeout(&ours, true));
+        assert!(is_connect_timeout(&ours, false));
+        let tcp = Wrapped(Box::new(Wrapped(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "tcp connect error",
+        )))));
+        assert!(is_connect_timeout(&tcp, true));
+        // An I/O timeout after the connect (reading the answer) is not one.
+        assert!(!is_connect_timeout(&tcp, false));
+        let refused = Wrapped(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(!is_connect_timeout(&refused, true));
+    }
 }

@@ -1037,20 +1037,20 @@ async fn unanswering_peer(
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
-        let mut held = Vec::new();
+        // Every connection is counted as it is accepted, and served on a task of its own.
         while let Ok((mut conn, _)) = listener.accept().await {
             let n = count.fetch_add(1, Ordering::SeqCst);
-            let mut buf = vec![0; 4096];
-            let _ = conn.read(&mut buf).await;
-            // The first connection is always closed: that is the reset the client retries.
-            if n == 0 {
-                tokio::time::sleep(first_close_after).await;
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                let _ = conn.read(&mut buf).await;
+                // The first connection is always closed: that is the reset the client retries.
+                if n == 0 {
+                    tokio::time::sleep(first_close_after).await;
+                } else if !close {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
                 drop(conn);
-            } else if close {
-                drop(conn);
-            } else {
-                held.push(conn);
-            }
+            });
         }
     });
     (addr, accepted)
