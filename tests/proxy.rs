@@ -37,7 +37,7 @@ async fn peer_requests_reach_the_peer_even_with_a_dead_proxy_in_the_environment(
 
     // The node's shared peer client (as the cluster builds it) reaches the peer itself: the
     // peer answers 404 for a group it does not serve.
-    let http = peer::http_client(Duration::from_secs(5)).unwrap();
+    let http = peer::http_client(Duration::from_secs(5));
     let client = PeerClient::builder(addr.to_string())
         .http_client(http)
         .build()

@@ -400,3 +400,38 @@ async fn put_delete_and_batch_on_one_node() {
     assert_eq!(resp.status(), 400);
     node.stop().await;
 }
+
+/// A node on a system without CA certificates (a minimal container image) starts and serves:
+/// its peers may be plain `http://`, and `https://` ones are trusted with `--peer-ca` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_on_a_system_without_ca_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = geecache_tests::demo_db(dir.path());
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
+        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+        .arg("--plugin-config")
+        .arg(format!("db_getter.database={}", db.display()))
+        .arg("--compile-cache-dir")
+        .arg(geecache_tests::compile_cache_dir())
+        // Where the system's certificates are looked for: nowhere with any.
+        .env("SSL_CERT_FILE", empty.join("none.pem"))
+        .env("SSL_CERT_DIR", &empty)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let healthy = wait_healthy(&format!("{base}/healthz"), Duration::from_secs(60)).await;
+    if healthy {
+        let body = reqwest::get(format!("{base}/api?key=Tom")).await.unwrap();
+        assert_eq!(body.text().await.unwrap(), "630");
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(healthy, "the node did not start: {log}");
+    assert!(log.contains("no system CA certificates"), "{log}");
+}

@@ -120,8 +120,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         peer_timeout,
         metrics.clone(),
         peer_tls,
-    )
-    .map_err(|e| e.to_string())?;
+    );
     cluster.set_coalesce_keys(c.peer_coalesce);
     // The owner takes up to its --request-timeout to store a write; the exchange, up to a peer
     // timeout more.

@@ -79,8 +79,7 @@ fn app_state(size: usize, options: ApiOptions) -> (AppState, Arc<SizedGetter>) {
         None,
         Duration::from_secs(1),
         metrics.clone(),
-    )
-    .unwrap();
+    );
     let state = AppState::new(
         groups,
         "g".into(),

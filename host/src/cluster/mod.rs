@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use crate::discovery::{Member, Membership, RegistrationState};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::group::{OwnerItem, PeerEntry, PeerPicker, RemotePeer};
 use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerHttp};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
@@ -242,23 +242,17 @@ fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Cluster {
     /// A cluster of this node alone, until [`Cluster::join`] brings the members in.
-    ///
-    /// # Errors
-    /// When the HTTP client for peers cannot be built.
     pub fn new(
         self_id: &str,
         self_addr: &str,
         secret: Option<ClusterSecret>,
         peer_timeout: Duration,
         metrics: Metrics,
-    ) -> Result<Arc<Cluster>> {
+    ) -> Arc<Cluster> {
         Cluster::with_tls(self_id, self_addr, secret, peer_timeout, metrics, None)
     }
 
     /// [`Cluster::new`] whose `https://` peers must have certificates `peer_tls` trusts.
-    ///
-    /// # Errors
-    /// As [`Cluster::new`].
     pub fn with_tls(
         self_id: &str,
         self_addr: &str,
@@ -266,9 +260,8 @@ impl Cluster {
         peer_timeout: Duration,
         metrics: Metrics,
         peer_tls: Option<rustls::ClientConfig>,
-    ) -> Result<Arc<Cluster>> {
-        let http = crate::peer::http_client_with_tls(peer_timeout, peer_tls)
-            .map_err(|e| Error::Internal(format!("cannot build the peer HTTP client: {e}")))?;
+    ) -> Arc<Cluster> {
+        let http = crate::peer::http_client_with_tls(peer_timeout, peer_tls);
         let cluster = Cluster {
             self_addr: self_addr.to_string(),
             secret,
@@ -289,7 +282,7 @@ impl Cluster {
             write_timeout_ms: AtomicU64::new(millis(peer_timeout)),
             ring_version: AtomicU64::new(1),
         };
-        Ok(Arc::new(cluster))
+        Arc::new(cluster)
     }
 
     /// Most keys in one batch of the gets to a peer that are coalesced (`--peer-coalesce`; 0
@@ -529,7 +522,7 @@ mod tests {
     #[tokio::test]
     async fn the_ring_version_changes_with_the_members_only() {
         let me = "127.0.0.1:9001";
-        let cluster = Cluster::new(me, me, None, Duration::from_secs(1), Metrics::new(me)).unwrap();
+        let cluster = Cluster::new(me, me, None, Duration::from_secs(1), Metrics::new(me));
         let alone = cluster.ring_version();
         assert_ne!(alone, 0);
         cluster.join(Membership::fixed(

@@ -199,30 +199,28 @@ impl tower::Service<Uri> for BoundedConnector {
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A [`PeerHttp`] with connects bounded by `connect_timeout`, whose `https://` peers are
-/// checked against the platform's roots (the system's certificate store).
-///
-/// # Errors
-/// When the platform's certificate verifier cannot be set up.
-pub fn http_client(connect_timeout: Duration) -> Result<PeerHttp, rustls::Error> {
+/// checked against the platform's roots (the system's certificate store). On a system without
+/// CA certificates (a minimal container image) it trusts no `https://` peer, and says so in the
+/// log: plain `http://` peers need none, and `https://` ones need `--peer-ca` there.
+pub fn http_client(connect_timeout: Duration) -> PeerHttp {
     http_client_with_tls(connect_timeout, None)
 }
 
 /// [`http_client`] whose `https://` peers are checked with `tls` (`--peer-ca`, and with
 /// `--peer-mtls` the certificate this node shows) rather than the platform's roots.
-///
-/// # Errors
-/// As [`http_client`].
 pub fn http_client_with_tls(
     connect_timeout: Duration,
     tls: Option<rustls::ClientConfig>,
-) -> Result<PeerHttp, rustls::Error> {
-    let tls = match tls {
-        Some(tls) => tls,
-        None => {
-            use rustls_platform_verifier::ConfigVerifierExt;
-            rustls::ClientConfig::with_platform_verifier()?
-        }
-    };
+) -> PeerHttp {
+    let tls = tls.unwrap_or_else(|| {
+        use rustls_platform_verifier::ConfigVerifierExt;
+        rustls::ClientConfig::with_platform_verifier().unwrap_or_else(|e| {
+            tracing::info!(error = %e, "no system CA certificates: https:// peers are trusted only with --peer-ca");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+    });
     let mut tcp = HttpConnector::new();
     // The scheme is checked by the TLS layer around it: `http://` and `https://` both pass.
     tcp.enforce_http(false);
@@ -246,10 +244,10 @@ pub fn http_client_with_tls(
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(connector);
-    Ok(PeerHttp {
+    PeerHttp {
         client,
         connect_timeout,
-    })
+    }
 }
 
 /// Talks to one remote node. Cheap to clone (an `Arc` inside); clones share the connection pool.
@@ -372,7 +370,7 @@ impl PeerClientBuilder {
         let authority = auth::authority_of(&base);
         let http = match self.http {
             Some(http) => http,
-            None => http_client(self.timeout).map_err(|e| invalid(error_chain(&e)))?,
+            None => http_client(self.timeout),
         };
         Ok(PeerClient {
             inner: Arc::new(Inner {

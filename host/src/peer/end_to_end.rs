@@ -1094,7 +1094,7 @@ async fn a_connect_that_stalls_times_out_at_the_connect_timeout_and_is_not_retri
     let connect_timeout = Duration::from_millis(300);
     let client = PeerClient::builder(format!("https://{addr}"))
         .timeout(Duration::from_secs(10))
-        .http_client(http_client(connect_timeout).unwrap())
+        .http_client(http_client(connect_timeout))
         .build()
         .unwrap();
     let started = std::time::Instant::now();
@@ -1158,7 +1158,7 @@ async fn https_peers_are_checked_against_the_platform_roots_or_the_given_ca() {
     let timeout = Duration::from_secs(5);
     // Without --peer-ca: the system's roots, which do not know the throwaway CA.
     let platform = PeerClient::builder(format!("https://{addr}"))
-        .http_client(http_client(timeout).unwrap())
+        .http_client(http_client(timeout))
         .build()
         .unwrap();
     let err = platform.get("g", "k").await.unwrap_err();
@@ -1174,7 +1174,7 @@ async fn https_peers_are_checked_against_the_platform_roots_or_the_given_ca() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let trusting = PeerClient::builder(format!("https://{addr}"))
-        .http_client(http_client_with_tls(timeout, Some(config)).unwrap())
+        .http_client(http_client_with_tls(timeout, Some(config)))
         .build()
         .unwrap();
     let err = trusting.get("g", "k").await.unwrap_err();
@@ -1221,8 +1221,7 @@ async fn the_api_router_serves_the_peer_routes() {
         None,
         Duration::from_secs(1),
         metrics.clone(),
-    )
-    .unwrap();
+    );
     let api = crate::api::AppState::new(
         crate::group::Groups::default(),
         "g".into(),
