@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use etcd::EtcdServer;
 use futures::StreamExt;
-use geecache_tests::{compile_cache_dir, demo_db, free_port, plugins, wait_healthy};
+use geecache_tests::{db_getter_node, demo_db, free_port, wait_healthy};
 
 const SECRET: &str = "test-cluster-secret";
 
@@ -36,10 +36,7 @@ impl NodeProc {
             "node-{port}-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
-        let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-            .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-            .arg("--plugin-config")
-            .arg(format!("db_getter.database={}", db.display()))
+        let child = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, db)
             .args([
                 "--etcd-endpoints",
                 etcd,
@@ -49,8 +46,6 @@ impl NodeProc {
                 SECRET,
             ])
             .args(["--peer-timeout", "500ms"])
-            .arg("--compile-cache-dir")
-            .arg(compile_cache_dir())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

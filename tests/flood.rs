@@ -22,12 +22,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use geecache_tests::{compile_cache_dir, demo_db, plugins};
+use geecache_tests::{db_getter_node, demo_db};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -94,12 +94,7 @@ async fn start(db: &std::path::Path, dir: &std::path::Path) -> Node {
     let port = free_port();
     let log = dir.join("node.log");
     let mib = |n: u64| format!("{n}MiB");
-    let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-        .arg("--plugin-config")
-        .arg(format!("db_getter.database={}", db.display()))
-        .arg("--compile-cache-dir")
-        .arg(compile_cache_dir())
+    let child = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, db)
         .args(["--cache-bytes", &mib(CACHE_MIB)])
         .args(["--hot-cache-bytes", &mib(HOT_MIB)])
         .args(["--max-value-bytes", "8MiB", "--max-body-bytes", "8MiB"])

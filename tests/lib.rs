@@ -94,6 +94,20 @@ pub fn compile_cache_dir() -> PathBuf {
         .join("geecache-test-compile-cache")
 }
 
+/// The node program `bin` (a test's `env!("CARGO_BIN_EXE_geecache-node")`) with db_getter on
+/// `db`, on `port`, compiling into [`compile_cache_dir`]: what the tests that run a node as a
+/// process of its own add their flags, environment and output to.
+pub fn db_getter_node(bin: &str, port: u16, db: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(bin);
+    command
+        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
+        .arg("--plugin-config")
+        .arg(format!("db_getter.database={}", db.display()))
+        .arg("--compile-cache-dir")
+        .arg(compile_cache_dir());
+    command
+}
+
 /// Creates the demo database (Tom 630, Jack 589, Sam 567, 100k generated rows) in `dir` from
 /// the same SQL the setup script uses.
 pub fn demo_db(dir: &Path) -> PathBuf {

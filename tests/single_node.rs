@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use geecache_tests::{TestNode, free_port, plugins, wait_healthy};
+use geecache_tests::{TestNode, db_getter_node, free_port, plugins, wait_healthy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tom_is_630_and_the_second_read_is_served_from_cache() {
@@ -196,12 +196,7 @@ async fn the_binary_serves_tom_and_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let db = geecache_tests::demo_db(dir.path());
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-        .arg("--plugin-config")
-        .arg(format!("db_getter.database={}", db.display()))
-        .arg("--compile-cache-dir")
-        .arg(geecache_tests::compile_cache_dir())
+    let child = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, &db)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -236,12 +231,7 @@ async fn worker_threads_sizes_the_runtime_and_zero_is_refused() {
     let db = geecache_tests::demo_db(dir.path());
     for workers in [1, 3] {
         let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-            .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-            .arg("--plugin-config")
-            .arg(format!("db_getter.database={}", db.display()))
-            .arg("--compile-cache-dir")
-            .arg(geecache_tests::compile_cache_dir())
+        let mut child = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, &db)
             .args(["--worker-threads", &workers.to_string(), "--log-json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -410,12 +400,7 @@ async fn a_node_starts_on_a_system_without_ca_certificates() {
     let empty = dir.path().join("no-certs");
     std::fs::create_dir(&empty).unwrap();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-        .arg("--plugin-config")
-        .arg(format!("db_getter.database={}", db.display()))
-        .arg("--compile-cache-dir")
-        .arg(geecache_tests::compile_cache_dir())
+    let mut child = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, &db)
         // Where the system's certificates are looked for: nowhere with any.
         .env("SSL_CERT_FILE", empty.join("none.pem"))
         .env("SSL_CERT_DIR", &empty)

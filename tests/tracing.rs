@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use geecache_tests::{compile_cache_dir, demo_db, free_port, plugins, wait_healthy};
+use geecache_tests::{db_getter_node, demo_db, free_port, wait_healthy};
 
 /// Bodies the collector received, in order.
 type Received = Arc<Mutex<Vec<Bytes>>>;
@@ -79,12 +79,7 @@ async fn export_get_path(rust_log: &str) -> Received {
     let dir = tempfile::tempdir().unwrap();
     let db = demo_db(dir.path());
     let port = free_port();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-        .arg("--plugin-config")
-        .arg(format!("db_getter.database={}", db.display()))
-        .arg("--compile-cache-dir")
-        .arg(compile_cache_dir())
+    let mut node = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, &db)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("RUST_LOG", rust_log)
@@ -182,18 +177,13 @@ async fn traced_node(
 ) -> TracedNode {
     let (received, endpoint) = start_collector().await;
     let log = dir.join(format!("node-{port}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-        .arg("--plugin-config")
-        .arg(format!("db_getter.database={}", db.display()))
+    let child = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, db)
         .args([
             "--peers",
             &format!("127.0.0.1:{peer}"),
             "--cluster-secret",
             "traces",
         ])
-        .arg("--compile-cache-dir")
-        .arg(compile_cache_dir())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("RUST_LOG", "info")
