@@ -49,10 +49,11 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// It is hyper's pooled HTTP/1.1 client, with nothing between it and the peer protocol:
 /// keep-alive connections (as many idle per peer as an owner serves requests at once),
 /// `TCP_NODELAY` (answers are small and latency-bound), TCP keep-alive, connects bounded by a
-/// timeout, `https://` peers through rustls. It never goes through a proxy, whatever `HTTP_PROXY`/`ALL_PROXY` say: peers
-/// talk to each other directly, and a proxy would see the cluster's traffic (and could replay
-/// it). (reqwest, which it replaced, spent ~5% of a node's CPU in URL, redirect-policy and
-/// pool layers when most gets are forwarded; none of them does anything for peers.)
+/// timeout, `https://` peers through rustls. It never goes through a proxy, whatever
+/// `HTTP_PROXY`/`ALL_PROXY` say: peers talk to each other directly, and a proxy would see the
+/// cluster's traffic (and could replay it). (reqwest, which it replaced, spent ~5% of a node's
+/// CPU in URL, redirect-policy and pool layers when most gets are forwarded; none of them does
+/// anything for peers.)
 #[derive(Debug, Clone)]
 pub struct PeerHttp {
     client: Client<BoundedConnector, Full<Bytes>>,
@@ -84,7 +85,8 @@ impl PeerHttp {
     /// [`PeerHttp::read_body`]). Callers bound it in time.
     ///
     /// # Errors
-    /// [`HttpError::Send`].
+    /// [`HttpError::ConnectTimeout`], or [`HttpError::Send`] for any other failure before the
+    /// answer's head.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
@@ -317,8 +319,8 @@ impl PeerClientBuilder {
         self
     }
 
-    /// Largest answer body to read (64 MiB by default); a longer one
-    /// fails the call with [`PeerError::Decode`] without being read further.
+    /// Largest answer body to read (64 MiB by default); a longer one fails the call with
+    /// [`PeerError::Decode`] without being read further.
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
         self.max_response_bytes = limit;
         self
