@@ -114,13 +114,12 @@ async fn a_thousand_concurrent_misses_of_one_key_call_the_getter_once() {
     let stats = node.group_stats("scores").await;
     assert_eq!(stats["getter_calls"], 1, "{stats}");
     assert_eq!(stats["gets"], 1000);
+    // One load: every other caller was a hit, shared the load, or (a caller that missed just
+    // as the load finished) led a flight of its own that found the value in the cache.
+    assert_eq!(stats["loads"], 1, "{stats}");
     let hits = stats["hits"].as_u64().unwrap();
     let shared = stats["loads_deduplicated"].as_u64().unwrap();
-    assert_eq!(
-        hits + shared,
-        999,
-        "every other caller was a hit or shared the load: {stats}"
-    );
+    assert!(hits + shared <= 999, "{stats}");
     node.stop().await;
 }
 
