@@ -1,5 +1,5 @@
 //! `geecache-perf http` runs end to end, briefly, so the tool does not rot: the fixed-response
-//! baseline and every workload against one node it starts, in two rounds, and every request
+//! baselines and every workload against one node it starts, in two rounds, and every request
 //! succeeds. No timing is asserted (the figures are the tool's business, not a test's). And
 //! the servers it starts do not outlive it, even when it is killed with SIGKILL.
 
@@ -14,7 +14,12 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
     let report = dir.path().join("http.md");
     let out = Command::new(env!("CARGO_BIN_EXE_geecache-perf"))
         .args(["http", "--host-bin", env!("CARGO_BIN_EXE_geecache-node")])
-        .args(["--baselines", "axum", "--workloads", "hit,miss,zipf,mixed"])
+        .args([
+            "--baselines",
+            "hyper,axum",
+            "--workloads",
+            "hit,miss,zipf,mixed",
+        ])
         .args(["--duration", "1s", "--connections", "4", "--threads", "1"])
         .args(["--keys", "100", "--zipf-keys", "1000", "--rounds", "2"])
         .arg("--report")
@@ -30,7 +35,7 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = std::fs::read_to_string(&report).unwrap();
-    for row in ["axum", "hit", "miss", "zipf", "mixed"] {
+    for row in ["hyper", "axum", "hit", "miss", "zipf", "mixed"] {
         let line = text
             .lines()
             .find(|l| l.starts_with(&format!("| {row} |")))
@@ -40,7 +45,7 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         assert_eq!(cells[7], "100.00", "{row}: {line}");
         assert!(cells[3].parse::<u64>().unwrap() > 0, "{row}: {line}");
         // | ... | node peak RSS | server CPU / req | client CPU / req |
-        for cpu in [&cells[14], &cells[15]] {
+        for cpu in [&cells[15], &cells[16]] {
             let micros: f64 = cpu.trim_end_matches(" µs").parse().unwrap();
             assert!(micros > 0.0, "{row}: {line}");
         }
@@ -51,9 +56,10 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
                 .find(|l| l.starts_with(&format!("| {round} | {row} |")))
                 .unwrap_or_else(|| panic!("no round {round} of {row} in the report:\n{text}"));
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            // | round | run | req/s | × nginx | × axum | × hit |
+            // | round | run | req/s | × nginx | × hyper | × axum | × hit |
             assert!(cells[3].parse::<u64>().unwrap() > 0, "{line}");
             assert!(cells[5].parse::<f64>().unwrap() > 0.0, "{line}");
+            assert!(cells[6].parse::<f64>().unwrap() > 0.0, "{line}");
         }
     }
 }

@@ -1,8 +1,9 @@
 //! `geecache-perf http`: request rate and latency of nodes over HTTP, against fixed-response
 //! baselines measured by the same client in the same run.
 //!
-//! Baselines: nginx answering a fixed body (when installed), and a fixed-response server on the
-//! node's own HTTP stack (axum on tokio). Workloads, each on fresh nodes that this command starts
+//! Baselines: nginx answering a fixed body (when installed), and fixed-response servers on the
+//! node's own HTTP stack: a hyper service (what a node's plain GET passes through before the
+//! node's own work) and an axum router (what its other requests pass through). Workloads, each on fresh nodes that this command starts
 //! (the `synth_getter` plugin answering every key) or on `--target` nodes:
 //! - `hit`: `--keys` keys loaded once, then asked uniformly (every answer from the cache);
 //! - `miss`: a key never asked before on every request (every answer loaded by the getter; in a
@@ -24,7 +25,7 @@ use anyhow::{Context, bail};
 
 use crate::load::{self, Keys, Load, Outcome, Requests, Zipf, interrupted};
 use crate::report;
-use crate::servers::{self, Cluster, CpuTime, Fixed, NodeSpec};
+use crate::servers::{self, Cluster, CpuTime, Fixed, NodeSpec, Stack};
 
 /// Options of `geecache-perf http`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,9 +38,9 @@ pub struct Args {
         default_value = "hit,miss,zipf,mixed,miss@3"
     )]
     pub workloads: Vec<String>,
-    /// Baselines measured first: nginx, axum; `none` for none. nginx is skipped (with a note)
-    /// when it is not installed.
-    #[arg(long, value_delimiter = ',', default_value = "nginx,axum")]
+    /// Baselines measured first: nginx, hyper, axum; `none` for none. nginx is skipped (with
+    /// a note) when it is not installed.
+    #[arg(long, value_delimiter = ',', default_value = "nginx,hyper,axum")]
     pub baselines: Vec<String>,
     /// Drive these running nodes (`http://host:port`, comma-separated) instead of starting
     /// nodes; `@NODES` of the workloads is then ignored.
@@ -278,11 +279,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .filter(|b| *b != "none")
         .cloned()
         .collect();
-    if let Some(b) = baselines
-        .iter()
-        .find(|b| !["nginx", "axum"].contains(&b.as_str()))
-    {
-        bail!("no baseline {b:?}: nginx, axum or none");
+    if let Some(b) = baselines.iter().find(|b| !BASELINES.contains(&b.as_str())) {
+        bail!("no baseline {b:?}: nginx, hyper, axum or none");
     }
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     let targets = args
@@ -382,7 +380,8 @@ fn run_round(
                     continue;
                 }
             },
-            _ => Fixed::axum(setup.args.value_bytes)?,
+            "hyper" => Fixed::stack(Stack::Hyper, setup.args.value_bytes)?,
+            _ => Fixed::stack(Stack::Axum, setup.args.value_bytes)?,
         };
         let requests = setup.requests("b", Keys::Uniform(setup.args.keys), 0);
         let mut load = setup.load(b, &[fixed.addr], requests);
@@ -594,9 +593,15 @@ fn success(o: &Outcome) -> String {
     }
 }
 
-/// A row's rate against each comparison row of its own round: nginx, axum, and the hit path
-/// (the hit row on as many nodes, else on one node).
-fn ratios(round: &[Row], r: &Row) -> [Option<f64>; 3] {
+/// The baselines, in the order of their rows and ratio columns.
+const BASELINES: [&str; 3] = ["nginx", "hyper", "axum"];
+
+/// The ratio columns: one per baseline, then the hit path.
+const RATIOS: usize = BASELINES.len() + 1;
+
+/// A row's rate against each comparison row of its own round: the [`BASELINES`] in their
+/// order, then the hit path (the hit row on as many nodes, else on one node).
+fn ratios(round: &[Row], r: &Row) -> [Option<f64>; RATIOS] {
     let baseline = |name: &str| round.iter().find(|b| b.kind.is_none() && b.name == name);
     let hit_of = |nodes: Option<usize>| {
         round
@@ -611,7 +616,8 @@ fn ratios(round: &[Row], r: &Row) -> [Option<f64>; 3] {
         None => None,
     };
     let rate = r.outcome.rate();
-    [baseline("nginx"), baseline("axum"), hit].map(|b| b.map(|b| rate / b.outcome.rate().max(1e-9)))
+    let [nginx, hyper, axum] = BASELINES.map(baseline);
+    [nginx, hyper, axum, hit].map(|b| b.map(|b| rate / b.outcome.rate().max(1e-9)))
 }
 
 /// The median of `values` (the mean of the middle two of an even count); None when empty.
@@ -634,7 +640,7 @@ fn ratio(r: Option<f64>) -> String {
 struct Combined<'a> {
     first: &'a Row,
     outcome: Outcome,
-    ratios: [Option<f64>; 3],
+    ratios: [Option<f64>; RATIOS],
     getter_calls: Option<u64>,
     peer_requests: Option<u64>,
     peak_rss: Option<u64>,
@@ -653,8 +659,9 @@ fn combine<'a>(rounds: &'a [Vec<Row>], i: usize) -> Combined<'a> {
         outcome.absorb(&r.outcome);
         cpu.absorb(r.cpu);
     }
-    let per_round: Vec<[Option<f64>; 3]> = rows.iter().map(|(round, r)| ratios(round, r)).collect();
-    let ratios = [0, 1, 2].map(|k| median(per_round.iter().filter_map(|r| r[k]).collect()));
+    let per_round: Vec<[Option<f64>; RATIOS]> =
+        rows.iter().map(|(round, r)| ratios(round, r)).collect();
+    let ratios = std::array::from_fn(|k| median(per_round.iter().filter_map(|r| r[k]).collect()));
     let sum = |f: fn(&Row) -> Option<u64>| rows.iter().map(|(_, r)| f(r)).sum::<Option<u64>>();
     Combined {
         first,
@@ -726,13 +733,13 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
     );
     let _ = writeln!(
         s,
-        "| run | nodes | req/s | p50 | p99 | p99.9 | success % | × nginx | × axum | × hit | \
+        "| run | nodes | req/s | p50 | p99 | p99.9 | success % | × nginx | × hyper | × axum | × hit | \
          getter calls / req | peer requests / req | node peak RSS | server CPU / req | \
          client CPU / req |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let rows_per_round = rounds.first().map_or(0, Vec::len);
     for i in 0..rows_per_round {
@@ -752,7 +759,7 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.first.name,
             c.first.nodes.map_or_else(|| "-".into(), |n| n.to_string()),
             o.rate(),
@@ -763,6 +770,7 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
             ratio(c.ratios[0]),
             ratio(c.ratios[1]),
             ratio(c.ratios[2]),
+            ratio(c.ratios[3]),
             per_request(c.getter_calls),
             per_request(c.peer_requests),
             c.peak_rss.map_or_else(|| "-".into(), report::mib),
@@ -772,20 +780,24 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
     }
     if rounds.len() > 1 {
         let _ = writeln!(s, "\n### Each round\n");
-        let _ = writeln!(s, "| round | run | req/s | × nginx | × axum | × hit |");
-        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "| round | run | req/s | × nginx | × hyper | × axum | × hit |"
+        );
+        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
         for (n, round) in rounds.iter().enumerate() {
             for r in round {
-                let [a, b, c] = ratios(round, r);
+                let [a, b, c, d] = ratios(round, r);
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {} | {} | {} | {} |",
                     n + 1,
                     r.name,
                     r.outcome.rate(),
                     ratio(a),
                     ratio(b),
-                    ratio(c)
+                    ratio(c),
+                    ratio(d)
                 );
             }
         }
@@ -814,8 +826,9 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
     let _ = writeln!(
         s,
         "\nreq/s counts every request finished in the row's time; success is 2xx with the \
-         expected body length. × nginx, × axum: req/s against the fixed-response baselines \
-         (nginx; axum on tokio as the node runs it). × hit: against the hit row on as many \
+         expected body length. × nginx, × hyper, × axum: req/s against the fixed-response \
+         baselines (nginx; on tokio and the node's own connection loop, a hyper service that \
+         answers at once, and an axum router with one route). × hit: against the hit row on as many \
          nodes, else on one node. With several rounds, req/s, latencies and success pool every \
          round, and each ratio is the median of the rounds' own ratios (each against the \
          baseline measured in its round). Getter calls / req: the nodes' getter calls during the row \

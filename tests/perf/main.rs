@@ -56,7 +56,8 @@ enum Command {
     Memory(memory::Args),
     /// Compare codecs: ratio and speed per codec and level, per corpus.
     Compression(compression::Args),
-    /// The fixed-response baseline server `http` starts (axum, as the node runs it).
+    /// The fixed-response baseline servers `http` starts (a hyper service or an axum router
+    /// on the node's own stack).
     #[command(hide = true)]
     FixedServer(servers::FixedArgs),
 }

@@ -493,9 +493,10 @@ http {{
         Fixed::spawn("nginx", cmd, port, dir, "/", Death::Term)
     }
 
-    /// This program's hidden `fixed-server` subcommand: axum on tokio, set up as
-    /// `geecache-host`'s main sets them up, answering every request with `value_bytes` bytes.
-    pub fn axum(value_bytes: usize) -> anyhow::Result<Fixed> {
+    /// This program's hidden `fixed-server` subcommand: tokio set up as `geecache-host`'s main
+    /// sets it up, the node's `api::serve`, and `stack` answering every request with
+    /// `value_bytes` bytes.
+    pub fn stack(stack: Stack, value_bytes: usize) -> anyhow::Result<Fixed> {
         let dir = tempfile::Builder::new()
             .prefix("geecache-perf-fixed-")
             .tempdir()?;
@@ -507,8 +508,10 @@ http {{
             &port.to_string(),
             "--value-bytes",
             &value_bytes.to_string(),
+            "--stack",
+            stack.name(),
         ]);
-        Fixed::spawn("fixed-server", cmd, port, dir, "/readyz", Death::Kill)
+        Fixed::spawn(stack.name(), cmd, port, dir, "/readyz", Death::Kill)
     }
 
     /// Starts `cmd` (logging into `dir`) and waits until `ready_path` on `port` answers.
@@ -541,41 +544,76 @@ pub struct FixedArgs {
     /// Bytes of every answer.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
+    /// What answers each request.
+    #[arg(long, value_enum, default_value_t = Stack::Axum)]
+    stack: Stack,
+}
+
+/// What answers a fixed-response baseline's requests, on the node's `api::serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stack {
+    /// A hyper service that answers at once: what a node's plain GET of a key passes through
+    /// (its shortcut) before any of the node's own work.
+    Hyper,
+    /// An axum router with one fallback route: what a node's other requests pass through.
+    Axum,
+}
+
+impl Stack {
+    /// The baseline's name: its row, and its word in `--baselines`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stack::Hyper => "hyper",
+            Stack::Axum => "axum",
+        }
+    }
+}
+
+/// The fixed answer: `body`, with the status and content type of a node's value.
+fn fixed_response(body: &bytes::Bytes) -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from(body.clone()));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    response
 }
 
 /// Serves the fixed response until SIGINT or SIGTERM on the node's own HTTP stack: a
 /// multi-thread tokio runtime with default settings (as `geecache-host`'s main), connections
-/// served by `geecache_host::api::serve` (hyper's HTTP/1.1) through an axum router,
-/// `TCP_NODELAY` on every connection (as the node's listener), every path answered `200` with
-/// the same bytes and content type as a node's value.
+/// served by `geecache_host::api::serve` (hyper's HTTP/1.1), each request answered by
+/// `args.stack`, `TCP_NODELAY` on every connection (as the node's listener), every path
+/// answered `200` with the same bytes and content type as a node's value.
 pub fn serve_fixed(args: &FixedArgs) -> anyhow::Result<()> {
     use axum::serve::ListenerExt as _;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let body = bytes::Bytes::from(vec![b'x'; args.value_bytes]);
+    let stack = args.stack;
     rt.block_on(async move {
-        let app = axum::Router::new().fallback(move || {
-            let body = body.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-                    body,
-                )
-            }
-        });
         let listener = tokio::net::TcpListener::bind(loopback(args.port))
             .await?
             .tap_io(|s| {
                 let _ = s.set_nodelay(true);
             });
-        let service = geecache_host::api::RouterService(app);
-        geecache_host::api::serve(
-            listener,
-            move |_| service.clone(),
-            geecache_host::server::shutdown_signal(),
-        )
-        .await;
+        let stop = geecache_host::server::shutdown_signal();
+        match stack {
+            Stack::Hyper => {
+                let service = hyper::service::service_fn(move |_| {
+                    std::future::ready(Ok::<_, std::convert::Infallible>(fixed_response(&body)))
+                });
+                geecache_host::api::serve(listener, move |_| service.clone(), stop).await;
+            }
+            Stack::Axum => {
+                let app = axum::Router::new().fallback(move || {
+                    let response = fixed_response(&body);
+                    async move { response }
+                });
+                let service = geecache_host::api::RouterService(app);
+                geecache_host::api::serve(listener, move |_| service.clone(), stop).await;
+            }
+        }
         Ok(())
     })
 }
