@@ -32,15 +32,21 @@ fi
 
 # 1b. protoc: the host's etcd client compiles etcd's .proto files when the host is built. Not
 #     needed for the plugins themselves, but this script is the setup step of the README's first
-#     command, so it installs Debian's protobuf-compiler when it is missing and it can.
-if ! command -v protoc >/dev/null; then
+#     command, so it installs Debian's protobuf-compiler when it is missing and it can. Those
+#     files import Google's well-known types (descriptor.proto), which are in libprotobuf-dev:
+#     a Recommends of protobuf-compiler, so missing where apt skips recommends.
+protoc_pkgs=()
+command -v protoc >/dev/null || protoc_pkgs+=(protobuf-compiler)
+[[ -f /usr/include/google/protobuf/descriptor.proto || -f /usr/local/include/google/protobuf/descriptor.proto ]] ||
+    protoc_pkgs+=(libprotobuf-dev)
+if [[ ${#protoc_pkgs[@]} -gt 0 ]]; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        say "installing protoc (Debian's protobuf-compiler), needed to build the host"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null ||
-            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler >/dev/null; } ||
-            die "could not install protobuf-compiler; install protoc and run again"
+        say "installing ${protoc_pkgs[*]} (protoc and its well-known types), needed to build the host"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${protoc_pkgs[@]}" >/dev/null ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${protoc_pkgs[@]}" >/dev/null; } ||
+            die "could not install ${protoc_pkgs[*]}; install protoc with its include files and run again"
     else
-        say "warning: protoc not found; building the host needs it: sudo apt-get install protobuf-compiler"
+        say "warning: building the host needs protoc and its include files: sudo apt-get install ${protoc_pkgs[*]}"
     fi
 fi
 
