@@ -22,6 +22,8 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         ])
         .args(["--duration", "1s", "--connections", "4", "--threads", "1"])
         .args(["--keys", "100", "--zipf-keys", "1000", "--rounds", "2"])
+        // The client's threads under SCHED_BATCH: the one code path the default skips.
+        .arg("--client-batch")
         .arg("--report")
         .arg(&report)
         .output()

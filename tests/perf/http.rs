@@ -59,6 +59,11 @@ pub struct Args {
     /// Client threads [default: the cores available].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Run the client's threads under Linux's SCHED_BATCH policy: an answer that wakes one
+    /// no longer preempts the server that sent it on a shared core. Closer to a client on
+    /// another machine; the default keeps the client a normal process, as wrk is.
+    #[arg(long)]
+    pub client_batch: bool,
     /// Measuring time of each baseline and workload.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub duration: Duration,
@@ -257,6 +262,7 @@ impl Setup {
             // The value size is known only for nodes this command starts.
             expect_len: self.nodes.as_ref().map(|_| self.args.value_bytes),
             progress: true,
+            batch: self.args.client_batch,
         }
     }
 }

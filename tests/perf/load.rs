@@ -85,6 +85,26 @@ pub struct Load {
     pub expect_len: Option<usize>,
     /// Print a progress line every second.
     pub progress: bool,
+    /// Run the load threads under SCHED_BATCH (see [`batch_policy`]).
+    pub batch: bool,
+}
+
+/// Puts the calling thread under Linux's SCHED_BATCH policy: the scheduler treats it as
+/// CPU-bound, and when it wakes it does not preempt the thread running on its core. For a
+/// client sharing cores with the servers it loads, that is the server which just answered it.
+///
+/// # Errors
+/// The kernel refused (the policy is Linux's).
+#[allow(unsafe_code)]
+fn batch_policy() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// What a run measured.
@@ -288,7 +308,12 @@ pub fn run(load: &Load) -> anyhow::Result<Outcome> {
         for t in 0..threads {
             let shared = Arc::clone(&shared);
             let live = Arc::clone(&live);
+            let batch = load.batch;
             handles.push(scope.spawn(move || -> anyhow::Result<Vec<ConnOutcome>> {
+                if batch {
+                    batch_policy()
+                        .map_err(|e| anyhow::anyhow!("SCHED_BATCH for a client thread: {e}"))?;
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;

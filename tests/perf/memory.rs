@@ -86,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report::mib(budget)
     );
     let load = Load {
+        batch: false,
         label: "filling".into(),
         targets: node.addrs.clone(),
         connections: args.connections,
