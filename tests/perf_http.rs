@@ -37,6 +37,7 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("under SCHED_BATCH"), "{text}");
     for row in ["hyper", "axum", "hit", "miss", "zipf", "mixed"] {
         let line = text
             .lines()

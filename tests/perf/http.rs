@@ -3,8 +3,9 @@
 //!
 //! Baselines: nginx answering a fixed body (when installed), and fixed-response servers on the
 //! node's own HTTP stack: a hyper service (what a node's plain GET passes through before the
-//! node's own work) and an axum router (what its other requests pass through). Workloads, each on fresh nodes that this command starts
-//! (the `synth_getter` plugin answering every key) or on `--target` nodes:
+//! node's own work) and an axum router (what its other requests pass through). Workloads, each
+//! on fresh nodes that this command starts (the `synth_getter` plugin answering every key) or
+//! on `--target` nodes:
 //! - `hit`: `--keys` keys loaded once, then asked uniformly (every answer from the cache);
 //! - `miss`: a key never asked before on every request (every answer loaded by the getter; in a
 //!   cluster, by the key's owner for the node asked);
@@ -716,11 +717,16 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
     }
     let _ = writeln!(
         s,
-        "- Client: {} keep-alive HTTP/1.1 connections on {} threads, one request in flight \
+        "- Client: {} keep-alive HTTP/1.1 connections on {} threads{}, one request in flight \
          each, {:?} per row{}; {}-byte values; hit/mixed over {} keys loaded first, zipf over {} \
          keys (s={}), mixed {}% PUT",
         args.connections,
         setup.threads,
+        if args.client_batch {
+            " under SCHED_BATCH (--client-batch)"
+        } else {
+            ""
+        },
         args.duration,
         if rounds.len() > 1 {
             format!(", {} rounds", rounds.len())

@@ -86,7 +86,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report::mib(budget)
     );
     let load = Load {
-        batch: false,
         label: "filling".into(),
         targets: node.addrs.clone(),
         connections: args.connections,
@@ -104,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         expect_len: Some(args.value_bytes),
         progress: true,
+        batch: false,
     };
     let outcome = load::run(&load)?;
     if load::interrupted() {
