@@ -98,6 +98,8 @@ pub fn compile_cache_dir() -> PathBuf {
 /// `db`, on `port`, compiling into [`compile_cache_dir`]: what the tests that run a node as a
 /// process of its own add their flags, environment and output to.
 pub fn db_getter_node(bin: &str, port: u16, db: &Path) -> std::process::Command {
+    // The child inherits the raised limit (a flood test opens thousands of connections to it).
+    raise_fd_limit();
     let mut command = std::process::Command::new(bin);
     command
         .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
@@ -180,6 +182,7 @@ impl TestNode {
     /// Starts a node serving on `listener`, advertised at its address, with `args` (as for
     /// [`TestNode::start`]).
     pub async fn start_on(listener: TcpListener, args: &[&str]) -> TestNode {
+        raise_fd_limit();
         let addr = listener.local_addr().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let needs_db = args.iter().any(|a| a.contains("{db}"));
@@ -333,6 +336,26 @@ impl TestNode {
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; fine for tests that start a process).
+/// Raises this process's soft limit on open descriptors to its hard limit, once: a test that
+/// runs 1,000 concurrent requests holds both ends of each connection, past the common 1024.
+#[allow(unsafe_code)]
+pub fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
+            }
+        }
+    });
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
