@@ -22,12 +22,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use geecache_tests::{db_getter_node, demo_db};
+use geecache_tests::{NodeProcess, demo_db};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -43,85 +42,28 @@ const PLUGIN_MEMORY_MIB: u64 = 16;
 const PLUGIN_CONCURRENCY: u64 = 2;
 const BIG_VALUE: usize = 3 << 20;
 
-struct Node {
-    child: Child,
-    base: String,
-    port: u16,
-    /// The node's stderr, for the message when it dies.
-    log: std::path::PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Node {
-    /// `VmRSS` and `VmHWM` of the node, in bytes; panics with its log if it died.
-    fn memory(&mut self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-        };
-        match (field("VmRSS:"), field("VmHWM:")) {
-            (Some(rss), Some(peak)) => (rss, peak),
-            _ => {
-                let exit = self.child.try_wait();
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                panic!("the node died ({exit:?}); its last log lines, newest first: {tail:#?}");
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(db: &std::path::Path, dir: &std::path::Path) -> Node {
-    let port = free_port();
-    let log = dir.join("node.log");
+async fn start(db: &std::path::Path, dir: &std::path::Path) -> NodeProcess {
     let mib = |n: u64| format!("{n}MiB");
-    let child = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, db)
-        .args(["--cache-bytes", &mib(CACHE_MIB)])
-        .args(["--hot-cache-bytes", &mib(HOT_MIB)])
-        .args(["--max-value-bytes", "8MiB", "--max-body-bytes", "8MiB"])
-        .args(["--max-inflight-body-bytes", &mib(INFLIGHT_MIB)])
-        .args(["--plugin-memory", &mib(PLUGIN_MEMORY_MIB)])
-        .args(["--plugin-concurrency", &PLUGIN_CONCURRENCY.to_string()])
-        .args(["--body-timeout", "3s"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let node = Node {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        port,
-        log,
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("{}/healthz", node.base)).send().await
-            && r.status().is_success()
-        {
-            return node;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the node did not start");
+    let args = [
+        "--cache-bytes".to_string(),
+        mib(CACHE_MIB),
+        "--hot-cache-bytes".into(),
+        mib(HOT_MIB),
+        "--max-value-bytes".into(),
+        "8MiB".into(),
+        "--max-body-bytes".into(),
+        "8MiB".into(),
+        "--max-inflight-body-bytes".into(),
+        mib(INFLIGHT_MIB),
+        "--plugin-memory".into(),
+        mib(PLUGIN_MEMORY_MIB),
+        "--plugin-concurrency".into(),
+        PLUGIN_CONCURRENCY.to_string(),
+        "--body-timeout".into(),
+        "3s".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    NodeProcess::start(env!("CARGO_BIN_EXE_geecache-node"), db, dir, &args).await
 }
 
 /// Runs `body` in a loop until `stop`, counting iterations.

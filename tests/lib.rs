@@ -348,7 +348,9 @@ pub fn raise_fd_limit() {
         };
         // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
         unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0
+                && lim.rlim_cur < lim.rlim_max
+            {
                 lim.rlim_cur = lim.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
             }
@@ -427,5 +429,85 @@ pub fn wait_child_ready(
             log_tail(&log())
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A db_getter node running as its own process (the `geecache-node` binary `bin`), so that its
+/// resident memory, read from `/proc/<pid>/status`, is its own. Killed when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its stderr, for the message when it dies.
+    pub log: PathBuf,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    /// Starts `bin` with db_getter on the database `db` and `args`, logging into `dir`, and
+    /// returns once it answers `/healthz` (at most 60 s).
+    pub async fn start(bin: &str, db: &Path, dir: &Path, args: &[&str]) -> NodeProcess {
+        let port = free_port();
+        let log = dir.join("node.log");
+        let child = db_getter_node(bin, port, db)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let node = NodeProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(r) = client.get(format!("{}/healthz", node.base)).send().await
+                && r.status().is_success()
+            {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the node did not start: {}", node.log_tail());
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// `VmRSS` and `VmHWM` of the node, in bytes; panics with its log if it died.
+    pub fn memory(&mut self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        };
+        match (field("VmRSS:"), field("VmHWM:")) {
+            (Some(rss), Some(peak)) => (rss, peak),
+            _ => {
+                let exit = self.child.try_wait();
+                panic!(
+                    "the node died ({exit:?}); its log ends:\n{}",
+                    self.log_tail()
+                );
+            }
+        }
     }
 }

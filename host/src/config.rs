@@ -42,6 +42,12 @@ pub mod defaults {
     pub const MAX_INFLIGHT_BODY_BYTES: &str = "256MiB";
     /// Longest time one request body may take to arrive.
     pub const BODY_TIMEOUT: &str = "30s";
+    /// Longest time a request head may take to arrive.
+    pub const HEADER_TIMEOUT: &str = "10s";
+    /// Longest a keep-alive connection may wait for its next request.
+    pub const IDLE_TIMEOUT: &str = "60s";
+    /// Longest a write to a client may make no progress.
+    pub const WRITE_TIMEOUT: &str = "30s";
     /// Default byte budget of one batch answer.
     pub const MAX_BATCH_BYTES: &str = "4MiB";
     /// Default byte budget of a group's queued storage writes.
@@ -191,12 +197,29 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
 
-    /// Connections open at once; one past it is closed at once [default: 4096].
+    /// Connections open at once; past it, 32 more are answered on /healthz and /readyz only
+    /// (503 `too_many_connections` otherwise), and one past those is closed at once
+    /// [default: 4096].
     #[arg(long, env = "GEECACHE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Request body bytes being received or held at once, across all requests; a request
-    /// whose body does not fit is refused with 503 `busy` [default: 256MiB].
+    /// Longest a request head may take to arrive, from the connection's accept (TLS handshake
+    /// included) or the first byte of a later request; then the connection closes [default: 10s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+
+    /// Longest a keep-alive connection may wait for its next request [default: 60s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+
+    /// Longest a write to a client may make no progress (the client does not read its
+    /// answer); then the connection closes [default: 30s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_WRITE_TIMEOUT")]
+    pub write_timeout: Option<String>,
+
+    /// Bytes of request bodies and answers being received, held or sent at once, across all
+    /// requests (answers of 16KiB or more count until their last byte is written); a request
+    /// or an answer that does not fit is refused with 503 `busy` [default: 256MiB].
     #[arg(long, value_name = "SIZE", env = "GEECACHE_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: Option<String>,
 
@@ -572,6 +595,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 5s, 10m, 1h"))
 }
 
+/// The duration `flag` gives (or `default`), which must be more than zero.
+fn positive_duration(flag: &str, given: Option<&str>, default: &str) -> Result<Duration, String> {
+    let d = parse_duration(given.unwrap_or(default)).map_err(|e| format!("{flag}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{flag} must be more than 0"));
+    }
+    Ok(d)
+}
+
 fn size_usize(s: &str) -> Result<usize, String> {
     parse_size(s).and_then(|b| usize::try_from(b).map_err(|_| format!("size {s:?} is too large")))
 }
@@ -931,6 +963,23 @@ impl Cli {
                 .max_connections
                 .unwrap_or(defaults::MAX_CONNECTIONS)
                 .max(1),
+            timeouts: crate::api::conn::ConnTimeouts {
+                header: positive_duration(
+                    "--header-timeout",
+                    self.header_timeout.as_deref(),
+                    defaults::HEADER_TIMEOUT,
+                )?,
+                idle: positive_duration(
+                    "--idle-timeout",
+                    self.idle_timeout.as_deref(),
+                    defaults::IDLE_TIMEOUT,
+                )?,
+                write: positive_duration(
+                    "--write-timeout",
+                    self.write_timeout.as_deref(),
+                    defaults::WRITE_TIMEOUT,
+                )?,
+            },
             max_inflight_body_bytes: size_usize(
                 self.max_inflight_body_bytes
                     .as_deref()

@@ -9,8 +9,10 @@
 //! - [`api`]: the HTTP API (axum): `/api?key=K`, `/api/v1/groups/{g}/keys/{k}`, stats,
 //!   `/metrics`, health, the plugin admin API (list, hot reload, cluster rollout); the optional
 //!   API token; times every request; turns every
-//!   [`error::Error`] into a JSON body with a stable code and status. [`api::guard`] bounds what
-//!   all requests hold together: connections, request bodies and batch answers in flight.
+//!   [`error::Error`] into a JSON body with a stable code and status. [`api::conn`] bounds
+//!   connections: the slots (and a reserve for the probes), the header, idle and write timers,
+//!   and releases an answer's reservation once its last byte is written. [`api::guard`] bounds
+//!   what all requests hold together: request bodies and answers in flight.
 //!   [`api::Shortcut`] answers plain GETs of a key ahead of the router (the hit path);
 //!   [`api::serve`] serves each connection with hyper's HTTP/1.1 and stops gracefully.
 //! - [`batch`]: how a batch get (API or peer) is answered within a byte budget: each distinct

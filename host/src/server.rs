@@ -26,7 +26,8 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use crate::api::guard::{LimitedListener, RequestGuard};
+use crate::api::conn::LimitedListener;
+use crate::api::guard::RequestGuard;
 use crate::api::{self, AppState};
 use crate::cache::SystemClock;
 use crate::cluster::Cluster;
@@ -192,11 +193,13 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         secret.map(|s| NodeAuth::new(s, &c.advertise_addr)),
         metrics,
     );
+    let guard =
+        RequestGuard::new(settings.server_limits.clone()).counting_in(state.connections().clone());
     Ok(Node {
         state,
         runtime,
         cluster,
-        guard: RequestGuard::new(settings.server_limits.clone()),
+        guard,
         shutdown_grace: settings.shutdown_grace,
         watch_plugins: settings.watch_plugins,
         tls,
@@ -268,7 +271,13 @@ pub async fn run(
         None
     };
     let app = node.guard.apply(api::router(node.state.clone()));
-    let listener = LimitedListener::new(listener, node.guard.limits().max_connections);
+    let limits = node.guard.limits();
+    let listener = LimitedListener::new(
+        listener,
+        limits.max_connections,
+        limits.timeouts,
+        node.guard.counters().clone(),
+    );
     let tls = node.tls.clone();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -291,7 +300,7 @@ pub async fn run(
         let _ = drain_rx.await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
     };
-    let app = api::Shortcut::new(app, node.state.clone());
+    let app = api::Shortcut::new(app, node.state.clone(), node.guard.clone());
     let served = match tls {
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, &tls);
@@ -317,16 +326,17 @@ pub async fn run(
 
 /// Serves `app` on `listener` until `signal` (graceful: requests in flight finish) or, after
 /// it, until `drained` resolves (the drain timeout: remaining connections are closed).
-async fn serve_until<L>(
-    listener: L,
+async fn serve_until(
+    listener: LimitedListener,
     app: api::Shortcut,
     signal: impl Future<Output = ()> + Send + 'static,
     drained: impl Future<Output = ()>,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-{
-    until_drained(api::serve(listener, move |_| app.clone(), signal), drained).await
+) -> std::io::Result<()> {
+    until_drained(
+        api::serve(listener, move |io| app.for_connection(io.conn()), signal),
+        drained,
+    )
+    .await
 }
 
 /// Runs `serve` until it ends, or until `drained` (the drain timeout) resolves first.
@@ -352,7 +362,17 @@ async fn serve_tls_until(
     signal: impl Future<Output = ()> + Send + 'static,
     drained: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let serve = api::serve(listener, move |io| app.with_identity(io.identity()), signal);
+    let serve = api::serve(
+        listener,
+        move |io| {
+            let app = match io.inner() {
+                Some(stream) => app.for_connection(stream.conn()),
+                None => app.clone(),
+            };
+            app.with_identity(io.identity())
+        },
+        signal,
+    );
     until_drained(serve, drained).await
 }
 

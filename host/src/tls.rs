@@ -362,6 +362,15 @@ impl<IO> TlsConnection<IO> {
     pub fn identity(&self) -> PeerIdentity {
         self.client.clone()
     }
+
+    /// The connection TLS runs over (`None` once its handshake has failed).
+    pub fn inner(&self) -> Option<&IO> {
+        match &self.state {
+            State::Handshaking(handshake) => handshake.get_ref().get_ref(),
+            State::Streaming(stream) => Some(stream.get_ref().0),
+            State::Failed => None,
+        }
+    }
 }
 
 impl<IO> std::fmt::Debug for TlsConnection<IO> {

@@ -39,6 +39,7 @@
 //! `GET /api/v1/groups/{group}/keys/{key}` (the hit path) is answered by the same code without
 //! axum's routing and per-route layers.
 
+pub mod conn;
 pub mod guard;
 
 use std::sync::Arc;
@@ -134,6 +135,8 @@ struct Inner {
     peer_auth: Option<NodeAuth>,
     /// The node's meters: request latencies are recorded here, `/metrics` is rendered from it.
     metrics: Metrics,
+    /// What the node's connections did (filled by its listener and in-flight guard).
+    connections: Arc<conn::ConnCounters>,
 }
 
 impl AppState {
@@ -158,6 +161,7 @@ impl AppState {
                 cluster,
                 peer_auth,
                 metrics,
+                connections: Arc::default(),
             }),
         }
     }
@@ -182,6 +186,11 @@ impl AppState {
         &self.inner.metrics
     }
 
+    /// The counters of the node's connections, for its listener and in-flight guard to fill.
+    pub fn connections(&self) -> &Arc<conn::ConnCounters> {
+        &self.inner.connections
+    }
+
     /// Counters of every group and plugin, the ring's size and the registration state: one
     /// snapshot for `/api/v1/stats` and `/metrics` alike.
     pub fn stats(&self) -> Stats {
@@ -193,6 +202,7 @@ impl AppState {
                 ring_members: cluster.ring_members().len() as u64,
                 registration: cluster.registration(),
             },
+            connections: self.inner.connections.snapshot(),
         }
     }
 }

@@ -28,6 +28,8 @@ use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 
+use super::conn::ConnHandle;
+use super::guard::RequestGuard;
 use super::{Access, AppState, RemoteTrace, accepted_codings, get_value};
 use crate::telemetry::Metrics;
 use crate::tls::PeerIdentity;
@@ -61,6 +63,11 @@ pub struct Shortcut {
     metrics: Metrics,
     /// The TLS connection's client identity, put in every routed request's extensions.
     identity: Option<ConnectInfo<PeerIdentity>>,
+    /// The in-flight budget the shortcut's answers are charged against.
+    guard: RequestGuard,
+    /// The connection this service answers, told of every request (its read timers stop)
+    /// and put in every routed request's extensions (where the guard finds it).
+    conn: ConnHandle,
 }
 
 impl std::fmt::Debug for Shortcut {
@@ -72,15 +79,25 @@ impl std::fmt::Debug for Shortcut {
 }
 
 impl Shortcut {
-    /// `router` (the node's whole app, guard included) with the shortcut in front, answering
-    /// from `state`.
-    pub fn new(router: Router, state: AppState) -> Shortcut {
+    /// `router` (the node's whole app, `guard` applied) with the shortcut in front, answering
+    /// from `state`, its answers charged against `guard`.
+    pub fn new(router: Router, state: AppState, guard: RequestGuard) -> Shortcut {
         let metrics = state.inner.metrics.clone();
         Shortcut {
             router,
             state,
             metrics,
             identity: None,
+            guard,
+            conn: ConnHandle::detached(),
+        }
+    }
+
+    /// This shortcut for the connection `conn` (one per connection, from [`super::serve`]).
+    pub fn for_connection(&self, conn: &ConnHandle) -> Shortcut {
+        Shortcut {
+            conn: conn.clone(),
+            ..self.clone()
         }
     }
 
@@ -91,6 +108,33 @@ impl Shortcut {
             identity: Some(ConnectInfo(identity)),
             ..self.clone()
         }
+    }
+
+    /// The answer of a connection in the probes' reserve: the probes answered as usual, the
+    /// rest refused; either way the connection closes after it.
+    fn reserve_answer<B>(&self, req: axum::http::Request<B>) -> Answer
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let probe =
+            req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz");
+        let routed =
+            probe.then(|| tower::Service::call(&mut self.router.clone(), req.map(Body::new)));
+        Answer::Direct(Box::pin(async move {
+            let mut response = match routed {
+                Some(routed) => match routed.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                None => super::conn::too_many_connections(),
+            };
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }))
     }
 }
 
@@ -158,12 +202,17 @@ impl Shortcut {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        self.conn.dispatched();
+        if self.conn.in_reserve() {
+            return self.reserve_answer(req);
+        }
         let state = &self.state;
         let Some(get) = plain_get(&req, &state.inner.options.access) else {
             let mut req = req.map(Body::new);
             if let Some(identity) = &self.identity {
                 req.extensions_mut().insert(identity.clone());
             }
+            req.extensions_mut().insert(self.conn.clone());
             return Answer::Routed(tower::Service::call(&mut self.router.clone(), req));
         };
         let group = get.group.unwrap_or(&state.inner.default_group).to_owned();
@@ -172,11 +221,13 @@ impl Shortcut {
         let trace = RemoteTrace(crate::telemetry::remote_context(req.headers()));
         let state = state.clone();
         let metrics = self.metrics.clone();
+        let (guard, conn) = (self.guard.clone(), self.conn.clone());
         let started = Instant::now();
         Answer::Direct(Box::pin(async move {
             let response = get_value(&state, &group, &key, accepted, trace)
                 .await
                 .into_response();
+            let response = guard.charge_answer(response, Some(&conn));
             metrics.record_request(route, "GET", response.status().as_u16(), started.elapsed());
             response
         }))

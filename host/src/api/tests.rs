@@ -445,7 +445,11 @@ async fn the_shortcut_answers_as_the_router_does() {
         };
         let (state, _) = app_state(10, options);
         let routed = router(state.clone());
-        let shortcut = Shortcut::new(router(state.clone()), state);
+        let shortcut = Shortcut::new(
+            router(state.clone()),
+            state,
+            crate::api::guard::RequestGuard::new(crate::api::guard::ServerLimits::default()),
+        );
         let long = format!("/api/v1/groups/g/keys/{}", "k".repeat(2_000));
         let long_classic = format!("/api?key={}", "k".repeat(2_000));
         for (uri, token, encoding) in [
@@ -503,7 +507,11 @@ async fn the_shortcut_answers_as_the_router_does() {
 #[tokio::test]
 async fn the_shortcut_times_its_requests_under_the_route() {
     let (state, getter) = app_state(10, ApiOptions::default());
-    let shortcut = Shortcut::new(router(state.clone()), state);
+    let shortcut = Shortcut::new(
+        router(state.clone()),
+        state,
+        crate::api::guard::RequestGuard::new(crate::api::guard::ServerLimits::default()),
+    );
     for uri in [
         "/api/v1/groups/g/keys/k",
         "/api?key=k",

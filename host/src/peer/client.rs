@@ -36,8 +36,10 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Idle connections are only those a past peak opened, and close after [`POOL_IDLE_TIMEOUT`].
 pub const POOL_MAX_IDLE_PER_PEER: usize = super::DEFAULT_PEER_CONCURRENCY;
 
-/// How long a pooled connection may stay idle before it is closed.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a pooled connection may stay idle before it is closed: below the server's default
+/// `--idle-timeout` (60 s), so that an idle connection is closed by its client, not by the peer
+/// just as a request goes out on it.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// TCP keep-alive probes on peer connections: a peer that vanished without closing (its
 /// machine lost power) is noticed on an idle pooled connection after about a minute.

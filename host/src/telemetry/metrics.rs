@@ -32,6 +32,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder as _, TextEncoder};
 use serde::Serialize;
 
+use crate::api::conn::ConnSnapshot;
 use crate::discovery::RegistrationState;
 use crate::group::GroupSnapshot;
 use crate::plugin::PluginSnapshot;
@@ -63,6 +64,8 @@ pub struct Stats {
     pub plugins: Vec<PluginSnapshot>,
     /// Ring size and registration state.
     pub cluster: ClusterStats,
+    /// What the node's connections did: open now, refused, closed by a timer.
+    pub connections: ConnSnapshot,
 }
 
 /// The cluster's part of [`Stats`].
@@ -312,6 +315,52 @@ const CLUSTER_METRICS: &[(&str, &str)] = &[
         "1 for the state this node's etcd registration is in, 0 for the others.",
     ),
 ];
+
+/// Help text of every connection metric; [`connection_series`] emits exactly these names.
+const CONNECTION_METRICS: &[(&str, &str)] = &[
+    (
+        "geecache_connections_open",
+        "Client and peer connections open now (the probes' reserve included).",
+    ),
+    (
+        "geecache_connections_reserve_total",
+        "Connections accepted past --max-connections into the probes' reserve (only /healthz and /readyz answered).",
+    ),
+    (
+        "geecache_connections_refused_total",
+        "Connections closed at once: every slot and the probes' reserve were taken.",
+    ),
+    (
+        "geecache_connections_closed_total",
+        "Connections the node closed, by reason: header_timeout (a request head too slow), idle_timeout, write_timeout (an answer not read).",
+    ),
+    (
+        "geecache_answers_refused_total",
+        "Answers refused with 503 busy: the in-flight budget (--max-inflight-body-bytes) was spent.",
+    ),
+];
+
+/// Maps the connections' part of the snapshot to series: name, `reason` label, value.
+pub fn connection_series(c: &ConnSnapshot) -> Vec<(&'static str, Option<&'static str>, f64)> {
+    let closed = "geecache_connections_closed_total";
+    vec![
+        ("geecache_connections_open", None, c.open as f64),
+        (
+            "geecache_connections_reserve_total",
+            None,
+            c.reserve_accepted as f64,
+        ),
+        ("geecache_connections_refused_total", None, c.refused as f64),
+        (closed, Some("header_timeout"), c.header_timeouts as f64),
+        (closed, Some("idle_timeout"), c.idle_timeouts as f64),
+        (closed, Some("write_timeout"), c.write_timeouts as f64),
+        (
+            "geecache_answers_refused_total",
+            None,
+            c.answers_refused as f64,
+        ),
+    ]
+}
 
 /// Maps the cluster's part of the snapshot to series: name, `state` label, value.
 pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Option<&'static str>, f64)> {
@@ -596,12 +645,32 @@ fn register_observed(meter: &Meter, observed: &Arc<Mutex<Option<Arc<Stats>>>>) {
             o.observe(1.0, &labels);
         }
     });
-    for &(name, help) in CLUSTER_METRICS {
+    observe_one_label(meter, observed, CONNECTION_METRICS, "reason", |stats| {
+        connection_series(&stats.connections)
+    });
+    observe_one_label(meter, observed, CLUSTER_METRICS, "state", |stats| {
+        cluster_series(&stats.cluster)
+    });
+}
+
+/// Series of a table whose metrics have at most one label.
+type OneLabelSeries = Vec<(&'static str, Option<&'static str>, f64)>;
+
+/// Registers the metrics of `table`, whose series `series` maps from the snapshot, each with
+/// at most the one label `label`.
+fn observe_one_label(
+    meter: &Meter,
+    observed: &Arc<Mutex<Option<Arc<Stats>>>>,
+    table: &'static [(&'static str, &'static str)],
+    label: &'static str,
+    series: fn(&Stats) -> OneLabelSeries,
+) {
+    for &(name, help) in table {
         observe(meter, observed, name, help, move |stats, o| {
-            for (series, state, value) in cluster_series(&stats.cluster) {
-                if series == name {
-                    let labels: Vec<KeyValue> = state
-                        .map(|s| KeyValue::new("state", s))
+            for (metric, value_label, value) in series(stats) {
+                if metric == name {
+                    let labels: Vec<KeyValue> = value_label
+                        .map(|v| KeyValue::new(label, v))
                         .into_iter()
                         .collect();
                     o.observe(value, &labels);
@@ -721,6 +790,15 @@ mod tests {
                 ring_members: 3,
                 registration: RegistrationState::Registered,
             },
+            connections: ConnSnapshot {
+                open: 1,
+                reserve_accepted: 2,
+                refused: 3,
+                header_timeouts: 4,
+                idle_timeouts: 5,
+                write_timeouts: 6,
+                answers_refused: 7,
+            },
         }
     }
 
@@ -808,11 +886,17 @@ mod tests {
                     .into_iter()
                     .map(|(n, _, _)| n),
             )
+            .chain(
+                connection_series(&stats().connections)
+                    .into_iter()
+                    .map(|(n, _, _)| n),
+            )
             .collect();
         let declared: BTreeSet<&str> = GROUP_METRICS
             .iter()
             .chain(PLUGIN_METRICS)
             .chain(CLUSTER_METRICS)
+            .chain(CONNECTION_METRICS)
             .map(|(n, _)| *n)
             .collect();
         assert_eq!(emitted, declared);

@@ -1,0 +1,262 @@
+//! The doors one level below requests (issue 26): connections that send nothing, headers sent
+//! a byte at a time, answers nobody reads. Each test runs a node as its own process (the
+//! `geecache-node` binary), so its resident memory, read from `/proc/<pid>/status`, is its own.
+//! Every loop is bounded in time and count.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use geecache_tests::{NodeProcess, demo_db};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const MIB: u64 = 1 << 20;
+
+struct Node {
+    process: NodeProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeProcess;
+    fn deref(&self) -> &NodeProcess {
+        &self.process
+    }
+}
+
+impl Node {
+    /// A db_getter node with `args`, once it answers `/healthz`.
+    async fn start(args: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let db = demo_db(dir.path());
+        let bin = env!("CARGO_BIN_EXE_geecache-node");
+        let process = NodeProcess::start(bin, &db, dir.path(), args).await;
+        Node { process, _dir: dir }
+    }
+
+    /// `VmRSS` of the node, in bytes.
+    fn rss(&mut self) -> u64 {
+        self.process.memory().0
+    }
+
+    async fn connect(&self) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", self.port)).await.unwrap()
+    }
+
+    /// Status and body of `GET path` on a connection of its own (`Connection: close`), or
+    /// `None` when the node closed it without an answer; at most 5 s.
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = self.connect().await;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: node\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let status = text.get(9..12)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    async fn stats(&self) -> serde_json::Value {
+        let (status, body) = self.get("/api/v1/stats").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// Whether the node closes `stream` (EOF or reset) within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_in_every_slot_leave_probes_answered_and_are_closed() {
+    let node = Node::start(&["--max-connections", "8", "--header-timeout", "2s"]).await;
+    // Every slot taken by a connection that sends nothing (on main: every later connection,
+    // /readyz included, was refused for as long as they stayed open).
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(node.connect().await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = node.get("/readyz").await.expect("a probe is answered");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = node
+        .get("/api?key=Tom")
+        .await
+        .expect("refused with an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too_many_connections"), "{body}");
+    // The node closes each silent connection after the header timeout.
+    for stream in &mut silent {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "a silent connection stayed open"
+        );
+    }
+    let (status, body) = node.get("/api?key=Tom").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "630"));
+    let stats = node.stats().await;
+    let c = &stats["connections"];
+    assert!(c["header_timeouts"].as_u64().unwrap() >= 8, "{c}");
+    assert!(c["reserve_accepted"].as_u64().unwrap() >= 2, "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    let node = Node::start(&["--header-timeout", "2s"]).await;
+    let mut stream = node.connect().await;
+    let request = b"GET /api?key=Tom HTTP/1.1\r\nhost: node\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = Instant::now();
+    let mut cut = false;
+    // A byte every 200 ms: on main, the connection stayed open for as long as bytes came.
+    for byte in request {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the slow header was never cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        node.stats().await["connections"]["header_timeouts"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let node = Node::start(&["--idle-timeout", "2s", "--header-timeout", "1s"]).await;
+    let mut stream = node.connect().await;
+    stream
+        .write_all(b"GET /api?key=Tom HTTP/1.1\r\nhost: node\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("630"));
+    // Idle past the header timeout, within the idle one: still open, and it answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(b"GET /api?key=Jack HTTP/1.1\r\nhost: node\r\n\r\n")
+        .await
+        .unwrap();
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("589"));
+    assert!(closed_within(&mut stream, Duration::from_secs(10)).await);
+    assert!(
+        node.stats().await["connections"]["idle_timeouts"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_nobody_reads_stay_within_the_in_flight_budget() {
+    // Larger than what loopback's socket buffers take, so an unread answer stalls its writes.
+    const VALUE: usize = 16 << 20;
+    const CLIENTS: usize = 40;
+    const INFLIGHT_MIB: u64 = 64;
+    let mut node = Node::start(&[
+        "--cache-bytes",
+        "64MiB",
+        "--max-inflight-body-bytes",
+        &format!("{INFLIGHT_MIB}MiB"),
+        "--max-body-bytes",
+        "16MiB",
+        "--max-value-bytes",
+        "16MiB",
+        "--write-timeout",
+        "3s",
+        "--header-timeout",
+        "30s",
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let put = client
+        .put(format!("{}/api/v1/groups/scores/keys/big", node.base))
+        .body(vec![b'v'; VALUE])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let before = node.rss();
+    // Clients that ask for the value and never read (on main: RSS grew by the value's size
+    // for each of them, 2.2 GiB for 300 clients of an 8 MiB value).
+    let mut unread = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut stream = node.connect().await;
+        stream
+            .write_all(b"GET /api/v1/groups/scores/keys/big HTTP/1.1\r\nhost: node\r\n\r\n")
+            .await
+            .unwrap();
+        unread.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = node.rss().saturating_sub(before);
+    println!(
+        "{CLIENTS} unread answers of {} MiB: node RSS grew by {} MiB (budget {INFLIGHT_MIB} MiB)",
+        VALUE as u64 / MIB,
+        grown / MIB
+    );
+    let bound = (INFLIGHT_MIB * MIB) * 5 / 4 + 32 * MIB;
+    assert!(grown < bound, "RSS grew by {} MiB", grown / MIB);
+    // Another client is answered meanwhile: small values at once, the big one 503 or 200.
+    let (status, body) = node.get("/api?key=Tom").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "630"));
+    let stats = node.stats().await;
+    assert!(
+        stats["connections"]["answers_refused"].as_u64().unwrap() > 0,
+        "{}",
+        stats["connections"]
+    );
+    // The write timeout closes the unread connections (nothing here reads them); the budget
+    // is whole again.
+    let mut stats = node.stats().await;
+    for _ in 0..150 {
+        if stats["connections"]["write_timeouts"].as_u64().unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stats = node.stats().await;
+    }
+    assert!(
+        stats["connections"]["write_timeouts"].as_u64().unwrap() > 0,
+        "{}",
+        stats["connections"]
+    );
+    drop(unread);
+    let big = client
+        .get(format!("{}/api/v1/groups/scores/keys/big", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 200);
+    assert_eq!(big.bytes().await.unwrap().len(), VALUE);
+}
