@@ -260,3 +260,143 @@ async fn answers_nobody_reads_stay_within_the_in_flight_budget() {
     assert_eq!(big.status(), 200);
     assert_eq!(big.bytes().await.unwrap().len(), VALUE);
 }
+
+/// `POST path` with `token` (as a bearer), `headers` and `body`: status and body, within 5 s.
+async fn post(
+    node: &Node,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(format!("{}{path}", node.base))
+        .timeout(Duration::from_secs(5))
+        .body(body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let r = req.send().await.expect("answered within 5 s");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+const WASM: (&str, &str) = ("content-type", "application/wasm");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_are_closed_on_a_default_node() {
+    let node = Node::start(&[]).await;
+    let component = std::fs::read(geecache_tests::plugins::DB_GETTER).unwrap();
+    let reload = "/api/v1/plugins/db_getter/reload";
+    // On main: 200, anyone who reached the port replaced the getter.
+    let (status, body) = post(&node, reload, None, &[WASM], component).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("admin_disabled") && body.contains("--admin-token"),
+        "{body}"
+    );
+    // On main: no answer in 20 s, +6.4 GiB.
+    let zero = format!("{reload}?path=/dev/zero");
+    let (status, body) = post(&node, &zero, None, &[], Vec::new()).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post(&node, "/api/v1/groups/scores/flush", None, &[], Vec::new()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(node.get("/api?key=Tom").await.unwrap(), (200, "630".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_paths_bodies_and_origins_are_checked_before_anything_is_read() {
+    let plugins = tempfile::tempdir().unwrap();
+    let good = plugins.path().join("good.wasm");
+    std::fs::copy(geecache_tests::plugins::DB_GETTER, &good).unwrap();
+    let fifo = plugins.path().join("pipe.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let dir = plugins.path().to_str().unwrap();
+    let mut node = Node::start(&["--admin-token", "adm", "--reload-dir", dir]).await;
+    let reload = "/api/v1/plugins/db_getter/reload";
+    let admin = Some("adm");
+    let before = node.rss();
+    // A device, a FIFO (on main: a hang, and later reloads waited behind it), a path out of
+    // the directory: each refused at once, all in the same words.
+    let mut refusals = Vec::new();
+    for path in [
+        "/dev/zero".to_string(),
+        "pipe.wasm".into(),
+        "../outside.wasm".into(),
+        geecache_tests::plugins::DB_GETTER.into(),
+        "/no/such/dir/x.wasm".into(),
+    ] {
+        let (status, body) =
+            post(&node, &format!("{reload}?path={path}"), admin, &[], vec![]).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        refusals.push(body);
+    }
+    assert!(
+        refusals.windows(2).all(|w| w[0] == w[1]),
+        "one answer, whether or not the file exists: {refusals:#?}"
+    );
+    assert!(
+        node.rss().saturating_sub(before) < 64 * MIB,
+        "nothing large was read"
+    );
+    // A file inside the directory is taken, and the FIFO held nothing up.
+    let (status, body) = post(
+        &node,
+        &format!("{reload}?path=good.wasm"),
+        admin,
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A body must say it is a component; the admin token is not the only check.
+    let component = std::fs::read(&good).unwrap();
+    let (status, body) = post(&node, reload, admin, &[], component.clone()).await;
+    assert_eq!(status, 415, "{body}");
+    let evil = [WASM, ("origin", "http://evil.example")];
+    let (status, body) = post(&node, reload, admin, &evil, component.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("cross_origin"), "{body}");
+    let (status, body) = post(&node, reload, Some("wrong"), &[WASM], component.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(&node, reload, admin, &[WASM], component).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(node.get("/api?key=Tom").await.unwrap(), (200, "630".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_millions_of_keys_are_refused_while_they_are_decoded() {
+    let mut node = Node::start(&[]).await;
+    // 3 million empty keys: 9 MB of JSON each (on main: all decoded, then refused; 8 at once
+    // grew the node's RSS by 421 MiB).
+    let body = format!("{{\"keys\":[{}\"\"]}}", "\"\",".repeat(3_000_000 - 1));
+    let before = node.rss();
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/groups/scores/batch", node.base);
+    let requests = (0..8).map(|_| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .timeout(Duration::from_secs(20))
+            .send()
+    });
+    for answer in futures::future::join_all(requests).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), 400);
+        let text = answer.text().await.unwrap();
+        assert!(text.contains("more than 1000 keys"), "{text}");
+    }
+    let grown = node.rss().saturating_sub(before);
+    println!("8 batches of 3M keys: node RSS grew by {} MiB", grown / MIB);
+    // The bodies themselves (8 x 9 MB, held while they are read) and little else.
+    assert!(grown < 160 * MIB, "RSS grew by {} MiB", grown / MIB);
+    assert_eq!(node.get("/api?key=Tom").await.unwrap(), (200, "630".into()));
+}

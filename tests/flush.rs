@@ -7,13 +7,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use geecache_tests::{TestNode, plugins};
+use geecache_tests::{ADMIN_TOKEN, TestNode, plugins};
 
 /// `POST {base}{path}`: status and JSON answer.
 async fn post(node: &TestNode, path: &str) -> (u16, serde_json::Value) {
     let r = node
         .client
         .post(format!("{}{path}", node.base))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -81,18 +82,31 @@ async fn a_flush_drops_memory_and_storage_and_the_next_get_loads_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flush_says_when_the_storage_plugin_cannot_clear_and_needs_the_token() {
+async fn a_flush_says_when_the_storage_plugin_cannot_clear_and_needs_the_admin_token() {
     let node =
         TestNode::with_db_getter(&["--plugin", plugins::STORAGE_BASIC, "--api-token", "s3cret"])
             .await;
     assert_eq!(node.get("/api?key=Tom").await.1, b"630");
-    let (status, _) = post(&node, "/api/v1/groups/scores/flush").await;
-    assert_eq!(status, 401, "a flush is a write");
+    let flush = format!("{}/api/v1/groups/scores/flush", node.base);
+    let r = node.client.post(&flush).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a flush is an admin route");
+    let r = node
+        .client
+        .post(&flush)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the API token is not the admin token"
+    );
 
     let r = node
         .client
-        .post(format!("{}/api/v1/groups/scores/flush", node.base))
-        .bearer_auth("s3cret")
+        .post(&flush)
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The admin token of every [`TestNode`] that does not set its own (`--admin-token`).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 #[path = "corpus.rs"]
 pub mod corpus;
 
@@ -206,6 +209,14 @@ impl TestNode {
         // Tests stop at once unless they ask for a grace.
         if !args.contains(&"--shutdown-grace") {
             argv.extend(["--shutdown-grace".into(), "0s".into()]);
+        }
+        // The admin routes open with [`ADMIN_TOKEN`], and `?path=` may name any file (the
+        // tests' plugins live under target/ and temporary directories), unless the test says.
+        if !args.contains(&"--admin-token") {
+            argv.extend(["--admin-token".into(), ADMIN_TOKEN.into()]);
+        }
+        if !args.contains(&"--reload-dir") {
+            argv.extend(["--reload-dir".into(), "/".into()]);
         }
         argv.extend(
             args.iter()

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use geecache_host::plugin::registry::sha256_hex;
-use geecache_tests::{TestNode, compile_cache_dir, free_port, plugins, wait_healthy};
+use geecache_tests::{ADMIN_TOKEN, TestNode, compile_cache_dir, free_port, plugins, wait_healthy};
 
 /// The file a test node loads its getter from (a copy of v1 in the test's own directory).
 fn plugin_file(dir: &Path) -> PathBuf {
@@ -235,6 +235,7 @@ async fn reload_by_api_under_load_loses_no_request_and_v2_answers_after() {
             node.base,
             plugins::RELOAD_GETTER_V2
         ))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -248,6 +249,7 @@ async fn reload_by_api_under_load_loses_no_request_and_v2_answers_after() {
     // And back to v1 by uploading its bytes, still under load.
     let r = c
         .post(format!("{}/api/v1/plugins/reload_getter/reload", node.base))
+        .bearer_auth(ADMIN_TOKEN)
         .header("content-type", "application/wasm")
         .body(std::fs::read(plugins::RELOAD_GETTER_V1).unwrap())
         .send()
@@ -373,6 +375,7 @@ async fn broken_new_versions_are_refused_and_v1_keeps_answering() {
                 "{}/api/v1/plugins/reload_getter/reload?path={path}",
                 node.base
             ))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap();
@@ -388,12 +391,18 @@ async fn broken_new_versions_are_refused_and_v1_keeps_answering() {
             "{}/api/v1/plugins/reload_getter/reload?path=/nonexistent.wasm",
             node.base
         ))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 422);
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a path that names no file is refused as any other"
+    );
     let r = c
         .post(format!("{}/api/v1/plugins/nope/reload", node.base))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -404,6 +413,8 @@ async fn broken_new_versions_are_refused_and_v1_keeps_answering() {
             "{}/api/v1/plugins/reload_getter/reload?path=x",
             node.base
         ))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/wasm")
         .body("y")
         .send()
         .await
@@ -419,7 +430,9 @@ async fn broken_new_versions_are_refused_and_v1_keeps_answering() {
     let view = plugin_view(c, &node.base).await;
     assert_eq!(view["sha256"], sha_of(plugins::RELOAD_GETTER_V1).as_str());
     assert_eq!(view["reloads"], 0);
-    assert_eq!(view["reload_failures"], cases.len() as u64 + 2);
+    // The cases and the broken file; the path that names no file was refused at the door,
+    // before any reload began.
+    assert_eq!(view["reload_failures"], cases.len() as u64 + 1);
     let (status, body) = get_text(c, &node.base, "/api?key=after-refusals").await;
     assert_eq!((status, body.as_str()), (200, "after-refusals@v1"));
     node.stop().await;
@@ -435,6 +448,7 @@ async fn flush_drops_what_the_old_getter_loaded() {
     publish(plugins::RELOAD_GETTER_V2, &file);
     let r = c
         .post(format!("{}/api/v1/plugins/reload_getter/reload", node.base))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -448,6 +462,7 @@ async fn flush_drops_what_the_old_getter_loaded() {
             "{}/api/v1/plugins/reload_getter/reload?flush=true",
             node.base
         ))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -468,6 +483,7 @@ async fn reload_with_flush(client: &reqwest::Client, base: &str) -> serde_json::
         .post(format!(
             "{base}/api/v1/plugins/reload_getter/reload?flush=true"
         ))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -547,7 +563,7 @@ async fn a_storage_plugin_without_storage_clear_loads_and_a_flush_says_it_kept_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reload_is_a_write_that_needs_the_api_token() {
+async fn a_reload_needs_the_admin_token_not_the_api_token() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _file) = start_node(dir.path(), &["--api-token", "s3cret"]).await;
     let url = format!("{}/api/v1/plugins/reload_getter/reload", node.base);
@@ -557,6 +573,18 @@ async fn a_reload_is_a_write_that_needs_the_api_token() {
         .client
         .post(&url)
         .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the API token is not the admin token"
+    );
+    let r = node
+        .client
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -613,6 +641,7 @@ async fn watch_plugins_follows_a_reload_to_a_file_in_another_directory() {
             node.base,
             moved.display()
         ))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -724,7 +753,12 @@ async fn cluster_rollout_reaches_every_node_or_none() {
         )
     };
     // Node 3 cannot take it: nothing changes anywhere.
-    let r = c.post(rollout(&nodes[0])).send().await.unwrap();
+    let r = c
+        .post(rollout(&nodes[0]))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status, 422, "{body}");
@@ -749,7 +783,12 @@ async fn cluster_rollout_reaches_every_node_or_none() {
     wait_ring(&nodes, 3, "the new node never joined").await;
     let load = Load::start(&nodes[1].base, 4);
     load.wait_for(200).await;
-    let r = c.post(rollout(&nodes[0])).send().await.unwrap();
+    let r = c
+        .post(rollout(&nodes[0]))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -768,6 +807,7 @@ async fn cluster_rollout_reaches_every_node_or_none() {
             "{}/_geecache_admin/plugins/reload_getter/stage?sha256={v1}",
             nodes[1].base
         ))
+        .bearer_auth(ADMIN_TOKEN)
         .body(std::fs::read(plugins::RELOAD_GETTER_V1).unwrap())
         .send()
         .await
@@ -803,6 +843,7 @@ async fn a_compressor_that_refuses_a_groups_level_is_refused() {
                 node.base,
                 plugins::RELOAD_COMPRESSOR_NARROW
             ))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap();

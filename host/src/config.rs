@@ -193,6 +193,16 @@ pub struct Cli {
     #[arg(long, env = "GEECACHE_API_TOKEN_READS")]
     pub api_token_reads: bool,
 
+    /// Admin token: plugin reload, cluster rollout and flush need `Authorization: Bearer
+    /// <token>`. Without it those routes are closed (403). Must differ from --api-token.
+    #[arg(long, env = "GEECACHE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Directory whose files a reload's `?path=` may name (regular files only, at most
+    /// --max-plugin-bytes); without it, `?path=` is refused.
+    #[arg(long, value_name = "DIR", env = "GEECACHE_RELOAD_DIR")]
+    pub reload_dir: Option<PathBuf>,
+
     /// Longest a request may wait for a load before failing with 504 [default: 5s].
     #[arg(long, value_name = "DURATION", env = "GEECACHE_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
@@ -1096,6 +1106,28 @@ impl Cli {
         if self.api_token_reads && token.is_none() {
             return Err("--api-token-reads needs --api-token".into());
         }
+        let admin = match &self.admin_token {
+            Some(t) if Some(t) == self.api_token.as_ref() => {
+                return Err(
+                    "--admin-token must differ from --api-token: whoever may read and write \
+                     must not also be able to replace the node's code"
+                        .into(),
+                );
+            }
+            Some(t) => Some(ApiToken::new(t).map_err(|e| format!("--admin-token: {e}"))?),
+            None => None,
+        };
+        let reload_dir = match &self.reload_dir {
+            Some(dir) => {
+                let canonical = std::fs::canonicalize(dir)
+                    .map_err(|e| format!("--reload-dir {}: {e}", dir.display()))?;
+                if !canonical.is_dir() {
+                    return Err(format!("--reload-dir {}: not a directory", dir.display()));
+                }
+                Some(canonical)
+            }
+            None => None,
+        };
         let clustered = !self.etcd_endpoints.is_empty()
             || !self.peers.is_empty()
             || self.peers_file.is_some()
@@ -1130,6 +1162,8 @@ impl Cli {
             access: Access {
                 token,
                 reads: self.api_token_reads,
+                admin,
+                reload_dir,
             },
         })
     }
@@ -1401,6 +1435,45 @@ storage = "fs_storage"
         .resolve()
         .unwrap();
         assert_eq!(s.groups[0].options.storage_queue_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn admin_routes_and_connection_timers_from_flags() {
+        let s = cli(&[]).resolve().unwrap();
+        assert!(s.api.access.admin.is_none() && s.api.access.reload_dir.is_none());
+        assert_eq!(
+            s.server_limits.timeouts,
+            crate::api::conn::ConnTimeouts::default()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = cli(&[
+            "--admin-token",
+            "a",
+            "--reload-dir",
+            d,
+            "--idle-timeout",
+            "5s",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(s.api.access.admin.is_some());
+        assert_eq!(
+            s.api.access.reload_dir,
+            Some(std::fs::canonicalize(d).unwrap())
+        );
+        assert_eq!(s.server_limits.timeouts.idle, Duration::from_secs(5));
+        let err = cli(&["--admin-token", "t", "--api-token", "t"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("must differ"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = cli(&["--reload-dir", missing.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("--reload-dir"), "{err}");
+        let err = cli(&["--write-timeout", "0s"]).resolve().unwrap_err();
+        assert!(err.contains("more than 0"), "{err}");
     }
 
     #[test]

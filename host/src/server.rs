@@ -126,6 +126,15 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
     // The owner takes up to its --request-timeout to store a write; the exchange, up to a peer
     // timeout more.
     cluster.set_write_timeout(load_timeout.saturating_add(peer_timeout));
+    // A peer's answer holds at most what was asked: one value of the largest size a group
+    // takes, or a batch within the budget.
+    let max_value = settings
+        .groups
+        .iter()
+        .map(|g| g.options.max_value_bytes)
+        .max()
+        .unwrap_or(crate::group::GroupOptions::default().max_value_bytes);
+    cluster.set_answer_limits(max_value, settings.api.max_batch_bytes);
 
     let mut groups = Groups::default();
     for spec in &settings.groups {

@@ -1,13 +1,22 @@
-//! Who may call the API: an optional client token (`--api-token`), sent as
-//! `Authorization: Bearer <token>`.
+//! Who may call the API: an optional client token (`--api-token`) and an admin token
+//! (`--admin-token`), each sent as `Authorization: Bearer <token>`.
 //!
-//! With a token configured, writes (`PUT`, `DELETE`, a group flush, a plugin reload) need it; reads (the GETs, the batch get,
-//! `/api/v1/stats`, `/api/v1/cluster`, `/metrics`) need it too when `--api-token-reads` is set.
+//! - **Admin routes** (a plugin reload or cluster rollout, a group flush: every `POST` under
+//!   `/api/v1/plugins/`, and every `POST` under `/api/v1/groups/` but the batch get) are closed
+//!   unless `--admin-token` is set: 403 `admin_disabled`, naming the flag. With it, they need
+//!   that token (not the API token: the two are kept apart, and must differ).
+//! - With an API token configured, writes (`PUT`, `DELETE`) need it; reads (the GETs, the
+//!   batch get, `/api/v1/stats`, `/api/v1/cluster`, `/metrics`) need it too when
+//!   `--api-token-reads` is set.
+//! - A request other than `GET`/`HEAD` whose `Origin` names another host than its `Host` is
+//!   refused with 403 `cross_origin`: a web page on another site cannot make a browser write
+//!   to the node (tokens aside, a browser sends a cross-site form POST without asking).
+//!
 //! `/healthz` and `/readyz` stay open for probes, and the peer routes have their own
 //! authentication (the cluster secret). A request without the right token gets 401, code
 //! `unauthorized`, with `WWW-Authenticate: Bearer`.
 //!
-//! The token is compared in constant time (as SHA-256 digests, so not even its length leaks).
+//! Tokens are compared in constant time (as SHA-256 digests, so not even their length leaks).
 
 use std::fmt;
 use std::sync::Arc;
@@ -74,48 +83,135 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Who must show the token.
+/// Who must show which token.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    /// The token; `None` leaves the API open.
+    /// The API token; `None` leaves reads and writes open.
     pub token: Option<ApiToken>,
     /// Whether reads need the token too, not only writes.
     pub reads: bool,
+    /// The admin token; `None` closes the admin routes.
+    pub admin: Option<ApiToken>,
+    /// The directory a reload's `?path=` may name files in (canonical); `None` refuses
+    /// `?path=`.
+    pub reload_dir: Option<std::path::PathBuf>,
+}
+
+/// What [`Access::verdict`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It may go on.
+    Pass,
+    /// It lacks the right token (API or admin): 401.
+    Unauthorized { admin: bool },
+    /// An admin route on a node without `--admin-token`: 403.
+    AdminClosed,
+    /// A write from a page of another site: 403.
+    CrossOrigin,
+}
+
+/// Whether a request with this method and path is an admin route (see the module docs).
+/// Generous on purpose: any spelling of a reload or a flush the router might match is caught.
+pub(crate) fn is_admin(method: &Method, path: &str) -> bool {
+    *method == Method::POST
+        && (path.starts_with("/api/v1/plugins/")
+            || (path.starts_with("/api/v1/groups/") && !path.ends_with("/batch")))
+}
+
+/// Whether `headers` carry an `Origin` of another host than their `Host` (a browser's
+/// cross-site request). A request without `Origin` (every non-browser client) is not.
+fn cross_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let authority = origin
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .trim_end_matches('/');
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    authority.is_empty() || !authority.eq_ignore_ascii_case(host)
 }
 
 impl Access {
-    /// Whether `req` may go on: it needs no token, or carries the right one.
+    /// Whether `req` may go on as a read or a write (the shortcut's question, for GETs): it
+    /// needs no token, or carries the right one. Admin routes and origins are [`Access::verdict`]'s.
     pub(crate) fn admits<B>(&self, req: &axum::http::Request<B>) -> bool {
         !self.requires_token(req.method(), req.uri().path())
             || self.token.as_ref().is_some_and(|t| t.admits(req.headers()))
     }
 
-    /// Whether a request with this method and path must carry the token.
+    /// What becomes of `req` (see the module docs).
+    pub(crate) fn verdict<B>(&self, req: &axum::http::Request<B>) -> Verdict {
+        let (method, path) = (req.method(), req.uri().path());
+        if !matches!(*method, Method::GET | Method::HEAD) && cross_origin(req.headers()) {
+            return Verdict::CrossOrigin;
+        }
+        if is_admin(method, path) {
+            return match &self.admin {
+                None => Verdict::AdminClosed,
+                Some(admin) if admin.admits(req.headers()) => Verdict::Pass,
+                Some(_) => Verdict::Unauthorized { admin: true },
+            };
+        }
+        if self.admits(req) {
+            Verdict::Pass
+        } else {
+            Verdict::Unauthorized { admin: false }
+        }
+    }
+
+    /// Whether a request (not an admin route) with this method and path must carry the API
+    /// token.
     fn requires_token(&self, method: &Method, path: &str) -> bool {
         if self.token.is_none() || matches!(path, "/healthz" | "/readyz") {
             return false;
         }
-        // POST serves the batch get, a read; every other POST (a plugin reload) is a write.
+        // POST serves the batch get, a read; the other POSTs are admin routes.
         let read = matches!(*method, Method::GET | Method::HEAD)
             || (*method == Method::POST && path.ends_with("/batch"));
         !read || self.reads
     }
 }
 
-/// Refuses requests that need the token and do not carry it (see the module docs).
+/// Refuses requests [`Access::verdict`] does not pass (see the module docs).
 pub async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
-    if access.admits(&req) {
-        return next.run(req).await;
+    match access.verdict(&req) {
+        Verdict::Pass => next.run(req).await,
+        Verdict::AdminClosed => super::error_response(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "plugin reload, cluster rollout and flush are closed on this node: start it with \
+             --admin-token (or GEECACHE_ADMIN_TOKEN) and send Authorization: Bearer <admin token>"
+                .into(),
+        ),
+        Verdict::CrossOrigin => super::error_response(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "a request from a page of another site (its Origin is not this node's Host) may not \
+             change the node"
+                .into(),
+        ),
+        Verdict::Unauthorized { admin } => {
+            let which = if admin {
+                "admin token (--admin-token)"
+            } else {
+                "API token"
+            };
+            let mut response = super::error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("this request needs the node's {which}: Authorization: Bearer <token>"),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
     }
-    let mut response = super::error_response(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "this request needs the node's API token: Authorization: Bearer <token>".into(),
-    );
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
 }
 
 #[cfg(test)]
@@ -153,21 +249,106 @@ mod tests {
         let writes = Access {
             token: token.clone(),
             reads: false,
+            ..Access::default()
         };
-        let all = Access { token, reads: true };
+        let all = Access {
+            token,
+            reads: true,
+            ..Access::default()
+        };
         let k = "/api/v1/groups/g/keys/k";
         assert!(writes.requires_token(&Method::PUT, k));
         assert!(writes.requires_token(&Method::DELETE, k));
         assert!(!writes.requires_token(&Method::GET, k));
         assert!(!writes.requires_token(&Method::POST, "/api/v1/groups/g/batch"));
-        assert!(writes.requires_token(&Method::POST, "/api/v1/plugins/p/reload"));
-        assert!(writes.requires_token(&Method::POST, "/api/v1/groups/g/flush"));
-        assert!(writes.requires_token(&Method::POST, "/api/v1/groups/batch/flush"));
         assert!(!writes.requires_token(&Method::GET, "/api/v1/plugins"));
         assert!(all.requires_token(&Method::GET, "/metrics"));
         assert!(all.requires_token(&Method::POST, "/api/v1/groups/g/batch"));
         assert!(!all.requires_token(&Method::GET, "/healthz"));
         assert!(!all.requires_token(&Method::GET, "/readyz"));
         assert!(!Access::default().requires_token(&Method::PUT, k));
+    }
+
+    fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> axum::http::Request<()> {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn admin_routes_are_closed_without_the_admin_token_and_need_it_with_it() {
+        let reload = "/api/v1/plugins/p/reload";
+        let flush = "/api/v1/groups/g/flus%68";
+        let open = Access::default();
+        for path in [reload, flush, "/api/v1/groups/batch/flush"] {
+            assert_eq!(
+                open.verdict(&request(Method::POST, path, &[])),
+                Verdict::AdminClosed
+            );
+        }
+        assert_eq!(
+            open.verdict(&request(Method::POST, "/api/v1/groups/g/batch", &[])),
+            Verdict::Pass
+        );
+        let api = Access {
+            token: Some(ApiToken::new("api").unwrap()),
+            admin: Some(ApiToken::new("adm").unwrap()),
+            ..Access::default()
+        };
+        let with = |token: &str| request(Method::POST, reload, &[("authorization", token)]);
+        assert_eq!(api.verdict(&with("Bearer adm")), Verdict::Pass);
+        assert_eq!(
+            api.verdict(&with("Bearer api")),
+            Verdict::Unauthorized { admin: true },
+            "the API token is not an admin token"
+        );
+        let put = request(
+            Method::PUT,
+            "/api/v1/groups/g/keys/k",
+            &[("authorization", "Bearer adm")],
+        );
+        assert_eq!(api.verdict(&put), Verdict::Unauthorized { admin: false });
+    }
+
+    #[test]
+    fn a_write_from_another_site_is_refused_and_reads_are_not() {
+        let admin = Access {
+            admin: Some(ApiToken::new("adm").unwrap()),
+            ..Access::default()
+        };
+        let evil = [
+            ("origin", "http://evil.example"),
+            ("host", "127.0.0.1:9999"),
+            ("authorization", "Bearer adm"),
+        ];
+        let reload = "/api/v1/plugins/p/reload";
+        assert_eq!(
+            admin.verdict(&request(Method::POST, reload, &evil)),
+            Verdict::CrossOrigin
+        );
+        assert_eq!(
+            admin.verdict(&request(Method::PUT, "/api/v1/groups/g/keys/k", &evil)),
+            Verdict::CrossOrigin
+        );
+        assert_eq!(
+            admin.verdict(&request(Method::GET, "/api?key=k", &evil)),
+            Verdict::Pass
+        );
+        let same = [
+            ("origin", "http://127.0.0.1:9999"),
+            ("host", "127.0.0.1:9999"),
+            ("authorization", "Bearer adm"),
+        ];
+        assert_eq!(
+            admin.verdict(&request(Method::POST, reload, &same)),
+            Verdict::Pass
+        );
+        let null = [("origin", "null"), ("host", "127.0.0.1:9999")];
+        assert_eq!(
+            admin.verdict(&request(Method::PUT, "/api/v1/groups/g/keys/k", &null)),
+            Verdict::CrossOrigin
+        );
     }
 }

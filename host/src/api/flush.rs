@@ -1,5 +1,5 @@
-//! Flushing a group: `POST /api/v1/groups/{group}/flush[?cluster=true]`, a write (it needs
-//! the API token when one is set).
+//! Flushing a group: `POST /api/v1/groups/{group}/flush[?cluster=true]`, an admin route (closed
+//! unless `--admin-token` is set, then it needs that token; see `access.rs`).
 //!
 //! On this node, a flush drops every value the group holds: main and hot cache, and the
 //! entries of its storage tier (see [`Group::flush`]). Answer: 200

@@ -30,7 +30,9 @@
 //! 400/404/413 is passed on as it is.
 //!
 //! With `--api-token`, writes need `Authorization: Bearer <token>`, and reads too with
-//! `--api-token-reads`; `/healthz` and `/readyz` never do (see [`Access`]).
+//! `--api-token-reads`; `/healthz` and `/readyz` never do. The admin routes (reload, rollout,
+//! flush) are closed unless `--admin-token` is set, and then need that token; a write from a
+//! page of another site is refused (see [`Access`]).
 //!
 //! Every request (peer protocol included) is timed into
 //! `geecache_http_request_duration_seconds` by route template, method and status.
@@ -527,7 +529,39 @@ const BATCH_CONCURRENCY: usize = 64;
 /// Body of `POST /api/v1/groups/{group}/batch`.
 #[derive(Debug, Deserialize)]
 struct BatchRequest {
+    /// At most [`MAX_BATCH_KEYS`]: decoding stops at the next one (see [`bounded_keys`]).
+    #[serde(deserialize_with = "bounded_keys")]
     keys: Vec<String>,
+}
+
+/// Decodes a list of at most [`MAX_BATCH_KEYS`] keys, failing at the first key past it: a body
+/// of millions of keys is refused after 1,001 of them, not once all are in memory.
+fn bounded_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_BATCH_KEYS} keys")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut keys = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH_KEYS));
+            while let Some(key) = seq.next_element::<String>()? {
+                if keys.len() == MAX_BATCH_KEYS {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_BATCH_KEYS} keys in one batch; the limit is {MAX_BATCH_KEYS}"
+                    )));
+                }
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+    }
+    d.deserialize_seq(Keys)
 }
 
 /// One key's answer in a batch.
@@ -595,13 +629,6 @@ async fn batch_get(
             Error::BadRequest(e.body_text())
         }
     })?;
-    if req.keys.len() > MAX_BATCH_KEYS {
-        return Err(Error::BadRequest(format!(
-            "{} keys in one batch; the limit is {MAX_BATCH_KEYS}",
-            req.keys.len()
-        ))
-        .into());
-    }
     let group = state.inner.groups.get(&group)?.clone();
     let budget = state.inner.options.max_batch_bytes;
     // Keys other nodes own are asked from them first, one `_batch` request per owner, all at
@@ -780,6 +807,7 @@ pub fn router(state: AppState) -> Router {
         let all = Access {
             token: options.access.token.clone(),
             reads: true,
+            ..Access::default()
         };
         peer_routes = peer_routes.layer(axum::middleware::from_fn_with_state(
             Arc::new(all),
@@ -811,14 +839,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body));
-    // The API routes only: the peer routes, merged below, check the cluster secret. Without a
-    // token the check admits every request, so it is not put on the request path at all.
-    if options.access.token.is_some() {
-        api = api.layer(axum::middleware::from_fn_with_state(
-            Arc::new(options.access.clone()),
-            access::check,
-        ));
-    }
+    // The API routes only: the peer routes, merged below, check the cluster secret. Always
+    // on: the admin routes are closed without an admin token, and cross-site writes refused.
+    // (The hit path's plain GETs pass ahead of it, through the shortcut's own check.)
+    api = api.layer(axum::middleware::from_fn_with_state(
+        Arc::new(options.access.clone()),
+        access::check,
+    ));
     // A plugin rollout's requests between nodes: signed with the cluster secret, checked by
     // the handler itself (like the peer routes, outside the API token's layer).
     let rollout = Router::new()

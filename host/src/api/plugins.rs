@@ -6,7 +6,13 @@
 //! | `GET /api/v1/plugins/{name}` | one of them |
 //! | `POST /api/v1/plugins/{name}/reload[?path=P][&flush=true][&cluster=true]` | a new version: the request's body (a component, up to `--max-plugin-bytes`), else the file `P`, else the plugin's own file read again |
 //!
-//! A reload is a write: with `--api-token` it needs the token. It answers 200 with what was
+//! A reload is an admin route: closed unless `--admin-token` is set, and then it needs that
+//! token (see `access.rs`). A body must be sent as `Content-Type: application/wasm` (else 415
+//! `unsupported_media_type`). `?path=` may name only a regular file inside `--reload-dir`,
+//! of at most `--max-plugin-bytes` (checked before it is read; a FIFO or a device is refused);
+//! without `--reload-dir` it is refused, and every refusal of a path reads the same (403
+//! `forbidden`), so an answer never tells whether a file exists outside that directory. It
+//! answers 200 with what was
 //! swapped in (`version`, `sha256`, the previous ones), 404 `plugin_not_found`, or 422
 //! `plugin_refused` with the reason (the old version keeps serving). `flush=true` then drops
 //! the values the groups the getter loads for hold, in memory and in their storage tier (see
@@ -214,9 +220,22 @@ pub(super) async fn reload(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<ReloadQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let wasm = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/wasm"));
+    if !body.is_empty() && !wasm {
+        return Ok(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the component with Content-Type: application/wasm".into(),
+        ));
+    }
     let candidate = match (q.path, body.is_empty()) {
         (Some(_), false) => {
             return Err(Error::BadRequest(
@@ -224,7 +243,7 @@ pub(super) async fn reload(
             )
             .into());
         }
-        (Some(path), true) => Candidate::File(path.into()),
+        (Some(path), true) => Candidate::File(reload_path(&state, path).await?),
         (None, false) => Candidate::Bytes(body),
         (None, true) => Candidate::SameFile,
     };
@@ -334,8 +353,8 @@ async fn rollout(
     let entry = plugins.get(name)?.clone();
     let bytes = match candidate {
         Candidate::Bytes(bytes) => bytes,
-        Candidate::File(path) => read(path).await?,
-        Candidate::SameFile => read(entry.path()).await?,
+        Candidate::File(path) => read(state, path).await?,
+        Candidate::SameFile => read(state, entry.path()).await?,
     };
     let sha256 = sha256_hex(&bytes);
     let self_addr = cluster.self_addr().to_string();
@@ -430,15 +449,56 @@ async fn rollout(
     Ok((status, Json(body)).into_response())
 }
 
-/// Reads a component file for a rollout, off the serving threads.
-async fn read(path: std::path::PathBuf) -> Result<Bytes, Error> {
+/// Reads a component file for a rollout, off the serving threads (a regular file of at most
+/// `--max-plugin-bytes`, which is what a rollout may send).
+async fn read(state: &AppState, path: std::path::PathBuf) -> Result<Bytes, Error> {
+    let max = state.inner.options.max_plugin_bytes as u64;
     tokio::task::spawn_blocking(move || {
-        std::fs::read(&path)
+        crate::plugin::read_component(&path, max)
             .map(Bytes::from)
             .map_err(|e| Error::PluginRefused(format!("cannot read {}: {e}", path.display())))
     })
     .await
     .map_err(|e| Error::Internal(format!("reading a plugin file failed: {e}")))?
+}
+
+/// The file a reload's `?path=` names, once checked (see the module docs): canonical, inside
+/// `--reload-dir`, a regular file of at most `--max-plugin-bytes`.
+///
+/// # Errors
+/// 403 `forbidden` for every path refused (one message, whatever the reason), 413 when the
+/// file inside the directory is too large.
+async fn reload_path(state: &AppState, given: String) -> Result<std::path::PathBuf, Error> {
+    let Some(dir) = state.inner.options.access.reload_dir.clone() else {
+        return Err(Error::Forbidden(
+            "reload by ?path= is off: start the node with --reload-dir DIR, and name a file \
+             inside it (or send the component as the body)"
+                .into(),
+        ));
+    };
+    let max = state.inner.options.max_plugin_bytes;
+    tokio::task::spawn_blocking(move || {
+        let refused = || {
+            Error::Forbidden(format!(
+                "?path= must name a regular file inside --reload-dir ({})",
+                dir.display()
+            ))
+        };
+        let path = std::fs::canonicalize(dir.join(&given)).map_err(|_| refused())?;
+        if !path.starts_with(&dir) {
+            return Err(refused());
+        }
+        let meta = std::fs::metadata(&path).map_err(|_| refused())?;
+        if !meta.is_file() {
+            return Err(refused());
+        }
+        if meta.len() > max as u64 {
+            return Err(Error::BodyTooLarge { limit: max });
+        }
+        Ok(path)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("checking a plugin path failed: {e}")))?
 }
 
 /// Query of the rollout's peer routes.

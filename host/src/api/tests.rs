@@ -120,6 +120,33 @@ fn json(body: &Bytes) -> serde_json::Value {
     serde_json::from_slice(body).unwrap()
 }
 
+/// A batch of more keys than the limit is refused with the limit named, and its decoding stops
+/// at the first key past it (a million here: decoding them all is what the bound prevents).
+#[tokio::test]
+async fn a_batch_of_too_many_keys_is_refused_while_it_is_decoded() {
+    let (app, getter) = app(10, ApiOptions::default());
+    let (status, _, body) = call(&app, batch_request(&["k"; 1000])).await;
+    assert_eq!(status, StatusCode::OK);
+    let keys = vec![""; 1_000_000];
+    let (status, _, body2) = call(&app, batch_request(&keys)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let text = String::from_utf8_lossy(&body2);
+    assert!(text.contains("more than 1000 keys"), "{text}");
+    // Where it stopped: at the 1,001st key (column ~3,010 of a 3,000,010-byte body).
+    let column: usize = text
+        .rsplit("column ")
+        .next()
+        .and_then(|c| {
+            c.trim_end_matches(|ch: char| !ch.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    assert!(column < 4_000, "{text}");
+    assert!(!body.is_empty());
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+}
+
 /// The case, scaled down: one small request naming a large key a thousand times.
 #[tokio::test]
 async fn a_key_repeated_in_a_batch_is_loaded_and_answered_once() {
@@ -223,6 +250,7 @@ async fn the_token_guards_writes_and_reads_only_when_asked() {
         access: Access {
             token: Some(ApiToken::new("s3cret").unwrap()),
             reads,
+            ..Access::default()
         },
         ..ApiOptions::default()
     };
@@ -419,6 +447,7 @@ fn the_shortcut_takes_plain_bodiless_gets_of_a_key_only() {
     let guarded = Access {
         token: Some(ApiToken::new("s3cret").unwrap()),
         reads: true,
+        ..Access::default()
     };
     let bare = get("/api/v1/groups/g/keys/k");
     assert_eq!(shortcut::plain_get(&bare, &guarded), None);
@@ -440,6 +469,7 @@ async fn the_shortcut_answers_as_the_router_does() {
             access: Access {
                 token: Some(ApiToken::new("s3cret").unwrap()),
                 reads,
+                ..Access::default()
             },
             ..ApiOptions::default()
         };

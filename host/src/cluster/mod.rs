@@ -215,6 +215,9 @@ pub struct Cluster {
     write_timeout_ms: AtomicU64,
     /// Counts the ring's changes, from 1 (see [`Cluster::ring_version`]).
     ring_version: AtomicU64,
+    /// What a peer's answer may hold: the largest value and the batch budget (see
+    /// [`Cluster::set_answer_limits`]); 0 until set (no cap but the client's default).
+    answer_limits: [AtomicUsize; 2],
 }
 
 /// Whole milliseconds of `d`, saturating.
@@ -281,6 +284,7 @@ impl Cluster {
             coalesce_keys: AtomicUsize::new(coalesce::DEFAULT_MAX_KEYS),
             write_timeout_ms: AtomicU64::new(millis(peer_timeout)),
             ring_version: AtomicU64::new(1),
+            answer_limits: [AtomicUsize::new(0), AtomicUsize::new(0)],
         };
         Arc::new(cluster)
     }
@@ -299,6 +303,14 @@ impl Cluster {
     pub fn set_write_timeout(&self, timeout: Duration) {
         self.write_timeout_ms
             .store(millis(timeout), Ordering::Relaxed);
+    }
+
+    /// Caps peers' answers by what was asked (see
+    /// [`crate::peer::PeerClientBuilder::answer_limits`]). Applies to the peers met from now
+    /// on: set it before [`Cluster::join`].
+    pub fn set_answer_limits(&self, max_value_bytes: usize, max_batch_bytes: usize) {
+        self.answer_limits[0].store(max_value_bytes, Ordering::Relaxed);
+        self.answer_limits[1].store(max_batch_bytes, Ordering::Relaxed);
     }
 
     /// Follows `membership` from now on: every change rebuilds the ring at once.
@@ -365,8 +377,17 @@ impl Cluster {
                 self.write_timeout_ms.load(Ordering::Relaxed),
             ))
             .secret(self.secret.clone())
-            .http_client(self.http.clone())
-            .build()?;
+            .http_client(self.http.clone());
+        let (value, batch) = (
+            self.answer_limits[0].load(Ordering::Relaxed),
+            self.answer_limits[1].load(Ordering::Relaxed),
+        );
+        let client = if value > 0 && batch > 0 {
+            client.answer_limits(value, batch)
+        } else {
+            client
+        }
+        .build()?;
         Ok(Peer {
             core: Arc::new(PeerCore {
                 addr: addr.into(),

@@ -29,6 +29,25 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// of large values, but a broken or hostile peer cannot make the node buffer without bound.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 
+/// What an answer may hold beyond what was asked for: a key, an expiry, a codec tag and the
+/// protobuf framing of one entry, or an error's message.
+const ANSWER_SLACK: usize = 64 << 10;
+
+/// What a batch answer may hold beyond the owner's batch budget: the `too_large` items of the
+/// keys past it (at most [`MAX_BATCH_KEYS`] of them) and the framing.
+const BATCH_ANSWER_SLACK: usize = 1 << 20;
+
+/// What a request asks for, which caps its answer (see [`PeerClientBuilder::answer_limits`]).
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    /// One value (a get).
+    Value,
+    /// A batch of values.
+    Batch,
+    /// No value (a write or an invalidation): the answer is empty or an error.
+    Nothing,
+}
+
 /// Idle keep-alive connections kept per peer: as many as requests an owner serves at once
 /// ([`super::DEFAULT_PEER_CONCURRENCY`]), since HTTP/1.1 needs one connection per request in
 /// flight. With fewer, every request past the pool's size under load would open a new
@@ -285,6 +304,10 @@ struct Inner {
     write_timeout: Duration,
     /// Bound on each answer body, so a peer cannot make this node buffer without limit.
     max_response_bytes: usize,
+    /// Largest value asked for (see [`PeerClientBuilder::answer_limits`]).
+    max_value_bytes: usize,
+    /// The owner's batch budget (see [`PeerClientBuilder::answer_limits`]).
+    max_batch_bytes: usize,
 }
 
 /// Builds a [`PeerClient`]; see [`PeerClient::builder`].
@@ -303,6 +326,8 @@ pub struct PeerClientBuilder {
     http: Option<PeerHttp>,
     /// See [`PeerClientBuilder::max_response_bytes`].
     max_response_bytes: usize,
+    /// See [`PeerClientBuilder::answer_limits`].
+    answer_limits: Option<(usize, usize)>,
 }
 
 impl PeerClientBuilder {
@@ -325,6 +350,16 @@ impl PeerClientBuilder {
     /// [`PeerError::Decode`] without being read further.
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
         self.max_response_bytes = limit;
+        self
+    }
+
+    /// Caps each answer by what was asked (within [`PeerClientBuilder::max_response_bytes`]):
+    /// a get's by `max_value_bytes` (the largest value this node's groups take), a batch's by
+    /// `max_batch_bytes` (the budget an owner answers within, nodes being configured alike),
+    /// each with room for its framing; a write's, which carries no value, by 64 KiB. Without
+    /// it every answer is capped by `max_response_bytes` alone.
+    pub fn answer_limits(mut self, max_value_bytes: usize, max_batch_bytes: usize) -> Self {
+        self.answer_limits = Some((max_value_bytes, max_batch_bytes));
         self
     }
 
@@ -387,6 +422,8 @@ impl PeerClientBuilder {
                 timeout: self.timeout,
                 write_timeout: self.write_timeout.unwrap_or(self.timeout),
                 max_response_bytes: self.max_response_bytes,
+                max_value_bytes: self.answer_limits.map_or(usize::MAX, |l| l.0),
+                max_batch_bytes: self.answer_limits.map_or(usize::MAX, |l| l.1),
             }),
         })
     }
@@ -416,6 +453,7 @@ impl PeerClient {
             secret: None,
             http: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            answer_limits: None,
         }
     }
 
@@ -430,7 +468,7 @@ impl PeerClient {
     /// Any [`PeerError`]: transport, timeout, authentication, or an error answer.
     pub async fn get(&self, group: &str, key: &str) -> Result<Option<PeerEntry>, PeerError> {
         let body = self
-            .send(Method::GET, key_path(group, key), Vec::new())
+            .send(Method::GET, key_path(group, key), Vec::new(), Asked::Value)
             .await?;
         let answer: proto::GetResponse = self.decode(body)?;
         match answer.result {
@@ -449,7 +487,8 @@ impl PeerClient {
             entry: Some(entry.into()),
         }
         .encode_to_vec();
-        self.send(Method::PUT, key_path(group, key), body).await?;
+        self.send(Method::PUT, key_path(group, key), body, Asked::Nothing)
+            .await?;
         Ok(())
     }
 
@@ -458,8 +497,13 @@ impl PeerClient {
     /// # Errors
     /// Any [`PeerError`].
     pub async fn delete(&self, group: &str, key: &str) -> Result<(), PeerError> {
-        self.send(Method::DELETE, key_path(group, key), Vec::new())
-            .await?;
+        self.send(
+            Method::DELETE,
+            key_path(group, key),
+            Vec::new(),
+            Asked::Nothing,
+        )
+        .await?;
         Ok(())
     }
 
@@ -480,7 +524,12 @@ impl PeerClient {
                 keys: chunk.to_vec(),
             };
             let body = self
-                .send(Method::POST, path.clone(), request.encode_to_vec())
+                .send(
+                    Method::POST,
+                    path.clone(),
+                    request.encode_to_vec(),
+                    Asked::Batch,
+                )
                 .await?;
             let answer: proto::BatchGetResponse = self.decode(body)?;
             if answer.items.len() != chunk.len()
@@ -520,8 +569,13 @@ impl PeerClient {
             let request = proto::InvalidateRequest {
                 keys: chunk.to_vec(),
             };
-            self.send(Method::POST, path.clone(), request.encode_to_vec())
-                .await?;
+            self.send(
+                Method::POST,
+                path.clone(),
+                request.encode_to_vec(),
+                Asked::Nothing,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -536,7 +590,20 @@ impl PeerClient {
     /// (gets, sets of one value, deletes, invalidations). A peer that refuses the request with
     /// 401 and `Retry-After` (it was signed just before the peer started, see [`auth`]) gets
     /// it once more, signed anew, a second later, with a timeout of its own.
-    async fn send(&self, method: Method, path: String, body: Vec<u8>) -> Result<Bytes, PeerError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: Vec<u8>,
+        asked: Asked,
+    ) -> Result<Bytes, PeerError> {
+        let inner = &*self.inner;
+        let limit = match asked {
+            Asked::Value => inner.max_value_bytes.saturating_add(ANSWER_SLACK),
+            Asked::Batch => inner.max_batch_bytes.saturating_add(BATCH_ANSWER_SLACK),
+            Asked::Nothing => ANSWER_SLACK,
+        }
+        .min(inner.max_response_bytes);
         let timeout = self.inner.timeout_of(&method);
         let path = PathAndQuery::try_from(path).map_err(|e| PeerError::InvalidAddress {
             addr: self.inner.base.clone(),
@@ -548,7 +615,7 @@ impl PeerClient {
         let mut reset_retried = false;
         let mut refusal_retried = false;
         loop {
-            let attempt = self.send_once(&method, &path, &body);
+            let attempt = self.send_once(&method, &path, &body, limit);
             let outcome = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
@@ -577,6 +644,7 @@ impl PeerClient {
         method: &Method,
         path: &PathAndQuery,
         body: &Bytes,
+        limit: usize,
     ) -> Result<Bytes, Retry> {
         let inner = &*self.inner;
         let uri = Uri::builder()
@@ -618,7 +686,7 @@ impl PeerClient {
         })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let body = PeerHttp::read_body(response, inner.max_response_bytes)
+        let body = PeerHttp::read_body(response, limit)
             .await
             .map_err(|e| match e {
                 HttpError::TooLarge(_) => self.bad_answer(e.to_string()),

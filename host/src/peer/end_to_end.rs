@@ -372,6 +372,29 @@ async fn answers_over_the_response_limit_are_refused_unread() {
     assert!(small.get("g", "Tom").await.unwrap().is_some());
 }
 
+/// An answer is capped by what was asked: a get's by the value limit (plus framing), not by
+/// the client's overall ceiling.
+#[tokio::test]
+async fn answers_are_capped_by_what_was_asked() {
+    let (service, addr, _) = setup().await;
+    service.insert("g", "big", entry(&[7u8; 200 << 10], None));
+    let limited = PeerClient::builder(addr.to_string())
+        .answer_limits(1 << 10, 8 << 10)
+        .build()
+        .unwrap();
+    let err = limited.get("g", "big").await.unwrap_err();
+    let cap = (1 << 10) + (64 << 10);
+    assert!(
+        err.to_string()
+            .contains(&format!("larger than {cap} bytes")),
+        "{err}"
+    );
+    // Within what was asked, the same client reads the answer.
+    assert!(limited.get("g", "Tom").await.unwrap().is_some());
+    let unlimited = PeerClient::builder(addr.to_string()).build().unwrap();
+    assert!(unlimited.get("g", "big").await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn invalidate_reaches_the_service() {
     let (service, _, client) = setup().await;

@@ -94,6 +94,37 @@ pub const DEFAULT_PEER_CONCURRENCY: usize = 256;
 /// Most keys in one `_batch` or `_invalidate` request; [`PeerClient`] splits longer lists.
 pub const MAX_BATCH_KEYS: usize = 1000;
 
+/// How many times the length-delimited field `field` occurs at the top level of the protobuf
+/// message `body`, counting no further than `max + 1`; `None` when `body` is not well formed
+/// (the decoder then says why). Reads only tags and lengths: nothing is allocated.
+pub(crate) fn count_field(body: &[u8], field: u64, max: usize) -> Option<usize> {
+    let mut buf = body;
+    let mut count = 0;
+    while !buf.is_empty() {
+        let key = prost::encoding::decode_varint(&mut buf).ok()?;
+        let skip = match key & 7 {
+            0 => {
+                prost::encoding::decode_varint(&mut buf).ok()?;
+                0
+            }
+            1 => 8,
+            2 => {
+                if key >> 3 == field {
+                    count += 1;
+                    if count > max {
+                        return Some(count);
+                    }
+                }
+                usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?
+            }
+            5 => 4,
+            _ => return None,
+        };
+        buf = buf.get(skip..)?;
+    }
+    Some(count)
+}
+
 /// Last path segment of the batch-get route (with `POST`).
 pub const BATCH_SEGMENT: &str = "_batch";
 
@@ -217,6 +248,32 @@ mod tests {
     use prost::Message;
 
     use super::*;
+
+    #[test]
+    fn a_key_count_is_read_from_the_wire_and_stops_past_the_limit() {
+        let body = |n: usize| {
+            proto::BatchGetRequest {
+                keys: (0..n).map(|i| i.to_string()).collect(),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(count_field(&body(0), 1, 10), Some(0));
+        assert_eq!(count_field(&body(7), 1, 10), Some(7));
+        assert_eq!(
+            count_field(&body(5000), 1, 10),
+            Some(11),
+            "stops at max + 1"
+        );
+        assert_eq!(count_field(&body(7), 2, 10), Some(0), "another field");
+        let mut truncated = body(3);
+        truncated.pop();
+        assert_eq!(count_field(&truncated, 1, 10), None);
+        assert_eq!(
+            count_field(&[0x0f], 1, 10),
+            None,
+            "wire type 7 does not exist"
+        );
+    }
 
     #[test]
     fn unreserved_characters_stay_everything_else_is_encoded() {

@@ -378,6 +378,7 @@ async fn delete_key(state: &PeerState, req: &PeerRequest) -> Result<Response, Fa
 }
 
 fn invalidate(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    check_key_count(&req.body)?;
     let message: proto::InvalidateRequest = req.decode("InvalidateRequest")?;
     check_keys(&message.keys)?;
     state.service.invalidate(&req.group, &message.keys)?;
@@ -387,6 +388,7 @@ fn invalidate(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure>
 /// `_batch`: each distinct key once, in order of first occurrence, within the byte budget
 /// (see [`crate::batch`]); a key past the budget gets an `ErrorInfo` with code `too_large`.
 async fn batch_get(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    check_key_count(&req.body)?;
     let message: proto::BatchGetRequest = req.decode("BatchGetRequest")?;
     check_keys(&message.keys)?;
     let group = req.group.as_str();
@@ -426,6 +428,19 @@ async fn batch_get(state: &PeerState, req: &PeerRequest) -> Result<Response, Fai
 }
 
 /// The keys of a batch or invalidate request: at most [`MAX_BATCH_KEYS`], none empty.
+/// Refuses a `BatchGetRequest` or `InvalidateRequest` body (whose keys are field 1) with more
+/// than [`MAX_BATCH_KEYS`] keys before it is decoded: a scan of the wire format that stops at
+/// the first key past the limit, so a body of millions of keys never becomes millions of
+/// strings. A malformed body is left to the decoder, which says what is wrong.
+fn check_key_count(body: &[u8]) -> Result<(), Failure> {
+    if super::count_field(body, 1, MAX_BATCH_KEYS).is_some_and(|n| n > MAX_BATCH_KEYS) {
+        return Err(Failure::bad_request(format!(
+            "more than {MAX_BATCH_KEYS} keys in one request; the limit is {MAX_BATCH_KEYS}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_keys(keys: &[String]) -> Result<(), Failure> {
     if keys.len() > MAX_BATCH_KEYS {
         return Err(Failure::bad_request(format!(

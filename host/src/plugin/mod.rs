@@ -455,7 +455,7 @@ impl Runtime {
     /// component, not a geecache plugin, imports something the host does not offer, its
     /// database is missing, or its `info` call fails.
     pub fn load(&self, path: &Path, grants: PluginGrants) -> Result<LoadedPlugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Load {
+        let bytes = read_component(path, MAX_COMPONENT_FILE_BYTES).map_err(|e| PluginError::Load {
             path: path.display().to_string(),
             message: format!(
                 "{e}; build the plugins with `bash plugins/build.sh`, which writes plugins/<name>.wasm"
@@ -994,4 +994,49 @@ impl PluginCore {
             message,
         }
     }
+}
+
+/// Largest component file read from disk where no request set a limit (the files given at
+/// start, a plugin's own file read again on SIGHUP or a file change).
+pub const MAX_COMPONENT_FILE_BYTES: u64 = 1 << 30;
+
+/// Reads the component file at `path`, which must be a regular file of at most `max` bytes.
+/// It is opened without blocking (a FIFO does not hang the caller) and checked before a
+/// byte is read, so a device such as `/dev/zero` is refused rather than read for ever.
+///
+/// # Errors
+/// The file cannot be opened, is not a regular file, or is larger than `max`.
+pub fn read_component(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} bytes, more than the {max} a component may have",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("more than the {max} bytes a component may have"),
+        ));
+    }
+    Ok(bytes)
 }

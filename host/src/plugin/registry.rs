@@ -384,7 +384,7 @@ impl Plugins {
     ) -> std::result::Result<Plugins, String> {
         let mut entries: Vec<Arc<PluginEntry>> = Vec::new();
         for spec in specs {
-            let bytes = std::fs::read(&spec.path).map_err(|e| {
+            let bytes = super::read_component(&spec.path, super::MAX_COMPONENT_FILE_BYTES).map_err(|e| {
                 PluginError::Load {
                     path: spec.path.display().to_string(),
                     message: format!(
@@ -510,7 +510,7 @@ impl Plugins {
             let bytes = match (sent, &file) {
                 (Some(bytes), _) => bytes,
                 (None, Some(path)) => Bytes::from(
-                    std::fs::read(path)
+                    super::read_component(path, super::MAX_COMPONENT_FILE_BYTES)
                         .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
                 ),
                 (None, None) => return Err("no component was given".to_string()),
@@ -646,11 +646,13 @@ impl Plugins {
                 continue;
             };
             let read = path.clone();
-            let current =
-                tokio::task::spawn_blocking(move || std::fs::read(&read).map(|b| sha256_hex(&b)))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+            let current = tokio::task::spawn_blocking(move || {
+                super::read_component(&read, super::MAX_COMPONENT_FILE_BYTES)
+                    .map(|b| sha256_hex(&b))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
             let result = match current {
                 Ok(sha256) if sha256 == info.sha256 => continue,
                 Ok(_) => self.reload(&entry.name, Candidate::SameFile).await,
