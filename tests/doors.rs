@@ -35,6 +35,20 @@ impl Node {
         Node { process, _dir: dir }
     }
 
+    /// A node whose one getter is chaos_getter (group `chaos`), once it answers `/healthz`.
+    async fn chaos() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let port = geecache_tests::free_port();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_geecache-node"));
+        command
+            .args(["--plugin", geecache_tests::plugins::CHAOS_GETTER])
+            .args(["--group", "chaos", "--port", &port.to_string()])
+            .arg("--compile-cache-dir")
+            .arg(geecache_tests::compile_cache_dir());
+        let process = NodeProcess::spawn(command, port, dir.path()).await;
+        Node { process, _dir: dir }
+    }
+
     /// `VmRSS` of the node, in bytes.
     fn rss(&mut self) -> u64 {
         self.process.memory().0
@@ -44,10 +58,25 @@ impl Node {
         TcpStream::connect(("127.0.0.1", self.port)).await.unwrap()
     }
 
+    /// A connection from `source` (another loopback address is another client).
+    async fn connect_from(&self, source: [u8; 4]) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        socket
+            .connect(([127, 0, 0, 1], self.port).into())
+            .await
+            .unwrap()
+    }
+
     /// Status and body of `GET path` on a connection of its own (`Connection: close`), or
     /// `None` when the node closed it without an answer; at most 5 s.
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = self.connect().await;
+        self.get_from([127, 0, 0, 1], path).await
+    }
+
+    /// [`Node::get`] from the client address `source`.
+    async fn get_from(&self, source: [u8; 4], path: &str) -> Option<(u16, String)> {
+        let mut stream = self.connect_from(source).await;
         let request = format!("GET {path} HTTP/1.1\r\nhost: node\r\nconnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut answer = Vec::new();
@@ -83,7 +112,18 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_in_every_slot_leave_probes_answered_and_are_closed() {
-    let node = Node::start(&["--max-connections", "8", "--header-timeout", "2s"]).await;
+    let node = Node::start(&["--max-connections", "8", "--header-timeout", "6s"]).await;
+    // The start's own health checks have closed their connections (else one of them could
+    // free a slot after the silent ones came).
+    let mut open = u64::MAX;
+    for _ in 0..100 {
+        open = node.stats().await["connections"]["open"].as_u64().unwrap();
+        if open == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 1, "only the stats request's connection is open");
     // Every slot taken by a connection that sends nothing (on main: every later connection,
     // /readyz included, was refused for as long as they stayed open).
     let mut silent = Vec::new();
@@ -399,4 +439,227 @@ async fn batches_of_millions_of_keys_are_refused_while_they_are_decoded() {
     // The bodies themselves (8 x 9 MB, held while they are read) and little else.
     assert!(grown < 160 * MIB, "RSS grew by {} MiB", grown / MIB);
     assert_eq!(node.get("/api?key=Tom").await.unwrap(), (200, "630".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_connection() {
+    let node = Node::start(&[
+        "--max-connections-per-client",
+        "4",
+        "--header-timeout",
+        "30s",
+    ])
+    .await;
+    // 127.0.0.1 holds its four connections, silent.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(node.connect().await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = node.get("/api?key=Tom").await.expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("too_many_connections") && body.contains("--max-connections-per-client"),
+        "{body}"
+    );
+    let (status, _) = node.get("/readyz").await.expect("a probe is answered");
+    assert_eq!(status, 200);
+    // Another client is served meanwhile.
+    let (status, body) = node.get_from([127, 0, 0, 2], "/api?key=Tom").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "630"));
+    // A closed connection gives its place back.
+    drop(held.pop());
+    let mut answered = None;
+    for _ in 0..50 {
+        answered = node.get("/api?key=Tom").await;
+        if answered.as_ref().is_some_and(|(s, _)| *s == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, Some((200, "630".into())));
+    let c = node.stats().await["connections"].clone();
+    assert!(c["over_client_cap"].as_u64().unwrap() >= 2, "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_rate_is_told_when_to_retry_and_others_are_served() {
+    let node = Node::start(&["--rate-limit", "5", "--rate-burst", "5"]).await;
+    // 30 requests on one keep-alive connection, as fast as they are answered.
+    let client = reqwest::Client::new();
+    let url = format!("{}/api?key=Tom", node.base);
+    let (mut served, mut limited) = (0, 0);
+    for _ in 0..30 {
+        let r = client
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => served += 1,
+            429 => {
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&retry), "Retry-After: {retry}");
+                let body = r.text().await.unwrap();
+                assert!(body.contains("rate_limited"), "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    println!("30 requests at --rate-limit 5: {served} served, {limited} refused");
+    assert!(served >= 5, "the burst is served: {served}");
+    assert!(limited >= 10, "the rest is held back: {limited}");
+    // The probes are not counted, and another client has its own bucket.
+    let (status, _) = node.get("/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = node.get_from([127, 0, 0, 2], "/api?key=Tom").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "630"));
+    // (Asked from a third address, whose bucket is full.)
+    let (status, stats) = node
+        .get_from([127, 0, 0, 3], "/api/v1/stats")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{stats}");
+    let c = serde_json::from_str::<serde_json::Value>(&stats).unwrap()["connections"].clone();
+    assert!(c["rate_limited"].as_u64().unwrap() >= 10, "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_logs_in_a_loop_is_cut_off_and_cannot_forge_lines() {
+    let node = Node::chaos().await;
+    // 10,000 records in one call, each with a forged log line after a newline.
+    for i in 0..3 {
+        let (status, body) = node
+            .get(&format!("/api/v1/groups/chaos/keys/logflood{i}"))
+            .await
+            .unwrap();
+        assert_eq!((status, body.as_str()), (200, "flooded"));
+    }
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let flood_lines = log.lines().filter(|l| l.contains("flood ")).count();
+    assert_eq!(
+        flood_lines, 300,
+        "each call logs its budget of 100 records, no more"
+    );
+    for line in log.lines().filter(|l| l.contains("forged admin login")) {
+        assert!(
+            line.contains("flood ") && line.contains("\\n1999-01-01"),
+            "a forged line stands on its own: {line}"
+        );
+    }
+    let notes = log
+        .lines()
+        .filter(|l| l.contains("logged past its budget"))
+        .count();
+    assert_eq!(
+        notes, 1,
+        "the cut is reported once a minute, not once a call"
+    );
+    let plugin = node.stats().await["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "chaos_getter")
+        .cloned()
+        .unwrap();
+    assert_eq!(plugin["calls"], 3, "{plugin}");
+    assert_eq!(plugin["logs_dropped"], 3 * (10_000 - 100), "{plugin}");
+}
+
+/// `n` bytes of text that zstd compresses, slowly at its high levels (words from a small
+/// vocabulary in a pseudo-random order).
+fn compressible(n: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "cache ", "group ", "peer ", "ring ", "owner ", "value ", "key ", "miss ", "hit ", "node ",
+        "load ", "plugin ", "etcd ", "codec ", "batch ", "flush ",
+    ];
+    let mut out = Vec::with_capacity(n + 8);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
+        if x.is_multiple_of(7) {
+            out.extend_from_slice(&x.to_le_bytes()[..3]);
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_puts_at_high_zstd_levels_take_turns_and_give_up_at_their_deadline() {
+    const PUTS: usize = 16;
+    let node = Node::start(&[
+        "--compression",
+        "zstd:19",
+        "--codec-concurrency",
+        "1",
+        "--request-timeout",
+        "1s",
+    ])
+    .await;
+    let value = bytes::Bytes::from(compressible(8 << 20));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let puts = (0..PUTS).map(|i| {
+        client
+            .put(format!("{}/api/v1/groups/scores/keys/big{i}", node.base))
+            .body(value.clone())
+            .timeout(Duration::from_secs(60))
+            .send()
+    });
+    let puts = tokio::spawn(futures::future::join_all(puts));
+    // Meanwhile the lane never runs more than one coding, and other requests are answered.
+    let mut most_running = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lane = node.stats().await["codec_lane"].clone();
+        most_running = most_running.max(lane["running"].as_u64().unwrap());
+        assert_eq!(lane["concurrency"], 1, "{lane}");
+    }
+    assert_eq!(node.get("/api?key=Tom").await.unwrap(), (200, "630".into()));
+    let answers = puts.await.unwrap();
+    let mut statuses = Vec::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        let status = answer.status().as_u16();
+        if status == 504 {
+            let body = answer.text().await.unwrap();
+            assert!(body.contains("timeout"), "{body}");
+        }
+        statuses.push(status);
+    }
+    let timed_out = statuses.iter().filter(|s| **s == 504).count();
+    let stored = statuses.iter().filter(|s| **s == 204).count();
+    println!(
+        "{PUTS} PUTs of 8 MiB at zstd:19, one lane, 1 s deadline: {stored} stored, {timed_out} \
+         gave up, in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stored + timed_out, PUTS, "{statuses:?}");
+    assert!(stored >= 1, "{statuses:?}");
+    assert!(
+        timed_out >= PUTS / 2,
+        "the rest waited past their deadline: {statuses:?}"
+    );
+    assert!(most_running <= 1);
+    // A PUT that gave up stored nothing.
+    for (i, status) in statuses.iter().enumerate() {
+        if *status == 504 {
+            let r = client
+                .get(format!("{}/api/v1/groups/scores/keys/big{i}", node.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "big{i}");
+        }
+    }
 }

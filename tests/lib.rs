@@ -469,9 +469,16 @@ impl NodeProcess {
     /// returns once it answers `/healthz` (at most 60 s).
     pub async fn start(bin: &str, db: &Path, dir: &Path, args: &[&str]) -> NodeProcess {
         let port = free_port();
+        let mut command = db_getter_node(bin, port, db);
+        command.args(args);
+        NodeProcess::spawn(command, port, dir).await
+    }
+
+    /// Runs `command` (a node listening on `port`), logging into `dir`, and returns once it
+    /// answers `/healthz` (at most 60 s).
+    pub async fn spawn(mut command: std::process::Command, port: u16, dir: &Path) -> NodeProcess {
         let log = dir.join("node.log");
-        let child = db_getter_node(bin, port, db)
-            .args(args)
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

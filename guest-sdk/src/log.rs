@@ -1,7 +1,10 @@
 //! Structured logging into the host's log stream, tagged with the plugin's name.
 //!
-//! Messages longer than 4 KiB are truncated by the host. Whether a level is recorded is the
-//! operator's choice (the host's log filter), so format only what is cheap or useful.
+//! Messages longer than 4 KiB are truncated by the host, and their control characters
+//! (newlines included) are escaped, so a record is always one line. One call may log at most
+//! 100 records and 64 KiB; the host drops the rest of that call's records (and counts them in
+//! `geecache_plugin_logs_dropped_total`). Whether a level is recorded is the operator's
+//! choice (the host's log filter), so format only what is cheap or useful.
 //!
 //! ```no_run
 //! use geecache_guest_sdk::log;

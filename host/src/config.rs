@@ -227,6 +227,29 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_WRITE_TIMEOUT")]
     pub write_timeout: Option<String>,
 
+    /// Connections one client address may hold open at once; past it, its new connections
+    /// are answered as the probes' reserve answers (503 `too_many_connections`, probes
+    /// excepted) [default: 0, no cap].
+    #[arg(long, value_name = "N", env = "GEECACHE_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
+
+    /// Requests per second one client address may make (a token bucket, refilled at this
+    /// rate, holding --rate-burst); past it, 429 `rate_limited` with `Retry-After`. Probes
+    /// and peer requests are not counted [default: 0, no limit].
+    #[arg(long, value_name = "PER_SECOND", env = "GEECACHE_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+
+    /// Requests a client may make at once before --rate-limit holds it back [default: one
+    /// second's worth, --rate-limit].
+    #[arg(long, value_name = "N", env = "GEECACHE_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+
+    /// Codings (compression, decompression) of 256KiB or more that run at once, node-wide;
+    /// the others wait, at most until their request's load timeout (then 504) [default: one
+    /// per core].
+    #[arg(long, value_name = "N", env = "GEECACHE_CODEC_CONCURRENCY")]
+    pub codec_concurrency: Option<usize>,
+
     /// Bytes of request bodies and answers being received, held or sent at once, across all
     /// requests (answers of 16KiB or more count until their last byte is written); a request
     /// or an answer that does not fit is refused with 503 `busy` [default: 256MiB].
@@ -547,6 +570,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Worker threads of the async runtime; `None`: tokio's default (the cores available).
     pub worker_threads: Option<usize>,
+    /// Large codings that may run at once, node-wide (`--codec-concurrency`).
+    pub codec_concurrency: usize,
 }
 
 /// How a node takes part in a cluster.
@@ -1003,6 +1028,7 @@ impl Cli {
             max_body_bytes,
             max_batch_bytes: api.max_batch_bytes,
             max_plugin_bytes: api.max_plugin_bytes,
+            per_client: self.per_client()?,
         };
         // An upload larger than all bodies in flight together could never be received.
         server_limits.max_plugin_bytes = server_limits
@@ -1044,6 +1070,27 @@ impl Cli {
                 Some(0) => return Err("--worker-threads must be at least 1".into()),
                 n => n,
             },
+            codec_concurrency: match self.codec_concurrency {
+                Some(0) => return Err("--codec-concurrency must be at least 1".into()),
+                Some(n) => n,
+                None => crate::compression::builtin::default_concurrency(),
+            },
+        })
+    }
+
+    /// `--max-connections-per-client`, `--rate-limit` and `--rate-burst`.
+    fn per_client(&self) -> Result<crate::api::conn::PerClient, String> {
+        let rate = self.rate_limit.unwrap_or(0);
+        let burst = match (rate, self.rate_burst) {
+            (0, Some(_)) => return Err("--rate-burst needs --rate-limit".into()),
+            (_, Some(0)) => return Err("--rate-burst must be at least 1".into()),
+            (_, Some(b)) => b,
+            (rate, None) => rate,
+        };
+        Ok(crate::api::conn::PerClient {
+            max_connections: self.max_connections_per_client.unwrap_or(0),
+            rate,
+            burst,
         })
     }
 
@@ -1474,6 +1521,56 @@ storage = "fs_storage"
         assert!(err.contains("--reload-dir"), "{err}");
         let err = cli(&["--write-timeout", "0s"]).resolve().unwrap_err();
         assert!(err.contains("more than 0"), "{err}");
+    }
+
+    #[test]
+    fn per_client_limits_and_codec_lanes_from_flags() {
+        use crate::api::conn::PerClient;
+        let s = cli(&[]).resolve().unwrap();
+        assert_eq!(
+            s.server_limits.per_client,
+            PerClient::default(),
+            "off by default"
+        );
+        assert_eq!(
+            s.codec_concurrency,
+            crate::compression::builtin::default_concurrency()
+        );
+        let s = cli(&[
+            "--max-connections-per-client",
+            "8",
+            "--rate-limit",
+            "50",
+            "--codec-concurrency",
+            "3",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.server_limits.per_client,
+            PerClient {
+                max_connections: 8,
+                rate: 50,
+                burst: 50,
+            },
+            "the burst defaults to one second's worth"
+        );
+        assert_eq!(s.codec_concurrency, 3);
+        let s = cli(&["--rate-limit", "5", "--rate-burst", "20"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.server_limits.per_client.burst, 20);
+        for (args, wanted) in [
+            (&["--rate-burst", "5"][..], "needs --rate-limit"),
+            (
+                &["--rate-limit", "5", "--rate-burst", "0"][..],
+                "at least 1",
+            ),
+            (&["--codec-concurrency", "0"][..], "at least 1"),
+        ] {
+            let err = cli(args).resolve().unwrap_err();
+            assert!(err.contains(wanted), "{args:?}: {err}");
+        }
     }
 
     #[test]

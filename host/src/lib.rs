@@ -11,7 +11,9 @@
 //!   API token; times every request; turns every
 //!   [`error::Error`] into a JSON body with a stable code and status. [`api::conn`] bounds
 //!   connections: the slots (and a reserve for the probes), the header, idle and write timers,
-//!   and releases an answer's reservation once its last byte is written. [`api::guard`] bounds
+//!   the optional per-client caps (connections, a token bucket of requests), and releases an
+//!   answer's reservation once its last byte is written. `api/access.rs` decides who may ask
+//!   what: the API token, the admin token of the admin routes, cross-origin writes. [`api::guard`] bounds
 //!   what all requests hold together: request bodies and answers in flight.
 //!   [`api::Shortcut`] answers plain GETs of a key ahead of the router (the hit path);
 //!   [`api::serve`] serves each connection with hyper's HTTP/1.1 and stops gracefully.
@@ -25,7 +27,8 @@
 //!   [`compression::Compressor`]), never to wasmtime or HTTP.
 //! - [`compression`]: the codec trait, the built-in codecs (none, gzip, snappy, lz4, zstd) and
 //!   compressor plugins by name; the stored-value envelope (length + checksum, so nothing corrupt
-//!   is served); a group's policy (codec, level, minimum size).
+//!   is served); a group's policy (codec, level, minimum size); the heavy lane that large
+//!   codings wait in (`--codec-concurrency`).
 //! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected clock;
 //!   [`cache::Doorkeeper`]: a hot copy is kept from a key's second fetch from its owner on.
 //! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that
@@ -33,8 +36,8 @@
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
 //!   on-disk compile cache), kind detection, per-call limits (wall-clock deadline that host
 //!   calls share, one memory budget over all memories and tables), grants bound to the
-//!   operator's name for a plugin, host capabilities (log, config, SQL confined to one
-//!   database), and the wasm implementations of the group's and the codec's traits;
+//!   operator's name for a plugin, host capabilities (log with a per-call budget and escaped
+//!   text, config, SQL confined to one database), and the wasm implementations of the group's and the codec's traits;
 //!   [`plugin::registry`]: every plugin behind a slot swapped by hot reload (prepare off the
 //!   serving path, then swap; calls in flight keep their version), staged cluster rollouts;
 //!   [`plugin::watch`]: the `--watch-plugins` and SIGHUP triggers.

@@ -82,6 +82,8 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
     let plugins = Arc::new(Plugins::load(runtime.clone(), &settings.plugins)?);
     let getters = plugins.getters();
     let storages = plugins.storages();
+    // Process-wide: the first node of a process sets it (see compression::builtin).
+    crate::compression::builtin::set_concurrency(settings.codec_concurrency);
     let mut codecs = Codecs::builtin();
     for c in plugins.compressors() {
         codecs.add(c)?;
@@ -286,7 +288,8 @@ pub async fn run(
         limits.max_connections,
         limits.timeouts,
         node.guard.counters().clone(),
-    );
+    )
+    .per_client(limits.per_client.max_connections);
     let tls = node.tls.clone();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {

@@ -7,6 +7,18 @@
 //!   its probes, and a client learns why it is turned away. Past the reserve too, a connection
 //!   is accepted and closed at once (the client sees a reset, not a hang), logged at most once
 //!   a second.
+//! - **Per client** (by its address, IPv4-mapped IPv6 taken as IPv4), both off by default:
+//!   - `--max-connections-per-client`: a client holding that many connections already has its
+//!     next ones answered as the reserve answers (probes only, 503 `too_many_connections`
+//!     otherwise), so one client cannot take every slot;
+//!   - `--rate-limit` / `--rate-burst`: a token bucket per client ([`ClientRate`], GCRA by
+//!     `governor`); a request past it is answered 429 `rate_limited` with `Retry-After`. The
+//!     probes and the peer routes (`/_geecache/`, bounded by `--peer-concurrency` and signed
+//!     in a cluster with a secret) are not counted. The buckets of clients quiet for longer
+//!     than a bucket takes to refill are swept out, so the table holds only active clients.
+//!
+//!   A client behind a proxy or a NAT shares its address with the others there: set these
+//!   with that in mind (nginx's `limit_conn` and `limit_req` key the same way by default).
 //! - **Timers**, on every connection (API and peer routes share the listener; TLS runs above
 //!   this stream, so its handshake is timed as part of the first request head):
 //!   - *header*: a request head must arrive within `--header-timeout` of the connection's
@@ -25,9 +37,11 @@
 //!   the connection releases it once that frame has been written to the socket (the next
 //!   flush), not when it was copied into hyper's buffer.
 
+use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -64,6 +78,153 @@ impl Default for ConnTimeouts {
     }
 }
 
+/// What one client (one address) may do; all off by default. See the module docs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerClient {
+    /// Connections one client may hold open at once; 0: no cap.
+    pub max_connections: usize,
+    /// Requests a second one client may make; 0: no limit.
+    pub rate: u32,
+    /// Requests one client may make at once before `rate` holds it back.
+    pub burst: u32,
+}
+
+/// The connections each client holds open, for `--max-connections-per-client`.
+#[derive(Debug)]
+struct ClientConns {
+    /// The cap.
+    max: usize,
+    /// Open connections by client; a client with none has no entry.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ClientConns {
+    /// One more connection of `ip`, or `None` when it holds `max` already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = open.entry(ip).or_insert(0);
+        if *held >= self.max {
+            return None;
+        }
+        *held += 1;
+        Some(ClientSlot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One connection counted against its client's cap; gives it back when dropped.
+#[derive(Debug)]
+struct ClientSlot {
+    table: Arc<ClientConns>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = open.get_mut(&self.ip) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The token buckets of `--rate-limit`, one per client address.
+pub(crate) struct ClientRate {
+    /// The buckets.
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Requests a second, for the error message.
+    per_second: u32,
+    /// Checks since the buckets were last swept.
+    checks: AtomicU64,
+    /// When they were last swept.
+    swept: Mutex<std::time::Instant>,
+}
+
+impl std::fmt::Debug for ClientRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRate")
+            .field("per_second", &self.per_second)
+            .field("clients", &self.limiter.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often (in checks, and at most once in this long) the quiet clients' buckets are swept.
+const SWEEP_EVERY: u64 = 4096;
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+impl ClientRate {
+    /// The buckets of `per_client`, or `None` when it sets no rate.
+    pub(crate) fn new(per_client: &PerClient) -> Option<ClientRate> {
+        let rate = NonZeroU32::new(per_client.rate)?;
+        let burst = NonZeroU32::new(per_client.burst).unwrap_or(rate);
+        Some(ClientRate {
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ),
+            per_second: rate.get(),
+            checks: AtomicU64::new(0),
+            swept: Mutex::new(std::time::Instant::now()),
+        })
+    }
+
+    /// Takes a token of `ip`'s bucket; `Err(wait)` when it has none, `wait` being how long
+    /// until it has one.
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep();
+        }
+        self.limiter.check_key(&ip).map_err(|not_until| {
+            use governor::clock::Clock as _;
+            not_until.wait_time_from(self.limiter.clock().now())
+        })
+    }
+
+    /// Drops the buckets that are full again (their clients have been quiet long enough).
+    fn sweep(&self) {
+        let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+        if swept.elapsed() >= SWEEP_INTERVAL {
+            *swept = std::time::Instant::now();
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Clients with a bucket now.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// 429 `rate_limited`: a request of a client past its rate, to retry after `wait`.
+    pub(crate) fn limited(&self, wait: Duration) -> axum::response::Response {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut response = super::error_response(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this client is past --rate-limit ({} requests a second); retry in {seconds}s",
+                self.per_second
+            ),
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.max(1).to_string()) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
 /// What the connections of a node have done, for `/api/v1/stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct ConnCounters {
@@ -81,6 +242,10 @@ pub struct ConnCounters {
     write_timeouts: AtomicU64,
     /// Answers refused with 503 because the in-flight budget was spent.
     answers_refused: AtomicU64,
+    /// Connections of clients that held `--max-connections-per-client` already.
+    over_client_cap: AtomicU64,
+    /// Requests refused with 429: their client was past `--rate-limit`.
+    rate_limited: AtomicU64,
 }
 
 /// [`ConnCounters`] read at one instant.
@@ -100,6 +265,11 @@ pub struct ConnSnapshot {
     pub write_timeouts: u64,
     /// Answers refused with 503 `busy`: the in-flight budget was spent.
     pub answers_refused: u64,
+    /// Connections of a client that held `--max-connections-per-client` already (answered as
+    /// the probes' reserve).
+    pub over_client_cap: u64,
+    /// Requests refused with 429 `rate_limited` (`--rate-limit`).
+    pub rate_limited: u64,
 }
 
 impl ConnCounters {
@@ -114,7 +284,14 @@ impl ConnCounters {
             idle_timeouts: get(&self.idle_timeouts),
             write_timeouts: get(&self.write_timeouts),
             answers_refused: get(&self.answers_refused),
+            over_client_cap: get(&self.over_client_cap),
+            rate_limited: get(&self.rate_limited),
         }
+    }
+
+    /// Counts a request refused for `--rate-limit`.
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an answer refused for the in-flight budget.
@@ -123,14 +300,32 @@ impl ConnCounters {
     }
 }
 
+/// Why a connection is in the probes' reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crowded {
+    /// Every slot of the node was taken (`--max-connections`).
+    Node,
+    /// Its client held `--max-connections-per-client` already.
+    Client,
+}
+
 /// 503 `too_many_connections`: the answer of a connection in the probes' reserve to anything
 /// but a probe.
-pub(crate) fn too_many_connections() -> axum::response::Response {
+pub(crate) fn too_many_connections(why: Crowded) -> axum::response::Response {
     use axum::response::IntoResponse as _;
+    let message = match why {
+        Crowded::Node => {
+            "every connection slot of this node is taken (--max-connections); retry shortly"
+        }
+        Crowded::Client => {
+            "this client holds --max-connections-per-client connections already; send on \
+             those, or close one"
+        }
+    };
     let mut response = super::error_response(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "too_many_connections",
-        "every connection slot of this node is taken (--max-connections); retry shortly".into(),
+        message.into(),
     );
     response.headers_mut().insert(
         axum::http::header::RETRY_AFTER,
@@ -147,8 +342,10 @@ pub struct ConnHandle(Arc<Shared>);
 struct Shared {
     /// Set by the service when it is handed a request (its head has been read).
     dispatched: AtomicBool,
-    /// Whether this connection is in the probes' reserve.
-    reserve: bool,
+    /// Why this connection is in the probes' reserve, if it is.
+    reserve: Option<Crowded>,
+    /// The client's address (`None` for a service without a socket).
+    client: Option<IpAddr>,
     /// Reservations of answers whose last frame hyper holds but may not have written yet.
     parked: Mutex<Vec<OwnedSemaphorePermit>>,
     /// Whether `parked` holds any (so a flush need not take the lock).
@@ -156,10 +353,11 @@ struct Shared {
 }
 
 impl ConnHandle {
-    fn new(reserve: bool) -> ConnHandle {
+    fn new(reserve: Option<Crowded>, client: Option<IpAddr>) -> ConnHandle {
         ConnHandle(Arc::new(Shared {
             dispatched: AtomicBool::new(false),
             reserve,
+            client,
             parked: Mutex::new(Vec::new()),
             has_parked: AtomicBool::new(false),
         }))
@@ -167,7 +365,7 @@ impl ConnHandle {
 
     /// A handle of no connection (a service called without a socket, as in tests).
     pub fn detached() -> ConnHandle {
-        ConnHandle::new(false)
+        ConnHandle::new(None, None)
     }
 
     /// Tells the stream that a request's head has been read: its read timers stop until the
@@ -176,9 +374,14 @@ impl ConnHandle {
         self.0.dispatched.store(true, Ordering::Relaxed);
     }
 
-    /// Whether this connection is in the probes' reserve (only probes are answered).
-    pub fn in_reserve(&self) -> bool {
+    /// Why this connection is in the probes' reserve (only probes are answered), if it is.
+    pub fn in_reserve(&self) -> Option<Crowded> {
         self.0.reserve
+    }
+
+    /// The client's address, when the connection has a socket.
+    pub fn client(&self) -> Option<IpAddr> {
+        self.0.client
     }
 
     /// Keeps `permit` until the connection's next completed flush (or its close).
@@ -219,6 +422,8 @@ pub struct LimitedListener {
     counters: Arc<ConnCounters>,
     /// When a refusal was last logged (seconds since the Unix epoch), to log one a second.
     last_warned: AtomicU64,
+    /// Each client's open connections, when `--max-connections-per-client` caps them.
+    per_client: Option<Arc<ClientConns>>,
 }
 
 impl LimitedListener {
@@ -237,7 +442,20 @@ impl LimitedListener {
             timeouts,
             counters,
             last_warned: AtomicU64::new(0),
+            per_client: None,
         }
+    }
+
+    /// This listener, holding each client to `max` connections at once (0: no cap).
+    #[must_use]
+    pub fn per_client(mut self, max: usize) -> LimitedListener {
+        self.per_client = (max > 0).then(|| {
+            Arc::new(ClientConns {
+                max,
+                open: Mutex::default(),
+            })
+        });
+        self
     }
 
     fn warn_refused(&self, addr: SocketAddr, what: &str) {
@@ -245,7 +463,32 @@ impl LimitedListener {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         if self.last_warned.swap(now, Ordering::Relaxed) != now {
-            tracing::warn!(%addr, "{what}: --max-connections are open");
+            tracing::warn!(%addr, "{what}");
+        }
+    }
+
+    /// A slot in the probes' reserve for a connection turned away for `why`, or `None` (and
+    /// counted) when the reserve is full too.
+    fn reserve_slot(&self, addr: SocketAddr, why: Crowded) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.reserve.clone().try_acquire_owned() {
+            self.counters.reserve.fetch_add(1, Ordering::Relaxed);
+            let what = match why {
+                Crowded::Node => {
+                    "--max-connections are open: a connection went to the probes' reserve"
+                }
+                Crowded::Client => {
+                    "a client holds --max-connections-per-client: its connection went to the probes' reserve"
+                }
+            };
+            self.warn_refused(addr, what);
+            Some(slot)
+        } else {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            self.warn_refused(
+                addr,
+                "refused a connection: every slot and the probes' reserve are taken",
+            );
+            None
         }
     }
 }
@@ -257,44 +500,68 @@ impl axum::serve::Listener for LimitedListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-            let (slot, reserve) = match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => (slot, false),
-                Err(_) => match self.reserve.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        self.counters.reserve.fetch_add(1, Ordering::Relaxed);
-                        self.warn_refused(addr, "a connection went to the probes' reserve");
-                        (slot, true)
+            let client = addr.ip().to_canonical();
+            let client_slot = match &self.per_client {
+                Some(table) => match table.take(client) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        self.counters
+                            .over_client_cap
+                            .fetch_add(1, Ordering::Relaxed);
+                        let Some(slot) = self.reserve_slot(addr, Crowded::Client) else {
+                            drop(stream);
+                            continue;
+                        };
+                        return self.accepted(stream, addr, slot, None, Some(Crowded::Client));
                     }
-                    Err(_) => {
-                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                        self.warn_refused(addr, "refused a connection");
+                },
+                None => None,
+            };
+            let (slot, reserve) = match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => (slot, None),
+                Err(_) => match self.reserve_slot(addr, Crowded::Node) {
+                    Some(slot) => (slot, Some(Crowded::Node)),
+                    None => {
                         drop(stream);
                         continue;
                     }
                 },
             };
-            // Answers are small and latency-bound: do not wait to coalesce them.
-            let _ = stream.set_nodelay(true);
-            self.counters.open.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
-            return (
-                LimitedStream {
-                    stream,
-                    _slot: slot,
-                    conn: ConnHandle::new(reserve),
-                    timeouts: self.timeouts,
-                    counters: Arc::clone(&self.counters),
-                    phase: Phase::Head(now),
-                    read_timer: Timer::default(),
-                    write_timer: Timer::default(),
-                },
-                addr,
-            );
+            return self.accepted(stream, addr, slot, client_slot, reserve);
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.inner.local_addr()
+    }
+}
+
+impl LimitedListener {
+    /// The stream of an accepted connection holding `slot` (and `client_slot`), in the
+    /// probes' reserve for `reserve` if that is set.
+    fn accepted(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        client_slot: Option<ClientSlot>,
+        reserve: Option<Crowded>,
+    ) -> (LimitedStream, SocketAddr) {
+        // Answers are small and latency-bound: do not wait to coalesce them.
+        let _ = stream.set_nodelay(true);
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
+        let stream = LimitedStream {
+            stream,
+            _slot: slot,
+            _client_slot: client_slot,
+            conn: ConnHandle::new(reserve, Some(addr.ip().to_canonical())),
+            timeouts: self.timeouts,
+            counters: Arc::clone(&self.counters),
+            phase: Phase::Head(Instant::now()),
+            read_timer: Timer::default(),
+            write_timer: Timer::default(),
+        };
+        (stream, addr)
     }
 }
 
@@ -347,6 +614,8 @@ pub struct LimitedStream {
     stream: TcpStream,
     /// Its slot among `--max-connections` (or the reserve), released on drop.
     _slot: OwnedSemaphorePermit,
+    /// Its place among its client's `--max-connections-per-client`, released on drop.
+    _client_slot: Option<ClientSlot>,
     /// What it shares with its service.
     conn: ConnHandle,
     /// Its timers' lengths.
@@ -528,12 +797,12 @@ mod tests {
             LimitedListener::new(socket, 1, ConnTimeouts::default(), Arc::clone(&counters));
         let _first = TcpStream::connect(addr).await.unwrap();
         let (held, _) = axum::serve::Listener::accept(&mut listener).await;
-        assert!(!held.conn().in_reserve());
+        assert_eq!(held.conn().in_reserve(), None);
         let mut reserve = Vec::new();
         for _ in 0..PROBE_RESERVE {
             let _client = TcpStream::connect(addr).await.unwrap();
             let (io, _) = axum::serve::Listener::accept(&mut listener).await;
-            assert!(io.conn().in_reserve());
+            assert_eq!(io.conn().in_reserve(), Some(Crowded::Node));
             reserve.push((_client, io));
         }
         let mut past = TcpStream::connect(addr).await.unwrap();
@@ -554,7 +823,66 @@ mod tests {
             .await
             .expect("a freed slot is used again")
             .unwrap();
-        assert!(!next.conn().in_reserve());
+        assert_eq!(next.conn().in_reserve(), None);
+    }
+
+    #[tokio::test]
+    async fn a_client_past_its_cap_goes_to_the_reserve_and_gets_its_slot_back() {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let counters = Arc::new(ConnCounters::default());
+        let mut listener =
+            LimitedListener::new(socket, 100, ConnTimeouts::default(), Arc::clone(&counters))
+                .per_client(2);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let client = TcpStream::connect(addr).await.unwrap();
+            let (io, _) = axum::serve::Listener::accept(&mut listener).await;
+            assert_eq!(io.conn().in_reserve(), None);
+            assert_eq!(io.conn().client(), Some(IpAddr::from([127, 0, 0, 1])));
+            held.push((client, io));
+        }
+        let _third = TcpStream::connect(addr).await.unwrap();
+        let (third, _) = axum::serve::Listener::accept(&mut listener).await;
+        assert_eq!(third.conn().in_reserve(), Some(Crowded::Client));
+        assert_eq!(counters.snapshot().over_client_cap, 1);
+        drop(third);
+        drop(held.pop());
+        let _next = TcpStream::connect(addr).await.unwrap();
+        let (next, _) = axum::serve::Listener::accept(&mut listener).await;
+        assert_eq!(
+            next.conn().in_reserve(),
+            None,
+            "a closed connection frees its place"
+        );
+    }
+
+    #[test]
+    fn a_client_past_its_rate_waits_and_another_client_does_not() {
+        let rate = ClientRate::new(&PerClient {
+            max_connections: 0,
+            rate: 1,
+            burst: 3,
+        })
+        .unwrap();
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..3 {
+            rate.check(a).unwrap();
+        }
+        let wait = rate.check(a).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        rate.check(b).unwrap();
+        assert_eq!(rate.clients(), 2);
+        let answer = rate.limited(wait);
+        assert_eq!(answer.status(), 429);
+        assert_eq!(answer.headers()[axum::http::header::RETRY_AFTER], "1");
+        assert!(
+            ClientRate::new(&PerClient::default()).is_none(),
+            "off by default"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,7 +39,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::conn::{ConnCounters, ConnHandle, ConnTimeouts};
+use super::conn::{ClientRate, ConnCounters, ConnHandle, ConnTimeouts, PerClient};
 
 /// Aggregate limits of one node's HTTP server; see the module docs.
 #[derive(Debug, Clone)]
@@ -60,6 +60,8 @@ pub struct ServerLimits {
     /// Largest component a plugin upload may carry (`--max-plugin-bytes`): the body limit of
     /// the plugin routes instead of `max_body_bytes`.
     pub max_plugin_bytes: usize,
+    /// What one client may hold and ask (`--max-connections-per-client`, `--rate-limit`).
+    pub per_client: PerClient,
 }
 
 impl Default for ServerLimits {
@@ -72,6 +74,7 @@ impl Default for ServerLimits {
             max_body_bytes: 16 << 20,
             max_batch_bytes: crate::batch::DEFAULT_MAX_BATCH_BYTES,
             max_plugin_bytes: 64 << 20,
+            per_client: PerClient::default(),
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct RequestGuard {
     limits: ServerLimits,
     /// The node's connection counters (answers refused are counted there too).
     counters: Arc<ConnCounters>,
+    /// Each client's token bucket, when `--rate-limit` is set.
+    rate: Option<Arc<ClientRate>>,
 }
 
 /// Answers of at least this many bytes reserve their size until sent.
@@ -104,9 +109,23 @@ impl RequestGuard {
             .clamp(1, Semaphore::MAX_PERMITS);
         RequestGuard {
             bytes: Arc::new(Semaphore::new(total)),
+            rate: ClientRate::new(&limits.per_client).map(Arc::new),
             limits,
             counters: Arc::default(),
         }
+    }
+
+    /// `None` when the request for `path` on `conn` may go on; the 429 answer when its client
+    /// is past `--rate-limit`. The probes and the peer routes are not counted (see `conn.rs`).
+    pub fn rate_check(&self, conn: &ConnHandle, path: &str) -> Option<Response> {
+        let rate = self.rate.as_ref()?;
+        let client = conn.client()?;
+        if matches!(path, "/healthz" | "/readyz") || path.starts_with(crate::peer::PATH_PREFIX) {
+            return None;
+        }
+        let wait = rate.check(client).err()?;
+        self.counters.rate_limited();
+        Some(rate.limited(wait))
     }
 
     /// This guard, counting what it refuses in `counters` (the node's, from
@@ -481,6 +500,7 @@ mod tests {
             max_body_bytes: 600,
             max_batch_bytes: 100,
             max_plugin_bytes: 700,
+            per_client: PerClient::default(),
         }
     }
 

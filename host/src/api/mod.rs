@@ -205,6 +205,7 @@ impl AppState {
                 registration: cluster.registration(),
             },
             connections: self.inner.connections.snapshot(),
+            codec_lane: crate::compression::builtin::lane(),
         }
     }
 }

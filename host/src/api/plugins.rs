@@ -98,6 +98,8 @@ pub struct PluginView {
     reported_errors: u64,
     /// Wall time in calls, seconds.
     busy_seconds: f64,
+    /// Log records dropped past a call's log budget.
+    logs_dropped: u64,
     /// Warm instances of the serving version.
     idle_instances: usize,
     /// For a storage plugin: whether the serving version exports `storage-clear`, so a flush
@@ -134,6 +136,7 @@ fn view(entry: &PluginEntry) -> PluginView {
         memory_limits: snapshot.memory_limits,
         reported_errors: snapshot.reported_errors,
         busy_seconds: snapshot.busy_seconds,
+        logs_dropped: snapshot.logs_dropped,
         idle_instances,
         can_clear,
     }

@@ -28,7 +28,7 @@ use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 
-use super::conn::ConnHandle;
+use super::conn::{ConnHandle, Crowded};
 use super::guard::RequestGuard;
 use super::{Access, AppState, RemoteTrace, accepted_codings, get_value};
 use crate::telemetry::Metrics;
@@ -112,7 +112,7 @@ impl Shortcut {
 
     /// The answer of a connection in the probes' reserve: the probes answered as usual, the
     /// rest refused; either way the connection closes after it.
-    fn reserve_answer<B>(&self, req: axum::http::Request<B>) -> Answer
+    fn reserve_answer<B>(&self, req: axum::http::Request<B>, why: Crowded) -> Answer
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -127,7 +127,7 @@ impl Shortcut {
                     Ok(response) => response,
                     Err(never) => match never {},
                 },
-                None => super::conn::too_many_connections(),
+                None => super::conn::too_many_connections(why),
             };
             response.headers_mut().insert(
                 header::CONNECTION,
@@ -203,8 +203,11 @@ impl Shortcut {
         B::Error: Into<axum::BoxError>,
     {
         self.conn.dispatched();
-        if self.conn.in_reserve() {
-            return self.reserve_answer(req);
+        if let Some(why) = self.conn.in_reserve() {
+            return self.reserve_answer(req, why);
+        }
+        if let Some(limited) = self.guard.rate_check(&self.conn, req.uri().path()) {
+            return Answer::Direct(Box::pin(std::future::ready(limited)));
         }
         let state = &self.state;
         let Some(get) = plain_get(&req, &state.inner.options.access) else {

@@ -6,28 +6,113 @@
 //! (zstd:19 does a few MB/s) does not stall the other tasks of that worker. Every `decompress`
 //! refuses to produce more than `max_len` bytes *before* allocating it, so a hostile or corrupt
 //! input cannot make the node allocate more than the value limit.
+//!
+//! **The heavy lane.** Coding of [`INLINE_LIMIT`] bytes or more takes a permit of one
+//! node-wide semaphore first ([`set_concurrency`], `--codec-concurrency`, default: one per
+//! core), so a flood of large PUTs at high zstd levels occupies at most that many threads,
+//! not one per request (`block_in_place` would hand each its own). The wait for a permit is
+//! where a request's deadline cuts in: a group codes under its load timeout, and a request
+//! still waiting when it passes is answered 504 and never codes. Work that has started runs
+//! to its end (libzstd cannot be interrupted), holding its permit.
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::{BoxFuture, FutureExt};
+use tokio::sync::Semaphore;
 
 use super::{CodecError, Compressor};
 
 /// Inputs (or outputs, for decoding) at least this long are coded off the async path.
 pub const INLINE_LIMIT: usize = 256 << 10;
 
+/// The heavy lane's permits: set once at startup by [`set_concurrency`] (later calls change
+/// nothing), one per core when never set.
+static HEAVY: OnceLock<(Semaphore, usize)> = OnceLock::new();
+/// Heavy codings running now, and waiting for a permit now.
+static RUNNING: AtomicU64 = AtomicU64::new(0);
+static WAITING: AtomicU64 = AtomicU64::new(0);
+
+fn heavy_lane() -> &'static (Semaphore, usize) {
+    HEAVY.get_or_init(|| lane_of(default_concurrency()))
+}
+
+fn lane_of(permits: usize) -> (Semaphore, usize) {
+    let permits = permits.clamp(1, Semaphore::MAX_PERMITS);
+    (Semaphore::new(permits), permits)
+}
+
+/// One per core (what `--codec-concurrency` defaults to).
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Sets how many codings of [`INLINE_LIMIT`] bytes or more may run at once, node-wide (at
+/// least 1). The first call, or the first heavy coding, fixes it for the process: nodes that
+/// share one process (tests) share one lane.
+pub fn set_concurrency(permits: usize) {
+    let _ = HEAVY.set(lane_of(permits));
+}
+
+/// The heavy lane at one instant, for `/api/v1/stats`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct LaneSnapshot {
+    /// Codings that may run at once.
+    pub concurrency: u64,
+    /// Running now.
+    pub running: u64,
+    /// Waiting for a permit now.
+    pub waiting: u64,
+}
+
+/// The heavy lane now.
+pub fn lane() -> LaneSnapshot {
+    LaneSnapshot {
+        concurrency: heavy_lane().1 as u64,
+        running: RUNNING.load(Ordering::Relaxed),
+        waiting: WAITING.load(Ordering::Relaxed),
+    }
+}
+
+/// Decrements its counter when dropped (a wait cancelled by a deadline included).
+struct Counted(&'static AtomicU64);
+
+impl Counted {
+    fn new(counter: &'static AtomicU64) -> Counted {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs a synchronous codec body over `len` bytes as the trait's future: inline for small
-/// inputs, under `block_in_place` for large ones when the runtime allows it.
+/// inputs; for large ones, once the heavy lane has a permit, under `block_in_place` when the
+/// runtime allows it.
 fn ready<'a, T: Send + 'a>(
     len: usize,
     f: impl FnOnce() -> Result<T, CodecError> + Send + 'a,
 ) -> BoxFuture<'a, Result<T, CodecError>> {
     async move {
-        let blocking_allowed = len >= INLINE_LIMIT
-            && tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if blocking_allowed {
+        if len < INLINE_LIMIT {
+            return f();
+        }
+        let permit = {
+            let _waiting = Counted::new(&WAITING);
+            heavy_lane().0.acquire().await
+        };
+        // The semaphore is never closed; without a permit the work runs all the same.
+        let _permit = permit.ok();
+        let _running = Counted::new(&RUNNING);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
             tokio::task::block_in_place(f)
         } else {
             f()

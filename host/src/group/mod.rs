@@ -43,7 +43,7 @@ use tracing::Instrument as _;
 
 use crate::cache::{Cache, CacheEntry, Cached, Clock, Doorkeeper, SystemClock};
 use crate::compression::{
-    CodecError, CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify,
+    CodecError, CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify, builtin,
 };
 use crate::error::{Error, Result};
 use crate::singleflight::Singleflight;
@@ -392,6 +392,12 @@ fn len64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
+/// What the built-in codecs count a decode of `stored` as when they pick its lane: its
+/// payload times four, the output they plan for (never less than the work).
+fn decoding_len(stored: &Stored) -> usize {
+    stored.len().saturating_mul(4)
+}
+
 impl Core {
     /// Decodes a cached entry. A value that does not decode is dropped from `tier` (unless a
     /// newer entry replaced it meanwhile), counted and logged, and `Ok(None)` is returned so
@@ -405,10 +411,13 @@ impl Core {
             Cached::NotFound => return Ok(Some(None)),
             Cached::Value(stored) => stored,
         };
-        match stored
-            .decode(self.options.max_value_bytes, Verify::Decoded)
-            .await
-        {
+        let decoded = self
+            .coded(
+                decoding_len(stored),
+                stored.decode(self.options.max_value_bytes, Verify::Decoded),
+            )
+            .await?;
+        match decoded {
             Ok(value) => Ok(Some(Some((value, entry.expires_at_ms)))),
             Err(e @ CodecError::Corrupt { .. }) => {
                 bump(&self.stats.corrupt_values);
@@ -543,9 +552,28 @@ impl Core {
         drop(current);
     }
 
+    /// `work` (coding `len` bytes), under the load timeout when it is large enough to wait
+    /// for the codec's heavy lane (`compression::builtin`): a request still waiting when its
+    /// time is up fails with [`Error::Timeout`] and never codes. Small work runs as it is.
+    async fn coded<T>(
+        &self,
+        len: usize,
+        work: impl Future<Output = std::result::Result<T, CodecError>>,
+    ) -> Result<std::result::Result<T, CodecError>> {
+        if len < builtin::INLINE_LIMIT {
+            return Ok(work.await);
+        }
+        let timeout = self.options.load_timeout;
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| Error::Timeout(timeout))
+    }
+
     /// Encodes `value` with the group's codec, counting sizes for the compression stats.
     async fn encode(&self, value: &[u8]) -> Result<Stored> {
-        let stored = self.encoding.encode(value).await?;
+        let stored = self
+            .coded(value.len(), self.encoding.encode(value))
+            .await??;
         let s = &self.stats;
         bump(&s.values_encoded);
         if !stored.codec().is_none() {
@@ -565,9 +593,12 @@ impl Core {
         if let Some(len) = stored.raw_len() {
             self.check_len(len)?;
         }
-        let plain = stored
-            .decode(self.options.max_value_bytes, Verify::All)
-            .await
+        let plain = self
+            .coded(
+                decoding_len(&stored),
+                stored.decode(self.options.max_value_bytes, Verify::All),
+            )
+            .await?
             .inspect_err(|_| bump(&self.stats.corrupt_values))?;
         Ok((plain, stored))
     }

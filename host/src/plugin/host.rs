@@ -28,6 +28,69 @@ use super::sql::{SqlDb, SqlError};
 /// Log messages from plugins are cut to this many bytes.
 const MAX_LOG_MESSAGE: usize = 4096;
 
+/// Most log records one call may write; the rest of the call's records are dropped.
+pub(crate) const MAX_LOG_RECORDS_PER_CALL: u32 = 100;
+/// Most bytes of log text one call may write (after each message's cut).
+pub(crate) const MAX_LOG_BYTES_PER_CALL: usize = 64 << 10;
+/// A plugin's dropped records are reported in the host's log at most this often.
+const LOG_DROP_NOTE_EVERY_SECS: u64 = 60;
+
+/// What one call may still log: [`MAX_LOG_RECORDS_PER_CALL`] records and
+/// [`MAX_LOG_BYTES_PER_CALL`] bytes, renewed before every call. A plugin that logs in a loop
+/// fills the host's log with at most that much per call; what it logs past it is counted in
+/// `geecache_plugin_logs_dropped_total` and reported once a minute.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogBudget {
+    records: u32,
+    bytes: usize,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget {
+            records: MAX_LOG_RECORDS_PER_CALL,
+            bytes: MAX_LOG_BYTES_PER_CALL,
+        }
+    }
+}
+
+impl LogBudget {
+    /// Takes a record of `len` bytes from the budget; false (and nothing taken) when it does
+    /// not fit.
+    fn take(&mut self, len: usize) -> bool {
+        if self.records == 0 || len > self.bytes {
+            self.records = 0;
+            return false;
+        }
+        self.records -= 1;
+        self.bytes -= len;
+        true
+    }
+}
+
+/// `message` as it may go into the host's log: control characters (newlines, carriage
+/// returns, escape sequences) and the Unicode controls that reorder or hide text are written
+/// as `\u{..}` escapes (`\n`, `\r`, `\t` as such), so a plugin cannot forge a log line or
+/// repaint a terminal. Text without them is returned as it is.
+fn escape_log(message: &str) -> std::borrow::Cow<'_, str> {
+    let hazardous = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if !message.contains(hazardous) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len() + 16);
+    for c in message.chars() {
+        if hazardous(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The data of one instance's store (one call's, or many calls' when instances are reused).
 pub(crate) struct HostState {
     /// WASI state: no env, no args, no network; only granted directories.
@@ -38,6 +101,10 @@ pub(crate) struct HostState {
     pub limiter: CallLimiter,
     /// The plugin's name, for log records.
     pub plugin: String,
+    /// The plugin's counters (dropped log records are counted there).
+    pub stats: Arc<super::PluginStats>,
+    /// What the current call may still log; renewed before every call.
+    pub log_budget: LogBudget,
     /// The plugin's own config values.
     pub config: BTreeMap<String, String>,
     /// The plugin's database, when it imports `sql`.
@@ -247,6 +314,11 @@ impl log::Host for HostState {
             }
             message.truncate(cut);
         }
+        let message = escape_log(&message);
+        if !self.log_budget.take(message.len()) {
+            self.dropped_log();
+            return Ok(());
+        }
         let plugin = self.plugin.as_str();
         match level {
             log::Level::Trace => tracing::trace!(target: "geecache::plugin", plugin, "{message}"),
@@ -256,6 +328,34 @@ impl log::Host for HostState {
             log::Level::Error => tracing::error!(target: "geecache::plugin", plugin, "{message}"),
         }
         Ok(())
+    }
+}
+
+impl HostState {
+    /// Counts a log record dropped past the call's budget, and says so in the host's log at
+    /// most once a minute per plugin.
+    fn dropped_log(&self) {
+        use std::sync::atomic::Ordering;
+        let dropped = self.stats.logs_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let noted = self.stats.logs_dropped_noted.load(Ordering::Relaxed);
+        if now >= noted.saturating_add(LOG_DROP_NOTE_EVERY_SECS)
+            && self
+                .stats
+                .logs_dropped_noted
+                .compare_exchange(noted, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                plugin = %self.plugin,
+                dropped,
+                "a plugin logged past its budget of {MAX_LOG_RECORDS_PER_CALL} records or \
+                 {MAX_LOG_BYTES_PER_CALL} bytes in one call; the rest of such calls' records \
+                 are dropped (counted in geecache_plugin_logs_dropped_total)"
+            );
+        }
     }
 }
 
@@ -307,6 +407,29 @@ mod tests {
     use wasmtime::{Instance, Module, Store};
 
     const PAGE: usize = 64 << 10;
+
+    #[test]
+    fn log_text_cannot_forge_lines_or_repaint_the_terminal() {
+        assert!(matches!(
+            escape_log("plain text, ünïcode"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_log("ok\n2026-12-03T00:00:00Z  INFO forged\r\x1b[2J\u{202e}"),
+            "ok\\n2026-12-03T00:00:00Z  INFO forged\\r\\u{1b}[2J\\u{202e}"
+        );
+    }
+
+    #[test]
+    fn a_call_logs_at_most_its_budget() {
+        let mut budget = LogBudget::default();
+        let taken = (0..1000).filter(|_| budget.take(10)).count();
+        assert_eq!(taken, MAX_LOG_RECORDS_PER_CALL as usize);
+        let mut budget = LogBudget::default();
+        assert!(budget.take(MAX_LOG_BYTES_PER_CALL - 1));
+        assert!(!budget.take(2), "past the bytes");
+        assert!(!budget.take(0), "and nothing more in that call");
+    }
 
     /// A module with two memories and a table, each growable from outside.
     fn instance(budget: usize) -> (Store<CallLimiter>, Instance) {

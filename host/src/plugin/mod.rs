@@ -211,6 +211,7 @@ impl LoadedPlugin {
             memory_limits: get(&core.stats.memory_limits),
             reported_errors: get(&core.stats.reported_errors),
             busy_seconds: get(&core.stats.busy_micros) as f64 / 1e6,
+            logs_dropped: get(&core.stats.logs_dropped),
             sha256: String::new(),
             reloads: 0,
             reload_failures: 0,
@@ -233,6 +234,11 @@ pub struct PluginStats {
     pub reported_errors: AtomicU64,
     /// Total wall time spent in calls, in microseconds.
     pub busy_micros: AtomicU64,
+    /// Log records dropped: past a call's log budget (see `host::LogBudget`).
+    pub logs_dropped: AtomicU64,
+    /// When a dropped record was last reported in the host's log (seconds since the Unix
+    /// epoch), so that a plugin logging in a loop is reported once a minute, not once a call.
+    pub logs_dropped_noted: AtomicU64,
 }
 
 /// A point-in-time copy of a plugin's counters, as `/api/v1/stats` and `/metrics` show them.
@@ -256,6 +262,8 @@ pub struct PluginSnapshot {
     pub reported_errors: u64,
     /// Wall time spent in calls ([`PluginStats::busy_micros`]), in seconds.
     pub busy_seconds: f64,
+    /// See [`PluginStats::logs_dropped`].
+    pub logs_dropped: u64,
     /// Hex SHA-256 of the version serving now (empty for a plugin outside a [`Plugins`]).
     pub sha256: String,
     /// Versions swapped in by hot reload since the node started.
@@ -858,6 +866,8 @@ impl PluginCore {
             table,
             limiter: CallLimiter::new(self.memory_limit),
             plugin: self.name.clone(),
+            stats: Arc::clone(&self.stats),
+            log_budget: host::LogBudget::default(),
             config: self.grants.config.clone(),
             sql: self.sql.clone(),
             deadline: Instant::now() + self.call_timeout,
@@ -885,6 +895,7 @@ impl PluginCore {
         let state = store.data_mut();
         state.deadline = Instant::now() + self.call_timeout;
         state.limiter.new_call();
+        state.log_budget = host::LogBudget::default();
     }
 
     /// The call's result, or its failure classified. The time limit is wall-clock time: an

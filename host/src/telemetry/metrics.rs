@@ -9,8 +9,9 @@
 //!   [`PluginStats`]) and every gauge (cache bytes and items, ring members, registration state)
 //!   is an observable instrument whose callback reads one [`Stats`] snapshot, the very value
 //!   `/api/v1/stats` serialises. [`Metrics::render`] installs the snapshot, gathers, and drops it,
-//!   so `/metrics` and `/api/v1/stats` cannot disagree. [`group_series`], [`plugin_series`] and
-//!   [`cluster_series`] are the only places where snapshot fields become series.
+//!   so `/metrics` and `/api/v1/stats` cannot disagree. [`group_series`], [`plugin_series`],
+//!   [`cluster_series`], [`connection_series`] and [`codec_series`] are the only places where
+//!   snapshot fields become series.
 //! - **Recorded**: latency histograms, recorded where the time is spent (the HTTP middleware,
 //!   the peer client, the plugin call).
 //!
@@ -33,6 +34,7 @@ use prometheus::{Encoder as _, TextEncoder};
 use serde::Serialize;
 
 use crate::api::conn::ConnSnapshot;
+use crate::compression::builtin::LaneSnapshot;
 use crate::discovery::RegistrationState;
 use crate::group::GroupSnapshot;
 use crate::plugin::PluginSnapshot;
@@ -66,6 +68,8 @@ pub struct Stats {
     pub cluster: ClusterStats,
     /// What the node's connections did: open now, refused, closed by a timer.
     pub connections: ConnSnapshot,
+    /// The codecs' heavy lane (codings of 256 KiB or more): its size, running, waiting.
+    pub codec_lane: LaneSnapshot,
 }
 
 /// The cluster's part of [`Stats`].
@@ -266,6 +270,10 @@ const PLUGIN_METRICS: &[(&str, &str)] = &[
         "Wall time spent running plugin calls.",
     ),
     (
+        "geecache_plugin_logs_dropped_total",
+        "Plugin log records dropped: past the budget of one call (100 records or 64KiB).",
+    ),
+    (
         "geecache_plugin_reloads_total",
         "New plugin versions swapped in by hot reload.",
     ),
@@ -285,6 +293,7 @@ const PLUGIN_INFO: (&str, &str) = (
 pub fn plugin_series(p: &PluginSnapshot) -> Vec<(&'static str, f64)> {
     vec![
         ("geecache_plugin_calls_total", p.calls as f64),
+        ("geecache_plugin_logs_dropped_total", p.logs_dropped as f64),
         ("geecache_plugin_traps_total", p.traps as f64),
         ("geecache_plugin_timeouts_total", p.timeouts as f64),
         (
@@ -338,7 +347,35 @@ const CONNECTION_METRICS: &[(&str, &str)] = &[
         "geecache_answers_refused_total",
         "Answers refused with 503 busy: the in-flight budget (--max-inflight-body-bytes) was spent.",
     ),
+    (
+        "geecache_connections_over_client_cap_total",
+        "Connections of a client that held --max-connections-per-client already (answered on /healthz and /readyz only).",
+    ),
+    (
+        "geecache_requests_rate_limited_total",
+        "Requests refused with 429 rate_limited: their client was past --rate-limit.",
+    ),
 ];
+
+/// Help text of every codec lane metric; [`codec_series`] emits exactly these names.
+const CODEC_METRICS: &[(&str, &str)] = &[
+    (
+        "geecache_codec_lane_running",
+        "Codings of 256KiB or more running now (at most --codec-concurrency).",
+    ),
+    (
+        "geecache_codec_lane_waiting",
+        "Codings of 256KiB or more waiting for the lane now (each at most until its load timeout).",
+    ),
+];
+
+/// Maps the codec lane's part of the snapshot to series: name, no label, value.
+pub fn codec_series(c: &LaneSnapshot) -> Vec<(&'static str, Option<&'static str>, f64)> {
+    vec![
+        ("geecache_codec_lane_running", None, c.running as f64),
+        ("geecache_codec_lane_waiting", None, c.waiting as f64),
+    ]
+}
 
 /// Maps the connections' part of the snapshot to series: name, `reason` label, value.
 pub fn connection_series(c: &ConnSnapshot) -> Vec<(&'static str, Option<&'static str>, f64)> {
@@ -358,6 +395,16 @@ pub fn connection_series(c: &ConnSnapshot) -> Vec<(&'static str, Option<&'static
             "geecache_answers_refused_total",
             None,
             c.answers_refused as f64,
+        ),
+        (
+            "geecache_connections_over_client_cap_total",
+            None,
+            c.over_client_cap as f64,
+        ),
+        (
+            "geecache_requests_rate_limited_total",
+            None,
+            c.rate_limited as f64,
         ),
     ]
 }
@@ -651,6 +698,9 @@ fn register_observed(meter: &Meter, observed: &Arc<Mutex<Option<Arc<Stats>>>>) {
     observe_one_label(meter, observed, CLUSTER_METRICS, "state", |stats| {
         cluster_series(&stats.cluster)
     });
+    observe_one_label(meter, observed, CODEC_METRICS, "lane", |stats| {
+        codec_series(&stats.codec_lane)
+    });
 }
 
 /// Series of a table whose metrics have at most one label.
@@ -782,6 +832,7 @@ mod tests {
                 memory_limits: 3,
                 reported_errors: 4,
                 busy_seconds: 0.5,
+                logs_dropped: 8,
                 sha256: "ab12".into(),
                 reloads: 6,
                 reload_failures: 7,
@@ -798,6 +849,13 @@ mod tests {
                 idle_timeouts: 5,
                 write_timeouts: 6,
                 answers_refused: 7,
+                over_client_cap: 8,
+                rate_limited: 9,
+            },
+            codec_lane: LaneSnapshot {
+                concurrency: 2,
+                running: 1,
+                waiting: 3,
             },
         }
     }
@@ -891,12 +949,18 @@ mod tests {
                     .into_iter()
                     .map(|(n, _, _)| n),
             )
+            .chain(
+                codec_series(&stats().codec_lane)
+                    .into_iter()
+                    .map(|(n, _, _)| n),
+            )
             .collect();
         let declared: BTreeSet<&str> = GROUP_METRICS
             .iter()
             .chain(PLUGIN_METRICS)
             .chain(CLUSTER_METRICS)
             .chain(CONNECTION_METRICS)
+            .chain(CODEC_METRICS)
             .map(|(n, _)| *n)
             .collect();
         assert_eq!(emitted, declared);

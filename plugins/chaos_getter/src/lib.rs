@@ -12,6 +12,7 @@
 //! | `count`   | found, value: how many calls this instance has served, this one included |
 //! | `grow:N`  | keeps N more MiB of memory for the instance's lifetime, then as `count` |
 //! | `leak:N`  | creates N host resources (WASI pollables) it never drops, then as `count` |
+//! | `logflood…` | logs 10,000 records, each with a forged log line after a newline, then found `flooded` |
 //! | any other | found, value `chaos:<key>`                                         |
 //!
 //! `count` and `grow:N` show whether the host reused an instance: the counter lives in a
@@ -52,6 +53,14 @@ impl Getter for Chaos {
                 std::mem::forget(pollable);
             }
             return Ok(Lookup::found(calls.to_string()));
+        }
+        if key.starts_with("logflood") {
+            for i in 0..10_000 {
+                geecache_guest_sdk::log::warn(&format!(
+                    "flood {i}\n1999-01-01T00:00:00.000000Z  INFO geecache: forged admin login"
+                ));
+            }
+            return Ok(Lookup::found("flooded".to_string()));
         }
         match key {
             "count" => Ok(Lookup::found(calls.to_string())),
