@@ -1,5 +1,7 @@
 //! Membership against a real etcd (`/usr/bin/etcd`, one private server per test): register,
-//! watch, deregister, crash, etcd outage and restart, lost lease, unreachable etcd at startup.
+//! watch, deregister, crash, etcd outage and restart, lost lease, unreachable etcd at startup,
+//! and entries nobody should trust: rogue entries written straight into etcd, a live node's
+//! entry overwritten, more entries than the member cap.
 //!
 //! Leases are 2 s here (etcd's minimum) so that expiry tests stay quick. Every wait is bounded
 //! by a deadline; no sleep is an assertion.
@@ -333,6 +335,117 @@ async fn startup_against_a_dead_endpoint_fails_clearly_within_the_timeout() {
     let message = error.to_string();
     assert!(message.contains(&endpoint), "{message}");
     assert!(message.contains("--etcd-endpoints"), "{message}");
+}
+
+/// Puts `value` under `{PREFIX}{key}` without a lease, as anyone with write access could.
+async fn put_raw(etcd: &EtcdServer, key: &str, value: &str) {
+    let mut client = Client::connect([etcd.endpoint()], None).await.unwrap();
+    client
+        .put(format!("{PREFIX}{key}"), value, None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_entries_written_into_etcd_never_become_members() {
+    let etcd = EtcdServer::start();
+    let nodes = join(&etcd, &[1, 2]).await;
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2]), Duration::from_secs(5)).await;
+    }
+    // On main each of these was a member: the first took node-2's place in every ring.
+    put_raw(&etcd, "rogue", r#"{"id":"node-2","addr":"127.0.0.1:6666"}"#).await;
+    put_raw(&etcd, "junk", "not json").await;
+    put_raw(
+        &etcd,
+        "evil",
+        r#"{"id":"evil","addr":"https://127.0.0.1:6667"}"#,
+    )
+    .await;
+    put_raw(&etcd, "path", r#"{"id":"path","addr":"127.0.0.1:6668/x"}"#).await;
+    // A well-formed entry is still taken, so the watch did see the others.
+    put_raw(
+        &etcd,
+        "node-9",
+        r#"{"id":"node-9","addr":"127.0.0.1:7009"}"#,
+    )
+    .await;
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2, 9]), Duration::from_secs(5)).await;
+        assert_eq!(
+            node.registry_counts().rejected,
+            4,
+            "{:?}",
+            node.registry_counts()
+        );
+    }
+    // A node that starts now reads the same entries from its listing.
+    let late = Membership::etcd(member(3), options(&etcd)).await.unwrap();
+    wait_members(&late, &members(&[1, 2, 3, 9]), Duration::from_secs(5)).await;
+    assert_eq!(late.registry_counts().rejected, 4);
+    for node in nodes.into_iter().chain([late]) {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_nodes_overwritten_entry_is_written_back_within_a_keepalive_interval() {
+    let etcd = EtcdServer::start();
+    let nodes = join(&etcd, &[1, 2]).await;
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2]), Duration::from_secs(5)).await;
+    }
+    let start = Instant::now();
+    put_raw(
+        &etcd,
+        "node-1",
+        r#"{"id":"node-1","addr":"127.0.0.1:6666"}"#,
+    )
+    .await;
+    // node-1 puts its own entry back under its lease at its next keepalive tick (TTL / 3).
+    loop {
+        let (key, value, lease) = registry(&etcd).await.remove(0);
+        assert_eq!(key, format!("{PREFIX}node-1"));
+        if value["addr"] == member(1).addr.as_str() && lease != 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < TTL,
+            "still {value} (lease {lease}) after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("written back after {:?}", start.elapsed());
+    wait_members(&nodes[1], &members(&[1, 2]), Duration::from_secs(3)).await;
+    assert_eq!(nodes[0].registry_counts().restored, 1);
+    assert_eq!(nodes[0].state(), RegistrationState::Registered);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_members_than_the_cap_are_taken_from_the_registry() {
+    let etcd = EtcdServer::start();
+    for i in 10..20 {
+        let addr = format!("127.0.0.1:{}", 7000 + i);
+        put_raw(
+            &etcd,
+            &format!("node-{i}"),
+            &format!(r#"{{"id":"node-{i}","addr":"{addr}"}}"#),
+        )
+        .await;
+    }
+    let capped = EtcdOptions {
+        max_members: 4,
+        ..options(&etcd)
+    };
+    let node = Membership::etcd(member(1), capped).await.unwrap();
+    // This node and the first three others by key.
+    wait_members(&node, &members(&[1, 10, 11, 12]), Duration::from_secs(5)).await;
+    assert_eq!(node.registry_counts().rejected, 7);
+    node.shutdown().await;
 }
 
 #[test]

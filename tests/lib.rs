@@ -489,7 +489,11 @@ impl NodeProcess {
             port,
             log,
         };
-        let client = reqwest::Client::new();
+        // No connection kept for later: a test may count the node's connections next.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
         for _ in 0..600 {
             if let Ok(r) = client.get(format!("{}/healthz", node.base)).send().await
                 && r.status().is_success()

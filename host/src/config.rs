@@ -369,6 +369,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_LEASE_TTL")]
     pub lease_ttl: Option<String>,
 
+    /// Most members (this node included) taken from the etcd registry; entries past it are
+    /// rejected, logged and counted [default: 1024].
+    #[arg(long, value_name = "N", env = "GEECACHE_ETCD_MAX_MEMBERS")]
+    pub etcd_max_members: Option<usize>,
+
     /// Serve TLS (HTTPS) to clients and peers with this PEM certificate chain (leaf first);
     /// needs --tls-key. SIGHUP reads both files again.
     #[arg(
@@ -595,6 +600,8 @@ pub struct ClusterSettings {
     pub etcd_endpoints: Vec<String>,
     /// Lease TTL of the etcd registration.
     pub lease_ttl: Duration,
+    /// Most members taken from the etcd registry.
+    pub etcd_max_members: usize,
     /// Signs and checks peer requests when set.
     pub secret: Option<String>,
     /// Most keys in one coalesced batch of peer gets (0 or 1: every get alone).
@@ -967,6 +974,11 @@ impl Cli {
                 .collect(),
             etcd_endpoints: self.etcd_endpoints.clone(),
             lease_ttl: parse_duration(self.lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))?,
+            etcd_max_members: match self.etcd_max_members {
+                Some(0) => return Err("--etcd-max-members must be at least 1".into()),
+                Some(n) => n,
+                None => crate::discovery::etcd::DEFAULT_MAX_MEMBERS,
+            },
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
             peer_source: self.peer_source()?,
             peer_ca: self.peer_ca.clone(),

@@ -245,6 +245,7 @@ pub async fn join(node: &Node, settings: &Settings) -> Result<(), String> {
     } else {
         let options = EtcdOptions {
             lease_ttl: c.lease_ttl,
+            max_members: c.etcd_max_members,
             ..EtcdOptions::new(c.etcd_endpoints.clone())
         };
         Membership::etcd(me, options)

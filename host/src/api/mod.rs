@@ -203,6 +203,7 @@ impl AppState {
             cluster: ClusterStats {
                 ring_members: cluster.ring_members().len() as u64,
                 registration: cluster.registration(),
+                registry: cluster.registry_counts(),
             },
             connections: self.inner.connections.snapshot(),
             codec_lane: crate::compression::builtin::lane(),

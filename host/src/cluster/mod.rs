@@ -416,6 +416,14 @@ impl Cluster {
             .map_or(RegistrationState::Static, Membership::state)
     }
 
+    /// What the etcd registry task counted: entries rejected, own entry written back.
+    pub fn registry_counts(&self) -> crate::discovery::RegistryCounts {
+        lock_read(&self.membership)
+            .as_ref()
+            .map(Membership::registry_counts)
+            .unwrap_or_default()
+    }
+
     /// This node's advertised address.
     pub fn self_addr(&self) -> &str {
         &self.self_addr

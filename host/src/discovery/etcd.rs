@@ -7,6 +7,22 @@
 //! - It lists the prefix, then watches it from the revision after that listing, and publishes a
 //!   new member list at once on every put or delete (no polling).
 //!
+//! # Which entries are members
+//! Anyone who can write under the prefix could otherwise add a member, or take another
+//! node's place in every ring. An entry is a member only if ([`admit`]):
+//! - its value is a registration (`id`, `addr`) whose `id` is the rest of its key, so one id
+//!   has one key and an entry cannot stand for another node;
+//! - its `id` is 1 to 256 bytes without control characters, and its `addr` is `host:port`
+//!   (or `http://host:port` / `https://host:port`) with nothing else;
+//! - its scheme is the one this node runs: `https://` when this node advertises `https://`
+//!   (peer TLS), plain otherwise;
+//! - the registry holds fewer than `max_members` members already.
+//!
+//! A rejected entry is logged once (again only if its reason changes) and counted
+//! ([`RegistryCounters::rejected`]). An entry under this node's own key that is not this
+//! node's registration (someone overwrote it) is written back at the next keepalive tick, at
+//! most once a tick, logged and counted ([`RegistryCounters::restored`]).
+//!
 //! # When things go wrong
 //! - etcd does not answer (a request fails or times out, the keepalive or watch stream ends, a
 //!   keepalive goes unanswered for a whole TTL): the node logs one warning for the episode,
@@ -28,12 +44,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, WatchOptions, WatchResponse, WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions, WatchResponse, WatchStream,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -64,6 +81,21 @@ pub struct EtcdOptions {
     /// How long startup waits for etcd to answer the first registration; also the bound on
     /// every later request, so a hung etcd is noticed rather than waited on.
     pub connect_timeout: Duration,
+    /// Most members (this node included) taken from the registry; entries past it are
+    /// rejected (`--etcd-max-members`).
+    pub max_members: usize,
+}
+
+/// Default of [`EtcdOptions::max_members`].
+pub const DEFAULT_MAX_MEMBERS: usize = 1024;
+
+/// What the registry task counted, shared with the [`Membership`](super::Membership) handle.
+#[derive(Debug, Default)]
+pub struct RegistryCounters {
+    /// Registry entries rejected (see the module docs), each time one was put.
+    pub rejected: AtomicU64,
+    /// Times this node's own entry was found overwritten and written back.
+    pub restored: AtomicU64,
 }
 
 impl Default for EtcdOptions {
@@ -73,6 +105,7 @@ impl Default for EtcdOptions {
             lease_ttl: Duration::from_secs(10),
             prefix: "/geecache/registry/".to_owned(),
             connect_timeout: Duration::from_secs(5),
+            max_members: DEFAULT_MAX_MEMBERS,
         }
     }
 }
@@ -94,6 +127,11 @@ impl EtcdOptions {
         if self.prefix.is_empty() {
             return Err(DiscoveryError::InvalidOptions(
                 "the registry prefix is empty; it would watch every key in etcd".to_owned(),
+            ));
+        }
+        if self.max_members == 0 {
+            return Err(DiscoveryError::InvalidOptions(
+                "max_members must be at least 1 (this node)".to_owned(),
             ));
         }
         if self.lease_ttl.is_zero() || self.connect_timeout.is_zero() {
@@ -120,6 +158,7 @@ pub(super) struct Started {
     pub(super) members: watch::Receiver<Vec<Member>>,
     pub(super) state: watch::Receiver<RegistrationState>,
     pub(super) task: Task,
+    pub(super) counters: Arc<RegistryCounters>,
 }
 
 /// The handle's side of the background task.
@@ -206,8 +245,14 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
     let whole_secs = options.lease_ttl.as_secs() + u64::from(options.lease_ttl.subsec_nanos() > 0);
     let ttl_secs = i64::try_from(whole_secs).unwrap_or(i64::MAX);
 
+    let counters = Arc::new(RegistryCounters::default());
     let mut registrar = Registrar {
         client,
+        tls: me.addr.starts_with("https://"),
+        max_members: options.max_members,
+        rejected: BTreeMap::new(),
+        restore_due: false,
+        counters: Arc::clone(&counters),
         key: format!("{}{}", options.prefix, me.id),
         value,
         prefix: options.prefix.clone(),
@@ -262,6 +307,7 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
             stop: Mutex::new(Some(stop_tx)),
             join: Mutex::new(Some(join)),
         },
+        counters,
     })
 }
 
@@ -325,6 +371,15 @@ struct Session {
 struct Registrar {
     client: Client,
     me: Member,
+    /// Whether this node advertises `https://`: then so must every member.
+    tls: bool,
+    /// Most members taken from the registry.
+    max_members: usize,
+    /// Rejected registry keys and why, so each is logged once per reason.
+    rejected: BTreeMap<String, String>,
+    /// This node's entry was found overwritten: put it back at the next keepalive tick.
+    restore_due: bool,
+    counters: Arc<RegistryCounters>,
     /// `{prefix}{id}`: this node's key.
     key: String,
     /// The JSON registration, fixed for the life of the process.
@@ -387,11 +442,13 @@ impl Registrar {
         )
         .await?;
         let revision = listing.header().map_or(0, |h| h.revision());
-        self.known = listing
-            .kvs()
-            .iter()
-            .filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), parse(kv)?)))
-            .collect();
+        self.known.clear();
+        for kv in listing.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            // Our own key was just put: what the listing shows for it is that put, or a later
+            // overwrite, which the watch from this revision on would not show.
+            self.put_seen(key, kv.value());
+        }
         self.publish();
 
         let from_next = WatchOptions::new()
@@ -441,6 +498,11 @@ impl Registrar {
                     if session.last_ack.elapsed() > self.ttl {
                         return Failure::KeepaliveUnanswered(self.ttl);
                     }
+                    if self.restore_due
+                        && let Err(failure) = self.restore().await
+                    {
+                        return failure;
+                    }
                     if let Err(source) = session.keeper.keep_alive().await {
                         return Failure::Request { what: "sending a keepalive", source };
                     }
@@ -474,17 +536,11 @@ impl Registrar {
             let Some(kv) = event.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
             match event.event_type() {
-                EventType::Put => match parse(kv) {
-                    Some(member) => {
-                        self.known.insert(key.to_owned(), member);
-                    }
-                    None => {
-                        self.known.remove(key);
-                    }
-                },
+                EventType::Put => self.put_seen(key, kv.value()),
                 EventType::Delete => {
                     own_key_deleted |= key == self.key;
                     self.known.remove(key);
+                    self.rejected.remove(key);
                 }
             }
         }
@@ -594,13 +650,170 @@ impl Registrar {
     }
 }
 
-/// Reads one registry entry; a malformed one is logged and left out.
-fn parse(kv: &KeyValue) -> Option<Member> {
-    match serde_json::from_slice::<Registration>(kv.value()) {
-        Ok(registration) => Some(Member::new(registration.id, registration.addr)),
-        Err(error) => {
-            warn!(key = ?kv.key_str(), %error, "ignoring a malformed registry entry");
-            None
+/// The member an entry under `key` (`value`) stands for, or why it is none: see the module
+/// docs. `tls`: whether the cluster runs `https://`.
+fn admit(prefix: &str, key: &str, value: &[u8], tls: bool) -> Result<Member, String> {
+    let registration: Registration =
+        serde_json::from_slice(value).map_err(|e| format!("not a registration ({e})"))?;
+    let suffix = key.strip_prefix(prefix).unwrap_or(key);
+    if registration.id != suffix {
+        return Err(format!(
+            "its id {:?} is not its key's ({suffix:?}): an entry may name only itself",
+            registration.id
+        ));
+    }
+    if registration.id.is_empty()
+        || registration.id.len() > 256
+        || registration.id.contains(char::is_control)
+    {
+        return Err("its id is empty, longer than 256 bytes or has control characters".into());
+    }
+    let addr = registration.addr.as_str();
+    let (https, authority) = if let Some(rest) = addr.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        (false, addr.strip_prefix("http://").unwrap_or(addr))
+    };
+    let url = url::Url::parse(&format!("http://{authority}"))
+        .map_err(|e| format!("its addr {addr:?} is not host:port ({e})"))?;
+    let plain = url.port().is_some()
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && !authority.contains('/');
+    if !plain {
+        return Err(format!(
+            "its addr {addr:?} is not host:port (a port, and no path, user or query)"
+        ));
+    }
+    if https != tls {
+        let (theirs, ours) = if tls {
+            ("plain http", "https://")
+        } else {
+            ("https://", "plain http")
+        };
+        return Err(format!(
+            "its addr {addr:?} is {theirs}, and this cluster runs {ours}"
+        ));
+    }
+    Ok(Member::new(registration.id, registration.addr))
+}
+
+impl Registrar {
+    /// Takes in the entry `value` seen under `key` (listed, or put since): a member, this
+    /// node's own entry (written back if it is not ours), or a rejection.
+    fn put_seen(&mut self, key: &str, value: &[u8]) {
+        if key == self.key {
+            if value != self.value.as_bytes() {
+                self.overwritten(value);
+            }
+            return;
         }
+        let admitted = admit(&self.prefix, key, value, self.tls).and_then(|member| {
+            let others = self.known.len() + usize::from(!self.known.contains_key(key));
+            if others >= self.max_members {
+                Err(format!(
+                    "the registry holds {} members already (--etcd-max-members)",
+                    self.max_members
+                ))
+            } else {
+                Ok(member)
+            }
+        });
+        match admitted {
+            Ok(member) => {
+                self.rejected.remove(key);
+                self.known.insert(key.to_owned(), member);
+            }
+            Err(reason) => {
+                self.known.remove(key);
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                if self.rejected.get(key) != Some(&reason) {
+                    warn!(key, %reason, "ignoring a registry entry");
+                    self.rejected.insert(key.to_owned(), reason);
+                }
+            }
+        }
+    }
+
+    /// This node's key holds `value`, not its registration: logged, and written back at the
+    /// next keepalive tick.
+    fn overwritten(&mut self, value: &[u8]) {
+        if !self.restore_due {
+            warn!(
+                key = %self.key,
+                found = %String::from_utf8_lossy(&value[..value.len().min(256)]),
+                "this node's registry entry was overwritten (another node with this id, or a \
+                 write by hand); writing it back"
+            );
+        }
+        self.restore_due = true;
+    }
+
+    /// Puts this node's registration back under its lease.
+    async fn restore(&mut self) -> Result<(), Failure> {
+        let Some(lease) = self.lease else {
+            return Ok(());
+        };
+        bounded(
+            self.request_timeout,
+            "writing the registration back",
+            self.client.put(
+                self.key.as_str(),
+                self.value.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        self.restore_due = false;
+        self.counters.restored.fetch_add(1, Ordering::Relaxed);
+        info!(key = %self.key, "wrote this node's registry entry back");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/geecache/registry/";
+
+    fn entry(id: &str, addr: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"id": id, "addr": addr})).unwrap()
+    }
+
+    #[test]
+    fn an_entry_is_a_member_only_under_its_own_key_with_the_clusters_scheme() {
+        let key = format!("{P}a");
+        let ok = admit(P, &key, &entry("a", "127.0.0.1:7001"), false);
+        assert_eq!(ok, Ok(Member::new("a", "127.0.0.1:7001")));
+        assert!(admit(P, &key, &entry("a", "http://127.0.0.1:7001"), false).is_ok());
+        assert!(admit(P, &key, &entry("a", "https://n1.internal:7001"), true).is_ok());
+        for (value, tls, why) in [
+            (entry("b", "127.0.0.1:7001"), false, "is not its key's"),
+            (b"not json".to_vec(), false, "not a registration"),
+            (entry("a", "127.0.0.1"), false, "not host:port"),
+            (entry("a", "127.0.0.1:7001/x"), false, "not host:port"),
+            (entry("a", "user@127.0.0.1:7001"), false, "not host:port"),
+            (
+                entry("a", "http://127.0.0.1:7001"),
+                true,
+                "this cluster runs https://",
+            ),
+            (
+                entry("a", "https://127.0.0.1:7001"),
+                false,
+                "this cluster runs plain http",
+            ),
+        ] {
+            let err = admit(P, &key, &value, tls).unwrap_err();
+            assert!(err.contains(why), "{err} (wanted: {why})");
+        }
+        let long = "x".repeat(257);
+        let err = admit(P, &format!("{P}{long}"), &entry(&long, "h:1"), false).unwrap_err();
+        assert!(err.contains("longer than 256"), "{err}");
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use etcd::EtcdOptions;
+pub use etcd::{EtcdOptions, RegistryCounters};
 pub use polled::PeerSource;
 
 /// One cache node as the cluster knows it.
@@ -94,6 +94,16 @@ impl fmt::Display for RegistrationState {
     }
 }
 
+/// [`RegistryCounters`] read at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RegistryCounts {
+    /// Registry entries rejected (not a registration, not under its own id's key, another
+    /// scheme, past the member cap).
+    pub rejected: u64,
+    /// Times this node's own entry was found overwritten and written back.
+    pub restored: u64,
+}
+
 /// Why membership could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -152,6 +162,8 @@ struct Inner {
     task: Option<etcd::Task>,
     /// For a polled source: the task that reads it again; aborted when the last handle goes.
     poller: Option<tokio::task::JoinHandle<()>>,
+    /// For etcd: what the task counted.
+    counters: Option<Arc<RegistryCounters>>,
 }
 
 impl Drop for Inner {
@@ -176,6 +188,7 @@ impl Membership {
                 _fixed: Some(tx),
                 task: None,
                 poller: None,
+                counters: None,
             }),
         }
     }
@@ -208,6 +221,7 @@ impl Membership {
                 _fixed: None,
                 task: None,
                 poller: Some(poller),
+                counters: None,
             }),
         })
     }
@@ -233,6 +247,7 @@ impl Membership {
                 _fixed: None,
                 task: Some(started.task),
                 poller: None,
+                counters: Some(started.counters),
             }),
         })
     }
@@ -246,6 +261,18 @@ impl Membership {
     /// Where this node stands with the membership source.
     pub fn state(&self) -> RegistrationState {
         *self.inner.state.borrow()
+    }
+
+    /// Registry entries rejected, and times this node's own entry was written back (both 0
+    /// without etcd); see the [`etcd`] module docs.
+    pub fn registry_counts(&self) -> RegistryCounts {
+        self.inner
+            .counters
+            .as_ref()
+            .map_or_else(RegistryCounts::default, |c| RegistryCounts {
+                rejected: c.rejected.load(std::sync::atomic::Ordering::Relaxed),
+                restored: c.restored.load(std::sync::atomic::Ordering::Relaxed),
+            })
     }
 
     /// Leaves the cluster: with etcd, stops the keepalive, deletes this node's key and revokes

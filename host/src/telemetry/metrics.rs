@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::api::conn::ConnSnapshot;
 use crate::compression::builtin::LaneSnapshot;
-use crate::discovery::RegistrationState;
+use crate::discovery::{RegistrationState, RegistryCounts};
 use crate::group::GroupSnapshot;
 use crate::plugin::PluginSnapshot;
 
@@ -79,6 +79,8 @@ pub struct ClusterStats {
     pub ring_members: u64,
     /// Where this node stands with etcd (`static` without etcd).
     pub registration: RegistrationState,
+    /// Registry entries rejected, own entry written back (etcd only).
+    pub registry: RegistryCounts,
 }
 
 /// One series of a group: metric name, `tier` label (for the metrics that have one), value.
@@ -323,6 +325,14 @@ const CLUSTER_METRICS: &[(&str, &str)] = &[
         "geecache_registration_state",
         "1 for the state this node's etcd registration is in, 0 for the others.",
     ),
+    (
+        "geecache_registry_entries_rejected_total",
+        "etcd registry entries not taken as members: not a registration, not under their own id's key, another scheme, or past --etcd-max-members.",
+    ),
+    (
+        "geecache_registration_restored_total",
+        "Times this node found its etcd registry entry overwritten and wrote it back.",
+    ),
 ];
 
 /// Help text of every connection metric; [`connection_series`] emits exactly these names.
@@ -411,7 +421,19 @@ pub fn connection_series(c: &ConnSnapshot) -> Vec<(&'static str, Option<&'static
 
 /// Maps the cluster's part of the snapshot to series: name, `state` label, value.
 pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Option<&'static str>, f64)> {
-    let mut series = vec![("geecache_ring_members", None, c.ring_members as f64)];
+    let mut series = vec![
+        ("geecache_ring_members", None, c.ring_members as f64),
+        (
+            "geecache_registry_entries_rejected_total",
+            None,
+            c.registry.rejected as f64,
+        ),
+        (
+            "geecache_registration_restored_total",
+            None,
+            c.registry.restored as f64,
+        ),
+    ];
     for state in RegistrationState::ALL {
         let value = if state == c.registration { 1.0 } else { 0.0 };
         series.push(("geecache_registration_state", Some(state.as_str()), value));
@@ -840,6 +862,10 @@ mod tests {
             cluster: ClusterStats {
                 ring_members: 3,
                 registration: RegistrationState::Registered,
+                registry: RegistryCounts {
+                    rejected: 4,
+                    restored: 5,
+                },
             },
             connections: ConnSnapshot {
                 open: 1,
