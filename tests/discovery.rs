@@ -448,6 +448,119 @@ async fn no_more_members_than_the_cap_are_taken_from_the_registry() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registers_over_tls_with_a_client_certificate_and_an_etcd_user() {
+    use etcd_client::{Certificate, ConnectOptions, Identity, Permission, TlsOptions};
+    use geecache_host::discovery::etcd::{EtcdTls, EtcdUser};
+    use geecache_tests::pki::TestCa;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new("etcd test CA");
+    let ca_file = ca.write(d, "ca");
+    let (cert, key) = ca.issue(d, "server", &["127.0.0.1", "localhost"]);
+    let (node_cert, node_key) = ca.issue(d, "node", &["geecache-node"]);
+    let (root_cert, root_key) = ca.issue(d, "root", &["root"]);
+    let etcd = EtcdServer::start_tls(etcd::EtcdTlsFiles {
+        ca: ca_file.clone(),
+        cert,
+        key,
+    });
+    let tls_as = |cert: &std::path::Path, key: &std::path::Path| {
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&ca_file).unwrap()))
+            .identity(Identity::from_pem(
+                std::fs::read(cert).unwrap(),
+                std::fs::read(key).unwrap(),
+            ))
+    };
+    // etcd's auth: root, and a user `geecache` that may read and write the registry only.
+    let mut admin = Client::connect(
+        [etcd.endpoint()],
+        Some(ConnectOptions::new().with_tls(tls_as(&root_cert, &root_key))),
+    )
+    .await
+    .unwrap();
+    admin.user_add("root", "root-pw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.user_add("geecache", "node-pw", None).await.unwrap();
+    admin.role_add("registry").await.unwrap();
+    admin
+        .role_grant_permission("registry", Permission::read_write(PREFIX).with_prefix())
+        .await
+        .unwrap();
+    admin.user_grant_role("geecache", "registry").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let secured = |password: &str| EtcdOptions {
+        tls: Some(EtcdTls {
+            ca: ca_file.clone(),
+            identity: Some((node_cert.clone(), node_key.clone())),
+        }),
+        user: Some(EtcdUser {
+            name: "geecache".into(),
+            password: password.into(),
+        }),
+        ..options(&etcd)
+    };
+    let node = Membership::etcd(member(1), secured("node-pw"))
+        .await
+        .unwrap();
+    assert_eq!(node.state(), RegistrationState::Registered);
+    let mut root = Client::connect(
+        [etcd.endpoint()],
+        Some(
+            ConnectOptions::new()
+                .with_tls(tls_as(&root_cert, &root_key))
+                .with_user("root", "root-pw"),
+        ),
+    )
+    .await
+    .unwrap();
+    let listing = root
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(listing.kvs().len(), 1);
+    assert_eq!(
+        listing.kvs()[0].key_str().unwrap(),
+        format!("{PREFIX}node-1")
+    );
+
+    // A wrong password is refused at once, and says which flags to check.
+    let error = Membership::etcd(member(2), secured("wrong"))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("--etcd-password"), "{message}");
+    // A node that trusts another CA does not get through.
+    let other = TestCa::new("another CA").write(d, "other");
+    let mistrusting = EtcdOptions {
+        tls: Some(EtcdTls {
+            ca: other,
+            identity: Some((node_cert.clone(), node_key.clone())),
+        }),
+        ..secured("node-pw")
+    };
+    let error = Membership::etcd(member(3), mistrusting).await.unwrap_err();
+    assert!(
+        matches!(error, DiscoveryError::Unreachable { .. }),
+        "{error}"
+    );
+    // Plain http to it, or https without a CA, is refused before anything is sent.
+    let error = Membership::etcd(
+        member(4),
+        EtcdOptions {
+            tls: None,
+            ..secured("node-pw")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("--etcd-ca"), "{error}");
+    node.shutdown().await;
+}
+
 #[test]
 fn a_fixed_membership_includes_self_sorted_and_deduplicated() {
     let membership = Membership::fixed(member(2), vec![member(3), member(1), member(3), member(2)]);

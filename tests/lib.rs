@@ -21,6 +21,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 #[path = "corpus.rs"]
 pub mod corpus;
+#[path = "pki.rs"]
+pub mod pki;
 
 /// Paths of the plugin components built for this test run.
 pub mod plugins {

@@ -374,6 +374,28 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "GEECACHE_ETCD_MAX_MEMBERS")]
     pub etcd_max_members: Option<usize>,
 
+    /// PEM CA certificates etcd's server certificate must chain to: speak TLS to etcd (the
+    /// endpoints must then be https://).
+    #[arg(long, value_name = "FILE", env = "GEECACHE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// This node's PEM client certificate for etcd (etcd's --client-cert-auth); with
+    /// --etcd-key and --etcd-ca.
+    #[arg(long, value_name = "FILE", env = "GEECACHE_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// The PEM private key of --etcd-cert.
+    #[arg(long, value_name = "FILE", env = "GEECACHE_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// etcd user (etcd's `auth enable`); with --etcd-password.
+    #[arg(long, value_name = "NAME", env = "GEECACHE_ETCD_USER")]
+    pub etcd_user: Option<String>,
+
+    /// The password of --etcd-user; prefer the environment variable, which `ps` does not show.
+    #[arg(long, env = "GEECACHE_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+
     /// Serve TLS (HTTPS) to clients and peers with this PEM certificate chain (leaf first);
     /// needs --tls-key. SIGHUP reads both files again.
     #[arg(
@@ -602,6 +624,10 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     /// Most members taken from the etcd registry.
     pub etcd_max_members: usize,
+    /// TLS to etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
+    pub etcd_tls: Option<crate::discovery::etcd::EtcdTls>,
+    /// etcd's authentication (`--etcd-user`, `--etcd-password`).
+    pub etcd_user: Option<crate::discovery::etcd::EtcdUser>,
     /// Signs and checks peer requests when set.
     pub secret: Option<String>,
     /// Most keys in one coalesced batch of peer gets (0 or 1: every get alone).
@@ -979,6 +1005,21 @@ impl Cli {
                 Some(n) => n,
                 None => crate::discovery::etcd::DEFAULT_MAX_MEMBERS,
             },
+            etcd_tls: self.etcd_tls()?,
+            etcd_user: match (&self.etcd_user, &self.etcd_password) {
+                (None, None) => None,
+                (Some(name), Some(password)) => Some(crate::discovery::etcd::EtcdUser {
+                    name: name.clone(),
+                    password: password.clone(),
+                }),
+                _ => {
+                    return Err(
+                        "--etcd-user and --etcd-password (GEECACHE_ETCD_PASSWORD) go \
+                                together"
+                            .into(),
+                    );
+                }
+            },
             secret: self.cluster_secret.clone().filter(|s| !s.is_empty()),
             peer_source: self.peer_source()?,
             peer_ca: self.peer_ca.clone(),
@@ -1088,6 +1129,25 @@ impl Cli {
                 None => crate::compression::builtin::default_concurrency(),
             },
         })
+    }
+
+    /// `--etcd-ca`, `--etcd-cert` and `--etcd-key`.
+    fn etcd_tls(&self) -> Result<Option<crate::discovery::etcd::EtcdTls>, String> {
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => return Err("--etcd-cert and --etcd-key go together".into()),
+        };
+        match (&self.etcd_ca, identity) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => {
+                Err("--etcd-cert needs --etcd-ca (the CA etcd's certificate chains to)".into())
+            }
+            (Some(ca), identity) => Ok(Some(crate::discovery::etcd::EtcdTls {
+                ca: ca.clone(),
+                identity,
+            })),
+        }
     }
 
     /// `--max-connections-per-client`, `--rate-limit` and `--rate-burst`.
@@ -1533,6 +1593,60 @@ storage = "fs_storage"
         assert!(err.contains("--reload-dir"), "{err}");
         let err = cli(&["--write-timeout", "0s"]).resolve().unwrap_err();
         assert!(err.contains("more than 0"), "{err}");
+    }
+
+    #[test]
+    fn etcd_tls_and_user_from_flags() {
+        use crate::discovery::etcd::{EtcdTls, EtcdUser};
+        let s = cli(&[]).resolve().unwrap();
+        assert!(s.cluster.etcd_tls.is_none() && s.cluster.etcd_user.is_none());
+        let s = cli(&[
+            "--etcd-endpoints",
+            "https://127.0.0.1:2379",
+            "--etcd-ca",
+            "/ca.pem",
+            "--etcd-cert",
+            "/n.pem",
+            "--etcd-key",
+            "/n.key",
+            "--etcd-user",
+            "geecache",
+            "--etcd-password",
+            "pw",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.cluster.etcd_tls,
+            Some(EtcdTls {
+                ca: "/ca.pem".into(),
+                identity: Some(("/n.pem".into(), "/n.key".into())),
+            })
+        );
+        let user = s.cluster.etcd_user.unwrap();
+        assert_eq!(
+            user,
+            EtcdUser {
+                name: "geecache".into(),
+                password: "pw".into()
+            }
+        );
+        assert!(
+            !format!("{user:?}").contains("pw"),
+            "the password is never printed"
+        );
+        for (args, wanted) in [
+            (&["--etcd-cert", "/n.pem"][..], "go together"),
+            (
+                &["--etcd-cert", "/n.pem", "--etcd-key", "/n.key"][..],
+                "needs --etcd-ca",
+            ),
+            (&["--etcd-user", "u"][..], "go together"),
+            (&["--etcd-max-members", "0"][..], "at least 1"),
+        ] {
+            let err = cli(args).resolve().unwrap_err();
+            assert!(err.contains(wanted), "{args:?}: {err}");
+        }
     }
 
     #[test]

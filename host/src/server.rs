@@ -246,6 +246,8 @@ pub async fn join(node: &Node, settings: &Settings) -> Result<(), String> {
         let options = EtcdOptions {
             lease_ttl: c.lease_ttl,
             max_members: c.etcd_max_members,
+            tls: c.etcd_tls.clone(),
+            user: c.etcd_user.clone(),
             ..EtcdOptions::new(c.etcd_endpoints.clone())
         };
         Membership::etcd(me, options)

@@ -21,8 +21,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The most a SIGTERM'd etcd may take to exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The files of an etcd that speaks TLS and asks for client certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The CA client certificates must chain to (`--trusted-ca-file`).
+    pub ca: PathBuf,
+    /// The server's certificate chain and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// One running (or stopped) single-member etcd.
 pub struct EtcdServer {
+    /// TLS on the client port, with client certificates (`--client-cert-auth`), when set.
+    tls: Option<EtcdTlsFiles>,
+    /// A plain HTTP port for `/health` (`--listen-metrics-urls`), so health is read without TLS.
+    metrics_port: u16,
     /// The server process, while it runs.
     child: Option<Child>,
     /// Client port (`--listen-client-urls`), kept across restarts.
@@ -40,6 +54,15 @@ impl EtcdServer {
     /// If `/usr/bin/etcd` is missing, or etcd is not healthy within 20 s (the panic message
     /// carries the end of etcd's log).
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with(None)
+    }
+
+    /// [`EtcdServer::start`] with TLS on the client port and client certificates required.
+    pub fn start_tls(files: EtcdTlsFiles) -> EtcdServer {
+        EtcdServer::start_with(Some(files))
+    }
+
+    fn start_with(tls: Option<EtcdTlsFiles>) -> EtcdServer {
         assert!(
             Path::new(ETCD_BIN).exists(),
             "{ETCD_BIN} not found: these tests run a real etcd; install it with \
@@ -50,6 +73,8 @@ impl EtcdServer {
             .tempdir()
             .unwrap();
         let mut server = EtcdServer {
+            tls,
+            metrics_port: free_port(),
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
@@ -65,6 +90,7 @@ impl EtcdServer {
             let _ = std::fs::remove_dir_all(server.dir.path().join("data"));
             server.client_port = free_port();
             server.peer_port = free_port();
+            server.metrics_port = free_port();
         }
         server.launch();
         server
@@ -74,7 +100,7 @@ impl EtcdServer {
     fn spawn_child(&mut self) -> bool {
         self.spawn();
         let deadline = Instant::now() + Duration::from_secs(2);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
         while Instant::now() < deadline {
             let child = self.child.as_mut().unwrap();
             if child.try_wait().unwrap().is_some() {
@@ -99,9 +125,10 @@ impl EtcdServer {
         true
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:34567`.
+    /// The client URL, e.g. `http://127.0.0.1:34567` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Stops etcd gracefully (SIGTERM) and waits for it to exit (killing it after 10 s).
@@ -150,15 +177,28 @@ impl EtcdServer {
 
     /// Starts the process (not waiting for it).
     fn spawn(&mut self) {
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let client_url = self.endpoint();
+        let metrics_url = format!("http://127.0.0.1:{}", self.metrics_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(ETCD_BIN)
+        let mut command = Command::new(ETCD_BIN);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "default"])
+            .args(["--listen-metrics-urls", &metrics_url])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client_url])
@@ -176,7 +216,7 @@ impl EtcdServer {
 
     /// Polls etcd's `/health` (a real read through the server) until it says so.
     fn wait_healthy(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
         let log = self.log_path();
         let child = self.child.as_mut().unwrap();
         wait_child_ready(

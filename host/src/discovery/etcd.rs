@@ -84,6 +84,38 @@ pub struct EtcdOptions {
     /// Most members (this node included) taken from the registry; entries past it are
     /// rejected (`--etcd-max-members`).
     pub max_members: usize,
+    /// TLS to etcd (`https://` endpoints): `--etcd-ca`, `--etcd-cert`, `--etcd-key`.
+    pub tls: Option<EtcdTls>,
+    /// etcd's own authentication (`--etcd-user`, `--etcd-password`).
+    pub user: Option<EtcdUser>,
+}
+
+/// How to speak TLS to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM CA certificates etcd's server certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// This node's client certificate chain and key (PEM), for an etcd that asks for one
+    /// (`--client-cert-auth`).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// An etcd user (etcd's `auth enable`): its name and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    /// The user's name.
+    pub name: String,
+    /// Its password; never printed.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdUser")
+            .field("name", &self.name)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 /// Default of [`EtcdOptions::max_members`].
@@ -106,6 +138,8 @@ impl Default for EtcdOptions {
             prefix: "/geecache/registry/".to_owned(),
             connect_timeout: Duration::from_secs(5),
             max_members: DEFAULT_MAX_MEMBERS,
+            tls: None,
+            user: None,
         }
     }
 }
@@ -128,6 +162,26 @@ impl EtcdOptions {
             return Err(DiscoveryError::InvalidOptions(
                 "the registry prefix is empty; it would watch every key in etcd".to_owned(),
             ));
+        }
+        let https = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        match (&self.tls, https) {
+            (None, 0) => {}
+            (None, _) => {
+                return Err(DiscoveryError::InvalidOptions(
+                    "https:// etcd endpoints need --etcd-ca (the CA etcd's certificate chains to)"
+                        .to_owned(),
+                ));
+            }
+            (Some(_), n) if n < self.endpoints.len() => {
+                return Err(DiscoveryError::InvalidOptions(
+                    "with --etcd-ca every etcd endpoint must be https://".to_owned(),
+                ));
+            }
+            (Some(_), _) => {}
         }
         if self.max_members == 0 {
             return Err(DiscoveryError::InvalidOptions(
@@ -214,21 +268,53 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
         reason,
     };
 
-    let connect_options = ConnectOptions::new().with_connect_timeout(options.connect_timeout);
-    // `connect` does not talk to etcd (the channel connects lazily), so an error here is about
-    // the endpoints themselves; the first real request below is what proves etcd is there.
-    let client = match Client::connect(&options.endpoints, Some(connect_options)).await {
-        Ok(client) => client,
-        Err(
-            error @ (etcd_client::Error::InvalidArgs(_)
-            | etcd_client::Error::InvalidUri(_)
-            | etcd_client::Error::EndpointError(_)),
-        ) => {
-            return Err(DiscoveryError::InvalidOptions(format!(
-                "etcd endpoints {endpoints}: {error}"
-            )));
+    let connect_options = connect_options(&options)?;
+    // Retry until the deadline rather than fail on the first refused connection: etcd and the
+    // nodes are often started together.
+    let deadline = tokio::time::Instant::now() + options.connect_timeout;
+    let mut delay = INITIAL_BACKOFF;
+    // Without a user, `connect` does not talk to etcd (the channel connects lazily); with one
+    // it authenticates at once, so it is retried like the first registration below.
+    let client = loop {
+        let connected = tokio::time::timeout_at(
+            deadline,
+            Client::connect(&options.endpoints, Some(connect_options.clone())),
+        )
+        .await;
+        let error = match connected {
+            Ok(Ok(client)) => break client,
+            Ok(Err(
+                error @ (etcd_client::Error::InvalidArgs(_)
+                | etcd_client::Error::InvalidUri(_)
+                | etcd_client::Error::EndpointError(_)),
+            )) => {
+                return Err(DiscoveryError::InvalidOptions(format!(
+                    "etcd endpoints {endpoints}: {error}"
+                )));
+            }
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                return Err(DiscoveryError::InvalidOptions(format!(
+                    "etcd at {endpoints} refused this node's credentials ({}); check \
+                     --etcd-user and --etcd-password (GEECACHE_ETCD_PASSWORD)",
+                    status.message()
+                )));
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(unreachable(error));
         }
-        Err(error) => return Err(unreachable(error.to_string())),
+        debug!(%error, "etcd not answering yet; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_BACKOFF);
     };
 
     let (members_tx, members) = watch::channel(vec![me.clone()]);
@@ -266,9 +352,6 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
         members_tx,
         state_tx,
     };
-    // Retry until the deadline rather than fail on the first refused connection: etcd and the
-    // nodes are often started together.
-    let deadline = tokio::time::Instant::now() + options.connect_timeout;
     let mut delay = INITIAL_BACKOFF;
     let mut earlier: Option<Failure> = None;
     let session = loop {
@@ -309,6 +392,37 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
         },
         counters,
     })
+}
+
+/// The client's options: timeouts, TLS (files read here) and the user.
+fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, DiscoveryError> {
+    let mut connect = ConnectOptions::new()
+        .with_connect_timeout(options.connect_timeout)
+        .with_auto_token_refresh(true);
+    if let Some(tls) = &options.tls {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                DiscoveryError::InvalidOptions(format!(
+                    "cannot read the etcd {what} {}: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let mut config = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(read(&tls.ca, "CA (--etcd-ca)")?),
+        );
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(etcd_client::Identity::from_pem(
+                read(cert, "client certificate (--etcd-cert)")?,
+                read(key, "client key (--etcd-key)")?,
+            ));
+        }
+        connect = connect.with_tls(config);
+    }
+    if let Some(user) = &options.user {
+        connect = connect.with_user(user.name.clone(), user.password.clone());
+    }
+    Ok(connect)
 }
 
 /// Why a session with etcd ended.
