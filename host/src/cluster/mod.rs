@@ -460,8 +460,13 @@ impl Cluster {
             let mut request = hyper::Request::post(uri.clone())
                 .body(http_body_util::Full::new(body.clone()))
                 .map_err(|e| format!("{addr}: {e}"))?;
+            let mut nonce = None;
             if let Some(secret) = &self.secret {
                 let signed = secret.sign_request("POST", &authority, path_and_query, &body);
+                nonce = signed
+                    .iter()
+                    .find(|(name, _)| *name == crate::peer::auth::NONCE_HEADER)
+                    .map(|(_, value)| value.clone());
                 crate::peer::insert_signed(request.headers_mut(), signed);
             }
             // Each attempt has the whole timeout, as the peer client's refused-as-early retry.
@@ -474,18 +479,31 @@ impl Cluster {
                 {
                     return Ok((status, None));
                 }
+                let signature = response
+                    .headers()
+                    .get(crate::peer::auth::ANSWER_SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let answer = PeerHttp::read_body(response, max_answer).await?;
-                Ok::<_, crate::peer::HttpError>((status, Some(answer)))
+                Ok::<_, crate::peer::HttpError>((status, Some((answer, signature))))
             };
             let (status, answer) = tokio::time::timeout(timeout, attempt)
                 .await
                 .map_err(|_| format!("{addr}: no answer within {timeout:?}"))?
                 .map_err(|e| format!("{addr}: {e}"))?;
-            let Some(answer) = answer else {
+            let Some((answer, signature)) = answer else {
                 retried = true;
                 tokio::time::sleep(Duration::from_millis(1050)).await;
                 continue;
             };
+            // The same check as the peer client's: a member that cannot sign is not heard.
+            if let (Some(secret), Some(nonce)) = (&self.secret, &nonce)
+                && !secret.check_answer(nonce, status, &answer, signature.as_deref())
+            {
+                return Err(format!(
+                    "{addr}: the answer is not signed with the cluster secret; not used"
+                ));
+            }
             return Ok((status, answer));
         }
     }

@@ -30,6 +30,14 @@
 //! started: a restart forgets nonces, so it must not accept what was signed before it.
 //!
 //! Nodes' clocks must agree within [`MAX_CLOCK_SKEW`] (30 s): run NTP on every node.
+//!
+//! **Answers are signed too.** Every answer to a request that carried a nonce (the peer
+//! protocol, rollouts and flushes, refusals included) has `x-geecache-answer-signature`:
+//! HMAC-SHA256(secret, `"answer\n{nonce}\n{status}\n"` + body) ([`sign_answers`]). The caller
+//! checks it before it decodes anything; an answer without a valid one is not used
+//! (`peer_answer_unsigned`): a ring member that does not know the secret can receive requests
+//! but cannot feed values, refusals or rollout verdicts back. The nonce ties the answer to its
+//! request, so a recorded answer cannot be replayed to another request.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -45,6 +53,11 @@ use sha2::{Digest, Sha256};
 /// Header carrying the signing time (unix seconds, optionally with a `.` and 3 digits of
 /// milliseconds).
 pub const DATE_HEADER: &str = "x-geecache-date";
+
+/// Header carrying an answer's signature: hex HMAC-SHA256 with the cluster secret over
+/// `"answer\n{request nonce}\n{status}\n"` followed by the answer's body, so an answer is
+/// bound to the request it answers and to its bytes (see [`ClusterSecret::sign_answer`]).
+pub const ANSWER_SIGNATURE_HEADER: &str = "x-geecache-answer-signature";
 
 /// Header carrying the request's nonce (32 lowercase hex digits).
 pub const NONCE_HEADER: &str = "x-geecache-nonce";
@@ -330,6 +343,38 @@ impl ClusterSecret {
         })
     }
 
+    /// The hex signature of an answer with `status` and `body` to the request whose nonce is
+    /// `nonce`: what a node puts in [`ANSWER_SIGNATURE_HEADER`]. The text starts with
+    /// `answer`, which no request's signed text does (they start with a method), so neither
+    /// signature can stand for the other.
+    pub fn sign_answer(&self, nonce: &str, status: u16, body: &[u8]) -> String {
+        hex::encode(self.answer_mac(nonce, status, body).finalize().into_bytes())
+    }
+
+    /// Whether `signature` (the answer's [`ANSWER_SIGNATURE_HEADER`]) signs this answer to the
+    /// request with `nonce`; compared in constant time. A missing signature fails.
+    pub fn check_answer(
+        &self,
+        nonce: &str,
+        status: u16,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> bool {
+        let Some(signature) = signature.and_then(|s| hex::decode(s.trim()).ok()) else {
+            return false;
+        };
+        self.answer_mac(nonce, status, body)
+            .verify_slice(&signature)
+            .is_ok()
+    }
+
+    fn answer_mac(&self, nonce: &str, status: u16, body: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+        mac.update(format!("answer\n{nonce}\n{status}\n").as_bytes());
+        mac.update(body);
+        mac
+    }
+
     fn mac(
         &self,
         method: &str,
@@ -366,6 +411,11 @@ pub struct NodeAuth {
 }
 
 impl NodeAuth {
+    /// The cluster secret it checks with (and answers are signed with).
+    pub fn secret(&self) -> &ClusterSecret {
+        &self.secret
+    }
+
     /// Checks for the node advertised at `advertise_addr`, starting now.
     pub fn new(secret: ClusterSecret, advertise_addr: &str) -> NodeAuth {
         NodeAuth::with_guard(secret, advertise_addr, ReplayGuard::default())
@@ -731,6 +781,42 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Middleware of the routes peers call (the peer protocol, rollouts, flushes): signs every
+/// answer to a request that carries a nonce with [`ClusterSecret::sign_answer`], so the caller
+/// can tell it came from a node that knows the secret. The answer is built in memory already
+/// (a protobuf or JSON body), so taking its bytes copies nothing.
+pub async fn sign_answers(
+    axum::extract::State(secret): axum::extract::State<ClusterSecret>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let nonce = req
+        .headers()
+        .get(NONCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| is_lower_hex(n, 32))
+        .map(str::to_owned);
+    let response = next.run(req).await;
+    let Some(nonce) = nonce else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(error = %e, "a peer answer's body failed; answering 500");
+            return axum::response::IntoResponse::into_response(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            );
+        }
+    };
+    let signature = secret.sign_answer(&nonce, parts.status.as_u16(), &body);
+    if let Ok(value) = axum::http::HeaderValue::try_from(signature) {
+        parts.headers.insert(ANSWER_SIGNATURE_HEADER, value);
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[cfg(test)]

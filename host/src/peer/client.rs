@@ -662,10 +662,15 @@ impl PeerClient {
         let headers = request.headers_mut();
         // The current span's trace context, so the owner's spans join the caller's trace.
         crate::telemetry::inject_current(headers);
+        let mut nonce = None;
         if let Some(secret) = &inner.secret {
             // Signed for the path exactly as it goes on the wire.
             let signed =
                 secret.sign_request(method.as_str(), &inner.authority, path.as_str(), body);
+            nonce = signed
+                .iter()
+                .find(|(name, _)| *name == auth::NONCE_HEADER)
+                .map(|(_, value)| value.clone());
             insert_signed(headers, signed);
         }
         if !body.is_empty() || *method == Method::PUT || *method == Method::POST {
@@ -686,6 +691,11 @@ impl PeerClient {
         })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        let answer_signature = response
+            .headers()
+            .get(auth::ANSWER_SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = PeerHttp::read_body(response, limit)
             .await
             .map_err(|e| match e {
@@ -697,6 +707,16 @@ impl PeerClient {
                     }
                 }
             })?;
+        // A member that does not know the secret can answer, but not sign: its answer, a
+        // success or a refusal, is not used (the caller loads locally instead).
+        if let (Some(secret), Some(nonce)) = (&inner.secret, &nonce)
+            && !secret.check_answer(nonce, status.as_u16(), &body, answer_signature.as_deref())
+        {
+            tracing::warn!(peer = %inner.base, status = status.as_u16(), "an answer without a valid signature; not used");
+            return Err(Retry::No(PeerError::Unsigned {
+                peer: inner.base.clone(),
+            }));
+        }
         if status.is_success() {
             return Ok(body);
         }

@@ -702,12 +702,18 @@ async fn unsigned_or_wrongly_signed_requests_are_401() {
     )
     .await;
 
-    for wrong in [client(addr, None), client(addr, Some(secret("guess")))] {
-        let err = wrong.get("g", "k").await.unwrap_err();
-        assert!(matches!(err, PeerError::Unauthorized { .. }), "{err:?}");
-        let err = wrong.set("g", "k", entry(b"v", None)).await.unwrap_err();
-        assert!(matches!(err, PeerError::Unauthorized { .. }), "{err:?}");
-    }
+    let unsigned = client(addr, None);
+    let err = unsigned.get("g", "k").await.unwrap_err();
+    assert!(matches!(err, PeerError::Unauthorized { .. }), "{err:?}");
+    let err = unsigned.set("g", "k", entry(b"v", None)).await.unwrap_err();
+    assert!(matches!(err, PeerError::Unauthorized { .. }), "{err:?}");
+    // A caller with another secret is refused too, and cannot even trust the refusal: its
+    // signature is made with a secret the caller does not have.
+    let wrong = client(addr, Some(secret("guess")));
+    let err = wrong.get("g", "k").await.unwrap_err();
+    assert!(matches!(err, PeerError::Unsigned { .. }), "{err:?}");
+    let err = wrong.set("g", "k", entry(b"v", None)).await.unwrap_err();
+    assert!(matches!(err, PeerError::Unsigned { .. }), "{err:?}");
     let answer = raw(addr, "GET", "/_geecache/g/k", &[], vec![]).await;
     assert_error_info(&answer, 401, "unauthorized");
     assert_eq!(service.gets.load(Ordering::SeqCst), 0);

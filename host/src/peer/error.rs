@@ -70,6 +70,14 @@ pub enum PeerError {
         message: String,
     },
 
+    /// The peer's answer does not carry a valid signature with the cluster secret: it did not
+    /// come from a node that knows it (or was changed on the way). Never cached or served.
+    #[error("the answer of peer {peer} is not signed with the cluster secret; not used")]
+    Unsigned {
+        /// The peer's base URL.
+        peer: String,
+    },
+
     /// The peer's answer is not what the protocol says (undecodable protobuf, wrong keys).
     #[error("undecodable answer from peer {peer}: {message}")]
     Decode {
@@ -117,6 +125,7 @@ impl PeerError {
             PeerError::Unauthorized { .. } => "peer_unauthorized",
             PeerError::Status { .. } | PeerError::ItemFailed { .. } => "peer_error",
             PeerError::Decode { .. } => "peer_bad_response",
+            PeerError::Unsigned { .. } => "peer_answer_unsigned",
         }
     }
 

@@ -70,6 +70,7 @@ pub fn router_with_limits(
     auth: Option<NodeAuth>,
     limits: PeerLimits,
 ) -> Router {
+    let secret = auth.as_ref().map(|a| a.secret().clone());
     let state = PeerState {
         service,
         auth,
@@ -79,15 +80,24 @@ pub fn router_with_limits(
     // One catch-all route, parsed by `parse_path`: the router's own `{group}/{key}` matching
     // would leave empty or extra segments to the API's 404 instead of a 400 with an ErrorInfo,
     // and `_batch`/`_invalidate` must stay usable as keys for GET, PUT and DELETE.
-    Router::new()
+    let router = Router::new()
         .route("/_geecache/{*path}", any(dispatch))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
-        // Outermost: a refused request costs no signature check and no body read.
+        // A refused request costs no signature check and no body read.
         .layer(axum::middleware::from_fn_with_state(
             permits,
             limit_concurrency,
-        ))
+        ));
+    // Outermost: every answer to a signed request is signed (`overloaded` included), so the
+    // caller knows it came from a node that has the secret.
+    match secret {
+        Some(secret) => router.layer(axum::middleware::from_fn_with_state(
+            secret,
+            crate::peer::auth::sign_answers,
+        )),
+        None => router,
+    }
 }
 
 /// Serves the request if a permit is free; answers 503 `overloaded` at once otherwise.

@@ -1,0 +1,100 @@
+//! Trust inside the cluster (issue 27): a ring member that does not know the cluster secret
+//! can answer, but its answers are never used. A real node (in this process, db_getter over
+//! the demo database) whose static ring holds a forger: an HTTP server speaking the peer
+//! protocol, serving a well-formed value "forged" for every key, without the secret.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::BoxFuture;
+use geecache_host::compression::Encoding;
+use geecache_host::error::Error;
+use geecache_host::peer::{PeerEntry, PeerService};
+use geecache_tests::TestNode;
+
+/// Answers every get with a value "forged", stored as a node would store it.
+#[derive(Debug, Default)]
+struct Forger {
+    gets: AtomicU64,
+}
+
+impl PeerService for Forger {
+    fn get<'a>(
+        &'a self,
+        _group: &'a str,
+        _key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PeerEntry>, Error>> {
+        Box::pin(async move {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            let stored = Encoding::default().encode(b"forged").await.unwrap();
+            Ok(Some(PeerEntry {
+                value: stored.bytes().clone(),
+                codec: "none".into(),
+                expires_at_ms: None,
+            }))
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        _group: &'a str,
+        _key: &'a str,
+        _entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete<'a>(&'a self, _group: &'a str, _key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn invalidate(&self, _group: &str, _keys: &[String]) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_the_secret_never_gets_a_forged_value_to_a_client() {
+    let forger = Arc::new(Forger::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forger_addr = listener.local_addr().unwrap().to_string();
+    let app = geecache_host::peer::router(forger.clone(), None);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let node =
+        TestNode::with_db_getter(&["--peers", &forger_addr, "--cluster-secret", "s3cret"]).await;
+    // Keys the forger owns are asked of it; its answers are unsigned, so the node loads them
+    // itself (on main: the forged value was served, and cached as a hot copy).
+    let mut answered = 0;
+    for i in 0..64 {
+        let key = if i == 0 {
+            "Tom".to_string()
+        } else {
+            format!("k{i}")
+        };
+        let (status, body) = node.get(&format!("/api/v1/groups/scores/keys/{key}")).await;
+        assert_ne!(body, b"forged", "{key}: a forged value reached the client");
+        assert!(status == 200 || status == 404, "{key}: {status}");
+        if key == "Tom" {
+            assert_eq!((status, body.as_slice()), (200, b"630".as_slice()));
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 64);
+    assert!(
+        forger.gets.load(Ordering::Relaxed) > 0,
+        "the forger owned some keys and was asked"
+    );
+    let metrics = node.metrics_text().await;
+    let unsigned = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("geecache_peer_request_duration_seconds_count")
+                && l.contains("outcome=\"peer_answer_unsigned\"")
+        })
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum::<f64>();
+    assert!(unsigned > 0.0, "unsigned answers are counted:\n{metrics}");
+}
