@@ -379,6 +379,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `POST url` (no body) with the admin token ([`ADMIN_TOKEN`]): its status and JSON body.
+///
+/// # Panics
+/// If the request fails or the answer is not JSON.
+#[allow(clippy::unwrap_used)]
+pub async fn admin_post(client: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let r = client
+        .post(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// Polls `url` until it answers 200 or `timeout` passes.
 pub async fn wait_healthy(url: &str, timeout: Duration) -> bool {
     let client = reqwest::Client::new();

@@ -1,7 +1,7 @@
 //! Trust inside the cluster (issue 27): a ring member that does not know the cluster secret
-//! can answer, but its answers are never used. A real node (in this process, db_getter over
-//! the demo database) whose static ring holds a forger: an HTTP server speaking the peer
-//! protocol, serving a well-formed value "forged" for every key, without the secret.
+//! can answer, but its answers are never used. A real node (in this process) whose static ring
+//! holds a forger: an HTTP server speaking the peer protocol without the secret, serving a
+//! well-formed value "forged" for every key, and saying yes to every rollout step.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use geecache_host::compression::Encoding;
 use geecache_host::error::Error;
 use geecache_host::peer::{PeerEntry, PeerService};
-use geecache_tests::TestNode;
+use geecache_tests::{TestNode, admin_post, plugins};
 
 /// Answers every get with a value "forged", stored as a node would store it.
 #[derive(Debug, Default)]
@@ -58,10 +58,7 @@ impl PeerService for Forger {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_without_the_secret_never_gets_a_forged_value_to_a_client() {
     let forger = Arc::new(Forger::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let forger_addr = listener.local_addr().unwrap().to_string();
-    let app = geecache_host::peer::router(forger.clone(), None);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (forger_addr, _) = serve_forger(forger.clone()).await;
 
     let node =
         TestNode::with_db_getter(&["--peers", &forger_addr, "--cluster-secret", "s3cret"]).await;
@@ -97,4 +94,63 @@ async fn a_member_without_the_secret_never_gets_a_forged_value_to_a_client() {
         .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
         .sum::<f64>();
     assert!(unsigned > 0.0, "unsigned answers are counted:\n{metrics}");
+}
+
+/// Serves `forger` as a peer, plus a yes to every cluster rollout step; its address, and how
+/// many rollout steps it was asked.
+async fn serve_forger(forger: Arc<Forger>) -> (String, Arc<AtomicU64>) {
+    let steps = Arc::new(AtomicU64::new(0));
+    let counted = steps.clone();
+    let yes = axum::Router::new().route(
+        "/_geecache_admin/plugins/{*rest}",
+        axum::routing::post(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async { axum::Json(serde_json::json!({ "ok": true })) }
+        }),
+    );
+    let app = geecache_host::peer::router(forger, None).merge(yes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, steps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_the_secret_cannot_say_yes_to_a_rollout() {
+    let (forger_addr, steps) = serve_forger(Arc::default()).await;
+    let plugin = format!("reload_getter={}", plugins::RELOAD_GETTER_V1);
+    let node = TestNode::start(&[
+        "--plugin",
+        &plugin,
+        "--peers",
+        &forger_addr,
+        "--cluster-secret",
+        "s3cret",
+    ])
+    .await;
+    let sha = |node: &TestNode| {
+        let c = node.client.clone();
+        let url = format!("{}/api/v1/plugins/reload_getter", node.base);
+        async move {
+            let view: serde_json::Value = c.get(url).send().await.unwrap().json().await.unwrap();
+            view["sha256"].as_str().unwrap().to_owned()
+        }
+    };
+    let before = sha(&node).await;
+    let rollout = format!(
+        "{}/api/v1/plugins/reload_getter/reload?cluster=true&path={}",
+        node.base,
+        plugins::RELOAD_GETTER_V2
+    );
+    let (status, body) = admin_post(&node.client, &rollout).await;
+    // On main the forger's yes counted: the rollout committed, as if it had staged v2.
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["committed"], false, "{body}");
+    assert!(
+        body.to_string()
+            .contains("not signed with the cluster secret"),
+        "{body}"
+    );
+    assert!(steps.load(Ordering::Relaxed) > 0, "the forger was asked");
+    assert_eq!(sha(&node).await, before, "the node kept serving v1");
 }

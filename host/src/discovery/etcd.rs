@@ -124,7 +124,8 @@ pub const DEFAULT_MAX_MEMBERS: usize = 1024;
 /// What the registry task counted, shared with the [`Membership`](super::Membership) handle.
 #[derive(Debug, Default)]
 pub struct RegistryCounters {
-    /// Registry entries rejected (see the module docs), each time one was put.
+    /// Registry entries rejected (see the module docs), each time one was read: put, or
+    /// listed again after a re-registration.
     pub rejected: AtomicU64,
     /// Times this node's own entry was found overwritten and written back.
     pub restored: AtomicU64,
