@@ -7,19 +7,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use geecache_tests::{ADMIN_TOKEN, TestNode, plugins};
+use geecache_tests::{ADMIN_TOKEN, TestNode, admin_post, plugins};
 
-/// `POST {base}{path}`: status and JSON answer.
+/// `POST {base}{path}` with the admin token: status and JSON answer.
 async fn post(node: &TestNode, path: &str) -> (u16, serde_json::Value) {
-    let r = node
-        .client
-        .post(format!("{}{path}", node.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or_default())
+    admin_post(&node.client, &format!("{}{path}", node.base)).await
 }
 
 /// Entry files `fs_storage` keeps under `dir`, all groups.

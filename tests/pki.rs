@@ -33,9 +33,9 @@ impl TestCa {
         }
     }
 
-    /// The CA's issuer, for tests that sign certificates of their own shape.
-    pub fn into_issuer(self) -> CertifiedIssuer<'static, KeyPair> {
-        self.issuer
+    /// The CA certificate, DER (for a root store).
+    pub fn der(&self) -> &rustls::pki_types::CertificateDer<'static> {
+        self.issuer.der()
     }
 
     /// The CA certificate, PEM.
@@ -55,12 +55,9 @@ impl TestCa {
     }
 
     /// A certificate for `names` (DNS names or IP addresses; the first is also its common
-    /// name) signed by this CA, written as `dir/{name}.crt` and `dir/{name}.key`.
-    ///
-    /// # Panics
-    /// If rcgen fails or the files cannot be written.
+    /// name) signed by this CA, and its key.
     #[allow(clippy::unwrap_used)]
-    pub fn issue(&self, dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    fn sign(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -68,13 +65,37 @@ impl TestCa {
             params.distinguished_name.push(DnType::CommonName, *first);
         }
         let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap(), key)
+    }
+
+    /// [`TestCa::sign`]ed for `names`, written as `dir/{name}.crt` and `dir/{name}.key`.
+    ///
+    /// # Panics
+    /// If rcgen fails or the files cannot be written.
+    pub fn issue(&self, dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (crt, key, _) = self.issue_der(dir, name, names);
+        (crt, key)
+    }
+
+    /// [`TestCa::issue`], and the certificate's DER.
+    ///
+    /// # Panics
+    /// If rcgen fails or the files cannot be written.
+    #[allow(clippy::unwrap_used)]
+    pub fn issue_der(&self, dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+        let (cert, key) = self.sign(names);
         let (crt, pem_key) = (
             dir.join(format!("{name}.crt")),
             dir.join(format!("{name}.key")),
         );
         std::fs::write(&crt, cert.pem()).unwrap();
         std::fs::write(&pem_key, key.serialize_pem()).unwrap();
-        (crt, pem_key)
+        (crt, pem_key, cert.der().to_vec())
+    }
+
+    /// [`TestCa::sign`]ed for `names`: certificate and key in one PEM text (a client identity).
+    pub fn identity_pem(&self, names: &[&str]) -> String {
+        let (cert, key) = self.sign(names);
+        format!("{}{}", cert.pem(), key.serialize_pem())
     }
 }

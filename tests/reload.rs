@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use geecache_host::plugin::registry::sha256_hex;
-use geecache_tests::{ADMIN_TOKEN, TestNode, compile_cache_dir, free_port, plugins, wait_healthy};
+use geecache_tests::{
+    ADMIN_TOKEN, TestNode, admin_post, compile_cache_dir, free_port, plugins, wait_healthy,
+};
 
 /// The file a test node loads its getter from (a copy of v1 in the test's own directory).
 fn plugin_file(dir: &Path) -> PathBuf {
@@ -229,18 +231,12 @@ async fn reload_by_api_under_load_loses_no_request_and_v2_answers_after() {
     let load = Load::start(&node.base, 6);
     load.wait_for(300).await;
     // Swap by path.
-    let r = c
-        .post(format!(
-            "{}/api/v1/plugins/reload_getter/reload?path={}",
-            node.base,
-            plugins::RELOAD_GETTER_V2
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let report: serde_json::Value = r.json().await.unwrap();
+    let by_path = format!(
+        "{}/api/v1/plugins/reload_getter/reload?path={}",
+        node.base,
+        plugins::RELOAD_GETTER_V2
+    );
+    let (status, report) = admin_post(c, &by_path).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["reload"]["sha256"], v2.as_str());
     assert_eq!(report["reload"]["previous_sha256"], v1.as_str());
@@ -446,27 +442,13 @@ async fn flush_drops_what_the_old_getter_loaded() {
     assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v1");
     // Without flush, what v1 loaded stays cached.
     publish(plugins::RELOAD_GETTER_V2, &file);
-    let r = c
-        .post(format!("{}/api/v1/plugins/reload_getter/reload", node.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let reload = format!("{}/api/v1/plugins/reload_getter/reload", node.base);
+    let (status, body) = admin_post(c, &reload).await;
+    assert_eq!(status, 200);
     assert_eq!(body["flushed_groups"], serde_json::json!([]));
     assert_eq!(get_text(c, &node.base, "/api?key=kept").await.1, "kept@v1");
     // With flush, the group's memory goes and v2 loads the key again.
-    let r = c
-        .post(format!(
-            "{}/api/v1/plugins/reload_getter/reload?flush=true",
-            node.base
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (_, body) = admin_post(c, &format!("{reload}?flush=true")).await;
     assert_eq!(
         body["flushed_groups"],
         serde_json::json!(["scores"]),
@@ -479,16 +461,10 @@ async fn flush_drops_what_the_old_getter_loaded() {
 
 /// `POST /api/v1/plugins/reload_getter/reload?flush=true`, which must succeed; its answer.
 async fn reload_with_flush(client: &reqwest::Client, base: &str) -> serde_json::Value {
-    let r = client
-        .post(format!(
-            "{base}/api/v1/plugins/reload_getter/reload?flush=true"
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "the reload itself succeeds");
-    r.json().await.unwrap()
+    let url = format!("{base}/api/v1/plugins/reload_getter/reload?flush=true");
+    let (status, body) = admin_post(client, &url).await;
+    assert_eq!(status, 200, "the reload itself succeeds");
+    body
 }
 
 /// The entry files `fs_storage` keeps for group `scores` under `dir` (its layout: a directory
@@ -753,14 +729,7 @@ async fn cluster_rollout_reaches_every_node_or_none() {
         )
     };
     // Node 3 cannot take it: nothing changes anywhere.
-    let r = c
-        .post(rollout(&nodes[0]))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = admin_post(&c, &rollout(&nodes[0])).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["committed"], false);
     let nodes_report = body["nodes"].as_array().unwrap();
@@ -783,14 +752,7 @@ async fn cluster_rollout_reaches_every_node_or_none() {
     wait_ring(&nodes, 3, "the new node never joined").await;
     let load = Load::start(&nodes[1].base, 4);
     load.wait_for(200).await;
-    let r = c
-        .post(rollout(&nodes[0]))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = admin_post(&c, &rollout(&nodes[0])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["complete"], true, "{body}");
     load.wait_for(200).await;

@@ -6,58 +6,36 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use geecache_tests::pki::TestCa;
 use geecache_tests::{TestNode, plugins};
-use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
 use tokio::net::TcpListener;
 
-/// A certificate authority for one test.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
+/// A certificate authority for one test (a [`TestCa`] in the shapes these tests use).
+struct Ca(TestCa);
 
 impl Ca {
     fn new(name: &str) -> Ca {
-        Ca {
-            issuer: geecache_tests::pki::TestCa::new(name).into_issuer(),
-        }
+        Ca(TestCa::new(name))
     }
 
     fn pem(&self) -> String {
-        self.issuer.pem()
+        self.0.pem()
     }
 
-    /// Writes the CA certificate to `dir/name`.
+    /// Writes the CA certificate to `dir/{name}.crt`.
     fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, self.pem()).unwrap();
-        path
+        self.0.write(dir, name)
     }
 
     /// A client identity (certificate and key, PEM) for `names`, signed by this CA.
     fn identity(&self, names: &[&str]) -> reqwest::Identity {
-        let params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let pem = format!("{}{}", cert.pem(), key.serialize_pem());
-        reqwest::Identity::from_pem(pem.as_bytes()).unwrap()
+        reqwest::Identity::from_pem(self.0.identity_pem(names).as_bytes()).unwrap()
     }
 
     /// A certificate for 127.0.0.1 signed by this CA, written as `dir/{name}.crt` and
     /// `.key`; and its DER.
     fn node_cert(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-        let params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (crt, pem_key) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&crt, cert.pem()).unwrap();
-        std::fs::write(&pem_key, key.serialize_pem()).unwrap();
-        (crt, pem_key, cert.der().to_vec())
+        self.0.issue_der(dir, name, &["127.0.0.1", "localhost"])
     }
 }
 
@@ -85,7 +63,7 @@ async fn group_stats(client: &reqwest::Client, base: &str) -> serde_json::Value 
 /// The DER of the certificate a TLS connection to `addr` is served, trusting `ca`.
 async fn served_cert(addr: &str, ca: &Ca) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.issuer.der().clone()).unwrap();
+    roots.add(ca.0.der().clone()).unwrap();
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -152,7 +130,7 @@ async fn tls_nodes(
 async fn a_cluster_over_tls_serves_and_refuses_a_peer_of_another_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, other_ca) = (Ca::new("geecache test CA"), Ca::new("someone else's CA"));
-    let ca_file = ca.write(dir.path(), "ca.pem");
+    let ca_file = ca.write(dir.path(), "ca");
     // Three nodes with certificates of the cluster's CA, a fourth with another CA's.
     let (addrs, nodes, certs) = tls_nodes(
         dir.path(),
@@ -223,7 +201,7 @@ async fn a_cluster_over_tls_serves_and_refuses_a_peer_of_another_ca() {
 async fn with_mutual_tls_peers_show_certificates_and_api_clients_need_none() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("geecache mtls CA");
-    let ca_file = ca.write(dir.path(), "ca.pem");
+    let ca_file = ca.write(dir.path(), "ca");
     let (addrs, nodes, _) =
         tls_nodes(dir.path(), &[&ca, &ca, &ca], &ca_file, &["--peer-mtls"]).await;
     // An API client with no certificate of its own is served; peers show theirs.

@@ -512,7 +512,13 @@ impl axum::serve::Listener for LimitedListener {
                             drop(stream);
                             continue;
                         };
-                        return self.accepted(stream, addr, slot, None, Some(Crowded::Client));
+                        return self.accepted(
+                            stream,
+                            addr,
+                            slot,
+                            (client, None),
+                            Some(Crowded::Client),
+                        );
                     }
                 },
                 None => None,
@@ -527,7 +533,7 @@ impl axum::serve::Listener for LimitedListener {
                     }
                 },
             };
-            return self.accepted(stream, addr, slot, client_slot, reserve);
+            return self.accepted(stream, addr, slot, (client, client_slot), reserve);
         }
     }
 
@@ -537,14 +543,14 @@ impl axum::serve::Listener for LimitedListener {
 }
 
 impl LimitedListener {
-    /// The stream of an accepted connection holding `slot` (and `client_slot`), in the
-    /// probes' reserve for `reserve` if that is set.
+    /// The stream of an accepted connection from `client` holding `slot` (and its place among
+    /// the client's, `client_slot`), in the probes' reserve for `reserve` if that is set.
     fn accepted(
         &self,
         stream: TcpStream,
         addr: SocketAddr,
         slot: OwnedSemaphorePermit,
-        client_slot: Option<ClientSlot>,
+        (client, client_slot): (IpAddr, Option<ClientSlot>),
         reserve: Option<Crowded>,
     ) -> (LimitedStream, SocketAddr) {
         // Answers are small and latency-bound: do not wait to coalesce them.
@@ -554,7 +560,7 @@ impl LimitedListener {
             stream,
             _slot: slot,
             _client_slot: client_slot,
-            conn: ConnHandle::new(reserve, Some(addr.ip().to_canonical())),
+            conn: ConnHandle::new(reserve, Some(client)),
             timeouts: self.timeouts,
             counters: Arc::clone(&self.counters),
             phase: Phase::Head(Instant::now()),

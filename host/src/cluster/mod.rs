@@ -463,11 +463,7 @@ impl Cluster {
             let mut nonce = None;
             if let Some(secret) = &self.secret {
                 let signed = secret.sign_request("POST", &authority, path_and_query, &body);
-                nonce = signed
-                    .iter()
-                    .find(|(name, _)| *name == crate::peer::auth::NONCE_HEADER)
-                    .map(|(_, value)| value.clone());
-                crate::peer::insert_signed(request.headers_mut(), signed);
+                nonce = crate::peer::insert_signed(request.headers_mut(), signed);
             }
             // Each attempt has the whole timeout, as the peer client's refused-as-early retry.
             let attempt = async {
@@ -479,11 +475,7 @@ impl Cluster {
                 {
                     return Ok((status, None));
                 }
-                let signature = response
-                    .headers()
-                    .get(crate::peer::auth::ANSWER_SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                let signature = crate::peer::answer_signature(response.headers());
                 let answer = PeerHttp::read_body(response, max_answer).await?;
                 Ok::<_, crate::peer::HttpError>((status, Some((answer, signature))))
             };

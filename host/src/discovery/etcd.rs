@@ -310,12 +310,10 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
             Ok(Err(error)) => error.to_string(),
             Err(_) => "no answer".to_owned(),
         };
-        if tokio::time::Instant::now() + delay >= deadline {
+        debug!(%error, "etcd not answering yet");
+        if !back_off(deadline, &mut delay, MAX_BACKOFF).await {
             return Err(unreachable(error));
         }
-        debug!(%error, "etcd not answering yet; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_BACKOFF);
     };
 
     let (members_tx, members) = watch::channel(vec![me.clone()]);
@@ -366,12 +364,10 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
                 }));
             }
         };
-        if tokio::time::Instant::now() + delay >= deadline {
+        debug!(%failure, "etcd not answering yet");
+        if !back_off(deadline, &mut delay, registrar.max_backoff).await {
             return Err(unreachable(failure.to_string()));
         }
-        debug!(%failure, "etcd not answering yet; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(registrar.max_backoff);
         earlier = Some(failure);
     };
     registrar.set_state(RegistrationState::Registered);
@@ -393,6 +389,17 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
         },
         counters,
     })
+}
+
+/// Sleeps `delay` before the next startup attempt and doubles it (up to `max`); false, at once,
+/// when that attempt would start past `deadline`.
+async fn back_off(deadline: tokio::time::Instant, delay: &mut Duration, max: Duration) -> bool {
+    if tokio::time::Instant::now() + *delay >= deadline {
+        return false;
+    }
+    tokio::time::sleep(*delay).await;
+    *delay = (*delay * 2).min(max);
+    true
 }
 
 /// The client's options: timeouts, TLS (files read here) and the user.

@@ -667,11 +667,7 @@ impl PeerClient {
             // Signed for the path exactly as it goes on the wire.
             let signed =
                 secret.sign_request(method.as_str(), &inner.authority, path.as_str(), body);
-            nonce = signed
-                .iter()
-                .find(|(name, _)| *name == auth::NONCE_HEADER)
-                .map(|(_, value)| value.clone());
-            insert_signed(headers, signed);
+            nonce = insert_signed(headers, signed);
         }
         if !body.is_empty() || *method == Method::PUT || *method == Method::POST {
             headers.insert(
@@ -691,11 +687,7 @@ impl PeerClient {
         })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let answer_signature = response
-            .headers()
-            .get(auth::ANSWER_SIGNATURE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let answer_signature = answer_signature(response.headers());
         let body = PeerHttp::read_body(response, limit)
             .await
             .map_err(|e| match e {
@@ -783,14 +775,31 @@ impl Retry {
     }
 }
 
-/// Puts the headers of [`ClusterSecret::sign_request`] on a request.
-pub(crate) fn insert_signed(headers: &mut HeaderMap, signed: [(&'static str, String); 4]) {
+/// Puts the headers of [`ClusterSecret::sign_request`] on a request; returns its nonce, which
+/// the answer's signature covers (see [`answer_signature`]).
+pub(crate) fn insert_signed(
+    headers: &mut HeaderMap,
+    signed: [(&'static str, String); 4],
+) -> Option<String> {
+    let mut nonce = None;
     for (name, value) in signed {
+        if name == auth::NONCE_HEADER {
+            nonce = Some(value.clone());
+        }
         // The values are digits, dots and hex: always valid header values.
         if let Ok(value) = header::HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
     }
+    nonce
+}
+
+/// The answer's [`auth::ANSWER_SIGNATURE_HEADER`], for [`ClusterSecret::check_answer`].
+pub(crate) fn answer_signature(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(auth::ANSWER_SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The wait a `Retry-After` header asks for, capped: dates are whole seconds, so one second

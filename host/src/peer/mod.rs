@@ -68,7 +68,7 @@ pub use client::{
     BatchResult, DEFAULT_TIMEOUT, HttpError, PeerClient, PeerClientBuilder, PeerHttp, http_client,
     http_client_with_tls,
 };
-pub(crate) use client::{insert_signed, retry_after};
+pub(crate) use client::{answer_signature, insert_signed, retry_after};
 pub use error::PeerError;
 pub(crate) use server::verify_signed;
 pub use server::{PeerLimits, router, router_with_limits};
