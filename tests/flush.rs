@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use geecache_tests::{ADMIN_TOKEN, TestNode, admin_post, plugins};
@@ -14,12 +14,25 @@ async fn post(node: &TestNode, path: &str) -> (u16, serde_json::Value) {
     admin_post(&node.client, &format!("{}{path}", node.base)).await
 }
 
-/// Entry files `fs_storage` keeps under `dir`, all groups.
-fn stored_files(dir: &Path) -> usize {
+/// The paths in directory `dir`.
+fn children(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
-        .map(|group| std::fs::read_dir(group.unwrap().path()).unwrap().count())
-        .sum()
+        .map(|entry| entry.unwrap().path())
+        .collect()
+}
+
+/// Entry files `fs_storage` keeps under `dir`, all groups, cleared ones not yet swept
+/// included (its layout: `<dir>/<group>/<bucket>/<key>`; names starting with `.`, such as
+/// `.usage` and temporary files, are not entries).
+fn stored_files(dir: &Path) -> usize {
+    children(dir)
+        .iter()
+        .flat_map(|group| children(group))
+        .filter(|bucket| bucket.is_dir())
+        .flat_map(|bucket| children(&bucket))
+        .filter(|file| !file.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -191,4 +204,104 @@ async fn a_cluster_flush_reaches_every_node() {
     for n in nodes {
         n.stop().await;
     }
+}
+
+/// `fs_storage`'s name for `bytes` (its layout: `x` + hex).
+fn fs_name(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("x{hex}")
+}
+
+/// A flush of a group of 100k stored entries: the host's memory stays bounded. WASI's
+/// `read-directory` collects a whole listing in the host, so a flat directory of 100k entries
+/// made a ~10 MiB spike per listing; in buckets, one listing holds ~1/256 of the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_100k_stored_entries_keeps_host_memory_bounded() {
+    use sha2::Digest as _;
+    const ENTRIES: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let stored = dir.path().join("stored");
+    // The entries, as fs_storage lays them out (any content: a clear never reads them). Long
+    // keys, as real ones often are: each name costs the host its bytes in a listing.
+    let group = stored.join(fs_name(b"scores"));
+    for i in 0..ENTRIES {
+        let key = format!("user-profile:{i:08}:preferences-and-settings");
+        let bucket = format!("{:02x}", sha2::Sha256::digest(key.as_bytes())[0]);
+        let bucket = group.join(bucket);
+        std::fs::create_dir_all(&bucket).unwrap();
+        std::fs::write(bucket.join(fs_name(key.as_bytes())), b"GCFS").unwrap();
+    }
+    assert_eq!(stored_files(&stored), ENTRIES);
+
+    let db = geecache_tests::demo_db(dir.path());
+    let grant = format!("fs_storage={}:rw", stored.display());
+    let mut command = geecache_tests::db_getter_node(
+        env!("CARGO_BIN_EXE_geecache-node"),
+        geecache_tests::free_port(),
+        &db,
+    );
+    let port: u16 = command
+        .get_args()
+        .skip_while(|a| *a != "--port")
+        .nth(1)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    command.args([
+        "--plugin",
+        plugins::FS_STORAGE,
+        "--plugin-dir",
+        &grant,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ]);
+    let mut node = geecache_tests::NodeProcess::spawn(command, port, dir.path()).await;
+    let client = reqwest::Client::new();
+    let base = node.base.clone();
+    let get = |key: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let r = client
+                .get(format!("{base}/api?key={key}"))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    // Warm: the getter's and the storage plugin's instances exist before the peak is read.
+    for key in ["Tom", "Jack", "Sam", "nobody"] {
+        get(key.to_owned()).await;
+    }
+    let (_, before) = node.memory();
+
+    let (status, body) = admin_post(
+        &client,
+        &format!("{}/api/v1/groups/scores/flush", node.base),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!group.exists(), "the group is empty at once");
+    // The clear sweeps for a while; later calls (gets that miss memory ask storage) finish
+    // it. Bounded in count and time.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    while std::fs::read_dir(&stored).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cleared files were not all removed in 120 s"
+        );
+        get(format!("sweep-{i}")).await;
+        i += 1;
+    }
+    let (_, after) = node.memory();
+    let grew = after.saturating_sub(before);
+    assert!(
+        grew < 8 << 20,
+        "the flush raised the node's peak memory by {} KiB (from {} KiB)",
+        grew >> 10,
+        before >> 10
+    );
 }

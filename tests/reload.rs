@@ -468,11 +468,21 @@ async fn reload_with_flush(client: &reqwest::Client, base: &str) -> serde_json::
 }
 
 /// The entry files `fs_storage` keeps for group `scores` under `dir` (its layout: a directory
-/// per group named `x` + the hex of the name, a file per key).
+/// per group named `x` + the hex of the name, holding a directory per bucket, a file per key
+/// in it; names starting with `.` are not entries).
 fn stored_files(dir: &Path) -> usize {
     let hex: String = "scores".bytes().map(|b| format!("{b:02x}")).collect();
-    let group_dir = dir.join(format!("x{hex}"));
-    std::fs::read_dir(group_dir).map_or(0, |files| files.count())
+    let Ok(buckets) = std::fs::read_dir(dir.join(format!("x{hex}"))) else {
+        return 0;
+    };
+    buckets
+        .filter_map(|bucket| std::fs::read_dir(bucket.ok()?.path()).ok())
+        .flatten()
+        .filter(|file| {
+            file.as_ref()
+                .is_ok_and(|file| !file.file_name().to_string_lossy().starts_with('.'))
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -828,5 +838,37 @@ async fn a_compressor_that_refuses_a_groups_level_is_refused() {
         let (status, body) = get_text(c, &node.base, "/api?key=after-reload").await;
         assert_eq!(status, 200, "level {level}: {body}");
         node.stop().await;
+    }
+}
+
+/// A cluster rollout whose client disconnects at once still reaches every node: it runs as a
+/// task of its own, not inside the request (which a disconnect drops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_whose_client_disconnects_still_reaches_every_node() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = plugin_file(dir.path());
+    let mut args = node_args(&file);
+    args.extend(["--cluster-secret", "rollout-secret"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let nodes = TestNode::cluster(2, &args).await;
+    let v2 = sha_of(plugins::RELOAD_GETTER_V2);
+    // The request, sent whole; then the connection is closed before any answer.
+    let request = format!(
+        "POST /api/v1/plugins/reload_getter/reload?cluster=true&path={} HTTP/1.1\r\n\
+         Host: {}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n",
+        plugins::RELOAD_GETTER_V2,
+        nodes[0].addr
+    );
+    let mut conn = tokio::net::TcpStream::connect(nodes[0].addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    drop(conn);
+    for n in &nodes {
+        wait_for_sha(&n.client, &n.base, &v2).await;
+        assert_v2_answers(&n.client, &n.base).await;
+    }
+    for n in nodes {
+        n.stop().await;
     }
 }

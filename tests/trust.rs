@@ -96,18 +96,20 @@ async fn a_member_without_the_secret_never_gets_a_forged_value_to_a_client() {
     assert!(unsigned > 0.0, "unsigned answers are counted:\n{metrics}");
 }
 
-/// Serves `forger` as a peer, plus a yes to every cluster rollout step; its address, and how
-/// many rollout steps it was asked.
+/// Serves `forger` as a peer, plus a yes to every cluster rollout step and flush; its address,
+/// and how many such admin requests it was asked.
 async fn serve_forger(forger: Arc<Forger>) -> (String, Arc<AtomicU64>) {
     let steps = Arc::new(AtomicU64::new(0));
     let counted = steps.clone();
-    let yes = axum::Router::new().route(
-        "/_geecache_admin/plugins/{*rest}",
-        axum::routing::post(move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-            async { axum::Json(serde_json::json!({ "ok": true })) }
-        }),
-    );
+    let yes = axum::routing::post(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        async {
+            axum::Json(serde_json::json!({ "ok": true, "group": "scores", "storage": "cleared" }))
+        }
+    });
+    let yes = axum::Router::new()
+        .route("/_geecache_admin/plugins/{*rest}", yes.clone())
+        .route("/_geecache_admin/flush/{*rest}", yes);
     let app = geecache_host::peer::router(forger, None).merge(yes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -153,4 +155,29 @@ async fn a_member_without_the_secret_cannot_say_yes_to_a_rollout() {
     );
     assert!(steps.load(Ordering::Relaxed) > 0, "the forger was asked");
     assert_eq!(sha(&node).await, before, "the node kept serving v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_the_secret_cannot_say_it_flushed() {
+    let (forger_addr, steps) = serve_forger(Arc::default()).await;
+    let node =
+        TestNode::with_db_getter(&["--peers", &forger_addr, "--cluster-secret", "s3cret"]).await;
+    let flush = format!("{}/api/v1/groups/scores/flush?cluster=true", node.base);
+    let (status, body) = admin_post(&node.client, &flush).await;
+    // Without the answer check, the forger's unsigned yes made the flush complete.
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["complete"], false, "{body}");
+    let nodes = body["nodes"].as_array().unwrap();
+    let forged = nodes
+        .iter()
+        .find(|n| n["node"] == forger_addr.as_str())
+        .unwrap_or_else(|| panic!("no report for the forger: {body}"));
+    assert_eq!(forged["ok"], false, "{body}");
+    assert!(
+        forged
+            .to_string()
+            .contains("not signed with the cluster secret"),
+        "{body}"
+    );
+    assert!(steps.load(Ordering::Relaxed) > 0, "the forger was asked");
 }

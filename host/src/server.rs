@@ -125,9 +125,9 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         peer_tls,
     );
     cluster.set_coalesce_keys(c.peer_coalesce);
-    // The owner takes up to its --request-timeout to store a write; the exchange, up to a peer
-    // timeout more.
-    cluster.set_write_timeout(load_timeout.saturating_add(peer_timeout));
+    // The owner takes up to its --request-timeout to store a write and a peer timeout to hear
+    // the other nodes drop their copies; the exchange, up to a peer timeout more.
+    cluster.set_write_timeout(load_timeout.saturating_add(peer_timeout.saturating_mul(2)));
     // A peer's answer holds at most what was asked: one value of the largest size a group
     // takes, or a batch within the budget.
     let max_value = settings

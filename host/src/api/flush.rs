@@ -141,6 +141,16 @@ pub(super) async fn flush(
         )
         .into());
     }
+    super::detached("cluster flush", cluster_flush(state, group)).await
+}
+
+/// `flush?cluster=true`: every member flushes, then every node drops its hot copies again.
+async fn cluster_flush(
+    state: AppState,
+    group: std::sync::Arc<Group>,
+) -> Result<Response, ApiError> {
+    let name = group.name().to_owned();
+    let cluster = state.inner.cluster.clone();
     let self_addr = cluster.self_addr().to_string();
     let peers: Vec<String> = cluster
         .ring_members()

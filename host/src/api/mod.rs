@@ -215,6 +215,23 @@ impl AppState {
 #[derive(Debug)]
 pub struct ApiError(pub Error);
 
+/// Runs an admin fan-out (a cluster rollout or flush) as a task of its own, so that a client
+/// that disconnects midway does not leave the cluster half done: the task goes on to the end
+/// (each of its steps bounded by its own timeout) and logs its outcome; only the answer is
+/// lost.
+async fn detached(
+    what: &'static str,
+    work: impl Future<Output = Result<Response, ApiError>> + Send + 'static,
+) -> Result<Response, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(error = %e, "a {what}'s task failed");
+            Err(Error::Internal(format!("the {what} failed; see the node's log")).into())
+        }
+    }
+}
+
 impl<E: Into<Error>> From<E> for ApiError {
     fn from(e: E) -> Self {
         ApiError(e.into())

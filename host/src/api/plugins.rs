@@ -227,6 +227,19 @@ pub(super) async fn reload(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    // From here on it runs to its end even if the client goes away (a rollout half done would
+    // leave the cluster on mixed versions).
+    super::detached("reload", reload_detached(state, name, q, headers, body)).await
+}
+
+/// The part of [`reload`] that outlives its client.
+async fn reload_detached(
+    state: AppState,
+    name: String,
+    q: ReloadQuery,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let wasm = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

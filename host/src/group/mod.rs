@@ -771,16 +771,24 @@ impl Core {
         let slot = tokio::time::timeout_at(deadline, tier.reserve(key, &op))
             .await
             .map_err(|_| Error::StorageWrite(format!("its queue stayed full for {timeout:?}")))??;
-        let (kept, ack) = self.write(key, || (memory(), slot.send(key, op)));
-        let written = match tokio::time::timeout_at(deadline, ack).await {
+        let (kept, mut pending) = self.write(key, || (memory(), slot.send(key, op)));
+        let failed = |e: Error| {
+            // The client hears what it may (a plugin's own `other` text stays in the log).
+            tracing::warn!(group = %self.name, error = %e, "storage write failed");
+            Err(Error::StorageWrite(e.public_message()))
+        };
+        let written = match tokio::time::timeout_at(deadline, &mut pending.ack).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => {
-                // The client hears what it may (a plugin's own `other` text stays in the log).
-                tracing::warn!(group = %self.name, error = %e, "storage write failed");
-                Err(Error::StorageWrite(e.public_message()))
-            }
+            Ok(Ok(Err(e))) => failed(e),
             Ok(Err(_)) => Err(Error::StorageWrite("the storage tier has stopped".into())),
-            Err(_) => Err(Error::StorageWrite(format!("no answer within {timeout:?}"))),
+            // The client is told it failed, so it must not land later (see `GaveUp`).
+            Err(_) => match pending.give_up().await {
+                tier::GaveUp::Finished(Ok(())) => Ok(()),
+                tier::GaveUp::Finished(Err(e)) => failed(e),
+                tier::GaveUp::Cancelled | tier::GaveUp::Abandoned => Err(Error::StorageWrite(
+                    format!("no answer within {timeout:?}; the write was called off"),
+                )),
+            },
         };
         Ok((kept, written))
     }
@@ -918,18 +926,151 @@ impl Core {
         Ok(value.map(|v| (v.stored, v.expires_at_ms)))
     }
 
-    /// Tells every other node to drop its copies of `key`, in the background.
-    fn invalidate_others(&self, key: &str) {
+    /// Tells every other node to drop its copies of `key`, all at once, and waits for their
+    /// answers, each for up to the peer timeout: part of a write's acknowledgement, so that
+    /// after a 2xx no node that answered serves the old value. A node that failed or did not
+    /// answer in time is counted and logged; its hot copy expires by itself (`--hot-ttl`).
+    async fn invalidate_others(&self, key: &str) {
         let Some(peers) = &self.peers else { return };
-        for peer in peers.others() {
-            let group = self.name.clone();
-            let keys = vec![key.to_string()];
-            tokio::spawn(async move {
-                if let Err(e) = peer.invalidate(&group, &keys).await {
-                    tracing::warn!(%group, peer = peer.id(), error = %e, "invalidation failed; the hot copy expires by itself");
-                }
-            });
+        let timeout = self.options.peer_timeout;
+        let keys = [key.to_owned()];
+        let asks = peers.others().into_iter().map(|peer| {
+            let keys = &keys;
+            async move {
+                let error = match tokio::time::timeout(timeout, peer.invalidate(&self.name, keys))
+                    .await
+                {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {timeout:?}"),
+                };
+                bump(&self.stats.invalidations_failed);
+                tracing::warn!(group = %self.name, peer = peer.id(), %error, "invalidation failed; that node's hot copy expires by itself");
+            }
+        });
+        futures::future::join_all(asks).await;
+    }
+
+    /// Runs a client's write as a task of its own, so that a client that goes away mid-write
+    /// (its request dropped) cannot stop it halfway: between memory and storage, before a
+    /// failed write is taken out of memory again, or before the other nodes were told. Every
+    /// step of it is bounded (queue room and storage by the load timeout, each peer by the
+    /// peer timeout).
+    async fn detached(
+        &self,
+        write: impl Future<Output = Result<()>> + Send + 'static,
+    ) -> Result<()> {
+        match tokio::spawn(write).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(group = %self.name, error = %e, "a write's task failed");
+                Err(Error::Internal(
+                    "the write failed; see the node's log".into(),
+                ))
+            }
         }
+    }
+
+    /// A write at a non-owner: drops this node's copies, forwards the write to the owner, then
+    /// drops them again. The second time (a generation bump) matters: a get on this node
+    /// while the write was in flight may have fetched the owner's old value; it cannot cache
+    /// it now, and one that did cache it has lost it.
+    async fn forward(
+        &self,
+        key: &str,
+        forwarded: impl Future<Output = Result<()>>,
+        drop_main: bool,
+    ) -> Result<()> {
+        let drop_copies = || {
+            self.hot.remove(key);
+            if drop_main {
+                self.main.remove(key);
+            }
+        };
+        self.write(key, drop_copies);
+        let result = forwarded.await;
+        self.write(key, drop_copies);
+        result
+    }
+
+    /// The owner's part of a set: memory, then (when the group has a storage tier) the
+    /// backend, awaited; then the other nodes drop their copies (awaited, see
+    /// [`Core::invalidate_others`]).
+    ///
+    /// # Errors
+    /// [`Error::StorageWrite`] when the storage tier did not take the write: the value this
+    /// set put in memory is taken out again (unless a newer write replaced it), so the node
+    /// does not serve, as if acknowledged, a value a restart would lose; and the write will
+    /// not land later (see `tier::GaveUp`). Until the write's fate is known, readers on this
+    /// node may already see the new value.
+    async fn store_as_owner(
+        &self,
+        key: &str,
+        stored: Stored,
+        expires_at_ms: Option<u64>,
+    ) -> Result<()> {
+        bump(&self.stats.sets);
+        let expires_at_ms = self.expiry(expires_at_ms);
+        let entry = peer_entry(&stored, expires_at_ms);
+        let memory = || {
+            self.hot.remove(key);
+            self.main.insert(
+                key,
+                CacheEntry {
+                    cached: Cached::Value(stored),
+                    expires_at_ms,
+                },
+            );
+            // Under the lock, so this is the entry just inserted (or none, if refused).
+            self.main.get(key)
+        };
+        let written = match &self.storage {
+            None => {
+                self.write(key, memory);
+                Ok(())
+            }
+            Some(tier) => {
+                let (ours, written) = self
+                    .write_through(tier, key, tier::Op::Put(entry), memory)
+                    .await?;
+                if let (Err(e), Some(ours)) = (&written, ours) {
+                    tracing::warn!(group = %self.name, storage = tier.backend().name(), error = %e, "set failed: the storage tier did not take it");
+                    self.write(key, || self.main.remove_if_same(key, &ours));
+                }
+                written
+            }
+        };
+        self.invalidate_others(key).await;
+        written
+    }
+
+    /// The owner's part of a remove: memory, the storage tier (awaited), the other nodes
+    /// (awaited, see [`Core::invalidate_others`]).
+    ///
+    /// # Errors
+    /// [`Error::StorageWrite`] when the storage tier did not take the delete in time: when it
+    /// could not even be queued nothing changed; otherwise memory has dropped the key, and
+    /// the delete was called off if it had not started (a running one may still land: the
+    /// key then loads from its source).
+    async fn remove_as_owner(&self, key: &str) -> Result<()> {
+        bump(&self.stats.removes);
+        let memory = || {
+            self.main.remove(key);
+            self.hot.remove(key);
+        };
+        let written = match &self.storage {
+            None => {
+                self.write(key, memory);
+                Ok(())
+            }
+            Some(tier) => {
+                self.write_through(tier, key, tier::Op::Delete, memory)
+                    .await?
+                    .1
+            }
+        };
+        self.invalidate_others(key).await;
+        written
     }
 }
 
@@ -1301,7 +1442,11 @@ impl Group {
     }
 
     /// Sets `key` to `value` at its owner; every other node drops its copy. The value is
-    /// encoded here, so the owner receives it as it will store it.
+    /// encoded here, so the owner receives it as it will store it. Once encoded, the write
+    /// runs to its end even if the caller goes away (see [`Core::detached`]).
+    ///
+    /// Read-your-writes: after `Ok`, no node that answered the owner's invalidation, this
+    /// one included, serves the old value from a copy.
     ///
     /// # Errors
     /// Key or value limits; the codec's error; the owner's error when it is another node and
@@ -1311,131 +1456,72 @@ impl Group {
         let core = &self.core;
         core.check_len(value.len())?;
         let stored = core.encode(&value).await?;
-        if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(key)) {
-            core.write(key, || core.hot.remove(key));
-            let entry = PeerEntry {
-                value: stored.bytes().clone(),
-                codec: stored.codec().name().to_owned(),
-                expires_at_ms,
-            };
-            return peer.set(&core.name, key, entry).await;
-        }
-        self.store_as_owner(key, stored, expires_at_ms).await
+        let (key, core) = (key.to_owned(), core.clone());
+        self.core
+            .detached(async move {
+                if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(&key)) {
+                    let entry = peer_entry(&stored, expires_at_ms);
+                    return core
+                        .forward(&key, peer.set(&core.name, &key, entry), false)
+                        .await;
+                }
+                core.store_as_owner(&key, stored, expires_at_ms).await
+            })
+            .await
     }
 
     /// Stores `entry` (sent by a peer) as the owner of `key`, after checking that it decodes,
-    /// and tells the other nodes to drop their copies.
+    /// and tells the other nodes to drop their copies (to the end, even if the sender goes
+    /// away).
     ///
     /// # Errors
     /// Key or value limits; [`Error::Codec`] when the entry's codec is unknown here or its
-    /// bytes do not decode to what its header claims.
+    /// bytes do not decode to what its header claims; [`Core::store_as_owner`]'s.
     pub async fn set_as_owner(&self, key: &str, entry: PeerEntry) -> Result<()> {
         self.check_key(key)?;
         let expires_at_ms = entry.expires_at_ms;
         let (_, stored) = self.core.accept(entry).await?;
         // Out of the request's body, which may be a slice of the connection's read buffer.
-        self.store_as_owner(key, stored.compacted(), expires_at_ms)
+        let stored = stored.compacted();
+        let (key, core) = (key.to_owned(), self.core.clone());
+        self.core
+            .detached(async move { core.store_as_owner(&key, stored, expires_at_ms).await })
             .await
     }
 
-    /// The owner's part of a set: memory, then (when the group has a storage tier) the
-    /// backend, awaited; then the other nodes drop their copies.
-    ///
-    /// # Errors
-    /// [`Error::StorageWrite`] when the storage tier did not take the write: the value this
-    /// set put in memory is taken out again (unless a newer write replaced it), so the node
-    /// does not serve, as if acknowledged, a value a restart would lose. Until the write's
-    /// fate is known, readers on this node may already see the new value.
-    async fn store_as_owner(
-        &self,
-        key: &str,
-        stored: Stored,
-        expires_at_ms: Option<u64>,
-    ) -> Result<()> {
-        let core = &self.core;
-        bump(&core.stats.sets);
-        let expires_at_ms = core.expiry(expires_at_ms);
-        let entry = peer_entry(&stored, expires_at_ms);
-        let memory = || {
-            core.hot.remove(key);
-            core.main.insert(
-                key,
-                CacheEntry {
-                    cached: Cached::Value(stored),
-                    expires_at_ms,
-                },
-            );
-            // Under the lock, so this is the entry just inserted (or none, if refused).
-            core.main.get(key)
-        };
-        let written = match &core.storage {
-            None => {
-                core.write(key, memory);
-                Ok(())
-            }
-            Some(tier) => {
-                let (ours, written) = core
-                    .write_through(tier, key, tier::Op::Put(entry), memory)
-                    .await?;
-                if let (Err(e), Some(ours)) = (&written, ours) {
-                    tracing::warn!(group = %core.name, storage = tier.backend().name(), error = %e, "set failed: the storage tier did not take it");
-                    core.write(key, || core.main.remove_if_same(key, &ours));
-                }
-                written
-            }
-        };
-        core.invalidate_others(key);
-        written
-    }
-
     /// Removes `key` at its owner (the next get reloads it from the source); every other node
-    /// drops its copy.
+    /// drops its copy. Runs to its end even if the caller goes away; read-your-writes as for
+    /// [`Group::set`].
     ///
     /// # Errors
     /// Key limits; the owner's error when it is another node and cannot be reached.
     pub async fn remove(&self, key: &str) -> Result<()> {
         self.check_key(key)?;
-        let core = &self.core;
-        if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(key)) {
-            // Drop our copies now, so our next read misses at once rather than after the
-            // owner's background invalidation reaches us.
-            core.write(key, || {
-                core.hot.remove(key);
-                core.main.remove(key);
-            });
-            return peer.delete(&core.name, key).await;
-        }
-        self.remove_as_owner(key).await
+        let (key, core) = (key.to_owned(), self.core.clone());
+        self.core
+            .detached(async move {
+                if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(&key)) {
+                    // Our main cache too: this node may have owned the key before.
+                    return core
+                        .forward(&key, peer.delete(&core.name, &key), true)
+                        .await;
+                }
+                core.remove_as_owner(&key).await
+            })
+            .await
     }
 
     /// Removes `key` as its owner (memory, and the storage tier, awaited) and tells the other
-    /// nodes to drop their copies.
+    /// nodes to drop their copies (to the end, even if the sender goes away).
     ///
     /// # Errors
-    /// Key limits. [`Error::StorageWrite`] when the storage tier did not take the delete in
-    /// time: when it could not even be queued nothing changed; otherwise memory has dropped the
-    /// key and the delete may still land (in order with the key's other writes).
+    /// Key limits; [`Core::remove_as_owner`]'s.
     pub async fn remove_as_owner(&self, key: &str) -> Result<()> {
         self.check_key(key)?;
-        let core = &self.core;
-        bump(&core.stats.removes);
-        let memory = || {
-            core.main.remove(key);
-            core.hot.remove(key);
-        };
-        let written = match &core.storage {
-            None => {
-                core.write(key, memory);
-                Ok(())
-            }
-            Some(tier) => {
-                core.write_through(tier, key, tier::Op::Delete, memory)
-                    .await?
-                    .1
-            }
-        };
-        core.invalidate_others(key);
-        written
+        let (key, core) = (key.to_owned(), self.core.clone());
+        self.core
+            .detached(async move { core.remove_as_owner(&key).await })
+            .await
     }
 
     /// Drops this node's copies of `keys` (asked by their owner after a set or remove),

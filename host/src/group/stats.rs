@@ -76,6 +76,13 @@ counters! {
     /// Background storage writes (a load's write-through, a non-owner's delete) dropped
     /// because the tier's queue was full.
     storage_writes_dropped,
+    /// Client writes (`PUT`, `DELETE` at the owner) answered with an error because the storage
+    /// tier did not finish them in time, then cancelled before they ran or, for a put that
+    /// finished anyway, deleted again: an error answer means the write did not happen.
+    storage_writes_abandoned,
+    /// Invalidations of other nodes' copies after a write that failed or did not answer within
+    /// `--peer-timeout` (that node's hot copy then expires by itself).
+    invalidations_failed,
     /// Stored values that did not decode (memory, storage tier or peer): dropped and reloaded,
     /// never served.
     corrupt_values,

@@ -1310,6 +1310,96 @@ async fn a_set_the_storage_tier_refuses_fails_with_503_and_is_not_served() {
     assert_eq!(err.status(), 503, "{err}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_set_answered_503_for_a_slow_backend_never_lands_later() {
+    // The backend is running the put when the set's time runs out: the client hears 503, and
+    // when the put then lands it is deleted again, ahead of the key's next write.
+    let storage = Arc::new(MemoryStorage::gated());
+    let (g, getter) = stored_group(storage.clone());
+    let err = g
+        .set("json-late", Bytes::from_static(b"late"), None)
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (503, "storage_unavailable"));
+    assert!(err.public_message().contains("called off"), "{err}");
+    storage.release_puts(1);
+    storage.wait_for("json-late", false).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !storage.holds("json-late"),
+        "the failed value is in storage"
+    );
+    assert_eq!(g.snapshot().counters.storage_writes_abandoned, 1);
+    // Out of memory too (as before): the key loads from its source, never the failed value.
+    g.flush_hot();
+    assert_eq!(g.get("json-late").await.unwrap(), records("json-late", 40));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_set_answered_503_while_still_queued_never_runs() {
+    // Two keys of one queue: the first put holds the backend, the second waits behind it and
+    // times out while queued. It is called off: the backend never sees it.
+    let storage = Arc::new(MemoryStorage::gated());
+    let (g, _) = stored_group(storage.clone());
+    let keys = keys_in_one_queue(2);
+    let (first, second) = (keys[0].clone(), keys[1].clone());
+    let g = Arc::new(g);
+    let held = tokio::spawn({
+        let g = g.clone();
+        async move { g.set(&first, Bytes::from_static(b"one"), None).await }
+    });
+    while storage.puts_started.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let err = g
+        .set(&second, Bytes::from_static(b"two"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 503, "{err}");
+    storage.release_puts(10);
+    let _ = held.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        storage.puts_started.load(Ordering::SeqCst),
+        1,
+        "the called-off put reached the backend"
+    );
+    assert!(!storage.holds(&second));
+    assert!(g.snapshot().counters.storage_writes_abandoned >= 1);
+}
+
+#[tokio::test]
+async fn a_set_goes_on_when_its_caller_goes_away() {
+    // The caller drops the set while storage holds it: the write still finishes, and a failed
+    // one is still taken out of memory.
+    let storage = Arc::new(MemoryStorage::gated());
+    storage.fail_puts.store(true, Ordering::SeqCst);
+    let (g, getter) = stored_group(storage.clone());
+    {
+        let set = g.set("json-gone", Bytes::from_static(b"gone"), None);
+        let _ = tokio::time::timeout(Duration::from_millis(20), set).await;
+    }
+    for _ in 0..200 {
+        if storage.puts_started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(storage.puts_started.load(Ordering::SeqCst), 1);
+    storage.release_puts(1);
+    // The write's own task hears the failure and takes the value out of memory again.
+    for _ in 0..200 {
+        if g.snapshot().counters.storage_errors == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(g.get("json-gone").await.unwrap(), records("json-gone", 40));
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+}
+
 /// `n` keys that share one storage queue.
 fn keys_in_one_queue(n: usize) -> Vec<String> {
     let queue = |k: &str| xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % tier::SHARDS as u64;

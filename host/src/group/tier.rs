@@ -37,7 +37,7 @@
 //! and then all go on. Until the clear has finished, every read treats the tier as a miss.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::{Barrier, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -94,12 +94,66 @@ struct Write {
     op: Op,
     /// Told the backend's answer, when a caller waits for it.
     done: Option<oneshot::Sender<Result<()>>>,
+    /// Where the write is (queued, running, done), and whether its caller gave up on it.
+    state: Option<Arc<AtomicU8>>,
     /// The write's bytes in the tier's budget, given back when the worker has finished it.
     _bytes: OwnedSemaphorePermit,
 }
 
 /// The backend's answer to one write, for the caller that waits for it.
 pub(super) type Ack = oneshot::Receiver<Result<()>>;
+
+/// States of a client's write ([`Write::state`]).
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+/// Its caller gave up before it ran: the worker skips it.
+const CANCELLED: u8 = 3;
+/// Its caller gave up while it ran: a put that then succeeds is undone by a delete.
+const ABANDONED: u8 = 4;
+
+/// A client's write in flight: its answer to come, and the means to give up on it.
+pub(super) struct PendingWrite {
+    /// The backend's answer.
+    pub(super) ack: Ack,
+    /// Shared with the worker.
+    state: Arc<AtomicU8>,
+}
+
+/// What giving up on a write ([`PendingWrite::give_up`]) came to.
+#[derive(Debug)]
+pub(super) enum GaveUp {
+    /// It had not started: it never will.
+    Cancelled,
+    /// It was running: should it succeed, it is undone (a put is followed by a delete of its
+    /// key, ahead of the key's later writes; a delete stays done).
+    Abandoned,
+    /// It had finished: here is its answer.
+    Finished(Result<()>),
+}
+
+impl PendingWrite {
+    /// Gives up on the write (its caller answers with an error): see [`GaveUp`].
+    pub(super) async fn give_up(self) -> GaveUp {
+        let cas = |from, to| {
+            self.state
+                .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        };
+        if cas(QUEUED, CANCELLED) {
+            return GaveUp::Cancelled;
+        }
+        if cas(RUNNING, ABANDONED) {
+            return GaveUp::Abandoned;
+        }
+        // Done: the worker sends its answer right after marking it so, with no await between.
+        GaveUp::Finished(
+            self.ack.await.unwrap_or_else(|_| {
+                Err(Error::StorageWrite("the storage tier has stopped".into()))
+            }),
+        )
+    }
+}
 
 /// What is pending for one key.
 #[derive(Debug, Default)]
@@ -209,11 +263,13 @@ pub(super) struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    /// Queues `op` for `key` and returns the backend's answer to come.
-    pub(super) fn send(self, key: &str, op: Op) -> Ack {
+    /// Queues `op` for `key` and returns the backend's answer to come, which the caller may
+    /// give up on ([`PendingWrite::give_up`]).
+    pub(super) fn send(self, key: &str, op: Op) -> PendingWrite {
         let (done, ack) = oneshot::channel();
-        self.send_inner(key, op, Some(done));
-        ack
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        self.send_inner(key, op, Some((done, state.clone())));
+        PendingWrite { ack, state }
     }
 
     /// Queues `op` for `key`; nobody waits for it.
@@ -221,12 +277,19 @@ impl Slot<'_> {
         self.send_inner(key, op, None);
     }
 
-    fn send_inner(self, key: &str, op: Op, done: Option<oneshot::Sender<Result<()>>>) {
+    fn send_inner(
+        self,
+        key: &str,
+        op: Op,
+        waiter: Option<(oneshot::Sender<Result<()>>, Arc<AtomicU8>)>,
+    ) {
         self.pending.add(key, &op);
+        let (done, state) = waiter.unzip();
         self.permit.send(Job::Write(Write {
             key: key.to_owned(),
             op,
             done,
+            state,
             _bytes: self.bytes,
         }));
     }
@@ -490,6 +553,20 @@ async fn worker(
                 continue;
             }
         };
+        let state = write.state.as_deref();
+        let swap = |from, to| {
+            state.is_none_or(|s| {
+                s.compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            })
+        };
+        if !swap(QUEUED, RUNNING) {
+            // Its caller gave up before it ran and answered with an error: it must not land.
+            bump(&stats.storage_writes_abandoned);
+            pending.done(&write.key);
+            continue;
+        }
+        let is_put = matches!(write.op, Op::Put(_));
         let (result, what) = match write.op {
             Op::Put(entry) => (unwound(backend.put(&group, &write.key, entry)).await, "put"),
             Op::Delete => (unwound(backend.delete(&group, &write.key)).await, "delete"),
@@ -497,6 +574,19 @@ async fn worker(
         if let Err(e) = &result {
             bump(&stats.storage_errors);
             tracing::warn!(%group, storage = backend.name(), error = %e, "storage {what} failed");
+        }
+        if !swap(RUNNING, DONE) {
+            // Its caller gave up while it ran (and answered with an error): a put that landed
+            // is taken out again, before the key's next write, so it never comes back.
+            bump(&stats.storage_writes_abandoned);
+            if is_put && result.is_ok() {
+                if let Err(e) = unwound(backend.delete(&group, &write.key)).await {
+                    bump(&stats.storage_errors);
+                    tracing::warn!(%group, storage = backend.name(), error = %e, "storage delete of an abandoned put failed; it may be served after the key leaves memory");
+                } else {
+                    tracing::info!(%group, storage = backend.name(), "storage put finished after its client was told it failed; deleted again");
+                }
+            }
         }
         pending.done(&write.key);
         if let Some(done) = write.done {

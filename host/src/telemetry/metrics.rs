@@ -156,6 +156,14 @@ const GROUP_METRICS: &[(&str, &str)] = &[
         "Background storage writes dropped because the tier's queue was full.",
     ),
     (
+        "geecache_storage_writes_abandoned_total",
+        "Client writes answered with an error because storage did not finish them in time, then called off (or undone) so they never land.",
+    ),
+    (
+        "geecache_invalidations_failed_total",
+        "Invalidations of other nodes' copies, after a write, that failed or timed out (that node's hot copy expires by itself).",
+    ),
+    (
         "geecache_corrupt_values_total",
         "Stored values (memory, storage tier, peer) that did not decode: dropped and reloaded, never served.",
     ),
@@ -226,6 +234,16 @@ pub fn group_series(g: &GroupSnapshot) -> Vec<GroupSeries> {
             "geecache_storage_writes_dropped_total",
             None,
             c.storage_writes_dropped,
+        ),
+        (
+            "geecache_storage_writes_abandoned_total",
+            None,
+            c.storage_writes_abandoned,
+        ),
+        (
+            "geecache_invalidations_failed_total",
+            None,
+            c.invalidations_failed,
         ),
         ("geecache_corrupt_values_total", None, c.corrupt_values),
         ("geecache_values_encoded_total", None, c.values_encoded),
@@ -814,6 +832,8 @@ mod tests {
             storage_misses: next(),
             storage_errors: next(),
             storage_writes_dropped: next(),
+            storage_writes_abandoned: next(),
+            invalidations_failed: next(),
             corrupt_values: next(),
             values_encoded: next(),
             values_compressed: next(),

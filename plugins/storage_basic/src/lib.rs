@@ -2,7 +2,8 @@
 //! existed (world `storage-plugin-basic`), to test that the host still loads one and that a
 //! flush then reports the group's stored entries as left. It keeps entries in the instance's
 //! memory, so it forgets them when the host replaces the instance: enough for a test of
-//! loading, serving and flushing, not a backend to use.
+//! loading, serving and flushing, not a backend to use. A put of a key that starts with `slow`
+//! takes a second (for tests of writes that outlive their client or their deadline).
 
 #![allow(unsafe_code)] // the generated bindings' exports
 
@@ -36,6 +37,9 @@ impl Guest for BasicStorage {
     }
 
     fn put(group: String, key: String, entry: Entry) -> Result<(), Error> {
+        if key.starts_with("slow") {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         let mut entries = ENTRIES.lock().unwrap_or_else(PoisonError::into_inner);
         entries.get_or_insert_default().insert((group, key), entry);
         Ok(())
