@@ -18,7 +18,7 @@
 //! The budget is what the node's flags allow it to hold: its memory once warm, plus the cache
 //! budgets, the in-flight body and batch-answer budget, and the plugins' memory caps (calls in
 //! flight and idle warm instances). The peak must stay within that budget + 25%. The figures
-//! are printed (`--nocapture`) for the README.
+//! are printed (`--nocapture`) for docs/performance.md.
 
 #![allow(clippy::unwrap_used)]
 

@@ -272,8 +272,8 @@ async fn a_plugin_that_sleeps_in_a_host_call_stops_at_its_time_limit() {
     .unwrap_err();
     assert!(
         matches!(
-            err,
-            geecache_host::error::Error::Plugin(PluginError::Timeout { .. })
+            err.foreign::<PluginError>(),
+            Some(PluginError::Timeout { .. })
         ),
         "{err:?}"
     );
@@ -329,8 +329,8 @@ async fn a_looping_plugin_does_not_stall_other_requests_on_its_thread() {
     let err = looping.await.unwrap().unwrap_err();
     assert!(
         matches!(
-            err,
-            geecache_host::error::Error::Plugin(PluginError::Timeout { .. })
+            err.foreign::<PluginError>(),
+            Some(PluginError::Timeout { .. })
         ),
         "{err:?}"
     );
@@ -358,12 +358,12 @@ async fn sql_reads_the_granted_database_and_nothing_else() {
             .unwrap(),
         found("630")
     );
-    let refused = |e: geecache_host::error::Error| match e {
-        geecache_host::error::Error::Plugin(PluginError::Reported { kind, message, .. }) => {
-            assert_eq!(kind, "invalid-input", "{message}");
-            message
+    let refused = |e: geecache_host::error::Error| match e.foreign::<PluginError>() {
+        Some(PluginError::Reported { kind, message, .. }) => {
+            assert_eq!(*kind, "invalid-input", "{message}");
+            message.clone()
         }
-        other => panic!("expected a refusal, got {other:?}"),
+        _ => panic!("expected a refusal, got {e:?}"),
     };
     // Before: ATTACH worked and the plugin read the other file's table.
     let attach = format!("sql:ATTACH DATABASE '{}' AS o", other.display());
@@ -588,8 +588,8 @@ async fn an_instance_is_retired_after_its_calls_or_past_its_memory_bound() {
     let err = getter.get("g", "grow:30").await.unwrap_err();
     assert!(
         matches!(
-            err,
-            geecache_host::error::Error::Plugin(PluginError::MemoryLimit { .. })
+            err.foreign::<PluginError>(),
+            Some(PluginError::MemoryLimit { .. })
         ),
         "{err:?}"
     );

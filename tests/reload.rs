@@ -841,8 +841,8 @@ async fn a_compressor_that_refuses_a_groups_level_is_refused() {
     }
 }
 
-/// A cluster rollout whose client disconnects at once still reaches every node: it runs as a
-/// task of its own, not inside the request (which a disconnect drops).
+/// A cluster rollout whose client disconnects while it runs still reaches every node: it runs
+/// as a task of its own, not inside the request (which a disconnect drops).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_whose_client_disconnects_still_reaches_every_node() {
     use tokio::io::AsyncWriteExt as _;
@@ -852,16 +852,54 @@ async fn a_rollout_whose_client_disconnects_still_reaches_every_node() {
     args.extend(["--cluster-secret", "rollout-secret"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let nodes = TestNode::cluster(2, &args).await;
-    let v2 = sha_of(plugins::RELOAD_GETTER_V2);
+    // v2 with a custom section of 32 MiB: a valid component whose rollout (read, hash, send to
+    // the other node, hash there, check) is still running when the client goes.
+    let mut component = std::fs::read(plugins::RELOAD_GETTER_V2).unwrap();
+    let name = b"geecache-test";
+    let filler = vec![0x5a_u8; 32 << 20];
+    let mut size = 1 + name.len() + filler.len();
+    component.push(0); // a custom section, its size in LEB128
+    loop {
+        let byte = u8::try_from(size & 0x7f).unwrap();
+        size >>= 7;
+        if size == 0 {
+            component.push(byte);
+            break;
+        }
+        component.push(byte | 0x80);
+    }
+    component.push(u8::try_from(name.len()).unwrap());
+    component.extend(name);
+    component.extend(&filler);
+    let fresh = dir.path().join("reload_getter_v2_fresh.wasm");
+    std::fs::write(&fresh, &component).unwrap();
+    let v2 = sha256_hex(&component);
     // The request, sent whole; then the connection is closed before any answer.
     let request = format!(
         "POST /api/v1/plugins/reload_getter/reload?cluster=true&path={} HTTP/1.1\r\n\
          Host: {}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n",
-        plugins::RELOAD_GETTER_V2,
+        fresh.display(),
         nodes[0].addr
     );
     let mut conn = tokio::net::TcpStream::connect(nodes[0].addr).await.unwrap();
     conn.write_all(request.as_bytes()).await.unwrap();
+    // Long enough for the node to be handling it (past its middleware: a request the node
+    // never got to is not a rollout), then gone.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut answer = [0u8; 512];
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_millis(1),
+        tokio::io::AsyncReadExt::read(&mut conn, &mut answer),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .filter(|n| *n > 0);
+    assert!(
+        answered.is_none(),
+        "the rollout answered within 100 ms, so the test cannot tell: {}",
+        String::from_utf8_lossy(&answer[..answered.unwrap_or(0)])
+    );
     conn.shutdown().await.unwrap();
     drop(conn);
     for n in &nodes {

@@ -17,8 +17,11 @@ use crate::api::guard::ServerLimits;
 use crate::api::{Access, ApiOptions, ApiToken};
 use crate::group::GroupOptions;
 use crate::plugin::{DirGrant, InstancePolicy, PluginGrants, RuntimeOptions};
+// Where they live now; named here too, for the callers that knew them here.
+pub use crate::plugin::PluginSpec;
+pub use crate::units::{parse_duration, parse_size};
 
-/// Built-in defaults, documented in `--help` and the README.
+/// Built-in defaults, documented in `--help` and docs/operations.md.
 pub mod defaults {
     /// Default HTTP port.
     pub const PORT: u16 = 9999;
@@ -118,7 +121,7 @@ pub struct Cli {
     )]
     pub plugin_dirs: Vec<String>,
 
-    /// TOML config file for several groups and plugins (see README).
+    /// TOML config file for several groups and plugins (see docs/operations.md).
     #[arg(long, value_name = "FILE", env = "GEECACHE_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -543,18 +546,6 @@ pub struct FileGroup {
     pub storage: Option<String>,
 }
 
-/// A plugin to load and what it is granted.
-#[derive(Debug, Clone)]
-pub struct PluginSpec {
-    /// The operator's name for it (an alias, or the file's stem): what grants are bound to,
-    /// whatever name the plugin reports about itself.
-    pub name: String,
-    /// The component file.
-    pub path: PathBuf,
-    /// Everything granted to `name`: its `[[plugins]]` table, then the command line's.
-    pub grants: PluginGrants,
-}
-
 /// A group to serve.
 #[derive(Debug, Clone)]
 pub struct GroupSpec {
@@ -641,26 +632,6 @@ impl ClusterSettings {
             || self.peer_source.is_some()
             || self.peers.iter().any(|p| p.as_str() != self.advertise_addr)
     }
-}
-
-/// Parses a size such as `64MiB`, `512KiB`, `1GB` or `4096`.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("invalid size {s:?}: use e.g. 4096, 512KiB, 64MiB, 1GiB"))
-}
-
-/// Parses a duration such as `500ms`, `5s`, `10m`, `1h`.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 5s, 10m, 1h"))
 }
 
 /// The duration `flag` gives (or `default`), which must be more than zero.

@@ -17,22 +17,10 @@
 //!   what all requests hold together: request bodies and answers in flight.
 //!   [`api::Shortcut`] answers plain GETs of a key ahead of the router (the hit path);
 //!   [`api::serve`] serves each connection with hyper's HTTP/1.1 and stops gracefully.
-//! - [`batch`]: how a batch get (API or peer) is answered within a byte budget: each distinct
-//!   key once, loads stopped once the budget is spent.
-//! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
-//!   (stored bytes + codec) or, for keys this node owns, storage tier → local getter; negative
-//!   caching; set/remove at the owner with invalidation; flush (memory, then the storage tier's
-//!   clear as a barrier across its ordered write queues). Talks only to traits
-//!   ([`group::Getter`], [`group::Storage`], [`group::PeerPicker`],
-//!   [`compression::Compressor`]), never to wasmtime or HTTP.
-//! - [`compression`]: the codec trait, the built-in codecs (none, gzip, snappy, lz4, zstd) and
-//!   compressor plugins by name; the stored-value envelope (length + checksum, so nothing corrupt
-//!   is served); a group's policy (codec, level, minimum size); the heavy lane that large
-//!   codings wait in (`--codec-concurrency`).
-//! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected clock;
-//!   [`cache::Doorkeeper`]: a hot copy is kept from a key's second fetch from its owner on.
-//! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that
-//!   panics or is cancelled.
+//! - Core ([`geecache_core`], re-exported here under the same names: [`batch`], [`cache`],
+//!   [`compression`], [`error`], [`group`], [`ring`], [`seam`], [`singleflight`], [`units`]):
+//!   groups, caches, singleflight, the ring, batches, codecs, the error type, units, and the seam traits the
+//!   modules below implement. Core imports nothing of this crate.
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
 //!   on-disk compile cache), kind detection, per-call limits (wall-clock deadline that host
 //!   calls share, one memory budget over all memories and tables), grants bound to the
@@ -46,8 +34,6 @@
 //!   calling one remote node (over [`peer::PeerHttp`], hyper's pooled client with rustls,
 //!   shared with the cluster's admin requests), and HMAC request signing with the cluster
 //!   secret (nonces against replay, checked before a body is read).
-//! - [`ring`]: consistent hashing with virtual nodes (XXH3-64); which node owns a key (used by
-//!   the cluster layer).
 //! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
 //!   watch); publishes the member list the ring is built from.
 //! - [`cluster`]: membership → ring → peer clients, as the group's `PeerPicker`; a single node
@@ -58,26 +44,20 @@
 //!   certificate a peer request's connection showed, checked against the ring's hosts (once
 //!   per connection and ring version).
 //! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
-//! - [`error`]: the error type shared by the modules above.
 //! - [`telemetry`]: logs (`RUST_LOG`, text or JSON), get-path spans exported over OTLP when
 //!   `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, and [`telemetry::metrics`]: one
 //!   [`telemetry::Metrics`] per node (OpenTelemetry meters, Prometheus exporter) rendered at
 //!   `/metrics` from the same snapshot as `/api/v1/stats`, plus the latency histograms the API,
 //!   the peer clients and the plugin calls record.
 
+pub use geecache_core::{batch, cache, compression, error, group, ring, seam, singleflight, units};
+
 pub mod api;
-pub mod batch;
-pub mod cache;
 pub mod cluster;
-pub mod compression;
 pub mod config;
 pub mod discovery;
-pub mod error;
-pub mod group;
 pub mod peer;
 pub mod plugin;
-pub mod ring;
 pub mod server;
-pub mod singleflight;
 pub mod telemetry;
 pub mod tls;

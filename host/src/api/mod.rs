@@ -482,7 +482,7 @@ pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 2
 /// # Errors
 /// [`Error::BadRequest`] when `ttl` is not a duration, or longer than [`MAX_TTL`].
 pub fn expiry_of_ttl(ttl: &str, now_ms: u64) -> Result<u64, Error> {
-    let parsed = crate::config::parse_duration(ttl).map_err(Error::BadRequest)?;
+    let parsed = crate::units::parse_duration(ttl).map_err(Error::BadRequest)?;
     if parsed > MAX_TTL {
         return Err(Error::BadRequest(format!(
             "ttl {ttl:?} is longer than the limit of 3650 days"

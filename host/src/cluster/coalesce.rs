@@ -12,9 +12,9 @@
 //! waits for its answer (at most [`WAIT_FOR_ANSWER`] after that request was sent) and keeps
 //! taking gets, unless it is full. Nagle's algorithm does the same for small TCP segments. On
 //! the 3-node miss benchmark this cut the peer requests per key from 1/2.8 to 1/4.2 and raised
-//! the rate by 13–29% (README, "Numbers"). An idle lane, or one whose last request has been out
-//! longer than that (a slow load), sends at once, so a get waits at most that long for the
-//! lane (rounded up to tokio's next millisecond tick: at most ~1.5 ms), never for a slow load.
+//! the rate by 13–29% (issue 12; the README's old "Numbers" section, in git history). An idle
+//! lane, or one whose last request has been out longer than that (a slow load), sends at once,
+//! so a get waits at most that long for the lane (rounded up to tokio's next millisecond tick: at most ~1.5 ms), never for a slow load.
 //!
 //! Details that keep it from making anything worse:
 //!

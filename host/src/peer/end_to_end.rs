@@ -77,10 +77,11 @@ impl PeerService for MemoryService {
             Self::check_group(group)?;
             match key {
                 BOOM => Err(Error::Internal("the database password is hunter2".into())),
-                PLUGIN_DOWN => Err(Error::Plugin(PluginError::Unavailable {
+                PLUGIN_DOWN => Err(PluginError::Unavailable {
                     plugin: "db_getter".into(),
                     message: "shutting down".into(),
-                })),
+                }
+                .into()),
                 SLOW => {
                     tokio::time::sleep(self.slow).await;
                     Ok(None)

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::error::{Error, Foreign, SeamError};
+
 /// Why a call from this node to a peer failed. Every variant names the peer (its base URL).
 ///
 /// `Clone` because a failed peer load is shared by every waiter of a singleflight call.
@@ -98,6 +100,26 @@ fn is_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= 64
         && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// Core sees a peer's error through its seam: the code a client sees, status and public
+/// message as here.
+impl SeamError for PeerError {
+    fn code(&self) -> &str {
+        self.client_code()
+    }
+    fn status(&self) -> u16 {
+        PeerError::status(self)
+    }
+    fn public_message(&self) -> String {
+        PeerError::public_message(self)
+    }
+}
+
+impl From<PeerError> for Error {
+    fn from(e: PeerError) -> Self {
+        Error::Peer(Foreign::new(e))
+    }
 }
 
 impl PeerError {

@@ -49,9 +49,6 @@
 //! `--max-batch-bytes`: each distinct key once, keys past the budget with an item error of code
 //! `too_large` (see [`crate::batch`]).
 
-use std::fmt;
-
-use futures::future::BoxFuture;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::error::Error;
@@ -134,32 +131,8 @@ pub const INVALIDATE_SEGMENT: &str = "_invalidate";
 /// A value as it travels between peers (defined beside the group, which keeps it).
 pub use crate::group::PeerEntry;
 
-/// What a node offers its peers (implemented by the node's groups).
-///
-/// The server calls it after it has authenticated the request and decoded the path and body, so
-/// `group` and `key` are never empty.
-pub trait PeerService: Send + Sync + fmt::Debug + 'static {
-    /// Load `key` as its owner (from cache or getter). Ok(None) = no such key.
-    fn get<'a>(
-        &'a self,
-        group: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PeerEntry>, Error>>;
-
-    /// Store `entry` as the owner.
-    fn set<'a>(
-        &'a self,
-        group: &'a str,
-        key: &'a str,
-        entry: PeerEntry,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-
-    /// Remove `key` as the owner (the service itself then tells other nodes to invalidate).
-    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
-
-    /// Drop any local copy of `keys` (hot cache) without telling anyone.
-    fn invalidate(&self, group: &str, keys: &[String]) -> Result<(), Error>;
-}
+/// What a node offers its peers: core's seam, implemented by the node's groups.
+pub use geecache_core::seam::PeerService;
 
 impl From<PeerEntry> for proto::Entry {
     fn from(e: PeerEntry) -> Self {

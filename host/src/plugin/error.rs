@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use crate::compression::CodecError;
+use crate::error::{Error, Foreign, SeamError};
+
 /// The WIT `error` case for input the plugin refuses; served as 400.
 pub(crate) const INVALID_INPUT: &str = "invalid-input";
 /// The WIT `error` case whose message is for operators only.
@@ -80,6 +83,32 @@ pub enum PluginError {
         /// Why.
         message: String,
     },
+}
+
+/// Core sees a plugin's error through its seam: code, status and public message as here.
+impl SeamError for PluginError {
+    fn code(&self) -> &str {
+        PluginError::code(self)
+    }
+    fn status(&self) -> u16 {
+        PluginError::status(self)
+    }
+    fn public_message(&self) -> String {
+        PluginError::public_message(self)
+    }
+}
+
+impl From<PluginError> for Error {
+    fn from(e: PluginError) -> Self {
+        Error::Plugin(Foreign::new(e))
+    }
+}
+
+/// A compressor plugin's call that failed.
+impl From<PluginError> for CodecError {
+    fn from(e: PluginError) -> Self {
+        CodecError::Plugin(Foreign::new(e))
+    }
 }
 
 impl PluginError {

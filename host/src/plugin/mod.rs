@@ -125,6 +125,18 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// A plugin to load and what it is granted.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The operator's name for it (an alias, or the file's stem): what grants are bound to,
+    /// whatever name the plugin reports about itself.
+    pub name: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// Everything granted to `name`: its `[[plugins]]` table, then the command line's.
+    pub grants: PluginGrants,
+}
+
 /// What the operator grants one plugin: bound to the file the operator named (or its alias),
 /// never to the name the plugin reports about itself.
 #[derive(Debug, Clone, Default)]

@@ -380,7 +380,7 @@ impl Plugins {
     /// A message saying which plugin is wrong and how to fix it.
     pub fn load(
         runtime: Arc<Runtime>,
-        specs: &[crate::config::PluginSpec],
+        specs: &[super::PluginSpec],
     ) -> std::result::Result<Plugins, String> {
         let mut entries: Vec<Arc<PluginEntry>> = Vec::new();
         for spec in specs {

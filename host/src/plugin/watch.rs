@@ -1,5 +1,5 @@
 //! The reload triggers that are not the admin API: `--watch-plugins` (file events) and SIGHUP
-//! (wired in [`crate::server`]).
+//! (wired in `server.rs`).
 //! Both reload every plugin whose file's content changed ([`Plugins::reload_changed`]).
 //!
 //! `--watch-plugins` watches the directories of the plugins' files (inotify on Linux): those the

@@ -159,7 +159,33 @@ fn tracer_provider() -> Result<SdkTracerProvider, String> {
 
 /// The `RUST_LOG` filter (default `info`). Built once per layer: each layer filters for itself.
 fn env_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(with_core_alias(&spec)).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
+/// `RUST_LOG` as given, plus, for each `geecache_host…=LEVEL` directive, the same for
+/// `geecache_core` (where the group, cache and codec code logs and opens its spans since it
+/// moved into its own crate), unless `geecache_core` is named itself: a filter written for
+/// `geecache_host` keeps covering both.
+fn with_core_alias(spec: &str) -> String {
+    if spec.contains("geecache_core") {
+        return spec.to_owned();
+    }
+    let mut directives: Vec<String> = spec.split(',').map(str::to_owned).collect();
+    let aliases: Vec<String> = directives
+        .iter()
+        .filter_map(|d| {
+            let (target, level) = d.trim().split_once('=')?;
+            let rest = target.strip_prefix("geecache_host")?;
+            // The crate itself or one of its modules; core's modules keep their names.
+            (rest.is_empty() || rest.starts_with("::"))
+                .then(|| format!("geecache_core{rest}={level}"))
+        })
+        .collect();
+    directives.extend(aliases);
+    directives.join(",")
 }
 
 /// The filter of the log layers: the events `RUST_LOG` enables, and no span at all.
@@ -277,6 +303,27 @@ pub fn init(json: bool) -> Telemetry {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_filter_for_the_host_covers_core_too() {
+        assert_eq!(
+            with_core_alias("info,geecache_host=debug"),
+            "info,geecache_host=debug,geecache_core=debug"
+        );
+        assert_eq!(
+            with_core_alias("geecache_host::group=trace"),
+            "geecache_host::group=trace,geecache_core::group=trace"
+        );
+        assert_eq!(
+            with_core_alias("warn,geecache_core=info"),
+            "warn,geecache_core=info"
+        );
+        assert_eq!(with_core_alias("info"), "info");
+        assert_eq!(
+            with_core_alias("geecache_hostile=debug"),
+            "geecache_hostile=debug"
+        );
+    }
+
     use super::*;
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

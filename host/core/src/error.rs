@@ -3,13 +3,79 @@
 //! Every variant maps to one stable, machine-readable [`Error::code`] and one HTTP status
 //! ([`Error::status`]); the API turns them into JSON bodies without leaking internals. Errors
 //! are `Clone` because one failed load is shared by every waiter of a singleflight call.
+//!
+//! The errors of the parts core reaches only through a seam (a plugin runtime, a peer
+//! protocol) stay in their own crates: each implements [`SeamError`] (its code, status and
+//! public message) and converts into [`Error::Plugin`] or [`Error::Peer`] with `From` impls
+//! of its own. Callers that know the concrete type get it back with [`Foreign::downcast_ref`].
 
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::compression::CodecError;
-use crate::peer::PeerError;
-use crate::plugin::PluginError;
 use crate::singleflight::LoaderPanicked;
+
+/// An error of a part behind a seam, as that part classifies it.
+pub trait SeamError: std::error::Error + Any + Send + Sync {
+    /// A stable, machine-readable code for API clients.
+    fn code(&self) -> &str;
+    /// The HTTP status it is served with.
+    fn status(&self) -> u16;
+    /// What a remote caller may see (details that are the operator's stay in the log).
+    fn public_message(&self) -> String;
+}
+
+/// A [`SeamError`], shared: cloning it is cheap, as a failed load reaches every waiter.
+#[derive(Clone)]
+pub struct Foreign(Arc<dyn SeamError>);
+
+impl Foreign {
+    /// Wraps `error`.
+    pub fn new(error: impl SeamError) -> Self {
+        Foreign(Arc::new(error))
+    }
+
+    /// The part's own error, when it is a `T`.
+    pub fn downcast_ref<T: SeamError>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.0;
+        any.downcast_ref::<T>()
+    }
+
+    /// See [`SeamError::code`].
+    pub fn code(&self) -> &str {
+        self.0.code()
+    }
+
+    /// See [`SeamError::status`].
+    pub fn status(&self) -> u16 {
+        self.0.status()
+    }
+
+    /// See [`SeamError::public_message`].
+    pub fn public_message(&self) -> String {
+        self.0.public_message()
+    }
+}
+
+impl fmt::Debug for Foreign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Foreign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Foreign {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// What went wrong while serving a request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,7 +142,7 @@ pub enum Error {
 
     /// A plugin failed (trap, panic, memory cap, time limit, or an error it reported).
     #[error(transparent)]
-    Plugin(#[from] PluginError),
+    Plugin(Foreign),
 
     /// A value could not be encoded with the group's codec, or a value sent to this node does
     /// not decode to what it claims.
@@ -86,7 +152,7 @@ pub enum Error {
     /// A call to a peer failed: unreachable, timed out, refused our signature, or answered
     /// with an error. Served as 502 (504 for a timeout) with a `peer_*` code.
     #[error(transparent)]
-    Peer(#[from] PeerError),
+    Peer(Foreign),
 
     /// The code loading a value panicked; every waiter of that load gets this error.
     #[error("loader panicked: {0}")]
@@ -127,6 +193,16 @@ impl From<LoaderPanicked> for Error {
 }
 
 impl Error {
+    /// The plugin runtime's or the peer protocol's own error, when this is one of theirs and
+    /// a `T` (say `PluginError::Timeout`).
+    pub fn foreign<T: SeamError>(&self) -> Option<&T> {
+        match self {
+            Error::Plugin(e) | Error::Peer(e) => e.downcast_ref(),
+            Error::Codec(CodecError::Plugin(e)) => e.downcast_ref(),
+            _ => None,
+        }
+    }
+
     /// A stable, machine-readable error code for API clients.
     pub fn code(&self) -> &str {
         match self {
@@ -142,7 +218,7 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::Plugin(p) => p.code(),
             Error::Codec(c) => c.code(),
-            Error::Peer(p) => p.client_code(),
+            Error::Peer(p) => p.code(),
             Error::LoaderPanicked(_) => "loader_panicked",
             Error::StorageWrite(_) => "storage_unavailable",
             Error::StorageNotCleared(_) => "storage_not_cleared",

@@ -798,6 +798,23 @@ fn an_unknown_codec_fails_the_build_with_the_known_names() {
     );
 }
 
+/// A backend's failure whose details are for operators only, as a plugin's `other` error is.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin memory reported other: disk full at /srv/secret-volume")]
+struct DiskFull;
+
+impl crate::error::SeamError for DiskFull {
+    fn code(&self) -> &str {
+        "plugin_error"
+    }
+    fn status(&self) -> u16 {
+        503
+    }
+    fn public_message(&self) -> String {
+        "plugin memory failed; the details are in the node's log".into()
+    }
+}
+
 /// A storage tier in memory whose writes can be slowed, held or failed.
 #[derive(Debug, Default)]
 struct MemoryStorage {
@@ -862,11 +879,7 @@ impl Storage for MemoryStorage {
             assert_ne!(key, "json-panic", "a backend that panics");
             if self.fail_puts.load(Ordering::SeqCst) {
                 // As a storage plugin reports it: `other` text is for operators only.
-                return Err(Error::Plugin(crate::plugin::PluginError::Reported {
-                    plugin: "memory".into(),
-                    kind: "other",
-                    message: "disk full at /srv/secret-volume".into(),
-                }));
+                return Err(Error::Plugin(crate::error::Foreign::new(DiskFull)));
             }
             self.entries.lock().unwrap().insert(key.to_owned(), e);
             Ok(())

@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::plugin::PluginError;
+use crate::error::Foreign;
 
 /// Bytes of the envelope header in front of every stored payload: the original length (u32,
 /// little endian) and the XXH3-64 of the original bytes (u64, little endian).
@@ -87,12 +87,12 @@ pub enum CodecError {
 
     /// A compressor plugin's call failed (trap, timeout, memory cap, or its own error).
     #[error(transparent)]
-    Plugin(#[from] PluginError),
+    Plugin(Foreign),
 }
 
 impl CodecError {
     /// A stable, machine-readable code for API clients.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             CodecError::Unknown { .. } => "unknown_codec",
             CodecError::BadLevel { .. } => "bad_codec_level",

@@ -1,0 +1,312 @@
+//! The read API of a group: `get` for clients and for peers (as the key's owner), batches
+//! through owners, and what a group reports about itself.
+
+use super::*;
+
+impl Group {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The group's options.
+    pub fn options(&self) -> &GroupOptions {
+        &self.core.options
+    }
+
+    /// Checks a key against the group's limits.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for an empty key, [`Error::KeyTooLarge`] past the limit.
+    pub fn check_key(&self, key: &str) -> Result<()> {
+        let limit = self.core.options.max_key_bytes;
+        if key.is_empty() {
+            return Err(Error::BadRequest("the key must not be empty".into()));
+        }
+        if key.len() > limit {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the value of `key`: from a cache, from its owner, or through the storage tier
+    /// or the getter.
+    ///
+    /// # Concurrent calls on the same key
+    /// Concurrent misses of one key cause exactly one load on this node (and, through the
+    /// owner's own singleflight, one getter call cluster-wide); every caller gets its result or
+    /// the same error. A caller that is cancelled does not cancel the others' load.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotFound`] when the source has no such key (remembered for the negative TTL);
+    /// key-limit errors; the getter's error ([`Error::Plugin`] for wasm getters);
+    /// [`Error::ValueTooLarge`]; [`Error::Codec`] when the group's codec fails on the loaded
+    /// value; [`Error::Timeout`] past the load timeout. A failing owner is not an error: the
+    /// node loads the key itself. A stored value that does not decode is not an error either:
+    /// it is dropped and reloaded.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        Ok(self.get_reply(key, &[]).await?.body)
+    }
+
+    /// [`Group::get`] for an HTTP client that accepts the content codings `accepted` (`gzip`,
+    /// `zstd`): a cached value stored in one of them is answered with its stored payload as it
+    /// is, saving the decode; anything else is the plain value.
+    ///
+    /// # Errors
+    /// As [`Group::get`].
+    pub async fn get_reply(&self, key: &str, accepted: &[&str]) -> Result<Reply> {
+        // The key goes on the span only at debug level: traces at info carry no keys.
+        let span = tracing::info_span!(
+            "geecache.group.get",
+            group = self.core.name.as_str(),
+            answered_by = tracing::field::Empty,
+            shared = tracing::field::Empty,
+            key = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            // No layer wants it (traces are not exported): no span to enter on every poll.
+            return self.get_in_span(key, accepted, &span).await;
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            span.record("key", key);
+        }
+        self.get_in_span(key, accepted, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    /// [`Group::get_reply`] inside `span`, which it tells where the answer came from.
+    pub(super) async fn get_in_span(
+        &self,
+        key: &str,
+        accepted: &[&str],
+        span: &tracing::Span,
+    ) -> Result<Reply> {
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.gets);
+        // Recording on a disabled span still looks the field up (and, with `tracing`'s `log`
+        // feature, may consult `log`): skip it when no layer wants the span.
+        let traced = !span.is_disabled();
+        let found = match core.lookup(key, accepted).await? {
+            Some((tier, answer)) => {
+                core.count_hit(tier, &answer);
+                if traced {
+                    span.record("answered_by", tier.label());
+                }
+                match answer {
+                    Answer::Encoded(reply) => return Ok(reply),
+                    Answer::Plain(found) => found,
+                }
+            }
+            None => {
+                bump(&core.stats.misses);
+                if traced {
+                    span.record("answered_by", "load");
+                }
+                // Only the leader calls the closure, so only a real load gets a load span.
+                let generation = core.generation(key);
+                let flight = self
+                    .flights
+                    .run(&flight_key(generation, key), || {
+                        let load =
+                            tracing::info_span!("geecache.group.load", group = core.name.as_str());
+                        core.clone()
+                            .load(key.to_owned(), generation)
+                            .instrument(load)
+                    })
+                    .await;
+                if traced {
+                    span.record("shared", flight.shared);
+                }
+                if flight.shared {
+                    bump(&core.stats.loads_deduplicated);
+                }
+                flight.result.map_err(|e| (*e).clone())?
+            }
+        };
+        let (body, _) = found.ok_or(Error::KeyNotFound)?;
+        Ok(Reply {
+            body,
+            content_encoding: None,
+        })
+    }
+
+    /// For a batch: asks the owners of `keys` for the keys they own that this node does not
+    /// hold in memory, with one batch request per owner (all at once, each within the peer
+    /// timeout). The answers, by key, go to [`Group::get_with_owner_answer`]. Keys this node
+    /// owns or holds, invalid keys, and keys an owner skipped are left out (they take the
+    /// normal get path). A request that fails fails each of its keys: they are loaded locally,
+    /// as a single get's would be.
+    pub async fn owner_answers(&self, keys: &[String]) -> HashMap<String, OwnerAnswer> {
+        let core = &self.core;
+        let Some(peers) = &core.peers else {
+            return HashMap::new();
+        };
+        let mut by_owner: HashMap<String, (Arc<dyn RemotePeer>, Vec<String>)> = HashMap::new();
+        for key in keys {
+            if self.check_key(key).is_err()
+                || core.main.get(key).is_some()
+                || core.hot.get(key).is_some()
+            {
+                continue;
+            }
+            if let Some(peer) = peers.pick(key) {
+                by_owner
+                    .entry(peer.id().to_string())
+                    .or_insert_with(|| (peer, Vec::new()))
+                    .1
+                    .push(key.clone());
+            }
+        }
+        let timeout = core.options.peer_timeout;
+        let asked = by_owner.into_iter().map(|(id, (peer, keys))| async move {
+            let answer = tokio::time::timeout(timeout, peer.batch_get(&core.name, &keys)).await;
+            let items: Vec<(String, OwnerItem)> = match answer {
+                Ok(Ok(items)) => items,
+                Ok(Err(e)) => keys
+                    .into_iter()
+                    .map(|k| (k, OwnerItem::Failed(e.to_string())))
+                    .collect(),
+                Err(_) => keys
+                    .into_iter()
+                    .map(|k| (k, OwnerItem::Failed(format!("timed out after {timeout:?}"))))
+                    .collect(),
+            };
+            (id, items)
+        });
+        let mut answers = HashMap::new();
+        for (peer, items) in futures::future::join_all(asked).await {
+            for (key, item) in items {
+                let item = match item {
+                    OwnerItem::Answered(entry) => Ok(entry),
+                    OwnerItem::Failed(e) => Err(e),
+                    OwnerItem::Skipped => continue,
+                };
+                let peer = peer.clone();
+                answers.insert(key, OwnerAnswer { peer, item });
+            }
+        }
+        answers
+    }
+
+    /// [`Group::get`] of a batch's key, with its owner's answer when [`Group::owner_answers`]
+    /// fetched one: the caches first, then that answer (or a local load if the owner failed),
+    /// in the key's singleflight like any load.
+    ///
+    /// # Errors
+    /// As [`Group::get`].
+    pub async fn get_with_owner_answer(
+        &self,
+        key: &str,
+        answer: Option<OwnerAnswer>,
+    ) -> Result<Bytes> {
+        let Some(answer) = answer else {
+            return self.get(key).await;
+        };
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.gets);
+        if let Some((tier, answer)) = core.lookup(key, &[]).await? {
+            core.count_hit(tier, &answer);
+            if let Answer::Plain(found) = answer {
+                return found.map(|(v, _)| v).ok_or(Error::KeyNotFound);
+            }
+        }
+        bump(&core.stats.misses);
+        let generation = core.generation(key);
+        let flight = self
+            .flights
+            .run(&flight_key(generation, key), || {
+                core.clone()
+                    .load_with_owner_answer(key.to_owned(), generation, answer)
+            })
+            .await;
+        if flight.shared {
+            bump(&core.stats.loads_deduplicated);
+        }
+        let found = flight.result.map_err(|e| (*e).clone())?;
+        found.map(|(v, _)| v).ok_or(Error::KeyNotFound)
+    }
+
+    /// Answers a peer that asks this node, as the key's owner, for `key`: never forwards to
+    /// another node, so rings that briefly disagree cannot loop. The answer is the stored
+    /// bytes and their codec, as this node keeps them.
+    ///
+    /// # Errors
+    /// As [`Group::get`], except that "no such key" is `Ok(None)`.
+    pub async fn get_as_owner(&self, key: &str) -> Result<Option<PeerEntry>> {
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.peer_requests_served);
+        let span = tracing::info_span!("geecache.group.get_as_owner", group = core.name.as_str());
+        let generation = core.generation(key);
+        let load = || {
+            let load = tracing::info_span!("geecache.group.load", group = core.name.as_str());
+            core.clone()
+                .load_as_owner(key.to_owned(), generation)
+                .instrument(load)
+        };
+        let flight = self
+            .owner_flights
+            .run(&flight_key(generation, key), load)
+            .instrument(span)
+            .await;
+        if flight.shared {
+            bump(&core.stats.loads_deduplicated);
+        }
+        let found = flight.result.map_err(|e| (*e).clone())?;
+        Ok(found.map(|(stored, expires_at_ms)| PeerEntry {
+            value: stored.bytes().clone(),
+            codec: stored.codec().name().to_owned(),
+            expires_at_ms,
+        }))
+    }
+
+    /// The name of the storage backend of this group's storage tier, if it has one.
+    pub fn storage_name(&self) -> Option<&str> {
+        self.core.storage.as_ref().map(|tier| tier.backend().name())
+    }
+
+    /// The name of the getter that loads this group's misses.
+    pub fn getter_name(&self) -> &str {
+        self.core.getter.name()
+    }
+
+    /// Waits until the storage tier's queued writes are done, or until `deadline`; for
+    /// shutdown, once no request is being served any more.
+    pub async fn drain_storage(&self, deadline: tokio::time::Instant) -> Drained {
+        match &self.core.storage {
+            Some(tier) => tier.drain(deadline).await,
+            None => Drained::default(),
+        }
+    }
+
+    /// A snapshot of counters and cache occupancy.
+    pub fn snapshot(&self) -> GroupSnapshot {
+        let core = &self.core;
+        core.main.run_pending_tasks();
+        core.hot.run_pending_tasks();
+        let counters = core.stats.counters();
+        GroupSnapshot {
+            name: core.name.clone(),
+            getter: core.getter.name().to_string(),
+            compression: core.encoding.codec().name().to_owned(),
+            storage: core.storage.as_ref().map(|s| s.backend().name().to_owned()),
+            // Every main-cache miss goes on to the hot cache.
+            main_misses: counters.hot_hits + counters.misses,
+            counters,
+            cache_items: core.main.entry_count(),
+            cache_bytes: core.main.weighted_size(),
+            cache_max_bytes: core.main.max_bytes(),
+            cache_evictions: core.main.evictions(),
+            hot_items: core.hot.entry_count(),
+            hot_bytes: core.hot.weighted_size(),
+            hot_max_bytes: core.hot.max_bytes(),
+            hot_evictions: core.hot.evictions(),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The seams: every trait a plugin runtime or a peer protocol implements for core, and the
+//! values that cross them. Core calls these and knows nothing of what is behind them (wasm,
+//! HTTP, protobuf); the host crate implements them.
+//!
+//! - [`Getter`]: how a group loads a key it does not hold (the source of truth).
+//! - [`Storage`]: a tier below memory where a group keeps the entries it owns.
+//! - [`RemotePeer`] and [`PeerPicker`]: another node as a group needs it, and which node owns
+//!   a key.
+//! - [`PeerService`]: what a node offers its peers (implemented by [`crate::group::Groups`]).
+//! - [`Compressor`]: a codec (built-in or a plugin).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+pub use crate::compression::Compressor;
+use crate::error::{Error, Result};
+
+/// What a getter found for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    /// The key exists.
+    Found {
+        /// The value's bytes.
+        value: Bytes,
+        /// Absolute expiry (ms since the Unix epoch) chosen by the source, if any.
+        expires_at_ms: Option<u64>,
+    },
+    /// The key does not exist in the source. Not an error.
+    NotFound,
+}
+
+/// How a group loads a key it does not hold: the extension point for the source of truth.
+pub trait Getter: Send + Sync + fmt::Debug + 'static {
+    /// The getter's name, for stats and logs.
+    fn name(&self) -> &str;
+
+    /// Loads `key` of `group` from the source.
+    ///
+    /// # Errors
+    /// Any failure of the source or of the getter itself; "no such key" is `Ok(Loaded::NotFound)`.
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Loaded>>;
+}
+
+/// A value as it travels between nodes and to a storage backend: the stored bytes (envelope
+/// header + codec payload, see [`crate::compression`]), their codec tag, their absolute expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// The stored bytes, exactly as the owner holds them.
+    pub value: Bytes,
+    /// Codec tag of `value`.
+    pub codec: String,
+    /// Absolute expiry in ms since the Unix epoch, if any.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Another node of the cluster, as the group needs it.
+pub trait RemotePeer: Send + Sync + fmt::Debug + 'static {
+    /// The node's ring name (its advertised address).
+    fn id(&self) -> &str;
+    /// Asks the owner for `key`; `Ok(None)` means it has no such key.
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>>;
+    /// Stores `entry` at the owner.
+    fn set<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Removes `key` at the owner (which then invalidates every node's copies).
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Tells the node to drop its copies of `keys`.
+    fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>>;
+    /// Asks the owner for several keys in one request: one answer per key, in order. The
+    /// default asks for them one by one.
+    fn batch_get<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, OwnerItem)>>> {
+        Box::pin(async move {
+            let mut items = Vec::with_capacity(keys.len());
+            for key in keys {
+                let item = match self.get(group, key).await {
+                    Ok(entry) => OwnerItem::Answered(entry),
+                    Err(e) => OwnerItem::Failed(e.to_string()),
+                };
+                items.push((key.clone(), item));
+            }
+            Ok(items)
+        })
+    }
+}
+
+/// What an owner's batch answer says about one key.
+#[derive(Debug, Clone)]
+pub enum OwnerItem {
+    /// The owner's entry, or `None`: it has no such key.
+    Answered(Option<PeerEntry>),
+    /// The owner failed to load it (the key is loaded locally, as after a failed single get).
+    Failed(String),
+    /// The owner did not get to it (its batch budget was spent): ask again with a single get.
+    Skipped,
+}
+
+/// A tier below memory where a group keeps the entries it owns (a disk, a remote store): the
+/// extension point for storage backends.
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// The backend's name, for stats and logs.
+    fn name(&self) -> &str;
+    /// The entry stored under `key` of `group`, if any (expired entries may be returned; the
+    /// group checks).
+    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>>;
+    /// Stores `entry` under `key` of `group`, replacing any previous one.
+    fn put<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Removes `key` of `group`; removing a missing key is not an error.
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Removes every entry of `group` (see [`crate::group::Group::flush`]).
+    fn clear<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Why this backend cannot [`clear`](Storage::clear) at all (e.g. a plugin built without
+    /// `storage-clear`); `None` when it can.
+    fn cannot_clear(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Which node owns a key: the seam between a group and the cluster (ring + peer clients).
+pub trait PeerPicker: Send + Sync + fmt::Debug + 'static {
+    /// The remote owner of `key`, or `None` when this node owns it (or runs alone).
+    fn pick(&self, key: &str) -> Option<Arc<dyn RemotePeer>>;
+    /// Every other node, for invalidation after a set or remove.
+    fn others(&self) -> Vec<Arc<dyn RemotePeer>>;
+}
+
+/// What a node offers its peers (implemented by the node's groups).
+///
+/// The server calls it after it has authenticated the request and decoded the path and body, so
+/// `group` and `key` are never empty.
+pub trait PeerService: Send + Sync + fmt::Debug + 'static {
+    /// Load `key` as its owner (from cache or getter). Ok(None) = no such key.
+    fn get<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PeerEntry>, Error>>;
+
+    /// Store `entry` as the owner.
+    fn set<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        entry: PeerEntry,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Remove `key` as the owner (the service itself then tells other nodes to invalidate).
+    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Drop any local copy of `keys` (hot cache) without telling anyone.
+    fn invalidate(&self, group: &str, keys: &[String]) -> Result<(), Error>;
+}
