@@ -139,7 +139,13 @@ fn setup() -> &'static Setup {
 
             // The requester's ring: itself (never served; its keys are not used) and the owner.
             let me = "127.0.0.1:9".to_owned();
-            let ring = Cluster::new(&me, &me, None, Duration::from_secs(5), Metrics::new(&me));
+            let ring = Cluster::new(
+                &me,
+                &me,
+                None,
+                Duration::from_secs(5),
+                Metrics::new(&me, &[]),
+            );
             ring.join(Membership::fixed(
                 Member {
                     id: me.clone(),

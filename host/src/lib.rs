@@ -18,9 +18,10 @@
 //!   [`api::Shortcut`] answers plain GETs of a key ahead of the router (the hit path);
 //!   [`api::serve`] serves each connection with hyper's HTTP/1.1 and stops gracefully.
 //! - Core ([`geecache_core`], re-exported here under the same names: [`batch`], [`cache`],
-//!   [`compression`], [`error`], [`group`], [`ring`], [`seam`], [`singleflight`], [`units`]):
-//!   groups, caches, singleflight, the ring, batches, codecs, the error type, units, and the seam traits the
-//!   modules below implement. Core imports nothing of this crate.
+//!   [`compression`], [`error`], [`group`], [`metrics`], [`ring`], [`seam`], [`singleflight`],
+//!   [`units`]): groups, caches, singleflight, the ring, batches, codecs, the error type,
+//!   units, metric tables as plain data, and the seam traits the modules below implement. Core
+//!   imports nothing of this crate.
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
 //!   on-disk compile cache), kind detection, per-call limits (wall-clock deadline that host
 //!   calls share, one memory budget over all memories and tables), grants bound to the
@@ -47,10 +48,18 @@
 //! - [`telemetry`]: logs (`RUST_LOG`, text or JSON), get-path spans exported over OTLP when
 //!   `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, and [`telemetry::metrics`]: one
 //!   [`telemetry::Metrics`] per node (OpenTelemetry meters, Prometheus exporter) rendered at
-//!   `/metrics` from the same snapshot as `/api/v1/stats`, plus the latency histograms the API,
-//!   the peer clients and the plugin calls record.
+//!   `/metrics` from the samples of the snapshot `/api/v1/stats` serialises ([`api::stats`]),
+//!   plus the latency histograms the API, the peer clients and the plugin calls record. The
+//!   metric tables belong to their subsystems (a `metrics` module each: [`group::metrics`],
+//!   [`compression::metrics`], [`plugin::metrics`], [`api::metrics`], [`cluster::metrics`]);
+//!   telemetry imports no module of this crate.
+//!
+//! Import rules: core ([`geecache_core`]) imports nothing of this crate; here a module imports
+//! only those listed before it in `docs/architecture.md`'s table (no cycle).
 
-pub use geecache_core::{batch, cache, compression, error, group, ring, seam, singleflight, units};
+pub use geecache_core::{
+    batch, cache, compression, error, group, metrics, ring, seam, singleflight, units,
+};
 
 pub mod api;
 pub mod cluster;

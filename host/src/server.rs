@@ -71,7 +71,7 @@ pub struct Node {
 /// A message saying which plugin or group is wrong and how to fix it.
 pub fn build(settings: &Settings) -> Result<Node, String> {
     // One set of meters per node (several nodes may share a process in tests).
-    let metrics = Metrics::new(&settings.cluster.advertise_addr);
+    let metrics = Metrics::new(&settings.cluster.advertise_addr, crate::api::stats::TABLES);
     let runtime = Arc::new(
         Runtime::with_metrics(settings.runtime.clone(), metrics.clone())
             .map_err(|e| e.to_string())?,

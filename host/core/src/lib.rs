@@ -25,6 +25,9 @@
 //! - [`batch`]: how a batch get (API or peer) is answered within a byte budget: each distinct
 //!   key once, loads stopped once the budget is spent.
 //! - [`ring`]: consistent hashing with virtual nodes (XXH3-64); which node owns a key.
+//! - [`metrics`]: what a subsystem reports to `/metrics` as plain data (its table and its
+//!   samples); each keeps its own beside its counters (`group::metrics`,
+//!   `compression::metrics`), and the host's telemetry only exports them.
 //! - [`units`]: the sizes and durations operators write, parsed one way everywhere.
 //! - [`error`]: the error type every layer shares; the errors of the parts behind a seam
 //!   reach it as [`error::SeamError`]s.
@@ -34,6 +37,7 @@ pub mod cache;
 pub mod compression;
 pub mod error;
 pub mod group;
+pub mod metrics;
 pub mod ring;
 pub mod seam;
 pub mod singleflight;

@@ -43,6 +43,8 @@
 
 pub mod conn;
 pub mod guard;
+pub mod metrics;
+pub mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,15 +63,16 @@ use tracing::Instrument as _;
 
 use crate::batch::{self, Slot};
 use crate::cache::Clock as _;
+use crate::cluster::metrics::ClusterStats;
 use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
 use crate::group::{Groups, Reply};
 use crate::peer::{NodeAuth, PeerLimits, PeerService};
 pub use crate::plugin::PluginSnapshot;
 use crate::plugin::Plugins;
+use crate::telemetry::Metrics;
 /// The body of `/api/v1/stats`, also what `/metrics` reports.
-pub use crate::telemetry::Stats;
-use crate::telemetry::{ClusterStats, Metrics};
+pub use stats::Stats;
 
 mod access;
 mod flush;
@@ -697,7 +700,7 @@ async fn stats(State(state): State<AppState>) -> Json<Stats> {
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = state
         .metrics()
-        .render(state.stats())
+        .render(state.stats().samples())
         .map_err(Error::Internal)?;
     Ok((
         [(

@@ -72,7 +72,7 @@ fn app_state(size: usize, options: ApiOptions) -> (AppState, Arc<SizedGetter>) {
         .unwrap();
     let mut groups = Groups::default();
     groups.insert(group).unwrap();
-    let metrics = Metrics::new("n");
+    let metrics = Metrics::new("n", super::stats::TABLES);
     let cluster = Cluster::new(
         "n",
         "127.0.0.1:1",

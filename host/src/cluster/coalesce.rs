@@ -491,7 +491,7 @@ mod tests {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
-            metrics: Metrics::new("test"),
+            metrics: Metrics::new("test", &[]),
         })
     }
 

@@ -29,6 +29,7 @@ use crate::ring::{DEFAULT_REPLICAS, Ring};
 use crate::telemetry::Metrics;
 
 mod coalesce;
+pub mod metrics;
 
 use coalesce::Coalescer;
 pub use coalesce::DEFAULT_MAX_KEYS as DEFAULT_COALESCE_KEYS;
@@ -561,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn the_ring_version_changes_with_the_members_only() {
         let me = "127.0.0.1:9001";
-        let cluster = Cluster::new(me, me, None, Duration::from_secs(1), Metrics::new(me));
+        let cluster = Cluster::new(me, me, None, Duration::from_secs(1), Metrics::new(me, &[]));
         let alone = cluster.ring_version();
         assert_ne!(alone, 0);
         cluster.join(Membership::fixed(

@@ -1244,7 +1244,7 @@ fn peer_addresses_are_checked() {
 /// peer request for an unknown group gets an `ErrorInfo`, an unknown API route gets JSON.
 #[tokio::test]
 async fn the_api_router_serves_the_peer_routes() {
-    let metrics = crate::telemetry::Metrics::new("n");
+    let metrics = crate::telemetry::Metrics::new("n", crate::api::stats::TABLES);
     let cluster = crate::cluster::Cluster::new(
         "n",
         "127.0.0.1:1",

@@ -33,6 +33,7 @@ mod compressor;
 mod error;
 mod getter;
 mod host;
+pub mod metrics;
 mod pool;
 pub mod registry;
 pub mod sql;
@@ -369,7 +370,7 @@ impl Runtime {
     /// # Errors
     /// As [`Runtime::with_metrics`].
     pub fn new(options: RuntimeOptions) -> Result<Self, PluginError> {
-        Self::with_metrics(options, Metrics::new("plugin-runtime"))
+        Self::with_metrics(options, Metrics::new("plugin-runtime", &[]))
     }
 
     /// Builds the engine (pooling allocator first, on-demand if the pool cannot be reserved),

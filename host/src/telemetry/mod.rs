@@ -16,7 +16,7 @@
 
 pub mod metrics;
 
-pub use metrics::{ClusterStats, Metrics, Stats};
+pub use metrics::Metrics;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -13,6 +13,7 @@
 //!   kept raw. A value that does not shrink is kept raw too.
 
 pub mod builtin;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -36,6 +36,7 @@
 
 mod generations;
 mod load;
+pub mod metrics;
 mod options;
 mod read;
 mod registry;

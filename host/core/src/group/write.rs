@@ -202,7 +202,7 @@ impl Core {
 impl Group {
     /// Sets `key` to `value` at its owner; every other node drops its copy. The value is
     /// encoded here, so the owner receives it as it will store it. Once encoded, the write
-    /// runs to its end even if the caller goes away (see [`Core::detached`]).
+    /// runs to its end even if the caller goes away (it runs as a task of its own).
     ///
     /// Read-your-writes: after `Ok`, no node that answered the owner's invalidation, this
     /// one included, serves the old value from a copy.
@@ -235,7 +235,8 @@ impl Group {
     ///
     /// # Errors
     /// Key or value limits; [`Error::Codec`] when the entry's codec is unknown here or its
-    /// bytes do not decode to what its header claims; [`Core::store_as_owner`]'s.
+    /// bytes do not decode to what its header claims; [`Error::StorageWrite`] as for
+    /// [`Group::set`].
     pub async fn set_as_owner(&self, key: &str, entry: PeerEntry) -> Result<()> {
         self.check_key(key)?;
         let expires_at_ms = entry.expires_at_ms;
@@ -274,7 +275,7 @@ impl Group {
     /// nodes to drop their copies (to the end, even if the sender goes away).
     ///
     /// # Errors
-    /// Key limits; [`Core::remove_as_owner`]'s.
+    /// Key limits; [`Error::StorageWrite`] as for [`Group::remove`].
     pub async fn remove_as_owner(&self, key: &str) -> Result<()> {
         self.check_key(key)?;
         let (key, core) = (key.to_owned(), self.core.clone());
