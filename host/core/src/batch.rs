@@ -31,6 +31,10 @@ use futures::StreamExt as _;
 
 use crate::error::Error;
 
+/// Most keys one batch may ask for: a client's batch request, and a peer's `_batch` or
+/// `_invalidate` request (the peer client splits longer lists).
+pub const MAX_BATCH_KEYS: usize = 1000;
+
 /// Default byte budget of one batch answer (`--max-batch-bytes`).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 << 20;
 

@@ -305,8 +305,8 @@ fn reply_response(reply: Reply) -> Response {
 }
 
 /// The content codings a stored value may be in that HTTP clients know: what
-/// `Accept-Encoding` is read for.
-const STORED_CODINGS: [&str; 2] = ["gzip", "zstd"];
+/// `Accept-Encoding` is read for (core's list).
+use crate::compression::CONTENT_CODINGS as STORED_CODINGS;
 
 /// The content codings (of [`STORED_CODINGS`]) a request's `Accept-Encoding` accepts, kept
 /// inline: reading them allocates nothing. Also an extractor, which reads the headers where
@@ -542,8 +542,8 @@ async fn rest_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Most keys one batch request may ask for.
-pub const MAX_BATCH_KEYS: usize = 1000;
+/// Most keys one batch request may ask for (core's, shared with the peer protocol).
+pub use crate::batch::MAX_BATCH_KEYS;
 
 /// How many keys of one batch are loaded at once.
 const BATCH_CONCURRENCY: usize = 64;

@@ -88,8 +88,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Peer requests a node serves at once by default (`--peer-concurrency`, see [`PeerLimits`]).
 pub const DEFAULT_PEER_CONCURRENCY: usize = 256;
 
-/// Most keys in one `_batch` or `_invalidate` request; [`PeerClient`] splits longer lists.
-pub const MAX_BATCH_KEYS: usize = 1000;
+/// Most keys in one `_batch` or `_invalidate` request; [`PeerClient`] splits longer lists
+/// (core's, shared with the API's batches).
+pub use crate::batch::MAX_BATCH_KEYS;
 
 /// How many times the length-delimited field `field` occurs at the top level of the protobuf
 /// message `body`, counting no further than `max + 1`; `None` when `body` is not well formed

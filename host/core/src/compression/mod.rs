@@ -119,6 +119,11 @@ impl CodecError {
     }
 }
 
+/// The codecs whose payload is a standard HTTP content coding: a client whose
+/// `Accept-Encoding` takes one gets a value stored in it as it is, with that
+/// `Content-Encoding` (no decode on the node).
+pub const CONTENT_CODINGS: [&str; 2] = ["gzip", "zstd"];
+
 /// A codec: compresses values and decompresses what it compressed.
 ///
 /// Implementations must be deterministic in what they accept: `decompress(compress(x))` is `x`

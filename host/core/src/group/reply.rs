@@ -13,10 +13,6 @@ pub struct Reply {
     pub content_encoding: Option<&'static str>,
 }
 
-/// The codecs whose payload is a standard HTTP content coding, so a client that accepts it can
-/// take the stored payload as it is.
-pub(super) const CONTENT_CODINGS: [&str; 2] = ["gzip", "zstd"];
-
 /// The stored payload of `entry` as it is, when it is a value stored in a content coding that
 /// the client accepts (`accepted`).
 pub(super) fn encoded_reply(entry: &CacheEntry, accepted: &[&str]) -> Option<Reply> {
@@ -26,7 +22,7 @@ pub(super) fn encoded_reply(entry: &CacheEntry, accepted: &[&str]) -> Option<Rep
     let Cached::Value(stored) = &entry.cached else {
         return None;
     };
-    let coding = CONTENT_CODINGS
+    let coding = crate::compression::CONTENT_CODINGS
         .into_iter()
         .find(|c| *c == stored.codec().name() && accepted.contains(c))?;
     Some(Reply {
