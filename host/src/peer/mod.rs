@@ -58,6 +58,7 @@ mod client;
 #[cfg(test)]
 mod end_to_end;
 mod error;
+mod replay;
 mod server;
 
 pub use auth::{ClusterSecret, NodeAuth};
