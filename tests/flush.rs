@@ -4,35 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use geecache_tests::{ADMIN_TOKEN, TestNode, admin_post, plugins};
+use geecache_tests::{ADMIN_TOKEN, TestNode, admin_post, fs_storage_entries, plugins};
 
 /// `POST {base}{path}` with the admin token: status and JSON answer.
 async fn post(node: &TestNode, path: &str) -> (u16, serde_json::Value) {
     admin_post(&node.client, &format!("{}{path}", node.base)).await
 }
 
-/// The paths in directory `dir`.
-fn children(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect()
-}
-
-/// Entry files `fs_storage` keeps under `dir`, all groups, cleared ones not yet swept
-/// included (its layout: `<dir>/<group>/<bucket>/<key>`; names starting with `.`, such as
-/// `.usage` and temporary files, are not entries).
+/// How many entry files `fs_storage` keeps under `dir` (see [`fs_storage_entries`]).
 fn stored_files(dir: &Path) -> usize {
-    children(dir)
-        .iter()
-        .flat_map(|group| children(group))
-        .filter(|bucket| bucket.is_dir())
-        .flat_map(|bucket| children(&bucket))
-        .filter(|file| !file.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .count()
+    fs_storage_entries(dir).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -551,3 +551,21 @@ impl NodeProcess {
         }
     }
 }
+
+/// The entry files `fs_storage` keeps under `dir`, all groups, cleared ones not yet swept
+/// included (its layout: `<dir>/<group>/<bucket>/<key>`; names starting with `.`, such as
+/// `.usage` and temporary files, are not entries).
+pub fn fs_storage_entries(dir: &Path) -> Vec<PathBuf> {
+    let children = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    children(dir)
+        .iter()
+        .flat_map(|group| children(group))
+        .filter(|bucket| bucket.is_dir())
+        .flat_map(|bucket| children(&bucket))
+        .filter(|file| !file.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect()
+}

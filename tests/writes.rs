@@ -212,19 +212,10 @@ async fn a_put_answered_503_never_comes_back() {
     );
 }
 
-/// Bytes of the entry files `fs_storage` keeps under `dir` (all groups; `.usage` and temporary
-/// files are not entries).
+/// Bytes of the entry files `fs_storage` keeps under `dir`.
 fn stored_bytes(dir: &std::path::Path) -> u64 {
-    let children = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(d)
-            .map(|r| r.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default()
-    };
-    children(dir)
+    geecache_tests::fs_storage_entries(dir)
         .iter()
-        .flat_map(|group| children(group))
-        .flat_map(|bucket| children(&bucket))
-        .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
         .map(|f| f.metadata().unwrap().len())
         .sum()
 }
