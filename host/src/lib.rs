@@ -35,8 +35,9 @@
 //!   calling one remote node (over [`peer::PeerHttp`], hyper's pooled client with rustls,
 //!   shared with the cluster's admin requests), and HMAC request signing with the cluster
 //!   secret (nonces against replay, checked before a body is read).
-//! - [`discovery`]: who the members are: a fixed `--peers` list, or etcd (lease, keepalive,
-//!   watch); publishes the member list the ring is built from.
+//! - [`discovery`]: who the members are: a fixed `--peers` list, a peers file or DNS names
+//!   read again periodically, or etcd (lease, keepalive, watch, admission rules); publishes the
+//!   member list the ring is built from.
 //! - [`cluster`]: membership → ring → peer clients, as the group's `PeerPicker`; a single node
 //!   is a cluster of one. Gets to one peer asked at one moment, or while the previous request
 //!   to it is in flight, go as one `_batch` request (`cluster/coalesce.rs`, `--peer-coalesce`).
@@ -44,7 +45,10 @@
 //!   accept loop), the peer client's trust (`--peer-ca`), and with `--peer-mtls` the client
 //!   certificate a peer request's connection showed, checked against the ring's hosts (once
 //!   per connection and ring version).
-//! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file.
+//! - [`config`]: CLI flags (clap, `GEECACHE_*` env fallbacks) and the TOML config file,
+//!   resolved into [`config::Settings`] one subsystem at a time, each default written once (in
+//!   its option struct's `Default`); defines the HTTP front's plain option structs
+//!   ([`config::ApiOptions`], [`config::ServerLimits`], ...), which [`api`] enforces.
 //! - [`telemetry`]: logs (`RUST_LOG`, text or JSON), get-path spans exported over OTLP when
 //!   `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, and [`telemetry::metrics`]: one
 //!   [`telemetry::Metrics`] per node (OpenTelemetry meters, Prometheus exporter) rendered at
@@ -55,7 +59,8 @@
 //!   telemetry imports no module of this crate.
 //!
 //! Import rules: core ([`geecache_core`]) imports nothing of this crate; here a module imports
-//! only those listed before it in `docs/architecture.md`'s table (no cycle).
+//! only those listed before it in `docs/architecture.md`'s table (no cycle; `.ci/import-graph`
+//! prints the edges and fails on a cycle).
 
 pub use geecache_core::{
     batch, cache, compression, error, group, metrics, ring, seam, singleflight, units,

@@ -18,60 +18,22 @@
 //!
 //! Tokens are compared in constant time (as SHA-256 digests, so not even their length leaks).
 
-use std::fmt;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq as _;
 
-/// The client token of a node. Cheap to clone; its `Debug` output never shows the token.
-#[derive(Clone)]
-pub struct ApiToken {
-    /// SHA-256 of the token: what requests are compared against, in constant time.
-    digest: Arc<[u8; 32]>,
-}
+use crate::config::{Access, ApiToken};
 
-/// An API token must not be empty: an empty bearer token would let anyone in.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the API token is empty")]
-pub struct EmptyToken;
-
-impl ApiToken {
-    /// A token from its text.
-    ///
-    /// # Errors
-    /// [`EmptyToken`] when `token` is empty.
-    pub fn new(token: &str) -> Result<ApiToken, EmptyToken> {
-        if token.is_empty() {
-            return Err(EmptyToken);
-        }
-        Ok(ApiToken {
-            digest: Arc::new(Sha256::digest(token.as_bytes()).into()),
-        })
-    }
-
-    /// Whether `headers` carry `Authorization: Bearer <this token>`.
-    pub fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-        else {
-            return false;
-        };
-        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        given.ct_eq(&*self.digest).into()
-    }
-}
-
-impl fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiToken(<redacted>)")
-    }
+/// Whether `headers` carry `Authorization: Bearer <token>`.
+pub(crate) fn token_admits(token: &ApiToken, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .is_some_and(|given| token.matches(given))
 }
 
 /// The token of an `Authorization` value of the `Bearer` scheme (case-insensitive).
@@ -83,21 +45,7 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Who must show which token.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    /// The API token; `None` leaves reads and writes open.
-    pub token: Option<ApiToken>,
-    /// Whether reads need the token too, not only writes.
-    pub reads: bool,
-    /// The admin token; `None` closes the admin routes.
-    pub admin: Option<ApiToken>,
-    /// The directory a reload's `?path=` may name files in (canonical); `None` refuses
-    /// `?path=`.
-    pub reload_dir: Option<std::path::PathBuf>,
-}
-
-/// What [`Access::verdict`] decided.
+/// What [`verdict`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// It may go on.
@@ -136,50 +84,51 @@ fn cross_origin(headers: &HeaderMap) -> bool {
     authority.is_empty() || !authority.eq_ignore_ascii_case(host)
 }
 
-impl Access {
-    /// Whether `req` may go on as a read or a write (the shortcut's question, for GETs): it
-    /// needs no token, or carries the right one. Admin routes and origins are [`Access::verdict`]'s.
-    pub(crate) fn admits<B>(&self, req: &axum::http::Request<B>) -> bool {
-        !self.requires_token(req.method(), req.uri().path())
-            || self.token.as_ref().is_some_and(|t| t.admits(req.headers()))
-    }
+/// Whether `req` may go on as a read or a write (the shortcut's question, for GETs): it
+/// needs no token, or carries the right one. Admin routes and origins are [`verdict`]'s.
+pub(crate) fn admits<B>(access: &Access, req: &axum::http::Request<B>) -> bool {
+    !requires_token(access, req.method(), req.uri().path())
+        || access
+            .token
+            .as_ref()
+            .is_some_and(|t| token_admits(t, req.headers()))
+}
 
-    /// What becomes of `req` (see the module docs).
-    pub(crate) fn verdict<B>(&self, req: &axum::http::Request<B>) -> Verdict {
-        let (method, path) = (req.method(), req.uri().path());
-        if !matches!(*method, Method::GET | Method::HEAD) && cross_origin(req.headers()) {
-            return Verdict::CrossOrigin;
-        }
-        if is_admin(method, path) {
-            return match &self.admin {
-                None => Verdict::AdminClosed,
-                Some(admin) if admin.admits(req.headers()) => Verdict::Pass,
-                Some(_) => Verdict::Unauthorized { admin: true },
-            };
-        }
-        if self.admits(req) {
-            Verdict::Pass
-        } else {
-            Verdict::Unauthorized { admin: false }
-        }
+/// What becomes of `req` (see the module docs).
+pub(crate) fn verdict<B>(access: &Access, req: &axum::http::Request<B>) -> Verdict {
+    let (method, path) = (req.method(), req.uri().path());
+    if !matches!(*method, Method::GET | Method::HEAD) && cross_origin(req.headers()) {
+        return Verdict::CrossOrigin;
     }
-
-    /// Whether a request (not an admin route) with this method and path must carry the API
-    /// token.
-    fn requires_token(&self, method: &Method, path: &str) -> bool {
-        if self.token.is_none() || matches!(path, "/healthz" | "/readyz") {
-            return false;
-        }
-        // POST serves the batch get, a read; the other POSTs are admin routes.
-        let read = matches!(*method, Method::GET | Method::HEAD)
-            || (*method == Method::POST && path.ends_with("/batch"));
-        !read || self.reads
+    if is_admin(method, path) {
+        return match &access.admin {
+            None => Verdict::AdminClosed,
+            Some(admin) if token_admits(admin, req.headers()) => Verdict::Pass,
+            Some(_) => Verdict::Unauthorized { admin: true },
+        };
+    }
+    if admits(access, req) {
+        Verdict::Pass
+    } else {
+        Verdict::Unauthorized { admin: false }
     }
 }
 
-/// Refuses requests [`Access::verdict`] does not pass (see the module docs).
+/// Whether a request (not an admin route) with this method and path must carry the API
+/// token.
+fn requires_token(access: &Access, method: &Method, path: &str) -> bool {
+    if access.token.is_none() || matches!(path, "/healthz" | "/readyz") {
+        return false;
+    }
+    // POST serves the batch get, a read; the other POSTs are admin routes.
+    let read = matches!(*method, Method::GET | Method::HEAD)
+        || (*method == Method::POST && path.ends_with("/batch"));
+    !read || access.reads
+}
+
+/// Refuses requests [`verdict`] does not pass (see the module docs).
 pub async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
-    match access.verdict(&req) {
+    match verdict(&access, &req) {
         Verdict::Pass => next.run(req).await,
         Verdict::AdminClosed => super::error_response(
             StatusCode::FORBIDDEN,
@@ -219,6 +168,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::config::EmptyToken;
 
     fn headers(authorization: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -232,13 +182,13 @@ mod tests {
     #[test]
     fn only_the_exact_bearer_token_is_admitted() {
         let t = ApiToken::new("s3cret").unwrap();
-        assert!(t.admits(&headers("Bearer s3cret")));
-        assert!(t.admits(&headers("bearer  s3cret ")));
-        assert!(!t.admits(&headers("Bearer s3cre")));
-        assert!(!t.admits(&headers("Bearer s3cret2")));
-        assert!(!t.admits(&headers("Basic s3cret")));
-        assert!(!t.admits(&headers("s3cret")));
-        assert!(!t.admits(&HeaderMap::new()));
+        assert!(token_admits(&t, &headers("Bearer s3cret")));
+        assert!(token_admits(&t, &headers("bearer  s3cret ")));
+        assert!(!token_admits(&t, &headers("Bearer s3cre")));
+        assert!(!token_admits(&t, &headers("Bearer s3cret2")));
+        assert!(!token_admits(&t, &headers("Basic s3cret")));
+        assert!(!token_admits(&t, &headers("s3cret")));
+        assert!(!token_admits(&t, &HeaderMap::new()));
         assert_eq!(ApiToken::new("").unwrap_err(), EmptyToken);
         assert!(!format!("{t:?}").contains("s3cret"));
     }
@@ -257,16 +207,24 @@ mod tests {
             ..Access::default()
         };
         let k = "/api/v1/groups/g/keys/k";
-        assert!(writes.requires_token(&Method::PUT, k));
-        assert!(writes.requires_token(&Method::DELETE, k));
-        assert!(!writes.requires_token(&Method::GET, k));
-        assert!(!writes.requires_token(&Method::POST, "/api/v1/groups/g/batch"));
-        assert!(!writes.requires_token(&Method::GET, "/api/v1/plugins"));
-        assert!(all.requires_token(&Method::GET, "/metrics"));
-        assert!(all.requires_token(&Method::POST, "/api/v1/groups/g/batch"));
-        assert!(!all.requires_token(&Method::GET, "/healthz"));
-        assert!(!all.requires_token(&Method::GET, "/readyz"));
-        assert!(!Access::default().requires_token(&Method::PUT, k));
+        assert!(requires_token(&writes, &Method::PUT, k));
+        assert!(requires_token(&writes, &Method::DELETE, k));
+        assert!(!requires_token(&writes, &Method::GET, k));
+        assert!(!requires_token(
+            &writes,
+            &Method::POST,
+            "/api/v1/groups/g/batch"
+        ));
+        assert!(!requires_token(&writes, &Method::GET, "/api/v1/plugins"));
+        assert!(requires_token(&all, &Method::GET, "/metrics"));
+        assert!(requires_token(
+            &all,
+            &Method::POST,
+            "/api/v1/groups/g/batch"
+        ));
+        assert!(!requires_token(&all, &Method::GET, "/healthz"));
+        assert!(!requires_token(&all, &Method::GET, "/readyz"));
+        assert!(!requires_token(&Access::default(), &Method::PUT, k));
     }
 
     fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> axum::http::Request<()> {
@@ -284,12 +242,12 @@ mod tests {
         let open = Access::default();
         for path in [reload, flush, "/api/v1/groups/batch/flush"] {
             assert_eq!(
-                open.verdict(&request(Method::POST, path, &[])),
+                verdict(&open, &request(Method::POST, path, &[])),
                 Verdict::AdminClosed
             );
         }
         assert_eq!(
-            open.verdict(&request(Method::POST, "/api/v1/groups/g/batch", &[])),
+            verdict(&open, &request(Method::POST, "/api/v1/groups/g/batch", &[])),
             Verdict::Pass
         );
         let api = Access {
@@ -298,9 +256,9 @@ mod tests {
             ..Access::default()
         };
         let with = |token: &str| request(Method::POST, reload, &[("authorization", token)]);
-        assert_eq!(api.verdict(&with("Bearer adm")), Verdict::Pass);
+        assert_eq!(verdict(&api, &with("Bearer adm")), Verdict::Pass);
         assert_eq!(
-            api.verdict(&with("Bearer api")),
+            verdict(&api, &with("Bearer api")),
             Verdict::Unauthorized { admin: true },
             "the API token is not an admin token"
         );
@@ -309,7 +267,7 @@ mod tests {
             "/api/v1/groups/g/keys/k",
             &[("authorization", "Bearer adm")],
         );
-        assert_eq!(api.verdict(&put), Verdict::Unauthorized { admin: false });
+        assert_eq!(verdict(&api, &put), Verdict::Unauthorized { admin: false });
     }
 
     #[test]
@@ -325,15 +283,18 @@ mod tests {
         ];
         let reload = "/api/v1/plugins/p/reload";
         assert_eq!(
-            admin.verdict(&request(Method::POST, reload, &evil)),
+            verdict(&admin, &request(Method::POST, reload, &evil)),
             Verdict::CrossOrigin
         );
         assert_eq!(
-            admin.verdict(&request(Method::PUT, "/api/v1/groups/g/keys/k", &evil)),
+            verdict(
+                &admin,
+                &request(Method::PUT, "/api/v1/groups/g/keys/k", &evil)
+            ),
             Verdict::CrossOrigin
         );
         assert_eq!(
-            admin.verdict(&request(Method::GET, "/api?key=k", &evil)),
+            verdict(&admin, &request(Method::GET, "/api?key=k", &evil)),
             Verdict::Pass
         );
         let same = [
@@ -342,12 +303,15 @@ mod tests {
             ("authorization", "Bearer adm"),
         ];
         assert_eq!(
-            admin.verdict(&request(Method::POST, reload, &same)),
+            verdict(&admin, &request(Method::POST, reload, &same)),
             Verdict::Pass
         );
         let null = [("origin", "null"), ("host", "127.0.0.1:9999")];
         assert_eq!(
-            admin.verdict(&request(Method::PUT, "/api/v1/groups/g/keys/k", &null)),
+            verdict(
+                &admin,
+                &request(Method::PUT, "/api/v1/groups/g/keys/k", &null)
+            ),
             Verdict::CrossOrigin
         );
     }

@@ -39,45 +39,9 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::conn::{ClientRate, ConnCounters, ConnHandle, ConnTimeouts, PerClient};
+use super::conn::{ClientRate, ConnCounters, ConnHandle};
 
-/// Aggregate limits of one node's HTTP server; see the module docs.
-#[derive(Debug, Clone)]
-pub struct ServerLimits {
-    /// Connections open at once (`--max-connections`).
-    pub max_connections: usize,
-    /// The header, idle and write timers of every connection.
-    pub timeouts: ConnTimeouts,
-    /// Bytes of request bodies and answers being received, held or sent at once
-    /// (`--max-inflight-body-bytes`).
-    pub max_inflight_body_bytes: usize,
-    /// Longest time one request body may take to arrive (`--body-timeout`).
-    pub body_timeout: Duration,
-    /// Largest body of one request (`--max-body-bytes`): what a body of unknown length reserves.
-    pub max_body_bytes: usize,
-    /// Byte budget of one batch answer (`--max-batch-bytes`): a batch request reserves twice it.
-    pub max_batch_bytes: usize,
-    /// Largest component a plugin upload may carry (`--max-plugin-bytes`): the body limit of
-    /// the plugin routes instead of `max_body_bytes`.
-    pub max_plugin_bytes: usize,
-    /// What one client may hold and ask (`--max-connections-per-client`, `--rate-limit`).
-    pub per_client: PerClient,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            max_connections: 4096,
-            timeouts: ConnTimeouts::default(),
-            max_inflight_body_bytes: 256 << 20,
-            body_timeout: Duration::from_secs(30),
-            max_body_bytes: 16 << 20,
-            max_batch_bytes: crate::batch::DEFAULT_MAX_BATCH_BYTES,
-            max_plugin_bytes: 64 << 20,
-            per_client: PerClient::default(),
-        }
-    }
-}
+pub use crate::config::ServerLimits;
 
 /// The in-flight budget shared by every request of a node. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -469,6 +433,7 @@ fn with_deadline(req: Request, timeout: Duration) -> Request {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::{ConnTimeouts, PerClient};
     use axum::Router;
     use axum::routing::{get, put};
     use bytes::Bytes;

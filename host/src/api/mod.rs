@@ -49,24 +49,16 @@ pub mod stats;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Json;
 use axum::Router;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
-use base64::Engine as _;
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use tracing::Instrument as _;
 
-use crate::batch::{self, Slot};
-use crate::cache::Clock as _;
+use crate::cluster::Cluster;
 use crate::cluster::metrics::ClusterStats;
-use crate::cluster::{Cluster, ClusterSnapshot};
 use crate::error::Error;
-use crate::group::{Groups, Reply};
+use crate::group::Groups;
 use crate::peer::{NodeAuth, PeerLimits, PeerService};
 pub use crate::plugin::PluginSnapshot;
 use crate::plugin::Plugins;
@@ -75,45 +67,27 @@ use crate::telemetry::Metrics;
 pub use stats::Stats;
 
 mod access;
+mod batches;
+mod encoding;
+mod errors;
 mod flush;
+mod keys;
+mod node;
+mod per_client;
 mod plugins;
 mod serve;
 mod shortcut;
 mod timing;
-pub use access::{Access, ApiToken, EmptyToken};
+pub use crate::batch::MAX_BATCH_KEYS;
+pub use crate::config::{Access, ApiOptions, ApiToken, EmptyToken};
+pub use errors::ApiError;
+pub use keys::{MAX_TTL, expiry_of_ttl};
 pub use serve::{RouterService, serve};
 pub use shortcut::Shortcut;
 
-/// The API's limits and access rules (from flags; see `geecache-host --help`).
-#[derive(Debug, Clone)]
-pub struct ApiOptions {
-    /// Largest request body accepted (API and peer routes).
-    pub max_body_bytes: usize,
-    /// Byte budget of one batch answer (API and peer batch routes).
-    pub max_batch_bytes: usize,
-    /// Peer requests served at once; more are refused with 503 rather than queued.
-    pub peer_concurrency: usize,
-    /// Largest plugin component the reload route (and a cluster rollout) accepts.
-    pub max_plugin_bytes: usize,
-    /// Mutual TLS between peers: peer routes only on connections that showed a verified
-    /// client certificate (see [`crate::tls::PeerIdentity`]).
-    pub require_peer_cert: bool,
-    /// Who must show the API token.
-    pub access: Access,
-}
-
-impl Default for ApiOptions {
-    fn default() -> Self {
-        ApiOptions {
-            max_body_bytes: crate::peer::DEFAULT_MAX_BODY_BYTES,
-            max_batch_bytes: batch::DEFAULT_MAX_BATCH_BYTES,
-            peer_concurrency: crate::peer::DEFAULT_PEER_CONCURRENCY,
-            max_plugin_bytes: 64 << 20,
-            require_peer_cert: false,
-            access: Access::default(),
-        }
-    }
-}
+use encoding::accepted_codings;
+use errors::{error_response, log_error};
+use keys::{RemoteTrace, get_value};
 
 /// Shared state of every handler. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -214,10 +188,6 @@ impl AppState {
     }
 }
 
-/// An [`Error`] on its way to the client as JSON.
-#[derive(Debug)]
-pub struct ApiError(pub Error);
-
 /// Runs an admin fan-out (a cluster rollout or flush) as a task of its own, so that a client
 /// that disconnects midway does not leave the cluster half done: the task goes on to the end
 /// (each of its steps bounded by its own timeout) and logs its outcome; only the answer is
@@ -233,559 +203,6 @@ async fn detached(
             Err(Error::Internal(format!("the {what} failed; see the node's log")).into())
         }
     }
-}
-
-impl<E: Into<Error>> From<E> for ApiError {
-    fn from(e: E) -> Self {
-        ApiError(e.into())
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: String,
-}
-
-/// Builds the JSON error response for `status`, `code` and `message`.
-fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: ErrorDetail { code, message },
-        }),
-    )
-        .into_response()
-}
-
-/// Logs an error on its way to a client: internals go to the log, never to the client.
-fn log_error(e: &Error) {
-    match e {
-        Error::Internal(detail) => tracing::error!(%detail, "internal error"),
-        other if other.status() >= 500 => tracing::warn!(error = %other, "request failed"),
-        _ => {}
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        log_error(&self.0);
-        error_response(status, self.0.code(), self.0.public_message())
-    }
-}
-
-fn value_response(value: Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        )],
-        value,
-    )
-        .into_response()
-}
-
-/// A get's answer: the plain value, or a stored gzip/zstd payload with its `Content-Encoding`.
-/// Either way the response varies with `Accept-Encoding`, so caches in between must key on it.
-fn reply_response(reply: Reply) -> Response {
-    let mut response = value_response(reply.body);
-    let headers = response.headers_mut();
-    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    if let Some(coding) = reply.content_encoding {
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
-    }
-    response
-}
-
-/// The content codings a stored value may be in that HTTP clients know: what
-/// `Accept-Encoding` is read for (core's list).
-use crate::compression::CONTENT_CODINGS as STORED_CODINGS;
-
-/// The content codings (of [`STORED_CODINGS`]) a request's `Accept-Encoding` accepts, kept
-/// inline: reading them allocates nothing. Also an extractor, which reads the headers where
-/// they are rather than taking a copy of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Accepted {
-    /// The accepted codings, in the order of [`STORED_CODINGS`]; the first `len` are set.
-    codings: [&'static str; 2],
-    /// How many are accepted.
-    len: usize,
-}
-
-impl Accepted {
-    fn as_slice(&self) -> &[&'static str] {
-        &self.codings[..self.len]
-    }
-}
-
-impl IntoIterator for Accepted {
-    type Item = &'static str;
-    type IntoIter = std::iter::Take<std::array::IntoIter<&'static str, 2>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.codings.into_iter().take(self.len)
-    }
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Accepted {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(accepted_codings(&parts.headers))
-    }
-}
-
-/// Whether an `Accept-Encoding` parameter is `q=0` (or any q ≤ 0), refusing its coding; the
-/// name and the value are read case-insensitively.
-fn refuses(param: &str) -> bool {
-    let param = param.trim();
-    param.get(..2).is_some_and(|q| q.eq_ignore_ascii_case("q="))
-        && param[2..].trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-}
-
-/// The content codings (of those a stored value may be in: `gzip`, `zstd`) that an
-/// `Accept-Encoding` header accepts. `q=0` refuses a coding; `*` accepts both unless refused.
-fn accepted_codings(headers: &HeaderMap) -> Accepted {
-    let mut star = false;
-    // Per coding of STORED_CODINGS: listed without q=0, listed with q=0.
-    let (mut yes, mut no) = ([false; 2], [false; 2]);
-    for value in headers.get_all(header::ACCEPT_ENCODING) {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let refused = parts.any(refuses);
-            let index =
-                if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-                    0
-                } else if coding.eq_ignore_ascii_case("zstd") {
-                    1
-                } else {
-                    if coding == "*" {
-                        star = !refused;
-                    }
-                    continue;
-                };
-            if refused {
-                no[index] = true;
-            } else {
-                yes[index] = true;
-            }
-        }
-    }
-    let mut accepted = Accepted::default();
-    for (i, coding) in STORED_CODINGS.into_iter().enumerate() {
-        if !no[i] && (star || yes[i]) {
-            accepted.codings[accepted.len] = coding;
-            accepted.len += 1;
-        }
-    }
-    accepted
-}
-
-/// The W3C trace context (`traceparent`) of a request, read only when traces are exported (see
-/// [`crate::telemetry::remote_context`]): the get's spans continue the caller's trace.
-struct RemoteTrace(Option<opentelemetry::Context>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RemoteTrace {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(RemoteTrace(crate::telemetry::remote_context(
-            &parts.headers,
-        )))
-    }
-}
-
-/// Query of the classic `GET /api?key=K[&group=G]`.
-#[derive(Debug, Deserialize)]
-struct ClassicQuery {
-    key: Option<String>,
-    group: Option<String>,
-}
-
-async fn classic_get(
-    State(state): State<AppState>,
-    accepted: Accepted,
-    trace: RemoteTrace,
-    query: Result<Query<ClassicQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let key = q.key.ok_or_else(|| {
-        Error::BadRequest("missing query parameter `key`, e.g. /api?key=Tom".into())
-    })?;
-    let group = q.group.as_deref().unwrap_or(&state.inner.default_group);
-    get_value(&state, group, &key, accepted, trace).await
-}
-
-async fn rest_get(
-    State(state): State<AppState>,
-    accepted: Accepted,
-    trace: RemoteTrace,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    get_value(&state, &group, &key, accepted, trace).await
-}
-
-/// Both GET forms: the value of `key` in `group`, in the `geecache.api.get` span. A stored
-/// gzip/zstd value goes out as it is when the client's `Accept-Encoding` allows it.
-async fn get_value(
-    state: &AppState,
-    group: &str,
-    key: &str,
-    accepted: Accepted,
-    trace: RemoteTrace,
-) -> Result<Response, ApiError> {
-    let span = tracing::info_span!("geecache.api.get", group);
-    let get = async {
-        let reply = state
-            .inner
-            .groups
-            .get(group)?
-            .get_reply(key, accepted.as_slice())
-            .await?;
-        Ok(reply_response(reply))
-    };
-    if span.is_disabled() {
-        // No layer wants it (traces are not exported): no span to enter on every poll.
-        get.await
-    } else {
-        crate::telemetry::adopt(&span, trace.0);
-        get.instrument(span).await
-    }
-}
-
-/// Query of `PUT /api/v1/groups/{group}/keys/{key}`.
-#[derive(Debug, Deserialize)]
-struct PutQuery {
-    /// Lifetime of the value, e.g. `10m`; default: the group's TTL.
-    ttl: Option<String>,
-}
-
-/// Longest `?ttl=` a PUT accepts: ten years (3650 days). Longer ones are refused (400) rather
-/// than clamped, since a caller asking for more has made a mistake.
-pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 24 * 3600);
-
-/// The absolute expiry (ms since the Unix epoch) of a value put at `now_ms` with `?ttl=ttl`.
-///
-/// # Errors
-/// [`Error::BadRequest`] when `ttl` is not a duration, or longer than [`MAX_TTL`].
-pub fn expiry_of_ttl(ttl: &str, now_ms: u64) -> Result<u64, Error> {
-    let parsed = crate::units::parse_duration(ttl).map_err(Error::BadRequest)?;
-    if parsed > MAX_TTL {
-        return Err(Error::BadRequest(format!(
-            "ttl {ttl:?} is longer than the limit of 3650 days"
-        )));
-    }
-    // Within MAX_TTL the milliseconds fit a u64 and the sum cannot overflow before the year
-    // 584 million; checked all the same, since the clock is not ours.
-    u64::try_from(parsed.as_millis())
-        .ok()
-        .and_then(|ms| now_ms.checked_add(ms))
-        .ok_or_else(|| Error::BadRequest(format!("ttl {ttl:?} is out of range")))
-}
-
-/// A body extractor failure, as a JSON error: 413 past the body limit, 400 otherwise.
-fn body_error(state: &AppState, e: &BytesRejection) -> Error {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::BodyTooLarge {
-            limit: state.inner.options.max_body_bytes,
-        }
-    } else {
-        Error::BadRequest(e.body_text())
-    }
-}
-
-async fn rest_put(
-    State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    query: Result<Query<PutQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let body = body.map_err(|e| body_error(&state, &e))?;
-    let expires_at_ms = q
-        .ttl
-        .as_deref()
-        .map(|ttl| expiry_of_ttl(ttl, crate::cache::SystemClock.now_ms()))
-        .transpose()?;
-    state
-        .inner
-        .groups
-        .get(&group)?
-        .set(&key, body, expires_at_ms)
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn rest_delete(
-    State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    state.inner.groups.get(&group)?.remove(&key).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Most keys one batch request may ask for (core's, shared with the peer protocol).
-pub use crate::batch::MAX_BATCH_KEYS;
-
-/// How many keys of one batch are loaded at once.
-const BATCH_CONCURRENCY: usize = 64;
-
-/// Body of `POST /api/v1/groups/{group}/batch`.
-#[derive(Debug, Deserialize)]
-struct BatchRequest {
-    /// At most [`MAX_BATCH_KEYS`]: decoding stops at the next one (see [`bounded_keys`]).
-    #[serde(deserialize_with = "bounded_keys")]
-    keys: Vec<String>,
-}
-
-/// Decodes a list of at most [`MAX_BATCH_KEYS`] keys, failing at the first key past it: a body
-/// of millions of keys is refused after 1,001 of them, not once all are in memory.
-fn bounded_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    struct Keys;
-    impl<'de> serde::de::Visitor<'de> for Keys {
-        type Value = Vec<String>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "a list of at most {MAX_BATCH_KEYS} keys")
-        }
-
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut keys = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH_KEYS));
-            while let Some(key) = seq.next_element::<String>()? {
-                if keys.len() == MAX_BATCH_KEYS {
-                    return Err(serde::de::Error::custom(format!(
-                        "more than {MAX_BATCH_KEYS} keys in one batch; the limit is {MAX_BATCH_KEYS}"
-                    )));
-                }
-                keys.push(key);
-            }
-            Ok(keys)
-        }
-    }
-    d.deserialize_seq(Keys)
-}
-
-/// One key's answer in a batch.
-#[derive(Debug, Serialize)]
-struct BatchResult<'a> {
-    key: &'a str,
-    /// The value, when it is valid UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<&'a str>,
-    /// The value in standard base64, when it is not valid UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_base64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<BatchError<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct BatchError<'a> {
-    code: &'a str,
-    message: String,
-}
-
-/// One batch item as the JSON text that goes into the answer, so that its size is known and
-/// the value is not held twice (as bytes and as text).
-fn batch_item_json(key: &str, answer: Result<Bytes, Error>) -> Vec<u8> {
-    let mut r = BatchResult {
-        key,
-        value: None,
-        value_base64: None,
-        error: None,
-    };
-    match &answer {
-        Ok(v) => match std::str::from_utf8(v) {
-            Ok(text) => r.value = Some(text),
-            Err(_) => {
-                r.value_base64 = Some(base64::engine::general_purpose::STANDARD.encode(v));
-            }
-        },
-        Err(e) => {
-            log_error(e);
-            r.error = Some(BatchError {
-                code: e.code(),
-                message: e.public_message(),
-            });
-        }
-    }
-    // Serializing strings and options into a Vec cannot fail.
-    serde_json::to_vec(&r).unwrap_or_default()
-}
-
-/// `POST /api/v1/groups/{group}/batch`: each distinct key once, in order of first occurrence,
-/// within the byte budget of [`ApiOptions::max_batch_bytes`] (see [`crate::batch`]).
-async fn batch_get(
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<Json<BatchRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Path(group) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let Json(req) = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::BodyTooLarge {
-                limit: state.inner.options.max_body_bytes,
-            }
-        } else {
-            Error::BadRequest(e.body_text())
-        }
-    })?;
-    let group = state.inner.groups.get(&group)?.clone();
-    let budget = state.inner.options.max_batch_bytes;
-    // Keys other nodes own are asked from them first, one `_batch` request per owner, all at
-    // once; then each key takes the get path (caches, singleflight) with its owner's answer,
-    // or the normal one (a key this node owns, holds, or whose owner skipped it).
-    let keys = batch::dedup_keys(req.keys);
-    let answers = group.owner_answers(&keys).await;
-    let items = batch::answer(
-        keys,
-        budget,
-        BATCH_CONCURRENCY,
-        |key| {
-            let group = group.clone();
-            let answer = answers.get(&key).cloned();
-            async move { batch_item_json(&key, group.get_with_owner_answer(&key, answer).await) }
-        },
-        Vec::len,
-    )
-    .await;
-    let mut body = b"{\"results\":[".to_vec();
-    for (i, (key, slot)) in items.into_iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        match slot {
-            Slot::Answered(json) => body.extend_from_slice(&json),
-            Slot::OverBudget => {
-                body.extend_from_slice(&batch_item_json(&key, Err(batch::over_budget(budget))));
-            }
-        }
-    }
-    body.extend_from_slice(b"]}");
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
-}
-
-async fn stats(State(state): State<AppState>) -> Json<Stats> {
-    Json(state.stats())
-}
-
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = state
-        .metrics()
-        .render(state.stats().samples())
-        .map_err(Error::Internal)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(Metrics::CONTENT_TYPE),
-        )],
-        text,
-    )
-        .into_response())
-}
-
-async fn cluster(State(state): State<AppState>) -> Json<ClusterSnapshot> {
-    Json(state.inner.cluster.snapshot())
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.inner.ready.load(Ordering::SeqCst) {
-        Json(serde_json::json!({ "status": "ready" })).into_response()
-    } else {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the node is shutting down".into(),
-        )
-    }
-}
-
-/// With `--peer-mtls`: a peer request must come on a connection whose client showed a
-/// certificate `--peer-ca` signed, for the host of a ring member; otherwise it is refused
-/// (401) before its signature is checked or its body read. A certificate for no member's host
-/// is answered with `Retry-After: 1`: a node that has just joined is a member for the others a
-/// moment later (their membership watch), and the peer client retries such a refusal once.
-async fn require_peer_cert(
-    State(state): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let identity = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<crate::tls::PeerIdentity>>()
-        .map(|info| &info.0);
-    let Some(identity) = identity.filter(|i| i.verified()) else {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "peer requests need a client certificate signed by the cluster's CA (--peer-mtls)"
-                .into(),
-        );
-    };
-    // Checked once per connection and ring: the certificate is not parsed per request.
-    let cluster = &state.inner.cluster;
-    let member = identity.member_of(cluster.ring_version(), |names| {
-        cluster.any_member(|addr| names.include(host_of(addr)))
-    });
-    if !member {
-        let mut refused = error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the client certificate names no host of a ring member; peer requests come from \
-             ring members only (--peer-mtls)"
-                .into(),
-        );
-        refused
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return refused;
-    }
-    next.run(req).await
-}
-
-/// The host of a member address (`host:port`, `https://host:port`, `[v6]:port`), without
-/// brackets.
-fn host_of(addr: &str) -> &str {
-    let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
-    let authority = authority.split('/').next().unwrap_or(authority);
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or(v6);
-    }
-    authority
-        .rsplit_once(':')
-        .map_or(authority, |(host, _)| host)
 }
 
 async fn no_route() -> Response {
@@ -840,24 +257,26 @@ pub fn router(state: AppState) -> Router {
     // (shortcut.rs): a change to their paths, their query parameters or what their GET handlers
     // do must be made in `shortcut::plain_get` and `get_value` too.
     let mut api = Router::new()
-        .route("/api", get(classic_get))
+        .route("/api", get(keys::classic_get))
         .route(
             "/api/v1/groups/{group}/keys/{key}",
-            get(rest_get).put(rest_put).delete(rest_delete),
+            get(keys::rest_get)
+                .put(keys::rest_put)
+                .delete(keys::rest_delete),
         )
-        .route("/api/v1/groups/{group}/batch", post(batch_get))
+        .route("/api/v1/groups/{group}/batch", post(batches::batch_get))
         .route("/api/v1/groups/{group}/flush", post(flush::flush))
-        .route("/api/v1/stats", get(stats))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/stats", get(node::stats))
+        .route("/metrics", get(node::metrics))
+        .route("/api/v1/cluster", get(node::cluster))
         .route("/api/v1/plugins", get(plugins::list))
         .route("/api/v1/plugins/{name}", get(plugins::show))
         .route(
             "/api/v1/plugins/{name}/reload",
             post(plugins::reload).layer(DefaultBodyLimit::max(options.max_plugin_bytes)),
         )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/healthz", get(node::healthz))
+        .route("/readyz", get(node::readyz))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body));
@@ -884,11 +303,11 @@ pub fn router(state: AppState) -> Router {
     if options.require_peer_cert {
         peer_routes = peer_routes.layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_peer_cert,
+            node::require_peer_cert,
         ));
         rollout = rollout.layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_peer_cert,
+            node::require_peer_cert,
         ));
     }
     // Outermost on what peers call: every answer to a signed request is signed, refusals
@@ -910,51 +329,3 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod encoding_tests {
-    use super::*;
-
-    fn accepted(values: &[&str]) -> Vec<&'static str> {
-        let mut headers = HeaderMap::new();
-        for v in values {
-            headers.append(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_str(v).expect("ASCII"),
-            );
-        }
-        accepted_codings(&headers).into_iter().collect()
-    }
-
-    #[test]
-    fn accept_encoding_is_read_with_q_values_and_wildcards() {
-        assert!(accepted(&[]).is_empty());
-        assert_eq!(accepted(&["gzip, deflate, br"]), ["gzip"]);
-        assert_eq!(accepted(&["br", "ZSTD;q=0.5"]), ["zstd"]);
-        assert_eq!(accepted(&["gzip;q=0, zstd"]), ["zstd"]);
-        assert_eq!(accepted(&["gzip; q=0.0"]), Vec::<&str>::new());
-        assert_eq!(accepted(&["gzip;Q=0, zstd"]), ["zstd"]);
-        assert_eq!(accepted(&["*"]), ["gzip", "zstd"]);
-        assert_eq!(accepted(&["*, zstd;q=0"]), ["gzip"]);
-        assert_eq!(accepted(&["identity"]), Vec::<&str>::new());
-        assert_eq!(accepted(&["X-Gzip;Q=0.1", "zstd;q=0, *"]), ["gzip"]);
-        assert_eq!(accepted(&["gzip;q=0, x-gzip"]), Vec::<&str>::new());
-    }
-}
-
-#[cfg(test)]
-mod host_tests {
-    #[test]
-    fn the_host_of_a_member_address() {
-        for (addr, host) in [
-            ("127.0.0.1:9999", "127.0.0.1"),
-            ("https://node-1.example:9999", "node-1.example"),
-            ("http://node-1:80/", "node-1"),
-            ("[::1]:9999", "::1"),
-            ("https://[fd00::2]:443", "fd00::2"),
-            ("node-1", "node-1"),
-        ] {
-            assert_eq!(super::host_of(addr), host, "{addr}");
-        }
-    }
-}

@@ -7,7 +7,7 @@
 //! body declared (no `Content-Length`, no `Transfer-Encoding`: the body guard has nothing to
 //! reserve), a group and a key with no `/` and no `%` (nothing to percent-decode; in the
 //! classic query, no `+` either, and only `key=` and `group=`, once each), and that
-//! the API token's check admits (the same [`Access::admits`] the router's layer asks; a
+//! the API token's check admits (the same [`super::access::admits`] the router's layer asks; a
 //! request it refuses goes to the router, which answers the 401). The answer, its errors
 //! included, is [`get_value`]'s; its duration is recorded under the route's label, as the
 //! router's timing layer records it.
@@ -171,7 +171,7 @@ pub(crate) fn plain_get<'r, B>(
     let headers = req.headers();
     let bodiless = !headers.contains_key(header::CONTENT_LENGTH)
         && !headers.contains_key(header::TRANSFER_ENCODING);
-    (bodiless && access.admits(req)).then_some(get)
+    (bodiless && super::access::admits(access, req)).then_some(get)
 }
 
 /// `(group, key)` of a classic query made of `key=K` and at most one `group=G`, both plain (no

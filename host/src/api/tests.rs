@@ -12,6 +12,10 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tower::ServiceExt as _;
 
+use axum::http::{HeaderMap, HeaderValue, header};
+use bytes::Bytes;
+
+use super::batches::batch_item_json;
 use super::*;
 use crate::group::{Getter, Group, Loaded};
 

@@ -55,19 +55,19 @@ use crate::error::Error;
 
 pub mod auth;
 mod client;
-#[cfg(test)]
-mod end_to_end;
 mod error;
+mod http;
 mod replay;
 mod server;
 
 pub use auth::{ClusterSecret, NodeAuth};
-pub use client::{
-    BatchResult, DEFAULT_TIMEOUT, HttpError, PeerClient, PeerClientBuilder, PeerHttp, http_client,
-    http_client_with_tls,
-};
+pub use client::{BatchResult, DEFAULT_TIMEOUT, PeerClient, PeerClientBuilder};
 pub(crate) use client::{answer_signature, insert_signed, retry_after};
 pub use error::PeerError;
+pub use http::{
+    HttpError, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_PEER, PeerHttp, http_client,
+    http_client_with_tls,
+};
 pub(crate) use server::verify_signed;
 pub use server::{PeerLimits, router, router_with_limits};
 

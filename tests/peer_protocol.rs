@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+// Moved out of host/src/peer (issue 28): it drives the crate through its public API only.
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,12 +18,13 @@ use futures::future::BoxFuture;
 use proptest::prelude::*;
 use prost::Message;
 
-use super::auth::{
+use geecache_host::error::Error;
+use geecache_host::peer::auth::{
     CONTENT_SHA256_HEADER, DATE_HEADER, MAX_CLOCK_SKEW, MAX_REMEMBERED_NONCES, NONCE_HEADER,
     ReplayGuard, SIGNATURE_HEADER, new_nonce, unix_now,
 };
-use super::*;
-use crate::plugin::PluginError;
+use geecache_host::peer::*;
+use geecache_host::plugin::PluginError;
 
 /// Group for which the service answers `GroupNotFound`.
 const NO_SUCH_GROUP: &str = "nope";
@@ -1244,27 +1247,27 @@ fn peer_addresses_are_checked() {
 /// peer request for an unknown group gets an `ErrorInfo`, an unknown API route gets JSON.
 #[tokio::test]
 async fn the_api_router_serves_the_peer_routes() {
-    let metrics = crate::telemetry::Metrics::new("n", crate::api::stats::TABLES);
-    let cluster = crate::cluster::Cluster::new(
+    let metrics = geecache_host::telemetry::Metrics::new("n", geecache_host::api::stats::TABLES);
+    let cluster = geecache_host::cluster::Cluster::new(
         "n",
         "127.0.0.1:1",
         None,
         Duration::from_secs(1),
         metrics.clone(),
     );
-    let api = crate::api::AppState::new(
-        crate::group::Groups::default(),
+    let api = geecache_host::api::AppState::new(
+        geecache_host::group::Groups::default(),
         "g".into(),
         Default::default(),
-        crate::api::ApiOptions {
+        geecache_host::api::ApiOptions {
             max_body_bytes: 1024,
-            ..crate::api::ApiOptions::default()
+            ..geecache_host::api::ApiOptions::default()
         },
         cluster,
         None,
         metrics,
     );
-    let app = crate::api::router(api);
+    let app = geecache_host::api::router(api);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

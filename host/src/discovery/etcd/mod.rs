@@ -44,19 +44,25 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    WatchOptions, WatchResponse, WatchStream,
+    Client, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{DiscoveryError, Member, RegistrationState, normalize};
+
+mod admission;
+mod options;
+
+use options::connect_options;
+pub use options::{DEFAULT_MAX_MEMBERS, EtcdOptions, EtcdTls, EtcdUser};
 
 /// First pause before retrying an unreachable etcd.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -67,60 +73,6 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on each of the two deregistration requests, so both fit in [`SHUTDOWN_TIMEOUT`].
 const DEREGISTER_STEP_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How to reach etcd and how to register there.
-#[derive(Debug, Clone)]
-pub struct EtcdOptions {
-    /// etcd client URLs, e.g. `http://127.0.0.1:2379`; requests are balanced across them.
-    pub endpoints: Vec<String>,
-    /// Lifetime of this node's registration if it stops renewing it (a crash): how long
-    /// the others may keep sending it requests after it died. Whole seconds (rounded up); etcd
-    /// raises very short TTLs to its own minimum (2 s by default).
-    pub lease_ttl: Duration,
-    /// Key prefix under which every node registers; all nodes of one cluster must share it.
-    pub prefix: String,
-    /// How long startup waits for etcd to answer the first registration; also the bound on
-    /// every later request, so a hung etcd is noticed rather than waited on.
-    pub connect_timeout: Duration,
-    /// Most members (this node included) taken from the registry; entries past it are
-    /// rejected (`--etcd-max-members`).
-    pub max_members: usize,
-    /// TLS to etcd (`https://` endpoints): `--etcd-ca`, `--etcd-cert`, `--etcd-key`.
-    pub tls: Option<EtcdTls>,
-    /// etcd's own authentication (`--etcd-user`, `--etcd-password`).
-    pub user: Option<EtcdUser>,
-}
-
-/// How to speak TLS to etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdTls {
-    /// PEM CA certificates etcd's server certificate must chain to.
-    pub ca: std::path::PathBuf,
-    /// This node's client certificate chain and key (PEM), for an etcd that asks for one
-    /// (`--client-cert-auth`).
-    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
-
-/// An etcd user (etcd's `auth enable`): its name and password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EtcdUser {
-    /// The user's name.
-    pub name: String,
-    /// Its password; never printed.
-    pub password: String,
-}
-
-impl std::fmt::Debug for EtcdUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdUser")
-            .field("name", &self.name)
-            .field("password", &"<hidden>")
-            .finish()
-    }
-}
-
-/// Default of [`EtcdOptions::max_members`].
-pub const DEFAULT_MAX_MEMBERS: usize = 1024;
-
 /// What the registry task counted, shared with the [`Membership`](super::Membership) handle.
 #[derive(Debug, Default)]
 pub struct RegistryCounters {
@@ -129,73 +81,6 @@ pub struct RegistryCounters {
     pub rejected: AtomicU64,
     /// Times this node's own entry was found overwritten and written back.
     pub restored: AtomicU64,
-}
-
-impl Default for EtcdOptions {
-    fn default() -> EtcdOptions {
-        EtcdOptions {
-            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
-            lease_ttl: Duration::from_secs(10),
-            prefix: "/geecache/registry/".to_owned(),
-            connect_timeout: Duration::from_secs(5),
-            max_members: DEFAULT_MAX_MEMBERS,
-            tls: None,
-            user: None,
-        }
-    }
-}
-
-impl EtcdOptions {
-    /// The defaults (TTL 10 s, prefix `/geecache/registry/`, connect timeout 5 s) with these
-    /// endpoints.
-    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> EtcdOptions {
-        EtcdOptions {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            ..EtcdOptions::default()
-        }
-    }
-
-    fn validate(&self) -> Result<(), DiscoveryError> {
-        if self.endpoints.is_empty() {
-            return Err(DiscoveryError::NoEndpoints);
-        }
-        if self.prefix.is_empty() {
-            return Err(DiscoveryError::InvalidOptions(
-                "the registry prefix is empty; it would watch every key in etcd".to_owned(),
-            ));
-        }
-        let https = self
-            .endpoints
-            .iter()
-            .filter(|e| e.starts_with("https://"))
-            .count();
-        match (&self.tls, https) {
-            (None, 0) => {}
-            (None, _) => {
-                return Err(DiscoveryError::InvalidOptions(
-                    "https:// etcd endpoints need --etcd-ca (the CA etcd's certificate chains to)"
-                        .to_owned(),
-                ));
-            }
-            (Some(_), n) if n < self.endpoints.len() => {
-                return Err(DiscoveryError::InvalidOptions(
-                    "with --etcd-ca every etcd endpoint must be https://".to_owned(),
-                ));
-            }
-            (Some(_), _) => {}
-        }
-        if self.max_members == 0 {
-            return Err(DiscoveryError::InvalidOptions(
-                "max_members must be at least 1 (this node)".to_owned(),
-            ));
-        }
-        if self.lease_ttl.is_zero() || self.connect_timeout.is_zero() {
-            return Err(DiscoveryError::InvalidOptions(
-                "lease_ttl and connect_timeout must be greater than zero".to_owned(),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// The value stored under a node's key. `started_at_ms` tells a restarted node from the one
@@ -400,37 +285,6 @@ async fn back_off(deadline: tokio::time::Instant, delay: &mut Duration, max: Dur
     tokio::time::sleep(*delay).await;
     *delay = (*delay * 2).min(max);
     true
-}
-
-/// The client's options: timeouts, TLS (files read here) and the user.
-fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, DiscoveryError> {
-    let mut connect = ConnectOptions::new()
-        .with_connect_timeout(options.connect_timeout)
-        .with_auto_token_refresh(true);
-    if let Some(tls) = &options.tls {
-        let read = |path: &std::path::Path, what: &str| {
-            std::fs::read(path).map_err(|e| {
-                DiscoveryError::InvalidOptions(format!(
-                    "cannot read the etcd {what} {}: {e}",
-                    path.display()
-                ))
-            })
-        };
-        let mut config = etcd_client::TlsOptions::new().ca_certificate(
-            etcd_client::Certificate::from_pem(read(&tls.ca, "CA (--etcd-ca)")?),
-        );
-        if let Some((cert, key)) = &tls.identity {
-            config = config.identity(etcd_client::Identity::from_pem(
-                read(cert, "client certificate (--etcd-cert)")?,
-                read(key, "client key (--etcd-key)")?,
-            ));
-        }
-        connect = connect.with_tls(config);
-    }
-    if let Some(user) = &options.user {
-        connect = connect.with_user(user.name.clone(), user.password.clone());
-    }
-    Ok(connect)
 }
 
 /// Why a session with etcd ended.
@@ -769,173 +623,5 @@ impl Registrar {
 
     fn set_state(&self, state: RegistrationState) {
         self.state_tx.send_replace(state);
-    }
-}
-
-/// The member an entry under `key` (`value`) stands for, or why it is none: see the module
-/// docs. `tls`: whether the cluster runs `https://`.
-fn admit(prefix: &str, key: &str, value: &[u8], tls: bool) -> Result<Member, String> {
-    let registration: Registration =
-        serde_json::from_slice(value).map_err(|e| format!("not a registration ({e})"))?;
-    let suffix = key.strip_prefix(prefix).unwrap_or(key);
-    if registration.id != suffix {
-        return Err(format!(
-            "its id {:?} is not its key's ({suffix:?}): an entry may name only itself",
-            registration.id
-        ));
-    }
-    if registration.id.is_empty()
-        || registration.id.len() > 256
-        || registration.id.contains(char::is_control)
-    {
-        return Err("its id is empty, longer than 256 bytes or has control characters".into());
-    }
-    let addr = registration.addr.as_str();
-    let (https, authority) = if let Some(rest) = addr.strip_prefix("https://") {
-        (true, rest)
-    } else {
-        (false, addr.strip_prefix("http://").unwrap_or(addr))
-    };
-    let url = url::Url::parse(&format!("http://{authority}"))
-        .map_err(|e| format!("its addr {addr:?} is not host:port ({e})"))?;
-    let plain = url.port().is_some()
-        && url.host_str().is_some_and(|h| !h.is_empty())
-        && url.username().is_empty()
-        && url.password().is_none()
-        && url.query().is_none()
-        && url.fragment().is_none()
-        && !authority.contains('/');
-    if !plain {
-        return Err(format!(
-            "its addr {addr:?} is not host:port (a port, and no path, user or query)"
-        ));
-    }
-    if https != tls {
-        let (theirs, ours) = if tls {
-            ("plain http", "https://")
-        } else {
-            ("https://", "plain http")
-        };
-        return Err(format!(
-            "its addr {addr:?} is {theirs}, and this cluster runs {ours}"
-        ));
-    }
-    Ok(Member::new(registration.id, registration.addr))
-}
-
-impl Registrar {
-    /// Takes in the entry `value` seen under `key` (listed, or put since): a member, this
-    /// node's own entry (written back if it is not ours), or a rejection.
-    fn put_seen(&mut self, key: &str, value: &[u8]) {
-        if key == self.key {
-            if value != self.value.as_bytes() {
-                self.overwritten(value);
-            }
-            return;
-        }
-        let admitted = admit(&self.prefix, key, value, self.tls).and_then(|member| {
-            let others = self.known.len() + usize::from(!self.known.contains_key(key));
-            if others >= self.max_members {
-                Err(format!(
-                    "the registry holds {} members already (--etcd-max-members)",
-                    self.max_members
-                ))
-            } else {
-                Ok(member)
-            }
-        });
-        match admitted {
-            Ok(member) => {
-                self.rejected.remove(key);
-                self.known.insert(key.to_owned(), member);
-            }
-            Err(reason) => {
-                self.known.remove(key);
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                if self.rejected.get(key) != Some(&reason) {
-                    warn!(key, %reason, "ignoring a registry entry");
-                    self.rejected.insert(key.to_owned(), reason);
-                }
-            }
-        }
-    }
-
-    /// This node's key holds `value`, not its registration: logged, and written back at the
-    /// next keepalive tick.
-    fn overwritten(&mut self, value: &[u8]) {
-        if !self.restore_due {
-            warn!(
-                key = %self.key,
-                found = %String::from_utf8_lossy(&value[..value.len().min(256)]),
-                "this node's registry entry was overwritten (another node with this id, or a \
-                 write by hand); writing it back"
-            );
-        }
-        self.restore_due = true;
-    }
-
-    /// Puts this node's registration back under its lease.
-    async fn restore(&mut self) -> Result<(), Failure> {
-        let Some(lease) = self.lease else {
-            return Ok(());
-        };
-        bounded(
-            self.request_timeout,
-            "writing the registration back",
-            self.client.put(
-                self.key.as_str(),
-                self.value.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
-        .await?;
-        self.restore_due = false;
-        self.counters.restored.fetch_add(1, Ordering::Relaxed);
-        info!(key = %self.key, "wrote this node's registry entry back");
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    const P: &str = "/geecache/registry/";
-
-    fn entry(id: &str, addr: &str) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"id": id, "addr": addr})).unwrap()
-    }
-
-    #[test]
-    fn an_entry_is_a_member_only_under_its_own_key_with_the_clusters_scheme() {
-        let key = format!("{P}a");
-        let ok = admit(P, &key, &entry("a", "127.0.0.1:7001"), false);
-        assert_eq!(ok, Ok(Member::new("a", "127.0.0.1:7001")));
-        assert!(admit(P, &key, &entry("a", "http://127.0.0.1:7001"), false).is_ok());
-        assert!(admit(P, &key, &entry("a", "https://n1.internal:7001"), true).is_ok());
-        for (value, tls, why) in [
-            (entry("b", "127.0.0.1:7001"), false, "is not its key's"),
-            (b"not json".to_vec(), false, "not a registration"),
-            (entry("a", "127.0.0.1"), false, "not host:port"),
-            (entry("a", "127.0.0.1:7001/x"), false, "not host:port"),
-            (entry("a", "user@127.0.0.1:7001"), false, "not host:port"),
-            (
-                entry("a", "http://127.0.0.1:7001"),
-                true,
-                "this cluster runs https://",
-            ),
-            (
-                entry("a", "https://127.0.0.1:7001"),
-                false,
-                "this cluster runs plain http",
-            ),
-        ] {
-            let err = admit(P, &key, &value, tls).unwrap_err();
-            assert!(err.contains(why), "{err} (wanted: {why})");
-        }
-        let long = "x".repeat(257);
-        let err = admit(P, &format!("{P}{long}"), &entry(&long, "h:1"), false).unwrap_err();
-        assert!(err.contains("longer than 256"), "{err}");
     }
 }
