@@ -69,7 +69,7 @@ impl MemoryService {
     }
 }
 
-impl PeerService for MemoryService {
+impl Entries for MemoryService {
     fn get<'a>(
         &'a self,
         group: &'a str,
@@ -133,14 +133,22 @@ impl PeerService for MemoryService {
         }
         .boxed()
     }
+}
 
-    fn invalidate(&self, group: &str, keys: &[String]) -> Result<(), Error> {
-        Self::check_group(group)?;
-        self.invalidated
-            .lock()
-            .unwrap()
-            .push((group.to_string(), keys.to_vec()));
-        Ok(())
+impl PeerService for MemoryService {
+    fn invalidate<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            Self::check_group(group)?;
+            self.invalidated
+                .lock()
+                .unwrap()
+                .push((group.to_string(), keys.to_vec()));
+            Ok(())
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::future::BoxFuture;
 use geecache_host::compression::Encoding;
 use geecache_host::error::Error;
-use geecache_host::peer::{PeerEntry, PeerService};
+use geecache_host::peer::{Entries, PeerEntry, PeerService};
 use geecache_tests::{TestNode, admin_post, plugins};
 
 /// Answers every get with a value "forged", stored as a node would store it.
@@ -20,7 +20,7 @@ struct Forger {
     gets: AtomicU64,
 }
 
-impl PeerService for Forger {
+impl Entries for Forger {
     fn get<'a>(
         &'a self,
         _group: &'a str,
@@ -49,9 +49,15 @@ impl PeerService for Forger {
     fn delete<'a>(&'a self, _group: &'a str, _key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }
+}
 
-    fn invalidate(&self, _group: &str, _keys: &[String]) -> Result<(), Error> {
-        Ok(())
+impl PeerService for Forger {
+    fn invalidate<'a>(
+        &'a self,
+        _group: &'a str,
+        _keys: &'a [String],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

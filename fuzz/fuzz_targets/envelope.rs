@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use geecache_host::compression::{Codecs, Verify};
+use geecache_core::compression::{Codecs, Verify};
 use libfuzzer_sys::fuzz_target;
 
 /// The largest value a decode may produce here, as `--max-value-bytes` bounds it in a node.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use geecache_host::api::expiry_of_ttl;
-use geecache_host::config::{parse_duration, parse_size};
+use geecache_core::units::{parse_duration, parse_size};
 use geecache_host::peer::decode_segment;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,8 +6,9 @@
 //! The host crate (`geecache-host`) implements the [`seam`] traits and wires the rest.
 //!
 //! - [`seam`]: every trait a plugin runtime or a peer protocol implements for core
-//!   ([`seam::Getter`], [`seam::Storage`], [`seam::RemotePeer`] and [`seam::PeerPicker`],
-//!   [`seam::PeerService`], [`seam::Compressor`]) and the values that cross them.
+//!   ([`seam::Getter`]; [`seam::Entries`], the get / set / delete that [`seam::Storage`],
+//!   [`seam::PeerService`] and [`seam::RemotePeer`] share; [`seam::PeerPicker`];
+//!   [`seam::Compressor`]) and the values that cross them.
 //! - [`group`]: a named namespace. `get` = main cache → hot cache → singleflight → owner peer
 //!   (stored bytes + codec) or, for keys this node owns, storage tier → local getter; negative
 //!   caching; set/remove at the owner with invalidation (part of the write's answer), writes

@@ -3,10 +3,13 @@
 //! HTTP, protobuf); the host crate implements them.
 //!
 //! - [`Getter`]: how a group loads a key it does not hold (the source of truth).
-//! - [`Storage`]: a tier below memory where a group keeps the entries it owns.
-//! - [`RemotePeer`] and [`PeerPicker`]: another node as a group needs it, and which node owns
-//!   a key.
-//! - [`PeerService`]: what a node offers its peers (implemented by [`crate::group::Groups`]).
+//! - [`Entries`]: entries by group and key (get / set / delete of a [`PeerEntry`]), the one
+//!   shape the next three share:
+//!   - [`Storage`]: a tier below memory where a group keeps the entries it owns;
+//!   - [`PeerService`]: what a node offers its peers, as the keys' owner (implemented by
+//!     [`crate::group::Groups`], served by the host's peer protocol);
+//!   - [`RemotePeer`]: that service on another node, asked over the network (the host's peer
+//!     client); [`PeerPicker`] says which node owns a key.
 //! - [`Compressor`]: a codec (built-in or a plugin).
 
 use std::fmt;
@@ -16,7 +19,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use crate::compression::Compressor;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// What a getter found for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,23 +59,36 @@ pub struct PeerEntry {
     pub expires_at_ms: Option<u64>,
 }
 
-/// Another node of the cluster, as the group needs it.
-pub trait RemotePeer: Send + Sync + fmt::Debug + 'static {
-    /// The node's ring name (its advertised address).
-    fn id(&self) -> &str;
-    /// Asks the owner for `key`; `Ok(None)` means it has no such key.
+/// Entries by group and key, as stored bytes: the shape a storage backend, the service a node
+/// offers its peers and a remote owner share.
+pub trait Entries: Send + Sync + fmt::Debug + 'static {
+    /// The entry under `key` of `group`; `Ok(None)`: there is none.
     fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>>;
-    /// Stores `entry` at the owner.
+    /// Stores `entry` under `key` of `group`, replacing any previous one.
     fn set<'a>(
         &'a self,
         group: &'a str,
         key: &'a str,
         entry: PeerEntry,
     ) -> BoxFuture<'a, Result<()>>;
-    /// Removes `key` at the owner (which then invalidates every node's copies).
+    /// Removes `key` of `group`; removing a missing key is not an error.
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
-    /// Tells the node to drop its copies of `keys`.
+}
+
+/// What a node offers its peers: its [`Entries`] as the keys' owner (a get loads a miss from
+/// cache, storage or getter; a set or delete then invalidates the other nodes' copies), and
+/// the dropping of its own copies. Implemented by the node's groups ([`crate::group::Groups`]);
+/// the host's peer router serves it, after it has authenticated the request and decoded the
+/// path and body (so `group` and `key` are never empty).
+pub trait PeerService: Entries {
+    /// Drops any local copy of `keys` (hot cache) without telling anyone.
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>>;
+}
+
+/// Another node of the cluster: the [`PeerService`] it offers, asked over the network.
+pub trait RemotePeer: PeerService {
+    /// The node's ring name (its advertised address).
+    fn id(&self) -> &str;
     /// Asks the owner for several keys in one request: one answer per key, in order. The
     /// default asks for them one by one.
     fn batch_get<'a>(
@@ -106,22 +122,11 @@ pub enum OwnerItem {
 }
 
 /// A tier below memory where a group keeps the entries it owns (a disk, a remote store): the
-/// extension point for storage backends.
-pub trait Storage: Send + Sync + fmt::Debug + 'static {
+/// extension point for storage backends. Its [`Entries`] may return expired entries (the group
+/// checks).
+pub trait Storage: Entries {
     /// The backend's name, for stats and logs.
     fn name(&self) -> &str;
-    /// The entry stored under `key` of `group`, if any (expired entries may be returned; the
-    /// group checks).
-    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>>;
-    /// Stores `entry` under `key` of `group`, replacing any previous one.
-    fn put<'a>(
-        &'a self,
-        group: &'a str,
-        key: &'a str,
-        entry: PeerEntry,
-    ) -> BoxFuture<'a, Result<()>>;
-    /// Removes `key` of `group`; removing a missing key is not an error.
-    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Removes every entry of `group` (see [`crate::group::Group::flush`]).
     fn clear<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Why this backend cannot [`clear`](Storage::clear) at all (e.g. a plugin built without
@@ -137,31 +142,4 @@ pub trait PeerPicker: Send + Sync + fmt::Debug + 'static {
     fn pick(&self, key: &str) -> Option<Arc<dyn RemotePeer>>;
     /// Every other node, for invalidation after a set or remove.
     fn others(&self) -> Vec<Arc<dyn RemotePeer>>;
-}
-
-/// What a node offers its peers (implemented by the node's groups).
-///
-/// The server calls it after it has authenticated the request and decoded the path and body, so
-/// `group` and `key` are never empty.
-pub trait PeerService: Send + Sync + fmt::Debug + 'static {
-    /// Load `key` as its owner (from cache or getter). Ok(None) = no such key.
-    fn get<'a>(
-        &'a self,
-        group: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PeerEntry>, Error>>;
-
-    /// Store `entry` as the owner.
-    fn set<'a>(
-        &'a self,
-        group: &'a str,
-        key: &'a str,
-        entry: PeerEntry,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-
-    /// Remove `key` as the owner (the service itself then tells other nodes to invalidate).
-    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
-
-    /// Drop any local copy of `keys` (hot cache) without telling anyone.
-    fn invalidate(&self, group: &str, keys: &[String]) -> Result<(), Error>;
 }

@@ -33,8 +33,9 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::fanout::{NodeAnswer, detached};
 use super::plugins::{ask, verified_admin_request};
 use super::{ApiError, AppState, error_response};
 use crate::error::Error;
@@ -62,21 +63,6 @@ pub(super) struct FlushQuery {
     /// Flush on every ring member.
     #[serde(default)]
     cluster: bool,
-}
-
-/// One node's part in a cluster flush.
-#[derive(Debug, Serialize)]
-struct NodeFlush {
-    /// The node's address.
-    node: String,
-    /// Whether it flushed memory and storage.
-    ok: bool,
-    /// Its answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    answer: Option<serde_json::Value>,
-    /// Why not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<serde_json::Value>,
 }
 
 /// Why a node's flush did not clear the storage tier: the status and the error's JSON
@@ -141,7 +127,7 @@ pub(super) async fn flush(
         )
         .into());
     }
-    super::detached("cluster flush", cluster_flush(state, group)).await
+    detached("cluster flush", cluster_flush(state, group)).await
 }
 
 /// `flush?cluster=true`: every member flushes, then every node drops its hot copies again.
@@ -152,11 +138,7 @@ async fn cluster_flush(
     let name = group.name().to_owned();
     let cluster = state.inner.cluster.clone();
     let self_addr = cluster.self_addr().to_string();
-    let peers: Vec<String> = cluster
-        .ring_members()
-        .into_iter()
-        .filter(|a| *a != self_addr)
-        .collect();
+    let peers = cluster.other_members();
     let path = format!("{FLUSH_PREFIX}{}", percent_encode(&name));
     let timeout = FLUSH_TIMEOUT.saturating_add(group.options().load_timeout);
     let local = async { flush_here(&state, &group).await.map_err(|(_, error)| error) };
@@ -166,10 +148,14 @@ async fn cluster_flush(
             .map(|p| ask(&state, p, &path, Bytes::new(), timeout)),
     );
     let (local, remote) = tokio::join!(local, remote);
-    let mut nodes = vec![node_flush(&self_addr, local)];
-    nodes.extend(peers.iter().zip(remote).map(|(p, r)| node_flush(p, r)));
+    let nodes = NodeAnswer::all(
+        "answer",
+        (&self_addr, local.map(Some)),
+        &peers,
+        remote.into_iter().map(|r| r.map(Some)).collect(),
+    );
     hot_pass(&state, &[group], &peers).await;
-    let complete = nodes.iter().all(|n| n.ok);
+    let complete = nodes.iter().all(NodeAnswer::ok);
     tracing::info!(group = %name, complete, nodes = nodes.len(), "cluster flush");
     let status = if complete {
         StatusCode::OK
@@ -178,20 +164,6 @@ async fn cluster_flush(
     };
     let body = serde_json::json!({ "group": name, "complete": complete, "nodes": nodes });
     Ok((status, Json(body)).into_response())
-}
-
-fn node_flush(node: &str, answer: Result<serde_json::Value, serde_json::Value>) -> NodeFlush {
-    let ok = answer.is_ok();
-    let (answer, error) = match answer {
-        Ok(answer) => (Some(answer), None),
-        Err(error) => (None, Some(error)),
-    };
-    NodeFlush {
-        node: node.to_string(),
-        ok,
-        answer,
-        error,
-    }
 }
 
 /// The second pass of a cluster flush of `groups`, once every node has flushed: this node and

@@ -24,10 +24,10 @@
 //! | `GET /readyz` | 200 while serving, 503 while draining for shutdown |
 //!
 //! Errors are JSON, `{"error": {"code": "...", "message": "..."}}`, with the status of
-//! [`Error::status`]: 400 bad input, 401 `unauthorized` (no or wrong API token), 404 no such
-//! key/group/route, 405 wrong method, 413 too large (`too_large` for a batch item past the
-//! budget), 500 internal, 502/504 a peer failed, 503 plugin failed, 504 timeout. An owner's
-//! 400/404/413 is passed on as it is.
+//! [`crate::error::Error::status`]: 400 bad input, 401 `unauthorized` (no or wrong API token),
+//! 404 no such key/group/route, 405 wrong method, 413 too large (`too_large` for a batch item
+//! past the budget), 500 internal, 502/504 a peer failed, 503 plugin failed, 504 timeout. An
+//! owner's 400/404/413 is passed on as it is.
 //!
 //! With `--api-token`, writes need `Authorization: Bearer <token>`, and reads too with
 //! `--api-token-reads`; `/healthz` and `/readyz` never do. The admin routes (reload, rollout,
@@ -40,6 +40,12 @@
 //! The server puts a [`Shortcut`] in front of the router: a plain, bodiless
 //! `GET /api/v1/groups/{group}/keys/{key}` (the hit path) is answered by the same code without
 //! axum's routing and per-route layers.
+//!
+//! Files: this one holds the shared state and the router; the routes are in `keys.rs`,
+//! `batches.rs`, `node.rs` (stats, metrics, cluster, probes), `flush.rs` and `plugins.rs` (the
+//! admin routes, with `fanout.rs` for what their cluster forms share); `encoding.rs` and
+//! `errors.rs` shape answers; `serve.rs`, `conn.rs`, `per_client.rs`, `guard.rs`, `access.rs`
+//! and `shortcut.rs` are the layers below the routes.
 
 pub mod conn;
 pub mod guard;
@@ -57,7 +63,6 @@ use axum::routing::{get, post};
 
 use crate::cluster::Cluster;
 use crate::cluster::metrics::ClusterStats;
-use crate::error::Error;
 use crate::group::Groups;
 use crate::peer::{NodeAuth, PeerLimits, PeerService};
 pub use crate::plugin::PluginSnapshot;
@@ -70,6 +75,7 @@ mod access;
 mod batches;
 mod encoding;
 mod errors;
+mod fanout;
 mod flush;
 mod keys;
 mod node;
@@ -184,23 +190,6 @@ impl AppState {
             },
             connections: self.inner.connections.snapshot(),
             codec_lane: crate::compression::builtin::lane(),
-        }
-    }
-}
-
-/// Runs an admin fan-out (a cluster rollout or flush) as a task of its own, so that a client
-/// that disconnects midway does not leave the cluster half done: the task goes on to the end
-/// (each of its steps bounded by its own timeout) and logs its outcome; only the answer is
-/// lost.
-async fn detached(
-    what: &'static str,
-    work: impl Future<Output = Result<Response, ApiError>> + Send + 'static,
-) -> Result<Response, ApiError> {
-    match tokio::spawn(work).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            tracing::error!(error = %e, "a {what}'s task failed");
-            Err(Error::Internal(format!("the {what} failed; see the node's log")).into())
         }
     }
 }

@@ -43,6 +43,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::fanout::{NodeAnswer, detached};
 use super::{ApiError, AppState, error_response};
 use crate::error::Error;
 use crate::plugin::registry::sha256_hex;
@@ -229,7 +230,7 @@ pub(super) async fn reload(
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
     // From here on it runs to its end even if the client goes away (a rollout half done would
     // leave the cluster on mixed versions).
-    super::detached("reload", reload_detached(state, name, q, headers, body)).await
+    detached("reload", reload_detached(state, name, q, headers, body)).await
 }
 
 /// The part of [`reload`] that outlives its client.
@@ -268,40 +269,6 @@ async fn reload_detached(
     }
     let report = state.plugins().reload(&name, candidate).await?;
     Ok(Json(reload_answer(&state, &name, report, q.flush).await).into_response())
-}
-
-/// One node's part in a rollout.
-#[derive(Debug, Serialize)]
-struct NodeResult {
-    /// The node's address.
-    node: String,
-    /// Whether it did its part.
-    ok: bool,
-    /// What it swapped in (commit phase).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reload: Option<serde_json::Value>,
-    /// Why not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<serde_json::Value>,
-}
-
-impl NodeResult {
-    fn of(node: &str, answer: Result<serde_json::Value, serde_json::Value>) -> NodeResult {
-        match answer {
-            Ok(reload) => NodeResult {
-                node: node.to_string(),
-                ok: true,
-                reload: reload.get("reload").cloned(),
-                error: None,
-            },
-            Err(error) => NodeResult {
-                node: node.to_string(),
-                ok: false,
-                reload: None,
-                error: Some(error),
-            },
-        }
-    }
 }
 
 /// How long a node's commit may take: the swap, plus its groups' storage clears after a flush
@@ -374,11 +341,7 @@ async fn rollout(
     };
     let sha256 = sha256_hex(&bytes);
     let self_addr = cluster.self_addr().to_string();
-    let peers: Vec<String> = cluster
-        .ring_members()
-        .into_iter()
-        .filter(|a| *a != self_addr)
-        .collect();
+    let peers = cluster.other_members();
     tracing::info!(plugin = %name, %sha256, nodes = peers.len() + 1, "plugin rollout: staging on every node");
 
     // Phase 1: every node compiles, checks and stages the component.
@@ -396,10 +359,16 @@ async fn rollout(
             .map(|p| ask(state, p, &stage_path, bytes.clone(), STAGE_TIMEOUT)),
     );
     let (local, remote) = tokio::join!(local, remote);
-    let mut staged = vec![NodeResult::of(&self_addr, local)];
-    staged.extend(peers.iter().zip(remote).map(|(p, r)| NodeResult::of(p, r)));
+    let reload_of =
+        |r: Result<serde_json::Value, serde_json::Value>| r.map(|v| v.get("reload").cloned());
+    let staged = NodeAnswer::all(
+        "reload",
+        (&self_addr, reload_of(local)),
+        &peers,
+        remote.into_iter().map(reload_of).collect(),
+    );
 
-    if staged.iter().any(|r| !r.ok) {
+    if !staged.iter().all(NodeAnswer::ok) {
         // Someone could not: drop it everywhere; the old version keeps serving everywhere.
         let abort_path = format!("{PEER_PREFIX}{name}/abort?sha256={sha256}");
         plugins.abort_staged(name, &sha256);
@@ -445,9 +414,13 @@ async fn rollout(
             .collect();
         super::flush::hot_pass(state, &groups, &peers).await;
     }
-    let mut committed = vec![NodeResult::of(&self_addr, local)];
-    committed.extend(peers.iter().zip(remote).map(|(p, r)| NodeResult::of(p, r)));
-    let all = committed.iter().all(|r| r.ok);
+    let committed = NodeAnswer::all(
+        "reload",
+        (&self_addr, reload_of(local)),
+        &peers,
+        remote.into_iter().map(reload_of).collect(),
+    );
+    let all = committed.iter().all(NodeAnswer::ok);
     tracing::info!(plugin = %name, %sha256, complete = all, "plugin rollout committed");
     let body = serde_json::json!({
         "plugin": name,

@@ -66,6 +66,7 @@ mod tests {
     use crate::group::metrics::group_series;
     use crate::plugin::metrics::{PLUGIN_INFO, plugin_series};
     use crate::telemetry::Metrics;
+    use crate::telemetry::metrics::exposition::value;
 
     fn group(name: &str, base: u64) -> GroupSnapshot {
         // Every field a different value, so a series reading the wrong field is caught.
@@ -163,26 +164,6 @@ mod tests {
                 waiting: 3,
             },
         }
-    }
-
-    /// `name{labels} value` lines of a text exposition, without comments.
-    fn samples(text: &str) -> Vec<(String, f64)> {
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| {
-                let (series, value) = l.rsplit_once(' ').unwrap();
-                (series.to_string(), value.parse().unwrap())
-            })
-            .collect()
-    }
-
-    fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-        samples(text)
-            .into_iter()
-            .find(|(s, _)| {
-                s.split('{').next() == Some(name) && labels.iter().all(|l| s.contains(l))
-            })
-            .map(|(_, v)| v)
     }
 
     #[test]

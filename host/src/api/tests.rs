@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::batches::batch_item_json;
 use super::*;
+use crate::error::Error;
 use crate::group::{Getter, Group, Loaded};
 
 /// Answers every key with `size` bytes of `x`; `boom` fails with an internal error whose

@@ -378,6 +378,7 @@ mod tests {
 
     use super::*;
     use crate::error::Error;
+    use crate::group::Entries;
     use crate::peer::{PeerClient, PeerLimits, PeerService};
     use crate::telemetry::Metrics;
 
@@ -398,7 +399,7 @@ mod tests {
 
     const SLOW: Duration = Duration::from_millis(300);
 
-    impl PeerService for Owner {
+    impl Entries for Owner {
         fn get<'a>(
             &'a self,
             _group: &'a str,
@@ -440,9 +441,15 @@ mod tests {
         fn delete<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<(), Error>> {
             async { Ok(()) }.boxed()
         }
+    }
 
-        fn invalidate(&self, _: &str, _: &[String]) -> Result<(), Error> {
-            Ok(())
+    impl PeerService for Owner {
+        fn invalidate<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [String],
+        ) -> BoxFuture<'a, Result<(), Error>> {
+            Box::pin(async { Ok(()) })
         }
     }
 

@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 
 use crate::discovery::{Member, Membership, RegistrationState};
 use crate::error::Result;
-use crate::group::{OwnerItem, PeerEntry, PeerPicker, RemotePeer};
+use crate::group::{Entries, OwnerItem, PeerEntry, PeerPicker, PeerService, RemotePeer};
 use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerHttp};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
 use crate::telemetry::Metrics;
@@ -92,11 +92,7 @@ impl PeerCore {
     }
 }
 
-impl RemotePeer for Peer {
-    fn id(&self) -> &str {
-        &self.core.addr
-    }
-
+impl Entries for Peer {
     /// Timed from the get's start to its answer, in a batch or not.
     fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
         let span = tracing::info_span!("geecache.peer.get", peer = &*self.core.addr, group);
@@ -126,13 +122,21 @@ impl RemotePeer for Peer {
                 .timed("delete", span, self.core.client.delete(group, key)),
         )
     }
+}
 
+impl PeerService for Peer {
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
         let span = tracing::info_span!("geecache.peer.invalidate", peer = &*self.core.addr, group);
         Box::pin(
             self.core
                 .timed("invalidate", span, self.core.client.invalidate(group, keys)),
         )
+    }
+}
+
+impl RemotePeer for Peer {
+    fn id(&self) -> &str {
+        &self.core.addr
     }
 
     /// One `_batch` request (several, one after another, past the protocol's key limit).
@@ -504,6 +508,17 @@ impl Cluster {
     /// The ring's members (addresses), this node included.
     pub fn ring_members(&self) -> Vec<String> {
         lock_read(&self.view).ring.members().to_vec()
+    }
+
+    /// The ring members other than this node: whom a cluster-wide admin operation asks.
+    pub fn other_members(&self) -> Vec<String> {
+        lock_read(&self.view)
+            .ring
+            .members()
+            .iter()
+            .filter(|a| **a != self.self_addr)
+            .cloned()
+            .collect()
     }
 
     /// A number that changes whenever the ring's members do (never 0): what is computed from

@@ -134,7 +134,7 @@ pub const INVALIDATE_SEGMENT: &str = "_invalidate";
 pub use crate::group::PeerEntry;
 
 /// What a node offers its peers: core's seam, implemented by the node's groups.
-pub use geecache_core::seam::PeerService;
+pub use geecache_core::seam::{Entries, PeerService};
 
 impl From<PeerEntry> for proto::Entry {
     fn from(e: PeerEntry) -> Self {

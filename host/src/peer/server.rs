@@ -353,7 +353,7 @@ async fn route(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure
         Method::PUT => set_key(state, req).await,
         Method::DELETE => delete_key(state, req).await,
         Method::POST if req.key == BATCH_SEGMENT => batch_get(state, req).await,
-        Method::POST if req.key == INVALIDATE_SEGMENT => invalidate(state, req),
+        Method::POST if req.key == INVALIDATE_SEGMENT => invalidate(state, req).await,
         _ => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -387,11 +387,11 @@ async fn delete_key(state: &PeerState, req: &PeerRequest) -> Result<Response, Fa
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn invalidate(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+async fn invalidate(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
     check_key_count(&req.body)?;
     let message: proto::InvalidateRequest = req.decode("InvalidateRequest")?;
     check_keys(&message.keys)?;
-    state.service.invalidate(&req.group, &message.keys)?;
+    state.service.invalidate(&req.group, &message.keys).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

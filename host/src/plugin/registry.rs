@@ -291,35 +291,31 @@ impl Plugins {
 
     /// The getters, as groups take them.
     pub fn getters(&self) -> Vec<Arc<dyn Getter>> {
-        self.entries
-            .iter()
-            .filter_map(|e| match &e.slot {
-                Slot::Getter(s) => Some(s.clone() as Arc<dyn Getter>),
-                _ => None,
-            })
-            .collect()
+        self.of_kind(|slot| match slot {
+            Slot::Getter(s) => Some(s.clone() as Arc<dyn Getter>),
+            _ => None,
+        })
     }
 
     /// The storage backends, as groups take them.
     pub fn storages(&self) -> Vec<Arc<dyn Storage>> {
-        self.entries
-            .iter()
-            .filter_map(|e| match &e.slot {
-                Slot::Storage(s) => Some(s.clone() as Arc<dyn Storage>),
-                _ => None,
-            })
-            .collect()
+        self.of_kind(|slot| match slot {
+            Slot::Storage(s) => Some(s.clone() as Arc<dyn Storage>),
+            _ => None,
+        })
     }
 
     /// The compressors, as codecs.
     pub fn compressors(&self) -> Vec<Arc<dyn Compressor>> {
-        self.entries
-            .iter()
-            .filter_map(|e| match &e.slot {
-                Slot::Compressor(s) => Some(s.clone() as Arc<dyn Compressor>),
-                _ => None,
-            })
-            .collect()
+        self.of_kind(|slot| match slot {
+            Slot::Compressor(s) => Some(s.clone() as Arc<dyn Compressor>),
+            _ => None,
+        })
+    }
+
+    /// The slots `pick` takes, in load order, as what it makes of them.
+    fn of_kind<T: ?Sized>(&self, pick: impl Fn(&Slot) -> Option<Arc<T>>) -> Vec<Arc<T>> {
+        self.entries.iter().filter_map(|e| pick(&e.slot)).collect()
     }
 
     /// Reads, compiles and checks a new version of plugin `name` from `candidate`, off the

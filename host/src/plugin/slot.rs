@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use super::{LoadedPlugin, WasmCompressor, WasmGetter, WasmStorage};
 use crate::compression::{CodecError, Compressor};
 use crate::error::Result;
-use crate::group::{Getter, Loaded, PeerEntry, Storage};
+use crate::group::{Entries, Getter, Loaded, PeerEntry, Storage};
 
 /// One plugin's current version, swapped atomically by a reload. What groups and codecs hold.
 #[derive(Debug)]
@@ -51,17 +51,13 @@ impl Getter for Reloadable<WasmGetter> {
     }
 }
 
-impl Storage for Reloadable<WasmStorage> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
+impl Entries for Reloadable<WasmStorage> {
     fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
         let version = self.current();
         Box::pin(async move { Ok(version.get(group, key).await?) })
     }
 
-    fn put<'a>(
+    fn set<'a>(
         &'a self,
         group: &'a str,
         key: &'a str,
@@ -74,6 +70,12 @@ impl Storage for Reloadable<WasmStorage> {
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
         let version = self.current();
         Box::pin(async move { Ok(version.delete(group, key).await?) })
+    }
+}
+
+impl Storage for Reloadable<WasmStorage> {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn clear<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<()>> {

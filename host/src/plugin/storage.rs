@@ -166,11 +166,7 @@ impl WasmStorage {
 
 /// A storage plugin is a group's storage tier: entries pass through as stored (bytes, codec
 /// tag, expiry); the group checks what comes back.
-impl crate::group::Storage for WasmStorage {
-    fn name(&self) -> &str {
-        &self.core.name
-    }
-
+impl crate::group::Entries for WasmStorage {
     fn get<'a>(
         &'a self,
         group: &'a str,
@@ -179,7 +175,7 @@ impl crate::group::Storage for WasmStorage {
         Box::pin(async move { Ok(WasmStorage::get(self, group, key).await?) })
     }
 
-    fn put<'a>(
+    fn set<'a>(
         &'a self,
         group: &'a str,
         key: &'a str,
@@ -194,6 +190,12 @@ impl crate::group::Storage for WasmStorage {
         key: &'a str,
     ) -> futures::future::BoxFuture<'a, crate::error::Result<()>> {
         Box::pin(async move { Ok(WasmStorage::delete(self, group, key).await?) })
+    }
+}
+
+impl crate::group::Storage for WasmStorage {
+    fn name(&self) -> &str {
+        &self.core.name
     }
 
     fn clear<'a>(

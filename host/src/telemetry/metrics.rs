@@ -327,11 +327,10 @@ fn observe(
     }
 }
 
+/// Reading a text exposition back, for the tests of the modules that render one.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
+pub(crate) mod exposition {
     /// `name{labels} value` lines of a text exposition, without comments.
     fn samples(text: &str) -> Vec<(String, f64)> {
         text.lines()
@@ -343,7 +342,8 @@ mod tests {
             .collect()
     }
 
-    fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    /// The value of the first sample of `name` whose labels include every one of `labels`.
+    pub(crate) fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         samples(text)
             .into_iter()
             .find(|(s, _)| {
@@ -351,6 +351,13 @@ mod tests {
             })
             .map(|(_, v)| v)
     }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::exposition::value;
+    use super::*;
 
     #[test]
     fn histograms_are_recorded_with_bounded_labels_and_nodes_do_not_share_them() {

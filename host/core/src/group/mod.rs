@@ -61,7 +61,9 @@ use crate::compression::{
 use crate::error::{Error, Result};
 use crate::singleflight::Singleflight;
 
-pub use crate::seam::{Getter, Loaded, OwnerItem, PeerEntry, PeerPicker, RemotePeer, Storage};
+pub use crate::seam::{
+    Entries, Getter, Loaded, OwnerItem, PeerEntry, PeerPicker, PeerService, RemotePeer, Storage,
+};
 pub use options::{GroupBuilder, GroupOptions};
 pub use registry::Groups;
 pub use reply::Reply;

@@ -52,7 +52,7 @@ impl Groups {
 }
 
 /// What this node's groups offer to peers: answers as the keys' owner.
-impl crate::seam::PeerService for Groups {
+impl crate::seam::Entries for Groups {
     fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
         Box::pin(async move { self.get(group)?.get_as_owner(key).await })
     }
@@ -69,9 +69,11 @@ impl crate::seam::PeerService for Groups {
     fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.get(group)?.remove_as_owner(key).await })
     }
+}
 
-    fn invalidate(&self, group: &str, keys: &[String]) -> Result<()> {
-        self.get(group)?.invalidate(keys);
-        Ok(())
+impl crate::seam::PeerService for Groups {
+    fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        let done = self.get(group).map(|g| g.invalidate(keys));
+        Box::pin(std::future::ready(done))
     }
 }

@@ -199,10 +199,7 @@ struct InProcessPeer {
     invalidations: AtomicUsize,
 }
 
-impl RemotePeer for InProcessPeer {
-    fn id(&self) -> &str {
-        "owner"
-    }
+impl Entries for InProcessPeer {
     fn get<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
         Box::pin(async move {
             if self.fail.load(Ordering::SeqCst) {
@@ -211,18 +208,29 @@ impl RemotePeer for InProcessPeer {
             self.owner.get_as_owner(key).await
         })
     }
+
     fn set<'a>(&'a self, _g: &'a str, key: &'a str, e: PeerEntry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.owner.set_as_owner(key, e).await })
     }
+
     fn delete<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.owner.remove_as_owner(key).await })
     }
+}
+
+impl PeerService for InProcessPeer {
     fn invalidate<'a>(&'a self, _g: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.invalidations.fetch_add(1, Ordering::SeqCst);
             self.owner.invalidate(keys);
             Ok(())
         })
+    }
+}
+
+impl RemotePeer for InProcessPeer {
+    fn id(&self) -> &str {
+        "owner"
     }
 }
 
@@ -501,21 +509,29 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
 #[derive(Debug)]
 struct FixedPeer(PeerEntry);
 
-impl RemotePeer for FixedPeer {
-    fn id(&self) -> &str {
-        "fixed"
-    }
+impl Entries for FixedPeer {
     fn get<'a>(&'a self, _g: &'a str, _k: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
         Box::pin(async move { Ok(Some(self.0.clone())) })
     }
+
     fn set<'a>(&'a self, _g: &'a str, _k: &'a str, _e: PeerEntry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+
     fn delete<'a>(&'a self, _g: &'a str, _k: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+impl PeerService for FixedPeer {
     fn invalidate<'a>(&'a self, _g: &'a str, _k: &'a [String]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+impl RemotePeer for FixedPeer {
+    fn id(&self) -> &str {
+        "fixed"
     }
 }
 
@@ -856,10 +872,7 @@ impl MemoryStorage {
     }
 }
 
-impl Storage for MemoryStorage {
-    fn name(&self) -> &str {
-        "memory"
-    }
+impl Entries for MemoryStorage {
     fn get<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
         Box::pin(async move {
             let entry = self.entries.lock().unwrap().get(key).cloned();
@@ -870,7 +883,8 @@ impl Storage for MemoryStorage {
             Ok(entry)
         })
     }
-    fn put<'a>(&'a self, _g: &'a str, key: &'a str, e: PeerEntry) -> BoxFuture<'a, Result<()>> {
+
+    fn set<'a>(&'a self, _g: &'a str, key: &'a str, e: PeerEntry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.puts_started.fetch_add(1, Ordering::SeqCst);
             if let Some(gate) = &self.put_gate {
@@ -885,6 +899,7 @@ impl Storage for MemoryStorage {
             Ok(())
         })
     }
+
     fn delete<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             if let Some(d) = self.delete_delay {
@@ -894,6 +909,13 @@ impl Storage for MemoryStorage {
             Ok(())
         })
     }
+}
+
+impl Storage for MemoryStorage {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
     fn clear<'a>(&'a self, _g: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.clears.fetch_add(1, Ordering::SeqCst);
@@ -901,6 +923,7 @@ impl Storage for MemoryStorage {
             Ok(())
         })
     }
+
     fn cannot_clear(&self) -> Option<String> {
         self.cannot_clear
             .then(|| "memory was built without storage-clear".to_owned())

@@ -568,7 +568,7 @@ async fn worker(
         }
         let is_put = matches!(write.op, Op::Put(_));
         let (result, what) = match write.op {
-            Op::Put(entry) => (unwound(backend.put(&group, &write.key, entry)).await, "put"),
+            Op::Put(entry) => (unwound(backend.set(&group, &write.key, entry)).await, "put"),
             Op::Delete => (unwound(backend.delete(&group, &write.key)).await, "delete"),
         };
         if let Err(e) = &result {
