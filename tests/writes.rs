@@ -23,11 +23,11 @@ fn key_url(node: &TestNode, key: &str) -> String {
     format!("{}/api/v1/groups/scores/keys/{key}", node.base)
 }
 
-async fn put(node: &TestNode, key: &str, value: &str) -> (u16, String) {
+async fn put(node: &TestNode, key: &str, value: impl AsRef<[u8]>) -> (u16, String) {
     let r = node
         .client
         .put(key_url(node, key))
-        .body(value.to_owned())
+        .body(value.as_ref().to_vec())
         .send()
         .await
         .unwrap();
@@ -171,6 +171,65 @@ async fn a_client_that_disconnects_mid_put_does_not_stop_the_invalidation() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(owner, &key).await, (200, "new".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_client_left_keeps_its_body_reserved_until_it_lands() {
+    // Room for one 1 MiB body in flight, not for a second body of half that beside it.
+    let mut args = DB.to_vec();
+    args.extend([
+        "--plugin",
+        plugins::STORAGE_BASIC,
+        "--plugin-timeout",
+        "10s",
+        "--request-timeout",
+        "10s",
+        "--max-body-bytes",
+        "1MiB",
+        "--max-batch-bytes",
+        "64KiB",
+        "--max-inflight-body-bytes",
+        "1280KiB",
+    ]);
+    let node = TestNode::start(&args).await;
+    // A `slow5…` key: its storage put takes five seconds; its client gives up after one.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let big = vec![b'x'; 1 << 20];
+    let gave_up = impatient
+        .put(key_url(&node, "slow5-held"))
+        .body(big.clone())
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the PUT answered within 1 s: {gave_up:?}");
+    drop(impatient);
+
+    // The write still holds its 1 MiB (it goes on to storage): half as much again is refused.
+    let half = vec![b'y'; 512 << 10];
+    let (status, body) = put(&node, "beside", half.clone()).await;
+    assert_eq!(
+        status, 503,
+        "a 512 KiB PUT beside a 1 MiB write still running, in a 1.25 MiB budget: {body}"
+    );
+    assert!(body.contains("busy"), "{body}");
+
+    // Once it has landed, its bytes are given back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, value) = get(&node, "slow5-held").await;
+        if status == 200 {
+            assert_eq!(value.len(), big.len());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the write never landed ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(put(&node, "beside", half).await.0, 204);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -204,6 +204,23 @@ impl<S> tower::Layer<S> for GuardLayer {
     }
 }
 
+/// A request's body reservation, shared by the guard's answer and the request's handler (as a
+/// request extension): a handler whose work outlives its request (a write that runs detached
+/// from its client) takes it, and holds it until that work is done; otherwise the answer holds
+/// it until sent. So a client that goes away cannot release the bytes its write still holds.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldBody(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl HeldBody {
+    /// The reservation, if the answer has not taken it (or another taker).
+    pub(crate) fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
 /// A service behind the guard: reserve, bound the body's arrival, answer, release.
 #[derive(Debug, Clone)]
 struct Guarded<S> {
@@ -259,11 +276,13 @@ where
         else {
             return refused(busy());
         };
-        let req = with_deadline(req, guard.limits.body_timeout);
+        let mut req = with_deadline(req, guard.limits.body_timeout);
+        let held = HeldBody(Arc::new(std::sync::Mutex::new(Some(permit))));
+        req.extensions_mut().insert(held.clone());
         GuardedAnswer {
             answer: Some(self.inner.call(req)),
             refused: None,
-            permit: Some((permit, conn)),
+            permit: Some((held, conn)),
             charge: None,
         }
     }
@@ -275,8 +294,9 @@ struct GuardedAnswer<F> {
     answer: Option<F>,
     /// The guard's refusal (413 or 503), answered at once.
     refused: Option<Response>,
-    /// The request's reservation, handed to the answer's body, and its connection.
-    permit: Option<(OwnedSemaphorePermit, Option<ConnHandle>)>,
+    /// The request's reservation, handed to the answer's body (unless the handler took it),
+    /// and its connection.
+    permit: Option<(HeldBody, Option<ConnHandle>)>,
     /// For a request that reserved nothing: the guard that charges its answer.
     charge: Option<(RequestGuard, Option<ConnHandle>)>,
 }
@@ -295,7 +315,10 @@ where
         let Ok(response) = ready!(Pin::new(answer).poll(cx));
         Poll::Ready(Ok(match (this.permit.take(), this.charge.take()) {
             // The answer keeps the reservation until it has been sent or dropped.
-            (Some((permit, conn)), _) => hold(response, permit, conn.as_ref()),
+            (Some((held, conn)), _) => match held.take() {
+                Some(permit) => hold(response, permit, conn.as_ref()),
+                None => response,
+            },
             (None, Some((guard, conn))) => guard.charge_answer(response, conn.as_ref()),
             (None, None) => response,
         }))

@@ -2,7 +2,7 @@
 //! /api/v1/groups/{group}/keys/{key}`, and the TTL a PUT may give.
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -10,6 +10,7 @@ use serde::Deserialize;
 use tracing::Instrument as _;
 
 use super::encoding::{Accepted, reply_response};
+use super::guard::HeldBody;
 use super::{ApiError, AppState};
 use crate::cache::Clock as _;
 use crate::error::Error;
@@ -135,6 +136,7 @@ pub(super) async fn rest_put(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<PutQuery>, QueryRejection>,
+    held: Option<Extension<HeldBody>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((group, key)) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
@@ -145,12 +147,22 @@ pub(super) async fn rest_put(
         .as_deref()
         .map(|ttl| expiry_of_ttl(ttl, crate::cache::SystemClock.now_ms()))
         .transpose()?;
-    state
-        .inner
-        .groups
-        .get(&group)?
-        .set(&key, body, expires_at_ms)
-        .await?;
+    let group = state.inner.groups.get(&group)?.clone();
+    // The write runs to its end even if the client goes away (see `Group::set`), and holds the
+    // body's reservation until then: a client that disconnects mid-write cannot have the node
+    // hold its bytes outside `--max-inflight-body-bytes`.
+    let reservation = held.and_then(|Extension(held)| held.take());
+    let write = tokio::spawn(async move {
+        let _reservation = reservation;
+        group.set(&key, body, expires_at_ms).await
+    });
+    match write.await {
+        Ok(written) => written?,
+        Err(e) => {
+            tracing::error!(error = %e, "a PUT's task failed");
+            return Err(Error::Internal("the write failed; see the node's log".into()).into());
+        }
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

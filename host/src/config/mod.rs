@@ -191,6 +191,65 @@ mod tests {
         Cli::try_parse_from(all).unwrap()
     }
 
+    /// Every `[default: X]` that `--help` states is the default the code applies: giving
+    /// `--flag X` resolves to the same settings as not giving the flag (each default is written
+    /// once, in its option struct; this keeps the help text true to it). Defaults stated in
+    /// words ("one per core") are left out; each stated value counted must parse.
+    #[test]
+    fn every_default_the_help_states_is_the_one_applied() {
+        use clap::CommandFactory as _;
+        let base = ["--plugin", "plugins/db_getter.wasm"];
+        let plain = format!("{:?}", cli(&base).resolve().unwrap());
+        let mut checked = Vec::new();
+        for arg in Cli::command().get_arguments() {
+            let (Some(long), Some(help)) = (arg.get_long(), arg.get_long_help().or(arg.get_help()))
+            else {
+                continue;
+            };
+            let help = help.to_string();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let stated = rest.split([']', ',', ';']).next().unwrap().trim();
+            if stated.contains(' ') || stated.starts_with('-') {
+                continue;
+            }
+            let flag = format!("--{long}");
+            let mut args = base.to_vec();
+            args.extend([flag.as_str(), stated]);
+            let given = match cli(&args).resolve() {
+                Ok(given) => given,
+                // "[default: none]" of a flag that is simply not set by default (`--ttl`).
+                Err(_) if stated == "none" => continue,
+                Err(e) => panic!("{flag} {stated} (its stated default): {e}"),
+            };
+            assert_eq!(
+                format!("{given:?}"),
+                plain,
+                "{flag}: --help says its default is {stated}, but giving that changes the settings"
+            );
+            checked.push(flag);
+        }
+        // The stated defaults of limits, timeouts, sizes and the plugin runtime are all checked.
+        for flag in [
+            "--port",
+            "--cache-bytes",
+            "--request-timeout",
+            "--plugin-memory",
+            "--max-connections",
+            "--idle-timeout",
+            "--lease-ttl",
+            "--peers-refresh",
+            "--peer-coalesce",
+            "--shutdown-grace",
+        ] {
+            assert!(
+                checked.iter().any(|c| c == flag),
+                "{flag} not checked: {checked:?}"
+            );
+        }
+    }
+
     #[test]
     fn defaults_serve_scores_on_9999() {
         let s = cli(&["--plugin", "plugins/db_getter.wasm"])

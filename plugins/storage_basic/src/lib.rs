@@ -3,7 +3,8 @@
 //! flush then reports the group's stored entries as left. It keeps entries in the instance's
 //! memory, so it forgets them when the host replaces the instance: enough for a test of
 //! loading, serving and flushing, not a backend to use. A put of a key that starts with `slow`
-//! takes a second (for tests of writes that outlive their client or their deadline).
+//! takes a second, of one that starts with `slow5` five (for tests of writes that outlive
+//! their client or their deadline).
 
 #![allow(unsafe_code)] // the generated bindings' exports
 
@@ -38,7 +39,8 @@ impl Guest for BasicStorage {
 
     fn put(group: String, key: String, entry: Entry) -> Result<(), Error> {
         if key.starts_with("slow") {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            let seconds = if key.starts_with("slow5") { 5 } else { 1 };
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
         }
         let mut entries = ENTRIES.lock().unwrap_or_else(PoisonError::into_inner);
         entries.get_or_insert_default().insert((group, key), entry);
