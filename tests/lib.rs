@@ -23,6 +23,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub mod corpus;
 #[path = "pki.rs"]
 pub mod pki;
+#[path = "postgres.rs"]
+pub mod postgres;
 
 /// Paths of the plugin components built for this test run.
 pub mod plugins {

@@ -8,7 +8,8 @@
 # 2. the system packages the tests run for real: etcd-server and etcd-client (tests/support/
 #    etcd.rs), prometheus (tests/metrics.rs), nginx-light or nginx (tests/perf_http.rs),
 #    protobuf-compiler and libprotobuf-dev (the etcd client's build), sqlite3 and curl, python3
-#    with venv, nodejs and npm (the Python and JavaScript getters);
+#    with venv, nodejs and npm (the Python and JavaScript getters), postgresql (tests/sources.rs:
+#    a real Postgres behind db_getter; its system service is not used);
 # 3. the Python and JavaScript getters' pinned toolchains, and the getters themselves
 #    (plugins/build_lang.sh --required).
 #
@@ -61,6 +62,10 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/d
 fi
 want nodejs node
 want npm npm
+# The server's binaries (initdb, pg_ctl) and the `postgres` user the tests run it as when root.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! id postgres >/dev/null 2>&1; then
+    need+=(postgresql)
+fi
 # Debian releases without nginx-light have its successor, nginx (the perf tool's baseline).
 if [[ ! -x /usr/sbin/nginx ]] && ! command -v nginx >/dev/null; then
     if command -v apt-cache >/dev/null && apt-cache show nginx-light >/dev/null 2>&1; then
@@ -71,7 +76,7 @@ if [[ ! -x /usr/sbin/nginx ]] && ! command -v nginx >/dev/null; then
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
-    say "system packages: present (etcd, etcdctl, prometheus, promtool, nginx, protoc, sqlite3, curl, python3-venv, node, npm)"
+    say "system packages: present (etcd, etcdctl, prometheus, promtool, nginx, protoc, sqlite3, curl, python3-venv, node, npm, postgresql)"
 else
     line="apt-get install -y --no-install-recommends ${need[*]}"
     if [[ $(id -u) -ne 0 ]]; then
@@ -90,7 +95,7 @@ else
     # Debian starts the services it installs; the tests start their own on free ports, so a
     # system etcd, prometheus or nginx on the default ports only takes memory and ports.
     if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-        for unit in etcd prometheus nginx; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
+        for unit in etcd prometheus nginx postgresql; do systemctl disable --now "$unit" >/dev/null 2>&1 || true; done
     fi
 fi
 

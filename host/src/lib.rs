@@ -26,7 +26,8 @@
 //!   on-disk compile cache), kind detection, per-call limits (wall-clock deadline that host
 //!   calls share, one memory budget over all memories and tables), grants bound to the
 //!   operator's name for a plugin, host capabilities (log with a per-call budget and escaped
-//!   text, config, SQL confined to one database), and the wasm implementations of the group's and the codec's traits;
+//!   text, config, SQL confined to one database: SQLite, or Postgres in read-only
+//!   transactions), and the wasm implementations of the group's and the codec's traits;
 //!   [`plugin::registry`]: every plugin behind a slot swapped by hot reload (prepare off the
 //!   serving path, then swap; calls in flight keep their version), staged cluster rollouts;
 //!   [`plugin::watch`]: the `--watch-plugins` and SIGHUP triggers.

@@ -261,5 +261,18 @@ impl Error {
     }
 }
 
+/// An error and its causes on one line (`outer: cause: root cause`): a library's own message
+/// rarely says what failed below it.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

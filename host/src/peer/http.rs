@@ -81,7 +81,7 @@ impl PeerHttp {
             if is_connect_timeout(&e, e.is_connect()) {
                 HttpError::ConnectTimeout(self.connect_timeout)
             } else {
-                HttpError::Send(error_chain(&e))
+                HttpError::Send(crate::error::chain(&e))
             }
         })
     }
@@ -114,7 +114,7 @@ impl PeerHttp {
                     }
                 }
                 Err(e) if e.is::<LengthLimitError>() => return Err(HttpError::TooLarge(limit)),
-                Err(e) => return Err(HttpError::Body(error_chain(&*e))),
+                Err(e) => return Err(HttpError::Body(crate::error::chain(&*e))),
             }
         }
         Ok(body.freeze())
@@ -236,18 +236,6 @@ pub fn http_client_with_tls(
         client,
         connect_timeout,
     }
-}
-
-/// An error and its causes on one line: an HTTP client's own message rarely says what failed.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

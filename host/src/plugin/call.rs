@@ -12,9 +12,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
+use super::database::Database;
 use super::host::{self, CallLimiter, HostState};
 use super::pool::{self, Pool, Warm};
-use super::{PluginError, PluginGrants, PluginStats, Runtime, bindings, error, sql};
+use super::{PluginError, PluginGrants, PluginStats, Runtime, bindings, error};
 use crate::telemetry::Metrics;
 
 /// Most bytes one WASI `get-random-bytes` call may ask the host for (wasmtime-wasi's default is
@@ -131,8 +132,7 @@ macro_rules! plugin_kind {
                     core.finish(&self.pool, warm, result)
                 }
                 .instrument(span)
-                .await
-                .and_then(|answer| answer.map_err(|e| core.reported(e)));
+                .await;
                 core.observe_call(started, &answer);
                 answer
             }
@@ -154,7 +154,7 @@ pub struct PluginCore {
     /// What the operator granted this plugin.
     pub(super) grants: PluginGrants,
     /// The plugin's database, when it imports `sql`.
-    pub(super) sql: Option<Arc<sql::SqlDb>>,
+    pub(super) sql: Option<Arc<Database>>,
     /// Shared with the runtime: engine for stores.
     pub(super) engine: Engine,
     /// Limits applied to each call.
@@ -183,7 +183,7 @@ impl PluginCore {
     pub(super) fn new(
         name: String,
         grants: PluginGrants,
-        sql: Option<Arc<sql::SqlDb>>,
+        sql: Option<Arc<Database>>,
         runtime: &Runtime,
     ) -> Self {
         PluginCore {
@@ -244,6 +244,7 @@ impl PluginCore {
             config: self.grants.config.clone(),
             sql: self.sql.clone(),
             deadline: Instant::now() + self.call_timeout,
+            source_failed: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -269,6 +270,7 @@ impl PluginCore {
         state.deadline = Instant::now() + self.call_timeout;
         state.limiter.new_call();
         state.log_budget = host::LogBudget::default();
+        state.source_failed = false;
     }
 
     /// The call's result, or its failure classified. The time limit is wall-clock time: an
@@ -290,20 +292,23 @@ impl PluginCore {
             .map_err(|e| self.classify(&e, store.data().limiter.hit()))
     }
 
-    /// Ends a call on `warm`: classifies its failure, and gives the instance back to `pool`
-    /// when the call ended cleanly (see [`super::pool`] for when it is retired instead).
+    /// Ends a call on `warm`: classifies its failure (a trap, the time limit, or the error the
+    /// guest reported), and gives the instance back to `pool` when the call ended cleanly (see
+    /// [`super::pool`] for when it is retired instead).
     pub(super) fn finish<I, R>(
         &self,
         pool: &Pool<I>,
         mut warm: Warm<I>,
         result: wasmtime::Result<Result<R, bindings::types::Error>>,
-    ) -> Result<Result<R, bindings::types::Error>, PluginError> {
+    ) -> Result<R, PluginError> {
         warm.calls += 1;
         let answer = self.checked(result, &warm.store)?;
-        let healthy = !warm.store.data().limiter.hit()
-            && !matches!(answer, Err(bindings::types::Error::Other(_)));
+        let state = warm.store.data();
+        let healthy =
+            !state.limiter.hit() && !matches!(answer, Err(bindings::types::Error::Other(_)));
+        let source_failed = state.source_failed;
         pool.give_back(warm, healthy);
-        Ok(answer)
+        answer.map_err(|e| self.reported(e, source_failed))
     }
 
     pub(super) fn classify(&self, e: &wasmtime::Error, memory_limit_hit: bool) -> PluginError {
@@ -364,11 +369,18 @@ impl PluginCore {
             })
     }
 
-    /// Records a guest-reported error and converts it.
-    pub(super) fn reported(&self, e: bindings::types::Error) -> PluginError {
+    /// Records a guest-reported error and converts it: an `unavailable` after a source the host
+    /// reached for this call failed (`source_failed`) is the source's.
+    pub(super) fn reported(&self, e: bindings::types::Error, source_failed: bool) -> PluginError {
         self.stats.reported_errors.fetch_add(1, Ordering::Relaxed);
         let (kind, message) = match e {
             bindings::types::Error::InvalidInput(m) => (error::INVALID_INPUT, m),
+            bindings::types::Error::Unavailable(message) if source_failed => {
+                return PluginError::Source {
+                    plugin: self.name.clone(),
+                    message,
+                };
+            }
             bindings::types::Error::Unavailable(m) => ("unavailable", m),
             bindings::types::Error::Other(m) => (error::OTHER, m),
         };

@@ -63,6 +63,16 @@ pub enum PluginError {
         message: String,
     },
 
+    /// The plugin reported `unavailable` after a source the host reaches for it (its
+    /// database) failed during the call: the source, not the plugin, is down. Served as 502.
+    #[error("plugin {plugin} reported its source unavailable: {message}")]
+    Source {
+        /// The plugin's reported name.
+        plugin: String,
+        /// The plugin's message (it usually passes on the host's, which names the server).
+        message: String,
+    },
+
     /// The plugin lacks an optional export the call needs (it was built against an older
     /// `wit/geecache.wit`).
     #[error("plugin {plugin} cannot {what}: {message}")]
@@ -120,17 +130,20 @@ impl PluginError {
             PluginError::Timeout { .. } => "plugin_timeout",
             PluginError::MemoryLimit { .. } => "plugin_memory_limit",
             PluginError::Reported { .. } => "plugin_error",
+            PluginError::Source { .. } => "source_unavailable",
             PluginError::Unsupported { .. } => "plugin_unsupported",
             PluginError::Unavailable { .. } => "plugin_unavailable",
         }
     }
 
     /// The HTTP status a request failed by this error is served with: 504 for a time-out, 400
-    /// when the plugin judged the request's input unacceptable (`invalid-input`), 503 for
-    /// everything else (the plugin, not the request, is at fault).
+    /// when the plugin judged the request's input unacceptable (`invalid-input`), 502 when the
+    /// source behind the getter failed, 503 for everything else (the plugin, not the request,
+    /// is at fault).
     pub fn status(&self) -> u16 {
         match self {
             PluginError::Timeout { .. } => 504,
+            PluginError::Source { .. } => 502,
             PluginError::Reported {
                 kind: INVALID_INPUT,
                 ..

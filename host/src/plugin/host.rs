@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::component::{HasData, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
@@ -23,7 +23,8 @@ use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, config, log, sql, types};
-use super::sql::{SqlDb, SqlError};
+use super::database::Database;
+use super::sql::SqlError;
 
 /// Log messages from plugins are cut to this many bytes.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -108,10 +109,14 @@ pub(crate) struct HostState {
     /// The plugin's own config values.
     pub config: BTreeMap<String, String>,
     /// The plugin's database, when it imports `sql`.
-    pub sql: Option<Arc<SqlDb>>,
+    pub sql: Option<Arc<Database>>,
     /// When the current call's time is up; bounds host work (SQL) that epochs cannot
     /// interrupt. Re-armed before every call.
     pub deadline: Instant,
+    /// Whether a source the host reached for the current call (its database) failed: an
+    /// `unavailable` the call then reports is the source's (502), not the plugin's own.
+    /// Cleared before every call.
+    pub source_failed: bool,
 }
 
 impl WasiView for HostState {
@@ -365,12 +370,6 @@ impl config::Host for HostState {
     }
 }
 
-/// How long a SQL query may run on the calling (async worker) thread. A query that needs more
-/// is stopped and run again on a blocking thread, where it may take the rest of the call's
-/// time: most queries of a getter take microseconds and pay no thread hop, and a slow one holds
-/// a worker for at most this long.
-const INLINE_SQL_SLICE: Duration = Duration::from_millis(2);
-
 impl sql::Host for HostState {
     async fn query(
         &mut self,
@@ -383,19 +382,13 @@ impl sql::Host for HostState {
                 "no database is configured for this plugin (set NAME.database)".into(),
             )));
         };
-        let deadline = self.deadline;
-        let slice_end = Instant::now() + INLINE_SQL_SLICE;
-        let answer = match db.query_within(&statement, &params, max_rows, deadline, slice_end) {
-            Some(answer) => answer,
-            None => tokio::task::spawn_blocking(move || {
-                db.query(&statement, &params, max_rows, deadline)
-            })
-            .await
-            .unwrap_or_else(|e| Err(SqlError::Unavailable(format!("the query failed: {e}")))),
-        };
+        let answer = db.query(statement, params, max_rows, self.deadline).await;
         Ok(answer.map_err(|e| match e {
             SqlError::InvalidInput(m) => types::Error::InvalidInput(m),
-            SqlError::Unavailable(m) => types::Error::Unavailable(m),
+            SqlError::Unavailable(m) => {
+                self.source_failed = true;
+                types::Error::Unavailable(m)
+            }
         }))
     }
 }

@@ -2,15 +2,17 @@
 //! from the compile cache), detect its kind from what it exports, check what it imports, ask it
 //! its name with no grants, then prepare it for calls with the grants the operator gave its file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::component::Component;
 
 use super::call::PluginCore;
+use super::database::Database;
+use super::postgres::is_postgres_url;
 use super::{
     LoadedPlugin, PluginError, PluginGrants, PluginKind, PluginStats, Runtime, WasmCompressor,
-    WasmGetter, WasmStorage, compressor, getter, sql, storage, validate_name,
+    WasmGetter, WasmStorage, compressor, getter, storage, validate_name,
 };
 
 /// WIT interface names (without version) that identify a plugin's kind.
@@ -130,14 +132,24 @@ impl Runtime {
         }
         .map_err(|e| load_err(format!("its info() call failed: {e}")))?;
         validate_name(&info.name).map_err(|e| load_err(format!("reports {e}")))?;
+        let mut grants = grants;
         let sql = if wants_sql {
-            let db_path = grants
-                .config
-                .get("database")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("demo.db"));
+            let database = match grants.config.get("database") {
+                Some(database) => database.clone(),
+                None => path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("demo.db")
+                    .display()
+                    .to_string(),
+            };
+            // A server's URL may carry a password: the host keeps it, the plugin's config
+            // does not show it.
+            if is_postgres_url(&database) {
+                grants.config.remove("database");
+            }
             Some(Arc::new(
-                sql::SqlDb::open(&db_path, self.options.memory_limit).map_err(load_err)?,
+                Database::open(&database, self.options.memory_limit).map_err(load_err)?,
             ))
         } else {
             None

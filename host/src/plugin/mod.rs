@@ -32,11 +32,13 @@
 //! [`LoadedPlugin`]), `call.rs` (one call's store, limits and outcome), `stats.rs` (counters),
 //! `pool.rs` (warm instances), `host.rs` (the capabilities a plugin may import), one file per
 //! kind (`getter.rs`, `storage.rs`, `compressor.rs`), `registry.rs` (the loaded plugins and hot
-//! reload), `watch.rs` (file changes and SIGHUP), `sql.rs` (the getters' database).
+//! reload), `watch.rs` (file changes and SIGHUP), `database.rs` (a getter's database: `sql.rs`
+//! for SQLite, `postgres.rs` for a Postgres server).
 
 mod bindings;
 mod call;
 mod compressor;
+mod database;
 mod engine;
 mod error;
 mod getter;
@@ -44,6 +46,7 @@ mod host;
 mod load;
 pub mod metrics;
 mod pool;
+mod postgres;
 pub mod registry;
 mod slot;
 pub mod sql;

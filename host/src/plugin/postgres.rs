@@ -1,0 +1,438 @@
+//! The SQL capability backed by a Postgres server: what a getter's `sql.query` runs when the
+//! operator points its `database` at a `postgres://` URL instead of a SQLite file.
+//!
+//! The host owns a pool of connections per plugin (deadpool-postgres over tokio-postgres). It
+//! cannot authorize Postgres SQL the way it authorizes SQLite's, so the walls are:
+//! - **the operator's role**: give the plugin a role that may only read what it needs (the
+//!   README and docs/plugins.md say so); the host adds the rest;
+//! - **one read statement**: the statement must begin with `SELECT`, `WITH`, `VALUES` or `TABLE`
+//!   (after comments), and runs alone through the extended protocol (no `;`-separated second
+//!   statement);
+//! - **a read-only transaction** whose `statement_timeout` is the call's remaining time:
+//!   `BEGIN READ ONLY; SET LOCAL statement_timeout = N`, the statement, `ROLLBACK`. A
+//!   connection whose query ran out of time is closed, never pooled;
+//! - **bounded results**: rows are read as they stream in and the query stops at
+//!   `min(max_rows, MAX_ROWS)` rows or at the plugin's memory cap in bytes. (One row is
+//!   received whole before it is counted: a single field of up to Postgres' 1 GB limit is not
+//!   bounded below that. Give the role no table with such fields.)
+//!
+//! Parameters are `?N` (as for SQLite; rewritten to `$N` outside quotes and comments) or `$N`.
+//! Values map as for SQLite: null, integer (int2/int4/int8, bool as 0/1, oid), real
+//! (float4/float8), text (text, varchar, char, name, json, jsonb), blob (bytea); a column of
+//! another type is refused with a message saying to cast it (`::text`).
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures::{StreamExt as _, pin_mut};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::bindings::sql::Value;
+use super::sql::{MAX_ROWS, SqlError};
+
+/// Connections one plugin's pool may hold open.
+const MAX_CONNECTIONS: usize = 16;
+
+/// What one value costs in a result beyond its bytes, as for SQLite.
+const VALUE_OVERHEAD: usize = 16;
+
+/// A plugin's Postgres database: a pool of connections and the result byte budget.
+pub struct PgDb {
+    /// The connections.
+    pool: Pool,
+    /// The server, for messages (no user or password in it).
+    server: String,
+    /// Most bytes one result may hold (the plugin's memory cap).
+    max_result_bytes: usize,
+}
+
+impl std::fmt::Debug for PgDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDb")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `database` names a Postgres server rather than a SQLite file.
+pub fn is_postgres_url(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
+impl PgDb {
+    /// A pool for the server `url` names. Nothing is connected yet: a node starts while its
+    /// database is down, and its getters answer `unavailable` until it is up.
+    ///
+    /// # Errors
+    /// A message when `url` is not a valid connection string.
+    pub fn open(url: &str, max_result_bytes: usize) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("database URL: {e} (e.g. postgres://ro_user@127.0.0.1/app)"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(2));
+        }
+        config.application_name("geecache");
+        let server = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(MAX_CONNECTIONS)
+            .build()
+            .map_err(|e| format!("database {server}: {e}"))?;
+        Ok(PgDb {
+            pool,
+            server,
+            max_result_bytes: max_result_bytes.max(1),
+        })
+    }
+
+    /// Runs one read statement with positional parameters, returning at most `max_rows` rows
+    /// (never more than [`MAX_ROWS`]) within the byte budget, by `deadline`.
+    ///
+    /// # Errors
+    /// [`SqlError::InvalidInput`] for a refused or bad statement, a column of a type the
+    /// interface cannot carry, or a result over the budget; [`SqlError::Unavailable`] when the
+    /// server cannot be reached or the deadline passes.
+    pub async fn query(
+        &self,
+        statement: &str,
+        params: &[Value],
+        max_rows: u32,
+        deadline: Instant,
+    ) -> Result<Vec<Vec<Value>>, SqlError> {
+        check_read_statement(statement)?;
+        let statement = positional_to_dollar(statement);
+        let out_of_time = || {
+            SqlError::Unavailable(format!(
+                "the query on {} ran out of the call's time",
+                self.server
+            ))
+        };
+        let remaining = |now: Instant| {
+            deadline
+                .checked_duration_since(now)
+                .filter(|d| !d.is_zero())
+        };
+        let wait = remaining(Instant::now()).ok_or_else(out_of_time)?;
+        let client = match tokio::time::timeout(wait, self.pool.get()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                return Err(SqlError::Unavailable(format!(
+                    "cannot reach the database {}: {}",
+                    self.server,
+                    crate::error::chain(&e)
+                )));
+            }
+            Err(_) => return Err(out_of_time()),
+        };
+        let left = remaining(Instant::now()).ok_or_else(out_of_time)?;
+        match tokio::time::timeout(left, self.run(&client, &statement, params, max_rows, left))
+            .await
+        {
+            Ok(answer) => {
+                if answer.is_err() && client.is_closed() {
+                    drop(Object::take(client));
+                }
+                answer
+            }
+            // Mid-query: the connection may still be busy with it. Close it, never reuse it.
+            Err(_) => {
+                drop(Object::take(client));
+                Err(out_of_time())
+            }
+        }
+    }
+
+    /// The statement in a read-only transaction bounded by `left`, then `ROLLBACK`.
+    async fn run(
+        &self,
+        client: &tokio_postgres::Client,
+        statement: &str,
+        params: &[Value],
+        max_rows: u32,
+        left: Duration,
+    ) -> Result<Vec<Vec<Value>>, SqlError> {
+        // Rounded up: the server's cancel comes after the call's deadline, never before it, so a
+        // statement that outlasts the call always ends as the call's timeout.
+        let millis = (left.as_millis() + 1).min(i32::MAX as u128);
+        client
+            .batch_execute(&format!(
+                "BEGIN READ ONLY; SET LOCAL statement_timeout = {millis}"
+            ))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        let rows = self.rows(client, statement, params, max_rows).await;
+        let rolled_back = client.batch_execute("ROLLBACK").await;
+        let rows = rows?;
+        rolled_back.map_err(|e| self.failed(&e))?;
+        Ok(rows)
+    }
+
+    /// Streams the statement's rows in, within the row and byte caps.
+    async fn rows(
+        &self,
+        client: &tokio_postgres::Client,
+        statement: &str,
+        params: &[Value],
+        max_rows: u32,
+    ) -> Result<Vec<Vec<Value>>, SqlError> {
+        let owned: Vec<(Box<dyn ToSql + Sync + Send>, Type)> = params.iter().map(param).collect();
+        let typed = owned
+            .iter()
+            .map(|(v, t)| (v.as_ref() as &(dyn ToSql + Sync), t.clone()));
+        let stream = client
+            .query_typed_raw(statement, typed)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        pin_mut!(stream);
+        let max_rows = usize::try_from(max_rows.min(MAX_ROWS)).unwrap_or(usize::MAX);
+        let (mut rows, mut bytes) = (Vec::new(), 0usize);
+        while rows.len() < max_rows {
+            let Some(row) = stream.next().await else {
+                break;
+            };
+            let row = row.map_err(|e| self.failed(&e))?;
+            let mut values = Vec::with_capacity(row.len());
+            for (i, column) in row.columns().iter().enumerate() {
+                let value = column_value(&row, i, column.type_())
+                    .map_err(|e| self.failed(&e))?
+                    .ok_or_else(|| {
+                        SqlError::InvalidInput(format!(
+                            "column {:?} is of type {}, which the sql interface cannot carry: \
+                             cast it in the statement (e.g. {}::text)",
+                            column.name(),
+                            column.type_(),
+                            column.name()
+                        ))
+                    })?;
+                bytes += VALUE_OVERHEAD + value_len(&value);
+                values.push(value);
+            }
+            if bytes > self.max_result_bytes {
+                return Err(SqlError::InvalidInput(format!(
+                    "the result is larger than the plugin's {} bytes",
+                    self.max_result_bytes
+                )));
+            }
+            rows.push(values);
+        }
+        Ok(rows)
+    }
+
+    /// A Postgres error as the guest sees it: the server refused the statement (a syntax error,
+    /// a missing table or permission, a write in the read-only transaction) is
+    /// `invalid-input`; anything else (connection lost, statement timeout) `unavailable`.
+    fn failed(&self, e: &tokio_postgres::Error) -> SqlError {
+        match e.as_db_error() {
+            Some(db) if db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED => {
+                SqlError::Unavailable(format!(
+                    "the query on {} ran out of the call's time",
+                    self.server
+                ))
+            }
+            Some(db) => SqlError::InvalidInput(format!("{}: {}", db.severity(), db.message())),
+            None => SqlError::Unavailable(format!(
+                "the database {} failed: {}",
+                self.server,
+                crate::error::chain(e)
+            )),
+        }
+    }
+}
+
+/// `host:port/dbname` of a connection config, without user or password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or_default())
+}
+
+/// One parameter with the type it is sent as.
+fn param(value: &Value) -> (Box<dyn ToSql + Sync + Send>, Type) {
+    match value {
+        Value::Null => (Box::new(None::<String>), Type::TEXT),
+        Value::Integer(i) => (Box::new(*i), Type::INT8),
+        Value::Real(r) => (Box::new(*r), Type::FLOAT8),
+        Value::Text(t) => (Box::new(t.clone()), Type::TEXT),
+        Value::Blob(b) => (Box::new(b.clone()), Type::BYTEA),
+    }
+}
+
+/// Column `i` of `row` as a value, or `None` for a type the interface cannot carry.
+fn column_value(
+    row: &tokio_postgres::Row,
+    i: usize,
+    ty: &Type,
+) -> Result<Option<Value>, tokio_postgres::Error> {
+    macro_rules! get {
+        ($t:ty, $into:expr) => {
+            row.try_get::<_, Option<$t>>(i)?.map_or(Value::Null, $into)
+        };
+    }
+    Ok(Some(match *ty {
+        Type::BOOL => get!(bool, |b| Value::Integer(i64::from(b))),
+        Type::INT2 => get!(i16, |v| Value::Integer(i64::from(v))),
+        Type::INT4 => get!(i32, |v| Value::Integer(i64::from(v))),
+        Type::INT8 => get!(i64, Value::Integer),
+        Type::OID => get!(u32, |v| Value::Integer(i64::from(v))),
+        Type::FLOAT4 => get!(f32, |v| Value::Real(f64::from(v))),
+        Type::FLOAT8 => get!(f64, Value::Real),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+            get!(String, Value::Text)
+        }
+        Type::JSON | Type::JSONB => get!(serde_json::Value, |v| Value::Text(v.to_string())),
+        Type::BYTEA => get!(Vec<u8>, Value::Blob),
+        _ => return Ok(None),
+    }))
+}
+
+/// Bytes a value holds.
+fn value_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Integer(_) | Value::Real(_) => 8,
+        Value::Text(t) => t.len(),
+        Value::Blob(b) => b.len(),
+    }
+}
+
+/// Refuses a statement that is not one read: its first keyword (after white space and
+/// comments) must be `SELECT`, `WITH`, `VALUES` or `TABLE`.
+fn check_read_statement(statement: &str) -> Result<(), SqlError> {
+    let mut rest = statement.trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if matches!(word.as_str(), "SELECT" | "WITH" | "VALUES" | "TABLE") {
+        Ok(())
+    } else {
+        Err(SqlError::InvalidInput(format!(
+            "only a read (SELECT, WITH, VALUES, TABLE) may run, not {word:?}"
+        )))
+    }
+}
+
+/// `?N` parameters rewritten as Postgres' `$N`, outside quoted strings, quoted identifiers,
+/// dollar-quoted strings and comments (a `?` followed by no digit, e.g. jsonb's operator, is
+/// left alone).
+fn positional_to_dollar(statement: &str) -> String {
+    let bytes = statement.as_bytes();
+    let mut out = String::with_capacity(statement.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let skip_to = |from: usize, end: &str| {
+            statement[from..]
+                .find(end)
+                .map_or(statement.len(), |at| from + at + end.len())
+        };
+        let next = match c {
+            b'\'' => skip_to(i + 1, "'"),
+            b'"' => skip_to(i + 1, "\""),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => skip_to(i + 2, "\n"),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => skip_to(i + 2, "*/"),
+            b'$' => {
+                // A dollar-quote tag `$tag$` (or `$$`) opens a string closed by the same tag.
+                let tag_end = statement[i + 1..]
+                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                    .map(|at| i + 1 + at);
+                match tag_end {
+                    Some(end) if bytes[end] == b'$' && !bytes[i + 1].is_ascii_digit() => {
+                        let tag = &statement[i..=end];
+                        skip_to(end + 1, tag)
+                    }
+                    _ => i + 1,
+                }
+            }
+            b'?' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                out.push('$');
+                i += 1;
+                continue;
+            }
+            _ => i + 1,
+        };
+        out.push_str(&statement[i..next]);
+        i = next;
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positional_parameters_become_dollar_ones_outside_quotes_and_comments() {
+        assert_eq!(
+            positional_to_dollar("SELECT score FROM scores WHERE name = ?1"),
+            "SELECT score FROM scores WHERE name = $1"
+        );
+        assert_eq!(
+            positional_to_dollar("SELECT '?1', \"a?2\", $$?3$$, $t$?4$t$ -- ?5\n, ?6 /* ?7 */"),
+            "SELECT '?1', \"a?2\", $$?3$$, $t$?4$t$ -- ?5\n, $6 /* ?7 */"
+        );
+        assert_eq!(
+            positional_to_dollar("SELECT j ? 'k', $1"),
+            "SELECT j ? 'k', $1"
+        );
+        assert_eq!(
+            positional_to_dollar("SELECT 'unterminated ?1"),
+            "SELECT 'unterminated ?1"
+        );
+    }
+
+    #[test]
+    fn only_a_read_statement_may_run() {
+        for ok in [
+            "SELECT 1",
+            "  with x as (select 1) select * from x",
+            "-- c\n/* d */ VALUES (1)",
+            "TABLE t",
+        ] {
+            assert!(check_read_statement(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "DELETE FROM t",
+            "COMMIT",
+            "set statement_timeout = 0",
+            "",
+            "/* SELECT */ DROP TABLE t",
+            "CALL p()",
+        ] {
+            assert!(
+                matches!(check_read_statement(bad), Err(SqlError::InvalidInput(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_and_a_good_one_names_no_password() {
+        assert!(PgDb::open("postgres://u@[bad", 1 << 20).is_err());
+        let db = PgDb::open("postgres://ro:s3cret@127.0.0.1:5999/app", 1 << 20).unwrap();
+        assert_eq!(db.server, "127.0.0.1:5999/app");
+        assert!(!format!("{db:?}").contains("s3cret"));
+    }
+}
