@@ -12,7 +12,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 target=wasm32-wasip2
-plugins=(db_getter fs_storage brotli_compressor chaos_getter chaos_compressor escape_getter synth_getter hello_getter)
+plugins=(db_getter http_getter fs_storage brotli_compressor chaos_getter chaos_compressor escape_getter synth_getter hello_getter)
 
 say() { printf 'build.sh: %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -14,6 +14,7 @@ use std::process::Command;
 /// The Rust plugins: (folder in `plugins/`, component file name without `.wasm`).
 const PLUGINS: &[(&str, &str)] = &[
     ("db_getter", "db_getter"),
+    ("http_getter", "http_getter"),
     ("fs_storage", "fs_storage"),
     ("brotli_compressor", "brotli_compressor"),
     ("chaos_getter", "chaos_getter"),
@@ -26,6 +27,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("reload_getter_broken", "reload_getter_broken"),
     ("reload_compressor_narrow", "reload_compressor_narrow"),
     ("storage_basic", "storage_basic"),
+    ("compat_storage", "compat_storage"),
 ];
 /// The plugins in other languages, built into `plugins/target/lang/<name>.wasm`, and the files
 /// each is built from.

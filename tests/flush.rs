@@ -112,6 +112,30 @@ async fn a_flush_says_when_the_storage_plugin_cannot_clear_and_needs_the_admin_t
     node.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_plugin_written_before_clear_existed_builds_loads_and_keeps_its_entries() {
+    // compat_storage implements the SDK's Storage trait without `clear`, as plugins did
+    // before it existed: the SDK's default answers "not supported".
+    let node = TestNode::with_db_getter(&["--plugin", plugins::COMPAT_STORAGE]).await;
+    assert_eq!(node.get("/api?key=Tom").await.1, b"630");
+    let r = node
+        .client
+        .post(format!("{}/api/v1/groups/scores/flush", node.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "storage_not_cleared", "{body}");
+    assert_eq!(
+        node.get("/api?key=Tom").await.1,
+        b"630",
+        "memory was flushed, storage kept it"
+    );
+    node.stop().await;
+}
+
 /// Getter calls of group `scores`, all nodes together.
 async fn getter_calls(nodes: &[TestNode]) -> u64 {
     let mut calls = 0;

@@ -26,10 +26,16 @@ pub mod pki;
 #[path = "postgres.rs"]
 pub mod postgres;
 
+/// A real HTTP origin for `http_getter`.
+#[path = "origin.rs"]
+pub mod origin;
+
 /// Paths of the plugin components built for this test run.
 pub mod plugins {
     /// Reads values from SQLite through the host's `sql` capability.
     pub const DB_GETTER: &str = env!("PLUGIN_DB_GETTER");
+    /// `http_getter`: GET {base}/{key} over wasi:http.
+    pub const HTTP_GETTER: &str = env!("PLUGIN_HTTP_GETTER");
     /// Panics, loops or allocates without bound, depending on the key.
     pub const CHAOS_GETTER: &str = env!("PLUGIN_CHAOS_GETTER");
     /// Tries to leave its sandbox (sleeps, foreign databases, files, secrets in errors).
@@ -55,6 +61,8 @@ pub mod plugins {
     /// A storage backend built without `storage-clear` (world `storage-plugin-basic`), as
     /// storage plugins were before that interface existed; keeps entries in instance memory.
     pub const STORAGE_BASIC: &str = env!("PLUGIN_STORAGE_BASIC");
+    /// A storage plugin written against the SDK before `Storage::clear` existed.
+    pub const COMPAT_STORAGE: &str = env!("PLUGIN_COMPAT_STORAGE");
 
     /// `plugins/template`: the getter plugin authors start from.
     pub const HELLO_GETTER: &str = env!("PLUGIN_HELLO_GETTER");

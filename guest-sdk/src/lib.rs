@@ -24,6 +24,8 @@
 //! - [`log`]: structured logging into the host's log stream.
 //! - [`config`]: the plugin's own configuration values, set by the operator.
 //! - `sql` (getters only): read-only SQL queries against the host's database.
+//! - `http` (getters only): outbound HTTP to the origins the operator allowed
+//!   (`--plugin-http`), over standard `wasi:http`.
 //!
 //! Built for any target but wasm32 (as `cargo test` builds a plugin's unit tests), these are
 //! answered by the `testing::FakeHost` a test runs under: see [`testing`] for how to unit-test
@@ -220,6 +222,8 @@ pub mod log;
 
 #[cfg(feature = "getter")]
 mod getter;
+#[cfg(feature = "getter")]
+pub mod http;
 #[cfg(feature = "getter")]
 pub mod sql;
 #[cfg(feature = "getter")]

@@ -54,7 +54,17 @@ pub trait Storage {
     /// Clearing a group that holds nothing succeeds; fail only when the medium cannot be
     /// reached or changed. The host then reports to the operator that the group's stored
     /// entries were left.
-    fn clear(group: &str) -> Result<(), Error>;
+    ///
+    /// The default says it is not supported (so a plugin written before this method existed
+    /// still builds): the host then reports the group's stored entries as kept. Implement it
+    /// in every new backend.
+    fn clear(group: &str) -> Result<(), Error> {
+        Err(Error::Unavailable(format!(
+            "storage plugin {} does not implement clear: group {group}'s stored entries \
+             were kept",
+            Self::NAME
+        )))
+    }
 }
 
 /// One stored entry, exactly as the host hands it over.

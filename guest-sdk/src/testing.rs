@@ -1,9 +1,9 @@
 //! Unit-test a plugin natively: `cargo test` on your own machine's target, no wasm, no node.
 //!
-//! In a component, [`config`](crate::config), [`log`](crate::log) and
-//! [`sql`](crate::sql) call the host. Built for any other target (which is what `cargo test`
-//! does), they call the [`FakeHost`] that the test runs its code under instead: its config
-//! values, its SQL answers, and a record of every query and log line. Outside
+//! In a component, [`config`](crate::config), [`log`](crate::log), `sql` and `http` call the
+//! host. Built for any other target (which is what `cargo test` does), they call the
+//! [`FakeHost`] that the test runs its code under instead: its config values, its SQL rows and
+//! HTTP answers, and a record of every query, request and log line. Outside
 //! [`FakeHost::run`] they panic, so a test cannot silently miss the fake.
 //!
 #![cfg_attr(feature = "getter", doc = "```")]
@@ -36,6 +36,23 @@
 //! assert_eq!(host.get::<Scores>("scores", "Nobody"), Ok(Lookup::NotFound));
 //! assert_eq!(host.queries().len(), 2);
 //! assert!(host.logged(Level::Debug, "Tom: 1 rows"));
+//! ```
+//!
+//! HTTP is faked the same way: [`FakeHost::http`] answers a `GET` of one URL,
+//! [`FakeHost::http_answer`] any method (or an error, as for an origin that is down), and
+//! [`FakeHost::http_origin`] everything else; [`FakeHost::requests`] lists what was sent.
+//!
+#![cfg_attr(feature = "getter", doc = "```")]
+#![cfg_attr(not(feature = "getter"), doc = "```ignore")]
+//! use geecache_guest_sdk::http::{self, Response};
+//! use geecache_guest_sdk::testing::FakeHost;
+//!
+//! let host = FakeHost::new()
+//!     .http("http://origin/old", Response::new(301, "").with_header("location", "/new"))
+//!     .http("http://origin/new", Response::new(200, "hi"));
+//! let got = host.run(|| http::get("http://origin/old"));
+//! assert_eq!(got.map(|r| r.body), Ok(b"hi".to_vec()));
+//! assert_eq!(host.requests().len(), 2);
 //! ```
 //!
 //! The fake holds no database: a query it has no answer for fails with
@@ -108,7 +125,24 @@ struct State {
     queries: Vec<Query>,
     /// Every log line written, in order.
     logs: Vec<LogLine>,
+    /// Exact HTTP answers: method and URL, and what the request gets.
+    #[cfg(feature = "getter")]
+    http_answers: Vec<(
+        crate::http::Method,
+        String,
+        Result<crate::http::Response, Error>,
+    )>,
+    /// The HTTP answer to everything else.
+    #[cfg(feature = "getter")]
+    http: Option<HttpFn>,
+    /// Every HTTP request sent, in order (each redirect followed is one).
+    #[cfg(feature = "getter")]
+    requests: Vec<crate::http::Request>,
 }
+
+/// Answers every HTTP request that no [`FakeHost::http`] matched.
+#[cfg(feature = "getter")]
+type HttpFn = Box<dyn FnMut(&crate::http::Request) -> Result<crate::http::Response, Error>>;
 
 /// A stand-in for the geecache host in a plugin's native unit tests: config values, SQL
 /// answers, and a record of what the plugin asked and logged. See the [module docs](self).
@@ -193,6 +227,50 @@ impl FakeHost {
     ) -> Self {
         self.state.borrow_mut().sql = Some(Box::new(answer));
         self
+    }
+
+    /// Answers a `GET` of exactly `url` with `response` (sent as the host would: redirects in
+    /// it are followed by [`crate::http::send`], each a request of its own).
+    #[cfg(feature = "getter")]
+    #[must_use]
+    pub fn http(self, url: impl Into<String>, response: crate::http::Response) -> Self {
+        self.http_answer(crate::http::Method::Get, url, Ok(response))
+    }
+
+    /// Answers `method` on exactly `url` with `result`: a response, or the error the real host
+    /// would give (for example [`Error::Unavailable`] for an origin that is down, or one not
+    /// in the plugin's allowlist).
+    #[cfg(feature = "getter")]
+    #[must_use]
+    pub fn http_answer(
+        self,
+        method: crate::http::Method,
+        url: impl Into<String>,
+        result: Result<crate::http::Response, Error>,
+    ) -> Self {
+        self.state
+            .borrow_mut()
+            .http_answers
+            .push((method, url.into(), result));
+        self
+    }
+
+    /// Answers every HTTP request that [`FakeHost::http`] and [`FakeHost::http_answer`] did
+    /// not with `answer(request)`: an origin in memory, or one that is down.
+    #[cfg(feature = "getter")]
+    #[must_use]
+    pub fn http_origin(
+        self,
+        answer: impl FnMut(&crate::http::Request) -> Result<crate::http::Response, Error> + 'static,
+    ) -> Self {
+        self.state.borrow_mut().http = Some(Box::new(answer));
+        self
+    }
+
+    /// Every HTTP request the plugin sent under this fake, in order.
+    #[cfg(feature = "getter")]
+    pub fn requests(&self) -> Vec<crate::http::Request> {
+        self.state.borrow().requests.clone()
     }
 
     /// Runs `f` with this fake answering [`config`](crate::config), [`log`](crate::log) and
@@ -437,5 +515,35 @@ mod tests {
             );
             assert_eq!(sql::query("anything", &["Sam".into()], 1), Ok(vec![]));
         });
+    }
+}
+
+/// [`crate::http::send`]'s one request, natively.
+#[cfg(feature = "getter")]
+pub(crate) fn http_send(request: &crate::http::Request) -> Result<crate::http::Response, Error> {
+    let state = current("http");
+    state.borrow_mut().requests.push(request.clone());
+    let exact = state
+        .borrow()
+        .http_answers
+        .iter()
+        .find(|(method, url, _)| *method == request.method && *url == request.url)
+        .map(|(_, _, result)| result.clone());
+    if let Some(result) = exact {
+        return result;
+    }
+    // Taken out while it runs, so that it may itself log.
+    let answer = state.borrow_mut().http.take();
+    match answer {
+        Some(mut answer) => {
+            let result = answer(request);
+            state.borrow_mut().http = Some(answer);
+            result
+        }
+        None => Err(Error::Unavailable(format!(
+            "FakeHost has no answer for {} {}; give one with FakeHost::http, \
+             FakeHost::http_answer or FakeHost::http_origin",
+            request.method, request.url
+        ))),
     }
 }

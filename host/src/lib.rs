@@ -27,7 +27,8 @@
 //!   calls share, one memory budget over all memories and tables), grants bound to the
 //!   operator's name for a plugin, host capabilities (log with a per-call budget and escaped
 //!   text, config, SQL confined to one database: SQLite, or Postgres in read-only
-//!   transactions), and the wasm implementations of the group's and the codec's traits;
+//!   transactions; for getters, outbound `wasi:http` to the origins the operator allowed, with
+//!   resolved addresses checked, the call's deadline and a body cap), and the wasm implementations of the group's and the codec's traits;
 //!   [`plugin::registry`]: every plugin behind a slot swapped by hot reload (prepare off the
 //!   serving path, then swap; calls in flight keep their version), staged cluster rollouts;
 //!   [`plugin::watch`]: the `--watch-plugins` and SIGHUP triggers.

@@ -628,7 +628,7 @@ fn ratios(round: &[Row], r: &Row) -> [Option<f64>; RATIOS] {
 }
 
 /// The median of `values` (the mean of the middle two of an even count); None when empty.
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     match n {

@@ -13,6 +13,9 @@
 //!   sets and gets, against nginx and a fixed-response server measured by the same client in
 //!   the same run (see `http.rs`; the client is `load.rs`).
 //! - `memory`: the resident memory of a node whose cache budget is filled past its size.
+//! - `sources`: a node's all-miss latency through `http_getter` (a local origin) and `db_getter`
+//!   (a local Postgres), against the same source asked directly, in the same run; and how many
+//!   requests reach the origin when every connection asks one key at once (see `sources.rs`).
 //! - `compression`: ratio, compress MB/s and decompress MB/s of every codec (built-in and the
 //!   brotli plugin) at a few levels, on generated realistic corpora (see `geecache_tests::corpus`),
 //!   value by value as a cache stores them.
@@ -34,6 +37,7 @@ mod load;
 mod memory;
 mod report;
 mod servers;
+mod sources;
 
 use std::process::ExitCode;
 
@@ -56,6 +60,9 @@ enum Command {
     Memory(memory::Args),
     /// Compare codecs: ratio and speed per codec and level, per corpus.
     Compression(compression::Args),
+    /// A node's all-miss latency through getters that reach real sources (an HTTP origin,
+    /// Postgres), against the same sources asked directly, and singleflight's collapse.
+    Sources(sources::Args),
     /// The fixed-response baseline servers `http` starts (a hyper service or an axum router
     /// on the node's own stack).
     #[command(hide = true)]
@@ -101,6 +108,10 @@ fn main() -> ExitCode {
             memory::run(args)
         }
         Command::Compression(args) => compression::run(args),
+        Command::Sources(args) => {
+            stop_on_signal();
+            sources::run(args)
+        }
         Command::FixedServer(args) => servers::serve_fixed(&args),
     };
     match result {

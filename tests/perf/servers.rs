@@ -421,6 +421,30 @@ impl Cluster {
     }
 }
 
+/// One node of `host_bin` with `args` (its plugins, their grants, its group) on a free port of
+/// 127.0.0.1, logging into `dir`; ready when this returns, stopped when the process drops.
+///
+/// # Errors
+/// It does not start, or is not ready in time (the message holds its log's end).
+pub fn start_node(
+    host_bin: &Path,
+    args: &[String],
+    dir: &Path,
+) -> anyhow::Result<(Process, SocketAddr)> {
+    let addr = loopback(free_ports(1)?[0]);
+    let mut cmd = Command::new(host_bin);
+    cmd.args(args)
+        .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--advertise-addr", &addr.to_string()])
+        .arg("--compile-cache-dir")
+        .arg(geecache_tests::compile_cache_dir())
+        .args(["--shutdown-grace", "0s"]);
+    let log = dir.join(format!("node-{}.log", addr.port()));
+    let mut node = Process::spawn(&format!("node {addr}"), cmd, log, Death::Kill)?;
+    node.wait_ready(addr, "/readyz")?;
+    Ok((node, addr))
+}
+
 /// A fixed-response server, stopped when dropped.
 #[derive(Debug)]
 pub struct Fixed {

@@ -43,6 +43,20 @@ pub struct Cli {
     )]
     pub plugin_dirs: Vec<String>,
 
+    /// Allow the getter loaded as NAME outbound HTTP to these origins,
+    /// `NAME=SCHEME://HOST[:PORT][,...]` (repeatable; several in one value, or in the env
+    /// variable, are separated by `;`). HOST may be `*.domain` or `*`, PORT `*`; e.g.
+    /// `http_getter=https://api.example.com,https://*.internal:8443`. Names that resolve to
+    /// loopback or link-local addresses are refused unless the address is listed too, e.g.
+    /// `http://127.0.0.1:8080`. Getters get no network otherwise.
+    #[arg(
+        long = "plugin-http",
+        value_name = "NAME=URL[,URL]",
+        env = "GEECACHE_PLUGIN_HTTP",
+        value_delimiter = ';'
+    )]
+    pub plugin_http: Vec<String>,
+
     /// TOML config file for several groups and plugins (see docs/operations.md).
     #[arg(long, value_name = "FILE", env = "GEECACHE_CONFIG")]
     pub config: Option<PathBuf>,

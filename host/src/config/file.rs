@@ -57,6 +57,9 @@ pub struct FilePlugin {
     /// Directories granted to the plugin, `HOST_DIR[:GUEST_DIR][:rw]`.
     #[serde(default)]
     pub dirs: Vec<String>,
+    /// Origins a getter may send HTTP requests to, `SCHEME://HOST[:PORT]` (as --plugin-http).
+    #[serde(default)]
+    pub http: Vec<String>,
 }
 
 /// One `[[groups]]` table.

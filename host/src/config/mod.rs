@@ -331,6 +331,52 @@ mod tests {
     }
 
     #[test]
+    fn http_grants_from_flags_and_the_file_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("geecache.toml");
+        std::fs::write(
+            &path,
+            "[[plugins]]\npath = \"api.wasm\"\nhttp = [\"https://api.example.com\"]\n",
+        )
+        .unwrap();
+        let s = cli(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--plugin-http",
+            "api=https://*.internal:8443,http://127.0.0.1:8080;api=https://api.example.com",
+        ])
+        .resolve()
+        .unwrap();
+        let allowed: Vec<String> = s.plugins[0]
+            .grants
+            .http
+            .entries()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                "https://api.example.com",
+                "https://*.internal:8443",
+                "http://127.0.0.1:8080"
+            ]
+        );
+        let err = cli(&[
+            "--plugin",
+            "api.wasm",
+            "--plugin-http",
+            "api=api.example.com",
+        ])
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("SCHEME://HOST[:PORT]"), "{err}");
+        let err = cli(&["--plugin", "api.wasm", "--plugin-http", "https://x.com"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("NAME=URL"), "{err}");
+    }
+
+    #[test]
     fn a_grant_to_a_name_no_plugin_has_is_refused() {
         // A plugin that reports "db_getter" about itself gets nothing meant for db_getter.
         let err = cli(&[

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{Cli, FileConfig, given, size_usize};
-use crate::plugin::{DirGrant, InstancePolicy, PluginGrants, PluginSpec, RuntimeOptions};
+use crate::plugin::{
+    DirGrant, HttpAllowlist, InstancePolicy, PluginGrants, PluginSpec, RuntimeOptions,
+};
 use crate::units::parse_duration;
 
 /// The plugin runtime's limits: flags, then the file, then the defaults.
@@ -74,7 +76,7 @@ pub(super) fn runtime(cli: &Cli, file: &FileConfig) -> Result<RuntimeOptions, St
 }
 
 /// The plugins to load, in order (the file's, then `--plugin`'s), each with the grants of
-/// `--plugin-config` and `--plugin-dir` added to the file's. File paths are taken relative to
+/// `--plugin-config`, `--plugin-dir` and `--plugin-http` added to the file's. File paths are taken relative to
 /// `base`, the config file's directory.
 pub(super) fn plugins(
     cli: &Cli,
@@ -101,6 +103,8 @@ pub(super) fn plugins(
             grants: PluginGrants {
                 config: p.config.clone(),
                 dirs,
+                http: HttpAllowlist::parse(p.http.iter().map(String::as_str))
+                    .map_err(|e| format!("plugin {}: {e}", p.path.display()))?,
             },
         });
     }
@@ -126,13 +130,14 @@ pub(super) fn plugins(
         let Some(spec) = plugins.iter_mut().find(|p| p.name == name) else {
             let known: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
             return Err(format!(
-                "--plugin-config/--plugin-dir name plugin {name:?}, but no plugin is loaded \
+                "--plugin-config/--plugin-dir/--plugin-http name plugin {name:?}, but no plugin is loaded \
                  under that name (loaded: {known:?}); a plugin's name is its file's stem or \
                  the NAME of --plugin NAME=FILE"
             ));
         };
         spec.grants.config.extend(flags.config);
         spec.grants.dirs.extend(flags.dirs);
+        spec.grants.http.extend(flags.http);
     }
     Ok(plugins)
 }
@@ -160,6 +165,17 @@ fn flag_grants(cli: &Cli) -> Result<BTreeMap<String, PluginGrants>, String> {
         })?;
         let dir = parse_dir(dir, Path::new("")).map_err(|e| format!("--plugin-dir: {e}"))?;
         grants.entry(name.into()).or_default().dirs.push(dir);
+    }
+    for item in &cli.plugin_http {
+        let (name, origins) = item.split_once('=').ok_or_else(|| {
+            format!(
+                "--plugin-http {item:?}: expected NAME=URL[,URL], e.g. \
+                 http_getter=https://api.example.com,https://*.internal:8443"
+            )
+        })?;
+        let allow = HttpAllowlist::parse(origins.split(',').filter(|o| !o.trim().is_empty()))
+            .map_err(|e| format!("--plugin-http: {e}"))?;
+        grants.entry(name.into()).or_default().http.extend(allow);
     }
     Ok(grants)
 }

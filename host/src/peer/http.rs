@@ -143,20 +143,28 @@ fn is_connect_timeout(e: &(dyn std::error::Error + 'static), connecting: bool) -
 /// The connect timeout ran out (see [`BoundedConnector`]).
 #[derive(Debug, thiserror::Error)]
 #[error("no connection within {0:?}")]
-struct ConnectTimeout(Duration);
+pub(crate) struct ConnectTimeout(Duration);
 
 /// hyper-rustls's connector with one bound on a whole connect: name resolution, TCP and the
 /// TLS handshake. The pool may finish a connect in the background once its request went on
 /// another connection, and a connect that stalls (a peer that answers the SYN and nothing
 /// more) must not hold a task and a socket until the kernel gives up.
+///
+/// Generic over the connector it bounds: the plugins' outbound HTTP (`plugin/http.rs`) bounds
+/// one whose resolver checks addresses.
 #[derive(Debug, Clone)]
-struct BoundedConnector {
-    inner: HttpsConnector<HttpConnector>,
-    timeout: Duration,
+pub(crate) struct BoundedConnector<C = HttpsConnector<HttpConnector>> {
+    pub(crate) inner: C,
+    pub(crate) timeout: Duration,
 }
 
-impl tower::Service<Uri> for BoundedConnector {
-    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+impl<C> tower::Service<Uri> for BoundedConnector<C>
+where
+    C: tower::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
@@ -166,7 +174,7 @@ impl tower::Service<Uri> for BoundedConnector {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
@@ -174,7 +182,7 @@ impl tower::Service<Uri> for BoundedConnector {
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected,
+                Ok(connected) => connected.map_err(Into::into),
                 Err(_) => Err(Box::new(ConnectTimeout(timeout)) as Self::Error),
             }
         })
@@ -200,16 +208,39 @@ pub fn http_client_with_tls(
     connect_timeout: Duration,
     tls: Option<rustls::ClientConfig>,
 ) -> PeerHttp {
-    let tls = tls.unwrap_or_else(|| {
-        use rustls_platform_verifier::ConfigVerifierExt;
-        rustls::ClientConfig::with_platform_verifier().unwrap_or_else(|e| {
-            tracing::info!(error = %e, "no system CA certificates: https:// peers are trusted only with --peer-ca");
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        })
-    });
-    let mut tcp = HttpConnector::new();
+    let tls = tls.unwrap_or_else(|| platform_tls("https:// peers are trusted only with --peer-ca"));
+    let connector = bounded_connector(HttpConnector::new(), tls, connect_timeout);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_PEER)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    PeerHttp {
+        client,
+        connect_timeout,
+    }
+}
+
+/// rustls checking servers against the platform's roots (the system's certificate store); on
+/// a system without CA certificates, against none, and the log says so with `consequence`.
+pub(crate) fn platform_tls(consequence: &str) -> rustls::ClientConfig {
+    use rustls_platform_verifier::ConfigVerifierExt;
+    rustls::ClientConfig::with_platform_verifier().unwrap_or_else(|e| {
+        tracing::info!(error = %e, "no system CA certificates: {consequence}");
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    })
+}
+
+/// `tcp` (its resolver the caller's) set up as every client of the node connects: no Nagle,
+/// TCP keep-alive and user timeout, connects bounded by `connect_timeout` as a whole, `tls`
+/// for `https://` and plain `http://` as well.
+pub(crate) fn bounded_connector<R>(
+    mut tcp: HttpConnector<R>,
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+) -> BoundedConnector<HttpsConnector<HttpConnector<R>>> {
     // The scheme is checked by the TLS layer around it: `http://` and `https://` both pass.
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
@@ -219,22 +250,13 @@ pub fn http_client_with_tls(
     tcp.set_keepalive_retries(Some(3));
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
     tcp.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
-    let connector = BoundedConnector {
+    BoundedConnector {
         inner: hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp),
         timeout: connect_timeout,
-    };
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_PEER)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector);
-    PeerHttp {
-        client,
-        connect_timeout,
     }
 }
 

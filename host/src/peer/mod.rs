@@ -56,7 +56,7 @@ use crate::error::Error;
 pub mod auth;
 mod client;
 mod error;
-mod http;
+pub(crate) mod http;
 mod replay;
 mod server;
 

@@ -14,6 +14,7 @@ use wasmtime_wasi::WasiCtx;
 
 use super::database::Database;
 use super::host::{self, CallLimiter, HostState};
+use super::http::{HttpHooks, PluginHttp};
 use super::pool::{self, Pool, Warm};
 use super::{PluginError, PluginGrants, PluginStats, Runtime, bindings, error};
 use crate::telemetry::Metrics;
@@ -155,6 +156,8 @@ pub struct PluginCore {
     pub(super) grants: PluginGrants,
     /// The plugin's database, when it imports `sql`.
     pub(super) sql: Option<Arc<Database>>,
+    /// Where its outbound HTTP may go, and the pooled client that takes it there.
+    pub(super) http: Arc<PluginHttp>,
     /// Shared with the runtime: engine for stores.
     pub(super) engine: Engine,
     /// Limits applied to each call.
@@ -186,7 +189,14 @@ impl PluginCore {
         sql: Option<Arc<Database>>,
         runtime: &Runtime,
     ) -> Self {
+        let http = Arc::new(PluginHttp::new(
+            &name,
+            grants.http.clone(),
+            runtime.options.memory_limit,
+            runtime.metrics.clone(),
+        ));
         PluginCore {
+            http,
             name_label: opentelemetry::StringValue::from(Arc::<str>::from(name.as_str())),
             name,
             version: String::new(),
@@ -245,6 +255,12 @@ impl PluginCore {
             sql: self.sql.clone(),
             deadline: Instant::now() + self.call_timeout,
             source_failed: false,
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http: HttpHooks {
+                shared: Arc::clone(&self.http),
+                deadline: Instant::now() + self.call_timeout,
+                source_failed: Arc::default(),
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -267,10 +283,9 @@ impl PluginCore {
     pub(super) fn arm(&self, store: &mut Store<HostState>) {
         store.set_epoch_deadline(1);
         let state = store.data_mut();
-        state.deadline = Instant::now() + self.call_timeout;
+        state.new_call(Instant::now() + self.call_timeout);
         state.limiter.new_call();
         state.log_budget = host::LogBudget::default();
-        state.source_failed = false;
     }
 
     /// The call's result, or its failure classified. The time limit is wall-clock time: an
@@ -306,7 +321,7 @@ impl PluginCore {
         let state = warm.store.data();
         let healthy =
             !state.limiter.hit() && !matches!(answer, Err(bindings::types::Error::Other(_)));
-        let source_failed = state.source_failed;
+        let source_failed = state.source_failed();
         pool.give_back(warm, healthy);
         answer.map_err(|e| self.reported(e, source_failed))
     }

@@ -7,12 +7,15 @@
 //! - [`CallLimiter`]: one memory budget per call over every linear memory and table of the
 //!   instance together, so a component with several memories cannot multiply its cap.
 //! - [`DeadlineClock`]: WASI's `monotonic-clock` with subscriptions cut at the call's deadline.
-//!   A guest waits (sleeps, polls) only through clock subscriptions — no sockets, no stdin — so
-//!   no host call of a plugin can outlast its time limit; when the wait ends, the next wasm
+//!   A guest waits (sleeps, polls) only through clock subscriptions and, for a getter, the
+//!   pollables of its `wasi:http` requests, whose answers and bodies end at the same deadline
+//!   (`plugin/http.rs`) — no sockets, no stdin — so no host call of a plugin can outlast its
+//!   time limit; when the wait ends, the next wasm
 //!   instruction meets the epoch deadline and the call stops as a timeout.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use wasmtime::component::{HasData, HasSelf, Linker, Resource, ResourceTable};
@@ -21,9 +24,11 @@ use wasmtime_wasi::clocks::{WasiClocksCtxView, WasiClocksView as _};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{self, config, log, sql, types};
 use super::database::Database;
+use super::http::HttpHooks;
 use super::sql::SqlError;
 
 /// Log messages from plugins are cut to this many bytes.
@@ -117,6 +122,37 @@ pub(crate) struct HostState {
     /// `unavailable` the call then reports is the source's (502), not the plugin's own.
     /// Cleared before every call.
     pub source_failed: bool,
+    /// `wasi:http`'s own state (limits on header fields).
+    pub http_ctx: WasiHttpCtx,
+    /// How `wasi:http` requests are sent: through the plugin's allowlist and pooled client,
+    /// with the call's deadline (getters only import `wasi:http`).
+    pub http: HttpHooks,
+}
+
+impl HostState {
+    /// Whether a source failed during the current call: its database, or an HTTP origin (a
+    /// transport failure or a 5xx answer).
+    pub fn source_failed(&self) -> bool {
+        self.source_failed || self.http.source_failed.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new call's time on this store: `deadline` for host work and outbound HTTP.
+    pub fn new_call(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.http.deadline = deadline;
+        self.source_failed = false;
+        self.http.source_failed.store(false, Ordering::Relaxed);
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -232,8 +268,9 @@ impl ResourceLimiter for CallLimiter {
 }
 
 /// A linker with WASI (its monotonic clock replaced by [`DeadlineClock`]) and the host
-/// capabilities: `log` and `config` for every kind, `sql` too when `with_sql` (getters only).
-pub(crate) fn linker(engine: &Engine, with_sql: bool) -> wasmtime::Result<Linker<HostState>> {
+/// capabilities: `log` and `config` for every kind; for getters (`getter`) also `sql` and
+/// `wasi:http/outgoing-handler` (sent by [`HttpHooks`]).
+pub(crate) fn linker(engine: &Engine, getter: bool) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     // Replace WASI's monotonic clock with one whose waits end at the call's deadline.
@@ -243,11 +280,12 @@ pub(crate) fn linker(engine: &Engine, with_sql: bool) -> wasmtime::Result<Linker
         inner: s.clocks(),
     })?;
     linker.allow_shadowing(false);
-    if with_sql {
+    if getter {
         bindings::getter::GetterPlugin::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     } else {
         let l = &mut linker;
         types::add_to_linker::<HostState, HasSelf<HostState>>(l, |s| s)?;

@@ -110,6 +110,12 @@ impl Runtime {
                 "a {kind} plugin imports {SQL_IMPORT}, which only getters are offered"
             )));
         }
+        if kind != PluginKind::Getter && !grants.http.is_empty() {
+            return Err(load_err(format!(
+                "is a {kind} plugin and is granted outbound HTTP (--plugin-http), which only \
+                 getters are offered; remove the grant"
+            )));
+        }
         let linker = match kind {
             PluginKind::Getter => &self.getter_linker,
             PluginKind::Storage | PluginKind::Compressor => &self.plain_linker,

@@ -20,21 +20,25 @@
 //! What holds a call in (the trust model: plugins are operator-chosen but untrusted code):
 //! - **Time.** Epoch interruption stops wasm at the deadline; host calls cannot outlast it either:
 //!   a clock subscription (how a guest sleeps or waits) never waits past the call's deadline (see
-//!   `plugin/host.rs`), and SQL carries the deadline into SQLite. The call's concurrency slot is held
+//!   `plugin/host.rs`), SQL carries the deadline into SQLite and Postgres, and an outbound HTTP
+//!   request's answer and body end at it (so a wait on their pollables does too). The call's concurrency slot is held
 //!   with its instance: a caller that gives up drops the call, which stops its wasm there.
 //! - **Memory.** One budget per call over all linear memories and tables of the instance
 //!   together (`--plugin-memory`).
 //! - **Capabilities.** Only what the operator granted to the plugin's file (or alias): config
-//!   values, directories (read-only unless granted `rw`), a database for getters. No sockets, no
-//!   environment, no stdio.
+//!   values, directories (read-only unless granted `rw`), for getters a database and outbound
+//!   HTTP to allowed origins (`wasi:http`, see `plugin/http.rs`). No sockets, no environment,
+//!   no stdio.
 //!
 //! Files: `engine.rs` (the shared engine, linkers, epoch ticker), `load.rs` (from a file to a
 //! [`LoadedPlugin`]), `call.rs` (one call's store, limits and outcome), `stats.rs` (counters),
 //! `pool.rs` (warm instances), `host.rs` (the capabilities a plugin may import), one file per
 //! kind (`getter.rs`, `storage.rs`, `compressor.rs`), `registry.rs` (the loaded plugins and hot
 //! reload), `watch.rs` (file changes and SIGHUP), `database.rs` (a getter's database: `sql.rs`
-//! for SQLite, `postgres.rs` for a Postgres server).
+//! for SQLite, `postgres.rs` for a Postgres server), `allowlist.rs` (where a getter's HTTP may
+//! go) and `http.rs` (how it is sent: hooks, pooled client, checked resolver, bounded body).
 
+mod allowlist;
 mod bindings;
 mod call;
 mod compressor;
@@ -43,6 +47,7 @@ mod engine;
 mod error;
 mod getter;
 mod host;
+mod http;
 mod load;
 pub mod metrics;
 mod pool;
@@ -60,6 +65,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use allowlist::{AllowedOrigin, HttpAllowlist};
 pub use call::PluginCore;
 pub(crate) use call::plugin_kind;
 pub use compressor::WasmCompressor;
@@ -135,6 +141,8 @@ pub struct PluginGrants {
     pub config: BTreeMap<String, String>,
     /// Host directories preopened for the plugin.
     pub dirs: Vec<DirGrant>,
+    /// Where a getter's outbound HTTP may go (`--plugin-http`); empty: nowhere.
+    pub http: HttpAllowlist,
 }
 
 /// One host directory granted to a plugin.

@@ -9,7 +9,8 @@
 //!   (after comments), and runs alone through the extended protocol (no `;`-separated second
 //!   statement);
 //! - **a read-only transaction** whose `statement_timeout` is the call's remaining time:
-//!   `BEGIN READ ONLY; SET LOCAL statement_timeout = N`, the statement, `ROLLBACK`. A
+//!   `BEGIN READ ONLY; SET LOCAL statement_timeout = N`, the statement, `ROLLBACK`, sent
+//!   together (one round trip), on connections whose `default_transaction_read_only` is on. A
 //!   connection whose query ran out of time is closed, never pooled;
 //! - **bounded results**: rows are read as they stream in and the query stops at
 //!   `min(max_rows, MAX_ROWS)` rows or at the plugin's memory cap in bytes. (One row is
@@ -74,6 +75,16 @@ impl PgDb {
             config.connect_timeout(Duration::from_secs(2));
         }
         config.application_name("geecache");
+        // Every transaction of these connections is read-only unless it says otherwise, which
+        // no statement of ours does: a statement that somehow ran outside our `BEGIN READ
+        // ONLY` (see [`PgDb::run`]) is read-only all the same.
+        let options = match config.get_options() {
+            Some(given) if !given.is_empty() => {
+                format!("{given} -c default_transaction_read_only=on")
+            }
+            _ => "-c default_transaction_read_only=on".to_owned(),
+        };
+        config.options(&options);
         let server = describe(&config);
         let manager = Manager::from_config(
             config,
@@ -150,7 +161,11 @@ impl PgDb {
         }
     }
 
-    /// The statement in a read-only transaction bounded by `left`, then `ROLLBACK`.
+    /// The statement in a read-only transaction bounded by `left`, then `ROLLBACK`: the three
+    /// are sent at once (tokio-postgres pipelines requests in the order they are first polled),
+    /// so a query costs one round trip to the server, not three. The server runs them in
+    /// order; should the `BEGIN` fail, the statement still runs read-only (the connection's
+    /// `default_transaction_read_only`), and its answer is not used.
     async fn run(
         &self,
         client: &tokio_postgres::Client,
@@ -162,14 +177,13 @@ impl PgDb {
         // Rounded up: the server's cancel comes after the call's deadline, never before it, so a
         // statement that outlasts the call always ends as the call's timeout.
         let millis = (left.as_millis() + 1).min(i32::MAX as u128);
-        client
-            .batch_execute(&format!(
-                "BEGIN READ ONLY; SET LOCAL statement_timeout = {millis}"
-            ))
-            .await
-            .map_err(|e| self.failed(&e))?;
-        let rows = self.rows(client, statement, params, max_rows).await;
-        let rolled_back = client.batch_execute("ROLLBACK").await;
+        let begin = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {millis}");
+        let (begun, rows, rolled_back) = futures::join!(
+            client.batch_execute(&begin),
+            self.rows(client, statement, params, max_rows),
+            client.batch_execute("ROLLBACK"),
+        );
+        begun.map_err(|e| self.failed(&e))?;
         let rows = rows?;
         rolled_back.map_err(|e| self.failed(&e))?;
         Ok(rows)

@@ -63,6 +63,9 @@ struct Inner {
     peer_duration: Histogram<f64>,
     /// `geecache_plugin_call_duration_seconds`, recorded around each plugin call.
     plugin_duration: Histogram<f64>,
+    /// `geecache_plugin_http_request_duration_seconds`, recorded around each outbound HTTP
+    /// request of a plugin.
+    plugin_http_duration: Histogram<f64>,
     /// The snapshot the observable instruments report, present only while [`Metrics::render`]
     /// gathers.
     observed: Arc<Mutex<Option<Arc<Observed>>>>,
@@ -132,6 +135,11 @@ impl Metrics {
             plugin_duration: histogram(
                 "geecache_plugin_call_duration_seconds",
                 "Plugin calls (waiting for a slot included), by plugin and outcome.",
+            ),
+            plugin_http_duration: histogram(
+                "geecache_plugin_http_request_duration_seconds",
+                "Plugins' outbound HTTP requests until the answer's head, by plugin, allowlist \
+                 entry (origin) and outcome (2xx..5xx, error, timeout, denied).",
             ),
             registry,
             _provider: provider.clone(),
@@ -227,6 +235,25 @@ impl Metrics {
             seconds(took),
             &[
                 KeyValue::new("plugin", plugin.into()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+
+    /// Records one outbound HTTP request of `plugin`, allowed by the allowlist entry `origin`
+    /// (`none` when it was refused), that got its answer's head (or failed) after `took`.
+    pub fn record_plugin_http(
+        &self,
+        plugin: impl Into<StringValue>,
+        origin: impl Into<StringValue>,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        self.inner.plugin_http_duration.record(
+            seconds(took),
+            &[
+                KeyValue::new("plugin", plugin.into()),
+                KeyValue::new("origin", origin.into()),
                 KeyValue::new("outcome", outcome),
             ],
         );

@@ -1,0 +1,474 @@
+//! A getter's outbound HTTP: standard `wasi:http/outgoing-handler`, hosted by
+//! wasmtime-wasi-http, with every request sent by [`HttpHooks`] and none by wasmtime's default
+//! sender.
+//!
+//! What holds a request in:
+//! - **Where.** Denied unless the operator allowed it for this plugin ([`HttpAllowlist`]).
+//!   A denial is the guest's `HTTP-request-denied`, counted, and said in the log (once a
+//!   minute per plugin). A redirect is the guest's to follow: each request it makes is checked
+//!   again, so a redirect outside the allowlist is refused like any other request.
+//! - **Which addresses.** Names resolve through [`CheckedResolver`]: loopback, link-local,
+//!   unspecified and multicast addresses are dropped unless listed as IP literals, so DNS
+//!   cannot point an allowed name at the node itself or at a metadata service.
+//! - **Time.** The call's deadline bounds the connect, the answer's head and every read of its
+//!   body: a wait on a response (a pollable) ends at the deadline, and the call then stops as a
+//!   timeout. A call that ends drops its requests (wasmtime aborts their tasks).
+//! - **Size.** A body is cut at the plugin's memory cap (`--plugin-memory`): more could not
+//!   reach the guest anyway, and the host holds one frame of it at a time.
+//! - **Connections.** One pooled hyper client per plugin, rustls with the platform's roots for
+//!   `https://`, no proxy.
+//!
+//! Each request is recorded in `geecache_plugin_http_request_duration_seconds` (labels
+//! plugin, the allowlist entry that allowed it, outcome) and carries the call's `traceparent`.
+//! A transport failure or a 5xx answer marks the call's source as failed, so the `unavailable`
+//! a getter then reports is answered 502 `source_unavailable`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::allowlist::{Destination, HttpAllowlist, is_guarded};
+use crate::peer::http::{BoundedConnector, ConnectTimeout, bounded_connector, platform_tls};
+use crate::telemetry::Metrics;
+
+/// Longest connect (name resolution, TCP and TLS) to an origin; the call's deadline cuts it
+/// shorter.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle keep-alive connections kept per origin.
+const POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// How long an idle connection to an origin is kept: below most servers' keep-alive timeouts
+/// (nginx 75 s; many 60 s), so a pooled connection is rarely one the origin just closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A plugin's refused requests are said in the host's log at most this often.
+const DENIAL_NOTE_EVERY_SECS: u64 = 60;
+
+type Connector = BoundedConnector<HttpsConnector<HttpConnector<CheckedResolver>>>;
+
+/// What one plugin may reach over HTTP, and the pooled client that reaches it. Shared by every
+/// instance (and every call) of the plugin.
+pub(crate) struct PluginHttp {
+    /// The plugin's name, for logs and metric labels.
+    plugin: opentelemetry::StringValue,
+    /// Where it may send requests; empty: nowhere.
+    allow: Arc<HttpAllowlist>,
+    /// Present when something is allowed.
+    client: Option<Client<Connector, WasiBody>>,
+    /// Most bytes of one response body (the plugin's memory cap).
+    body_cap: u64,
+    /// Where each request is recorded.
+    metrics: Metrics,
+    /// Requests refused, and when (Unix seconds) that was last said in the log.
+    denied: AtomicU64,
+    denied_noted: AtomicU64,
+}
+
+impl std::fmt::Debug for PluginHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHttp")
+            .field("plugin", &self.plugin.as_str())
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHttp {
+    /// The outbound HTTP of plugin `plugin`, allowed `allow`, its bodies cut at `body_cap`.
+    pub(crate) fn new(
+        plugin: &str,
+        allow: HttpAllowlist,
+        body_cap: usize,
+        metrics: Metrics,
+    ) -> PluginHttp {
+        let allow = Arc::new(allow);
+        let client = (!allow.is_empty()).then(|| client(Arc::clone(&allow)));
+        PluginHttp {
+            plugin: opentelemetry::StringValue::from(Arc::<str>::from(plugin)),
+            allow,
+            client,
+            body_cap: u64::try_from(body_cap).unwrap_or(u64::MAX),
+            metrics,
+            denied: AtomicU64::new(0),
+            denied_noted: AtomicU64::new(0),
+        }
+    }
+
+    /// Sends `request` if the allowlist allows it, with its head due by `deadline` (or the
+    /// guest's first-byte timeout, if sooner) and its body cut at the cap and the deadline.
+    async fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        deadline: Instant,
+        failed: &AtomicBool,
+    ) -> Result<http::Response<WasiBody>, HttpError> {
+        let to = Destination::of(request.uri());
+        let allowed = to.as_ref().and_then(|to| self.allow.allowing(to));
+        let (Some(client), Some(origin)) = (&self.client, allowed) else {
+            self.denied(request.uri(), to.is_some());
+            return Err(HttpError::HttpRequestDenied);
+        };
+        let label = opentelemetry::StringValue::from(origin.to_string());
+        let started = Instant::now();
+        let head_due = options
+            .and_then(|o| o.first_byte_timeout)
+            .and_then(|t| started.checked_add(t))
+            .map_or(deadline, |t| t.min(deadline));
+        let sent = tokio::time::timeout_at(head_due.into(), client.request(request)).await;
+        let (outcome, answer) = match sent {
+            Err(_) => {
+                failed.store(true, Ordering::Relaxed);
+                ("timeout", Err(HttpError::HttpResponseTimeout))
+            }
+            Ok(Err(e)) => match transport_error(&e) {
+                HttpError::DestinationIpProhibited => {
+                    self.note_denial(&crate::error::chain(&e));
+                    ("denied", Err(HttpError::DestinationIpProhibited))
+                }
+                error => {
+                    failed.store(true, Ordering::Relaxed);
+                    tracing::debug!(plugin = %self.plugin.as_str(), %origin, error = %crate::error::chain(&e), "a plugin's HTTP request failed");
+                    ("error", Err(error))
+                }
+            },
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if status.is_server_error() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                let outcome = match status.as_u16() {
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    500..=599 => "5xx",
+                    _ => "1xx",
+                };
+                (outcome, self.bounded(response, deadline))
+            }
+        };
+        self.metrics
+            .record_plugin_http(self.plugin.clone(), label, outcome, started.elapsed());
+        answer
+    }
+
+    /// `response` with its body cut at the cap and the deadline; refused at once when its
+    /// `Content-Length` is over the cap.
+    fn bounded(
+        &self,
+        response: http::Response<hyper::body::Incoming>,
+        deadline: Instant,
+    ) -> Result<http::Response<WasiBody>, HttpError> {
+        let announced = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(len) = announced.filter(|len| *len > self.body_cap) {
+            return Err(HttpError::HttpResponseBodySize(Some(len)));
+        }
+        let cap = self.body_cap;
+        Ok(response.map(|body| {
+            BoundedBody {
+                inner: body,
+                left: cap,
+                cap,
+                deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            }
+            .boxed_unsync()
+        }))
+    }
+
+    /// Counts a request refused by the allowlist, and says so in the log at most once a
+    /// minute.
+    fn denied(&self, uri: &http::Uri, has_destination: bool) {
+        self.metrics.record_plugin_http(
+            self.plugin.clone(),
+            opentelemetry::StringValue::from("none"),
+            "denied",
+            Duration::ZERO,
+        );
+        // The origin only: a path or query may carry a secret of the plugin's.
+        let origin = match (uri.scheme_str(), uri.authority()) {
+            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+            _ => "(no scheme or host)".to_string(),
+        };
+        let why = if self.allow.is_empty() {
+            "it is granted no outbound HTTP".to_string()
+        } else if has_destination {
+            let allowed: Vec<String> = self.allow.entries().map(ToString::to_string).collect();
+            format!("{origin} is not in its allowlist {allowed:?}")
+        } else {
+            format!("{origin}: only http:// and https:// URLs with a host can be allowed")
+        };
+        self.note_denial(&why);
+    }
+
+    /// Counts a refused request (`why`), and says so in the log at most once a minute.
+    fn note_denial(&self, why: &str) {
+        let denied = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs().max(1));
+        let noted = self.denied_noted.load(Ordering::Relaxed);
+        if (noted == 0 || now >= noted.saturating_add(DENIAL_NOTE_EVERY_SECS))
+            && self
+                .denied_noted
+                .compare_exchange(noted, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                plugin = %self.plugin.as_str(),
+                denied,
+                "a plugin's HTTP request was refused: {why}; allow an origin with \
+                 --plugin-http NAME=URL (or `http = [...]` in its [[plugins]] table)"
+            );
+        }
+    }
+}
+
+/// The `wasi:http` hooks of one instance's store: they send through the plugin's
+/// [`PluginHttp`] with the current call's deadline.
+pub(crate) struct HttpHooks {
+    pub(crate) shared: Arc<PluginHttp>,
+    /// When the current call's time is up; re-armed before every call.
+    pub(crate) deadline: Instant,
+    /// Set when a request of the current call failed in transport or got a 5xx.
+    pub(crate) source_failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for HttpHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHooks")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future [`WasiHttpHooks::send_request`] returns.
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        // Here, inside the call's span: the spawned task that sends it is not.
+        crate::telemetry::inject_current(request.headers_mut());
+        let shared = Arc::clone(&self.shared);
+        let deadline = self.deadline;
+        let failed = Arc::clone(&self.source_failed);
+        Box::new(async move {
+            let response = shared.send(request, options, deadline, &failed).await?;
+            let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
+    }
+}
+
+/// A response body cut at `cap` bytes and at the call's deadline.
+struct BoundedBody {
+    inner: hyper::body::Incoming,
+    left: u64,
+    cap: u64,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for BoundedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > self.left {
+                    let cap = self.cap;
+                    self.left = 0;
+                    return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(cap)))));
+                }
+                self.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::Hyper(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The `wasi:http` error for a request that did not get an answer.
+fn transport_error(e: &hyper_util::client::legacy::Error) -> HttpError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        if cause.is::<AddressRefused>() {
+            return HttpError::DestinationIpProhibited;
+        }
+        if cause.is::<ConnectTimeout>() {
+            return HttpError::ConnectionTimeout;
+        }
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) => HttpError::TlsCertificateError,
+                _ => HttpError::TlsProtocolError,
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return HttpError::ConnectionRefused,
+                std::io::ErrorKind::TimedOut => return HttpError::ConnectionTimeout,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                    return HttpError::ConnectionTerminated;
+                }
+                _ => {}
+            }
+        }
+        if let Some(lookup) = cause.downcast_ref::<LookupFailed>() {
+            return HttpError::DnsError {
+                rcode: Some(lookup.0.clone()),
+                info_code: None,
+            };
+        }
+        source = cause.source();
+    }
+    if e.is_connect() {
+        HttpError::ConnectionRefused
+    } else {
+        HttpError::HttpProtocolError
+    }
+}
+
+/// A name resolved only to addresses that may not be reached (see [`is_guarded`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} resolves only to addresses plugins may not reach ({addrs:?}): list an address as \
+     an IP literal to allow it"
+)]
+struct AddressRefused {
+    name: String,
+    addrs: Vec<IpAddr>,
+}
+
+/// A name that did not resolve.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve: {0}")]
+struct LookupFailed(String);
+
+/// The system resolver, with the addresses a name may not point at taken out: those
+/// [`is_guarded`] names, unless the allowlist lists them as IP literals.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedResolver {
+    allow: Arc<HttpAllowlist>,
+}
+
+impl tower::Service<Name> for CheckedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow = Arc::clone(&self.allow);
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await
+                .map_err(|e| LookupFailed(format!("{name}: {e}")))?
+                .collect();
+            let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = found
+                .into_iter()
+                .partition(|a| !is_guarded(a.ip()) || allow.lists_ip(a.ip()));
+            if ok.is_empty() {
+                return Err(Box::new(AddressRefused {
+                    name,
+                    addrs: refused.iter().map(SocketAddr::ip).collect(),
+                }) as Self::Error);
+            }
+            Ok(ok.into_iter())
+        })
+    }
+}
+
+/// The pooled client of one plugin: names through [`CheckedResolver`], connects bounded by
+/// [`CONNECT_TIMEOUT`], rustls with the platform's roots for `https://`, no proxy.
+fn client(allow: Arc<HttpAllowlist>) -> Client<Connector, WasiBody> {
+    let connector = bounded_connector(
+        HttpConnector::new_with_resolver(CheckedResolver { allow }),
+        platform_tls("plugins' https:// requests will fail to verify"),
+        CONNECT_TIMEOUT,
+    );
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tower::Service as _;
+
+    #[tokio::test]
+    async fn names_that_resolve_to_loopback_are_refused_unless_listed() {
+        let allow = Arc::new(HttpAllowlist::parse(["http://localhost:8080"]).unwrap());
+        let to = Destination::of(&"http://localhost:8080/k".parse().unwrap()).unwrap();
+        assert!(allow.allowing(&to).is_some());
+        let mut resolver = CheckedResolver { allow };
+        let name: Name = "localhost".parse().unwrap();
+        let e = resolver.call(name.clone()).await.unwrap_err();
+        assert!(e.is::<AddressRefused>(), "{e}");
+
+        let allow = Arc::new(
+            HttpAllowlist::parse(["http://localhost:8080", "http://127.0.0.1:8080"]).unwrap(),
+        );
+        let mut resolver = CheckedResolver { allow };
+        let addrs: Vec<SocketAddr> = resolver.call(name).await.unwrap().collect();
+        assert!(addrs.iter().any(|a| a.ip() == IpAddr::from([127, 0, 0, 1])));
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip() != "::1".parse::<IpAddr>().unwrap())
+        );
+    }
+}

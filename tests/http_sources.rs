@@ -1,0 +1,238 @@
+//! Getters that reach an HTTP service: `http_getter` (wasi:http) in a real node, against a
+//! real origin on 127.0.0.1 (tests/origin.rs).
+//!
+//! - Found / not found / cached, and the requests counted per plugin and origin in `/metrics`
+//!   (`Cache-Control: max-age` as the entry's expiry is the plugin's unit tests').
+//! - An origin that is down or answers 5xx: 502 `source_unavailable`, nothing cached.
+//! - An origin slower than the call: 504 at the deadline, and the origin sees the request
+//!   dropped (no task of the call left sending).
+//! - A 1 GiB answer: refused at its `Content-Length`, or cut at the plugin's memory cap while
+//!   it streams; the origin produced a small part of it.
+//! - A redirect to an origin outside the allowlist is refused; one inside it is followed.
+//! - A name that resolves to loopback is refused unless the address is listed too.
+//! - A plugin without a grant: refused, and the node's log says so and how to grant it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use geecache_tests::origin::Origin;
+use geecache_tests::{NodeProcess, TestNode, compile_cache_dir, free_port, plugins};
+
+/// A node whose `http_getter` reads `{base}` under `route`, allowed `allow` (none when empty).
+async fn node(origin: &Origin, route: &str, allow: &[String], extra: &[&str]) -> TestNode {
+    let base = format!("http_getter.base={}/{route}", origin.base());
+    let mut args = vec!["--plugin", plugins::HTTP_GETTER, "--plugin-config", &base];
+    let grant = format!("http_getter={}", allow.join(","));
+    if !allow.is_empty() {
+        args.extend(["--plugin-http", &grant]);
+    }
+    args.extend_from_slice(extra);
+    TestNode::start(&args).await
+}
+
+async fn get(node: &TestNode, key: &str) -> (u16, String) {
+    let (status, body) = node.get(&format!("/api/v1/groups/scores/keys/{key}")).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_getter_loads_from_the_origin_and_the_node_caches_it() {
+    let origin = Origin::start().await;
+    let node = node(&origin, "items", &[origin.base()], &[]).await;
+    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(get(&node, "Jack").await, (200, "589".to_owned()));
+    assert_eq!(get(&node, "nobody").await.0, 404);
+    assert_eq!(origin.item_requests(), 3, "Tom was served from the cache");
+    let metrics = node.metrics_text().await;
+    let line = format!(
+        "geecache_plugin_http_request_duration_seconds_count{{origin=\"{}\",outcome=\"2xx\",plugin=\"http_getter\"",
+        origin.base()
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&line) && l.ends_with(" 2")),
+        "{line} in:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("plugin_http"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_is_down_or_failing_is_a_502_and_nothing_is_cached() {
+    let origin = Origin::start().await;
+    let failing = node(&origin, "boom", &[origin.base()], &[]).await;
+    let (status, body) = get(&failing, "Tom").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("source_unavailable"), "{body}");
+
+    // Nothing listens on `down` any more.
+    let down = free_port();
+    let base = format!("http_getter.base=http://127.0.0.1:{down}/items");
+    let grant = format!("http_getter=http://127.0.0.1:{down}");
+    let node = TestNode::start(&[
+        "--plugin",
+        plugins::HTTP_GETTER,
+        "--plugin-config",
+        &base,
+        "--plugin-http",
+        &grant,
+    ])
+    .await;
+    for _ in 0..2 {
+        let (status, body) = get(&node, "Tom").await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("source_unavailable"), "{body}");
+    }
+    let stats = node.group_stats("scores").await;
+    assert_eq!(stats["loads"], 2, "not cached: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_slower_than_the_call_ends_at_the_deadline_and_is_hung_up_on() {
+    let origin = Origin::start().await;
+    let node = node(
+        &origin,
+        "slow",
+        &[origin.base()],
+        &["--plugin-timeout", "300ms"],
+    )
+    .await;
+    let started = Instant::now();
+    let (status, body) = get(&node, "Tom").await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("plugin_timeout"), "{body}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the origin answers after 5 s; took {took:?}"
+    );
+    // The call's request was dropped with it: the origin sees its client gone.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while origin.slow_dropped() < origin.slow_started() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.slow_started(), 1);
+    assert_eq!(origin.slow_dropped(), 1, "the request outlived its call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gib_answer_is_refused_or_cut_at_the_memory_cap() {
+    let origin = Origin::start().await;
+    let allow = [origin.base()];
+    let announced = node(&origin, "huge-announced", &allow, &[]).await;
+    let (status, body) = get(&announced, "k").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("larger than the plugin may hold"), "{body}");
+    assert!(
+        origin.huge_bytes() < 16 << 20,
+        "refused at its Content-Length: {} bytes produced",
+        origin.huge_bytes()
+    );
+
+    let streamed = node(&origin, "huge", &allow, &["--plugin-memory", "32MiB"]).await;
+    let before = origin.huge_bytes();
+    let (status, body) = get(&streamed, "k").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("plugin_memory_limit"), "{body}");
+    let produced = origin.huge_bytes() - before;
+    assert!(
+        produced < 128 << 20,
+        "cut near the 32 MiB cap, not read whole: {produced} bytes produced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_only_inside_the_allowlist() {
+    let origin = Origin::start().await;
+    let allow = [origin.base()];
+    let inside = node(&origin, "to-items", &allow, &[]).await;
+    assert_eq!(get(&inside, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(origin.item_requests(), 1);
+
+    // To http://localhost:{port}: the same server, but not an allowed origin.
+    let outside = node(&origin, "to-localhost", &allow, &[]).await;
+    let (status, body) = get(&outside, "Jack").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("not in this plugin's --plugin-http allowlist"),
+        "{body}"
+    );
+    assert_eq!(origin.item_requests(), 1, "the redirect was not followed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_to_loopback_is_refused_unless_its_address_is_listed() {
+    let origin = Origin::start().await;
+    let by_name = format!("http://localhost:{}", origin.port);
+    let base = format!("http_getter.base={by_name}/items");
+    let start = |allow: String| {
+        let base = base.clone();
+        async move {
+            TestNode::start(&[
+                "--plugin",
+                plugins::HTTP_GETTER,
+                "--plugin-config",
+                &base,
+                "--plugin-http",
+                &format!("http_getter={allow}"),
+            ])
+            .await
+        }
+    };
+    let refused = start(by_name.clone()).await;
+    let (status, body) = get(&refused, "Tom").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("resolves to an address plugins may not reach"),
+        "{body}"
+    );
+    assert_eq!(origin.item_requests(), 0);
+
+    let listed = start(format!("{by_name},{}", origin.base())).await;
+    assert_eq!(get(&listed, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(origin.item_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_without_a_grant_is_refused_and_the_log_says_how_to_grant_it() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_geecache-node"));
+    command
+        .args([
+            "--plugin",
+            plugins::HTTP_GETTER,
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--plugin-config")
+        .arg(format!("http_getter.base={}/items", origin.base()))
+        .arg("--compile-cache-dir")
+        .arg(compile_cache_dir());
+    let node = NodeProcess::spawn(command, port, dir.path()).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let answer = client
+            .get(format!("{}/api/v1/groups/scores/keys/Tom", node.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 503);
+    }
+    assert_eq!(origin.item_requests(), 0);
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("HTTP request was refused"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once a minute, not per request:\n{log}");
+    assert!(said[0].contains("granted no outbound HTTP"), "{}", said[0]);
+    assert!(said[0].contains("--plugin-http"), "{}", said[0]);
+}
