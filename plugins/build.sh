@@ -99,7 +99,7 @@ fi
 #    are here, their pinned tools installed into the plugins' folders on first use. When a
 #    tool is missing, build_lang.sh says how to get it, and the Rust plugins above still work.
 bash "$here/build_lang.sh" || say "warning: build_lang.sh failed; the Python and JavaScript getters were not built"
-for name in py_getter js_getter; do
+for name in py_getter js_getter js_http_getter; do
     built="$here/target/lang/$name.wasm"
     if [[ -f "$built" ]]; then
         publish "$built" "$name"

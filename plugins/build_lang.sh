@@ -2,6 +2,7 @@
 # Builds the getters written in other languages into plugins/target/lang/<name>.wasm:
 #   py_getter  Python      componentize-py (version pinned in py_getter/requirements.txt)
 #   js_getter  JavaScript  componentize-js (version pinned in js_getter/package-lock.json)
+#   js_http_getter  JavaScript, fetch() over wasi:http (js_getter/http_getter.js, same tool)
 #
 #   bash plugins/build_lang.sh [--required]
 #
@@ -113,10 +114,21 @@ js_out="$out_dir/js_getter.wasm"
 # official builds (package node-<platform>-<arch>), is installed into js_getter/.node and used.
 node_pin=22.23.3
 node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
-if ! stale "$js_out" "$js/getter.js" "$js/package.json" "$js/package-lock.json"; then
-    say "js_getter is up to date"
+jsh_out="$out_dir/js_http_getter.wasm"
+js_stale=0
+jsh_stale=0
+stale "$js_out" "$js/getter.js" "$js/package.json" "$js/package-lock.json" && js_stale=1
+stale "$jsh_out" "$js/http_getter.js" "$js/package.json" "$js/package-lock.json" && jsh_stale=1
+# Skips every JavaScript plugin still to build: $1 why, $2 how to fix it.
+skip_js() {
+    [[ $js_stale -eq 1 ]] && skip js_getter "$1" "$2"
+    [[ $jsh_stale -eq 1 ]] && skip js_http_getter "$1" "$2"
+    return 0
+}
+if [[ $js_stale -eq 0 && $jsh_stale -eq 0 ]]; then
+    say "js_getter and js_http_getter are up to date"
 elif ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    skip js_getter "node and npm not found" "sudo apt-get install nodejs npm, then run this again"
+    skip_js "node and npm not found" "sudo apt-get install nodejs npm, then run this again"
 else
     # npm runs under the node first on PATH (its own shebang may name the system's).
     npm_cli="$(readlink -f "$(command -v npm)")"
@@ -133,20 +145,28 @@ else
     fi
     # `npm ci` installs exactly the lock file's versions; install scripts are not needed.
     if [[ $(node_major) -lt 20 ]]; then
-        skip js_getter "node $(node --version) is too old, and node $node_pin could not be installed (see above)" \
+        skip_js "node $(node --version) is too old, and node $node_pin could not be installed (see above)" \
             "install node >= 20 (https://nodejs.org), then run this again"
     elif [[ ! -x "$js/node_modules/.bin/componentize-js" || "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]]; then
         say "installing componentize-js into js_getter/node_modules (npm ci)"
         (cd "$js" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || rm -rf "$js/node_modules"
     fi
     if [[ ! -x "$js/node_modules/.bin/componentize-js" ]]; then
-        [[ " ${failed[*]} " == *" js_getter "* ]] ||
-            skip js_getter "could not install componentize-js (see npm's message above)" \
+        [[ " ${failed[*]} " == *" js_getter "* || " ${failed[*]} " == *" js_http_getter "* ]] ||
+            skip_js "could not install componentize-js (see npm's message above)" \
                 "cd plugins/js_getter && npm ci"
-    # package.json's `build` script is the build command (`npm run build` by hand); here its
-    # output goes to a temporary name first (a second --out wins).
-    elif ! build_into js_getter "$js_out" npm run --silent --prefix "$js" build -- --out "$js_out.tmp"; then
-        skip js_getter "componentize-js failed (see above)" "fix plugins/js_getter/getter.js"
+    else
+        # package.json's `build` and `build-http` scripts are the build commands (`npm run
+        # build` by hand); here their output goes to a temporary name first (a second --out
+        # wins). js_http_getter keeps componentize-js's `http` feature: fetch() over wasi:http.
+        if [[ $js_stale -eq 1 ]] &&
+            ! build_into js_getter "$js_out" npm run --silent --prefix "$js" build -- --out "$js_out.tmp"; then
+            skip js_getter "componentize-js failed (see above)" "fix plugins/js_getter/getter.js"
+        fi
+        if [[ $jsh_stale -eq 1 ]] &&
+            ! build_into js_http_getter "$jsh_out" npm run --silent --prefix "$js" build-http -- --out "$jsh_out.tmp"; then
+            skip js_http_getter "componentize-js failed (see above)" "fix plugins/js_getter/http_getter.js"
+        fi
     fi
 fi
 

@@ -29,13 +29,19 @@ const PLUGINS: &[(&str, &str)] = &[
     ("storage_basic", "storage_basic"),
     ("compat_storage", "compat_storage"),
 ];
-/// The plugins in other languages, built into `plugins/target/lang/<name>.wasm`, and the files
-/// each is built from.
-const LANG_PLUGINS: &[(&str, &[&str])] = &[
-    ("py_getter", &["app.py", "requirements.txt"]),
+/// The plugins in other languages, built into `plugins/target/lang/<name>.wasm`: each one's
+/// folder in `plugins/` and the files there it is built from.
+const LANG_PLUGINS: &[(&str, &str, &[&str])] = &[
+    ("py_getter", "py_getter", &["app.py", "requirements.txt"]),
     (
         "js_getter",
+        "js_getter",
         &["getter.js", "package.json", "package-lock.json"],
+    ),
+    (
+        "js_http_getter",
+        "js_getter",
+        &["http_getter.js", "package.json", "package-lock.json"],
     ),
 ];
 const TARGET: &str = "wasm32-wasip2";
@@ -106,9 +112,9 @@ fn main() {
 fn build_lang_plugins(plugins: &Path) {
     let script = plugins.join("build_lang.sh");
     watch(&script);
-    for (name, sources) in LANG_PLUGINS {
+    for (_, dir, sources) in LANG_PLUGINS {
         for source in *sources {
-            watch(&plugins.join(name).join(source));
+            watch(&plugins.join(dir).join(source));
         }
     }
     let output = Command::new("bash").arg(&script).output();
@@ -127,7 +133,7 @@ fn build_lang_plugins(plugins: &Path) {
             println!("cargo:warning={line}");
         }
     }
-    for (name, _) in LANG_PLUGINS {
+    for (name, _, _) in LANG_PLUGINS {
         let wasm = plugins.join("target/lang").join(format!("{name}.wasm"));
         // Rebuilt when deleted; and while it does not exist, cargo reruns this script on every
         // build, so the plugin is built as soon as its tool is installed.

@@ -236,3 +236,50 @@ async fn a_plugin_without_a_grant_is_refused_and_the_log_says_how_to_grant_it() 
     assert!(said[0].contains("granted no outbound HTTP"), "{}", said[0]);
     assert!(said[0].contains("--plugin-http"), "{}", said[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_http_getter_fetches_the_same_answers_within_the_same_allowlist() {
+    let origin = Origin::start().await;
+    let start = |route: &str, allow: Option<String>| {
+        let base = format!("js_http_getter.base={}/{route}", origin.base());
+        async move {
+            let mut args = vec![
+                "--plugin".to_owned(),
+                plugins::js_http_getter().to_owned(),
+                "--plugin-config".to_owned(),
+                base,
+            ];
+            if let Some(allow) = allow {
+                args.extend([
+                    "--plugin-http".to_owned(),
+                    format!("js_http_getter={allow}"),
+                ]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            TestNode::start(&args).await
+        }
+    };
+    let node = start("items", Some(origin.base())).await;
+    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(get(&node, "nobody").await.0, 404);
+    assert_eq!(origin.item_requests(), 2, "Tom was served from the cache");
+
+    let failing = start("boom", Some(origin.base())).await;
+    let (status, body) = get(&failing, "Tom").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("source_unavailable"), "{body}");
+
+    // fetch() follows the redirect; the host refuses its second request.
+    let outside = start("to-localhost", Some(origin.base())).await;
+    let (status, body) = get(&outside, "Jack").await;
+    assert_eq!(status, 503, "{body}");
+    let ungranted = start("items", None).await;
+    let (status, body) = get(&ungranted, "Jack").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        origin.item_requests(),
+        2,
+        "neither reached the origin's items"
+    );
+}

@@ -85,6 +85,15 @@ pub mod plugins {
         built_by_build_lang("js_getter", env!("PLUGIN_JS_GETTER"))
     }
 
+    /// `plugins/js_getter/http_getter.js`: http_getter's twin in JavaScript, with `fetch()`
+    /// over wasi:http (componentize-js).
+    ///
+    /// # Panics
+    /// As [`js_getter`].
+    pub fn js_http_getter() -> &'static str {
+        built_by_build_lang("js_http_getter", env!("PLUGIN_JS_HTTP_GETTER"))
+    }
+
     fn built_by_build_lang(name: &str, path: &'static str) -> &'static str {
         assert!(
             !path.is_empty(),

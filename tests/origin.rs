@@ -3,7 +3,8 @@
 //!
 //! Routes (`{key}` is the last path segment):
 //! - `/items/{key}`: `Tom` → 200 `630` with `Cache-Control: max-age=60`, `Jack` → 200 `589`;
-//!   any other key → 404. Counted in [`Origin::item_requests`].
+//!   any other key → 404. Counted in [`Origin::item_requests`]; their `traceparent` headers
+//!   kept ([`Origin::traceparents`]).
 //! - `/slow/{key}`: answers 200 after 5 s; [`Origin::slow_started`] and
 //!   [`Origin::slow_dropped`] count handlers begun and dropped before answering.
 //! - `/boom/{key}`: 500.
@@ -13,7 +14,8 @@
 //! - `/to-localhost/{key}`: 302 to `http://localhost:{port}/items/{key}`.
 //! - `/to-items/{key}`: 302 to `/items/{key}` on the same origin.
 //! - `/any/{key}`: 200 with [`ANY_BODY`] for every key (the perf tool's all-miss source);
-//!   `/any-slow/{key}` the same after 50 ms. Both counted in [`Origin::any_requests`].
+//!   `/any-slow/{key}` the same after 50 ms, `/delay/{micros}/{key}` after that many
+//!   microseconds. All counted in [`Origin::any_requests`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +44,7 @@ struct Counters {
     huge_bytes: AtomicU64,
     any: AtomicU64,
     port: AtomicU64,
+    traceparents: std::sync::Mutex<Vec<String>>,
 }
 
 /// The origin server; stopped when dropped.
@@ -77,8 +80,15 @@ impl Drop for DropGuard {
     }
 }
 
-async fn items(State(c): State<Arc<Counters>>, Path(key): Path<String>) -> Response {
+async fn items(
+    State(c): State<Arc<Counters>>,
+    Path(key): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     c.items.fetch_add(1, Ordering::SeqCst);
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        c.traceparents.lock().unwrap().push(tp.to_owned());
+    }
     match key.as_str() {
         "Tom" => ([(header::CACHE_CONTROL, "max-age=60")], "630").into_response(),
         "Jack" => "589".into_response(),
@@ -147,6 +157,15 @@ async fn any_slow(State(c): State<Arc<Counters>>) -> &'static str {
     ANY_BODY
 }
 
+async fn delayed(
+    State(c): State<Arc<Counters>>,
+    Path((micros, _key)): Path<(u64, String)>,
+) -> &'static str {
+    c.any.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_micros(micros)).await;
+    ANY_BODY
+}
+
 use futures::StreamExt as _;
 
 impl Origin {
@@ -169,6 +188,7 @@ impl Origin {
             .route("/to-items/{key}", get(to_items))
             .route("/any/{key}", get(any))
             .route("/any-slow/{key}", get(any_slow))
+            .route("/delay/{micros}/{key}", get(delayed))
             .with_state(Arc::clone(&counters));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -188,6 +208,11 @@ impl Origin {
     /// Requests `/items/...` got.
     pub fn item_requests(&self) -> u64 {
         self.counters.items.load(Ordering::SeqCst)
+    }
+
+    /// The `traceparent` headers `/items` requests carried, in order.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.counters.traceparents.lock().unwrap().clone()
     }
 
     /// Requests `/any/...` and `/any-slow/...` got.

@@ -18,6 +18,8 @@ pub struct Postgres {
     bin: PathBuf,
     /// Where it listens on 127.0.0.1.
     pub port: u16,
+    /// With TLS: its certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The directory of the server's binaries: `pg_config --bindir`, else the newest
@@ -53,13 +55,39 @@ fn is_root() -> bool {
 impl Postgres {
     /// Starts a server and loads the test data.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`], with TLS on (`ssl = on`) and a certificate for 127.0.0.1 that `ca`
+    /// signed. Clients may still connect without TLS.
+    pub fn start_tls(ca: &crate::pki::TestCa) -> Postgres {
+        Postgres::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&crate::pki::TestCa>) -> Postgres {
         let bin = bindir();
         let dir = tempfile::tempdir().unwrap();
+        let tls = ca.map(|ca| {
+            let (crt, key) = ca.issue(dir.path(), "server", &["127.0.0.1"]);
+            // Postgres takes a key only its owner may read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            (crt, key)
+        });
         if is_root() {
             chown_to_postgres(dir.path());
+            if let Some((crt, key)) = &tls {
+                chown_to_postgres(crt);
+                chown_to_postgres(key);
+            }
         }
         let port = crate::free_port();
-        let pg = Postgres { dir, bin, port };
+        let pg = Postgres {
+            dir,
+            bin,
+            port,
+            tls,
+        };
         let data = pg.data();
         pg.server_command("initdb")
             .args(["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"])
@@ -120,11 +148,18 @@ impl Postgres {
 
     /// Starts it (again).
     pub fn start_server(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if let Some((crt, key)) = &self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                key.display()
+            ));
+        }
         self.server_command("pg_ctl")
             .args(["-D", &self.data(), "-o", &options, "-w", "-t", "30"])
             .args([
@@ -161,7 +196,7 @@ impl Drop for Postgres {
     }
 }
 
-fn chown_to_postgres(dir: &Path) {
+fn chown_to_postgres(path: &Path) {
     let out = Command::new("id")
         .args(["-u", "postgres"])
         .output()
@@ -172,7 +207,7 @@ fn chown_to_postgres(dir: &Path) {
          tests/setup.sh` (Debian's postgresql package creates it)"
     );
     let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    std::os::unix::fs::chown(dir, Some(uid), None).unwrap();
+    std::os::unix::fs::chown(path, Some(uid), None).unwrap();
 }
 
 /// Runs a command to its end, panicking with its output when it fails.

@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use geecache_tests::pki::TestCa;
 use geecache_tests::postgres::Postgres;
 use geecache_tests::{TestNode, plugins};
 
@@ -114,4 +115,36 @@ async fn with_the_server_down_a_miss_fails_and_nothing_is_cached() {
     assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
     pg.start_server();
     assert_eq!(get(&node, "Jack").await, (200, "589".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_getter_reads_postgres_over_tls_and_checks_the_servers_certificate() {
+    let ca = TestCa::new("postgres test CA");
+    let pg = Postgres::start_tls(&ca);
+    let dir = tempfile::tempdir().unwrap();
+    let start = |ca_file: std::path::PathBuf| {
+        let database = format!(
+            "db_getter.database={}?sslmode=require&sslrootcert={}",
+            pg.url(),
+            ca_file.display()
+        );
+        async move {
+            TestNode::start(&["--plugin", plugins::DB_GETTER, "--plugin-config", &database]).await
+        }
+    };
+    let node = start(ca.write(dir.path(), "ca")).await;
+    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    let over_tls = pg.psql(
+        "app",
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.usename = 'ro_user'",
+    );
+    assert_eq!(over_tls.trim(), "t", "the node's connections use TLS");
+
+    // A server whose certificate another CA signed is not the one asked for.
+    let other = TestCa::new("another CA");
+    let node = start(other.write(dir.path(), "other")).await;
+    let (status, body) = get(&node, "Jack").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("source_unavailable"), "{body}");
 }

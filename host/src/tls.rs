@@ -101,8 +101,8 @@ impl rustls::client::ResolvesClientCert for Resolver {
     }
 }
 
-/// The certificates in a PEM file, as trust roots.
-fn roots(path: &Path, flag: &str) -> Result<rustls::RootCertStore, String> {
+/// The certificates in a PEM file, as trust roots (`flag` names the setting in messages).
+pub(crate) fn roots(path: &Path, flag: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect())

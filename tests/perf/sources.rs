@@ -3,13 +3,17 @@
 //!
 //! - `http`: `http_getter` → an origin on 127.0.0.1 (`geecache_tests::origin`, route `/any`:
 //!   200 with 100 bytes for every key). Direct: this tool's HTTP client on the origin.
-//! - `postgres`: `db_getter` with `SELECT ?1` → a Postgres on 127.0.0.1
+//! - `postgres`: `db_getter` with `SELECT ?1` (`FROM pg_sleep(..)` with `--source-delay`) → a
+//!   Postgres on 127.0.0.1
 //!   (`geecache_tests::postgres`, initdb into a temporary directory). Direct: tokio-postgres
 //!   clients running the same statement (`SELECT $1`, a text parameter), one connection each.
 //!
 //! Every request asks a key never asked before, so every node answer is a getter call. The
 //! figure is the node's added latency at p50, `node p50 / direct p50 − 1`, the median over
-//! `--rounds` (each round measures direct, then through the node).
+//! `--rounds` (each round measures direct, then through the node). With one connection it is
+//! latency; with many, on a machine whose cores the client, the node and the source share, it
+//! is mostly the node's CPU per request. `--source-delay` gives the source a real source's
+//! time to answer.
 //!
 //! Singleflight: `--collapse-keys` keys, each asked by all `--connections` at once through the
 //! node while the origin takes 50 ms to answer (`/any-slow`); the origin's request count per key
@@ -51,6 +55,11 @@ pub struct Args {
     /// Rounds; each ratio is the median of the rounds'.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
+    /// How long the source takes to answer, beyond its own work: the origin waits this long
+    /// before it answers, Postgres runs `pg_sleep` for it. 0 is a local source as fast as it
+    /// goes; a real one over a network takes a millisecond or more.
+    #[arg(long, default_value = "0s", value_parser = crate::parse_duration)]
+    pub source_delay: Duration,
     /// Keys of the singleflight check (0: skip it).
     #[arg(long, default_value_t = 20)]
     pub collapse_keys: u64,
@@ -121,11 +130,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.sources.iter().any(|s| s == "http") {
         let origin = runtime.block_on(Origin::start());
         let grant = format!("http_getter={}", origin.base());
+        let route = if args.source_delay.is_zero() {
+            "/any/".to_owned()
+        } else {
+            format!("/delay/{}/", args.source_delay.as_micros())
+        };
         let node_args = vec![
             "--plugin".to_owned(),
             geecache_tests::plugins::HTTP_GETTER.to_owned(),
             "--plugin-config".to_owned(),
-            format!("http_getter.base={}/any", origin.base()),
+            format!(
+                "http_getter.base={}{}",
+                origin.base(),
+                route.trim_end_matches('/')
+            ),
             "--plugin-http".to_owned(),
             grant,
             "--group".to_owned(),
@@ -140,7 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 threads,
                 "http: origin direct",
                 origin.addr(),
-                "/any/",
+                &route,
                 &key_prefix,
                 Some(ANY_BODY.len()),
             ))?;
@@ -189,7 +207,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--plugin-config".to_owned(),
             format!("db_getter.database={}", pg.url()),
             "--plugin-config".to_owned(),
-            "db_getter.query=SELECT ?1".to_owned(),
+            format!(
+                "db_getter.query={}",
+                postgres_statement(args.source_delay, "?1")
+            ),
             "--group".to_owned(),
             "perf".to_owned(),
         ];
@@ -197,7 +218,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut pairs = Vec::new();
         for round in 0..args.rounds {
             let key_prefix = format!("{run_id}p{round}-");
-            let direct = runtime.block_on(postgres_direct(&args, &pg.url(), &key_prefix))?;
+            let statement = postgres_statement(args.source_delay, "$1");
+            let direct =
+                runtime.block_on(postgres_direct(&args, &pg.url(), &statement, &key_prefix))?;
             let through = load::run(&http_load(
                 &args,
                 threads,
@@ -263,7 +286,12 @@ fn http_load(
 
 /// `--connections` tokio-postgres clients, each running `SELECT $1` with a new key after the
 /// last answer, for `--duration`.
-async fn postgres_direct(args: &Args, url: &str, key_prefix: &str) -> anyhow::Result<Measured> {
+async fn postgres_direct(
+    args: &Args,
+    url: &str,
+    statement: &str,
+    key_prefix: &str,
+) -> anyhow::Result<Measured> {
     let mut clients = Vec::new();
     for _ in 0..args.connections {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -277,6 +305,7 @@ async fn postgres_direct(args: &Args, url: &str, key_prefix: &str) -> anyhow::Re
     let mut tasks = Vec::new();
     for (c, client) in clients.into_iter().enumerate() {
         let key_prefix = format!("{key_prefix}{c}-");
+        let statement = statement.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .expect("valid histogram bounds");
@@ -287,7 +316,7 @@ async fn postgres_direct(args: &Args, url: &str, key_prefix: &str) -> anyhow::Re
                 i += 1;
                 let asked = Instant::now();
                 let answer = client
-                    .query_typed("SELECT $1", &[(&key, tokio_postgres::types::Type::TEXT)])
+                    .query_typed(&statement, &[(&key, tokio_postgres::types::Type::TEXT)])
                     .await;
                 requests += 1;
                 match answer {
@@ -321,6 +350,16 @@ async fn postgres_direct(args: &Args, url: &str, key_prefix: &str) -> anyhow::Re
         report::latency(measured.p(0.5))
     );
     Ok(measured)
+}
+
+/// The statement both Postgres rows run: the key back, after `pg_sleep(delay)` when there is
+/// one. (No comma in it: `--plugin-config` splits values at commas.)
+fn postgres_statement(delay: Duration, param: &str) -> String {
+    if delay.is_zero() {
+        format!("SELECT {param}")
+    } else {
+        format!("SELECT {param} FROM pg_sleep({:.6})", delay.as_secs_f64())
+    }
 }
 
 /// What the singleflight check saw.
@@ -437,8 +476,8 @@ fn render(args: &Args, threads: usize, sections: &[String]) -> String {
     let _ = writeln!(out, "- command: `{}`", report::command_line());
     let _ = writeln!(
         out,
-        "- {} connections, {} client threads{}, {} per row, {} rounds; every request a key \
-         never asked before\n",
+        "- {} connections, {} client threads{}, {} per row, {} rounds, source delay {}; every \
+         request a key never asked before\n",
         args.connections,
         threads,
         if args.client_batch {
@@ -447,7 +486,8 @@ fn render(args: &Args, threads: usize, sections: &[String]) -> String {
             ""
         },
         humantime(args.duration),
-        args.rounds
+        args.rounds,
+        humantime(args.source_delay)
     );
     for s in sections {
         out.push_str(s);
@@ -456,9 +496,11 @@ fn render(args: &Args, threads: usize, sections: &[String]) -> String {
 }
 
 fn humantime(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
+    if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else {
+    } else if d.subsec_micros().is_multiple_of(1000) {
         format!("{}ms", d.as_millis())
+    } else {
+        format!("{}µs", d.as_micros())
     }
 }

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::{StreamExt as _, pin_mut};
-use tokio_postgres::NoTls;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::bindings::sql::Value;
@@ -68,6 +67,7 @@ impl PgDb {
     /// # Errors
     /// A message when `url` is not a valid connection string.
     pub fn open(url: &str, max_result_bytes: usize) -> Result<Self, String> {
+        let (url, root_cert) = take_root_cert(url);
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| format!("database URL: {e} (e.g. postgres://ro_user@127.0.0.1/app)"))?;
@@ -86,9 +86,24 @@ impl PgDb {
         };
         config.options(&options);
         let server = describe(&config);
+        // TLS as the URL's `sslmode` says (tokio-postgres: `prefer` unless given, `require`,
+        // `disable`); a server's certificate is always verified, against `sslrootcert` when the
+        // URL names one, else the system's roots.
+        let tls = match &root_cert {
+            Some(path) => rustls::ClientConfig::builder()
+                .with_root_certificates(crate::tls::roots(
+                    std::path::Path::new(path),
+                    "the database URL's sslrootcert",
+                )?)
+                .with_no_client_auth(),
+            None => crate::peer::http::platform_tls(
+                "Postgres servers' certificates cannot be verified: name a CA with \
+                 sslrootcert=FILE in the database URL",
+            ),
+        };
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -259,6 +274,35 @@ impl PgDb {
             )),
         }
     }
+}
+
+/// `url` without its `sslrootcert` parameter (libpq's, which tokio-postgres does not know),
+/// and that parameter's value.
+fn take_root_cert(url: &str) -> (String, Option<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_owned(), None);
+    };
+    let mut root_cert = None;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(k, v)| {
+            if k == "sslrootcert" {
+                root_cert = Some(v.into_owned());
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    if root_cert.is_none() {
+        return (url.to_owned(), None);
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    (parsed.to_string(), root_cert)
 }
 
 /// `host:port/dbname` of a connection config, without user or password.
