@@ -78,7 +78,6 @@ async fn only_one_read_runs_and_what_the_role_may_not_read_stays_unread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_that_outlasts_the_call_is_stopped_and_the_next_one_runs() {
     let pg = Postgres::start();
-    // (No comma in it: --plugin-config splits its values at commas.)
     let slow = "SELECT score FROM scores WHERE name = 'Tom' \
                 AND (?1 <> 'slow' OR pg_sleep(30)::text = '')";
     let node = node(&pg, Some(slow), &["--plugin-timeout", "500ms"]).await;

@@ -353,7 +353,7 @@ async fn postgres_direct(
 }
 
 /// The statement both Postgres rows run: the key back, after `pg_sleep(delay)` when there is
-/// one. (No comma in it: `--plugin-config` splits values at commas.)
+/// one.
 fn postgres_statement(delay: Duration, param: &str) -> String {
     if delay.is_zero() {
         format!("SELECT {param}")

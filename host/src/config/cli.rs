@@ -24,12 +24,12 @@ pub struct Cli {
 
     /// A plugin config value, NAME.KEY=VALUE (repeatable), e.g. db_getter.database=my.db, for
     /// the plugin loaded as NAME. db_getter reads `database` (default: demo.db beside the plugin
-    /// file) and `query`.
+    /// file) and `query`. Several in one value (or in the env variable) are separated by commas;
+    /// a comma not followed by `NAME.KEY=` stays in the value (`db_getter.query=SELECT a, b ...`).
     #[arg(
         long = "plugin-config",
         value_name = "NAME.KEY=VALUE",
-        env = "GEECACHE_PLUGIN_CONFIG",
-        value_delimiter = ','
+        env = "GEECACHE_PLUGIN_CONFIG"
     )]
     pub plugin_config: Vec<String>,
 

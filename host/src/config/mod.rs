@@ -331,6 +331,25 @@ mod tests {
     }
 
     #[test]
+    fn plugin_config_values_may_hold_commas() {
+        let s = cli(&[
+            "--plugin",
+            "plugins/db_getter.wasm,h=plugins/http_getter.wasm",
+            "--plugin-config",
+            "db_getter.query=SELECT a, b FROM t WHERE k = ?1,h.header.accept=text/plain,h.base=x",
+            "--plugin-config",
+            "db_getter.database=/tmp/x.db",
+        ])
+        .resolve()
+        .unwrap();
+        let config = |i: usize| &s.plugins[i].grants.config;
+        assert_eq!(config(0)["query"], "SELECT a, b FROM t WHERE k = ?1");
+        assert_eq!(config(0)["database"], "/tmp/x.db");
+        assert_eq!(config(1)["header.accept"], "text/plain");
+        assert_eq!(config(1)["base"], "x");
+    }
+
+    #[test]
     fn http_grants_from_flags_and_the_file_add_up() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("geecache.toml");

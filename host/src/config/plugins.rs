@@ -145,7 +145,7 @@ pub(super) fn plugins(
 /// `--plugin-config` and `--plugin-dir`, by the plugin name they give.
 fn flag_grants(cli: &Cli) -> Result<BTreeMap<String, PluginGrants>, String> {
     let mut grants: BTreeMap<String, PluginGrants> = BTreeMap::new();
-    for item in &cli.plugin_config {
+    for item in cli.plugin_config.iter().flat_map(|v| config_items(v)) {
         let expected = || {
             format!(
                 "--plugin-config {item:?}: expected NAME.KEY=VALUE, e.g. db_getter.database=demo.db"
@@ -178,6 +178,35 @@ fn flag_grants(cli: &Cli) -> Result<BTreeMap<String, PluginGrants>, String> {
         grants.entry(name.into()).or_default().http.extend(allow);
     }
     Ok(grants)
+}
+
+/// The `NAME.KEY=VALUE` items of one `--plugin-config` value: split at the commas that begin
+/// another item (what follows reads `NAME.KEY=`, NAME a plugin name), so a value may hold
+/// commas of its own (`db_getter.query=SELECT a, b FROM t`).
+fn config_items(value: &str) -> Vec<&str> {
+    let begins_item = |rest: &str| {
+        let Some((name_key, _)) = rest.split_once('=') else {
+            return false;
+        };
+        let Some((name, key)) = name_key.split_once('.') else {
+            return false;
+        };
+        crate::plugin::validate_name(name).is_ok()
+            && !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    let mut items = Vec::new();
+    let mut start = 0;
+    for (comma, _) in value.match_indices(',') {
+        if begins_item(&value[comma + 1..]) {
+            items.push(&value[start..comma]);
+            start = comma + 1;
+        }
+    }
+    items.push(&value[start..]);
+    items
 }
 
 /// Parses the `HOST_DIR[:GUEST_DIR][:rw|:ro]` of a directory grant (host paths relative to
