@@ -16,8 +16,9 @@
 //! time to answer.
 //!
 //! Singleflight: `--collapse-keys` keys, each asked by all `--connections` at once through the
-//! node while the origin takes 50 ms to answer (`/any-slow`); the origin's request count per key
-//! shows how many loads reached it.
+//! node while the source takes 50 ms to answer (`/any-slow`, `pg_sleep(0.05)`); the source's
+//! request count per key (the origin's counter; Postgres' rolled-back transactions) shows how
+//! many loads reached it.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -180,14 +181,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bail!("interrupted");
             }
         }
+        drop(node);
         let collapse = if args.collapse_keys > 0 {
+            let slow_args = vec![
+                "--plugin".to_owned(),
+                geecache_tests::plugins::HTTP_GETTER.to_owned(),
+                "--plugin-config".to_owned(),
+                format!("http_getter.base={}/any-slow", origin.base()),
+                "--plugin-http".to_owned(),
+                format!("http_getter={}", origin.base()),
+                "--group".to_owned(),
+                "perf".to_owned(),
+            ];
             Some(collapse(
                 &args,
                 threads,
-                &origin,
+                &slow_args,
                 &host_bin,
                 dir.path(),
-                &run_id,
+                &format!("{run_id}h"),
+                &|| origin.any_requests(),
             )?)
         } else {
             None
@@ -197,7 +210,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &pairs,
             collapse,
         ));
-        drop(node);
     }
     if args.sources.iter().any(|s| s == "postgres") {
         let pg = Postgres::start();
@@ -239,12 +251,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bail!("interrupted");
             }
         }
+        drop(node);
+        let collapse = if args.collapse_keys > 0 {
+            let slow_args = vec![
+                "--plugin".to_owned(),
+                geecache_tests::plugins::DB_GETTER.to_owned(),
+                "--plugin-config".to_owned(),
+                format!("db_getter.database={}", pg.url()),
+                "--plugin-config".to_owned(),
+                format!(
+                    "db_getter.query={}",
+                    postgres_statement(Duration::from_millis(50), "?1")
+                ),
+                "--group".to_owned(),
+                "perf".to_owned(),
+            ];
+            Some(collapse(
+                &args,
+                threads,
+                &slow_args,
+                &host_bin,
+                dir.path(),
+                &format!("{run_id}p"),
+                &|| rollbacks(&pg),
+            )?)
+        } else {
+            None
+        };
         sections.push(section(
             "postgres (`db_getter` with `SELECT ?1` against a local Postgres)",
             &pairs,
-            None,
+            collapse,
         ));
-        drop(node);
     }
     let report = render(&args, threads, &sections);
     report::publish(&report, args.report.as_deref(), "sources.md")?;
@@ -369,37 +407,30 @@ struct Collapse {
     origin_requests: u64,
 }
 
-/// Each of `--collapse-keys` keys asked by every connection at once, through a node whose
-/// getter's origin answers after 50 ms: how many requests reached the origin.
+/// Each of `--collapse-keys` keys asked by every connection at once, through a node started
+/// with `node_args` whose getter's source takes 50 ms to answer: how many requests reached the
+/// source, by `source_requests` read before and after (the node stopped first, so a source
+/// that counts at the end of a connection has counted).
 fn collapse(
     args: &Args,
     threads: usize,
-    origin: &Origin,
+    node_args: &[String],
     host_bin: &std::path::Path,
     dir: &std::path::Path,
-    run_id: &str,
+    key_prefix: &str,
+    source_requests: &dyn Fn() -> u64,
 ) -> anyhow::Result<Collapse> {
-    let node_args = vec![
-        "--plugin".to_owned(),
-        geecache_tests::plugins::HTTP_GETTER.to_owned(),
-        "--plugin-config".to_owned(),
-        format!("http_getter.base={}/any-slow", origin.base()),
-        "--plugin-http".to_owned(),
-        format!("http_getter={}", origin.base()),
-        "--group".to_owned(),
-        "perf".to_owned(),
-    ];
-    let (_node, addr) = servers::start_node(host_bin, &node_args, dir)?;
-    let before = origin.any_requests();
+    let before = source_requests();
+    let (node, addr) = servers::start_node(host_bin, node_args, dir)?;
     for k in 0..args.collapse_keys {
         let mut l = http_load(
             args,
             threads,
-            "http: one key from every connection at once",
+            "one key from every connection at once",
             addr,
             "/api/v1/groups/perf/keys/",
-            &format!("{run_id}c{k}-"),
-            Some(ANY_BODY.len()),
+            &format!("{key_prefix}c{k}-"),
+            None,
         );
         l.requests.keys = Keys::Uniform(1);
         l.max_requests = Some(args.connections as u64);
@@ -411,11 +442,26 @@ fn collapse(
             o.problems
         );
     }
+    drop(node);
     Ok(Collapse {
         keys: args.collapse_keys,
         concurrent: args.connections,
-        origin_requests: origin.any_requests() - before,
+        origin_requests: source_requests() - before,
     })
+}
+
+/// Transactions the database `app` rolled back: one per query of the node (its read-only
+/// transactions end in `ROLLBACK`), counted by Postgres at the latest when a connection
+/// ends. Read a moment after the node stopped.
+fn rollbacks(pg: &Postgres) -> u64 {
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.psql(
+        "postgres",
+        "SELECT xact_rollback FROM pg_stat_database WHERE datname = 'app'",
+    )
+    .trim()
+    .parse()
+    .unwrap_or(0)
 }
 
 fn section(title: &str, pairs: &[Pair], collapse: Option<Collapse>) -> String {
@@ -456,8 +502,8 @@ fn section(title: &str, pairs: &[Pair], collapse: Option<Collapse>) -> String {
     if let Some(c) = collapse {
         let _ = writeln!(
             out,
-            "\nSingleflight: {} keys, each asked by {} connections at once while the origin \
-             takes 50 ms: **{} origin requests** ({:.2} per key; 1 is fully collapsed).",
+            "\nSingleflight: {} keys, each asked by {} connections at once while the source \
+             takes 50 ms: **{} source requests** ({:.2} per key; 1 is fully collapsed).",
             c.keys,
             c.concurrent,
             c.origin_requests,
