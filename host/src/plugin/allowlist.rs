@@ -22,7 +22,7 @@ pub struct AllowedOrigin {
     host: HostRule,
     port: PortRule,
     /// The entry as given, normalized (lower case): its metric label and how logs name it.
-    text: String,
+    text: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,8 +130,13 @@ impl AllowedOrigin {
             scheme,
             host,
             port,
-            text,
+            text: text.into(),
         })
+    }
+
+    /// The entry as a metric label (shared, not copied).
+    pub(crate) fn label(&self) -> opentelemetry::StringValue {
+        opentelemetry::StringValue::from(std::sync::Arc::clone(&self.text))
     }
 
     fn allows(&self, to: &Destination) -> bool {

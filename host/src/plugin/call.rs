@@ -244,6 +244,7 @@ impl PluginCore {
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(pool::MAX_RESOURCES);
+        let source_failed = Arc::<std::sync::atomic::AtomicBool>::default();
         let state = HostState {
             wasi: wasi.build(),
             table,
@@ -254,12 +255,12 @@ impl PluginCore {
             config: self.grants.config.clone(),
             sql: self.sql.clone(),
             deadline: Instant::now() + self.call_timeout,
-            source_failed: false,
+            source_failed: Arc::clone(&source_failed),
             http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
             http: HttpHooks {
                 shared: Arc::clone(&self.http),
                 deadline: Instant::now() + self.call_timeout,
-                source_failed: Arc::default(),
+                source_failed,
             },
         };
         let mut store = Store::new(&self.engine, state);

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::{HasData, HasSelf, Linker, Resource, ResourceTable};
@@ -118,10 +118,11 @@ pub(crate) struct HostState {
     /// When the current call's time is up; bounds host work (SQL) that epochs cannot
     /// interrupt. Re-armed before every call.
     pub deadline: Instant,
-    /// Whether a source the host reached for the current call (its database) failed: an
-    /// `unavailable` the call then reports is the source's (502), not the plugin's own.
-    /// Cleared before every call.
-    pub source_failed: bool,
+    /// Whether a source the host reached for the current call (its database, an HTTP origin)
+    /// failed: an `unavailable` the call then reports is the source's (502), not the plugin's
+    /// own. Shared with [`HttpHooks`], whose requests finish on tasks of their own; cleared
+    /// before every call.
+    pub source_failed: Arc<AtomicBool>,
     /// `wasi:http`'s own state (limits on header fields).
     pub http_ctx: WasiHttpCtx,
     /// How `wasi:http` requests are sent: through the plugin's allowlist and pooled client,
@@ -133,15 +134,14 @@ impl HostState {
     /// Whether a source failed during the current call: its database, or an HTTP origin (a
     /// transport failure or a 5xx answer).
     pub fn source_failed(&self) -> bool {
-        self.source_failed || self.http.source_failed.load(Ordering::Relaxed)
+        self.source_failed.load(Ordering::Relaxed)
     }
 
     /// Starts a new call's time on this store: `deadline` for host work and outbound HTTP.
     pub fn new_call(&mut self, deadline: Instant) {
         self.deadline = deadline;
         self.http.deadline = deadline;
-        self.source_failed = false;
-        self.http.source_failed.store(false, Ordering::Relaxed);
+        self.source_failed.store(false, Ordering::Relaxed);
     }
 }
 
@@ -424,7 +424,7 @@ impl sql::Host for HostState {
         Ok(answer.map_err(|e| match e {
             SqlError::InvalidInput(m) => types::Error::InvalidInput(m),
             SqlError::Unavailable(m) => {
-                self.source_failed = true;
+                self.source_failed.store(true, Ordering::Relaxed);
                 types::Error::Unavailable(m)
             }
         }))

@@ -120,7 +120,7 @@ impl PluginHttp {
             self.denied(request.uri(), to.is_some());
             return Err(HttpError::HttpRequestDenied);
         };
-        let label = opentelemetry::StringValue::from(origin.to_string());
+        let label = origin.label();
         let started = Instant::now();
         let head_due = options
             .and_then(|o| o.first_byte_timeout)
@@ -244,7 +244,8 @@ pub(crate) struct HttpHooks {
     pub(crate) shared: Arc<PluginHttp>,
     /// When the current call's time is up; re-armed before every call.
     pub(crate) deadline: Instant,
-    /// Set when a request of the current call failed in transport or got a 5xx.
+    /// Set when a request of the current call failed in transport or got a 5xx (the store's
+    /// [`super::host::HostState::source_failed`]).
     pub(crate) source_failed: Arc<AtomicBool>,
 }
 
