@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use geecache_tests::origin::Origin;
-use geecache_tests::{NodeProcess, TestNode, compile_cache_dir, free_port, plugins};
+use geecache_tests::{NodeProcess, TestNode, free_port, node_command, plugins};
 
 /// A node whose `http_getter` reads `{base}` under `route`, allowed `allow` (none when empty).
 async fn node(origin: &Origin, route: &str, allow: &[String], extra: &[&str]) -> TestNode {
@@ -31,19 +31,17 @@ async fn node(origin: &Origin, route: &str, allow: &[String], extra: &[&str]) ->
     TestNode::start(&args).await
 }
 
-async fn get(node: &TestNode, key: &str) -> (u16, String) {
-    let (status, body) = node.get(&format!("/api/v1/groups/scores/keys/{key}")).await;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_getter_loads_from_the_origin_and_the_node_caches_it() {
     let origin = Origin::start().await;
     let node = node(&origin, "items", &[origin.base()], &[]).await;
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
-    assert_eq!(get(&node, "Jack").await, (200, "589".to_owned()));
-    assert_eq!(get(&node, "nobody").await.0, 404);
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
+    assert_eq!(
+        node.get_key("scores", "Jack").await,
+        (200, "589".to_owned())
+    );
+    assert_eq!(node.get_key("scores", "nobody").await.0, 404);
     assert_eq!(origin.item_requests(), 3, "Tom was served from the cache");
     let metrics = node.metrics_text().await;
     let line = format!(
@@ -67,7 +65,7 @@ async fn http_getter_loads_from_the_origin_and_the_node_caches_it() {
 async fn an_origin_that_is_down_or_failing_is_a_502_and_nothing_is_cached() {
     let origin = Origin::start().await;
     let failing = node(&origin, "boom", &[origin.base()], &[]).await;
-    let (status, body) = get(&failing, "Tom").await;
+    let (status, body) = failing.get_key("scores", "Tom").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("source_unavailable"), "{body}");
 
@@ -85,7 +83,7 @@ async fn an_origin_that_is_down_or_failing_is_a_502_and_nothing_is_cached() {
     ])
     .await;
     for _ in 0..2 {
-        let (status, body) = get(&node, "Tom").await;
+        let (status, body) = node.get_key("scores", "Tom").await;
         assert_eq!(status, 502, "{body}");
         assert!(body.contains("source_unavailable"), "{body}");
     }
@@ -104,7 +102,7 @@ async fn an_origin_slower_than_the_call_ends_at_the_deadline_and_is_hung_up_on()
     )
     .await;
     let started = Instant::now();
-    let (status, body) = get(&node, "Tom").await;
+    let (status, body) = node.get_key("scores", "Tom").await;
     let took = started.elapsed();
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("plugin_timeout"), "{body}");
@@ -126,7 +124,7 @@ async fn a_1_gib_answer_is_refused_or_cut_at_the_memory_cap() {
     let origin = Origin::start().await;
     let allow = [origin.base()];
     let announced = node(&origin, "huge-announced", &allow, &[]).await;
-    let (status, body) = get(&announced, "k").await;
+    let (status, body) = announced.get_key("scores", "k").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("larger than the plugin may hold"), "{body}");
     assert!(
@@ -137,7 +135,7 @@ async fn a_1_gib_answer_is_refused_or_cut_at_the_memory_cap() {
 
     let streamed = node(&origin, "huge", &allow, &["--plugin-memory", "32MiB"]).await;
     let before = origin.huge_bytes();
-    let (status, body) = get(&streamed, "k").await;
+    let (status, body) = streamed.get_key("scores", "k").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("plugin_memory_limit"), "{body}");
     let produced = origin.huge_bytes() - before;
@@ -152,12 +150,15 @@ async fn redirects_are_followed_only_inside_the_allowlist() {
     let origin = Origin::start().await;
     let allow = [origin.base()];
     let inside = node(&origin, "to-items", &allow, &[]).await;
-    assert_eq!(get(&inside, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(
+        inside.get_key("scores", "Tom").await,
+        (200, "630".to_owned())
+    );
     assert_eq!(origin.item_requests(), 1);
 
     // To http://localhost:{port}: the same server, but not an allowed origin.
     let outside = node(&origin, "to-localhost", &allow, &[]).await;
-    let (status, body) = get(&outside, "Jack").await;
+    let (status, body) = outside.get_key("scores", "Jack").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("not in this plugin's --plugin-http allowlist"),
@@ -186,7 +187,7 @@ async fn a_name_that_resolves_to_loopback_is_refused_unless_its_address_is_liste
         }
     };
     let refused = start(by_name.clone()).await;
-    let (status, body) = get(&refused, "Tom").await;
+    let (status, body) = refused.get_key("scores", "Tom").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("resolves to an address plugins may not reach"),
@@ -195,7 +196,10 @@ async fn a_name_that_resolves_to_loopback_is_refused_unless_its_address_is_liste
     assert_eq!(origin.item_requests(), 0);
 
     let listed = start(format!("{by_name},{}", origin.base())).await;
-    assert_eq!(get(&listed, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(
+        listed.get_key("scores", "Tom").await,
+        (200, "630".to_owned())
+    );
     assert_eq!(origin.item_requests(), 1);
 }
 
@@ -204,18 +208,14 @@ async fn a_plugin_without_a_grant_is_refused_and_the_log_says_how_to_grant_it() 
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_geecache-node"));
+    let mut command = node_command(
+        env!("CARGO_BIN_EXE_geecache-node"),
+        port,
+        plugins::HTTP_GETTER,
+    );
     command
-        .args([
-            "--plugin",
-            plugins::HTTP_GETTER,
-            "--port",
-            &port.to_string(),
-        ])
         .arg("--plugin-config")
-        .arg(format!("http_getter.base={}/items", origin.base()))
-        .arg("--compile-cache-dir")
-        .arg(compile_cache_dir());
+        .arg(format!("http_getter.base={}/items", origin.base()));
     let node = NodeProcess::spawn(command, port, dir.path()).await;
     let client = reqwest::Client::new();
     for _ in 0..3 {
@@ -260,22 +260,22 @@ async fn js_http_getter_fetches_the_same_answers_within_the_same_allowlist() {
         }
     };
     let node = start("items", Some(origin.base())).await;
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
-    assert_eq!(get(&node, "nobody").await.0, 404);
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "nobody").await.0, 404);
     assert_eq!(origin.item_requests(), 2, "Tom was served from the cache");
 
     let failing = start("boom", Some(origin.base())).await;
-    let (status, body) = get(&failing, "Tom").await;
+    let (status, body) = failing.get_key("scores", "Tom").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("source_unavailable"), "{body}");
 
     // fetch() follows the redirect; the host refuses its second request.
     let outside = start("to-localhost", Some(origin.base())).await;
-    let (status, body) = get(&outside, "Jack").await;
+    let (status, body) = outside.get_key("scores", "Jack").await;
     assert_eq!(status, 503, "{body}");
     let ungranted = start("items", None).await;
-    let (status, body) = get(&ungranted, "Jack").await;
+    let (status, body) = ungranted.get_key("scores", "Jack").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         origin.item_requests(),

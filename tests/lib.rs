@@ -122,13 +122,21 @@ pub fn compile_cache_dir() -> PathBuf {
 /// `db`, on `port`, compiling into [`compile_cache_dir`]: what the tests that run a node as a
 /// process of its own add their flags, environment and output to.
 pub fn db_getter_node(bin: &str, port: u16, db: &Path) -> std::process::Command {
+    let mut command = node_command(bin, port, plugins::DB_GETTER);
+    command
+        .arg("--plugin-config")
+        .arg(format!("db_getter.database={}", db.display()));
+    command
+}
+
+/// The node program `bin` with the plugin `plugin`, on `port`, compiling into
+/// [`compile_cache_dir`] (see [`db_getter_node`]).
+pub fn node_command(bin: &str, port: u16, plugin: &str) -> std::process::Command {
     // The child inherits the raised limit (a flood test opens thousands of connections to it).
     raise_fd_limit();
     let mut command = std::process::Command::new(bin);
     command
-        .args(["--plugin", plugins::DB_GETTER, "--port", &port.to_string()])
-        .arg("--plugin-config")
-        .arg(format!("db_getter.database={}", db.display()))
+        .args(["--plugin", plugin, "--port", &port.to_string()])
         .arg("--compile-cache-dir")
         .arg(compile_cache_dir());
     command
@@ -279,6 +287,14 @@ impl TestNode {
         ];
         args.extend_from_slice(extra);
         TestNode::start(&args).await
+    }
+
+    /// `GET /api/v1/groups/{group}/keys/{key}`: status and body as text.
+    pub async fn get_key(&self, group: &str, key: &str) -> (u16, String) {
+        let (status, body) = self
+            .get(&format!("/api/v1/groups/{group}/keys/{key}"))
+            .await;
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// `POST /api/v1/groups/{group}/batch` for `keys`: status and JSON answer.

@@ -28,21 +28,19 @@ async fn node(pg: &Postgres, query: Option<&str>, extra: &[&str]) -> TestNode {
     TestNode::start(&args).await
 }
 
-async fn get(node: &TestNode, key: &str) -> (u16, String) {
-    let (status, body) = node.get(&format!("/api/v1/groups/scores/keys/{key}")).await;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_getter_reads_postgres_and_the_node_caches_what_it_read() {
     let pg = Postgres::start();
     let node = node(&pg, None, &[]).await;
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
-    assert_eq!(get(&node, "nobody").await.0, 404);
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "nobody").await.0, 404);
     // Cached: the row changes at the source, the node keeps serving what it loaded.
     pg.psql("app", "UPDATE scores SET score = 1 WHERE name = 'Tom'");
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
-    assert_eq!(get(&node, "Jack").await, (200, "589".to_owned()));
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
+    assert_eq!(
+        node.get_key("scores", "Jack").await,
+        (200, "589".to_owned())
+    );
     let stats = node.group_stats("scores").await;
     assert_eq!(stats["loads"], 3, "{stats}");
 }
@@ -66,13 +64,13 @@ async fn only_one_read_runs_and_what_the_role_may_not_read_stays_unread() {
         ),
     ] {
         let node = node(&pg, Some(query), &[]).await;
-        let (status, body) = get(&node, "Tom").await;
+        let (status, body) = node.get_key("scores", "Tom").await;
         assert!(status == 400 || status == 503, "{why}: {status} {body}");
         assert!(!body.contains("hidden"), "{why}: {body}");
     }
     // Nothing was deleted.
     let node = node(&pg, None, &[]).await;
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +80,7 @@ async fn a_query_that_outlasts_the_call_is_stopped_and_the_next_one_runs() {
                 AND (?1 <> 'slow' OR pg_sleep(30)::text = '')";
     let node = node(&pg, Some(slow), &["--plugin-timeout", "500ms"]).await;
     let started = std::time::Instant::now();
-    let (status, body) = get(&node, "slow").await;
+    let (status, body) = node.get_key("scores", "slow").await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("plugin_timeout"), "{body}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
@@ -98,22 +96,28 @@ async fn a_query_that_outlasts_the_call_is_stopped_and_the_next_one_runs() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // The pool still serves: the next query gets a working connection.
-    assert_eq!(get(&node, "fast").await, (200, "630".to_owned()));
+    assert_eq!(
+        node.get_key("scores", "fast").await,
+        (200, "630".to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_server_down_a_miss_fails_and_nothing_is_cached() {
     let pg = Postgres::start();
     let node = node(&pg, None, &[]).await;
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
     pg.stop();
-    let (status, body) = get(&node, "Jack").await;
+    let (status, body) = node.get_key("scores", "Jack").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("source_unavailable"), "{body}");
     // What was cached is still served.
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
     pg.start_server();
-    assert_eq!(get(&node, "Jack").await, (200, "589".to_owned()));
+    assert_eq!(
+        node.get_key("scores", "Jack").await,
+        (200, "589".to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +136,7 @@ async fn db_getter_reads_postgres_over_tls_and_checks_the_servers_certificate() 
         }
     };
     let node = start(ca.write(dir.path(), "ca")).await;
-    assert_eq!(get(&node, "Tom").await, (200, "630".to_owned()));
+    assert_eq!(node.get_key("scores", "Tom").await, (200, "630".to_owned()));
     let over_tls = pg.psql(
         "app",
         "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
@@ -143,7 +147,7 @@ async fn db_getter_reads_postgres_over_tls_and_checks_the_servers_certificate() 
     // A server whose certificate another CA signed is not the one asked for.
     let other = TestCa::new("another CA");
     let node = start(other.write(dir.path(), "other")).await;
-    let (status, body) = get(&node, "Jack").await;
+    let (status, body) = node.get_key("scores", "Jack").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("source_unavailable"), "{body}");
 }

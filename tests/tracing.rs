@@ -263,46 +263,36 @@ async fn one_trace_crosses_nodes_from_the_callers_traceparent() {
 async fn a_getters_http_request_carries_the_trace_to_the_origin() {
     let origin = geecache_tests::origin::Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (received, endpoint) = start_collector().await;
+    // Kept running: the node exports its spans there.
+    let (_received, endpoint) = start_collector().await;
     let port = free_port();
-    let log = dir.path().join("node.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_geecache-node"))
-        .args(["--plugin", geecache_tests::plugins::HTTP_GETTER])
-        .args(["--port", &port.to_string()])
+    let mut command = geecache_tests::node_command(
+        env!("CARGO_BIN_EXE_geecache-node"),
+        port,
+        geecache_tests::plugins::HTTP_GETTER,
+    );
+    command
         .arg("--plugin-config")
         .arg(format!("http_getter.base={}/items", origin.base()))
         .arg("--plugin-http")
         .arg(format!("http_getter={}", origin.base()))
-        .arg("--compile-cache-dir")
-        .arg(geecache_tests::compile_cache_dir())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(
-        wait_healthy(&format!("{base}/healthz"), Duration::from_secs(60)).await,
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+        .env("RUST_LOG", "info");
+    let node = geecache_tests::NodeProcess::spawn(command, port, dir.path()).await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let answer = reqwest::Client::new()
-        .get(format!("{base}/api?key=Tom"))
+        .get(format!("{}/api?key=Tom", node.base))
         .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
         .send()
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
     let seen = origin.traceparents();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(node);
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(
         seen[0].starts_with(&format!("00-{trace_id}-")),
         "the origin got {seen:?}, not the caller's trace"
     );
-    let _ = received;
 }

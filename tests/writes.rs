@@ -34,11 +34,6 @@ async fn put(node: &TestNode, key: &str, value: impl AsRef<[u8]>) -> (u16, Strin
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn get(node: &TestNode, key: &str) -> (u16, String) {
-    let (status, body) = node.get(&format!("/api/v1/groups/scores/keys/{key}")).await;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// The first key of the form `{prefix}{i}` that `owner` owns, as `other` sees the ring.
 fn key_owned_by(other: &TestNode, owner: &TestNode, prefix: &str) -> String {
     (0..10_000)
@@ -95,7 +90,7 @@ async fn a_put_through_a_non_owner_is_read_back_on_every_node_while_gets_race_it
         let value = format!("v{round}");
         assert_eq!(put(front, &key, &value).await.0, 204, "round {round}");
         for node in [front, owner] {
-            let (status, body) = get(node, &key).await;
+            let (status, body) = node.get_key("scores", &key).await;
             assert_eq!(
                 (status, body.as_str()),
                 (200, value.as_str()),
@@ -135,7 +130,7 @@ async fn a_client_that_disconnects_mid_put_does_not_stop_the_invalidation() {
     assert_eq!(put(owner, &key, "old").await.0, 204);
     // The other node keeps a hot copy (from the key's second fetch on).
     for _ in 0..3 {
-        assert_eq!(get(other, &key).await, (200, "old".to_owned()));
+        assert_eq!(other.get_key("scores", &key).await, (200, "old".to_owned()));
     }
     assert!(
         other.group_stats("scores").await["hot_hits"]
@@ -160,7 +155,7 @@ async fn a_client_that_disconnects_mid_put_does_not_stop_the_invalidation() {
     // was cut off with the request, and the other node served "old" for up to 60 s.)
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let answer = get(other, &key).await;
+        let answer = other.get_key("scores", &key).await;
         if answer == (200, "new".to_owned()) {
             break;
         }
@@ -170,7 +165,7 @@ async fn a_client_that_disconnects_mid_put_does_not_stop_the_invalidation() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(get(owner, &key).await, (200, "new".to_owned()));
+    assert_eq!(owner.get_key("scores", &key).await, (200, "new".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -232,7 +227,7 @@ async fn a_write_whose_client_left_keeps_its_body_reserved_until_it_lands() {
     // Once it has landed, its bytes are given back.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (status, value) = get(&node, "slow5-held").await;
+        let (status, value) = node.get_key("scores", "slow5-held").await;
         if status == 200 {
             assert_eq!(value.len(), big.len());
             break;
@@ -273,7 +268,7 @@ async fn a_put_answered_503_never_comes_back() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..3 {
-        let (status, body) = get(&node, "slow-failed").await;
+        let (status, body) = node.get_key("scores", "slow-failed").await;
         assert_eq!(status, 404, "the value answered 503 came back: {body}");
     }
     let metrics = node.metrics_text().await;
@@ -338,7 +333,10 @@ async fn a_group_at_its_storage_quota_refuses_writes_with_a_clear_error() {
         "{used} bytes stored under a {QUOTA}-byte quota"
     );
     // What was taken is served; one value larger than the whole quota is refused outright.
-    assert_eq!(get(&node, &accepted[0]).await, (200, value.clone()));
+    assert_eq!(
+        node.get_key("scores", &accepted[0]).await,
+        (200, value.clone())
+    );
     let (status, body) = put(&node, "quota-huge", &"h".repeat(80 << 10)).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("quota"), "{body}");

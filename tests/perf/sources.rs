@@ -130,26 +130,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failed = false;
     if args.sources.iter().any(|s| s == "http") {
         let origin = runtime.block_on(Origin::start());
-        let grant = format!("http_getter={}", origin.base());
         let route = if args.source_delay.is_zero() {
             "/any/".to_owned()
         } else {
             format!("/delay/{}/", args.source_delay.as_micros())
         };
-        let node_args = vec![
-            "--plugin".to_owned(),
-            geecache_tests::plugins::HTTP_GETTER.to_owned(),
-            "--plugin-config".to_owned(),
-            format!(
-                "http_getter.base={}{}",
-                origin.base(),
-                route.trim_end_matches('/')
-            ),
-            "--plugin-http".to_owned(),
-            grant,
-            "--group".to_owned(),
-            "perf".to_owned(),
-        ];
+        let node_args = http_getter_node(&origin, route.trim_end_matches('/'));
         let (node, addr) = servers::start_node(&host_bin, &node_args, dir.path())?;
         let mut pairs = Vec::new();
         for round in 0..args.rounds {
@@ -183,16 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         drop(node);
         let collapse = if args.collapse_keys > 0 {
-            let slow_args = vec![
-                "--plugin".to_owned(),
-                geecache_tests::plugins::HTTP_GETTER.to_owned(),
-                "--plugin-config".to_owned(),
-                format!("http_getter.base={}/any-slow", origin.base()),
-                "--plugin-http".to_owned(),
-                format!("http_getter={}", origin.base()),
-                "--group".to_owned(),
-                "perf".to_owned(),
-            ];
+            let slow_args = http_getter_node(&origin, "/any-slow");
             Some(collapse(
                 &args,
                 threads,
@@ -213,19 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.sources.iter().any(|s| s == "postgres") {
         let pg = Postgres::start();
-        let node_args = vec![
-            "--plugin".to_owned(),
-            geecache_tests::plugins::DB_GETTER.to_owned(),
-            "--plugin-config".to_owned(),
-            format!("db_getter.database={}", pg.url()),
-            "--plugin-config".to_owned(),
-            format!(
-                "db_getter.query={}",
-                postgres_statement(args.source_delay, "?1")
-            ),
-            "--group".to_owned(),
-            "perf".to_owned(),
-        ];
+        let node_args = db_getter_node(&pg, &postgres_statement(args.source_delay, "?1"));
         let (node, addr) = servers::start_node(&host_bin, &node_args, dir.path())?;
         let mut pairs = Vec::new();
         for round in 0..args.rounds {
@@ -253,19 +218,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         drop(node);
         let collapse = if args.collapse_keys > 0 {
-            let slow_args = vec![
-                "--plugin".to_owned(),
-                geecache_tests::plugins::DB_GETTER.to_owned(),
-                "--plugin-config".to_owned(),
-                format!("db_getter.database={}", pg.url()),
-                "--plugin-config".to_owned(),
-                format!(
-                    "db_getter.query={}",
-                    postgres_statement(Duration::from_millis(50), "?1")
-                ),
-                "--group".to_owned(),
-                "perf".to_owned(),
-            ];
+            let slow_args =
+                db_getter_node(&pg, &postgres_statement(Duration::from_millis(50), "?1"));
             Some(collapse(
                 &args,
                 threads,
@@ -288,6 +242,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     report::publish(&report, args.report.as_deref(), "sources.md")?;
     anyhow::ensure!(!failed, "some requests failed: see the table");
     Ok(())
+}
+
+/// The flags of a node serving group `perf` from `http_getter`, which reads
+/// `{origin}{path}/{key}` and is allowed that origin.
+fn http_getter_node(origin: &Origin, path: &str) -> Vec<String> {
+    vec![
+        "--plugin".to_owned(),
+        geecache_tests::plugins::HTTP_GETTER.to_owned(),
+        "--plugin-config".to_owned(),
+        format!("http_getter.base={}{path}", origin.base()),
+        "--plugin-http".to_owned(),
+        format!("http_getter={}", origin.base()),
+        "--group".to_owned(),
+        "perf".to_owned(),
+    ]
+}
+
+/// The flags of a node serving group `perf` from `db_getter`, which runs `statement` on `pg`.
+fn db_getter_node(pg: &Postgres, statement: &str) -> Vec<String> {
+    vec![
+        "--plugin".to_owned(),
+        geecache_tests::plugins::DB_GETTER.to_owned(),
+        "--plugin-config".to_owned(),
+        format!("db_getter.database={}", pg.url()),
+        "--plugin-config".to_owned(),
+        format!("db_getter.query={statement}"),
+        "--group".to_owned(),
+        "perf".to_owned(),
+    ]
 }
 
 /// A load of unique keys under `path` on `target`.
