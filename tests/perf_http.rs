@@ -22,8 +22,6 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         ])
         .args(["--duration", "1s", "--connections", "4", "--threads", "1"])
         .args(["--keys", "100", "--zipf-keys", "1000", "--rounds", "2"])
-        // The client's threads under SCHED_BATCH: the one code path the default skips.
-        .arg("--client-batch")
         .arg("--report")
         .arg(&report)
         .output()
@@ -37,7 +35,12 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = std::fs::read_to_string(&report).unwrap();
-    assert!(text.contains("under SCHED_BATCH"), "{text}");
+    // The client's threads run under SCHED_BATCH by default, and the header says so.
+    assert!(text.contains("under SCHED_BATCH (the default"), "{text}");
+    assert!(
+        text.contains("- Machine: ") && text.contains("Linux "),
+        "{text}"
+    );
     for row in ["hyper", "axum", "hit", "miss", "zipf", "mixed"] {
         let line = text
             .lines()
@@ -47,10 +50,20 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
         // | run | nodes | req/s | p50 | p99 | p99.9 | success % | ...
         assert_eq!(cells[7], "100.00", "{row}: {line}");
         assert!(cells[3].parse::<u64>().unwrap() > 0, "{row}: {line}");
-        // | ... | node peak RSS | server CPU / req | client CPU / req |
-        for cpu in [&cells[15], &cells[16]] {
+        // | ... | node peak RSS | server CPU / req | CPU × hyper | CPU × hit | client CPU / req |
+        for cpu in [&cells[15], &cells[18]] {
             let micros: f64 = cpu.trim_end_matches(" µs").parse().unwrap();
             assert!(micros > 0.0, "{row}: {line}");
+        }
+        let cpu_x_hyper: f64 = cells[16].parse().unwrap();
+        assert!(cpu_x_hyper > 0.0, "{row}: {line}");
+        if row == "hyper" {
+            assert_eq!(cells[16], "1.00", "{line}");
+        }
+        // Against the 1-node hit: every workload but the hit itself.
+        match row {
+            "hyper" | "axum" | "hit" => assert_eq!(cells[17], "-", "{row}: {line}"),
+            _ => assert!(cells[17].parse::<f64>().unwrap() > 0.0, "{row}: {line}"),
         }
         // Each round has its own line, with its own ratio to that round's baseline.
         for round in ["1", "2"] {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// The CPU model and the cores this process may use.
+/// The CPU model, the cores this process may use, the kernel and (when it says) the
+/// hypervisor: what makes figures of two machines not comparable.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -16,7 +17,16 @@ pub fn machine() -> String {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} cores available", cores())
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned());
+    let virt = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .filter(|s| {
+            s.lines()
+                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"))
+        })
+        .map_or("", |_| ", virtual machine");
+    format!("{cpu}, {} cores available, Linux {kernel}{virt}", cores())
 }
 
 /// Cores this process may use.

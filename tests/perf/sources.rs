@@ -47,8 +47,10 @@ pub struct Args {
     /// Client threads [default: the cores available].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Run the HTTP client's threads under SCHED_BATCH (see `geecache-perf http --help`).
-    #[arg(long)]
+    /// Run the HTTP client's threads under SCHED_BATCH, the default (see `geecache-perf http
+    /// --help`); `--client-batch=false` for a normal client.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
     pub client_batch: bool,
     /// Measuring time of each row.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
@@ -512,7 +514,7 @@ fn render(args: &Args, threads: usize, sections: &[String]) -> String {
         if args.client_batch {
             " (SCHED_BATCH)"
         } else {
-            ""
+            " (normal scheduling, `--client-batch=false`)"
         },
         humantime(args.duration),
         args.rounds,
