@@ -634,8 +634,9 @@ fn ratios(round: &[Row], r: &Row) -> [Option<f64>; RATIOS] {
 const CPU_RATIOS: usize = 2;
 
 /// A row's server CPU per request against the `hyper` baseline's and the 1-node hit row's of
-/// its round (the figures the targets are set in: they do not depend on who wins the shared cores). For a
-/// cluster the servers are all its nodes, so `miss@3`'s is the three nodes' CPU summed.
+/// its round: the figures the targets are set in, since they do not depend on who wins the
+/// shared cores. For a cluster the servers are all its nodes, so `miss@3`'s is the three
+/// nodes' CPU summed.
 fn cpu_ratios(round: &[Row], r: &Row) -> [Option<f64>; CPU_RATIOS] {
     let hyper = round.iter().find(|b| b.kind.is_none() && b.name == "hyper");
     let hit = round
@@ -898,8 +899,8 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
          program's; both from /proc, over the row's whole run, in the kernel's 10 ms ticks. \
          CPU × hyper and CPU × hit: the row's server CPU / req against the hyper baseline's and \
          the 1-node hit row's of the same round (the median of the rounds'); a cluster's is its \
-         nodes' CPU summed. These are the figures docs/performance.md's targets are set in: they do not \
-         depend on who wins the shared cores."
+         nodes' CPU summed. These are the figures docs/performance.md's targets are set in: \
+         they do not depend on who wins the shared cores."
     );
     for n in notes {
         let _ = writeln!(s, "\nNote: {n}");
