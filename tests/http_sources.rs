@@ -11,6 +11,9 @@
 //! - A redirect to an origin outside the allowlist is refused; one inside it is followed.
 //! - A name that resolves to loopback is refused unless the address is listed too.
 //! - A plugin without a grant: refused, and the node's log says so and how to grant it.
+//! - `--stale`: an expired value is answered at once (`X-Geecache-Source: stale`) while one
+//!   refresh reloads it; with the origin down, it is answered for its whole window with no
+//!   error, the failed refreshes counted; every miss is counted by its reason.
 
 #![allow(clippy::unwrap_used)]
 
@@ -282,4 +285,106 @@ async fn js_http_getter_fetches_the_same_answers_within_the_same_allowlist() {
         2,
         "neither reached the origin's items"
     );
+}
+
+/// `GET /api?key=Tom`: status, `X-Geecache-Source`, body.
+async fn get_sourced(node: &TestNode) -> (u16, String, String) {
+    let r = node
+        .client
+        .get(format!("{}/api?key=Tom", node.base))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let source = r
+        .headers()
+        .get("x-geecache-source")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, source, r.text().await.unwrap())
+}
+
+/// The value of the first `/metrics` line of `name` whose labels include `label`.
+fn metric(text: &str, name: &str, label: &str) -> f64 {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} with {label} in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_values_are_answered_at_once_and_cover_an_origin_that_is_down() {
+    let origin = Origin::start().await;
+    let node = node(&origin, "flaky", &[origin.base()], &["--stale", "4s"]).await;
+    let ok = |source: &str| (200, source.to_owned(), "630".to_owned());
+    assert_eq!(get_sourced(&node).await, ok("getter"));
+    assert_eq!(get_sourced(&node).await, ok("main"));
+    // max-age=1: expired after a second, then answered stale while one refresh reloads it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = origin.flaky_requests();
+    assert_eq!(get_sourced(&node).await, ok("stale"));
+    // The refresh lands within a few ms (a local origin): the next ones are stale or fresh.
+    let mut stale_answers = 1;
+    for _ in 0..9 {
+        let (status, source, body) = get_sourced(&node).await;
+        assert_eq!((status, body.as_str()), (200, "630"));
+        assert!(source == "stale" || source == "main", "{source}");
+        stale_answers += u64::from(source == "stale");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_sourced(&node).await.1 != "main" {
+        assert!(Instant::now() < deadline, "the refresh never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        origin.flaky_requests() - before,
+        1,
+        "one refresh for eleven requests"
+    );
+
+    // The origin goes down: the value is answered, stale, for its whole window (4 s past its
+    // expiry), never an error; then the origin's failure shows (502).
+    origin.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(get_sourced(&node).await, ok("stale"), "stale-if-error");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered > 20);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(get_sourced(&node).await.0, 502, "past the window");
+    let metrics = node.metrics_text().await;
+    let errors = metric(
+        &metrics,
+        "geecache_refresh_errors_total",
+        "group=\"scores\"",
+    );
+    assert!(errors >= 1.0, "{errors}");
+    let stale = metric(
+        &metrics,
+        "geecache_misses_total",
+        "reason=\"stale_refresh\"",
+    );
+    assert!(stale >= (stale_answers + answered) as f64, "{stale}");
+    // The reasons add up to the misses, in /api/v1/stats as in /metrics.
+    let stats = node.group_stats("scores").await;
+    let reasons: u64 = [
+        "miss_never_seen",
+        "miss_expired",
+        "miss_evicted",
+        "miss_negative_expired",
+        "miss_not_owner",
+        "miss_stale_refresh",
+        "miss_flushed",
+    ]
+    .iter()
+    .map(|r| stats[r].as_u64().unwrap())
+    .sum();
+    assert_eq!(reasons, stats["misses"].as_u64().unwrap(), "{stats}");
+    assert_eq!(stats["miss_never_seen"], 1, "{stats}");
 }

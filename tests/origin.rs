@@ -8,6 +8,8 @@
 //! - `/slow/{key}`: answers 200 after 5 s; [`Origin::slow_started`] and
 //!   [`Origin::slow_dropped`] count handlers begun and dropped before answering.
 //! - `/boom/{key}`: 500.
+//! - `/flaky/{key}`: 200 `630` with `Cache-Control: max-age=1` for any key, or 500 while the
+//!   origin is set down ([`Origin::set_down`]); counted in [`Origin::flaky_requests`].
 //! - `/huge/{key}`: 200 with 1 GiB of body, sent in 64 KiB chunks without a length
 //!   (`/huge-announced/{key}` says `Content-Length: 1073741824` first); [`Origin::huge_bytes`]
 //!   counts the bytes the server produced.
@@ -44,6 +46,8 @@ struct Counters {
     huge_bytes: AtomicU64,
     any: AtomicU64,
     port: AtomicU64,
+    flaky: AtomicU64,
+    down: std::sync::atomic::AtomicBool,
     traceparents: std::sync::Mutex<Vec<String>>,
 }
 
@@ -94,6 +98,14 @@ async fn items(
         "Jack" => "589".into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+async fn flaky(State(c): State<Arc<Counters>>) -> Response {
+    c.flaky.fetch_add(1, Ordering::SeqCst);
+    if c.down.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CACHE_CONTROL, "max-age=1")], "630").into_response()
 }
 
 async fn slow(State(c): State<Arc<Counters>>) -> &'static str {
@@ -178,6 +190,7 @@ impl Origin {
         let app = Router::new()
             .route("/items/{key}", get(items))
             .route("/slow/{key}", get(slow))
+            .route("/flaky/{key}", get(flaky))
             .route(
                 "/boom/{key}",
                 get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
@@ -208,6 +221,16 @@ impl Origin {
     /// Requests `/items/...` got.
     pub fn item_requests(&self) -> u64 {
         self.counters.items.load(Ordering::SeqCst)
+    }
+
+    /// Requests `/flaky/...` got.
+    pub fn flaky_requests(&self) -> u64 {
+        self.counters.flaky.load(Ordering::SeqCst)
+    }
+
+    /// Makes `/flaky` answer 500 (`true`) or 200 again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.counters.down.store(down, Ordering::SeqCst);
     }
 
     /// The `traceparent` headers `/items` requests carried, in order.

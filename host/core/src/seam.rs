@@ -83,6 +83,18 @@ pub trait Entries: Send + Sync + fmt::Debug + 'static {
 pub trait PeerService: Entries {
     /// Drops any local copy of `keys` (hot cache) without telling anyone.
     fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>>;
+
+    /// What this node holds in memory for `key` (its own value or a copy, fresh or within its
+    /// stale window), never loading it: how a key's new owner warms up from its previous one
+    /// after the ring changed. `Ok(None)`: nothing held. The default holds nothing.
+    fn peek<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        let _ = (group, key);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// Another node of the cluster: the [`PeerService`] it offers, asked over the network.
@@ -142,4 +154,18 @@ pub trait PeerPicker: Send + Sync + fmt::Debug + 'static {
     fn pick(&self, key: &str) -> Option<Arc<dyn RemotePeer>>;
     /// Every other node, for invalidation after a set or remove.
     fn others(&self) -> Vec<Arc<dyn RemotePeer>>;
+
+    /// For a key this node owns: where its value may still be held after the ring last
+    /// changed (or, on a node that just joined, in the ring of the others), while the change
+    /// is recent (`--handoff-window`): the key's owner under that ring first, then the next
+    /// node for it there (which may hold a hot copy), at most [`HANDOFF_CANDIDATES`] nodes,
+    /// never this one. The new owner peeks at them, in order, before it loads. The default:
+    /// none.
+    fn previous_owners(&self, key: &str) -> Vec<Arc<dyn RemotePeer>> {
+        let _ = key;
+        Vec::new()
+    }
 }
+
+/// Most nodes a key's new owner peeks at before it loads the key ([`PeerPicker::previous_owners`]).
+pub const HANDOFF_CANDIDATES: usize = 2;

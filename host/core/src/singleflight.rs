@@ -135,6 +135,24 @@ where
     T: Clone + Send + Sync + 'static,
     E: From<LoaderPanicked> + Send + Sync + 'static,
 {
+    /// Starts a load of `key` with `load` unless one is in flight (then `None`): the load is
+    /// registered before this returns, so a call or `start` that comes next joins it, even
+    /// before the returned future is first polled (for loads run in the background).
+    pub fn start<F, Fut>(
+        &self,
+        key: &str,
+        load: F,
+    ) -> Option<impl Future<Output = Result<T, Arc<E>>> + Send + 'static>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        match self.join_or_start(key, load) {
+            (_, true) => None,
+            (call, false) => Some(call),
+        }
+    }
+
     /// Returns the result of `load` for `key`, calling `load` only if no load for `key` is in
     /// flight; otherwise waits for that one.
     ///

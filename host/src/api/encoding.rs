@@ -18,12 +18,20 @@ pub(super) fn value_response(value: Bytes) -> Response {
         .into_response()
 }
 
+/// Says where a get's answer came from: `main`, `hot`, `stale`, `storage`, `peer` or
+/// `getter` ([`crate::group::Source`]).
+pub const SOURCE_HEADER: &str = "x-geecache-source";
+
 /// A get's answer: the plain value, or a stored gzip/zstd payload with its `Content-Encoding`.
 /// Either way the response varies with `Accept-Encoding`, so caches in between must key on it.
 pub(super) fn reply_response(reply: Reply) -> Response {
     let mut response = value_response(reply.body);
     let headers = response.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    headers.insert(
+        SOURCE_HEADER,
+        HeaderValue::from_static(reply.source.label()),
+    );
     if let Some(coding) = reply.content_encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
     }

@@ -185,6 +185,8 @@ impl AppState {
             plugins: self.inner.plugins.snapshots(),
             cluster: ClusterStats {
                 ring_members: cluster.ring_members().len() as u64,
+                ring_id: format!("{:016x}", cluster.ring_stamp().id()),
+                ring_mismatches: cluster.ring_stamp().mismatches(),
                 registration: cluster.registration(),
                 registry: cluster.registry_counts(),
             },
@@ -219,7 +221,7 @@ pub fn router(state: AppState) -> Router {
         metrics: state.inner.metrics.clone(),
     };
     let service: Arc<dyn PeerService> = Arc::new(state.inner.groups.clone());
-    let mut peer_routes = crate::peer::router_with_limits(
+    let mut peer_routes = crate::peer::router_with_ring(
         service,
         state.inner.peer_auth.clone(),
         PeerLimits {
@@ -227,6 +229,7 @@ pub fn router(state: AppState) -> Router {
             max_batch_bytes: options.max_batch_bytes,
             concurrency: options.peer_concurrency,
         },
+        state.inner.cluster.ring_stamp().clone(),
     );
     // Without a cluster secret the peer routes check nothing themselves: with an API token they
     // must not be a way around it, so every peer request then needs the token (a clustered node

@@ -81,6 +81,16 @@ mod tests {
             hot_hits: next(),
             negative_hits: next(),
             misses: next(),
+            miss_never_seen: next(),
+            miss_expired: next(),
+            miss_evicted: next(),
+            miss_negative_expired: next(),
+            miss_not_owner: next(),
+            miss_stale_refresh: next(),
+            miss_flushed: next(),
+            stale_refreshes: next(),
+            early_refreshes: next(),
+            refresh_errors: next(),
             loads: next(),
             loads_deduplicated: next(),
             getter_calls: next(),
@@ -88,6 +98,9 @@ mod tests {
             peer_loads: next(),
             peer_errors: next(),
             peer_requests_served: next(),
+            handoff_hits: next(),
+            handoff_misses: next(),
+            peeks_served: next(),
             storage_hits: next(),
             storage_misses: next(),
             storage_errors: next(),
@@ -141,6 +154,8 @@ mod tests {
             }],
             cluster: ClusterStats {
                 ring_members: 3,
+                ring_id: "00000000000000ab".into(),
+                ring_mismatches: 9,
                 registration: RegistrationState::Registered,
                 registry: RegistryCounts {
                     rejected: 4,
@@ -172,11 +187,13 @@ mod tests {
             .render(stats().samples())
             .unwrap();
         for g in &stats().groups {
-            for (name, tier, expected) in group_series(g) {
+            for (name, label, expected) in group_series(g) {
                 let group = format!("group=\"{}\"", g.name);
-                let tier = tier.map(|t| format!("tier=\"{t}\"")).unwrap_or_default();
-                let got = value(&text, name, &[&group, &tier]);
-                assert_eq!(got, Some(expected as f64), "{name} {group} {tier}\n{text}");
+                let label = label
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .unwrap_or_default();
+                let got = value(&text, name, &[&group, &label]);
+                assert_eq!(got, Some(expected as f64), "{name} {group} {label}\n{text}");
             }
         }
         let p = &stats().plugins[0];
@@ -194,6 +211,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(value(&text, "geecache_ring_members", &[]), Some(3.0));
+        assert_eq!(
+            value(&text, "geecache_peer_ring_mismatches_total", &[]),
+            Some(9.0)
+        );
         assert_eq!(
             value(
                 &text,

@@ -11,6 +11,10 @@ use crate::discovery::{RegistrationState, RegistryCounts};
 pub struct ClusterStats {
     /// Members of this node's ring, itself included.
     pub ring_members: u64,
+    /// This node's ring identity (hex): nodes that agree on the members show the same.
+    pub ring_id: String,
+    /// Peer requests received from nodes whose ring differed from this node's.
+    pub ring_mismatches: u64,
     /// Where this node stands with etcd (`static` without etcd).
     pub registration: RegistrationState,
     /// Registry entries rejected, own entry written back (etcd only).
@@ -22,6 +26,10 @@ pub const CLUSTER_METRICS: Table = &[
     (
         "geecache_ring_members",
         "Members of this node's ring, itself included.",
+    ),
+    (
+        "geecache_peer_ring_mismatches_total",
+        "Peer requests received from nodes whose ring (member list) differed from this node's: rings that disagree, for a moment during a membership change or for long on a split view.",
     ),
     (
         "geecache_registration_state",
@@ -41,6 +49,11 @@ pub const CLUSTER_METRICS: Table = &[
 pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Option<&'static str>, f64)> {
     let mut series = vec![
         ("geecache_ring_members", None, c.ring_members as f64),
+        (
+            "geecache_peer_ring_mismatches_total",
+            None,
+            c.ring_mismatches as f64,
+        ),
         (
             "geecache_registry_entries_rejected_total",
             None,

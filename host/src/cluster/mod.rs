@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -26,6 +26,7 @@ use crate::error::Result;
 use crate::group::{Entries, OwnerItem, PeerEntry, PeerPicker, PeerService, RemotePeer};
 use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerHttp};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
+use crate::seam::HANDOFF_CANDIDATES;
 use crate::telemetry::Metrics;
 
 mod coalesce;
@@ -132,6 +133,18 @@ impl PeerService for Peer {
                 .timed("invalidate", span, self.core.client.invalidate(group, keys)),
         )
     }
+
+    fn peek<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        let span = tracing::info_span!("geecache.peer.peek", peer = &*self.core.addr, group);
+        Box::pin(
+            self.core
+                .timed("peek", span, self.core.client.peek(group, key)),
+        )
+    }
 }
 
 impl RemotePeer for Peer {
@@ -180,6 +193,23 @@ struct View {
     members: Vec<Member>,
 }
 
+/// The ring before the last change, for warm handoff: a key's new owner peeks at the node
+/// that owned it under this ring (see [`PeerPicker::previous_owners`]).
+#[derive(Debug)]
+struct Previous {
+    /// Who owned which key.
+    ring: Ring,
+    /// The clients of that ring's nodes (a node that left may still answer during its
+    /// shutdown grace).
+    peers: HashMap<String, Arc<Peer>>,
+    /// When the window for asking ends.
+    until: Instant,
+}
+
+/// How long after a ring change (or after this node started) a key's new owner peeks at its
+/// previous owner before loading it (`--handoff-window`).
+pub const DEFAULT_HANDOFF_WINDOW: Duration = Duration::from_secs(60);
+
 /// What `/api/v1/cluster` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterSnapshot {
@@ -220,9 +250,25 @@ pub struct Cluster {
     write_timeout_ms: AtomicU64,
     /// Counts the ring's changes, from 1 (see [`Cluster::ring_version`]).
     ring_version: AtomicU64,
+    /// This ring's identity, sent with every peer request and checked on those received.
+    ring_stamp: Arc<crate::peer::RingStamp>,
+    /// The ring before the last change while its handoff window lasts (see [`Previous`]).
+    previous: RwLock<Option<Arc<Previous>>>,
+    /// Whether the ring has held other nodes since this node started (see [`Cluster::join`]).
+    joined: std::sync::atomic::AtomicBool,
+    /// How long a previous ring is asked for keys' values, in milliseconds (0: never).
+    handoff_window_ms: AtomicU64,
     /// What a peer's answer may hold: the largest value and the batch budget (see
     /// [`Cluster::set_answer_limits`]); 0 until set (no cap but the client's default).
     answer_limits: [AtomicUsize; 2],
+}
+
+/// The identity of `ring` as peers compare it: a hash of its members in ring order (the same
+/// on every node that sees the same members), never 0.
+fn ring_identity(ring: &Ring) -> u64 {
+    let mut members: Vec<&str> = ring.members().iter().map(String::as_str).collect();
+    members.sort_unstable();
+    xxhash_rust::xxh3::xxh3_64(members.join("\n").as_bytes()).max(1)
 }
 
 /// Whole milliseconds of `d`, saturating.
@@ -289,8 +335,15 @@ impl Cluster {
             coalesce_keys: AtomicUsize::new(coalesce::DEFAULT_MAX_KEYS),
             write_timeout_ms: AtomicU64::new(millis(peer_timeout)),
             ring_version: AtomicU64::new(1),
+            ring_stamp: Arc::new(crate::peer::RingStamp::default()),
+            previous: RwLock::new(None),
+            joined: std::sync::atomic::AtomicBool::new(false),
+            handoff_window_ms: AtomicU64::new(millis(DEFAULT_HANDOFF_WINDOW)),
             answer_limits: [AtomicUsize::new(0), AtomicUsize::new(0)],
         };
+        cluster
+            .ring_stamp
+            .set(ring_identity(&lock_read(&cluster.view).ring));
         Arc::new(cluster)
     }
 
@@ -318,7 +371,32 @@ impl Cluster {
         self.answer_limits[1].store(max_batch_bytes, Ordering::Relaxed);
     }
 
-    /// Follows `membership` from now on: every change rebuilds the ring at once.
+    /// How long after a ring change a key's new owner asks its previous owner for the value
+    /// before loading it (`--handoff-window`; zero: never). Set it before [`Cluster::join`].
+    pub fn set_handoff_window(&self, window: Duration) {
+        self.handoff_window_ms
+            .store(millis(window), Ordering::Relaxed);
+    }
+
+    /// Remembers `ring` (and the clients of its nodes) as the previous one for the handoff
+    /// window, from now.
+    fn remember_previous(&self, ring: Ring, peers: HashMap<String, Arc<Peer>>) {
+        let window = Duration::from_millis(self.handoff_window_ms.load(Ordering::Relaxed));
+        let previous = (!window.is_zero()).then(|| {
+            Arc::new(Previous {
+                ring,
+                peers,
+                until: Instant::now() + window,
+            })
+        });
+        *lock_write(&self.previous) = previous;
+    }
+
+    /// Follows `membership` from now on: every change rebuilds the ring at once. A node that
+    /// joins warms up from the others: when its ring first holds other nodes (at once, or when
+    /// the membership source first lists them), the "previous" ring is the members without
+    /// this node, so each key it now owns is first asked of the node that held it while it was
+    /// away (a restart at the same address, or a new node).
     pub fn join(self: &Arc<Self>, membership: Membership) {
         let mut members = membership.members();
         self.apply(&members.borrow_and_update().clone());
@@ -371,6 +449,15 @@ impl Cluster {
             peers,
             members: members.to_vec(),
         });
+        let view = lock_read(&self.view).clone();
+        self.ring_stamp.set(ring_identity(&view.ring));
+        if self.joined.swap(true, Ordering::AcqRel) {
+            self.remember_previous(old.ring.clone(), old.peers.clone());
+        } else {
+            // The first ring with others: they held this node's keys while it was away.
+            let others = view.ring.members().iter().filter(|a| **a != self.self_addr);
+            self.remember_previous(Ring::new(DEFAULT_REPLICAS, others), view.peers.clone());
+        }
         // After the new view is in: whoever reads the new version sees the new ring.
         self.ring_version.fetch_add(1, Ordering::AcqRel);
     }
@@ -382,6 +469,7 @@ impl Cluster {
                 self.write_timeout_ms.load(Ordering::Relaxed),
             ))
             .secret(self.secret.clone())
+            .ring(self.ring_stamp.clone())
             .http_client(self.http.clone());
         let (value, batch) = (
             self.answer_limits[0].load(Ordering::Relaxed),
@@ -527,6 +615,12 @@ impl Cluster {
         self.ring_version.load(Ordering::Acquire)
     }
 
+    /// This node's ring identity and the count of peer requests whose sender's ring differed
+    /// (see [`crate::peer::RingStamp`]); the peer routes share it.
+    pub fn ring_stamp(&self) -> &Arc<crate::peer::RingStamp> {
+        &self.ring_stamp
+    }
+
     /// Whether `f` holds for the address of some member of the ring (this node included).
     pub fn any_member(&self, mut f: impl FnMut(&str) -> bool) -> bool {
         lock_read(&self.view)
@@ -567,6 +661,28 @@ impl PeerPicker for Cluster {
             .map(|p| p.clone() as Arc<dyn RemotePeer>)
             .collect()
     }
+
+    fn previous_owners(&self, key: &str) -> Vec<Arc<dyn RemotePeer>> {
+        let Some(previous) = lock_read(&self.previous).clone() else {
+            return Vec::new();
+        };
+        if Instant::now() >= previous.until {
+            return Vec::new();
+        }
+        let owners = previous.ring.owners(key, HANDOFF_CANDIDATES + 1);
+        // Only when this node did not own the key before (it would hold it, or nobody does).
+        if owners.first().is_none_or(|o| *o == self.self_addr) {
+            return Vec::new();
+        }
+        let view = lock_read(&self.view).clone();
+        owners
+            .into_iter()
+            .filter(|o| *o != self.self_addr)
+            .take(HANDOFF_CANDIDATES)
+            .filter_map(|o| view.peers.get(o).or_else(|| previous.peers.get(o)).cloned())
+            .map(|p| p as Arc<dyn RemotePeer>)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -590,6 +706,60 @@ mod tests {
         assert_eq!(cluster.ring_version(), two, "the same members");
         cluster.apply(&[Member::new(me, me)]);
         assert_ne!(cluster.ring_version(), two, "a member left");
+        cluster.leave().await;
+    }
+
+    #[tokio::test]
+    async fn a_key_that_moved_names_its_previous_owner_within_the_window_only() {
+        let (me, b, c) = ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003");
+        let cluster = Cluster::new(me, me, None, Duration::from_secs(1), Metrics::new(me, &[]));
+        cluster.set_handoff_window(Duration::from_millis(300));
+        let all = [
+            Member::new(me, me),
+            Member::new("b", b),
+            Member::new("c", c),
+        ];
+        cluster.join(Membership::fixed(Member::new(me, me), all[1..].to_vec()));
+        // Just joined: each key this node owns was held by its owner among the others.
+        let without_me = Ring::new(DEFAULT_REPLICAS, [b, c]);
+        let mine: Vec<String> = (0..200)
+            .map(|i| format!("k{i}"))
+            .filter(|k| cluster.pick(k).is_none())
+            .collect();
+        assert!(mine.len() > 30, "{}", mine.len());
+        for k in &mine {
+            let named: Vec<String> = cluster
+                .previous_owners(k)
+                .iter()
+                .map(|p| p.id().to_owned())
+                .collect();
+            assert_eq!(
+                named,
+                without_me.owners(k, 2),
+                "{k}: its owner, then the next node"
+            );
+        }
+        // c leaves: c's keys that this node now owns name c, which may still answer during
+        // its grace; keys that did not move name nobody.
+        let before = Ring::new(DEFAULT_REPLICAS, [me, b, c]);
+        cluster.apply(&all[..2]);
+        for i in 0..200 {
+            let k = format!("k{i}");
+            if cluster.pick(&k).is_some() {
+                continue;
+            }
+            let named = cluster
+                .previous_owners(&k)
+                .first()
+                .map(|p| p.id().to_owned());
+            let was = before.owner(&k).unwrap();
+            assert_eq!(named.as_deref(), (was != me).then_some(was), "{k}");
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(
+            mine.iter().all(|k| cluster.previous_owners(k).is_empty()),
+            "window over"
+        );
         cluster.leave().await;
     }
 }

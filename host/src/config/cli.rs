@@ -86,6 +86,17 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_NEGATIVE_TTL")]
     pub negative_ttl: Option<String>,
 
+    /// How long past its expiry a value is still answered (X-Geecache-Source: stale) while
+    /// one background refresh per key reloads it at its owner; a failing source is covered
+    /// for as long (stale-if-error); 0s disables [default: 0s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_STALE")]
+    pub stale: Option<String>,
+
+    /// Window before expiry in which hits may refresh a value early, more likely as the
+    /// expiry nears (XFetch); 0s disables [default: 0s].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_REFRESH_AHEAD")]
+    pub refresh_ahead: Option<String>,
+
     /// Longest key accepted, in bytes [default: 1024].
     #[arg(long, env = "GEECACHE_MAX_KEY_BYTES")]
     pub max_key_bytes: Option<usize>,
@@ -260,6 +271,17 @@ pub struct Cli {
     /// many keys (up to 1000); 0 or 1 sends every get alone, at once [default: 16].
     #[arg(long, value_name = "N", env = "GEECACHE_PEER_COALESCE")]
     pub peer_coalesce: Option<usize>,
+
+    /// For this long after the ring changes (or after this node joins), a key this node newly
+    /// owns is first asked of the node that held it before, from memory, before the storage
+    /// tier's miss goes to the getter (warm handoff); 0s disables [default: 1m].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_HANDOFF_WINDOW")]
+    pub handoff_window: Option<String>,
+
+    /// Longest a key's new owner waits for the previous owner's answer to such a peek before
+    /// loading the key itself [default: 50ms].
+    #[arg(long, value_name = "DURATION", env = "GEECACHE_HANDOFF_TIMEOUT")]
+    pub handoff_timeout: Option<String>,
 
     /// Static cluster: the other nodes' addresses (host:port), comma-separated. This node's
     /// own address may be listed too. Ignored with --etcd-endpoints.

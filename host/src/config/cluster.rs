@@ -47,6 +47,8 @@ pub struct ClusterSettings {
     pub secret: Option<String>,
     /// Most keys in one coalesced batch of peer gets (0 or 1: every get alone).
     pub peer_coalesce: usize,
+    /// How long after a ring change a key's new owner peeks at its previous owner (0: never).
+    pub handoff_window: Duration,
 }
 
 impl ClusterSettings {
@@ -129,6 +131,9 @@ pub(super) fn cluster(cli: &Cli, bind: IpAddr, port: u16) -> Result<ClusterSetti
             Some(n) => n,
             None => crate::cluster::DEFAULT_COALESCE_KEYS,
         },
+        handoff_window: given(cli.handoff_window.as_deref(), parse_duration)
+            .map_err(|e| format!("--handoff-window: {e}"))?
+            .unwrap_or(crate::cluster::DEFAULT_HANDOFF_WINDOW),
     })
 }
 

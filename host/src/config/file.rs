@@ -76,6 +76,10 @@ pub struct FileGroup {
     pub ttl: Option<String>,
     /// How long "no such key" is remembered.
     pub negative_ttl: Option<String>,
+    /// How long past its expiry a value is still answered while it is refreshed.
+    pub stale: Option<String>,
+    /// Window before expiry in which hits may refresh a value early.
+    pub refresh_ahead: Option<String>,
     /// Longest key.
     pub max_key_bytes: Option<usize>,
     /// Largest value.

@@ -59,11 +59,16 @@ fn base_options(cli: &Cli, load_timeout: Duration) -> Result<GroupOptions, Strin
         hot_ttl: d.hot_ttl,
         ttl: given(cli.ttl.as_deref(), parse_duration)?,
         negative_ttl: given(cli.negative_ttl.as_deref(), parse_duration)?.unwrap_or(d.negative_ttl),
+        stale: given(cli.stale.as_deref(), parse_duration)?.unwrap_or(d.stale),
+        refresh_ahead: given(cli.refresh_ahead.as_deref(), parse_duration)?
+            .unwrap_or(d.refresh_ahead),
         max_key_bytes: cli.max_key_bytes.unwrap_or(d.max_key_bytes),
         max_value_bytes: given(cli.max_value_bytes.as_deref(), size_usize)?
             .unwrap_or(d.max_value_bytes),
         load_timeout,
         peer_timeout: given(cli.peer_timeout.as_deref(), parse_duration)?.unwrap_or(d.peer_timeout),
+        handoff_timeout: given(cli.handoff_timeout.as_deref(), parse_duration)?
+            .unwrap_or(d.handoff_timeout),
         compression: match &cli.compression {
             Some(codec) => codec.parse()?,
             None => d.compression,
@@ -101,6 +106,14 @@ fn from_file(cli: &Cli, g: &FileGroup, base: &GroupOptions) -> Result<GroupSpec,
         negative_ttl: match (&cli.negative_ttl, &g.negative_ttl) {
             (None, Some(s)) => parse_duration(s).map_err(ctx)?,
             _ => base.negative_ttl,
+        },
+        stale: match (&cli.stale, &g.stale) {
+            (None, Some(s)) => parse_duration(s).map_err(ctx)?,
+            _ => base.stale,
+        },
+        refresh_ahead: match (&cli.refresh_ahead, &g.refresh_ahead) {
+            (None, Some(s)) => parse_duration(s).map_err(ctx)?,
+            _ => base.refresh_ahead,
         },
         max_key_bytes: cli
             .max_key_bytes

@@ -14,8 +14,8 @@ use super::auth::{self, ClusterSecret};
 use super::http::{HttpError, PeerHttp, http_client};
 use super::proto::{self, batch_item, get_response};
 use super::{
-    BATCH_SEGMENT, CONTENT_TYPE, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PeerEntry,
-    PeerError, encode_segment, key_path,
+    BATCH_SEGMENT, CONTENT_TYPE, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PEEK_SEGMENT,
+    PeerEntry, PeerError, encode_segment, key_path,
 };
 
 /// Per-request timeout when the builder is given none.
@@ -69,6 +69,8 @@ struct Inner {
     authority: String,
     /// Signs every request when the cluster has a secret.
     secret: Option<ClusterSecret>,
+    /// This node's ring identity, sent with every request (`None`: not sent).
+    ring: Option<Arc<super::RingStamp>>,
     /// Bound on each whole request, so a slow peer cannot hold a client request hostage.
     timeout: Duration,
     /// The bound of a PUT or DELETE (see [`PeerClientBuilder::write_timeout`]).
@@ -99,9 +101,18 @@ pub struct PeerClientBuilder {
     max_response_bytes: usize,
     /// See [`PeerClientBuilder::answer_limits`].
     answer_limits: Option<(usize, usize)>,
+    /// See [`PeerClientBuilder::ring`].
+    ring: Option<Arc<super::RingStamp>>,
 }
 
 impl PeerClientBuilder {
+    /// Sends this node's ring identity with every request ([`super::RING_HEADER`]), so the
+    /// peer can count requests from nodes whose ring differs from its own.
+    pub fn ring(mut self, ring: Arc<super::RingStamp>) -> Self {
+        self.ring = Some(ring);
+        self
+    }
+
     /// Bound on each request, from connecting to reading the whole answer
     /// ([`DEFAULT_TIMEOUT`] by default). Past it, calls fail with [`PeerError::Timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -195,6 +206,7 @@ impl PeerClientBuilder {
                 max_response_bytes: self.max_response_bytes,
                 max_value_bytes: self.answer_limits.map_or(usize::MAX, |l| l.0),
                 max_batch_bytes: self.answer_limits.map_or(usize::MAX, |l| l.1),
+                ring: self.ring,
             }),
         })
     }
@@ -224,6 +236,7 @@ impl PeerClient {
             secret: None,
             http: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            ring: None,
             answer_limits: None,
         }
     }
@@ -241,6 +254,31 @@ impl PeerClient {
         let body = self
             .send(Method::GET, key_path(group, key), Vec::new(), Asked::Value)
             .await?;
+        self.get_answer(body)
+    }
+
+    /// What the node holds in memory for `key`, never loaded (`_peek`): how a key's new owner
+    /// warms up from its previous one.
+    ///
+    /// # Errors
+    /// Any [`PeerError`].
+    pub async fn peek(&self, group: &str, key: &str) -> Result<Option<PeerEntry>, PeerError> {
+        let request = proto::PeekRequest {
+            key: key.to_owned(),
+        };
+        let body = self
+            .send(
+                Method::POST,
+                action_path(group, PEEK_SEGMENT),
+                request.encode_to_vec(),
+                Asked::Value,
+            )
+            .await?;
+        self.get_answer(body)
+    }
+
+    /// A `GetResponse`: the entry, or `None` for `Missing`.
+    fn get_answer(&self, body: Bytes) -> Result<Option<PeerEntry>, PeerError> {
         let answer: proto::GetResponse = self.decode(body)?;
         match answer.result {
             Some(get_response::Result::Entry(entry)) => self.entry(entry).map(Some),
@@ -433,6 +471,9 @@ impl PeerClient {
         let headers = request.headers_mut();
         // The current span's trace context, so the owner's spans join the caller's trace.
         crate::telemetry::inject_current(headers);
+        if let Some(ring) = &inner.ring {
+            headers.insert(super::RING_HEADER, header::HeaderValue::from(ring.id()));
+        }
         let mut nonce = None;
         if let Some(secret) = &inner.secret {
             // Signed for the path exactly as it goes on the wire.

@@ -26,7 +26,8 @@ use super::auth::{self, AuthError, NodeAuth, SignedHeaders};
 use super::proto::{self, batch_item, get_response};
 use super::{
     BATCH_SEGMENT, CONTENT_TYPE, DEFAULT_MAX_BODY_BYTES, DEFAULT_PEER_CONCURRENCY,
-    INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PeerEntry, PeerService, decode_segment,
+    INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PEEK_SEGMENT, PeerEntry, PeerService,
+    decode_segment,
 };
 use crate::batch::{self, Slot};
 use crate::error::Error;
@@ -70,11 +71,23 @@ pub fn router_with_limits(
     auth: Option<NodeAuth>,
     limits: PeerLimits,
 ) -> Router {
+    router_with_ring(service, auth, limits, Arc::default())
+}
+
+/// [`router_with_limits`] that counts requests from peers whose ring differs from this node's
+/// (`ring`, the cluster's: see [`super::RingStamp`]).
+pub fn router_with_ring(
+    service: Arc<dyn PeerService>,
+    auth: Option<NodeAuth>,
+    limits: PeerLimits,
+    ring: Arc<super::RingStamp>,
+) -> Router {
     let secret = auth.as_ref().map(|a| a.secret().clone());
     let state = PeerState {
         service,
         auth,
         max_batch_bytes: limits.max_batch_bytes,
+        ring,
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1)));
     // One catch-all route, parsed by `parse_path`: the router's own `{group}/{key}` matching
@@ -126,6 +139,8 @@ struct PeerState {
     auth: Option<NodeAuth>,
     /// Byte budget of one `_batch` answer.
     max_batch_bytes: usize,
+    /// This node's ring identity, against which requests' are counted.
+    ring: Arc<super::RingStamp>,
 }
 
 /// An error answer: a status and an `ErrorInfo` body.
@@ -245,6 +260,7 @@ impl FromRequest<PeerState> for PeerRequest {
             }
             None => None,
         };
+        state.ring.check(req.headers().get(super::RING_HEADER));
         let body = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Failure::new(e.status(), "body_too_large", e.body_text())
@@ -354,22 +370,37 @@ async fn route(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure
         Method::DELETE => delete_key(state, req).await,
         Method::POST if req.key == BATCH_SEGMENT => batch_get(state, req).await,
         Method::POST if req.key == INVALIDATE_SEGMENT => invalidate(state, req).await,
+        Method::POST if req.key == PEEK_SEGMENT => peek(state, req).await,
         _ => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "peer keys accept GET, PUT and DELETE; POST only to _batch and _invalidate",
+            "peer keys accept GET, PUT and DELETE; POST only to _batch, _invalidate and _peek",
         )),
     }
 }
 
 async fn get_key(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
-    let result = match state.service.get(&req.group, &req.key).await? {
+    let entry = state.service.get(&req.group, &req.key).await?;
+    Ok(get_response(entry))
+}
+
+/// `_peek`: what this node holds for the key, never loaded.
+async fn peek(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    let message: proto::PeekRequest = req.decode("PeekRequest")?;
+    check_keys(std::slice::from_ref(&message.key))?;
+    let entry = state.service.peek(&req.group, &message.key).await?;
+    Ok(get_response(entry))
+}
+
+/// A `GetResponse` carrying `entry`, or `Missing`.
+fn get_response(entry: Option<PeerEntry>) -> Response {
+    let result = match entry {
         Some(entry) => get_response::Result::Entry(entry.into()),
         None => get_response::Result::Missing(proto::Missing {}),
     };
-    Ok(protobuf(&proto::GetResponse {
+    protobuf(&proto::GetResponse {
         result: Some(result),
-    }))
+    })
 }
 
 async fn set_key(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {

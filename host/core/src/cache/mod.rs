@@ -9,15 +9,22 @@
 //!   millisecond whatever moka's own timer does; moka is also told the remaining time (through
 //!   [`moka::Expiry`]) so that expired entries nobody reads are dropped eventually;
 //! - negative entries ([`Cached::NotFound`]) so that a missing key cannot hammer the origin;
-//! - an eviction counter for metrics;
+//! - stale windows: an entry may carry `stale_ms`, how long past its expiry it may still be
+//!   answered (marked stale) while it is refreshed; [`Cache::lookup`] tells fresh from stale,
+//!   [`Cache::get`] returns fresh entries only;
+//! - an eviction counter for metrics, and for the main tier a ghost table (`ghosts.rs`) that
+//!   remembers why keys left (evicted, expired, flushed), so a miss is counted by its reason;
 //! - keys that carry their hash (`StoreKey`), so that moka's table rehashes read a stored
 //!   number instead of hashing every key's text again.
 
 mod clock;
 mod doorkeeper;
+mod ghosts;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use doorkeeper::Doorkeeper;
+use ghosts::Ghosts;
+pub use ghosts::{MissReason, ghost_slots};
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
@@ -61,6 +68,10 @@ pub struct CacheEntry {
     /// setter; the entry is a miss from this instant on. `None` never expires (the byte budget
     /// still evicts it).
     pub expires_at_ms: Option<u64>,
+    /// How long past `expires_at_ms` the entry may still be answered, marked stale, while it
+    /// is refreshed (stale-while-revalidate, stale-if-error); 0: not at all. The cache drops
+    /// it at the window's end.
+    pub stale_ms: u32,
 }
 
 impl CacheEntry {
@@ -68,6 +79,25 @@ impl CacheEntry {
     /// exactly, not one millisecond later.
     pub fn is_expired_at(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Whether the entry is past its stale window too at `now_ms`: nothing may answer it.
+    pub fn is_dead_at(&self, now_ms: u64) -> bool {
+        self.dead_at_ms().is_some_and(|at| at <= now_ms)
+    }
+
+    /// When the entry stops being answerable at all: its expiry plus its stale window.
+    fn dead_at_ms(&self) -> Option<u64> {
+        self.expires_at_ms
+            .map(|at| at.saturating_add(u64::from(self.stale_ms)))
+    }
+
+    /// Why this entry, once expired, is a miss.
+    fn expiry_reason(&self) -> MissReason {
+        match self.cached {
+            Cached::Value(_) => MissReason::Expired,
+            Cached::NotFound => MissReason::NegativeExpired,
+        }
     }
 
     /// What the entry counts against the byte budget when stored under `key`: key bytes + value
@@ -81,9 +111,10 @@ impl CacheEntry {
         weight_of(key.len(), value_len)
     }
 
-    /// Time left before expiry at `now_ms`, for moka's timer; `None` for "never".
+    /// Time left before the end of the stale window at `now_ms`, for moka's timer; `None`
+    /// for "never".
     fn remaining_at(&self, now_ms: u64) -> Option<Duration> {
-        self.expires_at_ms
+        self.dead_at_ms()
             .map(|at| Duration::from_millis(at.saturating_sub(now_ms)))
     }
 }
@@ -236,6 +267,21 @@ pub struct Cache {
     evictions: Arc<AtomicU64>,
     /// The tier's name ("main", "hot", ...), for logs and metric labels.
     name: Arc<str>,
+    /// Why keys left, for miss reasons (`ghosts.rs`); shared with moka's eviction listener.
+    /// `None` for a tier whose misses need no reason (the hot tier).
+    ghosts: Option<Arc<Ghosts>>,
+}
+
+/// What [`Cache::lookup`] found for a key.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A live entry.
+    Fresh(Arc<CacheEntry>),
+    /// An entry past its expiry but within its stale window: answerable, marked stale, while
+    /// it is refreshed.
+    Stale(Arc<CacheEntry>),
+    /// Nothing answerable, and why.
+    Miss(MissReason),
 }
 
 impl fmt::Debug for Cache {
@@ -260,13 +306,15 @@ impl Cache {
             max_bytes,
             clock: Arc::new(SystemClock),
             name: "cache".to_owned(),
+            ghosts: false,
         }
     }
 
-    /// The live entry for `key`, or `None` on a miss.
+    /// The live entry for `key`, or `None` on a miss. An entry in its stale window is a miss
+    /// here (and stays: [`Cache::lookup`] answers it).
     ///
-    /// An entry whose `expires_at_ms` is at or before the clock's now is a miss, and is removed
-    /// (counted in [`Cache::evictions`]).
+    /// An entry past its expiry and its stale window is a miss, and is removed (counted in
+    /// [`Cache::evictions`]).
     ///
     /// # Concurrent calls on the same key
     ///
@@ -274,35 +322,62 @@ impl Cache {
     /// removal of an expired entry is atomic per key and removes only an entry that is expired,
     /// so a fresh entry inserted meanwhile is kept (this `get` still reports a miss).
     pub fn get(&self, key: &str) -> Option<Arc<CacheEntry>> {
+        match self.lookup_inner(key, false) {
+            Lookup::Fresh(entry) => Some(entry),
+            _ => None,
+        }
+    }
+
+    /// The entry for `key`: fresh, stale (past its expiry, within its stale window), or a miss
+    /// with its reason (from the ghost table when the tier keeps one, else "never seen").
+    ///
+    /// # Concurrent calls on the same key
+    /// As [`Cache::get`].
+    pub fn lookup(&self, key: &str) -> Lookup {
+        self.lookup_inner(key, true)
+    }
+
+    fn lookup_inner(&self, key: &str, reason: bool) -> Lookup {
         let key = KeyRef::new(key);
-        let entry = self.store.get(&key)?;
+        let Some(entry) = self.store.get(&key) else {
+            return Lookup::Miss(match (&self.ghosts, reason) {
+                (Some(ghosts), true) => ghosts.reason(key.hash),
+                _ => MissReason::NeverSeen,
+            });
+        };
         // An entry without an expiry needs no clock read (a tenth of a hit's cost).
         let Some(expires_at_ms) = entry.expires_at_ms else {
-            return Some(entry);
+            return Lookup::Fresh(entry);
         };
         let now_ms = self.clock.now_ms();
         if expires_at_ms > now_ms {
-            return Some(entry);
+            return Lookup::Fresh(entry);
+        }
+        if !entry.is_dead_at(now_ms) {
+            return Lookup::Stale(entry);
         }
         let outcome = self
             .store
             .entry(key.to_key())
             .and_compute_with(|current| match current {
-                Some(current) if current.value().is_expired_at(now_ms) => Op::Remove,
+                Some(current) if current.value().is_dead_at(now_ms) => Op::Remove,
                 _ => Op::Nop,
             });
         // Moka reports this removal as explicit, so it is counted here rather than by the
         // eviction listener.
         if matches!(outcome, CompResult::Removed(_)) {
             self.evictions.fetch_add(1, Ordering::Relaxed);
+            if let Some(ghosts) = &self.ghosts {
+                ghosts.record(key.hash, entry.expiry_reason());
+            }
         }
-        None
+        Lookup::Miss(entry.expiry_reason())
     }
 
     /// Stores `entry` under `key`, replacing any previous entry; returns whether it was stored.
     ///
-    /// An entry that is already expired, or whose weight alone exceeds [`Cache::max_bytes`], is
-    /// refused: nothing is stored and `false` is returned. A refused entry still removes the
+    /// An entry that is already past its expiry and stale window, or whose weight alone exceeds
+    /// [`Cache::max_bytes`], is refused: nothing is stored and `false` is returned. A refused entry still removes the
     /// previous entry under `key`, because that one is older than the refused one and must not
     /// be served in its place.
     ///
@@ -317,7 +392,7 @@ impl Cache {
         let key = StoreKey::new(key);
         let now_ms = self.clock.now_ms();
         let weight = entry.weight(&key.text);
-        if entry.is_expired_at(now_ms) || weight > self.max_bytes {
+        if entry.is_dead_at(now_ms) || weight > self.max_bytes {
             tracing::debug!(
                 cache = %self.name,
                 key = %key.text,
@@ -339,8 +414,14 @@ impl Cache {
         self.store.invalidate(&KeyRef::new(key));
     }
 
-    /// Removes every entry (not counted as evictions).
+    /// Removes every entry (not counted as evictions); with a ghost table, each key's next
+    /// miss is counted as flushed.
     pub fn clear(&self) {
+        if let Some(ghosts) = &self.ghosts {
+            for (key, _) in self.store.iter() {
+                ghosts.record(key.hash, MissReason::Flushed);
+            }
+        }
         self.store.invalidate_all();
     }
 
@@ -404,6 +485,8 @@ pub struct CacheBuilder {
     clock: Arc<dyn Clock>,
     /// The tier's name, for logs and metrics; "cache" unless overridden.
     name: String,
+    /// Whether to keep a ghost table for miss reasons.
+    ghosts: bool,
 }
 
 impl CacheBuilder {
@@ -419,10 +502,21 @@ impl CacheBuilder {
         self
     }
 
+    /// Keeps a ghost table so that [`Cache::lookup`] tells why a key is missing (its size
+    /// follows the budget: [`ghost_slots`]).
+    pub fn miss_reasons(mut self) -> Self {
+        self.ghosts = true;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         let evictions = Arc::new(AtomicU64::new(0));
         let listener_evictions = Arc::clone(&evictions);
+        let ghosts = self
+            .ghosts
+            .then(|| Arc::new(Ghosts::new(ghost_slots(self.max_bytes))));
+        let listener_ghosts = ghosts.clone();
         let store = moka::sync::Cache::builder()
             .name(&self.name)
             .max_capacity(self.max_bytes)
@@ -430,9 +524,17 @@ impl CacheBuilder {
             .expire_after(ClockExpiry {
                 clock: Arc::clone(&self.clock),
             })
-            .eviction_listener(move |_key, _entry, cause: RemovalCause| {
+            .eviction_listener(move |key, entry: Arc<CacheEntry>, cause: RemovalCause| {
                 if cause.was_evicted() {
                     listener_evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                let reason = match cause {
+                    RemovalCause::Size => MissReason::Evicted,
+                    RemovalCause::Expired => entry.expiry_reason(),
+                    RemovalCause::Explicit | RemovalCause::Replaced => return,
+                };
+                if let Some(ghosts) = &listener_ghosts {
+                    ghosts.record(key.hash, reason);
                 }
             })
             .build_with_hasher(StoredHash);
@@ -442,6 +544,7 @@ impl CacheBuilder {
             max_bytes: self.max_bytes,
             evictions,
             name: self.name.into(),
+            ghosts,
         }
     }
 }
@@ -498,6 +601,7 @@ mod tests {
         CacheEntry {
             cached: raw(bytes),
             expires_at_ms,
+            stale_ms: 0,
         }
     }
 
@@ -505,6 +609,7 @@ mod tests {
         CacheEntry {
             cached: Cached::NotFound,
             expires_at_ms,
+            stale_ms: 0,
         }
     }
 
@@ -557,6 +662,7 @@ mod tests {
             let entry = CacheEntry {
                 cached: payload.clone(),
                 expires_at_ms: None,
+                stale_ms: 0,
             };
             assert!(cache.insert(&format!("key-{i:04}"), entry));
         }
@@ -577,6 +683,7 @@ mod tests {
         let too_big = CacheEntry {
             cached: raw(&[0u8; 1_000]),
             expires_at_ms: None,
+            stale_ms: 0,
         };
         assert!(!cache.insert("big", too_big));
         assert!(cache.get("big").is_none());
@@ -590,6 +697,7 @@ mod tests {
         let fits = CacheEntry {
             cached: raw(&vec![0u8; len]),
             expires_at_ms: None,
+            stale_ms: 0,
         };
         assert_eq!(fits.weight("fits"), 1_000);
         assert!(cache.insert("fits", fits));
@@ -607,6 +715,7 @@ mod tests {
         let too_big = CacheEntry {
             cached: raw(&[0u8; 2_000]),
             expires_at_ms: None,
+            stale_ms: 0,
         };
         assert!(!cache.insert("k", too_big));
         assert!(cache.get("k").is_none());

@@ -45,12 +45,18 @@ impl Core {
         }
         let now = self.clock.now_ms();
         let o = &self.options;
-        let (cached, expires_at_ms) = match found {
-            Some((stored, expires)) => (Cached::Value(stored.clone()), self.expiry(expires)),
+        let (cached, expires_at_ms, stale_ms) = match found {
+            Some((stored, expires)) => (
+                Cached::Value(stored.clone()),
+                self.expiry(expires),
+                self.stale_ms(),
+            ),
             None if o.negative_ttl.is_zero() => return,
+            // "No such key" is never answered stale: it expires, and is asked again.
             None => (
                 Cached::NotFound,
                 Some(now.saturating_add(ms(o.negative_ttl))),
+                0,
             ),
         };
         if let (true, Some((stored, _))) = (write_through, found) {
@@ -69,6 +75,7 @@ impl Core {
             CacheEntry {
                 cached,
                 expires_at_ms,
+                stale_ms,
             },
         );
         drop(current);

@@ -60,30 +60,108 @@ impl Core {
     }
 
     /// Answers from the main then the hot cache, with one cache read per tier; counts nothing
-    /// and says which tier answered. A value stored in a content coding that `accepted` lists
-    /// is answered with its stored payload as it is: values in memory were checked when they
-    /// entered it, so the payload goes out without a decode. Anything else is decoded.
+    /// and says which tier answered, whether its entry was stale, or why neither could. A
+    /// value stored in a content coding that `accepted` lists is answered with its stored
+    /// payload as it is: values in memory were checked when they entered it, so the payload
+    /// goes out without a decode. Anything else is decoded.
     ///
     /// # Errors
     /// See [`Core::open`].
-    pub(super) async fn lookup(
-        &self,
-        key: &str,
-        accepted: &[&str],
-    ) -> Result<Option<(Tier, Answer)>> {
+    pub(super) async fn lookup(&self, key: &str, accepted: &[&str]) -> Result<Looked> {
+        let mut reason = MissReason::NeverSeen;
         for tier in [Tier::Main, Tier::Hot] {
-            let Some(entry) = self.cache(tier).get(key) else {
-                continue;
+            let (entry, stale) = match self.cache(tier).lookup(key) {
+                Lookup::Fresh(entry) => (entry, false),
+                Lookup::Stale(entry) => (entry, true),
+                Lookup::Miss(why) => {
+                    if tier == Tier::Main {
+                        reason = why;
+                    }
+                    continue;
+                }
             };
-            if let Some(reply) = encoded_reply(&entry, accepted) {
-                return Ok(Some((tier, Answer::Encoded(reply))));
-            }
-            let Some(found) = self.open(tier, key, &entry).await? else {
-                continue;
+            let answer = match encoded_reply(&entry, accepted) {
+                Some(reply) => Answer::Encoded(reply),
+                None => match self.open(tier, key, &entry).await? {
+                    Some(found) => Answer::Plain(found),
+                    None => continue,
+                },
             };
-            return Ok(Some((tier, Answer::Plain(found))));
+            return Ok(if stale {
+                Looked::Stale { answer }
+            } else {
+                Looked::Hit {
+                    tier,
+                    answer,
+                    expires_at_ms: entry.expires_at_ms,
+                }
+            });
         }
-        Ok(None)
+        Ok(Looked::Miss(reason))
+    }
+
+    /// Counts a client miss under its reason: a cache miss of a key another node owns is
+    /// "not owner", else what the main tier said.
+    pub(super) fn count_miss(&self, key: &str, reason: MissReason) {
+        bump(&self.stats.misses);
+        let reason = if reason != MissReason::StaleRefresh
+            && self.peers.as_ref().is_some_and(|p| p.pick(key).is_some())
+        {
+            MissReason::NotOwner
+        } else {
+            reason
+        };
+        let s = &self.stats;
+        bump(match reason {
+            MissReason::NeverSeen => &s.miss_never_seen,
+            MissReason::Expired => &s.miss_expired,
+            MissReason::Evicted => &s.miss_evicted,
+            MissReason::NegativeExpired => &s.miss_negative_expired,
+            MissReason::NotOwner => &s.miss_not_owner,
+            MissReason::StaleRefresh => &s.miss_stale_refresh,
+            MissReason::Flushed => &s.miss_flushed,
+        });
+    }
+
+    /// Runs a refresh that [`Singleflight::start`] started (`None`: one was in flight
+    /// already, nothing to do) in the background, counting it and its failure.
+    pub(super) fn spawn_refresh<T: Send + 'static>(
+        self: &Arc<Self>,
+        refresh: Option<impl Future<Output = std::result::Result<T, Arc<Error>>> + Send + 'static>,
+        ahead: bool,
+    ) {
+        let Some(refresh) = refresh else { return };
+        bump(if ahead {
+            &self.stats.early_refreshes
+        } else {
+            &self.stats.stale_refreshes
+        });
+        let core = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = refresh.await {
+                bump(&core.stats.refresh_errors);
+                tracing::warn!(group = %core.name, error = %e, "background refresh failed; the entry is answered as it is until its stale window ends");
+            }
+        });
+    }
+
+    /// Whether a hit on an entry expiring at `expires_at_ms` should refresh it ahead of its
+    /// expiry (`--refresh-ahead`): never before the window's start, then with a probability
+    /// that grows as the expiry nears (XFetch, Vattani et al.: refresh when
+    /// `-ln(u) · window/8 ≥ time left`, `u` uniform in (0, 1]), so that a key asked often is
+    /// refreshed once, a little ahead, and a key asked rarely mostly is not.
+    pub(super) fn refresh_due(&self, expires_at_ms: Option<u64>) -> bool {
+        let window = self.options.refresh_ahead;
+        let Some(at) = expires_at_ms.filter(|_| !window.is_zero()) else {
+            return false;
+        };
+        let left = at.saturating_sub(self.clock.now_ms());
+        let window = ms(window);
+        if left >= window {
+            return false;
+        }
+        let u = unit_random();
+        -u.ln() * (window as f64 / 8.0) >= left as f64
     }
 
     /// The expiry of a value kept by this group: the one its source gave, else now + the
@@ -94,6 +172,12 @@ impl Core {
                 .ttl
                 .map(|ttl| self.clock.now_ms().saturating_add(ms(ttl)))
         })
+    }
+
+    /// The stale window of a value this group keeps (`stale`), as entries carry it; capped at
+    /// `u32::MAX` ms (49 days).
+    pub(super) fn stale_ms(&self) -> u32 {
+        u32::try_from(ms(self.options.stale)).unwrap_or(u32::MAX)
     }
 
     /// `work` (coding `len` bytes), under the load timeout when it is large enough to wait
@@ -243,18 +327,83 @@ impl Core {
         }
     }
 
+    /// Warm handoff: asks the nodes that may still hold the key since the ring changed (its
+    /// previous owner, then the next node for it: see [`PeerPicker::previous_owners`]) for the
+    /// value they hold in memory, all within one handoff timeout. `None` when there is none to
+    /// ask, or none holds a live value, fails or is slow (counted once): the key loads as usual.
+    pub(super) async fn load_handed_off(&self, key: &str) -> Option<Value> {
+        let timeout = self.options.handoff_timeout;
+        if timeout.is_zero() {
+            return None;
+        }
+        let candidates = self.peers.as_ref()?.previous_owners(key);
+        if candidates.is_empty() {
+            return None;
+        }
+        let asked = async {
+            for peer in &candidates {
+                match peer.peek(&self.name, key).await {
+                    // A value past its expiry is loaded again rather than taken over.
+                    Ok(Some(entry))
+                        if entry
+                            .expires_at_ms
+                            .is_none_or(|at| at > self.clock.now_ms()) =>
+                    {
+                        return Some((peer, entry));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(group = %self.name, peer = peer.id(), error = %e, "peek at a previous owner failed");
+                    }
+                }
+            }
+            None
+        };
+        let Ok(Some((peer, entry))) = tokio::time::timeout(timeout, asked).await else {
+            bump(&self.stats.handoff_misses);
+            return None;
+        };
+        let expires_at_ms = entry.expires_at_ms;
+        match self.accept(entry).await {
+            Ok((plain, stored)) => {
+                bump(&self.stats.handoff_hits);
+                Some(Value {
+                    plain,
+                    stored: stored.compacted(),
+                    expires_at_ms,
+                })
+            }
+            Err(e) => {
+                bump(&self.stats.handoff_misses);
+                tracing::warn!(group = %self.name, peer = peer.id(), error = %e, "a previous owner's value does not decode; loading it");
+                None
+            }
+        }
+    }
+
     /// Loads a key this node owns: storage tier, then getter. Fills the main cache, and the
     /// storage tier after a getter load, unless a write raced the load (`generation`).
-    pub(super) async fn load_owned(&self, key: &str, generation: u64) -> Result<Option<Value>> {
-        if let Some(value) = self.load_stored(key, generation).await {
+    pub(super) async fn load_owned(
+        &self,
+        key: &str,
+        generation: u64,
+    ) -> Result<(Option<Value>, Source)> {
+        let kept = match self.load_stored(key, generation).await {
+            Some(value) => Some((value, Source::Storage)),
+            None => self
+                .load_handed_off(key)
+                .await
+                .map(|value| (value, Source::Peer)),
+        };
+        if let Some((value, source)) = kept {
             self.remember(
                 Tier::Main,
                 key,
                 Some((&value.stored, value.expires_at_ms)),
                 generation,
-                false,
+                source == Source::Peer,
             );
-            return Ok(Some(value));
+            return Ok((Some(value), source));
         }
         let value = self.load_local(key).await?;
         self.remember(
@@ -264,7 +413,7 @@ impl Core {
             generation,
             true,
         );
-        Ok(value)
+        Ok((value, Source::Getter))
     }
 
     /// Writes a loaded entry through to the storage tier in the background (in order with the
@@ -365,25 +514,51 @@ impl Core {
 
     /// The singleflight leader's work for a client get: ask the owner, or load locally.
     /// `generation` was read before the flight started: a write from then on stops this load
-    /// from caching.
-    pub(super) async fn load(self: Arc<Self>, key: String, generation: u64) -> Result<Found> {
-        if let Some((_, Answer::Plain(found))) = self.lookup(&key, &[]).await? {
-            return Ok(found);
+    /// from caching. A `refresh` (stale or ahead of expiry) loads even when the caches hold the
+    /// key.
+    pub(super) async fn load(
+        self: Arc<Self>,
+        key: String,
+        generation: u64,
+        refresh: bool,
+    ) -> Result<Sourced> {
+        if !refresh
+            && let Looked::Hit {
+                tier,
+                answer: Answer::Plain(found),
+                ..
+            } = self.lookup(&key, &[]).await?
+        {
+            return Ok((found, tier.source()));
         }
         bump(&self.stats.loads);
         if let Some(peer) = self.peers.as_ref().and_then(|p| p.pick(&key)) {
             if let Some(found) = self.load_from_peer(&*peer, &key, generation).await {
-                return Ok(found);
+                let source = self.peer_source(&found);
+                return Ok((found, source));
             }
             return self.load_for_failed_owner(&key, generation).await;
         }
-        let value = self.load_owned(&key, generation).await?;
-        Ok(value.map(|v| (v.plain, v.expires_at_ms)))
+        let (value, source) = self.load_owned(&key, generation).await?;
+        Ok((value.map(|v| (v.plain, v.expires_at_ms)), source))
+    }
+
+    /// What an owner's answer reports as its source: stale when the owner answered a value
+    /// past its expiry (it refreshes it), else the peer.
+    fn peer_source(&self, found: &Found) -> Source {
+        match found {
+            Some((_, Some(at))) if *at <= self.clock.now_ms() => Source::Stale,
+            _ => Source::Peer,
+        }
     }
 
     /// The owner is down or slow: answers the client from the source, and keeps the value as
     /// a hot copy (it is still the owner's key).
-    pub(super) async fn load_for_failed_owner(&self, key: &str, generation: u64) -> Result<Found> {
+    pub(super) async fn load_for_failed_owner(
+        &self,
+        key: &str,
+        generation: u64,
+    ) -> Result<Sourced> {
         let value = self.load_local(key).await?;
         self.remember(
             Tier::Hot,
@@ -392,7 +567,7 @@ impl Core {
             generation,
             false,
         );
-        Ok(value.map(|v| (v.plain, v.expires_at_ms)))
+        Ok((value.map(|v| (v.plain, v.expires_at_ms)), Source::Getter))
     }
 
     /// The singleflight leader's work for a batch's key whose owner answered ahead
@@ -402,35 +577,69 @@ impl Core {
         key: String,
         generation: u64,
         answer: OwnerAnswer,
-    ) -> Result<Found> {
-        if let Some((_, Answer::Plain(found))) = self.lookup(&key, &[]).await? {
-            return Ok(found);
+    ) -> Result<Sourced> {
+        if let Looked::Hit {
+            tier,
+            answer: Answer::Plain(found),
+            ..
+        } = self.lookup(&key, &[]).await?
+        {
+            return Ok((found, tier.source()));
         }
         bump(&self.stats.loads);
         if let Some(found) = self
             .take_owner_answer(&answer.peer, &key, generation, answer.item)
             .await
         {
-            return Ok(found);
+            let source = self.peer_source(&found);
+            return Ok((found, source));
         }
         self.load_for_failed_owner(&key, generation).await
     }
 
     /// The singleflight leader's work for a peer's request: this node is the owner. Answers
-    /// with stored bytes, never decoding what it already holds.
+    /// with stored bytes, never decoding what it already holds. A `refresh` loads even when
+    /// the main cache holds the key (stale, or near its expiry).
     pub(super) async fn load_as_owner(
         self: Arc<Self>,
         key: String,
         generation: u64,
+        refresh: bool,
     ) -> Result<FoundStored> {
-        if let Some(entry) = self.main.get(&key) {
-            return Ok(match &entry.cached {
-                Cached::Value(stored) => Some((stored.clone(), entry.expires_at_ms)),
-                Cached::NotFound => None,
-            });
+        if !refresh && let Some(entry) = self.main.get(&key) {
+            return Ok(stored_of(&entry));
         }
         bump(&self.stats.loads);
-        let value = self.load_owned(&key, generation).await?;
+        let (value, _) = self.load_owned(&key, generation).await?;
         Ok(value.map(|v| (v.stored, v.expires_at_ms)))
     }
+}
+
+/// A main-cache entry as an owner answers it: the stored bytes with their expiry, or "no such
+/// key".
+pub(super) fn stored_of(entry: &CacheEntry) -> FoundStored {
+    match &entry.cached {
+        Cached::Value(stored) => Some((stored.clone(), entry.expires_at_ms)),
+        Cached::NotFound => None,
+    }
+}
+
+/// A uniform random number in (0, 1], for refresh-ahead's draw: a per-thread xorshift64*
+/// seeded from the process's random hasher keys (not for anything secret).
+fn unit_random() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher as _, RandomState};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64) | 1);
+    }
+    let x = STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    });
+    // The top 53 bits, shifted into (0, 1].
+    ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64
 }

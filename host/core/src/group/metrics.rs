@@ -2,6 +2,7 @@
 //! them (labels `group`, and `tier` where a metric has one). The exporter is the host's.
 
 use super::GroupSnapshot;
+use crate::cache::MissReason;
 use crate::metrics::{Sample, Table};
 
 /// The `tier` label of the main cache (keys this node owns).
@@ -11,8 +12,9 @@ pub const TIER_HOT: &str = "hot";
 /// The `tier` label of the storage tier (a storage plugin below memory).
 pub const TIER_STORAGE: &str = "storage";
 
-/// One series of a group: metric name, `tier` label (for the metrics that have one), value.
-pub type GroupSeries = (&'static str, Option<&'static str>, u64);
+/// One series of a group: metric name, its one label besides `group` (`tier` or `reason`, for
+/// the metrics that have one) as (name, value), value.
+pub type GroupSeries = (&'static str, Option<(&'static str, &'static str)>, u64);
 
 /// Help text of every group metric; [`group_series`] emits exactly these names.
 pub const GROUP_METRICS: Table = &[
@@ -24,6 +26,22 @@ pub const GROUP_METRICS: Table = &[
     (
         "geecache_cache_misses_total",
         "Lookups a cache tier could not answer; a main-tier miss is looked up in the hot tier.",
+    ),
+    (
+        "geecache_misses_total",
+        "Gets no cache tier answered fresh (a load, or a stale answer while it is refreshed), by reason: never_seen, expired, evicted, negative_expired, not_owner, stale_refresh, flushed. The reasons add up to the misses.",
+    ),
+    (
+        "geecache_stale_refreshes_total",
+        "Background refreshes started for stale entries, one per key at a time.",
+    ),
+    (
+        "geecache_early_refreshes_total",
+        "Refreshes started ahead of expiry (--refresh-ahead).",
+    ),
+    (
+        "geecache_refresh_errors_total",
+        "Background refreshes that failed; the stale entry is answered until its window ends (stale-if-error).",
     ),
     (
         "geecache_cache_negative_hits_total",
@@ -56,6 +74,18 @@ pub const GROUP_METRICS: Table = &[
     (
         "geecache_peer_requests_served_total",
         "Gets served to other nodes as the key's owner.",
+    ),
+    (
+        "geecache_handoff_hits_total",
+        "Keys this node newly owns taken from their previous owner's memory (warm handoff after a ring change) instead of loaded.",
+    ),
+    (
+        "geecache_handoff_misses_total",
+        "Peeks at a key's previous owner that found nothing, failed or timed out (the key then loaded as usual).",
+    ),
+    (
+        "geecache_peeks_served_total",
+        "Peeks served to keys' new owners.",
     ),
     ("geecache_sets_total", "Values set at this node as owner."),
     (
@@ -121,9 +151,23 @@ pub const GROUP_METRICS: Table = &[
 /// metrics: a new field (say a storage tier's hits) becomes a metric with one line here, and, for
 /// a new name, one line in `GROUP_METRICS`.
 pub fn group_series(g: &GroupSnapshot) -> Vec<GroupSeries> {
-    let (main, hot, storage) = (Some(TIER_MAIN), Some(TIER_HOT), Some(TIER_STORAGE));
+    let tier = |t: &'static str| Some(("tier", t));
+    let (main, hot, storage) = (tier(TIER_MAIN), tier(TIER_HOT), tier(TIER_STORAGE));
     let c = &g.counters;
-    vec![
+    let mut series: Vec<GroupSeries> = MissReason::ALL
+        .iter()
+        .map(|r| {
+            (
+                "geecache_misses_total",
+                Some(("reason", r.label())),
+                c.misses_by(*r),
+            )
+        })
+        .collect();
+    series.extend([
+        ("geecache_stale_refreshes_total", None, c.stale_refreshes),
+        ("geecache_early_refreshes_total", None, c.early_refreshes),
+        ("geecache_refresh_errors_total", None, c.refresh_errors),
         ("geecache_gets_total", None, c.gets),
         ("geecache_cache_hits_total", main, c.hits),
         ("geecache_cache_hits_total", hot, c.hot_hits),
@@ -147,6 +191,9 @@ pub fn group_series(g: &GroupSnapshot) -> Vec<GroupSeries> {
             None,
             c.peer_requests_served,
         ),
+        ("geecache_handoff_hits_total", None, c.handoff_hits),
+        ("geecache_handoff_misses_total", None, c.handoff_misses),
+        ("geecache_peeks_served_total", None, c.peeks_served),
         ("geecache_sets_total", None, c.sets),
         ("geecache_removes_total", None, c.removes),
         ("geecache_cache_evictions_total", main, g.cache_evictions),
@@ -191,17 +238,20 @@ pub fn group_series(g: &GroupSnapshot) -> Vec<GroupSeries> {
             c.encoded_stored_bytes,
         ),
         ("geecache_encoded_replies_total", None, c.encoded_replies),
-    ]
+    ]);
+    series
 }
 
 /// Every series of `g`, labelled with its group (and tier).
 pub fn group_samples(g: &GroupSnapshot) -> Vec<Sample> {
     group_series(g)
         .into_iter()
-        .map(|(name, tier, value)| {
-            Sample::new(name, value as f64)
-                .with("group", g.name.clone())
-                .with_opt("tier", tier)
+        .map(|(name, label, value)| {
+            let sample = Sample::new(name, value as f64).with("group", g.name.clone());
+            match label {
+                Some((label, v)) => sample.with(label, v),
+                None => sample,
+            }
         })
         .collect()
 }

@@ -54,7 +54,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tracing::Instrument as _;
 
-use crate::cache::{Cache, CacheEntry, Cached, Clock, Doorkeeper, SystemClock};
+use crate::cache::{Cache, CacheEntry, Cached, Clock, Doorkeeper, Lookup, MissReason, SystemClock};
 use crate::compression::{
     CodecError, CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify, builtin,
 };
@@ -64,10 +64,11 @@ use crate::singleflight::Singleflight;
 pub use crate::seam::{
     Entries, Getter, Loaded, OwnerItem, PeerEntry, PeerPicker, PeerService, RemotePeer, Storage,
 };
+use load::stored_of;
 pub use options::{GroupBuilder, GroupOptions};
 pub use registry::Groups;
-pub use reply::Reply;
 use reply::encoded_reply;
+pub use reply::{Reply, Source};
 pub use stats::{Counters, GroupSnapshot, GroupStats};
 use stats::{add, bump};
 pub use tier::Drained;
@@ -84,7 +85,7 @@ pub struct OwnerAnswer {
 
 /// Where an answer came from, so the singleflight leader knows which cache to fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tier {
+pub(super) enum Tier {
     /// This node owns the key: the main cache.
     Main,
     /// A copy of another node's key: the hot cache.
@@ -92,6 +93,14 @@ enum Tier {
 }
 
 impl Tier {
+    /// What an answer from this tier's cache reports as its source.
+    fn source(self) -> Source {
+        match self {
+            Tier::Main => Source::Main,
+            Tier::Hot => Source::Hot,
+        }
+    }
+
     /// The tier's name in spans and metric labels.
     fn label(self) -> &'static str {
         match self {
@@ -102,7 +111,7 @@ impl Tier {
 }
 
 /// What a cache hit answers.
-enum Answer {
+pub(super) enum Answer {
     /// The stored payload as it is, in a content coding the client accepts.
     Encoded(Reply),
     /// The plain value with its expiry, or a remembered "no such key".
@@ -111,6 +120,24 @@ enum Answer {
 
 /// What a client load produced: the plain value with its expiry, or "no such key".
 type Found = Option<(Bytes, Option<u64>)>;
+
+/// A client load's result and where it came from.
+type Sourced = (Found, Source);
+
+/// What [`Core::lookup`] found in the caches.
+pub(super) enum Looked {
+    /// A live entry of `tier`.
+    Hit {
+        tier: Tier,
+        answer: Answer,
+        /// The entry's expiry, for refresh-ahead.
+        expires_at_ms: Option<u64>,
+    },
+    /// An entry past its expiry, within its stale window.
+    Stale { answer: Answer },
+    /// Neither tier can answer; the main tier's reason.
+    Miss(MissReason),
+}
 
 /// What an owner load produced: the stored value with its expiry, or "no such key".
 type FoundStored = Option<(Stored, Option<u64>)>;
@@ -162,8 +189,9 @@ struct Core {
 pub struct Group {
     /// State shared with in-flight loads.
     core: Arc<Core>,
-    /// Collapses concurrent client misses of one key into one load.
-    flights: Singleflight<Found, Error>,
+    /// Collapses concurrent client misses of one key into one load (and background refreshes
+    /// with them).
+    flights: Singleflight<Sourced, Error>,
     /// Collapses concurrent owner loads (requests from peers). Separate from `flights` so that
     /// two nodes whose rings briefly disagree cannot wait on each other.
     owner_flights: Singleflight<FoundStored, Error>,

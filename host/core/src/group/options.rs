@@ -16,6 +16,13 @@ pub struct GroupOptions {
     pub ttl: Option<Duration>,
     /// How long "no such key" is remembered; zero disables negative caching.
     pub negative_ttl: Duration,
+    /// How long past its expiry a value may still be answered (marked stale) while one
+    /// background refresh per key reloads it; also how long a failing source is covered
+    /// (stale-if-error). Zero: expired values are misses.
+    pub stale: Duration,
+    /// Window before expiry in which hits may refresh a value early, with a probability that
+    /// grows as the expiry nears (XFetch); zero: never.
+    pub refresh_ahead: Duration,
     /// Longest key accepted, in bytes.
     pub max_key_bytes: usize,
     /// Largest value accepted from a getter or a setter, in bytes (before compression).
@@ -24,6 +31,9 @@ pub struct GroupOptions {
     pub load_timeout: Duration,
     /// Longest to wait for the owner before loading locally instead.
     pub peer_timeout: Duration,
+    /// Longest a key's new owner waits for its previous owner's memory (warm handoff) before
+    /// it loads the key itself; zero: never asks.
+    pub handoff_timeout: Duration,
     /// The codec (and level) values are stored with.
     pub compression: CodecSpec,
     /// Values shorter than this are stored raw: they rarely shrink enough to pay for decoding
@@ -43,10 +53,13 @@ impl Default for GroupOptions {
             hot_ttl: Duration::from_secs(60),
             ttl: None,
             negative_ttl: Duration::from_secs(5),
+            stale: Duration::ZERO,
+            refresh_ahead: Duration::ZERO,
             max_key_bytes: 1024,
             max_value_bytes: 8 << 20,
             load_timeout: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(1),
+            handoff_timeout: Duration::from_millis(50),
             compression: CodecSpec::default(),
             compress_min_bytes: DEFAULT_MIN_BYTES,
             storage_queue_bytes: tier::DEFAULT_QUEUE_BYTES,
@@ -115,14 +128,11 @@ impl GroupBuilder {
             StorageTier::new(backend, &self.name, stats.clone(), o.storage_queue_bytes)
         });
         let encoding = self.codecs.encoding(&o.compression, o.compress_min_bytes)?;
-        let cache = |bytes: u64, name: &str| {
-            Cache::builder(bytes)
-                .clock(self.clock.clone())
-                .name(name)
-                .build()
-        };
-        let main = cache(o.cache_bytes, "main");
-        let hot = cache(o.hot_cache_bytes, "hot");
+        let cache =
+            |bytes: u64, name: &str| Cache::builder(bytes).clock(self.clock.clone()).name(name);
+        // Only the main tier's misses have reasons of their own (a hot miss is "not owner").
+        let main = cache(o.cache_bytes, "main").miss_reasons().build();
+        let hot = cache(o.hot_cache_bytes, "hot").build();
         Ok(Group {
             core: Arc::new(Core {
                 name: self.name,

@@ -91,19 +91,48 @@ impl Group {
         // Recording on a disabled span still looks the field up (and, with `tracing`'s `log`
         // feature, may consult `log`): skip it when no layer wants the span.
         let traced = !span.is_disabled();
-        let found = match core.lookup(key, accepted).await? {
-            Some((tier, answer)) => {
+        let (found, source) = match core.lookup(key, accepted).await? {
+            Looked::Hit {
+                tier,
+                answer,
+                expires_at_ms,
+            } => {
                 core.count_hit(tier, &answer);
                 if traced {
                     span.record("answered_by", tier.label());
                 }
+                if core.refresh_due(expires_at_ms) {
+                    self.refresh_in_background(key, true);
+                }
                 match answer {
-                    Answer::Encoded(reply) => return Ok(reply),
-                    Answer::Plain(found) => found,
+                    Answer::Encoded(reply) => {
+                        return Ok(Reply {
+                            source: tier.source(),
+                            ..reply
+                        });
+                    }
+                    Answer::Plain(found) => (found, tier.source()),
                 }
             }
-            None => {
-                bump(&core.stats.misses);
+            Looked::Stale { answer, .. } => {
+                // Answered at once; one refresh per key (here, or at the owner through it).
+                core.count_miss(key, MissReason::StaleRefresh);
+                if traced {
+                    span.record("answered_by", "stale");
+                }
+                self.refresh_in_background(key, false);
+                match answer {
+                    Answer::Encoded(reply) => {
+                        return Ok(Reply {
+                            source: Source::Stale,
+                            ..reply
+                        });
+                    }
+                    Answer::Plain(found) => (found, Source::Stale),
+                }
+            }
+            Looked::Miss(reason) => {
+                core.count_miss(key, reason);
                 if traced {
                     span.record("answered_by", "load");
                 }
@@ -115,7 +144,7 @@ impl Group {
                         let load =
                             tracing::info_span!("geecache.group.load", group = core.name.as_str());
                         core.clone()
-                            .load(key.to_owned(), generation)
+                            .load(key.to_owned(), generation, false)
                             .instrument(load)
                     })
                     .await;
@@ -132,7 +161,32 @@ impl Group {
         Ok(Reply {
             body,
             content_encoding: None,
+            source,
         })
+    }
+
+    /// Refreshes `key` in the background: a stale entry, or (`ahead`) a live one near its
+    /// expiry. In the key's singleflight, so a refresh already in flight (or a client's load)
+    /// is not started again, and at most one runs per key on this node; a key another node
+    /// owns is refreshed through its owner, which runs its own one refresh. A failed refresh
+    /// is counted and leaves the entry as it is: a stale one is answered until its window ends
+    /// (stale-if-error).
+    fn refresh_in_background(&self, key: &str, ahead: bool) {
+        let (core, generation) = (self.core.clone(), self.core.generation(key));
+        let refresh = self.flights.start(&flight_key(generation, key), || {
+            core.load(key.to_owned(), generation, true)
+        });
+        self.core.spawn_refresh(refresh, ahead);
+    }
+
+    /// [`Group::refresh_in_background`] at the owner, for a peer's request: in the owner's
+    /// singleflight.
+    fn refresh_as_owner_in_background(&self, key: &str, ahead: bool) {
+        let (core, generation) = (self.core.clone(), self.core.generation(key));
+        let refresh = self.owner_flights.start(&flight_key(generation, key), || {
+            core.load_as_owner(key.to_owned(), generation, true)
+        });
+        self.core.spawn_refresh(refresh, ahead);
     }
 
     /// For a batch: asks the owners of `keys` for the keys they own that this node does not
@@ -210,13 +264,24 @@ impl Group {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.gets);
-        if let Some((tier, answer)) = core.lookup(key, &[]).await? {
-            core.count_hit(tier, &answer);
-            if let Answer::Plain(found) = answer {
-                return found.map(|(v, _)| v).ok_or(Error::KeyNotFound);
+        match core.lookup(key, &[]).await? {
+            Looked::Hit { tier, answer, .. } => {
+                core.count_hit(tier, &answer);
+                if let Answer::Plain(found) = answer {
+                    return found.map(|(v, _)| v).ok_or(Error::KeyNotFound);
+                }
+                // Unreachable with no accepted codings; counted as a miss too, as before.
+                core.count_miss(key, MissReason::NeverSeen);
             }
+            Looked::Stale { answer, .. } => {
+                core.count_miss(key, MissReason::StaleRefresh);
+                self.refresh_in_background(key, false);
+                if let Answer::Plain(found) = answer {
+                    return found.map(|(v, _)| v).ok_or(Error::KeyNotFound);
+                }
+            }
+            Looked::Miss(reason) => core.count_miss(key, reason),
         }
-        bump(&core.stats.misses);
         let generation = core.generation(key);
         let flight = self
             .flights
@@ -228,7 +293,7 @@ impl Group {
         if flight.shared {
             bump(&core.stats.loads_deduplicated);
         }
-        let found = flight.result.map_err(|e| (*e).clone())?;
+        let (found, _) = flight.result.map_err(|e| (*e).clone())?;
         found.map(|(v, _)| v).ok_or(Error::KeyNotFound)
     }
 
@@ -242,28 +307,69 @@ impl Group {
         self.check_key(key)?;
         let core = &self.core;
         bump(&core.stats.peer_requests_served);
-        let span = tracing::info_span!("geecache.group.get_as_owner", group = core.name.as_str());
-        let generation = core.generation(key);
-        let load = || {
-            let load = tracing::info_span!("geecache.group.load", group = core.name.as_str());
-            core.clone()
-                .load_as_owner(key.to_owned(), generation)
-                .instrument(load)
+        // What memory holds is answered without a flight: a live entry (refreshed ahead when
+        // near its expiry), or a stale one at once while it is refreshed here, once.
+        let held = match core.main.lookup(key) {
+            Lookup::Fresh(entry) => {
+                if core.refresh_due(entry.expires_at_ms) {
+                    self.refresh_as_owner_in_background(key, true);
+                }
+                Some(entry)
+            }
+            Lookup::Stale(entry) => {
+                self.refresh_as_owner_in_background(key, false);
+                Some(entry)
+            }
+            Lookup::Miss(_) => None,
         };
-        let flight = self
-            .owner_flights
-            .run(&flight_key(generation, key), load)
-            .instrument(span)
-            .await;
-        if flight.shared {
-            bump(&core.stats.loads_deduplicated);
-        }
-        let found = flight.result.map_err(|e| (*e).clone())?;
+        let found = match held {
+            Some(entry) => stored_of(&entry),
+            None => {
+                let span =
+                    tracing::info_span!("geecache.group.get_as_owner", group = core.name.as_str());
+                let generation = core.generation(key);
+                let load = || {
+                    let load =
+                        tracing::info_span!("geecache.group.load", group = core.name.as_str());
+                    core.clone()
+                        .load_as_owner(key.to_owned(), generation, false)
+                        .instrument(load)
+                };
+                let flight = self
+                    .owner_flights
+                    .run(&flight_key(generation, key), load)
+                    .instrument(span)
+                    .await;
+                if flight.shared {
+                    bump(&core.stats.loads_deduplicated);
+                }
+                flight.result.map_err(|e| (*e).clone())?
+            }
+        };
         Ok(found.map(|(stored, expires_at_ms)| PeerEntry {
             value: stored.bytes().clone(),
             codec: stored.codec().name().to_owned(),
             expires_at_ms,
         }))
+    }
+
+    /// What this node holds for `key` in memory (main or hot, fresh or stale), for a peer that
+    /// now owns the key ([`crate::seam::PeerService::peek`]); never loads.
+    ///
+    /// # Errors
+    /// Key-limit errors.
+    pub fn peek_as_owner(&self, key: &str) -> Result<Option<PeerEntry>> {
+        self.check_key(key)?;
+        let core = &self.core;
+        bump(&core.stats.peeks_served);
+        for tier in [Tier::Main, Tier::Hot] {
+            if let Lookup::Fresh(entry) | Lookup::Stale(entry) = core.cache(tier).lookup(key)
+                && let Some((stored, expires_at_ms)) = stored_of(&entry)
+            {
+                return Ok(Some(peer_entry(&stored, expires_at_ms)));
+            }
+        }
+        Ok(None)
     }
 
     /// The name of the storage backend of this group's storage tier, if it has one.

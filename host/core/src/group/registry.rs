@@ -76,4 +76,13 @@ impl crate::seam::PeerService for Groups {
         let done = self.get(group).map(|g| g.invalidate(keys));
         Box::pin(std::future::ready(done))
     }
+
+    fn peek<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        let held = self.get(group).and_then(|g| g.peek_as_owner(key));
+        Box::pin(std::future::ready(held))
+    }
 }

@@ -11,6 +11,40 @@ pub struct Reply {
     pub body: Bytes,
     /// The body's `Content-Encoding` (`gzip` or `zstd`), or `None` for the plain value.
     pub content_encoding: Option<&'static str>,
+    /// Where the answer came from (the API's `X-Geecache-Source` header).
+    pub source: Source,
+}
+
+/// Where an answer came from: a cache tier of this node, or the load that filled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The main cache (a key this node owns).
+    Main,
+    /// The hot cache (a copy of another node's key).
+    Hot,
+    /// A value past its expiry, within its stale window, answered at once while it is
+    /// refreshed in the background (here or at its owner).
+    Stale,
+    /// The storage tier, on a main-cache miss.
+    Storage,
+    /// The key's owner, another node.
+    Peer,
+    /// This node's getter.
+    Getter,
+}
+
+impl Source {
+    /// The source's name, as the `X-Geecache-Source` header carries it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Main => "main",
+            Source::Hot => "hot",
+            Source::Stale => "stale",
+            Source::Storage => "storage",
+            Source::Peer => "peer",
+            Source::Getter => "getter",
+        }
+    }
 }
 
 /// The stored payload of `entry` as it is, when it is a value stored in a content coding that
@@ -28,5 +62,7 @@ pub(super) fn encoded_reply(entry: &CacheEntry, accepted: &[&str]) -> Option<Rep
     Some(Reply {
         body: stored.payload(),
         content_encoding: Some(coding),
+        // The caller says which tier (or a stale entry) it answered from.
+        source: Source::Main,
     })
 }

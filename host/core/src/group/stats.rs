@@ -50,8 +50,31 @@ counters! {
     hot_hits,
     /// Of the hits (main or hot), those that were a remembered "no such key".
     negative_hits,
-    /// Lookups neither cache could answer.
+    /// Gets neither cache could answer fresh: a load, or a stale answer while it is
+    /// refreshed. Counted once more under its reason (`miss_*`): the reasons add up to it.
     misses,
+    /// Misses of keys this node has no trace of (never cached, or the trace was overwritten).
+    miss_never_seen,
+    /// Misses of values that expired (and whose stale window, if any, ended).
+    miss_expired,
+    /// Misses of values dropped for room.
+    miss_evicted,
+    /// Misses of a remembered "no such key" that expired.
+    miss_negative_expired,
+    /// Misses of keys another node owns (asked of the owner).
+    miss_not_owner,
+    /// Gets answered with a stale value at once while it is refreshed in the background.
+    miss_stale_refresh,
+    /// Misses of keys a flush removed.
+    miss_flushed,
+    /// Background refreshes started for stale entries (clients' or peers' requests), one per
+    /// key at a time.
+    stale_refreshes,
+    /// Refreshes started ahead of expiry (`--refresh-ahead`).
+    early_refreshes,
+    /// Background refreshes (stale or ahead) that failed: the entry is answered as it is until
+    /// its stale window ends (stale-if-error).
+    refresh_errors,
     /// Loads started (one per singleflight leader, client or peer initiated).
     loads,
     /// Callers that shared another caller's load instead of starting their own.
@@ -67,6 +90,14 @@ counters! {
     peer_errors,
     /// Requests served to peers as the key's owner.
     peer_requests_served,
+    /// Loads of a key this node newly owns answered by its previous owner's memory (warm
+    /// handoff after a ring change), not by the storage tier or the getter.
+    handoff_hits,
+    /// Peeks at a previous owner that found nothing, failed or timed out (then the key loads
+    /// as usual).
+    handoff_misses,
+    /// Peeks served to a key's new owner (hits or not).
+    peeks_served,
     /// Lookups in the storage tier that found a live value.
     storage_hits,
     /// Lookups in the storage tier that found nothing (or an expired value).
@@ -102,6 +133,22 @@ counters! {
     sets,
     /// Keys removed (at this node as owner).
     removes,
+}
+
+impl Counters {
+    /// The misses counted under `reason`.
+    pub fn misses_by(&self, reason: crate::cache::MissReason) -> u64 {
+        use crate::cache::MissReason as R;
+        match reason {
+            R::NeverSeen => self.miss_never_seen,
+            R::Expired => self.miss_expired,
+            R::Evicted => self.miss_evicted,
+            R::NegativeExpired => self.miss_negative_expired,
+            R::NotOwner => self.miss_not_owner,
+            R::StaleRefresh => self.miss_stale_refresh,
+            R::Flushed => self.miss_flushed,
+        }
+    }
 }
 
 /// A point-in-time copy of a group's counters and cache occupancy.

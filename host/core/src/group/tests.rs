@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 #[derive(Debug, Default)]
 struct MapGetter {
     calls: AtomicUsize,
+    /// When set, every load fails (the source is down).
+    fail: AtomicBool,
     expires_at_ms: Option<u64>,
     delay: Option<Duration>,
 }
@@ -21,6 +23,9 @@ impl Getter for MapGetter {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if let Some(d) = self.delay {
                 tokio::time::sleep(d).await;
+            }
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::Internal("source down".into()));
             }
             match key {
                 "big" => Ok(Loaded::Found {
@@ -226,6 +231,15 @@ impl PeerService for InProcessPeer {
             Ok(())
         })
     }
+
+    fn peek<'a>(&'a self, _g: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
+        Box::pin(async move {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::Internal("peer down".into()));
+            }
+            self.owner.peek_as_owner(key)
+        })
+    }
 }
 
 impl RemotePeer for InProcessPeer {
@@ -258,8 +272,18 @@ fn pair() -> (Group, Arc<MapGetter>, Arc<MapGetter>, Arc<InProcessPeer>) {
 /// loads.
 fn pair_over(owner_getter: Arc<dyn Getter>) -> (Group, Arc<MapGetter>, Arc<InProcessPeer>) {
     let clock = Arc::new(ManualClock::new(1_000_000));
+    pair_with(owner_getter, GroupOptions::default(), clock)
+}
+
+/// [`pair_over`] with both nodes' `options` and `clock`.
+fn pair_with(
+    owner_getter: Arc<dyn Getter>,
+    options: GroupOptions,
+    clock: Arc<ManualClock>,
+) -> (Group, Arc<MapGetter>, Arc<InProcessPeer>) {
     let owner = Arc::new(
         Group::builder("g", owner_getter)
+            .options(options.clone())
             .clock(clock.clone())
             .build()
             .unwrap(),
@@ -271,6 +295,7 @@ fn pair_over(owner_getter: Arc<dyn Getter>) -> (Group, Arc<MapGetter>, Arc<InPro
     });
     let local_getter = Arc::new(MapGetter::default());
     let local = Group::builder("g", local_getter.clone())
+        .options(options)
         .clock(clock)
         .peers(Arc::new(PrefixPicker(peer.clone())))
         .build()
@@ -481,6 +506,7 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
         CacheEntry {
             cached: Cached::Value(bad),
             expires_at_ms: None,
+            stale_ms: 0,
         },
     );
     assert_eq!(g.get(key).await.unwrap(), records(key, 40));
@@ -498,6 +524,7 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
         CacheEntry {
             cached: Cached::Value(wrong),
             expires_at_ms: None,
+            stale_ms: 0,
         },
     );
     assert_eq!(g.get(key).await.unwrap(), records(key, 40));
@@ -1690,4 +1717,297 @@ async fn a_hit_answers_the_payload_or_the_value_and_counts_once() {
         (6, 4, 1, 1, 2)
     );
     assert_eq!(getter.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Waits (bounded) until `getter` was called `n` times, for background refreshes.
+async fn calls_reach(getter: &MapGetter, n: usize) {
+    for _ in 0..500 {
+        if getter.calls.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "the getter was called {} times, not {n}",
+        getter.calls.load(Ordering::SeqCst)
+    );
+}
+
+/// Waits (bounded) until no refresh of the group is in flight.
+async fn refreshes_settle(g: &Group) {
+    for _ in 0..500 {
+        if g.flights.in_flight() == 0 && g.owner_flights.in_flight() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("a refresh is still in flight");
+}
+
+fn stale_options() -> GroupOptions {
+    GroupOptions {
+        ttl: Some(Duration::from_secs(10)),
+        stale: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_stale_value_is_answered_at_once_and_refreshed_once_in_the_background() {
+    let getter = Arc::new(MapGetter {
+        delay: Some(Duration::from_millis(50)),
+        ..Default::default()
+    });
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let g = group(getter.clone(), stale_options(), clock.clone());
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Getter);
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Main);
+    clock.advance(Duration::from_secs(11));
+    // Twenty requests while the one refresh runs (the getter takes 50 ms): all answered at
+    // once with the stale value, one getter call.
+    for _ in 0..20 {
+        let reply = g.get_reply("a", &[]).await.unwrap();
+        assert_eq!(
+            (reply.body, reply.source),
+            (Bytes::from("v:a"), Source::Stale)
+        );
+    }
+    calls_reach(&getter, 2).await;
+    refreshes_settle(&g).await;
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 2);
+    let reply = g.get_reply("a", &[]).await.unwrap();
+    assert_eq!(reply.source, Source::Main, "the refreshed value is fresh");
+    let c = g.snapshot().counters;
+    assert_eq!((c.stale_refreshes, c.miss_stale_refresh), (1, 20));
+}
+
+#[tokio::test]
+async fn without_a_stale_window_an_expired_value_waits_for_its_load() {
+    let getter = Arc::new(MapGetter::default());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = GroupOptions {
+        stale: Duration::ZERO,
+        ..stale_options()
+    };
+    let g = group(getter.clone(), options, clock.clone());
+    g.get("a").await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Getter);
+    assert_eq!(g.snapshot().counters.miss_expired, 1);
+}
+
+#[tokio::test]
+async fn a_failing_source_is_covered_by_the_stale_value_until_its_window_ends() {
+    let getter = Arc::new(MapGetter::default());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let g = group(getter.clone(), stale_options(), clock.clone());
+    g.get("a").await.unwrap();
+    getter.fail.store(true, Ordering::SeqCst);
+    for step in 1..=6 {
+        clock.advance(Duration::from_secs(11));
+        let reply = g.get_reply("a", &[]).await.unwrap();
+        assert_eq!(reply.source, Source::Stale, "step {step}");
+        refreshes_settle(&g).await;
+    }
+    // 66 s past the load: expired at 10 s, the stale window ended at 70 s.
+    clock.advance(Duration::from_secs(5));
+    assert!(
+        g.get("a").await.is_err(),
+        "past the window the source's error shows"
+    );
+    let c = g.snapshot().counters;
+    assert_eq!(c.refresh_errors, 6, "{c:?}");
+    getter.fail.store(false, Ordering::SeqCst);
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Getter);
+}
+
+#[tokio::test]
+async fn a_stale_owner_answers_its_peers_at_once_and_refreshes_once() {
+    let owner_getter = Arc::new(MapGetter {
+        delay: Some(Duration::from_millis(50)),
+        ..Default::default()
+    });
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let (local, local_getter, peer) =
+        pair_with(owner_getter.clone(), stale_options(), clock.clone());
+    let owner = peer.owner.clone();
+    // Fetched twice, so the non-owner keeps a hot copy.
+    for _ in 0..2 {
+        assert_eq!(
+            local.get_reply("r1", &[]).await.unwrap().source,
+            Source::Peer
+        );
+    }
+    assert_eq!(
+        local.get_reply("r1", &[]).await.unwrap().source,
+        Source::Hot
+    );
+    clock.advance(Duration::from_secs(11));
+    for _ in 0..10 {
+        assert_eq!(
+            local.get_reply("r1", &[]).await.unwrap().source,
+            Source::Stale
+        );
+    }
+    calls_reach(&owner_getter, 2).await;
+    refreshes_settle(&owner).await;
+    refreshes_settle(&local).await;
+    assert_eq!(
+        owner_getter.calls.load(Ordering::SeqCst),
+        2,
+        "one refresh, at the owner"
+    );
+    assert_eq!(
+        local_getter.calls.load(Ordering::SeqCst),
+        0,
+        "none at the non-owner"
+    );
+    assert_eq!(local.snapshot().counters.miss_stale_refresh, 10);
+}
+
+#[tokio::test]
+async fn each_miss_is_counted_once_by_its_reason_and_the_reasons_add_up() {
+    let (local, _, _, _) = pair();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let getter = Arc::new(MapGetter::default());
+    let options = GroupOptions {
+        ttl: Some(Duration::from_secs(10)),
+        negative_ttl: Duration::from_secs(5),
+        cache_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let g = group(getter, options, clock.clone());
+    g.get("a").await.unwrap();
+    assert!(g.get("missing").await.is_err());
+    clock.advance(Duration::from_secs(11));
+    g.get("a").await.unwrap();
+    assert!(g.get("missing").await.is_err());
+    g.flush().await.unwrap();
+    g.get("a").await.unwrap();
+    // Room for ~90 entries: 400 keys evict most of the first ones.
+    for i in 0..400 {
+        g.get(&format!("k{i}")).await.unwrap();
+    }
+    g.core.main.run_pending_tasks();
+    let before = g.snapshot().counters.miss_evicted;
+    for i in 0..400 {
+        g.get(&format!("k{i}")).await.unwrap();
+    }
+    let c = g.snapshot().counters;
+    assert_eq!(c.miss_expired, 1, "{c:?}");
+    assert_eq!(c.miss_negative_expired, 1, "{c:?}");
+    assert_eq!(c.miss_flushed, 1, "{c:?}");
+    assert!(c.miss_evicted > before + 100, "{c:?}");
+    local.get("r1").await.unwrap();
+    local.get("own").await.unwrap();
+    let l = local.snapshot().counters;
+    assert_eq!((l.miss_not_owner, l.miss_never_seen), (1, 1), "{l:?}");
+    for c in [c, l] {
+        let reasons: u64 = MissReason::ALL.iter().map(|r| c.misses_by(*r)).sum();
+        assert_eq!(reasons, c.misses, "{c:?}");
+    }
+}
+
+#[tokio::test]
+async fn refresh_ahead_fires_only_inside_its_window_and_surely_at_its_end() {
+    let getter = Arc::new(MapGetter::default());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = GroupOptions {
+        refresh_ahead: Duration::from_secs(4),
+        ..stale_options()
+    };
+    let g = group(getter.clone(), options, clock.clone());
+    g.get("a").await.unwrap();
+    let expiry = Some(1_010_000);
+    assert!(!g.core.refresh_due(expiry), "6 s before the window");
+    clock.advance(Duration::from_secs(6));
+    assert!(!g.core.refresh_due(expiry), "at the window's start");
+    clock.advance(Duration::from_millis(3_999));
+    // 1 ms left of a 4 s window: refreshed unless -ln(u) < 1/500 (p ≈ 0.2%) twenty times.
+    assert!((0..20).any(|_| g.core.refresh_due(expiry)));
+    for _ in 0..20 {
+        g.get("a").await.unwrap();
+    }
+    calls_reach(&getter, 2).await;
+    refreshes_settle(&g).await;
+    assert!(g.snapshot().counters.early_refreshes >= 1);
+    clock.advance(Duration::from_millis(2));
+    assert_eq!(
+        g.get_reply("a", &[]).await.unwrap().source,
+        Source::Main,
+        "refreshed ahead"
+    );
+}
+
+/// This node owns every key now; before the ring changed, `previous` owned them.
+#[derive(Debug)]
+struct NewOwner {
+    previous: Arc<InProcessPeer>,
+}
+
+impl PeerPicker for NewOwner {
+    fn pick(&self, _key: &str) -> Option<Arc<dyn RemotePeer>> {
+        None
+    }
+    fn others(&self) -> Vec<Arc<dyn RemotePeer>> {
+        vec![self.previous.clone()]
+    }
+    fn previous_owners(&self, _key: &str) -> Vec<Arc<dyn RemotePeer>> {
+        vec![self.previous.clone()]
+    }
+}
+
+#[tokio::test]
+async fn a_new_owner_takes_a_key_from_its_previous_owners_memory_before_loading_it() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let old_getter = Arc::new(MapGetter::default());
+    let (_, _, previous) = pair_with(old_getter.clone(), stale_options(), clock.clone());
+    previous.owner.get("held").await.unwrap();
+    let getter = Arc::new(MapGetter::default());
+    let g = Group::builder("g", getter.clone())
+        .options(stale_options())
+        .clock(clock.clone())
+        .peers(Arc::new(NewOwner {
+            previous: previous.clone(),
+        }))
+        .build()
+        .unwrap();
+    let reply = g.get_reply("held", &[]).await.unwrap();
+    assert_eq!(
+        (reply.body, reply.source),
+        (Bytes::from("v:held"), Source::Peer)
+    );
+    assert_eq!(
+        g.get_reply("held", &[]).await.unwrap().source,
+        Source::Main,
+        "kept as owner"
+    );
+    assert_eq!(
+        getter.calls.load(Ordering::SeqCst),
+        0,
+        "no load at the new owner"
+    );
+    // Not held there, held but expired, or the previous owner down: loaded as usual.
+    assert_eq!(
+        g.get_reply("other", &[]).await.unwrap().source,
+        Source::Getter
+    );
+    previous.owner.get("old").await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(
+        g.get_reply("old", &[]).await.unwrap().source,
+        Source::Getter
+    );
+    previous.fail.store(true, Ordering::SeqCst);
+    assert_eq!(
+        g.get_reply("gone", &[]).await.unwrap().source,
+        Source::Getter
+    );
+    let c = g.snapshot().counters;
+    assert_eq!(
+        (c.handoff_hits, c.handoff_misses, c.getter_calls),
+        (1, 3, 3),
+        "{c:?}"
+    );
+    assert_eq!(previous.owner.snapshot().counters.peeks_served, 3);
 }

@@ -144,6 +144,7 @@ impl Core {
                 CacheEntry {
                     cached: Cached::Value(stored),
                     expires_at_ms,
+                    stale_ms: self.stale_ms(),
                 },
             );
             // Under the lock, so this is the entry just inserted (or none, if refused).
