@@ -6,5 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "deploy/cli.rs"]
+mod cli;
 #[path = "deploy/logs.rs"]
 mod logs;
