@@ -109,6 +109,8 @@ impl Drop for DeployedNode {
 
 #[path = "deploy/cli.rs"]
 mod cli;
+#[path = "deploy/image.rs"]
+mod image;
 #[path = "deploy/logs.rs"]
 mod logs;
 #[path = "deploy/prometheus.rs"]
