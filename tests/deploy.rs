@@ -111,6 +111,8 @@ impl Drop for DeployedNode {
 mod cli;
 #[path = "deploy/image.rs"]
 mod image;
+#[path = "deploy/kubernetes.rs"]
+mod kubernetes;
 #[path = "deploy/logs.rs"]
 mod logs;
 #[path = "deploy/prometheus.rs"]
