@@ -351,22 +351,29 @@ fn the_etcd_overlay_renders_validates_and_its_container_registers_in_etcd() {
     );
 }
 
-#[test]
-fn the_tls_component_renders_and_validates_with_an_overlay() {
-    let dir = tempfile::tempdir().unwrap();
-    // An overlay of one's own beside a copy of deploy/kubernetes (kustomize takes relative
-    // paths only): the DNS overlay with TLS.
-    let k8s = dir.path().join("kubernetes");
+/// Renders and validates the DNS overlay with `component` (a folder of components/), as an
+/// overlay of one's own beside a copy of deploy/kubernetes (kustomize takes relative paths
+/// only), in `dir`.
+fn dns_overlay_with(component: &str, dir: &Path) -> Vec<Value> {
+    let k8s = dir.join("kubernetes");
     copy_tree(&repo().join("deploy/kubernetes"), &k8s);
     let mine = k8s.join("overlays/mine");
     std::fs::create_dir(&mine).unwrap();
     std::fs::write(
         mine.join("kustomization.yaml"),
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../dns\n\
-         components:\n  - ../../components/tls\n",
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  \
+             - ../dns\ncomponents:\n  - ../../components/{component}\n"
+        ),
     )
     .unwrap();
-    let objects = render_and_validate(&mine, &dir.path().join("tls.yaml"));
+    render_and_validate(&mine, &dir.join(format!("{component}.yaml")))
+}
+
+#[test]
+fn the_tls_component_renders_and_validates_with_an_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dns_overlay_with("tls", dir.path());
     let container = check_cluster_shape(&objects);
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     let env = container_env(&container, &POD, &SECRETS);
@@ -379,4 +386,42 @@ fn the_tls_component_renders_and_validates_with_an_overlay() {
         env.iter()
             .any(|(n, v)| n == "GEECACHE_TLS_CERT" && v == "/etc/geecache/tls/tls.crt")
     );
+}
+
+#[test]
+fn the_plugins_configmap_component_serves_the_plugin_it_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dns_overlay_with("plugins-configmap", dir.path());
+    let container = check_cluster_shape(&objects);
+    let pod = &object(&objects, "StatefulSet", "geecache")["spec"]["template"]["spec"];
+    let named = |list: &Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "plugins")
+            .cloned()
+            .unwrap_or_else(|| panic!("no `plugins` in {list}"))
+    };
+    assert_eq!(
+        named(&pod["volumes"])["configMap"]["name"],
+        "geecache-plugins"
+    );
+    let mount = named(&container["volumeMounts"]);
+    let mounted = mount["mountPath"].as_str().unwrap();
+    // The ConfigMap's files, here: db_getter.wasm (DeployedNode puts it in lib/).
+    let here = format!("{}/", dir.path().join("lib").display());
+    let port = geecache_tests::free_port();
+    let env = env_here(
+        &container,
+        port,
+        &[
+            ("geecache-peers.default.svc.cluster.local", "localhost"),
+            (&format!("{mounted}/"), &here),
+        ],
+    );
+    let plugins = env.iter().find(|(n, _)| n == "GEECACHE_PLUGINS").unwrap();
+    assert_eq!(plugins.1, format!("{here}db_getter.wasm"), "{env:?}");
+    let node = DeployedNode::start(dir.path(), &container_args(&container), &env, port);
+    let answer = geecache_tests::http_get_blocking(node.addr, "/api/v1/plugins").unwrap();
+    assert!(answer.contains(&here), "{answer}\n{}", node.log_tail());
 }
