@@ -112,7 +112,7 @@ mod cli;
 #[path = "deploy/image.rs"]
 mod image;
 #[path = "deploy/kubernetes.rs"]
-mod kubernetes;
+pub(crate) mod kubernetes;
 #[path = "deploy/logs.rs"]
 mod logs;
 #[path = "deploy/prometheus.rs"]

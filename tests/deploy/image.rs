@@ -91,8 +91,16 @@ impl Tools {
         image
     }
 
-    /// Starts a container `name` of `image` on the host network; returns its full name.
-    fn start(&mut self, name: &str, env: &[String], image: &str, args: &[&str]) -> String {
+    /// Starts a container `name` of `image` on the host network, with podman's `options`;
+    /// returns its full name.
+    fn start(
+        &mut self,
+        name: &str,
+        env: &[String],
+        options: &[&str],
+        image: &str,
+        args: &[&str],
+    ) -> String {
         let name = format!("{}-{name}", self.prefix);
         self.containers.push(name.clone());
         let mut argv = vec![
@@ -108,6 +116,7 @@ impl Tools {
         for e in env {
             argv.extend(["-e", e]);
         }
+        argv.extend(options);
         argv.push(image);
         argv.extend(args);
         self.podman(&argv);
@@ -204,6 +213,7 @@ fn images_run_a_3_node_cluster_with_etcd_under_podman_and_a_node_stops_gracefull
     let etcd = tools.start(
         "etcd",
         &[],
+        &[],
         &etcd_image,
         &[
             "--name=e",
@@ -233,7 +243,7 @@ fn images_run_a_3_node_cluster_with_etcd_under_podman_and_a_node_stops_gracefull
             // No value: podman passes on its own environment's (Tools::run sets it).
             "GEECACHE_CLUSTER_SECRET".to_owned(),
         ];
-        let name = tools.start(&format!("node{i}"), &env, &node_image, &[]);
+        let name = tools.start(&format!("node{i}"), &env, &[], &node_image, &[]);
         nodes.push((name, SocketAddr::from(([127, 0, 0, 1], port))));
     }
     for (name, addr) in &nodes {
@@ -320,4 +330,46 @@ fn images_run_a_3_node_cluster_with_etcd_under_podman_and_a_node_stops_gracefull
             tools.logs(name)
         );
     }
+    // The Kubernetes pod's container (overlays/dns as rendered) from this image, as its pod
+    // spec runs it: read-only root, the compile cache and /tmp on empty volumes, no
+    // capabilities, no privilege escalation. A path the image lacks fails here.
+    let k8s_dir = dir.path().join("k8s");
+    std::fs::create_dir(&k8s_dir).unwrap();
+    let objects = crate::kubernetes::render_and_validate(
+        &repo().join("deploy/kubernetes/overlays/dns"),
+        &k8s_dir.join("dns.yaml"),
+    );
+    let container = crate::kubernetes::check_cluster_shape(&objects);
+    let port = free_port();
+    let mut env: Vec<String> = crate::kubernetes::env_here(
+        &container,
+        port,
+        &[("geecache-peers.default.svc.cluster.local", "localhost")],
+    )
+    .into_iter()
+    .map(|(n, v)| format!("{n}={v}"))
+    .collect();
+    // Tests listen on loopback only.
+    env.push("GEECACHE_BIND=127.0.0.1".into());
+    let args = crate::kubernetes::container_args(&container);
+    let options = [
+        "--read-only",
+        "--tmpfs",
+        "/tmp:mode=1777",
+        "--tmpfs",
+        "/var/cache/geecache:mode=1777",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pod = tools.start("k8s", &env, &options, &node_image, &args);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(
+        "the Kubernetes container answering Tom",
+        Duration::from_secs(60),
+        || tools.logs(&pod),
+        || get(addr, "/api?key=Tom") == Some((200, "630".into())),
+    );
 }

@@ -27,7 +27,7 @@ fn venv_tool(name: &str) -> PathBuf {
 }
 
 /// `kubectl kustomize DIR`, written to `out`, and validated; returns the objects as JSON.
-fn render_and_validate(dir: &Path, out: &Path) -> Vec<Value> {
+pub(crate) fn render_and_validate(dir: &Path, out: &Path) -> Vec<Value> {
     let rendered = Command::new("timeout")
         .arg("60")
         .arg(venv_tool("kubectl"))
@@ -110,7 +110,7 @@ fn flag<'a>(args: &'a [String], flag: &str, default: &'a str) -> &'a str {
 
 /// The container's environment as the kubelet builds it: values with `$(NAME)` expanded from
 /// the names defined before them, field references and Secret keys from `pod` and `secrets`.
-fn container_env(
+pub(crate) fn container_env(
     container: &Value,
     pod: &[(&str, &str)],
     secrets: &[(&str, &str)],
@@ -148,7 +148,7 @@ fn container_env(
 }
 
 /// Checks what every overlay shares, and returns the node container.
-fn check_cluster_shape(objects: &[Value]) -> Value {
+pub(crate) fn check_cluster_shape(objects: &[Value]) -> Value {
     let set = object(objects, "StatefulSet", "geecache");
     let peers = object(objects, "Service", "geecache-peers");
     assert_eq!(set["spec"]["serviceName"], "geecache-peers");
@@ -252,7 +252,7 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// The container's args as strings.
-fn container_args(container: &Value) -> Vec<String> {
+pub(crate) fn container_args(container: &Value) -> Vec<String> {
     container["args"]
         .as_array()
         .unwrap()
@@ -274,7 +274,11 @@ const SECRETS: [(&str, &str); 3] = [
 
 /// The rendered container's environment with the node's port (9999) as `port`, and names
 /// only the cluster's DNS resolves as `stand_ins` say.
-fn env_here(container: &Value, port: u16, stand_ins: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn env_here(
+    container: &Value,
+    port: u16,
+    stand_ins: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let env = container_env(container, &POD, &SECRETS);
     let unknown = crate::systemd::unknown_variables(&format!("{env:?}"));
     assert!(
