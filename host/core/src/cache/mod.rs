@@ -377,9 +377,9 @@ impl Cache {
     /// Stores `entry` under `key`, replacing any previous entry; returns whether it was stored.
     ///
     /// An entry that is already past its expiry and stale window, or whose weight alone exceeds
-    /// [`Cache::max_bytes`], is refused: nothing is stored and `false` is returned. A refused entry still removes the
-    /// previous entry under `key`, because that one is older than the refused one and must not
-    /// be served in its place.
+    /// [`Cache::max_bytes`], is refused: nothing is stored and `false` is returned. A refused
+    /// entry still removes the previous entry under `key`, because that one is older than the
+    /// refused one and must not be served in its place.
     ///
     /// `true` means the entry was handed to moka; when the cache is full, moka may still evict
     /// it (or decline to admit it, if it is less popular than what it would displace) at its
