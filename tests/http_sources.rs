@@ -11,6 +11,7 @@
 //! - A redirect to an origin outside the allowlist is refused; one inside it is followed.
 //! - A name that resolves to loopback is refused unless the address is listed too.
 //! - A plugin without a grant: refused, and the node's log says so and how to grant it.
+//! - A getter that POSTs a body larger than one stream write (4 KiB) sends all of it.
 //! - `--stale`: an expired value is answered at once (`X-Geecache-Source: stale`) while one
 //!   refresh reloads it; with the origin down, it is answered for its whole window with no
 //!   error, the failed refreshes counted; every miss is counted by its reason.
@@ -387,4 +388,23 @@ async fn stale_values_are_answered_at_once_and_cover_an_origin_that_is_down() {
     .sum();
     assert_eq!(reasons, stats["misses"].as_u64().unwrap(), "{stats}");
     assert_eq!(stats["miss_never_seen"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_larger_than_one_stream_write_is_sent_whole() {
+    let origin = Origin::start().await;
+    // 10 copies of the key in a 1,000-byte template: a 10 KiB body, past wasi:io's 4 KiB write.
+    let template = format!("{}{{key}}", "x".repeat(996)).repeat(10);
+    let body = format!("http_getter.body={template}");
+    let node = node(
+        &origin,
+        "echo-len",
+        &[origin.base()],
+        &["--plugin-config", &body],
+    )
+    .await;
+    assert_eq!(
+        node.get_key("scores", "abcd").await,
+        (200, "10000".to_owned())
+    );
 }

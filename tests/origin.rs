@@ -8,6 +8,7 @@
 //! - `/slow/{key}`: answers 200 after 5 s; [`Origin::slow_started`] and
 //!   [`Origin::slow_dropped`] count handlers begun and dropped before answering.
 //! - `/boom/{key}`: 500.
+//! - `POST /echo-len/{key}`: 200 with the length of the request body, in decimal.
 //! - `/flaky/{key}`: 200 `630` with `Cache-Control: max-age=1` for any key, or 500 while the
 //!   origin is set down ([`Origin::set_down`]); counted in [`Origin::flaky_requests`].
 //! - `/huge/{key}`: 200 with 1 GiB of body, sent in 64 KiB chunks without a length
@@ -98,6 +99,10 @@ async fn items(
         "Jack" => "589".into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+async fn echo_len(body: bytes::Bytes) -> String {
+    body.len().to_string()
 }
 
 async fn flaky(State(c): State<Arc<Counters>>) -> Response {
@@ -191,6 +196,7 @@ impl Origin {
             .route("/items/{key}", get(items))
             .route("/slow/{key}", get(slow))
             .route("/flaky/{key}", get(flaky))
+            .route("/echo-len/{key}", axum::routing::post(echo_len))
             .route(
                 "/boom/{key}",
                 get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),

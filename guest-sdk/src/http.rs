@@ -276,8 +276,12 @@ mod host {
     };
     use wasip2::io::streams::StreamError;
 
-    /// Bytes asked for per read of a response body, and written per write of a request's.
+    /// Bytes asked for per read of a response body.
     const CHUNK: u64 = 64 << 10;
+
+    /// Bytes written per write of a request's body: `blocking-write-and-flush` takes at most
+    /// 4096 bytes at once (wasi:io/streams), and traps past it.
+    const WRITE_CHUNK: usize = 4096;
 
     fn failed(url: &str, code: &ErrorCode) -> Error {
         let why = match code {
@@ -342,7 +346,7 @@ mod host {
         // The body is written once the request is under way: its stream is drained as it goes.
         if let Some(body) = body {
             let stream = body.write().map_err(|()| invalid("body"))?;
-            for chunk in request.body.chunks(CHUNK as usize) {
+            for chunk in request.body.chunks(WRITE_CHUNK) {
                 stream
                     .blocking_write_and_flush(chunk)
                     .map_err(|e| Error::Unavailable(format!("{url}: sending the body: {e:?}")))?;

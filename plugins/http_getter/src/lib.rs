@@ -14,13 +14,16 @@
 //! - anything else: an error naming the status.
 //!
 //! Redirects are followed (at most 3), each checked against the allowlist by the host.
-//! Optional config `header.NAME=VALUE` adds request headers (e.g. `header.accept`).
+//! Optional config `header.NAME=VALUE` adds request headers (e.g. `header.accept`,
+//! `header.content-type`). With config `body` set, a key is fetched as `POST {base}/{key}`
+//! with that body, every `{key}` in it replaced by the key (for origins that take a query
+//! document, e.g. `body={"id":"{key}"}`).
 
 use geecache_guest_sdk::http::{self, Request};
 use geecache_guest_sdk::{Error, Getter, Lookup, config, export_getter, log};
 
 /// Request headers the operator may set, as config keys `header.<name>`.
-const HEADERS: [&str; 3] = ["accept", "authorization", "user-agent"];
+const HEADERS: [&str; 4] = ["accept", "authorization", "content-type", "user-agent"];
 
 struct HttpGetter;
 
@@ -35,7 +38,10 @@ impl Getter for HttpGetter {
             )
         })?;
         let url = format!("{}/{}", base.trim_end_matches('/'), encode_segment(key));
-        let mut request = Request::get(&url);
+        let mut request = match config::get("body") {
+            Some(body) => Request::post(&url, body.replace("{key}", key)),
+            None => Request::get(&url),
+        };
         for name in HEADERS {
             if let Some(value) = config::get(&format!("header.{name}")) {
                 request = request.header(name, value);
@@ -163,6 +169,26 @@ mod tests {
         let bare = FakeHost::new();
         assert!(
             matches!(bare.get::<HttpGetter>("g", "x"), Err(Error::Unavailable(m)) if m.contains("base"))
+        );
+    }
+
+    #[test]
+    fn with_a_body_configured_a_key_is_posted_with_it() {
+        let host = host()
+            .config("body", r#"{"id":"{key}","again":"{key}"}"#)
+            .config("header.content-type", "application/json")
+            .http_answer(
+                Method::Post,
+                "http://origin/users/Tom",
+                Ok(Response::new(200, "630")),
+            );
+        assert_eq!(host.get::<HttpGetter>("g", "Tom"), Ok(Lookup::found("630")));
+        let sent = host.requests();
+        assert_eq!(sent[0].body, br#"{"id":"Tom","again":"Tom"}"#.to_vec());
+        assert!(
+            sent[0]
+                .headers
+                .contains(&("content-type".to_owned(), "application/json".to_owned()))
         );
     }
 }
