@@ -243,12 +243,24 @@ impl std::fmt::Display for Destination {
     }
 }
 
+/// Cloud instance-metadata services outside the link-local ranges: AWS's IPv6 endpoint
+/// (`fd00:ec2::254`) and Alibaba Cloud's (`100.100.100.200`). (169.254.169.254, which most
+/// clouds use, is link-local and guarded as such.)
+const METADATA_ADDRS: [IpAddr; 2] = [
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+];
+
 /// Whether an address is one that a name may not resolve to unless it is listed: loopback,
-/// link-local (which holds cloud metadata services, 169.254.169.254), unspecified, multicast
-/// or broadcast. Private ranges (10/8, 192.168/16, fc00::/7) are allowed: internal services
-/// live there.
+/// link-local (which holds cloud metadata services, 169.254.169.254), the other metadata
+/// services' addresses ([`METADATA_ADDRS`]), unspecified, multicast or broadcast. Private
+/// ranges (10/8, 192.168/16, fc00::/7) are allowed: internal services live there.
 pub(crate) fn is_guarded(ip: IpAddr) -> bool {
-    match canonical(ip) {
+    let ip = canonical(ip);
+    if METADATA_ADDRS.contains(&ip) {
+        return true;
+    }
+    match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()
                 || v4.is_link_local()
@@ -414,6 +426,9 @@ mod tests {
             "::ffff:127.0.0.1",
             "224.0.0.1",
             "255.255.255.255",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "::ffff:100.100.100.200",
         ] {
             assert!(is_guarded(ip.parse().unwrap()), "{ip}");
         }
@@ -422,6 +437,8 @@ mod tests {
             "192.168.0.1",
             "93.184.216.34",
             "fd00::1",
+            "fd00:ec2::253",
+            "100.100.100.201",
             "2606:4700::1",
         ] {
             assert!(!is_guarded(ip.parse().unwrap()), "{ip}");
