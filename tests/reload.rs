@@ -910,3 +910,36 @@ async fn a_rollout_whose_client_disconnects_still_reaches_every_node() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_past_the_plugin_limit_is_a_json_413_even_without_a_length() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = start_node(dir.path(), &["--max-plugin-bytes", "64KiB"]).await;
+    // Sent in chunks, with no Content-Length: refused as it streams, at the limit.
+    let mut conn = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/plugins/reload_getter/reload HTTP/1.1\r\nHost: {}\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/wasm\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        node.addr
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = [b"2000\r\n".as_slice(), &[0u8; 0x2000], b"\r\n"].concat();
+    for _ in 0..16 {
+        // The node may answer and close before the last chunk: later writes may fail.
+        if conn.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    );
+    let _ = read.await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_too_large\""), "{answer}");
+}

@@ -225,9 +225,20 @@ pub(super) async fn reload(
     Path(name): Path<String>,
     query: Result<Query<ReloadQuery>, QueryRejection>,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    // A body past --max-plugin-bytes (one sent without a length, cut as it streams) is our JSON
+    // 413, as every other error, not the extractor's plain text.
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            Error::BodyTooLarge {
+                limit: state.inner.options.max_plugin_bytes,
+            }
+        } else {
+            Error::BadRequest(e.body_text())
+        }
+    })?;
     // From here on it runs to its end even if the client goes away (a rollout half done would
     // leave the cluster on mixed versions).
     detached("reload", reload_detached(state, name, q, headers, body)).await
