@@ -224,7 +224,9 @@ impl Destination {
         };
         let host = uri.host()?.to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let host = match parse_ip(&host) {
+        // A number a resolver reads as an IPv4 address (`167772161`, `10.1`, `0x7f.1`) is an
+        // address, not a name: `*` (names only) does not reach it.
+        let host = match parse_ip(&host).or_else(|| numeric_ipv4(&host).map(IpAddr::V4)) {
             Some(ip) => DestHost::Ip(ip),
             None => DestHost::Name(host.trim_end_matches('.').to_string()),
         };
@@ -283,6 +285,50 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// The IPv4 address a resolver (`inet_aton`) reads in `host` when it is made of one to four
+/// numbers, each decimal, octal (a leading `0`) or hexadecimal (`0x`), the last one filling
+/// the remaining bytes: `167772161` and `10.1` are 10.0.0.1. `None` for anything else.
+fn numeric_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let numbers = parts
+        .iter()
+        .map(|p| {
+            let (digits, radix) =
+                if let Some(hex) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+                    (hex, 16)
+                } else if p.len() > 1 && p.starts_with('0') {
+                    (&p[1..], 8)
+                } else {
+                    (*p, 10)
+                };
+            if digits.is_empty() && radix != 16 {
+                return None;
+            }
+            if digits.is_empty() {
+                return Some(0);
+            }
+            u64::from_str_radix(digits, radix).ok()
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    let (last, leading) = numbers.split_last()?;
+    if leading.iter().any(|n| *n > 255) {
+        return None;
+    }
+    let last_bits = 8 * (4 - leading.len() as u32);
+    if *last >= 1u64 << last_bits {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for (i, n) in leading.iter().enumerate() {
+        value |= n << (24 - 8 * i as u32);
+    }
+    Some(std::net::Ipv4Addr::from(u32::try_from(value | last).ok()?))
 }
 
 /// An IP literal, IPv6 in brackets or not.
@@ -411,6 +457,44 @@ mod tests {
             let e = AllowedOrigin::parse(bad).unwrap_err();
             assert!(e.contains("SCHEME://HOST[:PORT]"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn numbers_a_resolver_reads_as_addresses_are_addresses() {
+        for (host, ip) in [
+            ("167772161", "10.0.0.1"),
+            ("10.1", "10.0.0.1"),
+            ("10.0.1", "10.0.0.1"),
+            ("2130706433", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("127.0.0.1.", "127.0.0.1"),
+        ] {
+            assert_eq!(numeric_ipv4(host), Some(ip.parse().unwrap()), "{host}");
+        }
+        for host in [
+            "example.com",
+            "10.256.1",
+            "4294967296",
+            "1.2.3.4.5",
+            "a1",
+            "08",
+        ] {
+            assert_eq!(numeric_ipv4(host), None, "{host}");
+        }
+        // `http://*` covers names only: a numeric host is an address, refused unless listed.
+        let any = HttpAllowlist::parse(["http://*"]).unwrap();
+        for url in [
+            "http://167772161/",
+            "http://10.1/",
+            "http://2130706433:8080/",
+        ] {
+            let to = Destination::of(&url.parse().unwrap()).unwrap();
+            assert!(any.allowing(&to).is_none(), "{url}");
+        }
+        let listed = HttpAllowlist::parse(["http://10.0.0.1"]).unwrap();
+        let to = Destination::of(&"http://167772161/".parse().unwrap()).unwrap();
+        assert!(listed.allowing(&to).is_some());
     }
 
     #[test]
