@@ -534,6 +534,20 @@ async fn a_client_past_its_rate_is_told_when_to_retry_and_others_are_served() {
     // The probes are not counted, and another client has its own bucket.
     let (status, _) = node.get("/healthz").await.unwrap();
     assert_eq!(status, 200);
+    // This node has no cluster secret: its peer routes are anyone's, so they count too (ten
+    // unsigned peer gets from a fresh address: the burst of 5, then 429s).
+    let mut peer_limited = 0;
+    for _ in 0..10 {
+        let (status, _) = node
+            .get_from([127, 0, 0, 4], "/_geecache/scores/Tom")
+            .await
+            .unwrap();
+        peer_limited += u32::from(status == 429);
+    }
+    assert!(
+        peer_limited >= 4,
+        "unsigned peer gets are rate-limited: {peer_limited}"
+    );
     let (status, body) = node.get_from([127, 0, 0, 2], "/api?key=Tom").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "630"));
     // (Asked from a third address, whose bucket is full.)

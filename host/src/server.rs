@@ -205,8 +205,9 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         secret.map(|s| NodeAuth::new(s, &c.advertise_addr)),
         metrics,
     );
-    let guard =
-        RequestGuard::new(settings.server_limits.clone()).counting_in(state.connections().clone());
+    let guard = RequestGuard::new(settings.server_limits.clone())
+        .counting_in(state.connections().clone())
+        .peers_signed(c.secret.is_some());
     Ok(Node {
         state,
         runtime,

@@ -13,8 +13,9 @@
 //!     otherwise), so one client cannot take every slot;
 //!   - `--rate-limit` / `--rate-burst`: a token bucket per client ([`ClientRate`], GCRA by
 //!     `governor`); a request past it is answered 429 `rate_limited` with `Retry-After`. The
-//!     probes and the peer routes (`/_geecache/`, bounded by `--peer-concurrency` and signed
-//!     in a cluster with a secret) are not counted. The buckets of clients quiet for longer
+//!     probes are not counted, nor the peer routes (`/_geecache/`, bounded by
+//!     `--peer-concurrency`) when the node has a cluster secret: then only signed peers reach
+//!     them; without one, anyone can, and they count as any request. The buckets of clients quiet for longer
 //!     than a bucket takes to refill are swept out, so the table holds only active clients.
 //!
 //!   A client behind a proxy or a NAT shares its address with the others there: set these

@@ -54,6 +54,9 @@ pub struct RequestGuard {
     counters: Arc<ConnCounters>,
     /// Each client's token bucket, when `--rate-limit` is set.
     rate: Option<Arc<ClientRate>>,
+    /// Whether peer requests are signed (a cluster secret): then the peer routes are not
+    /// counted against `--rate-limit`; without one, anyone can send them, so they are.
+    peers_signed: bool,
 }
 
 /// Answers of at least this many bytes reserve their size until sent.
@@ -76,15 +79,27 @@ impl RequestGuard {
             rate: ClientRate::new(&limits.per_client).map(Arc::new),
             limits,
             counters: Arc::default(),
+            peers_signed: false,
         }
     }
 
+    /// This guard, with the peer routes left out of `--rate-limit` when `signed` (the node
+    /// checks the cluster secret's signature on them: its peers, not clients, send them).
+    #[must_use]
+    pub fn peers_signed(mut self, signed: bool) -> RequestGuard {
+        self.peers_signed = signed;
+        self
+    }
+
     /// `None` when the request for `path` on `conn` may go on; the 429 answer when its client
-    /// is past `--rate-limit`. The probes and the peer routes are not counted (see `conn.rs`).
+    /// is past `--rate-limit`. The probes are not counted, nor the peer routes when they are
+    /// signed (see `conn.rs`).
     pub fn rate_check(&self, conn: &ConnHandle, path: &str) -> Option<Response> {
         let rate = self.rate.as_ref()?;
         let client = conn.client()?;
-        if matches!(path, "/healthz" | "/readyz") || path.starts_with(crate::peer::PATH_PREFIX) {
+        if matches!(path, "/healthz" | "/readyz")
+            || (self.peers_signed && path.starts_with(crate::peer::PATH_PREFIX))
+        {
             return None;
         }
         let wait = rate.check(client).err()?;
