@@ -18,10 +18,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
 use std::time::{Duration, Instant};
 
 use geecache_tests::origin::Origin;
 use geecache_tests::{NodeProcess, TestNode, free_port, node_command, plugins};
+use prometheus::{parse_exposition, value};
 
 /// A node whose `http_getter` reads `{base}` under `route`, allowed `allow` (none when empty).
 async fn node(origin: &Origin, route: &str, allow: &[String], extra: &[&str]) -> TestNode {
@@ -305,16 +309,6 @@ async fn get_sourced(node: &TestNode) -> (u16, String, String) {
     (status, source, r.text().await.unwrap())
 }
 
-/// The value of the first `/metrics` line of `name` whose labels include `label`.
-fn metric(text: &str, name: &str, label: &str) -> f64 {
-    let prefix = format!("{name}{{");
-    text.lines()
-        .find(|l| l.starts_with(&prefix) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} with {label} in /metrics"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_values_are_answered_at_once_and_cover_an_origin_that_is_down() {
     let origin = Origin::start().await;
@@ -359,17 +353,17 @@ async fn stale_values_are_answered_at_once_and_cover_an_origin_that_is_down() {
     assert!(answered > 20);
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(get_sourced(&node).await.0, 502, "past the window");
-    let metrics = node.metrics_text().await;
-    let errors = metric(
-        &metrics,
+    let samples = parse_exposition(&node.metrics_text().await);
+    let errors = value(
+        &samples,
         "geecache_refresh_errors_total",
-        "group=\"scores\"",
+        &[("group", "scores")],
     );
     assert!(errors >= 1.0, "{errors}");
-    let stale = metric(
-        &metrics,
+    let stale = value(
+        &samples,
         "geecache_misses_total",
-        "reason=\"stale_refresh\"",
+        &[("group", "scores"), ("reason", "stale_refresh")],
     );
     assert!(stale >= (stale_answers + answered) as f64, "{stale}");
     // The reasons add up to the misses, in /api/v1/stats as in /metrics.

@@ -1,7 +1,7 @@
 //! How a value goes out: the raw value as `application/octet-stream`, or a stored gzip/zstd
 //! payload with its `Content-Encoding` when the request's `Accept-Encoding` allows it.
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -19,8 +19,8 @@ pub(super) fn value_response(value: Bytes) -> Response {
 }
 
 /// Says where a get's answer came from: `main`, `hot`, `stale`, `storage`, `peer` or
-/// `getter` ([`crate::group::Source`]).
-pub const SOURCE_HEADER: &str = "x-geecache-source";
+/// `getter` ([`crate::group::Source`]). A `HeaderName` made once: every hit sets it.
+pub const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-geecache-source");
 
 /// A get's answer: the plain value, or a stored gzip/zstd payload with its `Content-Encoding`.
 /// Either way the response varies with `Accept-Encoding`, so caches in between must key on it.

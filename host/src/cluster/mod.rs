@@ -263,12 +263,10 @@ pub struct Cluster {
     answer_limits: [AtomicUsize; 2],
 }
 
-/// The identity of `ring` as peers compare it: a hash of its members in ring order (the same
-/// on every node that sees the same members), never 0.
+/// The identity of `ring` as peers compare it: a hash of its members (sorted and deduplicated
+/// by [`Ring::new`], so the same on every node that sees the same members), never 0.
 fn ring_identity(ring: &Ring) -> u64 {
-    let mut members: Vec<&str> = ring.members().iter().map(String::as_str).collect();
-    members.sort_unstable();
-    xxhash_rust::xxh3::xxh3_64(members.join("\n").as_bytes()).max(1)
+    xxhash_rust::xxh3::xxh3_64(ring.members().join("\n").as_bytes()).max(1)
 }
 
 /// Whole milliseconds of `d`, saturating.

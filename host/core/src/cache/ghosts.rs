@@ -16,6 +16,7 @@ use serde::Serialize;
 /// [`MissReason::NotOwner`] and [`MissReason::StaleRefresh`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum MissReason {
     /// No trace of the key: never cached here, or its trace was overwritten.
     NeverSeen,
@@ -57,31 +58,6 @@ impl MissReason {
             MissReason::Flushed => "flushed",
         }
     }
-
-    /// Its code in a ghost slot's low bits (never 0: 0 is an empty slot).
-    fn code(self) -> u64 {
-        match self {
-            MissReason::NeverSeen => 0,
-            MissReason::Expired => 1,
-            MissReason::Evicted => 2,
-            MissReason::NegativeExpired => 3,
-            MissReason::NotOwner => 4,
-            MissReason::StaleRefresh => 5,
-            MissReason::Flushed => 6,
-        }
-    }
-
-    fn from_code(code: u64) -> MissReason {
-        match code {
-            1 => MissReason::Expired,
-            2 => MissReason::Evicted,
-            3 => MissReason::NegativeExpired,
-            4 => MissReason::NotOwner,
-            5 => MissReason::StaleRefresh,
-            6 => MissReason::Flushed,
-            _ => MissReason::NeverSeen,
-        }
-    }
 }
 
 /// Bits of a slot that hold the reason.
@@ -92,10 +68,8 @@ const REASON_MASK: u64 = (1 << REASON_BITS) - 1;
 /// 2^10 and 2^20.
 pub fn ghost_slots(max_bytes: u64) -> usize {
     let per_kib = usize::try_from(max_bytes / 1024).unwrap_or(usize::MAX);
-    per_kib
-        .clamp(1 << 10, 1 << 20)
-        .next_power_of_two()
-        .min(1 << 20)
+    // The bounds are powers of two, so rounding up stays within them.
+    per_kib.clamp(1 << 10, 1 << 20).next_power_of_two()
 }
 
 /// The table; see the module docs.
@@ -123,18 +97,21 @@ impl Ghosts {
     /// Remembers that the key hashing to `hash` left the cache for `reason`.
     pub(super) fn record(&self, hash: u64, reason: MissReason) {
         let tag = hash & !REASON_MASK;
+        // The reason's discriminant, its index in `MissReason::ALL` (below 8).
         self.slot(hash)
-            .store(tag | reason.code(), Ordering::Relaxed);
+            .store(tag | reason as u64, Ordering::Relaxed);
     }
 
     /// Why the key hashing to `hash` left, if its trace is still here.
     pub(super) fn reason(&self, hash: u64) -> MissReason {
         let slot = self.slot(hash).load(Ordering::Relaxed);
-        if slot & !REASON_MASK == hash & !REASON_MASK {
-            MissReason::from_code(slot & REASON_MASK)
-        } else {
-            MissReason::NeverSeen
+        if slot & !REASON_MASK != hash & !REASON_MASK {
+            return MissReason::NeverSeen;
         }
+        usize::try_from(slot & REASON_MASK)
+            .ok()
+            .and_then(|code| MissReason::ALL.get(code).copied())
+            .unwrap_or(MissReason::NeverSeen)
     }
 }
 
@@ -150,6 +127,13 @@ mod tests {
         assert_eq!(g.reason(0xdead_beef_0000_2000), MissReason::NeverSeen);
         g.record(0xdead_beef_0000_1000, MissReason::Flushed);
         assert_eq!(g.reason(0xdead_beef_0000_1000), MissReason::Flushed);
+    }
+
+    #[test]
+    fn a_reasons_code_is_its_place_in_all() {
+        for (i, reason) in MissReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
     }
 
     #[test]

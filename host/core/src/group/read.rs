@@ -346,11 +346,7 @@ impl Group {
                 flight.result.map_err(|e| (*e).clone())?
             }
         };
-        Ok(found.map(|(stored, expires_at_ms)| PeerEntry {
-            value: stored.bytes().clone(),
-            codec: stored.codec().name().to_owned(),
-            expires_at_ms,
-        }))
+        Ok(found.map(|(stored, expires_at_ms)| peer_entry(&stored, expires_at_ms)))
     }
 
     /// What this node holds for `key` in memory (main or hot, fresh or stale), for a peer that
