@@ -249,6 +249,12 @@ impl Origin {
         self.counters.any.load(Ordering::Relaxed)
     }
 
+    /// [`Origin::any_requests`] as a function that outlives this borrow (for a task watching it).
+    pub fn clone_counter(&self) -> impl Fn() -> u64 + Send + 'static {
+        let counters = self.counters.clone();
+        move || counters.any.load(Ordering::Relaxed)
+    }
+
     /// Its address.
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))

@@ -1,7 +1,9 @@
 //! `geecache-perf http` runs end to end, briefly, so the tool does not rot: the fixed-response
 //! baselines and every workload against one node it starts, in two rounds, and every request
 //! succeeds. No timing is asserted (the figures are the tool's business, not a test's). And
-//! the servers it starts do not outlive it, even when it is killed with SIGKILL.
+//! the servers it starts do not outlive it, even when it is killed with SIGKILL. And
+//! `geecache-perf expiry` runs its two rows through a 3-node cluster, with one getter call per
+//! expiry in the cluster when a stale window covers it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -81,6 +83,50 @@ fn perf_http_runs_every_workload_against_one_node_and_every_request_succeeds() {
 }
 
 /// The processes whose parent is `pid` (from `/proc/*/stat`), with their command lines.
+#[test]
+fn perf_expiry_runs_both_rows_and_a_stale_window_makes_one_getter_call_per_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("expiry.md");
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache-perf"))
+        .args(["expiry", "--host-bin", env!("CARGO_BIN_EXE_geecache-node")])
+        .args([
+            "--duration",
+            "4s",
+            "--ttl",
+            "1s",
+            "--rate",
+            "300",
+            "--rounds",
+            "1",
+        ])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "geecache-perf expiry failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    for row in ["0s", "10s"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row} |")))
+            .unwrap_or_else(|| panic!("no {row} row in the report:\n{text}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | stale | requests | p99 steady | p99 after | ratio | max after | calls per expiry | failed |
+        assert_eq!(cells[8], "0", "{line}");
+        assert!(cells[2].parse::<u64>().unwrap() > 1000, "{line}");
+        if row == "10s" {
+            // The owner refreshes once for its own clients and its peers' together.
+            assert_eq!(cells[7], "1.00", "{line}");
+        }
+    }
+}
+
 fn children_of(pid: u32) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {

@@ -7,7 +7,8 @@
 //! 1. marks the node as draining: `/readyz` answers 503 from now on;
 //! 2. leaves the cluster (deregisters from etcd), so peers stop routing keys here;
 //! 3. keeps serving for the shutdown grace (`--shutdown-grace`), so load balancers polling
-//!    `/readyz` stop sending before connections are refused;
+//!    `/readyz` stop sending before connections are refused; meanwhile it hands the values it
+//!    owns to their next owners (`--handoff-bytes`, within three quarters of the grace);
 //! 4. stops accepting connections and waits (at most [`DRAIN_TIMEOUT`]) for requests in flight;
 //! 5. waits (at most [`DRAIN_TIMEOUT`] again) for the storage tiers' queued writes (getter
 //!    loads' write-through; clients' writes were awaited before they were acknowledged), and
@@ -56,6 +57,8 @@ pub struct Node {
     pub guard: RequestGuard,
     /// How long [`run`] keeps serving, not ready, before it stops accepting connections.
     pub shutdown_grace: Duration,
+    /// Most bytes [`run`] hands to the keys' next owners during the grace (0: none).
+    pub handoff_bytes: u64,
     /// Whether [`run`] reloads plugins whose files are replaced (`--watch-plugins`).
     pub watch_plugins: bool,
     /// TLS of the node's port, when it serves TLS (`--tls-cert`).
@@ -214,6 +217,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
         cluster,
         guard,
         shutdown_grace: settings.shutdown_grace,
+        handoff_bytes: c.handoff_bytes,
         watch_plugins: settings.watch_plugins,
         tls,
     })
@@ -281,6 +285,7 @@ pub async fn run(
     let state = node.state.clone();
     let cluster = node.cluster.clone();
     let grace = node.shutdown_grace;
+    let handoff_bytes = node.handoff_bytes;
     let _watch = if node.watch_plugins {
         Some(crate::plugin::watch::watch(state.plugins().clone()).map_err(std::io::Error::other)?)
     } else {
@@ -308,7 +313,24 @@ pub async fn run(
                 ?grace,
                 "shutting down: not ready and out of the cluster; still serving for the grace"
             );
-            tokio::time::sleep(grace).await;
+            // Meanwhile the keys' next owners take their values, within three quarters of the
+            // grace: they are sent while this node still answers, and they take them.
+            let handoff = async {
+                if handoff_bytes == 0 {
+                    return;
+                }
+                let deadline = tokio::time::Instant::now() + grace * 3 / 4;
+                let sent = state.groups().hand_off(handoff_bytes, deadline).await;
+                if sent.entries > 0 || sent.skipped > 0 {
+                    tracing::info!(
+                        entries = sent.entries,
+                        bytes = sent.bytes,
+                        skipped = sent.skipped,
+                        "shutting down: handed values to their next owners"
+                    );
+                }
+            };
+            tokio::join!(handoff, tokio::time::sleep(grace));
         }
         tracing::info!("shutting down: no new connections; draining requests in flight");
         let _ = drain_tx.send(());

@@ -13,6 +13,9 @@
 //!   sets and gets, against nginx and a fixed-response server measured by the same client in
 //!   the same run (see `http.rs`; the client is `load.rs`).
 //! - `memory`: the resident memory of a node whose cache budget is filled past its size.
+//! - `expiry`: one hot key expiring under load through a 3-node cluster, with and without a
+//!   stale window: p99 of the second after each expiry against the steady state, and getter
+//!   calls per expiry (see `expiry.rs`).
 //! - `sources`: a node's all-miss latency through `http_getter` (a local origin) and `db_getter`
 //!   (a local Postgres), against the same source asked directly, in the same run; and how many
 //!   requests reach the origin when every connection asks one key at once (see `sources.rs`).
@@ -32,6 +35,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod compression;
+mod expiry;
 mod http;
 mod load;
 mod memory;
@@ -58,6 +62,9 @@ enum Command {
     Http(http::Args),
     /// Resident memory of a node with its cache budget filled past its size.
     Memory(memory::Args),
+    /// One hot key expiring under load: p99 of the second after expiry against the steady
+    /// state, with and without a stale window, and getter calls per expiry.
+    Expiry(expiry::Args),
     /// Compare codecs: ratio and speed per codec and level, per corpus.
     Compression(compression::Args),
     /// A node's all-miss latency through getters that reach real sources (an HTTP origin,
@@ -106,6 +113,10 @@ fn main() -> ExitCode {
         Command::Memory(args) => {
             stop_on_signal();
             memory::run(args)
+        }
+        Command::Expiry(args) => {
+            stop_on_signal();
+            expiry::run(args)
         }
         Command::Compression(args) => compression::run(args),
         Command::Sources(args) => {

@@ -376,43 +376,21 @@ impl Cluster {
         let dir = tempfile::Builder::new()
             .prefix("geecache-perf-")
             .tempdir()?;
-        let addrs: Vec<SocketAddr> = free_ports(n)?.into_iter().map(loopback).collect();
-        let mut nodes = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let mut cmd = Command::new(&spec.host_bin);
-            cmd.arg("--plugin")
-                .arg(format!("synth_getter={}", spec.plugin.display()))
-                .arg("--plugin-config")
-                .arg(format!("synth_getter.value_bytes={}", spec.value_bytes))
-                .args(["--group", &spec.group, "--bind", "127.0.0.1"])
-                .args(["--port", &addr.port().to_string()])
-                .args(["--advertise-addr", &addr.to_string()])
-                .arg("--compile-cache-dir")
-                .arg(geecache_tests::compile_cache_dir())
-                .args(["--shutdown-grace", "0s"]);
-            if n > 1 {
-                let others: Vec<String> = addrs
-                    .iter()
-                    .filter(|a| *a != addr)
-                    .map(ToString::to_string)
-                    .collect();
-                cmd.args(["--peers", &others.join(",")]);
-                if let Some(secret) = &spec.cluster_secret {
-                    cmd.args(["--cluster-secret", secret]);
-                }
-            }
-            cmd.args(&spec.extra);
-            let log = dir.path().join(format!("node-{i}.log"));
-            nodes.push(Process::spawn(
-                &format!("node {addr}"),
-                cmd,
-                log,
-                Death::Kill,
-            )?);
+        let mut args = vec![
+            "--plugin".to_owned(),
+            format!("synth_getter={}", spec.plugin.display()),
+            "--plugin-config".to_owned(),
+            format!("synth_getter.value_bytes={}", spec.value_bytes),
+            "--group".to_owned(),
+            spec.group.clone(),
+        ];
+        if let (true, Some(secret)) = (n > 1, &spec.cluster_secret) {
+            args.extend(["--cluster-secret".to_owned(), secret.clone()]);
         }
-        for (node, addr) in nodes.iter_mut().zip(&addrs) {
-            node.wait_ready(*addr, "/readyz")?;
-        }
+        args.extend(spec.extra.iter().cloned());
+        let (nodes, addrs) = start_nodes(&spec.host_bin, n, &args, dir.path())?
+            .into_iter()
+            .unzip();
         Ok(Cluster {
             addrs,
             nodes,
@@ -431,18 +409,49 @@ pub fn start_node(
     args: &[String],
     dir: &Path,
 ) -> anyhow::Result<(Process, SocketAddr)> {
-    let addr = loopback(free_ports(1)?[0]);
-    let mut cmd = Command::new(host_bin);
-    cmd.args(args)
-        .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
-        .args(["--advertise-addr", &addr.to_string()])
-        .arg("--compile-cache-dir")
-        .arg(geecache_tests::compile_cache_dir())
-        .args(["--shutdown-grace", "0s"]);
-    let log = dir.join(format!("node-{}.log", addr.port()));
-    let mut node = Process::spawn(&format!("node {addr}"), cmd, log, Death::Kill)?;
-    node.wait_ready(addr, "/readyz")?;
-    Ok((node, addr))
+    let mut nodes = start_nodes(host_bin, 1, args, dir)?;
+    Ok(nodes.remove(0))
+}
+
+/// `n` nodes as [`start_node`] starts one; with more than one, each lists the others with
+/// `--peers` (add `--cluster-secret` to `args` for signed peers).
+///
+/// # Errors
+/// As [`start_node`].
+pub fn start_nodes(
+    host_bin: &Path,
+    n: usize,
+    args: &[String],
+    dir: &Path,
+) -> anyhow::Result<Vec<(Process, SocketAddr)>> {
+    let addrs: Vec<SocketAddr> = free_ports(n)?.into_iter().map(loopback).collect();
+    let mut nodes = Vec::new();
+    for addr in &addrs {
+        let mut cmd = Command::new(host_bin);
+        cmd.args(args)
+            .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+            .args(["--advertise-addr", &addr.to_string()])
+            .arg("--compile-cache-dir")
+            .arg(geecache_tests::compile_cache_dir())
+            .args(["--shutdown-grace", "0s"]);
+        if n > 1 {
+            let others: Vec<String> = addrs
+                .iter()
+                .filter(|a| *a != addr)
+                .map(ToString::to_string)
+                .collect();
+            cmd.args(["--peers", &others.join(",")]);
+        }
+        let log = dir.join(format!("node-{}.log", addr.port()));
+        nodes.push((
+            Process::spawn(&format!("node {addr}"), cmd, log, Death::Kill)?,
+            *addr,
+        ));
+    }
+    for (node, addr) in &mut nodes {
+        node.wait_ready(*addr, "/readyz")?;
+    }
+    Ok(nodes)
 }
 
 /// A fixed-response server, stopped when dropped.

@@ -95,6 +95,19 @@ pub trait PeerService: Entries {
         let _ = (group, key);
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    /// Takes entries a stopping node hands over (`entries` of `group`: values of its keys whose
+    /// next owner this node is, and its copies of keys this node owns), keeping each it can
+    /// check; returns how many it kept. Never loads, never writes through, never invalidates: a handed-over entry is a
+    /// copy, as a hot one is. The default keeps none.
+    fn take_handoff<'a>(
+        &'a self,
+        group: &'a str,
+        entries: Vec<(String, PeerEntry)>,
+    ) -> BoxFuture<'a, Result<usize>> {
+        let _ = (group, entries);
+        Box::pin(std::future::ready(Ok(0)))
+    }
 }
 
 /// Another node of the cluster: the [`PeerService`] it offers, asked over the network.
@@ -164,6 +177,15 @@ pub trait PeerPicker: Send + Sync + fmt::Debug + 'static {
     fn previous_owners(&self, key: &str) -> Vec<Arc<dyn RemotePeer>> {
         let _ = key;
         Vec::new()
+    }
+
+    /// The node that owns `key` when its owner is gone (the next node for it on the ring),
+    /// unless that is this node: where a stopping owner hands the key's value over, and so
+    /// where a node whose request to the owner failed looks for it before loading. The
+    /// default: none.
+    fn successor(&self, key: &str) -> Option<Arc<dyn RemotePeer>> {
+        let _ = key;
+        None
     }
 }
 

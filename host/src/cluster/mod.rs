@@ -145,6 +145,18 @@ impl PeerService for Peer {
                 .timed("peek", span, self.core.client.peek(group, key)),
         )
     }
+
+    fn take_handoff<'a>(
+        &'a self,
+        group: &'a str,
+        entries: Vec<(String, PeerEntry)>,
+    ) -> BoxFuture<'a, Result<usize>> {
+        let span = tracing::info_span!("geecache.peer.handoff", peer = &*self.core.addr, group);
+        Box::pin(
+            self.core
+                .timed("handoff", span, self.core.client.hand_off(group, entries)),
+        )
+    }
 }
 
 impl RemotePeer for Peer {
@@ -209,6 +221,10 @@ struct Previous {
 /// How long after a ring change (or after this node started) a key's new owner peeks at its
 /// previous owner before loading it (`--handoff-window`).
 pub const DEFAULT_HANDOFF_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most bytes (keys and stored values) a stopping node hands to their next owners
+/// (`--handoff-bytes`).
+pub const DEFAULT_HANDOFF_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What `/api/v1/cluster` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -680,6 +696,17 @@ impl PeerPicker for Cluster {
             .filter_map(|o| view.peers.get(o).or_else(|| previous.peers.get(o)).cloned())
             .map(|p| p as Arc<dyn RemotePeer>)
             .collect()
+    }
+
+    fn successor(&self, key: &str) -> Option<Arc<dyn RemotePeer>> {
+        let view = lock_read(&self.view).clone();
+        let next = view.ring.owners(key, 2).into_iter().nth(1)?;
+        if next == self.self_addr {
+            return None;
+        }
+        view.peers
+            .get(next)
+            .map(|p| p.clone() as Arc<dyn RemotePeer>)
     }
 }
 

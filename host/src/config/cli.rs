@@ -283,6 +283,13 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_HANDOFF_TIMEOUT")]
     pub handoff_timeout: Option<String>,
 
+    /// On shutdown, during --shutdown-grace, the node hands the values it owns to their next
+    /// owners (the node that owns each key without it), at most this many bytes of keys and
+    /// values in all, so its keys are not loaded again while it is away or when it comes back;
+    /// 0 disables [default: 64MiB].
+    #[arg(long, value_name = "BYTES", env = "GEECACHE_HANDOFF_BYTES")]
+    pub handoff_bytes: Option<String>,
+
     /// Static cluster: the other nodes' addresses (host:port), comma-separated. This node's
     /// own address may be listed too. Ignored with --etcd-endpoints.
     #[arg(

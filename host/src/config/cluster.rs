@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{Cli, given};
 use crate::discovery::PeerSource;
 use crate::discovery::etcd::{EtcdTls, EtcdUser};
-use crate::units::parse_duration;
+use crate::units::{parse_duration, parse_size};
 
 /// Lease TTL of a node's etcd registration.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -49,6 +49,9 @@ pub struct ClusterSettings {
     pub peer_coalesce: usize,
     /// How long after a ring change a key's new owner peeks at its previous owner (0: never).
     pub handoff_window: Duration,
+    /// Most bytes (keys and stored values) a stopping node hands to their next owners (0:
+    /// none).
+    pub handoff_bytes: u64,
 }
 
 impl ClusterSettings {
@@ -134,6 +137,9 @@ pub(super) fn cluster(cli: &Cli, bind: IpAddr, port: u16) -> Result<ClusterSetti
         handoff_window: given(cli.handoff_window.as_deref(), parse_duration)
             .map_err(|e| format!("--handoff-window: {e}"))?
             .unwrap_or(crate::cluster::DEFAULT_HANDOFF_WINDOW),
+        handoff_bytes: given(cli.handoff_bytes.as_deref(), parse_size)
+            .map_err(|e| format!("--handoff-bytes: {e}"))?
+            .unwrap_or(crate::cluster::DEFAULT_HANDOFF_BYTES),
     })
 }
 

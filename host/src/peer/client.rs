@@ -14,8 +14,8 @@ use super::auth::{self, ClusterSecret};
 use super::http::{HttpError, PeerHttp, http_client};
 use super::proto::{self, batch_item, get_response};
 use super::{
-    BATCH_SEGMENT, CONTENT_TYPE, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PEEK_SEGMENT,
-    PeerEntry, PeerError, encode_segment, key_path,
+    BATCH_SEGMENT, CONTENT_TYPE, HANDOFF_SEGMENT, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX,
+    PEEK_SEGMENT, PeerEntry, PeerError, encode_segment, key_path,
 };
 
 /// Per-request timeout when the builder is given none.
@@ -275,6 +275,37 @@ impl PeerClient {
             )
             .await?;
         self.get_answer(body)
+    }
+
+    /// Hands `entries` (at most [`MAX_BATCH_KEYS`]) to the node, their keys' next owner, as a
+    /// stopping node does (`_handoff`); returns how many it kept.
+    ///
+    /// # Errors
+    /// Any [`PeerError`].
+    pub async fn hand_off(
+        &self,
+        group: &str,
+        entries: Vec<(String, PeerEntry)>,
+    ) -> Result<usize, PeerError> {
+        let request = proto::HandoffRequest {
+            items: entries
+                .into_iter()
+                .map(|(key, entry)| proto::HandoffItem {
+                    key,
+                    entry: Some(entry.into()),
+                })
+                .collect(),
+        };
+        let body = self
+            .send(
+                Method::POST,
+                action_path(group, HANDOFF_SEGMENT),
+                request.encode_to_vec(),
+                Asked::Value,
+            )
+            .await?;
+        let answer: proto::HandoffResponse = self.decode(body)?;
+        Ok(answer.kept as usize)
     }
 
     /// A `GetResponse`: the entry, or `None` for `Missing`.

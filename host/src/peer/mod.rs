@@ -133,6 +133,9 @@ pub const INVALIDATE_SEGMENT: &str = "_invalidate";
 /// Last path segment of the peek route (with `POST`): what a node holds, never loaded.
 pub const PEEK_SEGMENT: &str = "_peek";
 
+/// Last path segment of the handoff route (with `POST`): entries a stopping node hands over.
+pub const HANDOFF_SEGMENT: &str = "_handoff";
+
 /// Header of every peer request: the sender's ring identity ([`RingStamp`]).
 pub const RING_HEADER: &str = "x-geecache-ring";
 

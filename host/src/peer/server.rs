@@ -25,7 +25,7 @@ use tracing::Instrument as _;
 use super::auth::{self, AuthError, NodeAuth, SignedHeaders};
 use super::proto::{self, batch_item, get_response};
 use super::{
-    BATCH_SEGMENT, CONTENT_TYPE, DEFAULT_MAX_BODY_BYTES, DEFAULT_PEER_CONCURRENCY,
+    BATCH_SEGMENT, CONTENT_TYPE, DEFAULT_MAX_BODY_BYTES, DEFAULT_PEER_CONCURRENCY, HANDOFF_SEGMENT,
     INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX, PEEK_SEGMENT, PeerEntry, PeerService,
     decode_segment,
 };
@@ -371,10 +371,11 @@ async fn route(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure
         Method::POST if req.key == BATCH_SEGMENT => batch_get(state, req).await,
         Method::POST if req.key == INVALIDATE_SEGMENT => invalidate(state, req).await,
         Method::POST if req.key == PEEK_SEGMENT => peek(state, req).await,
+        Method::POST if req.key == HANDOFF_SEGMENT => take_handoff(state, req).await,
         _ => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "peer keys accept GET, PUT and DELETE; POST only to _batch, _invalidate and _peek",
+            "peer keys accept GET, PUT and DELETE; POST only to _batch, _invalidate, _peek and _handoff",
         )),
     }
 }
@@ -390,6 +391,26 @@ async fn peek(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure>
     check_keys(std::slice::from_ref(&message.key))?;
     let entry = state.service.peek(&req.group, &message.key).await?;
     Ok(get_response(entry))
+}
+
+/// `_handoff`: entries a stopping node hands to their keys' next owner.
+async fn take_handoff(state: &PeerState, req: &PeerRequest) -> Result<Response, Failure> {
+    check_key_count(&req.body)?;
+    let message: proto::HandoffRequest = req.decode("HandoffRequest")?;
+    let mut entries = Vec::with_capacity(message.items.len());
+    for item in message.items {
+        let entry = item
+            .entry
+            .ok_or_else(|| Failure::bad_request("HandoffItem has no entry"))?;
+        let entry = PeerEntry::try_from(entry).map_err(Failure::bad_request)?;
+        entries.push((item.key, entry));
+    }
+    let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+    check_keys(&keys)?;
+    let kept = state.service.take_handoff(&req.group, entries).await?;
+    Ok(protobuf(&proto::HandoffResponse {
+        kept: u32::try_from(kept).unwrap_or(u32::MAX),
+    }))
 }
 
 /// A `GetResponse` carrying `entry`, or `Missing`.
@@ -469,7 +490,8 @@ async fn batch_get(state: &PeerState, req: &PeerRequest) -> Result<Response, Fai
 }
 
 /// The keys of a batch or invalidate request: at most [`MAX_BATCH_KEYS`], none empty.
-/// Refuses a `BatchGetRequest` or `InvalidateRequest` body (whose keys are field 1) with more
+/// Refuses a `BatchGetRequest`, `InvalidateRequest` or `HandoffRequest` body (whose keys or
+/// items are field 1) with more
 /// than [`MAX_BATCH_KEYS`] keys before it is decoded: a scan of the wire format that stops at
 /// the first key past the limit, so a body of millions of keys never becomes millions of
 /// strings. A malformed body is left to the decoder, which says what is wrong.

@@ -444,6 +444,19 @@ impl Cache {
         self.store.weighted_size()
     }
 
+    /// Every entry held now that is fresh at `now_ms`, with its key, in no particular order;
+    /// entries inserted or removed meanwhile may or may not be seen. For a stopping node's
+    /// handoff.
+    pub fn fresh_entries(
+        &self,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (String, Arc<CacheEntry>)> + '_ {
+        self.store
+            .iter()
+            .filter(move |(_, entry)| !entry.is_expired_at(now_ms))
+            .map(|(key, entry)| (key.text.to_string(), entry))
+    }
+
     /// Entries currently held (negative entries included); exact after
     /// [`Cache::run_pending_tasks`].
     pub fn entry_count(&self) -> u64 {

@@ -332,16 +332,27 @@ impl Core {
     /// value they hold in memory, all within one handoff timeout. `None` when there is none to
     /// ask, or none holds a live value, fails or is slow (counted once): the key loads as usual.
     pub(super) async fn load_handed_off(&self, key: &str) -> Option<Value> {
-        let timeout = self.options.handoff_timeout;
-        if timeout.is_zero() {
+        if self.options.handoff_timeout.is_zero() {
             return None;
         }
         let candidates = self.peers.as_ref()?.previous_owners(key);
-        if candidates.is_empty() {
+        self.peek_at(key, &candidates).await
+    }
+
+    /// Asks `candidates` in order for the value they hold in memory for `key`, all within one
+    /// handoff timeout: the first live value, or `None` (none to ask: uncounted; else counted
+    /// once as a handoff miss).
+    pub(super) async fn peek_at(
+        &self,
+        key: &str,
+        candidates: &[Arc<dyn RemotePeer>],
+    ) -> Option<Value> {
+        let timeout = self.options.handoff_timeout;
+        if timeout.is_zero() || candidates.is_empty() {
             return None;
         }
         let asked = async {
-            for peer in &candidates {
+            for peer in candidates {
                 match peer.peek(&self.name, key).await {
                     // A value past its expiry is loaded again rather than taken over.
                     Ok(Some(entry))
@@ -552,14 +563,18 @@ impl Core {
         }
     }
 
-    /// The owner is down or slow: answers the client from the source, and keeps the value as
-    /// a hot copy (it is still the owner's key).
+    /// The owner is down or slow: answers the client from the key's next owner's memory (where
+    /// a stopping owner handed it over) or else from the source, and keeps the value as a hot
+    /// copy (it is still the owner's key).
     pub(super) async fn load_for_failed_owner(
         &self,
         key: &str,
         generation: u64,
     ) -> Result<Sourced> {
-        let value = self.load_local(key).await?;
+        let (value, source) = match self.load_from_successor(key).await {
+            Some(value) => (Some(value), Source::Peer),
+            None => (self.load_local(key).await?, Source::Getter),
+        };
         self.remember(
             Tier::Hot,
             key,
@@ -567,7 +582,7 @@ impl Core {
             generation,
             false,
         );
-        Ok((value.map(|v| (v.plain, v.expires_at_ms)), Source::Getter))
+        Ok((value.map(|v| (v.plain, v.expires_at_ms)), source))
     }
 
     /// The singleflight leader's work for a batch's key whose owner answered ahead

@@ -87,6 +87,18 @@ pub const GROUP_METRICS: Table = &[
         "geecache_peeks_served_total",
         "Peeks served to keys' new owners.",
     ),
+    (
+        "geecache_handoff_pushed_total",
+        "Entries handed to their next owners while this node stopped.",
+    ),
+    (
+        "geecache_handoff_push_skipped_total",
+        "Entries not handed over while this node stopped: past --handoff-bytes or the shutdown grace, or refused by their next owner.",
+    ),
+    (
+        "geecache_handoff_received_total",
+        "Entries taken over from a stopping node whose next owner this node is.",
+    ),
     ("geecache_sets_total", "Values set at this node as owner."),
     (
         "geecache_removes_total",
@@ -194,6 +206,13 @@ pub fn group_series(g: &GroupSnapshot) -> Vec<GroupSeries> {
         ("geecache_handoff_hits_total", None, c.handoff_hits),
         ("geecache_handoff_misses_total", None, c.handoff_misses),
         ("geecache_peeks_served_total", None, c.peeks_served),
+        ("geecache_handoff_pushed_total", None, c.handoff_pushed),
+        (
+            "geecache_handoff_push_skipped_total",
+            None,
+            c.handoff_push_skipped,
+        ),
+        ("geecache_handoff_received_total", None, c.handoff_received),
         ("geecache_sets_total", None, c.sets),
         ("geecache_removes_total", None, c.removes),
         ("geecache_cache_evictions_total", main, g.cache_evictions),

@@ -25,8 +25,8 @@
 //! (compressed) bytes, peers receive the stored bytes as they are, and every decode is checked,
 //! so a corrupt or mis-tagged value is dropped and reloaded, never served.
 //!
-//! Files: `read.rs` (the read API), `load.rs` (the load paths), `write.rs` (the write path
-//! and flushes), `generations.rs` (write generations), `options.rs` (options and builder),
+//! Files: `read.rs` (the read API), `load.rs` (the load paths), `handoff.rs` (a stopping
+//! node's entries handed to their next owners), `write.rs` (the write path and flushes), `generations.rs` (write generations), `options.rs` (options and builder),
 //! `registry.rs` (the node's groups), `reply.rs` (answers in an HTTP content coding),
 //! `tier.rs` (the storage tier's write queues), `stats.rs` (counters).
 //!
@@ -35,6 +35,7 @@
 //! are interchangeable.
 
 mod generations;
+mod handoff;
 mod load;
 pub mod metrics;
 mod options;
@@ -64,6 +65,7 @@ use crate::singleflight::Singleflight;
 pub use crate::seam::{
     Entries, Getter, Loaded, OwnerItem, PeerEntry, PeerPicker, PeerService, RemotePeer, Storage,
 };
+pub use handoff::{HANDOFF_BATCH_BYTES, HANDOFF_BATCH_ENTRIES, HandedOff};
 use load::stored_of;
 pub use options::{GroupBuilder, GroupOptions};
 pub use registry::Groups;

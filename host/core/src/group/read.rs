@@ -172,6 +172,17 @@ impl Group {
     /// is counted and leaves the entry as it is: a stale one is answered until its window ends
     /// (stale-if-error).
     fn refresh_in_background(&self, key: &str, ahead: bool) {
+        if self
+            .core
+            .peers
+            .as_ref()
+            .is_none_or(|peers| peers.pick(key).is_none())
+        {
+            // This node owns the key: its clients' refresh and its peers' are one, in the
+            // owner's singleflight (which never forwards, so it cannot wait on another node).
+            self.refresh_as_owner_in_background(key, ahead);
+            return;
+        }
         let (core, generation) = (self.core.clone(), self.core.generation(key));
         let refresh = self.flights.start(&flight_key(generation, key), || {
             core.load(key.to_owned(), generation, true)

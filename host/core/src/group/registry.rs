@@ -85,4 +85,12 @@ impl crate::seam::PeerService for Groups {
         let held = self.get(group).and_then(|g| g.peek_as_owner(key));
         Box::pin(std::future::ready(held))
     }
+
+    fn take_handoff<'a>(
+        &'a self,
+        group: &'a str,
+        entries: Vec<(String, PeerEntry)>,
+    ) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move { self.get(group)?.take_handoff(entries).await })
+    }
 }

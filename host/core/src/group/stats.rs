@@ -98,6 +98,13 @@ counters! {
     handoff_misses,
     /// Peeks served to a key's new owner (hits or not).
     peeks_served,
+    /// Entries this node handed to their next owners while it stopped (`--handoff-bytes`).
+    handoff_pushed,
+    /// Entries this node could not hand over while it stopped: past the byte budget or the
+    /// shutdown grace, or refused or not answered by their next owner (they load again).
+    handoff_push_skipped,
+    /// Entries taken over from a stopping node, whose next owner this node is.
+    handoff_received,
     /// Lookups in the storage tier that found a live value.
     storage_hits,
     /// Lookups in the storage tier that found nothing (or an expired value).

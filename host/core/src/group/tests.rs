@@ -1781,6 +1781,29 @@ async fn a_stale_value_is_answered_at_once_and_refreshed_once_in_the_background(
     assert_eq!((c.stale_refreshes, c.miss_stale_refresh), (1, 20));
 }
 
+/// The owner's own clients and its peers find the key stale at the same moment: one refresh.
+#[tokio::test]
+async fn an_owner_refreshes_once_for_its_clients_and_its_peers_together() {
+    let getter = Arc::new(MapGetter {
+        delay: Some(Duration::from_millis(50)),
+        ..Default::default()
+    });
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let g = group(getter.clone(), stale_options(), clock.clone());
+    g.get("a").await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Stale);
+    assert!(g.get_as_owner("a").await.unwrap().is_some());
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Stale);
+    calls_reach(&getter, 2).await;
+    refreshes_settle(&g).await;
+    assert_eq!(
+        getter.calls.load(Ordering::SeqCst),
+        2,
+        "one load, one refresh"
+    );
+}
+
 #[tokio::test]
 async fn without_a_stale_window_an_expired_value_waits_for_its_load() {
     let getter = Arc::new(MapGetter::default());
