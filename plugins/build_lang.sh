@@ -20,7 +20,11 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-wit="$(cd "$here/.." && pwd)/wit/geecache.wit"
+# The Python getter is built against the current WIT (0.2.0, the directory: it uses 0.1.0's
+# interfaces from wit/deps); the JavaScript getters against 0.1.0 (frozen), as plugins built
+# before 0.2.0 are: the tests that run them check that such plugins keep loading.
+wit="$(cd "$here/.." && pwd)/wit"
+wit_v0_1="$wit/deps/geecache-plugin-0.1.0/geecache.wit"
 out_dir="$here/target/lang"
 required=0
 [[ "${1:-}" == "--required" ]] && required=1
@@ -42,7 +46,7 @@ stale() {
     shift
     [[ -f "$out" ]] || return 0
     local input
-    for input in "$@" "$wit" "${BASH_SOURCE[0]}"; do
+    for input in "$@" "$wit/geecache.wit" "$wit_v0_1" "${BASH_SOURCE[0]}"; do
         [[ "$input" -nt "$out" ]] && return 0
     done
     return 1

@@ -46,6 +46,7 @@ impl Getter for Values {
                 Some(v) => Ok(Loaded::Found {
                     value: v.clone(),
                     expires_at_ms: None,
+                    stale_ms: None,
                 }),
                 None => Err(Error::Internal(format!("unexpected load of {key:?}"))),
             }

@@ -384,6 +384,22 @@ async fn stale_values_are_answered_at_once_and_cover_an_origin_that_is_down() {
     assert_eq!(stats["miss_never_seen"], 1, "{stats}");
 }
 
+/// The origin's `stale-while-revalidate` / `stale-if-error` reach the cache through the
+/// getter's `found` (WIT 0.2.0): with no `--stale` on the node, an expired value is still
+/// answered stale while the origin is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_stale_if_error_covers_it_without_a_stale_flag() {
+    let origin = Origin::start().await;
+    let node = node(&origin, "flaky-swr", &[origin.base()], &[]).await;
+    let ok = |source: &str| (200, source.to_owned(), "630".to_owned());
+    assert_eq!(get_sourced(&node).await, ok("getter"));
+    origin.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        assert_eq!(get_sourced(&node).await, ok("stale"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_larger_than_one_stream_write_is_sent_whole() {
     let origin = Origin::start().await;

@@ -11,6 +11,7 @@
 //! - `POST /echo-len/{key}`: 200 with the length of the request body, in decimal.
 //! - `/flaky/{key}`: 200 `630` with `Cache-Control: max-age=1` for any key, or 500 while the
 //!   origin is set down ([`Origin::set_down`]); counted in [`Origin::flaky_requests`].
+//! - `/flaky-swr/{key}`: the same, with `stale-while-revalidate=2, stale-if-error=30` too.
 //! - `/huge/{key}`: 200 with 1 GiB of body, sent in 64 KiB chunks without a length
 //!   (`/huge-announced/{key}` says `Content-Length: 1073741824` first); [`Origin::huge_bytes`]
 //!   counts the bytes the server produced.
@@ -113,6 +114,23 @@ async fn flaky(State(c): State<Arc<Counters>>) -> Response {
     ([(header::CACHE_CONTROL, "max-age=1")], "630").into_response()
 }
 
+/// `/flaky` with its own stale window: `max-age=1, stale-while-revalidate=2,
+/// stale-if-error=30`.
+async fn flaky_swr(State(c): State<Arc<Counters>>) -> Response {
+    c.flaky.fetch_add(1, Ordering::SeqCst);
+    if c.down.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CACHE_CONTROL,
+            "max-age=1, stale-while-revalidate=2, stale-if-error=30",
+        )],
+        "630",
+    )
+        .into_response()
+}
+
 async fn slow(State(c): State<Arc<Counters>>) -> &'static str {
     c.slow_started.fetch_add(1, Ordering::SeqCst);
     let mut guard = DropGuard(c, false);
@@ -196,6 +214,7 @@ impl Origin {
             .route("/items/{key}", get(items))
             .route("/slow/{key}", get(slow))
             .route("/flaky/{key}", get(flaky))
+            .route("/flaky-swr/{key}", get(flaky_swr))
             .route("/echo-len/{key}", axum::routing::post(echo_len))
             .route(
                 "/boom/{key}",

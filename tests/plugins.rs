@@ -83,7 +83,8 @@ async fn db_getter_reads_sqlite_through_the_host() {
         getter.get("scores", "Tom").await.unwrap(),
         Loaded::Found {
             value: Bytes::from_static(b"630"),
-            expires_at_ms: None
+            expires_at_ms: None,
+            stale_ms: None,
         }
     );
     assert_eq!(
@@ -103,7 +104,8 @@ async fn db_getter_reads_sqlite_through_the_host() {
         getter.get("scores", "Sam").await.unwrap(),
         Loaded::Found {
             value: Bytes::from_static(b"Sam:567"),
-            expires_at_ms: None
+            expires_at_ms: None,
+            stale_ms: None,
         }
     );
 }
@@ -350,6 +352,7 @@ async fn sql_reads_the_granted_database_and_nothing_else() {
     let found = |v: &str| Loaded::Found {
         value: Bytes::from(v.to_string()),
         expires_at_ms: None,
+        stale_ms: None,
     };
     assert_eq!(
         getter
@@ -426,7 +429,8 @@ async fn a_granted_directory_is_read_only_unless_granted_rw() {
         reader.get("g", "read:/data/hello.txt").await.unwrap(),
         Loaded::Found {
             value: Bytes::from_static(b"hi"),
-            expires_at_ms: None
+            expires_at_ms: None,
+            stale_ms: None,
         }
     );
     // Before: every granted directory was writable.
@@ -443,7 +447,8 @@ async fn a_granted_directory_is_read_only_unless_granted_rw() {
         reader.get("g", "env").await.unwrap(),
         Loaded::Found {
             value: Bytes::from_static(b"0"),
-            expires_at_ms: None
+            expires_at_ms: None,
+            stale_ms: None,
         }
     );
 

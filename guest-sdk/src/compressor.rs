@@ -43,7 +43,7 @@ crate::world_glue!(compressor);
 #[doc(hidden)]
 pub mod export {
     use super::Compressor;
-    use crate::wit::compressor::geecache::plugin::types;
+    use crate::wit::compressor::geecache::plugin0_1_0::types;
 
     pub fn info<C: Compressor>(crate_version: &str) -> types::PluginInfo {
         types::PluginInfo::of(C::NAME, C::VERSION, crate_version)
@@ -76,10 +76,10 @@ macro_rules! export_compressor {
         const _: () = {
             struct GeecacheCompressorAdapter;
 
-            impl $crate::wit::compressor::exports::geecache::plugin::compressor::Guest
+            impl $crate::wit::compressor::exports::geecache::plugin0_1_0::compressor::Guest
                 for GeecacheCompressorAdapter
             {
-                fn info() -> $crate::wit::compressor::geecache::plugin::types::PluginInfo {
+                fn info() -> $crate::wit::compressor::geecache::plugin0_1_0::types::PluginInfo {
                     $crate::__compressor_export::info::<$compressor>(env!("CARGO_PKG_VERSION"))
                 }
 
@@ -88,7 +88,7 @@ macro_rules! export_compressor {
                     level: ::std::option::Option<i32>,
                 ) -> ::std::result::Result<
                     ::std::vec::Vec<u8>,
-                    $crate::wit::compressor::geecache::plugin::types::Error,
+                    $crate::wit::compressor::geecache::plugin0_1_0::types::Error,
                 > {
                     $crate::__compressor_export::compress::<$compressor>(&data, level)
                 }
@@ -98,7 +98,7 @@ macro_rules! export_compressor {
                     max_len: u64,
                 ) -> ::std::result::Result<
                     ::std::vec::Vec<u8>,
-                    $crate::wit::compressor::geecache::plugin::types::Error,
+                    $crate::wit::compressor::geecache::plugin0_1_0::types::Error,
                 > {
                     $crate::__compressor_export::decompress::<$compressor>(&data, max_len)
                 }

@@ -1,7 +1,7 @@
 //! Getters: how a cache miss is loaded from the source of truth.
 
 use crate::Error;
-use crate::wit::getter::exports::geecache::plugin::getter as wit;
+use crate::wit::getter::exports::geecache::plugin0_2_0::getter as wit;
 
 /// A getter plugin: loads a key of a cache group from the source of truth on a cache miss.
 ///
@@ -41,6 +41,10 @@ pub enum Lookup {
         /// Absolute expiry in milliseconds since the Unix epoch, or `None` to use the group's
         /// default time-to-live.
         expires_at_ms: Option<u64>,
+        /// How long past its expiry, in milliseconds, the value may still be answered (marked
+        /// stale) while it is refreshed or its source fails; `None` to use the group's
+        /// `stale` setting, `Some(0)` never. Hosts older than WIT 0.2.0 ignore it.
+        stale_ms: Option<u32>,
     },
     /// The key does not exist in the source; the host caches this answer briefly.
     NotFound,
@@ -54,13 +58,14 @@ impl Lookup {
     ///
     /// assert_eq!(
     ///     Lookup::found("630"),
-    ///     Lookup::Found { value: b"630".to_vec(), expires_at_ms: None },
+    ///     Lookup::Found { value: b"630".to_vec(), expires_at_ms: None, stale_ms: None },
     /// );
     /// ```
     pub fn found(value: impl Into<Vec<u8>>) -> Self {
         Self::Found {
             value: value.into(),
             expires_at_ms: None,
+            stale_ms: None,
         }
     }
 
@@ -69,6 +74,33 @@ impl Lookup {
         Self::Found {
             value: value.into(),
             expires_at_ms: Some(expires_at_ms),
+            stale_ms: None,
+        }
+    }
+
+    /// This found value with its own stale window: answered for `stale_ms` milliseconds past
+    /// its expiry (marked stale) while the host refreshes it or its source fails, whatever the
+    /// group's `stale` setting; 0 never. "Not found" is returned as it is.
+    ///
+    /// ```
+    /// use geecache_guest_sdk::Lookup;
+    ///
+    /// let lookup = Lookup::found_until("630", 1_800_000_000_000).stale_for_ms(30_000);
+    /// assert!(matches!(lookup, Lookup::Found { stale_ms: Some(30_000), .. }));
+    /// ```
+    #[must_use]
+    pub fn stale_for_ms(self, stale_ms: u32) -> Self {
+        match self {
+            Self::Found {
+                value,
+                expires_at_ms,
+                ..
+            } => Self::Found {
+                value,
+                expires_at_ms,
+                stale_ms: Some(stale_ms),
+            },
+            Self::NotFound => Self::NotFound,
         }
     }
 }
@@ -79,9 +111,11 @@ impl From<Lookup> for wit::Lookup {
             Lookup::Found {
                 value,
                 expires_at_ms,
+                stale_ms,
             } => Self::Found(wit::Found {
                 value,
                 expires_at_ms,
+                stale_ms,
             }),
             Lookup::NotFound => Self::NotFound,
         }
@@ -94,7 +128,7 @@ crate::world_glue!(getter);
 #[doc(hidden)]
 pub mod export {
     use super::{Getter, wit};
-    use crate::wit::getter::geecache::plugin::types;
+    use crate::wit::getter::geecache::plugin0_1_0::types;
 
     pub fn info<G: Getter>(crate_version: &str) -> types::PluginInfo {
         types::PluginInfo::of(G::NAME, G::VERSION, crate_version)
@@ -120,10 +154,10 @@ macro_rules! export_getter {
         const _: () = {
             struct GeecacheGetterAdapter;
 
-            impl $crate::wit::getter::exports::geecache::plugin::getter::Guest
+            impl $crate::wit::getter::exports::geecache::plugin0_2_0::getter::Guest
                 for GeecacheGetterAdapter
             {
-                fn info() -> $crate::wit::getter::geecache::plugin::types::PluginInfo {
+                fn info() -> $crate::wit::getter::geecache::plugin0_1_0::types::PluginInfo {
                     $crate::__getter_export::info::<$getter>(env!("CARGO_PKG_VERSION"))
                 }
 
@@ -131,8 +165,8 @@ macro_rules! export_getter {
                     group: ::std::string::String,
                     key: ::std::string::String,
                 ) -> ::std::result::Result<
-                    $crate::wit::getter::exports::geecache::plugin::getter::Lookup,
-                    $crate::wit::getter::geecache::plugin::types::Error,
+                    $crate::wit::getter::exports::geecache::plugin0_2_0::getter::Lookup,
+                    $crate::wit::getter::geecache::plugin0_1_0::types::Error,
                 > {
                     $crate::__getter_export::get::<$getter>(&group, &key)
                 }

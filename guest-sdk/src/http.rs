@@ -174,6 +174,22 @@ impl Response {
         shared.or(max_age)
     }
 
+    /// How long past its expiry the answer may still be used, in seconds, from `Cache-Control`
+    /// (RFC 5861): the larger of `stale-while-revalidate` and `stale-if-error`, which a cache
+    /// entry's one stale window covers both of; `None` without either.
+    pub fn stale_window(&self) -> Option<u64> {
+        let control = self.header("cache-control")?.to_ascii_lowercase();
+        control
+            .split(',')
+            .filter_map(|directive| match directive.trim().split_once('=') {
+                Some(("stale-while-revalidate" | "stale-if-error", v)) => {
+                    v.trim_matches('"').parse::<u64>().ok()
+                }
+                _ => None,
+            })
+            .max()
+    }
+
     /// Whether the status is 2xx.
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)

@@ -268,6 +268,8 @@ pub mod wit {
         wit_bindgen::generate!({
             path: "../wit",
             world: "getter-plugin",
+            // 0.2.0's worlds use 0.1.0's interfaces (another package version): generate them too.
+            generate_all,
             pub_export_macro: true,
             export_macro_name: "export_getter_world",
             default_bindings_module: "geecache_guest_sdk::wit::getter",
@@ -281,6 +283,8 @@ pub mod wit {
         wit_bindgen::generate!({
             path: "../wit",
             world: "storage-plugin",
+            // 0.2.0's worlds use 0.1.0's interfaces (another package version): generate them too.
+            generate_all,
             pub_export_macro: true,
             export_macro_name: "export_storage_world",
             default_bindings_module: "geecache_guest_sdk::wit::storage",
@@ -294,6 +298,8 @@ pub mod wit {
         wit_bindgen::generate!({
             path: "../wit",
             world: "compressor-plugin",
+            // 0.2.0's worlds use 0.1.0's interfaces (another package version): generate them too.
+            generate_all,
             pub_export_macro: true,
             export_macro_name: "export_compressor_world",
             default_bindings_module: "geecache_guest_sdk::wit::compressor",
@@ -305,16 +311,16 @@ pub mod wit {
     // enables a single kind, so this is the only copy it links; with several kinds enabled (as
     // in documentation builds) the getter's serves.
     #[cfg(feature = "getter")]
-    pub(crate) use getter::geecache::plugin as shared;
+    pub(crate) use getter::geecache::plugin0_1_0 as shared;
 
     #[cfg(all(feature = "storage", not(feature = "getter")))]
-    pub(crate) use storage::geecache::plugin as shared;
+    pub(crate) use storage::geecache::plugin0_1_0 as shared;
 
     #[cfg(all(
         feature = "compressor",
         not(any(feature = "getter", feature = "storage"))
     ))]
-    pub(crate) use compressor::geecache::plugin as shared;
+    pub(crate) use compressor::geecache::plugin0_1_0 as shared;
 }
 
 /// Converts between this crate's [`Error`] and one world's generated error, and builds that
@@ -323,9 +329,9 @@ pub mod wit {
 #[cfg(any(feature = "getter", feature = "storage", feature = "compressor"))]
 macro_rules! world_glue {
     ($world:ident) => {
-        impl From<crate::Error> for crate::wit::$world::geecache::plugin::types::Error {
+        impl From<crate::Error> for crate::wit::$world::geecache::plugin0_1_0::types::Error {
             fn from(err: crate::Error) -> Self {
-                use crate::wit::$world::geecache::plugin::types::Error as Wit;
+                use crate::wit::$world::geecache::plugin0_1_0::types::Error as Wit;
                 match err {
                     crate::Error::InvalidInput(msg) => Wit::InvalidInput(msg),
                     crate::Error::Unavailable(msg) => Wit::Unavailable(msg),
@@ -334,9 +340,9 @@ macro_rules! world_glue {
             }
         }
 
-        impl From<crate::wit::$world::geecache::plugin::types::Error> for crate::Error {
-            fn from(err: crate::wit::$world::geecache::plugin::types::Error) -> Self {
-                use crate::wit::$world::geecache::plugin::types::Error as Wit;
+        impl From<crate::wit::$world::geecache::plugin0_1_0::types::Error> for crate::Error {
+            fn from(err: crate::wit::$world::geecache::plugin0_1_0::types::Error) -> Self {
+                use crate::wit::$world::geecache::plugin0_1_0::types::Error as Wit;
                 match err {
                     Wit::InvalidInput(msg) => Self::InvalidInput(msg),
                     Wit::Unavailable(msg) => Self::Unavailable(msg),
@@ -345,7 +351,7 @@ macro_rules! world_glue {
             }
         }
 
-        impl crate::wit::$world::geecache::plugin::types::PluginInfo {
+        impl crate::wit::$world::geecache::plugin0_1_0::types::PluginInfo {
             /// The info a plugin reports: `name`, and `version` unless it is empty, in which
             /// case the plugin crate's version (`crate_version`) is used.
             pub(crate) fn of(name: &str, version: &str, crate_version: &str) -> Self {

@@ -16,7 +16,7 @@
 //! ```
 
 use crate::Error;
-use crate::wit::getter::geecache::plugin::sql as wit;
+use crate::wit::getter::geecache::plugin0_1_0::sql as wit;
 
 /// One SQL value, as in SQLite's type system.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,7 @@
 //! Storage backends: a tier below memory where entries may be kept (disk, a remote store).
 
 use crate::Error;
-use crate::wit::storage::exports::geecache::plugin::storage as wit;
+use crate::wit::storage::exports::geecache::plugin0_1_0::storage as wit;
 
 /// A storage backend plugin: keeps entries the host hands it and gives them back on request.
 ///
@@ -133,7 +133,7 @@ crate::world_glue!(storage);
 #[doc(hidden)]
 pub mod export {
     use super::{Storage, wit};
-    use crate::wit::storage::geecache::plugin::types;
+    use crate::wit::storage::geecache::plugin0_1_0::types;
 
     pub fn info<S: Storage>(crate_version: &str) -> types::PluginInfo {
         types::PluginInfo::of(S::NAME, S::VERSION, crate_version)
@@ -174,10 +174,10 @@ macro_rules! export_storage {
         const _: () = {
             struct GeecacheStorageAdapter;
 
-            impl $crate::wit::storage::exports::geecache::plugin::storage::Guest
+            impl $crate::wit::storage::exports::geecache::plugin0_1_0::storage::Guest
                 for GeecacheStorageAdapter
             {
-                fn info() -> $crate::wit::storage::geecache::plugin::types::PluginInfo {
+                fn info() -> $crate::wit::storage::geecache::plugin0_1_0::types::PluginInfo {
                     $crate::__storage_export::info::<$storage>(env!("CARGO_PKG_VERSION"))
                 }
 
@@ -186,9 +186,9 @@ macro_rules! export_storage {
                     key: ::std::string::String,
                 ) -> ::std::result::Result<
                     ::std::option::Option<
-                        $crate::wit::storage::exports::geecache::plugin::storage::Entry,
+                        $crate::wit::storage::exports::geecache::plugin0_1_0::storage::Entry,
                     >,
-                    $crate::wit::storage::geecache::plugin::types::Error,
+                    $crate::wit::storage::geecache::plugin0_1_0::types::Error,
                 > {
                     $crate::__storage_export::get::<$storage>(&group, &key)
                 }
@@ -196,28 +196,34 @@ macro_rules! export_storage {
                 fn put(
                     group: ::std::string::String,
                     key: ::std::string::String,
-                    entry: $crate::wit::storage::exports::geecache::plugin::storage::Entry,
-                ) -> ::std::result::Result<(), $crate::wit::storage::geecache::plugin::types::Error>
-                {
+                    entry: $crate::wit::storage::exports::geecache::plugin0_1_0::storage::Entry,
+                ) -> ::std::result::Result<
+                    (),
+                    $crate::wit::storage::geecache::plugin0_1_0::types::Error,
+                > {
                     $crate::__storage_export::put::<$storage>(&group, &key, entry)
                 }
 
                 fn delete(
                     group: ::std::string::String,
                     key: ::std::string::String,
-                ) -> ::std::result::Result<(), $crate::wit::storage::geecache::plugin::types::Error>
-                {
+                ) -> ::std::result::Result<
+                    (),
+                    $crate::wit::storage::geecache::plugin0_1_0::types::Error,
+                > {
                     $crate::__storage_export::delete::<$storage>(&group, &key)
                 }
             }
 
-            impl $crate::wit::storage::exports::geecache::plugin::storage_clear::Guest
+            impl $crate::wit::storage::exports::geecache::plugin0_1_0::storage_clear::Guest
                 for GeecacheStorageAdapter
             {
                 fn clear(
                     group: ::std::string::String,
-                ) -> ::std::result::Result<(), $crate::wit::storage::geecache::plugin::types::Error>
-                {
+                ) -> ::std::result::Result<
+                    (),
+                    $crate::wit::storage::geecache::plugin0_1_0::types::Error,
+                > {
                     $crate::__storage_export::clear::<$storage>(&group)
                 }
             }

@@ -34,7 +34,7 @@ class Getter(exports.Getter):
             log.log(log.Level.DEBUG, f"{group}/{key}: not found")
             return Lookup_NotFound()
         log.log(log.Level.DEBUG, f"{group}/{key}: found, {len(value)} bytes")
-        return Lookup_Found(Found(value=value, expires_at_ms=None))
+        return Lookup_Found(Found(value=value, expires_at_ms=None, stale_ms=None))
 
 
 def value_bytes(value: sql.Value) -> Optional[bytes]:

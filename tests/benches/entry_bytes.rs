@@ -114,6 +114,7 @@ impl Getter for Synth {
             Ok(Loaded::Found {
                 value: Bytes::from(value),
                 expires_at_ms: None,
+                stale_ms: None,
             })
         })
     }

@@ -35,6 +35,7 @@ impl Getter for Native {
             Ok(Loaded::Found {
                 value: Bytes::from(format!("native:{key}")),
                 expires_at_ms: None,
+                stale_ms: None,
             })
         })
     }

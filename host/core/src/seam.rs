@@ -30,6 +30,9 @@ pub enum Loaded {
         value: Bytes,
         /// Absolute expiry (ms since the Unix epoch) chosen by the source, if any.
         expires_at_ms: Option<u64>,
+        /// How long past its expiry the value may be answered stale, chosen by the source
+        /// (`None`: the group's `stale`).
+        stale_ms: Option<u32>,
     },
     /// The key does not exist in the source. Not an error.
     NotFound,

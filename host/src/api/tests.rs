@@ -49,6 +49,7 @@ impl Getter for SizedGetter {
             Ok(Loaded::Found {
                 value: Bytes::from(vec![b'x'; size]),
                 expires_at_ms: None,
+                stale_ms: None,
             })
         }
         .boxed()

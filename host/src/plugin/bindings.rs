@@ -1,6 +1,9 @@
 //! The one `bindgen!` site of the host: Rust bindings for the plugin worlds of
-//! `wit/geecache.wit`, with async exports (calls run on the caller's task, see `plugin`). The storage and compressor worlds reuse the getter world's bindings for
-//! the shared interfaces (`types`, `log`, `config`), so the host implements each import once.
+//! `wit/geecache.wit` (package 0.2.0) and of the getter world of 0.1.0
+//! (`wit/deps/geecache-plugin-0.1.0`), with async exports (calls run on the caller's task, see
+//! `plugin`). Every world reuses the getter world's bindings for the shared interfaces
+//! (`types`, `log`, `config`, `sql`: 0.1.0's in both versions), so the host implements each
+//! import once; only the getter export differs between the versions.
 
 #![allow(missing_docs, missing_debug_implementations)]
 
@@ -19,6 +22,23 @@ pub mod getter {
     });
 }
 
+/// Bindings for 0.1.0's `world getter-plugin`: getters built before `found` had a stale
+/// window. Its imports are the same interfaces as 0.2.0's.
+pub mod getter_v0_1 {
+    wasmtime::component::bindgen!({
+        world: "geecache:plugin/getter-plugin@0.1.0",
+        path: "../wit",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "geecache:plugin/types@0.1.0": super::getter::geecache::plugin0_1_0::types,
+            "geecache:plugin/log@0.1.0": super::getter::geecache::plugin0_1_0::log,
+            "geecache:plugin/config@0.1.0": super::getter::geecache::plugin0_1_0::config,
+            "geecache:plugin/sql@0.1.0": super::getter::geecache::plugin0_1_0::sql,
+        },
+    });
+}
+
 /// Bindings for `world storage-plugin-basic`: what every storage plugin exports.
 pub mod storage {
     wasmtime::component::bindgen!({
@@ -27,9 +47,9 @@ pub mod storage {
         imports: { default: trappable },
         exports: { default: async },
         with: {
-            "geecache:plugin/types": super::getter::geecache::plugin::types,
-            "geecache:plugin/log": super::getter::geecache::plugin::log,
-            "geecache:plugin/config": super::getter::geecache::plugin::config,
+            "geecache:plugin/types@0.1.0": super::getter::geecache::plugin0_1_0::types,
+            "geecache:plugin/log@0.1.0": super::getter::geecache::plugin0_1_0::log,
+            "geecache:plugin/config@0.1.0": super::getter::geecache::plugin0_1_0::config,
         },
     });
 }
@@ -44,10 +64,10 @@ pub mod storage_clear {
         imports: { default: trappable },
         exports: { default: async },
         with: {
-            "geecache:plugin/types": super::getter::geecache::plugin::types,
-            "geecache:plugin/log": super::getter::geecache::plugin::log,
-            "geecache:plugin/config": super::getter::geecache::plugin::config,
-            "geecache:plugin/storage": super::storage::exports::geecache::plugin::storage,
+            "geecache:plugin/types@0.1.0": super::getter::geecache::plugin0_1_0::types,
+            "geecache:plugin/log@0.1.0": super::getter::geecache::plugin0_1_0::log,
+            "geecache:plugin/config@0.1.0": super::getter::geecache::plugin0_1_0::config,
+            "geecache:plugin/storage@0.1.0": super::storage::exports::geecache::plugin0_1_0::storage,
         },
     });
 }
@@ -60,11 +80,11 @@ pub mod compressor {
         imports: { default: trappable },
         exports: { default: async },
         with: {
-            "geecache:plugin/types": super::getter::geecache::plugin::types,
-            "geecache:plugin/log": super::getter::geecache::plugin::log,
-            "geecache:plugin/config": super::getter::geecache::plugin::config,
+            "geecache:plugin/types@0.1.0": super::getter::geecache::plugin0_1_0::types,
+            "geecache:plugin/log@0.1.0": super::getter::geecache::plugin0_1_0::log,
+            "geecache:plugin/config@0.1.0": super::getter::geecache::plugin0_1_0::config,
         },
     });
 }
 
-pub use getter::geecache::plugin::{config, log, sql, types};
+pub use getter::geecache::plugin0_1_0::{config, log, sql, types};

@@ -8,7 +8,7 @@ plugin_kind!(
     WasmCompressor,
     CompressorPluginPre<super::host::HostState>,
     CompressorPlugin,
-    geecache_plugin_compressor
+    geecache_plugin0_1_0_compressor
 );
 
 impl WasmCompressor {
@@ -22,7 +22,7 @@ impl WasmCompressor {
         level: Option<i32>,
     ) -> Result<Vec<u8>, PluginError> {
         self.invoke(|mut w| async move {
-            let compressor = w.instance.geecache_plugin_compressor();
+            let compressor = w.instance.geecache_plugin0_1_0_compressor();
             let answer = compressor.call_compress(&mut w.store, &data, level).await;
             (w, answer)
         })
@@ -36,7 +36,7 @@ impl WasmCompressor {
     pub async fn decompress(&self, data: Vec<u8>, max_len: u64) -> Result<Vec<u8>, PluginError> {
         let out = self
             .invoke(|mut w| async move {
-                let compressor = w.instance.geecache_plugin_compressor();
+                let compressor = w.instance.geecache_plugin0_1_0_compressor();
                 let answer = compressor
                     .call_decompress(&mut w.store, &data, max_len)
                     .await;
@@ -74,7 +74,7 @@ impl crate::compression::Compressor for WasmCompressor {
         const SAMPLE: &[u8] = b"geecache level check: geecache level check: geecache";
         let answer = super::on_own_thread(async {
             self.invoke(|mut w| async move {
-                let compressor = w.instance.geecache_plugin_compressor();
+                let compressor = w.instance.geecache_plugin0_1_0_compressor();
                 let answer = compressor
                     .call_compress(&mut w.store, SAMPLE, Some(level))
                     .await;

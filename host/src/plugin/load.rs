@@ -131,8 +131,9 @@ impl Runtime {
             None,
             self,
         ));
+        let getter_version = getter::Version::of(&exports);
         let info = match kind {
-            PluginKind::Getter => getter::info(&probe, &pre),
+            PluginKind::Getter => getter::info(getter_version, &probe, &pre),
             PluginKind::Storage => storage::info(&probe, &pre),
             PluginKind::Compressor => compressor::info(&probe, &pre),
         }
@@ -177,7 +178,9 @@ impl Runtime {
         let core = Arc::new(core);
         tracing::info!(plugin = %core.name, version = %core.version, %kind, path = %path.display(), "plugin loaded");
         Ok(match kind {
-            PluginKind::Getter => LoadedPlugin::Getter(Arc::new(WasmGetter::new(core, pre, self)?)),
+            PluginKind::Getter => {
+                LoadedPlugin::Getter(Arc::new(WasmGetter::new(getter_version, core, pre, self)?))
+            }
             PluginKind::Storage => {
                 LoadedPlugin::Storage(Arc::new(WasmStorage::new(core, pre, self)?))
             }

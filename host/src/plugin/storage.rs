@@ -4,9 +4,9 @@ use bytes::Bytes;
 
 use crate::group::PeerEntry;
 
-use super::bindings::storage::exports::geecache::plugin::storage::{Entry, Guest};
+use super::bindings::storage::exports::geecache::plugin0_1_0::storage::{Entry, Guest};
 use super::bindings::storage::{StoragePluginBasic, StoragePluginBasicIndices};
-use super::bindings::storage_clear::exports::geecache::plugin::storage_clear;
+use super::bindings::storage_clear::exports::geecache::plugin0_1_0::storage_clear;
 use super::host::HostState;
 use super::{PluginError, plugin_kind};
 
@@ -16,7 +16,7 @@ plugin_kind!(
     WasmStorage,
     StoragePre,
     StorageInstance,
-    geecache_plugin_storage
+    geecache_plugin0_1_0_storage
 );
 
 /// A pre-linked storage component: its `storage` export, and its `storage-clear` export when
@@ -69,8 +69,8 @@ pub struct StorageInstance {
 }
 
 impl StorageInstance {
-    fn geecache_plugin_storage(&self) -> &Guest {
-        self.storage.geecache_plugin_storage()
+    fn geecache_plugin0_1_0_storage(&self) -> &Guest {
+        self.storage.geecache_plugin0_1_0_storage()
     }
 }
 
@@ -83,7 +83,7 @@ impl WasmStorage {
         let (group, key) = (group.to_owned(), key.to_owned());
         let entry = self
             .invoke(|mut w| async move {
-                let storage = w.instance.geecache_plugin_storage();
+                let storage = w.instance.geecache_plugin0_1_0_storage();
                 let answer = storage.call_get(&mut w.store, &group, &key).await;
                 (w, answer)
             })
@@ -107,7 +107,7 @@ impl WasmStorage {
             expires_at_ms: entry.expires_at_ms,
         };
         self.invoke(|mut w| async move {
-            let storage = w.instance.geecache_plugin_storage();
+            let storage = w.instance.geecache_plugin0_1_0_storage();
             let answer = storage.call_put(&mut w.store, &group, &key, &entry).await;
             (w, answer)
         })
@@ -121,7 +121,7 @@ impl WasmStorage {
     pub async fn delete(&self, group: &str, key: &str) -> Result<(), PluginError> {
         let (group, key) = (group.to_owned(), key.to_owned());
         self.invoke(|mut w| async move {
-            let storage = w.instance.geecache_plugin_storage();
+            let storage = w.instance.geecache_plugin0_1_0_storage();
             let answer = storage.call_delete(&mut w.store, &group, &key).await;
             (w, answer)
         })

@@ -7,7 +7,8 @@
 //! The answer maps to the lookup:
 //! - 2xx: found, the body as the value; `Cache-Control: max-age` (or `s-maxage`) sets the
 //!   entry's expiry, `no-store`/`no-cache`/`private` make it expire at once; without one the
-//!   group's TTL applies.
+//!   group's TTL applies. `stale-while-revalidate` / `stale-if-error` (RFC 5861; the larger
+//!   of the two) set the entry's own stale window, whatever the group's `--stale`.
 //! - 404 and 410: not found.
 //! - 429 and 5xx, or no answer at all (refused, timed out, not allowed): unavailable, so
 //!   nothing is cached (a 5xx or a failed connection is the node's 502 `source_unavailable`).
@@ -48,14 +49,23 @@ impl Getter for HttpGetter {
             }
         }
         let response = http::send(&request)?;
+        let stale_window = response.stale_window();
         let lookup = match response.status {
-            200..=299 => match response.max_age() {
-                Some(seconds) => Lookup::found_until(
-                    response.body,
-                    now_ms().saturating_add(seconds.saturating_mul(1000)),
-                ),
-                None => Lookup::found(response.body),
-            },
+            200..=299 => {
+                let found = match response.max_age() {
+                    Some(seconds) => Lookup::found_until(
+                        response.body,
+                        now_ms().saturating_add(seconds.saturating_mul(1000)),
+                    ),
+                    None => Lookup::found(response.body),
+                };
+                match stale_window {
+                    Some(seconds) => found.stale_for_ms(
+                        u32::try_from(seconds.saturating_mul(1000)).unwrap_or(u32::MAX),
+                    ),
+                    None => found,
+                }
+            }
             404 | 410 => Lookup::NotFound,
             429 | 500..=599 => {
                 return Err(Error::Unavailable(format!(
@@ -147,6 +157,7 @@ mod tests {
         let Ok(Lookup::Found {
             value,
             expires_at_ms: Some(at),
+            stale_ms: None,
         }) = host.get::<HttpGetter>("g", "a b/c?d")
         else {
             panic!("expected a found value with an expiry");
@@ -154,6 +165,20 @@ mod tests {
         assert_eq!(value, b"http://origin/users/a%20b%2Fc%3Fd");
         assert!(at >= before + 60_000 && at <= now_ms() + 60_000);
         assert_eq!(host.requests()[0].method, Method::Get);
+    }
+
+    #[test]
+    fn stale_while_revalidate_and_stale_if_error_set_the_stale_window() {
+        let host = host().http_origin(|request| {
+            Ok(Response::new(200, request.url.clone()).with_header(
+                "cache-control",
+                "max-age=60, stale-while-revalidate=5, stale-if-error=300",
+            ))
+        });
+        let Ok(Lookup::Found { stale_ms, .. }) = host.get::<HttpGetter>("g", "a") else {
+            panic!("expected a found value");
+        };
+        assert_eq!(stale_ms, Some(300_000), "the larger of the two");
     }
 
     #[test]

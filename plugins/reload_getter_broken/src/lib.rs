@@ -4,8 +4,8 @@
 
 #![allow(unsafe_code)]
 
-use geecache_guest_sdk::wit::getter::exports::geecache::plugin::getter::{Guest, Lookup};
-use geecache_guest_sdk::wit::getter::geecache::plugin::types::{Error, PluginInfo};
+use geecache_guest_sdk::wit::getter::exports::geecache::plugin0_2_0::getter::{Guest, Lookup};
+use geecache_guest_sdk::wit::getter::geecache::plugin0_1_0::types::{Error, PluginInfo};
 
 struct Broken;
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/deps/geecache-plugin-0.1.0",
     world: "storage-plugin-basic",
 });
 

@@ -25,8 +25,9 @@ impl Core {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Caches `found` in `tier`, with the TTL policy of that tier, and writes a value through
-    /// to the storage tier when `write_through` is set; unless a write to the key happened
+    /// Caches `found` in `tier`, with the TTL policy of that tier and the stale window its
+    /// getter chose (`stale_ms`; `None`: the group's), and writes a value through to the
+    /// storage tier when `write_through` is set; unless a write to the key happened
     /// since the load started (`generation`): then the load's value may be older than what the
     /// write left, and it only goes to the callers. The check and the caching happen under the
     /// key's shard lock, so no write can slip in between.
@@ -37,6 +38,7 @@ impl Core {
         found: Option<(&Stored, Option<u64>)>,
         generation: u64,
         write_through: bool,
+        stale_ms: Option<u32>,
     ) {
         let current = self.generation_lock(key);
         if *current != generation {
@@ -49,7 +51,7 @@ impl Core {
             Some((stored, expires)) => (
                 Cached::Value(stored.clone()),
                 self.expiry(expires),
-                self.stale_ms(),
+                stale_ms.unwrap_or_else(|| self.stale_ms()),
             ),
             None if o.negative_ttl.is_zero() => return,
             // "No such key" is never answered stale: it expires, and is asked again.

@@ -185,6 +185,7 @@ impl Group {
                         Some((&stored.compacted(), expires_at_ms)),
                         generation,
                         false,
+                        None,
                     );
                     kept += 1;
                 }

@@ -252,6 +252,7 @@ impl Core {
             Loaded::Found {
                 value,
                 expires_at_ms,
+                stale_ms,
             } => {
                 self.check_len(value.len())?;
                 let stored = self.encode(&value).await?;
@@ -259,6 +260,7 @@ impl Core {
                     plain: value,
                     stored,
                     expires_at_ms,
+                    stale_ms,
                 }))
             }
             Loaded::NotFound => Ok(None),
@@ -311,6 +313,7 @@ impl Core {
                     plain,
                     stored,
                     expires_at_ms,
+                    stale_ms: None,
                 })
             }
             Err(e) => {
@@ -382,6 +385,7 @@ impl Core {
                     plain,
                     stored: stored.compacted(),
                     expires_at_ms,
+                    stale_ms: None,
                 })
             }
             Err(e) => {
@@ -413,6 +417,7 @@ impl Core {
                 Some((&value.stored, value.expires_at_ms)),
                 generation,
                 source == Source::Peer,
+                None,
             );
             return Ok((Some(value), source));
         }
@@ -423,6 +428,7 @@ impl Core {
             value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
             generation,
             true,
+            value.as_ref().and_then(|v| v.stale_ms),
         );
         Ok((value, Source::Getter))
     }
@@ -497,7 +503,7 @@ impl Core {
         let Some(entry) = entry else {
             bump(&self.stats.peer_loads);
             if self.hot_door.admit(key) {
-                self.remember(Tier::Hot, key, None, generation, false);
+                self.remember(Tier::Hot, key, None, generation, false, None);
             }
             return Some(None);
         };
@@ -515,6 +521,7 @@ impl Core {
                         Some((&stored.compacted(), expires_at_ms)),
                         generation,
                         false,
+                        None,
                     );
                 }
                 Some(Some((plain, expires_at_ms)))
@@ -581,6 +588,7 @@ impl Core {
             value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
             generation,
             false,
+            value.as_ref().and_then(|v| v.stale_ms),
         );
         Ok((value.map(|v| (v.plain, v.expires_at_ms)), source))
     }

@@ -152,6 +152,8 @@ struct Value {
     stored: Stored,
     /// Absolute expiry, if any.
     expires_at_ms: Option<u64>,
+    /// The stale window its getter chose (`None`: the group's).
+    stale_ms: Option<u32>,
 }
 
 /// Everything a load needs, shared with in-flight loads (which outlive a cancelled caller).

@@ -11,6 +11,8 @@ struct MapGetter {
     /// When set, every load fails (the source is down).
     fail: AtomicBool,
     expires_at_ms: Option<u64>,
+    /// The stale window every found value carries (`None`: the group's).
+    stale_ms: Option<u32>,
     delay: Option<Duration>,
 }
 
@@ -31,12 +33,14 @@ impl Getter for MapGetter {
                 "big" => Ok(Loaded::Found {
                     value: Bytes::from(vec![0u8; 2048]),
                     expires_at_ms: None,
+                    stale_ms: None,
                 }),
                 "boom" => Err(Error::Internal("source down".into())),
                 k if k.contains("missing") => Ok(Loaded::NotFound),
                 k => Ok(Loaded::Found {
                     value: Bytes::from(format!("v:{k}")),
                     expires_at_ms: self.expires_at_ms,
+                    stale_ms: self.stale_ms,
                 }),
             }
         })
@@ -431,6 +435,7 @@ impl Getter for RecordGetter {
             Ok(Loaded::Found {
                 value: records(key, 40),
                 expires_at_ms: None,
+                stale_ms: None,
             })
         })
     }
@@ -1640,6 +1645,7 @@ impl Getter for GatedGetter {
             Ok(Loaded::Found {
                 value: Bytes::from(format!("v{version}")),
                 expires_at_ms: None,
+                stale_ms: None,
             })
         })
     }
@@ -1802,6 +1808,34 @@ async fn an_owner_refreshes_once_for_its_clients_and_its_peers_together() {
         2,
         "one load, one refresh"
     );
+}
+
+/// A getter's own stale window wins over the group's, both ways.
+#[tokio::test]
+async fn a_getter_sets_its_values_stale_window() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let own = Arc::new(MapGetter {
+        stale_ms: Some(60_000),
+        ..Default::default()
+    });
+    let no_group_window = GroupOptions {
+        stale: Duration::ZERO,
+        ..stale_options()
+    };
+    let g = group(own, no_group_window, clock.clone());
+    g.get("a").await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Stale);
+    refreshes_settle(&g).await;
+
+    let none = Arc::new(MapGetter {
+        stale_ms: Some(0),
+        ..Default::default()
+    });
+    let g = group(none, stale_options(), clock.clone());
+    g.get("a").await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(g.get_reply("a", &[]).await.unwrap().source, Source::Getter);
 }
 
 #[tokio::test]
