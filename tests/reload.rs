@@ -404,6 +404,21 @@ async fn broken_new_versions_are_refused_and_v1_keeps_answering() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert!(r.text().await.unwrap().contains("plugin_not_found"));
+    // An upload that is not a component: the refusal names the upload, not the plugin's file.
+    let r = c
+        .post(format!("{}/api/v1/plugins/reload_getter/reload", node.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/wasm")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("the uploaded component (5 bytes): not a WebAssembly file"),
+        "{body}"
+    );
+    assert!(!body.contains(&file.display().to_string()), "{body}");
     let r = c
         .post(format!(
             "{}/api/v1/plugins/reload_getter/reload?path=x",
@@ -426,9 +441,9 @@ async fn broken_new_versions_are_refused_and_v1_keeps_answering() {
     let view = plugin_view(c, &node.base).await;
     assert_eq!(view["sha256"], sha_of(plugins::RELOAD_GETTER_V1).as_str());
     assert_eq!(view["reloads"], 0);
-    // The cases and the broken file; the path that names no file was refused at the door,
-    // before any reload began.
-    assert_eq!(view["reload_failures"], cases.len() as u64 + 1);
+    // The cases, the upload and the broken file; the path that names no file was refused at
+    // the door, before any reload began.
+    assert_eq!(view["reload_failures"], cases.len() as u64 + 2);
     let (status, body) = get_text(c, &node.base, "/api?key=after-refusals").await;
     assert_eq!((status, body.as_str()), (200, "after-refusals@v1"));
     node.stop().await;

@@ -1,6 +1,7 @@
 //! Traces over OTLP/HTTP: a real `geecache-host` process with `OTEL_EXPORTER_OTLP_ENDPOINT` set
 //! sends its get-path spans to a collector on 127.0.0.1 (an HTTP server in this test that keeps
-//! every `POST /v1/traces` body), and keeps keys out of them at info level.
+//! every `POST /v1/traces` body), and keeps keys out of them at info level. And a node's log
+//! says when it compiles a plugin, how long that took, and whether the compile cache answered.
 
 #![allow(clippy::unwrap_used)]
 
@@ -295,4 +296,43 @@ async fn a_getters_http_request_carries_the_trace_to_the_origin() {
         seen[0].starts_with(&format!("00-{trace_id}-")),
         "the origin got {seen:?}, not the caller's trace"
     );
+}
+
+/// A first start compiles the plugin and says so (and that the next start will not); the next
+/// start, with the same compile cache, says it read the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_logs_its_plugin_compile_and_whether_the_cache_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let cache = dir.path().join("compile-cache");
+    let start = |run: &str| {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_geecache-node"));
+        command
+            .args(["--plugin", geecache_tests::plugins::DB_GETTER])
+            .args(["--port", &port.to_string()])
+            .arg("--compile-cache-dir")
+            .arg(&cache)
+            .arg("--plugin-config")
+            .arg(format!("db_getter.database={}", db.display()))
+            .env("RUST_LOG", "info");
+        let run_dir = dir.path().join(run);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        async move { geecache_tests::NodeProcess::spawn(command, port, &run_dir).await }
+    };
+    let first = start("first").await;
+    let log = std::fs::read_to_string(&first.log).unwrap();
+    drop(first);
+    assert!(
+        log.contains("plugin: compiling (or reading the compile cache)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("plugin: compiled; the next start reads it from the compile cache"),
+        "{log}"
+    );
+    let second = start("second").await;
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    drop(second);
+    assert!(log.contains("plugin: read from the compile cache"), "{log}");
 }

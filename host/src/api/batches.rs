@@ -113,6 +113,15 @@ pub(super) async fn batch_get(
     body: Result<Json<BatchRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Path(group) = path.map_err(|e| Error::BadRequest(e.body_text()))?;
+    // Only JSON sent as JSON: a cross-site form or `text/plain` POST (which browsers send
+    // without asking first, see docs/security.md) never reaches the keys.
+    if let Err(JsonRejection::MissingJsonContentType(_)) = &body {
+        return Ok(super::errors::error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the keys as JSON with Content-Type: application/json, e.g. curl --json '{\"keys\":[\"Tom\"]}'".into(),
+        ));
+    }
     let Json(req) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::BodyTooLarge {

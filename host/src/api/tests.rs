@@ -200,6 +200,40 @@ async fn the_budget_counts_base64_and_json_escaping() {
     assert!(item.len() >= 600, "each control byte is escaped as \\u0001");
 }
 
+/// A batch not labelled as JSON (a form, `text/plain`, nothing) gets our JSON 415 naming the
+/// header, not axum's plain text, and loads nothing.
+#[tokio::test]
+async fn a_batch_not_sent_as_json_is_a_json_415_naming_the_header() {
+    let (app, getter) = app(10, ApiOptions::default());
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = axum::http::Request::post("/api/v1/groups/g/batch");
+        if let Some(t) = content_type {
+            request = request.header("content-type", t);
+        }
+        let request = request.body(Body::from(r#"{"keys":["k"]}"#)).unwrap();
+        let (status, _, body) = call(&app, request).await;
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        let error = &json(&body)["error"];
+        assert_eq!(error["code"], "unsupported_media_type");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("Content-Type: application/json"),
+            "{error}"
+        );
+    }
+    assert_eq!(getter.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn batch_item_errors_do_not_leak_internals() {
     let (app, _) = app(10, ApiOptions::default());

@@ -46,6 +46,8 @@ pub struct Runtime {
     pub(super) ticker: Option<JoinHandle<()>>,
     /// Where the plugins' call latencies are recorded (the node's meters).
     pub(super) metrics: Metrics,
+    /// The compile cache (`--compile-cache-dir`), for its hit count: whether a load compiled.
+    pub(super) compile_cache: Option<wasmtime::Cache>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -66,18 +68,14 @@ impl Drop for Runtime {
     }
 }
 
-fn base_config(options: &RuntimeOptions) -> wasmtime::Result<Config> {
+fn base_config(cache: Option<&wasmtime::Cache>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     // Our calls are synchronous; without component-model concurrency a call is ~2x cheaper.
     config.concurrency_support(false);
-    if let Some(dir) = &options.compile_cache_dir {
-        let mut cache = wasmtime::CacheConfig::new();
-        cache.with_directory(dir);
-        config.cache(Some(wasmtime::Cache::new(cache)?));
-    }
-    Ok(config)
+    config.cache(cache.cloned());
+    config
 }
 
 fn pooling_config(options: &RuntimeOptions) -> PoolingAllocationConfig {
@@ -122,10 +120,18 @@ impl Runtime {
             path: "<runtime>".into(),
             message: format!("{e:#}"),
         };
+        let compile_cache = match &options.compile_cache_dir {
+            Some(dir) => {
+                let mut cache = wasmtime::CacheConfig::new();
+                cache.with_directory(dir);
+                Some(wasmtime::Cache::new(cache).map_err(fail)?)
+            }
+            None => None,
+        };
         let mut engine = None;
         let mut pooling = false;
         if options.pooling {
-            let mut config = base_config(&options).map_err(fail)?;
+            let mut config = base_config(compile_cache.as_ref());
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
                 &options,
             )));
@@ -142,7 +148,7 @@ impl Runtime {
         }
         let engine = match engine {
             Some(e) => e,
-            None => Engine::new(&base_config(&options).map_err(fail)?).map_err(fail)?,
+            None => Engine::new(&base_config(compile_cache.as_ref())).map_err(fail)?,
         };
         let getter_linker = host::linker(&engine, true).map_err(fail)?;
         let plain_linker = host::linker(&engine, false).map_err(fail)?;
@@ -177,6 +183,7 @@ impl Runtime {
             ticker_stop,
             ticker: Some(ticker),
             metrics,
+            compile_cache,
         })
     }
 

@@ -22,6 +22,44 @@ const COMPRESSOR_EXPORT: &str = "geecache:plugin/compressor";
 const SQL_IMPORT: &str = "geecache:plugin/sql";
 
 impl Runtime {
+    /// Compiles `bytes` (the component known as `path`), or reads it from the compile cache,
+    /// with a log line before and after: a first compile of a large component (a Python or
+    /// JavaScript getter, 12–18 MB) takes seconds, which the node should not spend silently.
+    /// Whether the cache answered is read off its hit count (loads at the same moment may
+    /// blur it: it is for the log only).
+    fn compile(&self, bytes: &[u8], path: &Path) -> wasmtime::Result<Component> {
+        let hits = self.compile_cache.as_ref().map(wasmtime::Cache::cache_hits);
+        tracing::info!(
+            path = %path.display(),
+            bytes = bytes.len(),
+            cache = self.compile_cache.is_some(),
+            "plugin: compiling (or reading the compile cache)"
+        );
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, bytes)?;
+        let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let cached = matches!(
+            (&self.compile_cache, hits),
+            (Some(cache), Some(before)) if cache.cache_hits() > before
+        );
+        if cached {
+            tracing::info!(path = %path.display(), millis, cached, "plugin: read from the compile cache");
+        } else {
+            tracing::info!(
+                path = %path.display(),
+                millis,
+                cached,
+                "plugin: compiled{}",
+                if self.compile_cache.is_some() {
+                    "; the next start reads it from the compile cache"
+                } else {
+                    " (no compile cache: --no-compile-cache)"
+                }
+            );
+        }
+        Ok(component)
+    }
+
     /// Compiles (or fetches from the compile cache) the component at `path`, detects its kind,
     /// asks it for its name, and prepares it for calls with `grants`, which the operator gave
     /// this file (the plugin's own name plays no part in what it is granted).
@@ -62,7 +100,7 @@ impl Runtime {
         if !bytes.starts_with(b"\0asm") {
             return Err(load_err("not a WebAssembly file".into()));
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
+        let component = self.compile(bytes, path).map_err(|e| {
             load_err(format!(
                 "not a valid WebAssembly component ({e:#}); plugins are components built for \
                  wasm32-wasip2, e.g. `cargo build --target wasm32-wasip2 --release`"

@@ -341,6 +341,8 @@ impl Plugins {
         let grants = entry.grants.clone();
         let stats: Arc<PluginStats> = entry.slot.current().info().stats.clone();
         let file = read_from.clone();
+        // An upload's refusal names the upload, not the file the plugin is known by.
+        let uploaded = sent.as_ref().map(Bytes::len);
         let loaded = tokio::task::spawn_blocking(move || {
             let bytes = match (sent, &file) {
                 (Some(bytes), _) => bytes,
@@ -354,7 +356,12 @@ impl Plugins {
             runtime
                 .load_bytes(&bytes, &known_as, grants, Some(stats))
                 .map(|plugin| (plugin, sha256))
-                .map_err(|e| e.to_string())
+                .map_err(|e| match (uploaded, e) {
+                    (Some(len), PluginError::Load { message, .. }) => {
+                        format!("the uploaded component ({len} bytes): {message}")
+                    }
+                    (_, e) => e.to_string(),
+                })
         })
         .await
         .map_err(|e| Error::Internal(format!("the plugin loader failed: {e}")))?;
