@@ -148,6 +148,7 @@ mod tests {
                 reported_errors: 4,
                 busy_seconds: 0.5,
                 logs_dropped: 8,
+                sql_too_large: 10,
                 sha256: "ab12".into(),
                 reloads: 6,
                 reload_failures: 7,
