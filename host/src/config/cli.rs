@@ -233,6 +233,16 @@ pub struct Cli {
     #[arg(long, env = "GEECACHE_PLUGIN_CONCURRENCY")]
     pub plugin_concurrency: Option<usize>,
 
+    /// Outbound HTTP requests one plugin call may have in flight; past it a request fails at
+    /// once with `connection-limit-reached` [default: 16].
+    #[arg(long, env = "GEECACHE_PLUGIN_HTTP_PER_CALL")]
+    pub plugin_http_per_call: Option<usize>,
+
+    /// Outbound HTTP requests one plugin may have in flight, all its calls together [default:
+    /// 64].
+    #[arg(long, env = "GEECACHE_PLUGIN_HTTP_CONCURRENCY")]
+    pub plugin_http_concurrency: Option<usize>,
+
     /// "reuse": a plugin instance that finished a call cleanly serves later calls (~1 µs a
     /// call instead of ~20 µs); "fresh": a new instance for every call, so nothing a plugin
     /// keeps in globals survives a call [default: reuse].

@@ -141,6 +141,7 @@ impl HostState {
     pub fn new_call(&mut self, deadline: Instant) {
         self.deadline = deadline;
         self.http.deadline = deadline;
+        self.http.call_permits = Arc::new(tokio::sync::Semaphore::new(self.http.shared.per_call));
         self.source_failed.store(false, Ordering::Relaxed);
     }
 }

@@ -15,6 +15,11 @@
 //!   timeout. A call that ends drops its requests (wasmtime aborts their tasks).
 //! - **Size.** A body is cut at the plugin's memory cap (`--plugin-memory`): more could not
 //!   reach the guest anyway, and the host holds one frame of it at a time.
+//! - **How many.** A request in flight (from its send to its body's end or drop) holds a
+//!   permit of its call (`--plugin-http-per-call`) and one of its plugin
+//!   (`--plugin-http-concurrency`, all calls and instances together), so one call cannot open
+//!   thousands of sockets to an origin that never answers. Past either, the request fails at
+//!   once with `connection-limit-reached`, counted as outcome `limited`.
 //! - **Connections.** One pooled hyper client per plugin, rustls with the platform's roots for
 //!   `https://`, no proxy.
 //!
@@ -38,6 +43,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::allowlist::{Destination, HttpAllowlist, is_guarded};
@@ -73,6 +79,12 @@ pub(crate) struct PluginHttp {
     /// Requests refused, and when (Unix seconds) that was last said in the log.
     denied: AtomicU64,
     denied_noted: AtomicU64,
+    /// Requests in flight of all the plugin's calls (`--plugin-http-concurrency`).
+    in_flight: Arc<Semaphore>,
+    /// Most requests in flight of one call (`--plugin-http-per-call`).
+    pub(crate) per_call: usize,
+    /// Most requests in flight of the plugin (the size of `in_flight`).
+    per_plugin: usize,
 }
 
 impl std::fmt::Debug for PluginHttp {
@@ -85,11 +97,13 @@ impl std::fmt::Debug for PluginHttp {
 }
 
 impl PluginHttp {
-    /// The outbound HTTP of plugin `plugin`, allowed `allow`, its bodies cut at `body_cap`.
+    /// The outbound HTTP of plugin `plugin`, allowed `allow`, its bodies cut at `body_cap`, at
+    /// most `limits` requests in flight.
     pub(crate) fn new(
         plugin: &str,
         allow: HttpAllowlist,
         body_cap: usize,
+        limits: HttpLimits,
         metrics: Metrics,
     ) -> PluginHttp {
         let allow = Arc::new(allow);
@@ -102,7 +116,21 @@ impl PluginHttp {
             metrics,
             denied: AtomicU64::new(0),
             denied_noted: AtomicU64::new(0),
+            in_flight: Arc::new(Semaphore::new(limits.per_plugin.max(1))),
+            per_call: limits.per_call.max(1),
+            per_plugin: limits.per_plugin.max(1),
         }
+    }
+
+    /// Permits for one more request of the call whose permits are `call`, or `None` when the
+    /// call or the plugin has as many requests in flight as it may.
+    fn permits(&self, call: &Arc<Semaphore>) -> Option<InFlight> {
+        let call = Arc::clone(call).try_acquire_owned().ok()?;
+        let plugin = Arc::clone(&self.in_flight).try_acquire_owned().ok()?;
+        Some(InFlight {
+            _call: call,
+            _plugin: plugin,
+        })
     }
 
     /// Sends `request` if the allowlist allows it, with its head due by `deadline` (or the
@@ -113,6 +141,7 @@ impl PluginHttp {
         options: Option<RequestOptions>,
         deadline: Instant,
         failed: &AtomicBool,
+        call_permits: &Arc<Semaphore>,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let to = Destination::of(request.uri());
         let allowed = to.as_ref().and_then(|to| self.allow.allowing(to));
@@ -121,6 +150,16 @@ impl PluginHttp {
             return Err(HttpError::HttpRequestDenied);
         };
         let label = origin.label();
+        let Some(permits) = self.permits(call_permits) else {
+            self.metrics
+                .record_plugin_http(self.plugin.clone(), label, "limited", Duration::ZERO);
+            self.note_denial(&format!(
+                "its call or the plugin already has as many requests in flight as allowed \
+                 ({} a call, --plugin-http-per-call; {} the plugin, --plugin-http-concurrency)",
+                self.per_call, self.per_plugin
+            ));
+            return Err(HttpError::ConnectionLimitReached);
+        };
         let started = Instant::now();
         let head_due = options
             .and_then(|o| o.first_byte_timeout)
@@ -155,7 +194,7 @@ impl PluginHttp {
                     500..=599 => "5xx",
                     _ => "1xx",
                 };
-                (outcome, self.bounded(response, deadline))
+                (outcome, self.bounded(response, deadline, permits))
             }
         };
         self.metrics
@@ -169,6 +208,7 @@ impl PluginHttp {
         &self,
         response: http::Response<hyper::body::Incoming>,
         deadline: Instant,
+        permits: InFlight,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let announced = response
             .headers()
@@ -185,6 +225,7 @@ impl PluginHttp {
                 left: cap,
                 cap,
                 deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+                _permits: permits,
             }
             .boxed_unsync()
         }))
@@ -212,6 +253,10 @@ impl PluginHttp {
         } else {
             format!("{origin}: only http:// and https:// URLs with a host can be allowed")
         };
+        let why = format!(
+            "{why}; allow an origin with --plugin-http NAME=URL (or `http = [...]` in its \
+             [[plugins]] table)"
+        );
         self.note_denial(&why);
     }
 
@@ -231,11 +276,37 @@ impl PluginHttp {
             tracing::warn!(
                 plugin = %self.plugin.as_str(),
                 denied,
-                "a plugin's HTTP request was refused: {why}; allow an origin with \
-                 --plugin-http NAME=URL (or `http = [...]` in its [[plugins]] table)"
+                "a plugin's HTTP request was refused: {why}"
             );
         }
     }
+}
+
+/// Most requests in flight: of one call, and of one plugin (`--plugin-http-per-call`,
+/// `--plugin-http-concurrency`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Of one call.
+    pub per_call: usize,
+    /// Of one plugin, all its calls together.
+    pub per_plugin: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            per_call: 16,
+            per_plugin: 64,
+        }
+    }
+}
+
+/// The permits one request in flight holds until its answer's body ends or is dropped.
+struct InFlight {
+    /// Of its call.
+    _call: OwnedSemaphorePermit,
+    /// Of its plugin.
+    _plugin: OwnedSemaphorePermit,
 }
 
 /// The `wasi:http` hooks of one instance's store: they send through the plugin's
@@ -244,6 +315,9 @@ pub(crate) struct HttpHooks {
     pub(crate) shared: Arc<PluginHttp>,
     /// When the current call's time is up; re-armed before every call.
     pub(crate) deadline: Instant,
+    /// The current call's requests in flight (`--plugin-http-per-call` permits); new for
+    /// every call, so what an earlier call left running counts only against the plugin.
+    pub(crate) call_permits: Arc<Semaphore>,
     /// Set when a request of the current call failed in transport or got a 5xx (the store's
     /// [`super::host::HostState::source_failed`]).
     pub(crate) source_failed: Arc<AtomicBool>,
@@ -279,8 +353,11 @@ impl WasiHttpHooks for HttpHooks {
         let shared = Arc::clone(&self.shared);
         let deadline = self.deadline;
         let failed = Arc::clone(&self.source_failed);
+        let call_permits = Arc::clone(&self.call_permits);
         Box::new(async move {
-            let response = shared.send(request, options, deadline, &failed).await?;
+            let response = shared
+                .send(request, options, deadline, &failed, &call_permits)
+                .await?;
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
                 Box::new(async { Ok(()) });
             Ok((response, done))
@@ -294,6 +371,8 @@ struct BoundedBody {
     left: u64,
     cap: u64,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Its request's permits, given back when the body is dropped.
+    _permits: InFlight,
 }
 
 impl Body for BoundedBody {

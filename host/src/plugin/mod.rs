@@ -74,6 +74,7 @@ pub use compressor::WasmCompressor;
 pub use engine::Runtime;
 pub use error::PluginError;
 pub use getter::WasmGetter;
+pub use http::HttpLimits;
 pub(crate) use load::on_own_thread;
 pub use load::{MAX_COMPONENT_FILE_BYTES, read_component};
 pub use pool::{InstanceMode, InstancePolicy};
@@ -97,6 +98,8 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Whether instances serve many calls, and when they are retired.
     pub instances: InstancePolicy,
+    /// Most outbound HTTP requests in flight, of one call and of one plugin.
+    pub http: HttpLimits,
 }
 
 impl RuntimeOptions {
@@ -119,6 +122,7 @@ impl Default for RuntimeOptions {
             compile_cache_dir: None,
             pooling: true,
             instances: InstancePolicy::defaults(64 << 20),
+            http: HttpLimits::default(),
         }
     }
 }
