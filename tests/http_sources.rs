@@ -425,17 +425,9 @@ async fn silent_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>
 }
 
 /// `geecache_plugin_http_request_duration_seconds_count{outcome="limited"}` of escape_getter.
-async fn limited(client: &reqwest::Client, base: &str) -> f64 {
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+async fn limited(node: &NodeProcess) -> f64 {
     value(
-        &parse_exposition(&metrics),
+        &parse_exposition(&node.metrics_text().await),
         "geecache_plugin_http_request_duration_seconds_count",
         &[("outcome", "limited"), ("plugin", "escape_getter")],
     )
@@ -481,7 +473,7 @@ async fn a_call_cannot_start_thousands_of_requests_to_an_origin_that_never_answe
     let text = started(fanout(3000).await.unwrap()).await;
     assert_eq!(text, "started:3000 refused:0");
     assert_eq!(accepted.load(SeqCst), 16, "connections of one call");
-    assert_eq!(limited(&client, &node.base).await, 2984.0);
+    assert_eq!(limited(&node).await, 2984.0);
 
     // Two calls at once (two keys: no coalescing): the plugin's 24 between them.
     let (first, second) = (tokio::spawn(fanout(3001)), tokio::spawn(fanout(2999)));
@@ -505,5 +497,5 @@ async fn a_call_cannot_start_thousands_of_requests_to_an_origin_that_never_answe
         both <= 24,
         "the origin accepted {both} connections of two calls"
     );
-    assert!(limited(&client, &node.base).await >= 2984.0 + 6000.0 - 24.0);
+    assert!(limited(&node).await >= 2984.0 + 6000.0 - 24.0);
 }

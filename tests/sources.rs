@@ -245,14 +245,7 @@ async fn a_huge_row_is_refused_before_the_node_buffers_it() {
         (peak_after - peak_before) / MIB
     );
     // Counted, and the pool still serves.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics_text().await;
     assert!(
         metrics
             .lines()
