@@ -20,8 +20,8 @@ use prost::Message;
 
 use geecache_host::error::Error;
 use geecache_host::peer::auth::{
-    CONTENT_SHA256_HEADER, DATE_HEADER, MAX_CLOCK_SKEW, MAX_REMEMBERED_NONCES, NONCE_HEADER,
-    ReplayGuard, SIGNATURE_HEADER, new_nonce, unix_now,
+    ANSWER_SIGNATURE_HEADER, CONTENT_SHA256_HEADER, DATE_HEADER, MAX_CLOCK_SKEW,
+    MAX_REMEMBERED_NONCES, NONCE_HEADER, ReplayGuard, SIGNATURE_HEADER, new_nonce, unix_now,
 };
 use geecache_host::peer::*;
 use geecache_host::plugin::PluginError;
@@ -792,6 +792,72 @@ async fn stale_or_tampered_requests_are_401() {
         stored.get(&("g".into(), "k".into())),
         Some(&entry(b"honest", None))
     );
+}
+
+/// A refusal is signed only when the request's signature matched: an unsigned or badly signed
+/// request carrying a nonce of its sender's choosing gets an unsigned 401 (an honest node must
+/// not vouch for it), while a peer that knows the secret but whose clock is off gets its
+/// refusal signed, with the reason.
+#[tokio::test]
+async fn a_refusal_is_signed_only_when_the_requests_signature_matched() {
+    let s = secret("s3cret");
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(service.clone(), Some(s.clone()), DEFAULT_MAX_BODY_BYTES).await;
+    let path = "/_geecache/g/k";
+    let authority = addr.to_string();
+    let send = |headers: Vec<(&'static str, String)>| async move {
+        let mut request = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let signature = response
+            .headers()
+            .get(ANSWER_SIGNATURE_HEADER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, signature, response.bytes().await.unwrap())
+    };
+    let empty = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b""));
+    let signed_by = |key: &ClusterSecret, date: u64, nonce: &str| {
+        vec![
+            (DATE_HEADER, date.to_string()),
+            (NONCE_HEADER, nonce.to_owned()),
+            (CONTENT_SHA256_HEADER, empty.clone()),
+            (
+                SIGNATURE_HEADER,
+                key.sign("GET", &authority, path, date, nonce, &empty),
+            ),
+        ]
+    };
+    let chosen = "0123456789abcdef0123456789abcdef";
+
+    // Unsigned, with the sender's nonce: refused, and the refusal is not signed.
+    let (status, signature, _) = send(vec![(NONCE_HEADER, chosen.to_owned())]).await;
+    assert_eq!((status, signature), (401, None));
+    // Signed with another secret, dated now or out of the window: the same (the date is
+    // checked only once the signature matched).
+    for date in [unix_now(), unix_now() - 40] {
+        let (status, signature, _) = send(signed_by(&secret("guess"), date, chosen)).await;
+        assert_eq!((status, signature), (401, None));
+    }
+
+    // A member whose clock is 40 s behind: refused for its date, and told so in a signed
+    // answer (its date is checked after its signature).
+    let nonce = new_nonce();
+    let (status, signature, body) = send(signed_by(&s, unix_now() - 40, &nonce)).await;
+    assert_eq!(status, 401);
+    assert!(
+        s.check_answer(&nonce, 401, &body, signature.as_deref()),
+        "the skew refusal is signed"
+    );
+    let info = proto::ErrorInfo::decode(body).unwrap();
+    assert!(info.message.contains("clock"), "{info:?}");
+    assert_eq!(service.gets.load(Ordering::SeqCst), 0);
 }
 
 /// A captured request sent again, verbatim, is refused: its nonce was seen.

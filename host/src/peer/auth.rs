@@ -16,10 +16,10 @@
 //!   percent-encoding included (with `?query` if there is one).
 //!
 //! The server checks, in this order and before it reads a byte of the body: every header is
-//! there and well formed, the date is within [`MAX_CLOCK_SKEW`] of its own clock, the `Host`
-//! names this node, the signature matches (computed over this node's own advertised address, and
-//! compared in constant time), the request was not signed before this node started, and the
-//! nonce was not seen before. Only then does it read the body (bounded) and check that its hash
+//! there and well formed, the `Host` names this node, the signature matches (computed over
+//! this node's own advertised address, and compared in constant time), the date is within
+//! [`MAX_CLOCK_SKEW`] of its own clock, the request was not signed before this node started,
+//! and the nonce was not seen before. Only then does it read the body (bounded) and check that its hash
 //! is the signed one. An unsigned or forged request therefore costs the node one HMAC, never a
 //! body read.
 //!
@@ -32,8 +32,9 @@
 //!
 //! Nodes' clocks must agree within [`MAX_CLOCK_SKEW`] (30 s): run NTP on every node.
 //!
-//! **Answers are signed too.** Every answer to a request that carried a nonce (the peer
-//! protocol, rollouts and flushes, refusals included) has `x-geecache-answer-signature`:
+//! **Answers are signed too.** Every answer to a request whose signature matched (the peer
+//! protocol, rollouts and flushes, refusals of its date, nonce or body included; never an
+//! answer to an unsigned or badly signed request) has `x-geecache-answer-signature`:
 //! HMAC-SHA256(secret, `"answer\n{nonce}\n{status}\n"` + body) ([`sign_answers`]). The caller
 //! checks it before it decodes anything; an answer without a valid one is not used
 //! (`peer_answer_unsigned`): a ring member that does not know the secret can receive requests
@@ -144,6 +145,20 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Whether the request's signature matched before it was refused: only then may its
+    /// refusal be signed (an answer signed for a nonce of the sender's choosing would let a
+    /// member without the secret make an honest node vouch for refusals).
+    pub fn signature_matched(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Stale { .. }
+                | AuthError::BeforeStart
+                | AuthError::BodyMismatch
+                | AuthError::Replayed
+                | AuthError::TooManyNonces
+        )
+    }
+
     /// The stable code the server answers this refusal with.
     pub fn code(&self) -> &'static str {
         match self {
@@ -327,15 +342,18 @@ impl ClusterSecret {
             .filter(|_| is_lower_hex(content_sha256, 64))
             .and_then(|h| h.try_into().ok())
             .ok_or(AuthError::Malformed(CONTENT_SHA256_HEADER))?;
-        let skew_secs = date.abs_diff(now);
-        if skew_secs > MAX_CLOCK_SKEW.as_secs() {
-            return Err(AuthError::Stale { skew_secs });
-        }
         let signature = hex::decode(signature.trim()).map_err(|_| AuthError::BadSignature)?;
         // `verify_slice` compares in constant time.
         self.mac(method, authority, path, date_text, nonce, content_sha256)
             .verify_slice(&signature)
             .map_err(|_| AuthError::BadSignature)?;
+        // After the signature: a refusal for the date is then one a node that knows the secret
+        // may sign (see [`AuthError::signature_matched`]), so a peer whose clock is off learns
+        // why, and no one else gets a signed answer.
+        let skew_secs = date.abs_diff(now);
+        if skew_secs > MAX_CLOCK_SKEW.as_secs() {
+            return Err(AuthError::Stale { skew_secs });
+        }
         Ok(Verified {
             date,
             date_ms,
@@ -558,13 +576,33 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Middleware of the routes peers call (the peer protocol, rollouts, flushes): signs every
-/// answer to a request that carries a nonce with [`ClusterSecret::sign_answer`], so the caller
-/// can tell it came from a node that knows the secret. The answer is built in memory already
-/// (a protobuf or JSON body), so taking its bytes copies nothing.
+/// A request's mark, set once its signature matched (whatever is refused after that: its date,
+/// its nonce, its body): [`sign_answers`] puts one in every request's extensions and signs the
+/// answer only when it was set.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureMatched(Arc<std::sync::atomic::AtomicBool>);
+
+impl SignatureMatched {
+    /// Marks the request: its answer will be signed.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Middleware of the routes peers call (the peer protocol, rollouts, flushes): signs the
+/// answer to a request whose signature matched ([`SignatureMatched`]) with
+/// [`ClusterSecret::sign_answer`] over its nonce, refusals included, so the caller can tell it
+/// came from a node that knows the secret. The answer to any other request (unsigned, badly
+/// signed, refused before its signature was checked) is not signed: its nonce is the sender's
+/// choice, and an honest node must not vouch for it. The answer is built in memory already (a
+/// protobuf or JSON body), so taking its bytes copies nothing.
 pub async fn sign_answers(
     axum::extract::State(secret): axum::extract::State<ClusterSecret>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let nonce = req
@@ -573,8 +611,10 @@ pub async fn sign_answers(
         .and_then(|v| v.to_str().ok())
         .filter(|n| is_lower_hex(n, 32))
         .map(str::to_owned);
+    let matched = SignatureMatched::default();
+    req.extensions_mut().insert(matched.clone());
     let response = next.run(req).await;
-    let Some(nonce) = nonce else {
+    let Some(nonce) = nonce.filter(|_| matched.is_set()) else {
         return response;
     };
     let (mut parts, body) = response.into_parts();
