@@ -560,7 +560,9 @@ impl NodeProcess {
 
     /// Its `/metrics` page.
     pub async fn metrics_text(&self) -> String {
-        let answer = reqwest::get(format!("{}/metrics", self.base)).await.unwrap();
+        let answer = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap();
         assert_eq!(answer.status(), 200);
         answer.text().await.unwrap()
     }

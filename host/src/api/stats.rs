@@ -173,6 +173,7 @@ mod tests {
                 answers_refused: 7,
                 over_client_cap: 8,
                 rate_limited: 9,
+                wrong_host: 11,
             },
             codec_lane: LaneSnapshot {
                 concurrency: 2,

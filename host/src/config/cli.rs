@@ -143,6 +143,13 @@ pub struct Cli {
     #[arg(long, env = "GEECACHE_API_TOKEN_READS")]
     pub api_token_reads: bool,
 
+    /// Host names clients may reach this node by (the `Host` header), comma-separated, besides
+    /// its --advertise-addr's host, IP literals and localhost; `*` takes any (behind a proxy
+    /// that checks Host itself). Other names get 403 host_not_allowed, so a web page cannot
+    /// reach the node through DNS rebinding.
+    #[arg(long, env = "GEECACHE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_host: Vec<String>,
+
     /// Admin token: plugin reload, cluster rollout and flush need `Authorization: Bearer
     /// <token>`. Without it those routes are closed (403). Must differ from --api-token.
     #[arg(long, env = "GEECACHE_ADMIN_TOKEN", hide_env_values = true)]
