@@ -915,19 +915,58 @@ async fn a_request_signed_for_one_node_is_refused_by_another() {
     assert_eq!(a_service.sets.load(Ordering::SeqCst), 1);
 }
 
+/// A node serving `service` on `addr` that a test can restart on the same address: its first
+/// run started long ago ([`old_guard`]), every later one now.
+struct Restartable {
+    service: Arc<MemoryService>,
+    addr: SocketAddr,
+    secret: ClusterSecret,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+impl Restartable {
+    async fn start(secret: &ClusterSecret) -> Restartable {
+        let service = Arc::new(MemoryService::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let auth = NodeAuth::with_guard(secret.clone(), &addr.to_string(), old_guard());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let running = serve_until(listener, service.clone(), auth, stopped);
+        Restartable {
+            service,
+            addr,
+            secret: secret.clone(),
+            stop,
+            running,
+        }
+    }
+
+    /// Stops it and starts a fresh node (a new replay guard) on the same address.
+    async fn restart(self) -> Restartable {
+        self.stop.send(()).unwrap();
+        self.running.await.unwrap();
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let auth = NodeAuth::new(self.secret.clone(), &self.addr.to_string());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let running = serve_until(listener, self.service.clone(), auth, stopped);
+        Restartable {
+            stop,
+            running,
+            ..self
+        }
+    }
+}
+
 /// A node forgets its nonces when it restarts, so it refuses whatever was signed before it
 /// started (401 `unauthorized`, `Retry-After: 1`), and the client, told to, signs again and
 /// gets through. The old node accepted the replay after its restart (204).
 #[tokio::test]
 async fn a_restarted_node_refuses_what_was_signed_before_it_started() {
     let s = secret("s3cret");
-    let service = Arc::new(MemoryService::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let node = Restartable::start(&s).await;
+    let (service, addr) = (node.service.clone(), node.addr);
     let authority = addr.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let first = NodeAuth::with_guard(s.clone(), &authority, old_guard());
-    let running = serve_until(listener, service.clone(), first, stopped);
 
     let path = "/_geecache/g/k";
     let mut captured: Vec<(&'static str, String)> = s
@@ -938,16 +977,7 @@ async fn a_restarted_node_refuses_what_was_signed_before_it_started() {
     assert_eq!(answer.0, 204, "{answer:?}");
 
     // Restart: the same address, a fresh node.
-    stop.send(()).unwrap();
-    running.await.unwrap();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel();
-    let _running = serve_until(
-        listener,
-        service.clone(),
-        NodeAuth::new(s.clone(), &authority),
-        stopped,
-    );
+    let _node = node.restart().await;
 
     captured.push(("host", authority.clone()));
     let response = reqwest::Client::builder()
@@ -978,6 +1008,55 @@ async fn a_restarted_node_refuses_what_was_signed_before_it_started() {
     // The client copes: refused once at most, it signs again a second later.
     client(addr, Some(s)).delete("g", "k").await.unwrap();
     assert_eq!(service.deletes.load(Ordering::SeqCst), 2);
+}
+
+/// A request dated ahead of the node's clock is taken only 1 s ahead at most, so one captured
+/// before a restart that takes longer than its lead is dated before the new run started, and
+/// refused. The old node took a PUT dated 25 s ahead, and its replay after a restart (204: the
+/// value rolled back).
+#[tokio::test]
+async fn a_request_dated_ahead_cannot_be_replayed_after_a_restart() {
+    let s = secret("s3cret");
+    let node = Restartable::start(&s).await;
+    let (service, addr) = (node.service.clone(), node.addr);
+    let authority = addr.to_string();
+    let path = "/_geecache/g/k";
+    let body = proto::SetRequest {
+        entry: Some(entry(b"old", None).into()),
+    }
+    .encode_to_vec();
+    let signed = |date: u64| {
+        let nonce = new_nonce();
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        let signature = s.sign("PUT", &authority, path, date, &nonce, &hash);
+        vec![
+            protobuf_header(),
+            (DATE_HEADER, date.to_string()),
+            (NONCE_HEADER, nonce),
+            (CONTENT_SHA256_HEADER, hash),
+            (SIGNATURE_HEADER, signature),
+        ]
+    };
+    let far_ahead = raw(addr, "PUT", path, &signed(unix_now() + 25), body.clone()).await;
+    let info = assert_error_info(&far_ahead, 401, "unauthorized");
+    assert!(info.message.contains("clock"), "{info:?}");
+    let captured = signed(unix_now() + 1);
+    let answer = raw(addr, "PUT", path, &captured, body.clone()).await;
+    assert_eq!(answer.0, 204, "{answer:?}");
+    assert_eq!(service.sets.load(Ordering::SeqCst), 1);
+
+    // Restart once the captured date has passed (a node serves again no sooner; see
+    // `MAX_CLOCK_SKEW_AHEAD` for a restart quicker than a request's lead): the same address, a
+    // fresh node; the captured PUT sent again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _node = node.restart().await;
+    let replayed = raw(addr, "PUT", path, &captured, body.clone()).await;
+    let info = assert_error_info(&replayed, 401, "unauthorized");
+    assert!(
+        info.message.contains("before this node started"),
+        "{info:?}"
+    );
+    assert_eq!(service.sets.load(Ordering::SeqCst), 1);
 }
 
 /// The signature is checked before the body is read: an unsigned request with a body over the
