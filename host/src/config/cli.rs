@@ -250,6 +250,11 @@ pub struct Cli {
     #[arg(long, env = "GEECACHE_PLUGIN_HTTP_CONCURRENCY")]
     pub plugin_http_concurrency: Option<usize>,
 
+    /// Name lookups of one plugin's outbound HTTP running at once, each on a thread until the
+    /// system's resolver answers or gives up; the others wait [default: 4].
+    #[arg(long, env = "GEECACHE_PLUGIN_DNS_CONCURRENCY")]
+    pub plugin_dns_concurrency: Option<usize>,
+
     /// "reuse": a plugin instance that finished a call cleanly serves later calls (~1 µs a
     /// call instead of ~20 µs); "fresh": a new instance for every call, so nothing a plugin
     /// keeps in globals survives a call [default: reuse].

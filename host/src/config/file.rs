@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub plugin_http_per_call: Option<usize>,
     /// Outbound HTTP requests in flight of one plugin.
     pub plugin_http_concurrency: Option<usize>,
+    /// Name lookups of one plugin running at once.
+    pub plugin_dns_concurrency: Option<usize>,
     /// "reuse" or "fresh".
     pub plugin_instances: Option<String>,
     /// Calls one reused instance serves before it is retired.

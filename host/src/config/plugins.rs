@@ -77,15 +77,19 @@ pub(super) fn runtime(cli: &Cli, file: &FileConfig) -> Result<RuntimeOptions, St
                 .plugin_http_concurrency
                 .or(file.plugin_http_concurrency)
                 .unwrap_or(d.http.per_plugin),
+            lookups: cli
+                .plugin_dns_concurrency
+                .or(file.plugin_dns_concurrency)
+                .unwrap_or(d.http.lookups),
         },
     };
     if runtime.max_concurrent_calls == 0 {
         return Err("--plugin-concurrency must be at least 1".into());
     }
-    if runtime.http.per_call == 0 || runtime.http.per_plugin == 0 {
-        return Err(
-            "--plugin-http-per-call and --plugin-http-concurrency must be at least 1".into(),
-        );
+    if runtime.http.per_call == 0 || runtime.http.per_plugin == 0 || runtime.http.lookups == 0 {
+        return Err("--plugin-http-per-call, --plugin-http-concurrency and \
+                    --plugin-dns-concurrency must be at least 1"
+            .into());
     }
     Ok(runtime)
 }

@@ -107,9 +107,13 @@ impl PluginHttp {
         metrics: Metrics,
     ) -> PluginHttp {
         let allow = Arc::new(allow);
-        let client = (!allow.is_empty()).then(|| client(Arc::clone(&allow)));
+        let client = (!allow.is_empty()).then(|| {
+            let mut resolver = CheckedResolver::new(Arc::clone(&allow), limits.lookups);
+            resolver.queued = Some((metrics.clone(), plugin_label(plugin)));
+            client(resolver)
+        });
         PluginHttp {
-            plugin: opentelemetry::StringValue::from(Arc::<str>::from(plugin)),
+            plugin: plugin_label(plugin),
             allow,
             client,
             body_cap: u64::try_from(body_cap).unwrap_or(u64::MAX),
@@ -283,13 +287,16 @@ impl PluginHttp {
 }
 
 /// Most requests in flight: of one call, and of one plugin (`--plugin-http-per-call`,
-/// `--plugin-http-concurrency`).
+/// `--plugin-http-concurrency`); and most name lookups of one plugin running at once
+/// (`--plugin-dns-concurrency`).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     /// Of one call.
     pub per_call: usize,
     /// Of one plugin, all its calls together.
     pub per_plugin: usize,
+    /// Lookups of one plugin, each holding a blocking thread (see [`CheckedResolver`]).
+    pub lookups: usize,
 }
 
 impl Default for HttpLimits {
@@ -297,6 +304,7 @@ impl Default for HttpLimits {
         HttpLimits {
             per_call: 16,
             per_plugin: 64,
+            lookups: 4,
         }
     }
 }
@@ -307,6 +315,11 @@ struct InFlight {
     _call: OwnedSemaphorePermit,
     /// Of its plugin.
     _plugin: OwnedSemaphorePermit,
+}
+
+/// A plugin's name as a metric label.
+fn plugin_label(plugin: &str) -> opentelemetry::StringValue {
+    opentelemetry::StringValue::from(Arc::<str>::from(plugin))
 }
 
 /// The `wasi:http` hooks of one instance's store: they send through the plugin's
@@ -469,11 +482,49 @@ struct AddressRefused {
 #[error("cannot resolve: {0}")]
 struct LookupFailed(String);
 
+/// A blocking name lookup (the system's `getaddrinfo`), run on a blocking thread.
+type Lookup = Arc<dyn Fn(&str) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
+
 /// The system resolver, with the addresses a name may not point at taken out: those
 /// [`is_guarded`] names, unless the allowlist lists them as IP literals.
-#[derive(Debug, Clone)]
+///
+/// A lookup cannot be cancelled: `getaddrinfo` blocks its thread until the system's resolver
+/// gives up (seconds, by `/etc/resolv.conf`), whatever became of the request. So the waiting
+/// ends with the connect timeout and the call's deadline, and the threads are capped: at most
+/// `--plugin-dns-concurrency` lookups of one plugin hold a thread of the shared blocking pool
+/// at once (the permit goes with the thread); the others wait for one, counted as outcome
+/// `dns_queued` in `geecache_plugin_http_request_duration_seconds`.
+#[derive(Clone)]
 pub(crate) struct CheckedResolver {
     allow: Arc<HttpAllowlist>,
+    /// Lookups running now, each on a blocking thread.
+    running: Arc<Semaphore>,
+    /// How a name is looked up.
+    lookup: Lookup,
+    /// Where a lookup that waited is counted: the metrics and the plugin's name.
+    queued: Option<(Metrics, opentelemetry::StringValue)>,
+}
+
+impl std::fmt::Debug for CheckedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedResolver")
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckedResolver {
+    /// The system's resolver for `allow`, at most `concurrency` lookups at once.
+    fn new(allow: Arc<HttpAllowlist>, concurrency: usize) -> CheckedResolver {
+        CheckedResolver {
+            allow,
+            running: Arc::new(Semaphore::new(concurrency.max(1))),
+            lookup: Arc::new(|name| {
+                std::net::ToSocketAddrs::to_socket_addrs(&(name, 0)).map(Iterator::collect)
+            }),
+            queued: None,
+        }
+    }
 }
 
 impl tower::Service<Name> for CheckedResolver {
@@ -488,12 +539,29 @@ impl tower::Service<Name> for CheckedResolver {
 
     fn call(&mut self, name: Name) -> Self::Future {
         let allow = Arc::clone(&self.allow);
+        let (running, lookup) = (Arc::clone(&self.running), Arc::clone(&self.lookup));
+        let queued = self.queued.clone();
         let name = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await
-                .map_err(|e| LookupFailed(format!("{name}: {e}")))?
-                .collect();
+            let permit = match Arc::clone(&running).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let waited = Instant::now();
+                    let permit = running.acquire_owned().await?;
+                    if let Some((metrics, plugin)) = queued {
+                        let none = opentelemetry::StringValue::from("none");
+                        metrics.record_plugin_http(plugin, none, "dns_queued", waited.elapsed());
+                    }
+                    permit
+                }
+            };
+            let asked = name.clone();
+            let found: Vec<SocketAddr> = tokio::task::spawn_blocking(move || {
+                let _running = permit;
+                lookup(&asked)
+            })
+            .await?
+            .map_err(|e| LookupFailed(format!("{name}: {e}")))?;
             let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = found
                 .into_iter()
                 .partition(|a| !is_guarded(a.ip()) || allow.lists_ip(a.ip()));
@@ -510,9 +578,9 @@ impl tower::Service<Name> for CheckedResolver {
 
 /// The pooled client of one plugin: names through [`CheckedResolver`], connects bounded by
 /// [`CONNECT_TIMEOUT`], rustls with the platform's roots for `https://`, no proxy.
-fn client(allow: Arc<HttpAllowlist>) -> Client<Connector, WasiBody> {
+fn client(resolver: CheckedResolver) -> Client<Connector, WasiBody> {
     let connector = bounded_connector(
-        HttpConnector::new_with_resolver(CheckedResolver { allow }),
+        HttpConnector::new_with_resolver(resolver),
         platform_tls("plugins' https:// requests will fail to verify"),
         CONNECT_TIMEOUT,
     );
@@ -534,7 +602,7 @@ mod tests {
         let allow = Arc::new(HttpAllowlist::parse(["http://localhost:8080"]).unwrap());
         let to = Destination::of(&"http://localhost:8080/k".parse().unwrap()).unwrap();
         assert!(allow.allowing(&to).is_some());
-        let mut resolver = CheckedResolver { allow };
+        let mut resolver = CheckedResolver::new(allow, 4);
         let name: Name = "localhost".parse().unwrap();
         let e = resolver.call(name.clone()).await.unwrap_err();
         assert!(e.is::<AddressRefused>(), "{e}");
@@ -542,7 +610,7 @@ mod tests {
         let allow = Arc::new(
             HttpAllowlist::parse(["http://localhost:8080", "http://127.0.0.1:8080"]).unwrap(),
         );
-        let mut resolver = CheckedResolver { allow };
+        let mut resolver = CheckedResolver::new(allow, 4);
         let addrs: Vec<SocketAddr> = resolver.call(name).await.unwrap().collect();
         assert!(addrs.iter().any(|a| a.ip() == IpAddr::from([127, 0, 0, 1])));
         assert!(
@@ -550,5 +618,44 @@ mod tests {
                 .iter()
                 .all(|a| a.ip() != "::1".parse::<IpAddr>().unwrap())
         );
+    }
+
+    /// A lookup that hangs (a resolver that never answers) holds its blocking thread until the
+    /// system gives up: at most `--plugin-dns-concurrency` of them run at once, the others
+    /// wait, and a waiting caller that gives up (its deadline) leaves nothing running. No name
+    /// is resolved: the lookup is a stand-in that sleeps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_run_at_most_the_cap_at_once_each_on_its_own_thread() {
+        use std::sync::atomic::AtomicUsize;
+        let allow = Arc::new(HttpAllowlist::parse(["http://origin.test:80"]).unwrap());
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut resolver = CheckedResolver::new(allow, 2);
+        let (n, m) = (Arc::clone(&now), Arc::clone(&most));
+        resolver.lookup = Arc::new(move |_| {
+            let running = n.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(running, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            n.fetch_sub(1, Ordering::SeqCst);
+            Ok(vec![SocketAddr::from(([192, 0, 2, 1], 0))])
+        });
+        let name: Name = "origin.test".parse().unwrap();
+        // Callers that give up after 50 ms: two lookups start, the rest never do.
+        for _ in 0..6 {
+            let call = resolver.call(name.clone());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), call)
+                    .await
+                    .is_err()
+            );
+        }
+        let calls: Vec<_> = (0..6).map(|_| resolver.call(name.clone())).collect();
+        for answer in futures::future::join_all(calls).await {
+            assert_eq!(
+                answer.unwrap().next(),
+                Some(SocketAddr::from(([192, 0, 2, 1], 0)))
+            );
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(now.load(Ordering::SeqCst), 0);
     }
 }
