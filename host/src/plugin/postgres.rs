@@ -233,7 +233,7 @@ impl PgDb {
         let clean = discarded.is_ok();
         let answer = begun
             .map_err(|e| self.failed(&e))
-            .and_then(|()| rows)
+            .and(rows)
             .and_then(|rows| rolled_back.map(|()| rows).map_err(|e| self.failed(&e)));
         (answer, clean)
     }
