@@ -1,7 +1,8 @@
 //! Membership against a real etcd (`/usr/bin/etcd`, one private server per test): register,
 //! watch, deregister, crash, etcd outage and restart, lost lease, unreachable etcd at startup,
 //! and entries nobody should trust: rogue entries written straight into etcd, a live node's
-//! entry overwritten, more entries than the member cap.
+//! entry overwritten, more entries than the member cap, and, with a cluster secret, entries
+//! not signed with it.
 //!
 //! Leases are 2 s here (etcd's minimum) so that expiry tests stay quick. Every wait is bounded
 //! by a deadline; no sleep is an assertion.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use etcd::EtcdServer;
 use etcd_client::{Client, GetOptions};
 use geecache_host::discovery::{
-    DiscoveryError, EtcdOptions, Member, Membership, RegistrationState,
+    DiscoveryError, EtcdOptions, Member, Membership, RegistrationState, RegistryKey,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -384,6 +385,56 @@ async fn rogue_entries_written_into_etcd_never_become_members() {
     wait_members(&late, &members(&[1, 2, 3, 9]), Duration::from_secs(5)).await;
     assert_eq!(late.registry_counts().rejected, 4);
     for node in nodes.into_iter().chain([late]) {
+        node.shutdown().await;
+    }
+}
+
+/// With a cluster secret, a node signs its entry and takes only entries signed with it: a
+/// well-formed entry written straight into etcd, a node started without the secret, and a
+/// signed entry copied under another key enter no ring; each is skipped, logged and counted.
+/// (Before, any well-formed entry was a member: half the keys could route to a stranger.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_secret_only_entries_signed_with_it_become_members() {
+    let etcd = EtcdServer::start();
+    let signed = |i: usize| {
+        let options = EtcdOptions {
+            signing: Some(RegistryKey::new("s3cret")),
+            ..options(&etcd)
+        };
+        Membership::etcd(member(i), options)
+    };
+    let nodes = vec![signed(1).await.unwrap(), signed(2).await.unwrap()];
+    for node in &nodes {
+        wait_members(node, &members(&[1, 2]), Duration::from_secs(5)).await;
+    }
+    let stranger = Membership::etcd(member(3), options(&etcd)).await.unwrap();
+    wait_members(&stranger, &members(&[1, 2, 3]), Duration::from_secs(5)).await;
+    put_raw(
+        &etcd,
+        "node-9",
+        r#"{"id":"node-9","addr":"127.0.0.1:7009"}"#,
+    )
+    .await;
+    let node_1 = registry(&etcd)
+        .await
+        .into_iter()
+        .find(|(key, _, _)| key.ends_with("node-1"))
+        .unwrap()
+        .1;
+    let mut copied = node_1.clone();
+    copied["id"] = "node-8".into();
+    put_raw(&etcd, "node-8", &copied.to_string()).await;
+    // A signed, well-formed entry is still taken: the watch did see the others.
+    let late = signed(4).await.unwrap();
+    for node in nodes.iter().chain([&late]) {
+        wait_members(node, &members(&[1, 2, 4]), Duration::from_secs(5)).await;
+        let rejected = node.registry_counts().rejected;
+        assert!(
+            rejected >= 3,
+            "{rejected}: the stranger, node-9 and node-8 are each skipped"
+        );
+    }
+    for node in nodes.into_iter().chain([late, stranger]) {
         node.shutdown().await;
     }
 }

@@ -77,7 +77,8 @@ impl Node {
     /// [`Node::get`] from the client address `source`.
     async fn get_from(&self, source: [u8; 4], path: &str) -> Option<(u16, String)> {
         let mut stream = self.connect_from(source).await;
-        let request = format!("GET {path} HTTP/1.1\r\nhost: node\r\nconnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
@@ -165,7 +166,7 @@ async fn silent_connections_in_every_slot_leave_probes_answered_and_are_closed()
 async fn a_header_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
     let node = Node::start(&["--header-timeout", "2s"]).await;
     let mut stream = node.connect().await;
-    let request = b"GET /api?key=Tom HTTP/1.1\r\nhost: node\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let request = b"GET /api?key=Tom HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let started = Instant::now();
     let mut cut = false;
     // A byte every 200 ms: on main, the connection stayed open for as long as bytes came.
@@ -201,7 +202,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let node = Node::start(&["--idle-timeout", "2s", "--header-timeout", "1s"]).await;
     let mut stream = node.connect().await;
     stream
-        .write_all(b"GET /api?key=Tom HTTP/1.1\r\nhost: node\r\n\r\n")
+        .write_all(b"GET /api?key=Tom HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
@@ -210,7 +211,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // Idle past the header timeout, within the idle one: still open, and it answers.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stream
-        .write_all(b"GET /api?key=Jack HTTP/1.1\r\nhost: node\r\n\r\n")
+        .write_all(b"GET /api?key=Jack HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let n = stream.read(&mut buf).await.unwrap();
@@ -260,7 +261,7 @@ async fn answers_nobody_reads_stay_within_the_in_flight_budget() {
     for _ in 0..CLIENTS {
         let mut stream = node.connect().await;
         stream
-            .write_all(b"GET /api/v1/groups/scores/keys/big HTTP/1.1\r\nhost: node\r\n\r\n")
+            .write_all(b"GET /api/v1/groups/scores/keys/big HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
         unread.push(stream);
@@ -416,6 +417,57 @@ async fn reload_paths_bodies_and_origins_are_checked_before_anything_is_read() {
     let (status, body) = post(&node, reload, admin, &[WASM], component).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(node.get("/api?key=Tom").await.unwrap(), (200, "630".into()));
+}
+
+/// `method path` with `Host: host` (and `Origin: http://host`) and `body`, as a page whose name
+/// was rebound to the node's address would send it: status and body.
+async fn as_host(node: &Node, host: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = node.connect().await;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\norigin: http://{host}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text[9..12].parse().unwrap();
+    (status, text.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_rebound_to_the_node_by_dns_is_refused_by_its_host() {
+    let node = Node::start(&[]).await;
+    let key = "/api/v1/groups/scores/keys/Tom";
+    let (status, body) = as_host(&node, "rebind.test", "PUT", key, "1").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host_not_allowed"), "{body}");
+    let (status, body) = as_host(&node, "rebind.test:80", "GET", key, "").await;
+    assert_eq!(
+        (status, body.contains("host_not_allowed")),
+        (403, true),
+        "{body}"
+    );
+    // Probes answer whatever the Host; the value did not change; by its address, the node
+    // answers as before.
+    assert_eq!(
+        as_host(&node, "rebind.test", "GET", "/healthz", "").await.0,
+        200
+    );
+    assert_eq!(node.get("/api?key=Tom").await.unwrap(), (200, "630".into()));
+    let (status, body) = as_host(&node, "localhost", "GET", key, "").await;
+    assert_eq!((status, body.as_str()), (200, "630"));
+    let refused = &node.stats().await["connections"]["wrong_host"];
+    assert_eq!(refused, 2, "{refused}");
+
+    // A name the operator gave is taken.
+    let node = Node::start(&["--allowed-host", "cache.internal,rebind.test"]).await;
+    let (status, body) = as_host(&node, "rebind.test", "PUT", key, "1").await;
+    assert_eq!(status, 204, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

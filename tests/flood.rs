@@ -93,7 +93,7 @@ async fn send_body(port: u16, length: u64, chunk: usize, every: Duration) {
         return;
     };
     let head = format!(
-        "PUT /api/v1/groups/scores/keys/flood HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n"
+        "PUT /api/v1/groups/scores/keys/flood HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {length}\r\n\r\n"
     );
     if conn.write_all(head.as_bytes()).await.is_err() {
         return;

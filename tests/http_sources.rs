@@ -12,6 +12,10 @@
 //! - A name that resolves to loopback is refused unless the address is listed too.
 //! - A plugin without a grant: refused, and the node's log says so and how to grant it.
 //! - A getter that POSTs a body larger than one stream write (4 KiB) sends all of it.
+//! - One call of a hostile getter (`escape_getter`'s `fanout:`) starting 3,000 requests to an
+//!   origin that never answers holds at most `--plugin-http-per-call` of them, two calls at
+//!   most `--plugin-http-concurrency` together; the rest fail at once (`limited` in
+//!   `/metrics`), and the node answers `/healthz` meanwhile.
 //! - `--stale`: an expired value is answered at once (`X-Geecache-Source: stale`) while one
 //!   refresh reloads it; with the origin down, it is answered for its whole window with no
 //!   error, the failed refreshes counted; every miss is counted by its reason.
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use geecache_tests::origin::Origin;
 use geecache_tests::{NodeProcess, TestNode, free_port, node_command, plugins};
-use prometheus::{parse_exposition, value};
+use prometheus::{parse_exposition, percent_encode, value};
 
 /// A node whose `http_getter` reads `{base}` under `route`, allowed `allow` (none when empty).
 async fn node(origin: &Origin, route: &str, allow: &[String], extra: &[&str]) -> TestNode {
@@ -417,4 +421,97 @@ async fn a_request_body_larger_than_one_stream_write_is_sent_whole() {
         node.get_key("scores", "abcd").await,
         (200, "10000".to_owned())
     );
+}
+
+/// An origin on 127.0.0.1 that accepts connections and never answers: its port, and how many
+/// connections it accepted (it keeps them open until the test's runtime ends).
+async fn silent_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::<std::sync::atomic::AtomicUsize>::default();
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (port, accepted)
+}
+
+/// `geecache_plugin_http_request_duration_seconds_count{outcome="limited"}` of escape_getter.
+async fn limited(node: &NodeProcess) -> f64 {
+    value(
+        &parse_exposition(&node.metrics_text().await),
+        "geecache_plugin_http_request_duration_seconds_count",
+        &[("outcome", "limited"), ("plugin", "escape_getter")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cannot_start_thousands_of_requests_to_an_origin_that_never_answers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (origin_port, accepted) = silent_origin().await;
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = node_command(
+        env!("CARGO_BIN_EXE_geecache-node"),
+        port,
+        plugins::ESCAPE_GETTER,
+    );
+    let database = geecache_tests::demo_db(dir.path());
+    command.args([
+        "--plugin-config",
+        &format!("escape_getter.database={}", database.display()),
+        "--plugin-http",
+        &format!("escape_getter={origin}"),
+        "--plugin-timeout",
+        "20s",
+        "--plugin-http-concurrency",
+        "24",
+    ]);
+    let node = NodeProcess::spawn(command, port, dir.path()).await;
+    let client = reqwest::Client::new();
+    let fanout = |n: usize| {
+        let key = percent_encode(&format!("fanout:{n}:2500:{origin}/"));
+        client
+            .get(format!("{}/api/v1/groups/scores/keys/{key}", node.base))
+            .send()
+    };
+    let started = |answer: reqwest::Response| async move {
+        assert_eq!(answer.status(), 200);
+        answer.text().await.unwrap()
+    };
+
+    // One call starting 3,000 requests: 16 reach the origin, the rest fail at once.
+    let text = started(fanout(3000).await.unwrap()).await;
+    assert_eq!(text, "started:3000 refused:0");
+    assert_eq!(accepted.load(SeqCst), 16, "connections of one call");
+    assert_eq!(limited(&node).await, 2984.0);
+
+    // Two calls at once (two keys: no coalescing): the plugin's 24 between them.
+    let (first, second) = (tokio::spawn(fanout(3001)), tokio::spawn(fanout(2999)));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Meanwhile the node answers its probe.
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .get(format!("{}/healthz", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+    for call in [first, second] {
+        let text = started(call.await.unwrap().unwrap()).await;
+        assert!(text.starts_with("started:"), "{text}");
+    }
+    let both = accepted.load(SeqCst) - 16;
+    assert!(
+        both <= 24,
+        "the origin accepted {both} connections of two calls"
+    );
+    assert!(limited(&node).await >= 2984.0 + 6000.0 - 24.0);
 }

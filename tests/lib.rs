@@ -558,6 +558,15 @@ impl NodeProcess {
         panic!("the node did not start: {}", node.log_tail());
     }
 
+    /// Its `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        let answer = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.text().await.unwrap()
+    }
+
     /// The end of its log.
     pub fn log_tail(&self) -> String {
         log_tail(&std::fs::read_to_string(&self.log).unwrap_or_default())

@@ -20,8 +20,8 @@ use prost::Message;
 
 use geecache_host::error::Error;
 use geecache_host::peer::auth::{
-    CONTENT_SHA256_HEADER, DATE_HEADER, MAX_CLOCK_SKEW, MAX_REMEMBERED_NONCES, NONCE_HEADER,
-    ReplayGuard, SIGNATURE_HEADER, new_nonce, unix_now,
+    ANSWER_SIGNATURE_HEADER, CONTENT_SHA256_HEADER, DATE_HEADER, MAX_CLOCK_SKEW,
+    MAX_REMEMBERED_NONCES, NONCE_HEADER, ReplayGuard, SIGNATURE_HEADER, new_nonce, unix_now,
 };
 use geecache_host::peer::*;
 use geecache_host::plugin::PluginError;
@@ -794,6 +794,72 @@ async fn stale_or_tampered_requests_are_401() {
     );
 }
 
+/// A refusal is signed only when the request's signature matched: an unsigned or badly signed
+/// request carrying a nonce of its sender's choosing gets an unsigned 401 (an honest node must
+/// not vouch for it), while a peer that knows the secret but whose clock is off gets its
+/// refusal signed, with the reason.
+#[tokio::test]
+async fn a_refusal_is_signed_only_when_the_requests_signature_matched() {
+    let s = secret("s3cret");
+    let service = Arc::new(MemoryService::default());
+    let addr = serve(service.clone(), Some(s.clone()), DEFAULT_MAX_BODY_BYTES).await;
+    let path = "/_geecache/g/k";
+    let authority = addr.to_string();
+    let send = |headers: Vec<(&'static str, String)>| async move {
+        let mut request = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let signature = response
+            .headers()
+            .get(ANSWER_SIGNATURE_HEADER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, signature, response.bytes().await.unwrap())
+    };
+    let empty = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b""));
+    let signed_by = |key: &ClusterSecret, date: u64, nonce: &str| {
+        vec![
+            (DATE_HEADER, date.to_string()),
+            (NONCE_HEADER, nonce.to_owned()),
+            (CONTENT_SHA256_HEADER, empty.clone()),
+            (
+                SIGNATURE_HEADER,
+                key.sign("GET", &authority, path, date, nonce, &empty),
+            ),
+        ]
+    };
+    let chosen = "0123456789abcdef0123456789abcdef";
+
+    // Unsigned, with the sender's nonce: refused, and the refusal is not signed.
+    let (status, signature, _) = send(vec![(NONCE_HEADER, chosen.to_owned())]).await;
+    assert_eq!((status, signature), (401, None));
+    // Signed with another secret, dated now or out of the window: the same (the date is
+    // checked only once the signature matched).
+    for date in [unix_now(), unix_now() - 40] {
+        let (status, signature, _) = send(signed_by(&secret("guess"), date, chosen)).await;
+        assert_eq!((status, signature), (401, None));
+    }
+
+    // A member whose clock is 40 s behind: refused for its date, and told so in a signed
+    // answer (its date is checked after its signature).
+    let nonce = new_nonce();
+    let (status, signature, body) = send(signed_by(&s, unix_now() - 40, &nonce)).await;
+    assert_eq!(status, 401);
+    assert!(
+        s.check_answer(&nonce, 401, &body, signature.as_deref()),
+        "the skew refusal is signed"
+    );
+    let info = proto::ErrorInfo::decode(body).unwrap();
+    assert!(info.message.contains("clock"), "{info:?}");
+    assert_eq!(service.gets.load(Ordering::SeqCst), 0);
+}
+
 /// A captured request sent again, verbatim, is refused: its nonce was seen.
 #[tokio::test]
 async fn a_replayed_request_is_401_replayed() {
@@ -849,19 +915,58 @@ async fn a_request_signed_for_one_node_is_refused_by_another() {
     assert_eq!(a_service.sets.load(Ordering::SeqCst), 1);
 }
 
+/// A node serving `service` on `addr` that a test can restart on the same address: its first
+/// run started long ago ([`old_guard`]), every later one now.
+struct Restartable {
+    service: Arc<MemoryService>,
+    addr: SocketAddr,
+    secret: ClusterSecret,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+impl Restartable {
+    async fn start(secret: &ClusterSecret) -> Restartable {
+        let service = Arc::new(MemoryService::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let auth = NodeAuth::with_guard(secret.clone(), &addr.to_string(), old_guard());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let running = serve_until(listener, service.clone(), auth, stopped);
+        Restartable {
+            service,
+            addr,
+            secret: secret.clone(),
+            stop,
+            running,
+        }
+    }
+
+    /// Stops it and starts a fresh node (a new replay guard) on the same address.
+    async fn restart(self) -> Restartable {
+        self.stop.send(()).unwrap();
+        self.running.await.unwrap();
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let auth = NodeAuth::new(self.secret.clone(), &self.addr.to_string());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let running = serve_until(listener, self.service.clone(), auth, stopped);
+        Restartable {
+            stop,
+            running,
+            ..self
+        }
+    }
+}
+
 /// A node forgets its nonces when it restarts, so it refuses whatever was signed before it
 /// started (401 `unauthorized`, `Retry-After: 1`), and the client, told to, signs again and
 /// gets through. The old node accepted the replay after its restart (204).
 #[tokio::test]
 async fn a_restarted_node_refuses_what_was_signed_before_it_started() {
     let s = secret("s3cret");
-    let service = Arc::new(MemoryService::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let node = Restartable::start(&s).await;
+    let (service, addr) = (node.service.clone(), node.addr);
     let authority = addr.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let first = NodeAuth::with_guard(s.clone(), &authority, old_guard());
-    let running = serve_until(listener, service.clone(), first, stopped);
 
     let path = "/_geecache/g/k";
     let mut captured: Vec<(&'static str, String)> = s
@@ -872,16 +977,7 @@ async fn a_restarted_node_refuses_what_was_signed_before_it_started() {
     assert_eq!(answer.0, 204, "{answer:?}");
 
     // Restart: the same address, a fresh node.
-    stop.send(()).unwrap();
-    running.await.unwrap();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel();
-    let _running = serve_until(
-        listener,
-        service.clone(),
-        NodeAuth::new(s.clone(), &authority),
-        stopped,
-    );
+    let _node = node.restart().await;
 
     captured.push(("host", authority.clone()));
     let response = reqwest::Client::builder()
@@ -912,6 +1008,55 @@ async fn a_restarted_node_refuses_what_was_signed_before_it_started() {
     // The client copes: refused once at most, it signs again a second later.
     client(addr, Some(s)).delete("g", "k").await.unwrap();
     assert_eq!(service.deletes.load(Ordering::SeqCst), 2);
+}
+
+/// A request dated ahead of the node's clock is taken only 1 s ahead at most, so one captured
+/// before a restart that takes longer than its lead is dated before the new run started, and
+/// refused. The old node took a PUT dated 25 s ahead, and its replay after a restart (204: the
+/// value rolled back).
+#[tokio::test]
+async fn a_request_dated_ahead_cannot_be_replayed_after_a_restart() {
+    let s = secret("s3cret");
+    let node = Restartable::start(&s).await;
+    let (service, addr) = (node.service.clone(), node.addr);
+    let authority = addr.to_string();
+    let path = "/_geecache/g/k";
+    let body = proto::SetRequest {
+        entry: Some(entry(b"old", None).into()),
+    }
+    .encode_to_vec();
+    let signed = |date: u64| {
+        let nonce = new_nonce();
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        let signature = s.sign("PUT", &authority, path, date, &nonce, &hash);
+        vec![
+            protobuf_header(),
+            (DATE_HEADER, date.to_string()),
+            (NONCE_HEADER, nonce),
+            (CONTENT_SHA256_HEADER, hash),
+            (SIGNATURE_HEADER, signature),
+        ]
+    };
+    let far_ahead = raw(addr, "PUT", path, &signed(unix_now() + 25), body.clone()).await;
+    let info = assert_error_info(&far_ahead, 401, "unauthorized");
+    assert!(info.message.contains("clock"), "{info:?}");
+    let captured = signed(unix_now() + 1);
+    let answer = raw(addr, "PUT", path, &captured, body.clone()).await;
+    assert_eq!(answer.0, 204, "{answer:?}");
+    assert_eq!(service.sets.load(Ordering::SeqCst), 1);
+
+    // Restart once the captured date has passed (a node serves again no sooner; see
+    // `MAX_CLOCK_SKEW_AHEAD` for a restart quicker than a request's lead): the same address, a
+    // fresh node; the captured PUT sent again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _node = node.restart().await;
+    let replayed = raw(addr, "PUT", path, &captured, body.clone()).await;
+    let info = assert_error_info(&replayed, 401, "unauthorized");
+    assert!(
+        info.message.contains("before this node started"),
+        "{info:?}"
+    );
+    assert_eq!(service.sets.load(Ordering::SeqCst), 1);
 }
 
 /// The signature is checked before the body is read: an unsigned request with a body over the

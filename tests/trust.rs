@@ -2,6 +2,9 @@
 //! can answer, but its answers are never used. A real node (in this process) whose static ring
 //! holds a forger: an HTTP server speaking the peer protocol without the secret, serving a
 //! well-formed value "forged" for every key, and saying yes to every rollout step.
+//!
+//! And a node process with a secret, restarted: a signed PUT dated far ahead of its clock is
+//! refused, before and after the restart.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +15,7 @@ use futures::future::BoxFuture;
 use geecache_host::compression::Encoding;
 use geecache_host::error::Error;
 use geecache_host::peer::{Entries, PeerEntry, PeerService};
-use geecache_tests::{TestNode, admin_post, plugins};
+use geecache_tests::{NodeProcess, TestNode, admin_post, db_getter_node, free_port, plugins};
 
 /// Answers every get with a value "forged", stored as a node would store it.
 #[derive(Debug, Default)]
@@ -186,4 +189,69 @@ async fn a_member_without_the_secret_cannot_say_it_flushed() {
         "{body}"
     );
     assert!(steps.load(Ordering::Relaxed) > 0, "the forger was asked");
+}
+
+/// A signed PUT dated 25 s ahead of the node's clock was taken (204), and taken again when
+/// replayed after the node restarted, rolling the value back: a node now takes dates at most
+/// 1 s ahead of its clock (and, as before, after a restart nothing dated before its start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_dated_far_ahead_is_refused_before_and_after_a_restart() {
+    use geecache_host::peer::auth::{
+        CONTENT_SHA256_HEADER, DATE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, new_nonce, unix_now,
+    };
+    use geecache_host::peer::{CONTENT_TYPE, ClusterSecret, proto};
+    use prost::Message as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = geecache_tests::demo_db(dir.path());
+    let port = free_port();
+    let start = || {
+        let mut command = db_getter_node(env!("CARGO_BIN_EXE_geecache-node"), port, &db);
+        command.args(["--cluster-secret", "s3cret"]);
+        NodeProcess::spawn(command, port, dir.path())
+    };
+    let node = start().await;
+    let secret = ClusterSecret::new("s3cret").unwrap();
+    let (authority, path) = (format!("127.0.0.1:{port}"), "/_geecache/scores/Tom");
+    let stored = Encoding::default().encode(b"rolled back").await.unwrap();
+    let body = proto::SetRequest {
+        entry: Some(
+            PeerEntry {
+                value: stored.bytes().clone(),
+                codec: "none".into(),
+                expires_at_ms: None,
+            }
+            .into(),
+        ),
+    }
+    .encode_to_vec();
+    let (date, nonce) = (unix_now() + 25, new_nonce());
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    let signature = secret.sign("PUT", &authority, path, date, &nonce, &hash);
+    let put = || async {
+        reqwest::Client::new()
+            .put(format!("http://{authority}{path}"))
+            .header("content-type", CONTENT_TYPE)
+            .header(DATE_HEADER, date.to_string())
+            .header(NONCE_HEADER, &nonce)
+            .header(CONTENT_SHA256_HEADER, &hash)
+            .header(SIGNATURE_HEADER, &signature)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(put().await, 401);
+    drop(node);
+    let node = start().await;
+    assert_eq!(put().await, 401, "replayed after the restart");
+    let value = reqwest::get(format!("{}/api?key=Tom", node.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(value, "630");
 }

@@ -34,7 +34,7 @@ use crate::cache::SystemClock;
 use crate::cluster::Cluster;
 use crate::compression::Codecs;
 use crate::config::{Cli, Settings};
-use crate::discovery::{EtcdOptions, Member, Membership};
+use crate::discovery::{EtcdOptions, Member, Membership, RegistryKey};
 use crate::group::{Group, Groups};
 use crate::peer::{ClusterSecret, NodeAuth};
 use crate::plugin::{Plugins, Runtime};
@@ -254,6 +254,7 @@ pub async fn join(node: &Node, settings: &Settings) -> Result<(), String> {
             max_members: c.etcd_max_members,
             tls: c.etcd_tls.clone(),
             user: c.etcd_user.clone(),
+            signing: c.secret.as_deref().map(RegistryKey::new),
             ..EtcdOptions::new(c.etcd_endpoints.clone())
         };
         Membership::etcd(me, options)

@@ -1,5 +1,6 @@
-//! Who may call the API: an optional client token (`--api-token`) and an admin token
-//! (`--admin-token`), each sent as `Authorization: Bearer <token>`.
+//! Who may call the API, and by which name: an optional client token (`--api-token`) and an
+//! admin token (`--admin-token`), each sent as `Authorization: Bearer <token>`, and the `Host`
+//! names the node answers to.
 //!
 //! - **Admin routes** (a plugin reload or cluster rollout, a group flush: every `POST` under
 //!   `/api/v1/plugins/`, and every `POST` under `/api/v1/groups/` but the batch get) are closed
@@ -11,6 +12,11 @@
 //! - A request other than `GET`/`HEAD` whose `Origin` names another host than its `Host` is
 //!   refused with 403 `cross_origin`: a web page on another site cannot make a browser write
 //!   to the node (tokens aside, a browser sends a cross-site form POST without asking).
+//! - A request whose `Host` is not one the node answers to (its advertised name, IP literals,
+//!   `localhost`, the names of `--allowed-host`: [`AllowedHosts`]) is refused with 403
+//!   `host_not_allowed` before anything else ([`host_refusal`], asked by `shortcut.rs` for
+//!   every request): a page whose name was rebound to the node's address (DNS rebinding) is
+//!   same-origin for the browser, so neither CORS nor the `Origin` check would stop it.
 //!
 //! `/healthz` and `/readyz` stay open for probes, and the peer routes have their own
 //! authentication (the cluster secret). A request without the right token gets 401, code
@@ -25,7 +31,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::config::{Access, ApiToken};
+use crate::config::{Access, AllowedHosts, ApiToken, host_name};
 
 /// Whether `headers` carry `Authorization: Bearer <token>`.
 pub(crate) fn token_admits(token: &ApiToken, headers: &HeaderMap) -> bool {
@@ -82,6 +88,41 @@ fn cross_origin(headers: &HeaderMap) -> bool {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     authority.is_empty() || !authority.eq_ignore_ascii_case(host)
+}
+
+/// Whether `hosts` take the `Host` value `host` (see [`AllowedHosts`]); a request without one
+/// (HTTP/1.0; never a browser's) is taken.
+pub(crate) fn host_allowed(hosts: &AllowedHosts, host: Option<&HeaderValue>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let Some(name) = host.to_str().ok().and_then(host_name) else {
+        return false;
+    };
+    hosts.any
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name
+            .get(name.len().saturating_sub(".localhost".len())..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(".localhost"))
+        || hosts.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The 403 `host_not_allowed` answer to `req` when its `Host` is not one the node answers to;
+/// the probes are always answered.
+pub(crate) fn host_refusal<B>(access: &Access, req: &axum::http::Request<B>) -> Option<Response> {
+    if host_allowed(&access.hosts, req.headers().get(header::HOST))
+        || matches!(req.uri().path(), "/healthz" | "/readyz")
+    {
+        return None;
+    }
+    Some(super::error_response(
+        StatusCode::FORBIDDEN,
+        "host_not_allowed",
+        "this node does not answer to that Host name: reach it by its advertised name, an IP \
+         address or localhost, or start it with --allowed-host NAME"
+            .into(),
+    ))
 }
 
 /// Whether `req` may go on as a read or a write (the shortcut's question, for GETs): it
@@ -177,6 +218,44 @@ mod tests {
             HeaderValue::from_str(authorization).unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn only_the_nodes_own_names_addresses_and_localhost_are_taken_as_host() {
+        let hosts = AllowedHosts::new(
+            ["cache.internal", "Other.Example:8080"],
+            "https://node-a:9443",
+        );
+        let taken = |h: &str| host_allowed(&hosts, Some(&HeaderValue::from_str(h).unwrap()));
+        for ok in [
+            "node-a:9443",
+            "NODE-A",
+            "cache.internal:80",
+            "cache.internal.",
+            "other.example",
+            "127.0.0.1:9999",
+            "10.1.2.3",
+            "[::1]:9999",
+            "localhost:9999",
+            "app.localhost",
+        ] {
+            assert!(taken(ok), "{ok}");
+        }
+        for refused in [
+            "rebind.test",
+            "rebind.test:9999",
+            "node-b:9443",
+            "[::1",
+            "evil-localhost",
+        ] {
+            assert!(!taken(refused), "{refused}");
+        }
+        assert!(host_allowed(&hosts, None));
+        let any = AllowedHosts::new(["*"], "n:1");
+        assert!(host_allowed(
+            &any,
+            Some(&HeaderValue::from_static("rebind.test"))
+        ));
     }
 
     #[test]

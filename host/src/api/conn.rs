@@ -81,6 +81,8 @@ pub struct ConnCounters {
     over_client_cap: AtomicU64,
     /// Requests refused with 429: their client was past `--rate-limit`.
     rate_limited: AtomicU64,
+    /// Requests refused with 403 `host_not_allowed` (DNS rebinding).
+    wrong_host: AtomicU64,
 }
 
 /// [`ConnCounters`] read at one instant.
@@ -105,6 +107,8 @@ pub struct ConnSnapshot {
     pub over_client_cap: u64,
     /// Requests refused with 429 `rate_limited` (`--rate-limit`).
     pub rate_limited: u64,
+    /// Requests refused with 403 `host_not_allowed` (`--allowed-host`).
+    pub wrong_host: u64,
 }
 
 impl ConnCounters {
@@ -121,7 +125,13 @@ impl ConnCounters {
             answers_refused: get(&self.answers_refused),
             over_client_cap: get(&self.over_client_cap),
             rate_limited: get(&self.rate_limited),
+            wrong_host: get(&self.wrong_host),
         }
+    }
+
+    /// Counts a request refused for its `Host` (`--allowed-host`).
+    pub(crate) fn wrong_host(&self) {
+        self.wrong_host.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request refused for `--rate-limit`.

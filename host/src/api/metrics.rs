@@ -35,6 +35,10 @@ pub const CONNECTION_METRICS: Table = &[
         "geecache_requests_rate_limited_total",
         "Requests refused with 429 rate_limited: their client was past --rate-limit.",
     ),
+    (
+        "geecache_requests_wrong_host_total",
+        "Requests refused with 403 host_not_allowed: their Host is not a name the node answers to (--allowed-host).",
+    ),
 ];
 
 /// Maps the connections' part of the snapshot to series: name, `reason` label, value.
@@ -65,6 +69,11 @@ pub fn connection_series(c: &ConnSnapshot) -> Vec<(&'static str, Option<&'static
             "geecache_requests_rate_limited_total",
             None,
             c.rate_limited as f64,
+        ),
+        (
+            "geecache_requests_wrong_host_total",
+            None,
+            c.wrong_host as f64,
         ),
     ]
 }

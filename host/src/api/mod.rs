@@ -302,9 +302,9 @@ pub fn router(state: AppState) -> Router {
             node::require_peer_cert,
         ));
     }
-    // Outermost on what peers call: every answer to a signed request is signed, refusals
-    // included, so a caller can tell a member that knows the secret from one that does not
-    // (the peer routes sign their own, in `peer::router_with_limits`).
+    // Outermost on what peers call: every answer to a request whose signature matched is
+    // signed, refusals included, so a caller can tell a member that knows the secret from one
+    // that does not (the peer routes sign their own, in `peer::router_with_limits`).
     if let Some(auth) = &state.inner.peer_auth {
         rollout = rollout.layer(axum::middleware::from_fn_with_state(
             auth.secret().clone(),

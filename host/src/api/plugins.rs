@@ -573,18 +573,24 @@ pub(super) async fn verified_admin_request(
         ))));
     };
     let (parts, body) = req.into_parts();
-    let verified = crate::peer::verify_signed(auth, &parts.method, &parts.uri, &parts.headers)
-        .map_err(|e| {
-            tracing::warn!(error = %e, "refused an unsigned or badly signed {what} request");
-            let mut response = error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string());
-            if matches!(e, crate::peer::auth::AuthError::BeforeStart) {
-                response.headers_mut().insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from_static("1"),
-                );
-            }
-            response
-        })?;
+    let verified = crate::peer::verify_signed(
+        auth,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &parts.extensions,
+    )
+    .map_err(|e| {
+        tracing::warn!(error = %e, "refused an unsigned or badly signed {what} request");
+        let mut response = error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string());
+        if matches!(e, crate::peer::auth::AuthError::BeforeStart) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    })?;
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| fail(Error::BodyTooLarge { limit }))?;

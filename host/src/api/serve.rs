@@ -152,7 +152,7 @@ mod tests {
     }
 
     async fn send(stream: &mut TcpStream, path: &str) {
-        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
     }
 

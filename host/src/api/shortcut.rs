@@ -210,6 +210,10 @@ impl Shortcut {
             return Answer::Direct(Box::pin(std::future::ready(limited)));
         }
         let state = &self.state;
+        if let Some(refused) = super::access::host_refusal(&state.inner.options.access, &req) {
+            self.guard.counters().wrong_host();
+            return Answer::Direct(Box::pin(std::future::ready(refused)));
+        }
         let Some(get) = plain_get(&req, &state.inner.options.access) else {
             let mut req = req.map(Body::new);
             if let Some(identity) = &self.identity {

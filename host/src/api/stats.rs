@@ -151,6 +151,7 @@ mod tests {
                 reported_errors: 4,
                 busy_seconds: 0.5,
                 logs_dropped: 8,
+                sql_too_large: 10,
                 sha256: "ab12".into(),
                 reloads: 6,
                 reload_failures: 7,
@@ -175,6 +176,7 @@ mod tests {
                 answers_refused: 7,
                 over_client_cap: 8,
                 rate_limited: 9,
+                wrong_host: 11,
             },
             codec_lane: LaneSnapshot {
                 concurrency: 2,

@@ -143,6 +143,13 @@ pub struct Cli {
     #[arg(long, env = "GEECACHE_API_TOKEN_READS")]
     pub api_token_reads: bool,
 
+    /// Host names clients may reach this node by (the `Host` header), comma-separated, besides
+    /// its --advertise-addr's host, IP literals and localhost; `*` takes any (behind a proxy
+    /// that checks Host itself). Other names get 403 host_not_allowed, so a web page cannot
+    /// reach the node through DNS rebinding.
+    #[arg(long, env = "GEECACHE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_host: Vec<String>,
+
     /// Admin token: plugin reload, cluster rollout and flush need `Authorization: Bearer
     /// <token>`. Without it those routes are closed (403). Must differ from --api-token.
     #[arg(long, env = "GEECACHE_ADMIN_TOKEN", hide_env_values = true)]
@@ -232,6 +239,21 @@ pub struct Cli {
     /// Plugin calls running at once [default: 32].
     #[arg(long, env = "GEECACHE_PLUGIN_CONCURRENCY")]
     pub plugin_concurrency: Option<usize>,
+
+    /// Outbound HTTP requests one plugin call may have in flight; past it a request fails at
+    /// once with `connection-limit-reached` [default: 16].
+    #[arg(long, env = "GEECACHE_PLUGIN_HTTP_PER_CALL")]
+    pub plugin_http_per_call: Option<usize>,
+
+    /// Outbound HTTP requests one plugin may have in flight, all its calls together [default:
+    /// 64].
+    #[arg(long, env = "GEECACHE_PLUGIN_HTTP_CONCURRENCY")]
+    pub plugin_http_concurrency: Option<usize>,
+
+    /// Name lookups of one plugin's outbound HTTP running at once, each on a thread until the
+    /// system's resolver answers or gives up; the others wait [default: 4].
+    #[arg(long, env = "GEECACHE_PLUGIN_DNS_CONCURRENCY")]
+    pub plugin_dns_concurrency: Option<usize>,
 
     /// "reuse": a plugin instance that finished a call cleanly serves later calls (~1 µs a
     /// call instead of ~20 µs); "fresh": a new instance for every call, so nothing a plugin

@@ -29,6 +29,12 @@ pub struct FileConfig {
     pub plugin_timeout: Option<String>,
     /// Plugin calls running at once.
     pub plugin_concurrency: Option<usize>,
+    /// Outbound HTTP requests in flight of one plugin call.
+    pub plugin_http_per_call: Option<usize>,
+    /// Outbound HTTP requests in flight of one plugin.
+    pub plugin_http_concurrency: Option<usize>,
+    /// Name lookups of one plugin running at once.
+    pub plugin_dns_concurrency: Option<usize>,
     /// "reuse" or "fresh".
     pub plugin_instances: Option<String>,
     /// Calls one reused instance serves before it is retired.

@@ -30,7 +30,10 @@ pub use cli::Cli;
 pub use cluster::ClusterSettings;
 pub use file::{FileConfig, FileGroup, FilePlugin};
 pub use groups::DEFAULT_GROUP;
-pub use server::{Access, ApiOptions, ApiToken, ConnTimeouts, EmptyToken, PerClient, ServerLimits};
+pub use server::{
+    Access, AllowedHosts, ApiOptions, ApiToken, ConnTimeouts, EmptyToken, PerClient, ServerLimits,
+    host_name,
+};
 
 use crate::group::GroupOptions;
 use crate::plugin::RuntimeOptions;
@@ -112,7 +115,11 @@ impl Cli {
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let port = self.port.or(file.port).unwrap_or(DEFAULT_PORT);
         let cluster = cluster::cluster(self, bind, port)?;
-        let (api, server_limits) = server::api_and_limits(self, &file)?;
+        let (mut api, server_limits) = server::api_and_limits(self, &file)?;
+        api.access.hosts = server::AllowedHosts::new(
+            self.allowed_host.iter().map(String::as_str),
+            &cluster.advertise_addr,
+        );
         Ok(Settings {
             addr: SocketAddr::new(bind, port),
             plugins,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Cli, FileConfig, given, size_usize};
 use crate::plugin::{
-    DirGrant, HttpAllowlist, InstancePolicy, PluginGrants, PluginSpec, RuntimeOptions,
+    DirGrant, HttpAllowlist, HttpLimits, InstancePolicy, PluginGrants, PluginSpec, RuntimeOptions,
 };
 use crate::units::parse_duration;
 
@@ -68,9 +68,28 @@ pub(super) fn runtime(cli: &Cli, file: &FileConfig) -> Result<RuntimeOptions, St
         },
         pooling: d.pooling,
         instances,
+        http: HttpLimits {
+            per_call: cli
+                .plugin_http_per_call
+                .or(file.plugin_http_per_call)
+                .unwrap_or(d.http.per_call),
+            per_plugin: cli
+                .plugin_http_concurrency
+                .or(file.plugin_http_concurrency)
+                .unwrap_or(d.http.per_plugin),
+            lookups: cli
+                .plugin_dns_concurrency
+                .or(file.plugin_dns_concurrency)
+                .unwrap_or(d.http.lookups),
+        },
     };
     if runtime.max_concurrent_calls == 0 {
         return Err("--plugin-concurrency must be at least 1".into());
+    }
+    if runtime.http.per_call == 0 || runtime.http.per_plugin == 0 || runtime.http.lookups == 0 {
+        return Err("--plugin-http-per-call, --plugin-http-concurrency and \
+                    --plugin-dns-concurrency must be at least 1"
+            .into());
     }
     Ok(runtime)
 }

@@ -57,6 +57,57 @@ pub struct Access {
     /// The directory a reload's `?path=` may name files in (canonical); `None` refuses
     /// `?path=`.
     pub reload_dir: Option<PathBuf>,
+    /// The `Host` values the node answers to (DNS rebinding).
+    pub hosts: AllowedHosts,
+}
+
+/// The `Host` values a node answers to, besides IP literals and `localhost` (which a DNS
+/// rebinding attack cannot use: a browser sends the name it resolved): its advertised name and
+/// the names of `--allowed-host`, lowercase, without a port; or any (`--allowed-host '*'`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts {
+    /// `*` was given: every `Host` is taken.
+    pub any: bool,
+    /// The names taken.
+    pub names: Vec<String>,
+}
+
+impl AllowedHosts {
+    /// The hosts `given` (`*` for any; ports and a final `.` dropped) and the host of `advertised`
+    /// (a node's `[scheme://]host:port`).
+    pub fn new<'a>(given: impl IntoIterator<Item = &'a str>, advertised: &'a str) -> AllowedHosts {
+        let mut hosts = AllowedHosts::default();
+        let advertised = advertised
+            .split_once("://")
+            .map_or(advertised, |(_, rest)| rest);
+        for host in given.into_iter().chain([advertised]) {
+            let host = host.trim();
+            if host == "*" {
+                hosts.any = true;
+            } else if let Some(name) = host_name(host) {
+                let name = name.to_ascii_lowercase();
+                if !name.is_empty() && !hosts.names.contains(&name) {
+                    hosts.names.push(name);
+                }
+            }
+        }
+        hosts
+    }
+}
+
+/// The name or address of a `Host` value, without its port and a final `.`; `None` when it is
+/// malformed (an unclosed `[`).
+pub fn host_name(host: &str) -> Option<&str> {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        &rest[..rest.find(']')?]
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    Some(name.strip_suffix('.').unwrap_or(name))
 }
 
 /// A client or admin token as the node keeps it. Cheap to clone; its `Debug` output never
@@ -293,6 +344,8 @@ fn api_options(cli: &Cli, file: &FileConfig) -> Result<ApiOptions, String> {
             reads: cli.api_token_reads,
             admin,
             reload_dir,
+            // Set with the advertised name, once the cluster settings are resolved.
+            hosts: AllowedHosts::default(),
         },
     })
 }

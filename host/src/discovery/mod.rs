@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use etcd::{EtcdOptions, RegistryCounters};
+pub use etcd::{EtcdOptions, RegistryCounters, RegistryKey};
 pub use polled::PeerSource;
 
 /// One cache node as the cluster knows it.

@@ -16,11 +16,11 @@
 //!   percent-encoding included (with `?query` if there is one).
 //!
 //! The server checks, in this order and before it reads a byte of the body: every header is
-//! there and well formed, the date is within [`MAX_CLOCK_SKEW`] of its own clock, the `Host`
-//! names this node, the signature matches (computed over this node's own advertised address, and
-//! compared in constant time), the request was not signed before this node started, and the
-//! nonce was not seen before. Only then does it read the body (bounded) and check that its hash
-//! is the signed one. An unsigned or forged request therefore costs the node one HMAC, never a
+//! there and well formed, the `Host` names this node, the signature matches (computed over
+//! this node's own advertised address, and compared in constant time), the date is at most
+//! [`MAX_CLOCK_SKEW`] behind its own clock and [`MAX_CLOCK_SKEW_AHEAD`] ahead of it, the
+//! request was not signed before this node started, and the nonce was not seen before. Only
+//! then does it read the body (bounded) and check that its hash is the signed one. An unsigned or forged request therefore costs the node one HMAC, never a
 //! body read.
 //!
 //! Replays are closed three ways. The authority in the signed text makes a request captured on
@@ -28,12 +28,16 @@
 //! long as its date is acceptable (2 × [`MAX_CLOCK_SKEW`] + 2 s), so it cannot be sent again to
 //! the same node (the guard is in `replay.rs`). And since the guard lives in memory, a node
 //! refuses anything dated before it started: a restart forgets nonces, so it must not accept
-//! what was signed before it.
+//! what was signed before it; and since its previous run took dates at most
+//! [`MAX_CLOCK_SKEW_AHEAD`] ahead of its clock, a request dated ahead and captured before the
+//! restart is, by then, dated before it too (unless the restart took less than that).
 //!
-//! Nodes' clocks must agree within [`MAX_CLOCK_SKEW`] (30 s): run NTP on every node.
+//! Nodes' clocks must agree within [`MAX_CLOCK_SKEW_AHEAD`] (1 s; 30 s the other way): run NTP
+//! on every node.
 //!
-//! **Answers are signed too.** Every answer to a request that carried a nonce (the peer
-//! protocol, rollouts and flushes, refusals included) has `x-geecache-answer-signature`:
+//! **Answers are signed too.** Every answer to a request whose signature matched (the peer
+//! protocol, rollouts and flushes, refusals of its date, nonce or body included; never an
+//! answer to an unsigned or badly signed request) has `x-geecache-answer-signature`:
 //! HMAC-SHA256(secret, `"answer\n{nonce}\n{status}\n"` + body) ([`sign_answers`]). The caller
 //! checks it before it decodes anything; an answer without a valid one is not used
 //! (`peer_answer_unsigned`): a ring member that does not know the secret can receive requests
@@ -69,9 +73,18 @@ pub const CONTENT_SHA256_HEADER: &str = "x-geecache-content-sha256";
 /// Header carrying the hex HMAC-SHA256 signature.
 pub const SIGNATURE_HEADER: &str = "x-geecache-signature";
 
-/// How far a request's date may be from the server's clock, either way. Short, because every
-/// nonce must be remembered for twice this: nodes need synchronized clocks (NTP).
+/// How far a request's date may be behind the server's clock (and the span the nonce windows
+/// are sized for). Short, because every nonce must be remembered for as long: nodes need
+/// synchronized clocks (NTP).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// How far a request's date may be ahead of the server's clock, to the millisecond: much
+/// less than [`MAX_CLOCK_SKEW`], because a restarted node forgets its nonces and refuses only
+/// what is dated before it started; a request its previous run took is dated at most this far
+/// past that run's clock, so only one captured within this long before a restart that takes
+/// less could be replayed after it (closing that too would need nonces kept across restarts,
+/// or refusing every peer for this long after a start, which rolling restarts cannot afford).
+pub const MAX_CLOCK_SKEW_AHEAD: Duration = Duration::from_secs(1);
 
 /// How long a nonce is remembered: 2 × [`MAX_CLOCK_SKEW`], plus one second for dates being
 /// whole seconds and one for the second the check happens in.
@@ -112,7 +125,7 @@ pub enum AuthError {
     #[error("malformed {0} header")]
     Malformed(&'static str),
     /// The date is outside the accepted window around the server's clock.
-    #[error("request dated {skew_secs} s away from this node's clock (limit {} s; are the nodes' clocks synchronized?)", MAX_CLOCK_SKEW.as_secs())]
+    #[error("request dated {skew_secs} s away from this node's clock (limits: {} s behind, {} s ahead; are the nodes' clocks synchronized?)", MAX_CLOCK_SKEW.as_secs(), MAX_CLOCK_SKEW_AHEAD.as_secs())]
     Stale {
         /// Distance between the request's date and the server's clock, in seconds.
         skew_secs: u64,
@@ -144,6 +157,20 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Whether the request's signature matched before it was refused: only then may its
+    /// refusal be signed (an answer signed for a nonce of the sender's choosing would let a
+    /// member without the secret make an honest node vouch for refusals).
+    pub fn signature_matched(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Stale { .. }
+                | AuthError::BeforeStart
+                | AuthError::BodyMismatch
+                | AuthError::Replayed
+                | AuthError::TooManyNonces
+        )
+    }
+
     /// The stable code the server answers this refusal with.
     pub fn code(&self) -> &'static str {
         match self {
@@ -327,15 +354,23 @@ impl ClusterSecret {
             .filter(|_| is_lower_hex(content_sha256, 64))
             .and_then(|h| h.try_into().ok())
             .ok_or(AuthError::Malformed(CONTENT_SHA256_HEADER))?;
-        let skew_secs = date.abs_diff(now);
-        if skew_secs > MAX_CLOCK_SKEW.as_secs() {
-            return Err(AuthError::Stale { skew_secs });
-        }
         let signature = hex::decode(signature.trim()).map_err(|_| AuthError::BadSignature)?;
         // `verify_slice` compares in constant time.
         self.mac(method, authority, path, date_text, nonce, content_sha256)
             .verify_slice(&signature)
             .map_err(|_| AuthError::BadSignature)?;
+        // After the signature: a refusal for the date is then one a node that knows the secret
+        // may sign (see [`AuthError::signature_matched`]), so a peer whose clock is off learns
+        // why, and no one else gets a signed answer.
+        let skew_secs = date.abs_diff(now);
+        let limit = if date > now {
+            MAX_CLOCK_SKEW_AHEAD
+        } else {
+            MAX_CLOCK_SKEW
+        };
+        if skew_secs > limit.as_secs() {
+            return Err(AuthError::Stale { skew_secs });
+        }
         Ok(Verified {
             date,
             date_ms,
@@ -469,6 +504,15 @@ impl NodeAuth {
         let verified = self
             .secret
             .verify(method, &self.authority, path, headers, now)?;
+        // To the millisecond, against the clock itself (`now` is whole seconds): what a run takes
+        // is dated at most this far past its clock, which bounds what a restart leaves open.
+        let ahead_ms = u64::try_from(MAX_CLOCK_SKEW_AHEAD.as_millis()).unwrap_or(u64::MAX);
+        let clock_ms = unix_now_ms();
+        if verified.date_ms > clock_ms.saturating_add(ahead_ms) {
+            return Err(AuthError::Stale {
+                skew_secs: (verified.date_ms - clock_ms).div_ceil(1000),
+            });
+        }
         self.replays
             .check_ms(verified.nonce, verified.date_ms, now)?;
         Ok(verified)
@@ -558,13 +602,33 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Middleware of the routes peers call (the peer protocol, rollouts, flushes): signs every
-/// answer to a request that carries a nonce with [`ClusterSecret::sign_answer`], so the caller
-/// can tell it came from a node that knows the secret. The answer is built in memory already
-/// (a protobuf or JSON body), so taking its bytes copies nothing.
+/// A request's mark, set once its signature matched (whatever is refused after that: its date,
+/// its nonce, its body): [`sign_answers`] puts one in every request's extensions and signs the
+/// answer only when it was set.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureMatched(Arc<std::sync::atomic::AtomicBool>);
+
+impl SignatureMatched {
+    /// Marks the request: its answer will be signed.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Middleware of the routes peers call (the peer protocol, rollouts, flushes): signs the
+/// answer to a request whose signature matched ([`SignatureMatched`]) with
+/// [`ClusterSecret::sign_answer`] over its nonce, refusals included, so the caller can tell it
+/// came from a node that knows the secret. The answer to any other request (unsigned, badly
+/// signed, refused before its signature was checked) is not signed: its nonce is the sender's
+/// choice, and an honest node must not vouch for it. The answer is built in memory already (a
+/// protobuf or JSON body), so taking its bytes copies nothing.
 pub async fn sign_answers(
     axum::extract::State(secret): axum::extract::State<ClusterSecret>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let nonce = req
@@ -573,8 +637,10 @@ pub async fn sign_answers(
         .and_then(|v| v.to_str().ok())
         .filter(|n| is_lower_hex(n, 32))
         .map(str::to_owned);
+    let matched = SignatureMatched::default();
+    req.extensions_mut().insert(matched.clone());
     let response = next.run(req).await;
-    let Some(nonce) = nonce else {
+    let Some(nonce) = nonce.filter(|_| matched.is_set()) else {
         return response;
     };
     let (mut parts, body) = response.into_parts();
@@ -659,7 +725,7 @@ mod tests {
     fn verify_accepts_its_own_signature_within_the_window_and_checks_the_body() {
         let s = secret();
         let h = signed(&s, "GET", "/p", b"body");
-        for now in [DATE, DATE - 30, DATE + 30] {
+        for now in [DATE, DATE - 1, DATE + 30] {
             let verified = s.verify("GET", NODE, "/p", &headers(&h), now).unwrap();
             assert_eq!(verified.nonce, 0x000102030405060708090a0b0c0d0e0f);
             assert_eq!(verified.date, DATE);
@@ -774,9 +840,10 @@ mod tests {
             s.verify("GET", NODE, "/p", &ok, DATE + 31),
             Err(AuthError::Stale { skew_secs: 31 })
         );
+        // Dated ahead of the server's clock: 1 s at most.
         assert_eq!(
-            s.verify("GET", NODE, "/p", &ok, DATE - 31),
-            Err(AuthError::Stale { skew_secs: 31 })
+            s.verify("GET", NODE, "/p", &ok, DATE - 2),
+            Err(AuthError::Stale { skew_secs: 2 })
         );
     }
 

@@ -102,8 +102,9 @@ pub fn router_with_ring(
             permits,
             limit_concurrency,
         ));
-    // Outermost: every answer to a signed request is signed (`overloaded` included), so the
-    // caller knows it came from a node that has the secret.
+    // Outermost: the answer to every request whose signature matched is signed, so the caller
+    // knows it came from a node that has the secret (an `overloaded` refused before the check
+    // is not: the caller treats it as any unsigned answer and loads the key itself).
     match secret {
         Some(secret) => router.layer(axum::middleware::from_fn_with_state(
             secret,
@@ -255,9 +256,10 @@ impl FromRequest<PeerState> for PeerRequest {
         };
         // The headers are checked before the body is read: a forged request costs one HMAC.
         let verified = match &state.auth {
-            Some(checks) => {
-                Some(verify_signed(checks, &method, &uri, req.headers()).map_err(refuse)?)
-            }
+            Some(checks) => Some(
+                verify_signed(checks, &method, &uri, req.headers(), req.extensions())
+                    .map_err(refuse)?,
+            ),
             None => None,
         };
         state.ring.check(req.headers().get(super::RING_HEADER));
@@ -284,7 +286,9 @@ impl FromRequest<PeerState> for PeerRequest {
 }
 
 /// Checks the signing headers of a request (method, raw path and query, `Host`) with `checks`,
-/// before its body is read; the body is left to [`auth::Verified::check_body`].
+/// before its body is read; the body is left to [`auth::Verified::check_body`]. Marks the
+/// request's [`auth::SignatureMatched`] (in `extensions`) when its signature matched, even if
+/// it is refused after that, so that its answer is signed.
 ///
 /// # Errors
 /// The [`AuthError`] that makes the request unacceptable.
@@ -293,6 +297,7 @@ pub(crate) fn verify_signed(
     method: &Method,
     uri: &axum::http::Uri,
     headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
 ) -> Result<auth::Verified, AuthError> {
     let header = |name| {
         headers
@@ -308,7 +313,15 @@ pub(crate) fn verify_signed(
     // HTTP/1.1 sends the authority as `Host`; HTTP/2 in the URI.
     let host = header("host").or_else(|| uri.authority().map(|a| a.as_str()));
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    checks.verify(method.as_str(), host, path, &signed, auth::unix_now())
+    let verified = checks.verify(method.as_str(), host, path, &signed, auth::unix_now());
+    if verified
+        .as_ref()
+        .map_or_else(AuthError::signature_matched, |_| true)
+        && let Some(mark) = extensions.get::<auth::SignatureMatched>()
+    {
+        mark.set();
+    }
+    verified
 }
 
 impl PeerRequest {

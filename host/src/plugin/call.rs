@@ -193,6 +193,7 @@ impl PluginCore {
             &name,
             grants.http.clone(),
             runtime.options.memory_limit,
+            runtime.options.http,
             runtime.metrics.clone(),
         ));
         PluginCore {
@@ -260,6 +261,7 @@ impl PluginCore {
             http: HttpHooks {
                 shared: Arc::clone(&self.http),
                 deadline: Instant::now() + self.call_timeout,
+                call_permits: Arc::new(tokio::sync::Semaphore::new(self.http.per_call)),
                 source_failed,
             },
         };

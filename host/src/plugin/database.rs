@@ -20,8 +20,8 @@ const INLINE_SQL_SLICE: Duration = Duration::from_millis(2);
 pub enum Database {
     /// A SQLite file, opened read-only.
     Sqlite(Arc<SqlDb>),
-    /// A Postgres server, through a pool.
-    Postgres(PgDb),
+    /// A Postgres server, through a pool (boxed: its pool and connection settings are large).
+    Postgres(Box<PgDb>),
 }
 
 impl Database {
@@ -32,7 +32,7 @@ impl Database {
     /// A message naming what is wrong and the fix.
     pub fn open(database: &str, max_result_bytes: usize) -> Result<Database, String> {
         if is_postgres_url(database) {
-            PgDb::open(database, max_result_bytes).map(Database::Postgres)
+            PgDb::open(database, max_result_bytes).map(|db| Database::Postgres(Box::new(db)))
         } else {
             SqlDb::open(Path::new(database), max_result_bytes)
                 .map(|db| Database::Sqlite(Arc::new(db)))

@@ -141,6 +141,7 @@ impl HostState {
     pub fn new_call(&mut self, deadline: Instant) {
         self.deadline = deadline;
         self.http.deadline = deadline;
+        self.http.call_permits = Arc::new(tokio::sync::Semaphore::new(self.http.shared.per_call));
         self.source_failed.store(false, Ordering::Relaxed);
     }
 }
@@ -423,6 +424,10 @@ impl sql::Host for HostState {
         let answer = db.query(statement, params, max_rows, self.deadline).await;
         Ok(answer.map_err(|e| match e {
             SqlError::InvalidInput(m) => types::Error::InvalidInput(m),
+            SqlError::TooLarge(m) => {
+                self.stats.sql_too_large.fetch_add(1, Ordering::Relaxed);
+                types::Error::InvalidInput(m)
+            }
             SqlError::Unavailable(m) => {
                 self.source_failed.store(true, Ordering::Relaxed);
                 types::Error::Unavailable(m)

@@ -15,6 +15,11 @@
 //!   timeout. A call that ends drops its requests (wasmtime aborts their tasks).
 //! - **Size.** A body is cut at the plugin's memory cap (`--plugin-memory`): more could not
 //!   reach the guest anyway, and the host holds one frame of it at a time.
+//! - **How many.** A request in flight (from its send to its body's end or drop) holds a
+//!   permit of its call (`--plugin-http-per-call`) and one of its plugin
+//!   (`--plugin-http-concurrency`, all calls and instances together), so one call cannot open
+//!   thousands of sockets to an origin that never answers. Past either, the request fails at
+//!   once with `connection-limit-reached`, counted as outcome `limited`.
 //! - **Connections.** One pooled hyper client per plugin, rustls with the platform's roots for
 //!   `https://`, no proxy.
 //!
@@ -38,6 +43,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::allowlist::{Destination, HttpAllowlist, is_guarded};
@@ -73,6 +79,12 @@ pub(crate) struct PluginHttp {
     /// Requests refused, and when (Unix seconds) that was last said in the log.
     denied: AtomicU64,
     denied_noted: AtomicU64,
+    /// Requests in flight of all the plugin's calls (`--plugin-http-concurrency`).
+    in_flight: Arc<Semaphore>,
+    /// Most requests in flight of one call (`--plugin-http-per-call`).
+    pub(crate) per_call: usize,
+    /// Most requests in flight of the plugin (the size of `in_flight`).
+    per_plugin: usize,
 }
 
 impl std::fmt::Debug for PluginHttp {
@@ -85,24 +97,44 @@ impl std::fmt::Debug for PluginHttp {
 }
 
 impl PluginHttp {
-    /// The outbound HTTP of plugin `plugin`, allowed `allow`, its bodies cut at `body_cap`.
+    /// The outbound HTTP of plugin `plugin`, allowed `allow`, its bodies cut at `body_cap`, at
+    /// most `limits` requests in flight.
     pub(crate) fn new(
         plugin: &str,
         allow: HttpAllowlist,
         body_cap: usize,
+        limits: HttpLimits,
         metrics: Metrics,
     ) -> PluginHttp {
         let allow = Arc::new(allow);
-        let client = (!allow.is_empty()).then(|| client(Arc::clone(&allow)));
+        let client = (!allow.is_empty()).then(|| {
+            let mut resolver = CheckedResolver::new(Arc::clone(&allow), limits.lookups);
+            resolver.queued = Some((metrics.clone(), plugin_label(plugin)));
+            client(resolver)
+        });
         PluginHttp {
-            plugin: opentelemetry::StringValue::from(Arc::<str>::from(plugin)),
+            plugin: plugin_label(plugin),
             allow,
             client,
             body_cap: u64::try_from(body_cap).unwrap_or(u64::MAX),
             metrics,
             denied: AtomicU64::new(0),
             denied_noted: AtomicU64::new(0),
+            in_flight: Arc::new(Semaphore::new(limits.per_plugin.max(1))),
+            per_call: limits.per_call.max(1),
+            per_plugin: limits.per_plugin.max(1),
         }
+    }
+
+    /// Permits for one more request of the call whose permits are `call`, or `None` when the
+    /// call or the plugin has as many requests in flight as it may.
+    fn permits(&self, call: &Arc<Semaphore>) -> Option<InFlight> {
+        let call = Arc::clone(call).try_acquire_owned().ok()?;
+        let plugin = Arc::clone(&self.in_flight).try_acquire_owned().ok()?;
+        Some(InFlight {
+            _call: call,
+            _plugin: plugin,
+        })
     }
 
     /// Sends `request` if the allowlist allows it, with its head due by `deadline` (or the
@@ -113,6 +145,7 @@ impl PluginHttp {
         options: Option<RequestOptions>,
         deadline: Instant,
         failed: &AtomicBool,
+        call_permits: &Arc<Semaphore>,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let to = Destination::of(request.uri());
         let allowed = to.as_ref().and_then(|to| self.allow.allowing(to));
@@ -121,6 +154,16 @@ impl PluginHttp {
             return Err(HttpError::HttpRequestDenied);
         };
         let label = origin.label();
+        let Some(permits) = self.permits(call_permits) else {
+            self.metrics
+                .record_plugin_http(self.plugin.clone(), label, "limited", Duration::ZERO);
+            self.note_denial(&format!(
+                "its call or the plugin already has as many requests in flight as allowed \
+                 ({} a call, --plugin-http-per-call; {} the plugin, --plugin-http-concurrency)",
+                self.per_call, self.per_plugin
+            ));
+            return Err(HttpError::ConnectionLimitReached);
+        };
         let started = Instant::now();
         let head_due = options
             .and_then(|o| o.first_byte_timeout)
@@ -155,7 +198,7 @@ impl PluginHttp {
                     500..=599 => "5xx",
                     _ => "1xx",
                 };
-                (outcome, self.bounded(response, deadline))
+                (outcome, self.bounded(response, deadline, permits))
             }
         };
         self.metrics
@@ -169,6 +212,7 @@ impl PluginHttp {
         &self,
         response: http::Response<hyper::body::Incoming>,
         deadline: Instant,
+        permits: InFlight,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let announced = response
             .headers()
@@ -185,6 +229,7 @@ impl PluginHttp {
                 left: cap,
                 cap,
                 deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+                _permits: permits,
             }
             .boxed_unsync()
         }))
@@ -212,6 +257,10 @@ impl PluginHttp {
         } else {
             format!("{origin}: only http:// and https:// URLs with a host can be allowed")
         };
+        let why = format!(
+            "{why}; allow an origin with --plugin-http NAME=URL (or `http = [...]` in its \
+             [[plugins]] table)"
+        );
         self.note_denial(&why);
     }
 
@@ -231,11 +280,46 @@ impl PluginHttp {
             tracing::warn!(
                 plugin = %self.plugin.as_str(),
                 denied,
-                "a plugin's HTTP request was refused: {why}; allow an origin with \
-                 --plugin-http NAME=URL (or `http = [...]` in its [[plugins]] table)"
+                "a plugin's HTTP request was refused: {why}"
             );
         }
     }
+}
+
+/// Most requests in flight: of one call, and of one plugin (`--plugin-http-per-call`,
+/// `--plugin-http-concurrency`); and most name lookups of one plugin running at once
+/// (`--plugin-dns-concurrency`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Of one call.
+    pub per_call: usize,
+    /// Of one plugin, all its calls together.
+    pub per_plugin: usize,
+    /// Lookups of one plugin, each holding a blocking thread (see [`CheckedResolver`]).
+    pub lookups: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            per_call: 16,
+            per_plugin: 64,
+            lookups: 4,
+        }
+    }
+}
+
+/// The permits one request in flight holds until its answer's body ends or is dropped.
+struct InFlight {
+    /// Of its call.
+    _call: OwnedSemaphorePermit,
+    /// Of its plugin.
+    _plugin: OwnedSemaphorePermit,
+}
+
+/// A plugin's name as a metric label.
+fn plugin_label(plugin: &str) -> opentelemetry::StringValue {
+    opentelemetry::StringValue::from(Arc::<str>::from(plugin))
 }
 
 /// The `wasi:http` hooks of one instance's store: they send through the plugin's
@@ -244,6 +328,9 @@ pub(crate) struct HttpHooks {
     pub(crate) shared: Arc<PluginHttp>,
     /// When the current call's time is up; re-armed before every call.
     pub(crate) deadline: Instant,
+    /// The current call's requests in flight (`--plugin-http-per-call` permits); new for
+    /// every call, so what an earlier call left running counts only against the plugin.
+    pub(crate) call_permits: Arc<Semaphore>,
     /// Set when a request of the current call failed in transport or got a 5xx (the store's
     /// [`super::host::HostState::source_failed`]).
     pub(crate) source_failed: Arc<AtomicBool>,
@@ -279,8 +366,11 @@ impl WasiHttpHooks for HttpHooks {
         let shared = Arc::clone(&self.shared);
         let deadline = self.deadline;
         let failed = Arc::clone(&self.source_failed);
+        let call_permits = Arc::clone(&self.call_permits);
         Box::new(async move {
-            let response = shared.send(request, options, deadline, &failed).await?;
+            let response = shared
+                .send(request, options, deadline, &failed, &call_permits)
+                .await?;
             let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
                 Box::new(async { Ok(()) });
             Ok((response, done))
@@ -294,6 +384,8 @@ struct BoundedBody {
     left: u64,
     cap: u64,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Its request's permits, given back when the body is dropped.
+    _permits: InFlight,
 }
 
 impl Body for BoundedBody {
@@ -390,11 +482,49 @@ struct AddressRefused {
 #[error("cannot resolve: {0}")]
 struct LookupFailed(String);
 
+/// A blocking name lookup (the system's `getaddrinfo`), run on a blocking thread.
+type Lookup = Arc<dyn Fn(&str) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
+
 /// The system resolver, with the addresses a name may not point at taken out: those
 /// [`is_guarded`] names, unless the allowlist lists them as IP literals.
-#[derive(Debug, Clone)]
+///
+/// A lookup cannot be cancelled: `getaddrinfo` blocks its thread until the system's resolver
+/// gives up (seconds, by `/etc/resolv.conf`), whatever became of the request. So the waiting
+/// ends with the connect timeout and the call's deadline, and the threads are capped: at most
+/// `--plugin-dns-concurrency` lookups of one plugin hold a thread of the shared blocking pool
+/// at once (the permit goes with the thread); the others wait for one, counted as outcome
+/// `dns_queued` in `geecache_plugin_http_request_duration_seconds`.
+#[derive(Clone)]
 pub(crate) struct CheckedResolver {
     allow: Arc<HttpAllowlist>,
+    /// Lookups running now, each on a blocking thread.
+    running: Arc<Semaphore>,
+    /// How a name is looked up.
+    lookup: Lookup,
+    /// Where a lookup that waited is counted: the metrics and the plugin's name.
+    queued: Option<(Metrics, opentelemetry::StringValue)>,
+}
+
+impl std::fmt::Debug for CheckedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedResolver")
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckedResolver {
+    /// The system's resolver for `allow`, at most `concurrency` lookups at once.
+    fn new(allow: Arc<HttpAllowlist>, concurrency: usize) -> CheckedResolver {
+        CheckedResolver {
+            allow,
+            running: Arc::new(Semaphore::new(concurrency.max(1))),
+            lookup: Arc::new(|name| {
+                std::net::ToSocketAddrs::to_socket_addrs(&(name, 0)).map(Iterator::collect)
+            }),
+            queued: None,
+        }
+    }
 }
 
 impl tower::Service<Name> for CheckedResolver {
@@ -409,12 +539,29 @@ impl tower::Service<Name> for CheckedResolver {
 
     fn call(&mut self, name: Name) -> Self::Future {
         let allow = Arc::clone(&self.allow);
+        let (running, lookup) = (Arc::clone(&self.running), Arc::clone(&self.lookup));
+        let queued = self.queued.clone();
         let name = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await
-                .map_err(|e| LookupFailed(format!("{name}: {e}")))?
-                .collect();
+            let permit = match Arc::clone(&running).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let waited = Instant::now();
+                    let permit = running.acquire_owned().await?;
+                    if let Some((metrics, plugin)) = queued {
+                        let none = opentelemetry::StringValue::from("none");
+                        metrics.record_plugin_http(plugin, none, "dns_queued", waited.elapsed());
+                    }
+                    permit
+                }
+            };
+            let asked = name.clone();
+            let found: Vec<SocketAddr> = tokio::task::spawn_blocking(move || {
+                let _running = permit;
+                lookup(&asked)
+            })
+            .await?
+            .map_err(|e| LookupFailed(format!("{name}: {e}")))?;
             let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = found
                 .into_iter()
                 .partition(|a| !is_guarded(a.ip()) || allow.lists_ip(a.ip()));
@@ -431,9 +578,9 @@ impl tower::Service<Name> for CheckedResolver {
 
 /// The pooled client of one plugin: names through [`CheckedResolver`], connects bounded by
 /// [`CONNECT_TIMEOUT`], rustls with the platform's roots for `https://`, no proxy.
-fn client(allow: Arc<HttpAllowlist>) -> Client<Connector, WasiBody> {
+fn client(resolver: CheckedResolver) -> Client<Connector, WasiBody> {
     let connector = bounded_connector(
-        HttpConnector::new_with_resolver(CheckedResolver { allow }),
+        HttpConnector::new_with_resolver(resolver),
         platform_tls("plugins' https:// requests will fail to verify"),
         CONNECT_TIMEOUT,
     );
@@ -455,7 +602,7 @@ mod tests {
         let allow = Arc::new(HttpAllowlist::parse(["http://localhost:8080"]).unwrap());
         let to = Destination::of(&"http://localhost:8080/k".parse().unwrap()).unwrap();
         assert!(allow.allowing(&to).is_some());
-        let mut resolver = CheckedResolver { allow };
+        let mut resolver = CheckedResolver::new(allow, 4);
         let name: Name = "localhost".parse().unwrap();
         let e = resolver.call(name.clone()).await.unwrap_err();
         assert!(e.is::<AddressRefused>(), "{e}");
@@ -463,7 +610,7 @@ mod tests {
         let allow = Arc::new(
             HttpAllowlist::parse(["http://localhost:8080", "http://127.0.0.1:8080"]).unwrap(),
         );
-        let mut resolver = CheckedResolver { allow };
+        let mut resolver = CheckedResolver::new(allow, 4);
         let addrs: Vec<SocketAddr> = resolver.call(name).await.unwrap().collect();
         assert!(addrs.iter().any(|a| a.ip() == IpAddr::from([127, 0, 0, 1])));
         assert!(
@@ -471,5 +618,44 @@ mod tests {
                 .iter()
                 .all(|a| a.ip() != "::1".parse::<IpAddr>().unwrap())
         );
+    }
+
+    /// A lookup that hangs (a resolver that never answers) holds its blocking thread until the
+    /// system gives up: at most `--plugin-dns-concurrency` of them run at once, the others
+    /// wait, and a waiting caller that gives up (its deadline) leaves nothing running. No name
+    /// is resolved: the lookup is a stand-in that sleeps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_run_at_most_the_cap_at_once_each_on_its_own_thread() {
+        use std::sync::atomic::AtomicUsize;
+        let allow = Arc::new(HttpAllowlist::parse(["http://origin.test:80"]).unwrap());
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut resolver = CheckedResolver::new(allow, 2);
+        let (n, m) = (Arc::clone(&now), Arc::clone(&most));
+        resolver.lookup = Arc::new(move |_| {
+            let running = n.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(running, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            n.fetch_sub(1, Ordering::SeqCst);
+            Ok(vec![SocketAddr::from(([192, 0, 2, 1], 0))])
+        });
+        let name: Name = "origin.test".parse().unwrap();
+        // Callers that give up after 50 ms: two lookups start, the rest never do.
+        for _ in 0..6 {
+            let call = resolver.call(name.clone());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), call)
+                    .await
+                    .is_err()
+            );
+        }
+        let calls: Vec<_> = (0..6).map(|_| resolver.call(name.clone())).collect();
+        for answer in futures::future::join_all(calls).await {
+            assert_eq!(
+                answer.unwrap().next(),
+                Some(SocketAddr::from(([192, 0, 2, 1], 0)))
+            );
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(now.load(Ordering::SeqCst), 0);
     }
 }

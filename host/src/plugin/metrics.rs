@@ -33,6 +33,10 @@ pub const PLUGIN_METRICS: Table = &[
         "Plugin log records dropped: past the budget of one call (100 records or 64KiB).",
     ),
     (
+        "geecache_plugin_sql_too_large_total",
+        "SQL queries refused: a value, row, server message or result over the plugin's memory cap.",
+    ),
+    (
         "geecache_plugin_reloads_total",
         "New plugin versions swapped in by hot reload.",
     ),
@@ -64,6 +68,10 @@ pub fn plugin_series(p: &PluginSnapshot) -> Vec<(&'static str, f64)> {
             p.reported_errors as f64,
         ),
         ("geecache_plugin_busy_seconds_total", p.busy_seconds),
+        (
+            "geecache_plugin_sql_too_large_total",
+            p.sql_too_large as f64,
+        ),
         ("geecache_plugin_reloads_total", p.reloads as f64),
         (
             "geecache_plugin_reload_failures_total",

@@ -35,8 +35,9 @@
 //! `pool.rs` (warm instances), `host.rs` (the capabilities a plugin may import), one file per
 //! kind (`getter.rs`, `storage.rs`, `compressor.rs`), `registry.rs` (the loaded plugins and hot
 //! reload), `watch.rs` (file changes and SIGHUP), `database.rs` (a getter's database: `sql.rs`
-//! for SQLite, `postgres.rs` for a Postgres server), `allowlist.rs` (where a getter's HTTP may
-//! go) and `http.rs` (how it is sent: hooks, pooled client, checked resolver, bounded body).
+//! for SQLite, `postgres.rs` for a Postgres server, `postgres_conn.rs` its connections),
+//! `allowlist.rs` (where a getter's HTTP may go) and `http.rs` (how it is sent: hooks, pooled
+//! client, checked resolver, bounded body).
 
 mod allowlist;
 mod bindings;
@@ -52,6 +53,7 @@ mod load;
 pub mod metrics;
 mod pool;
 mod postgres;
+mod postgres_conn;
 pub mod registry;
 mod slot;
 pub mod sql;
@@ -72,6 +74,7 @@ pub use compressor::WasmCompressor;
 pub use engine::Runtime;
 pub use error::PluginError;
 pub use getter::WasmGetter;
+pub use http::HttpLimits;
 pub(crate) use load::on_own_thread;
 pub use load::{MAX_COMPONENT_FILE_BYTES, read_component};
 pub use pool::{InstanceMode, InstancePolicy};
@@ -95,6 +98,8 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Whether instances serve many calls, and when they are retired.
     pub instances: InstancePolicy,
+    /// Most outbound HTTP requests in flight, of one call and of one plugin.
+    pub http: HttpLimits,
 }
 
 impl RuntimeOptions {
@@ -117,6 +122,7 @@ impl Default for RuntimeOptions {
             compile_cache_dir: None,
             pooling: true,
             instances: InstancePolicy::defaults(64 << 20),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -222,6 +228,7 @@ impl LoadedPlugin {
             reported_errors: get(&core.stats.reported_errors),
             busy_seconds: get(&core.stats.busy_micros) as f64 / 1e6,
             logs_dropped: get(&core.stats.logs_dropped),
+            sql_too_large: get(&core.stats.sql_too_large),
             sha256: String::new(),
             reloads: 0,
             reload_failures: 0,

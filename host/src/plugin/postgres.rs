@@ -6,16 +6,19 @@
 //! - **the operator's role**: give the plugin a role that may only read what it needs (the
 //!   README and docs/plugins.md say so); the host adds the rest;
 //! - **one read statement**: the statement must begin with `SELECT`, `WITH`, `VALUES` or `TABLE`
-//!   (after comments), and runs alone through the extended protocol (no `;`-separated second
-//!   statement);
+//!   (after comments, which nest as Postgres nests them), and runs alone through the extended
+//!   protocol (no `;`-separated second statement);
 //! - **a read-only transaction** whose `statement_timeout` is the call's remaining time:
-//!   `BEGIN READ ONLY; SET LOCAL statement_timeout = N`, the statement, `ROLLBACK`, sent
-//!   together (one round trip), on connections whose `default_transaction_read_only` is on. A
-//!   connection whose query ran out of time is closed, never pooled;
-//! - **bounded results**: rows are read as they stream in and the query stops at
-//!   `min(max_rows, MAX_ROWS)` rows or at the plugin's memory cap in bytes. (One row is
-//!   received whole before it is counted: a single field of up to Postgres' 1 GB limit is not
-//!   bounded below that. Give the role no table with such fields.)
+//!   `BEGIN READ ONLY; SET LOCAL statement_timeout = N`, the statement, `ROLLBACK`, `DISCARD
+//!   ALL`, sent together (one round trip), on connections whose `default_transaction_read_only`
+//!   is on. `DISCARD ALL` ends what a read can leave in a session (advisory locks, settings,
+//!   prepared statements, `LISTEN`s): a connection goes back to the pool only when it
+//!   succeeded. A connection whose query ran out of time, or whose call was abandoned, is
+//!   closed, never pooled, and its query is cancelled on the server;
+//! - **bounded results**: a message from the server longer than the plugin's memory cap (plus
+//!   [`MESSAGE_SLACK`]) ends its connection as soon as its header arrives, before its body is
+//!   buffered (`postgres_conn.rs`); rows are read as they stream in and the query stops at
+//!   `min(max_rows, MAX_ROWS)` rows or at the plugin's memory cap in bytes.
 //!
 //! Parameters are `?N` (as for SQLite; rewritten to `$N` outside quotes and comments) or `$N`.
 //! Values map as for SQLite: null, integer (int2/int4/int8, bool as 0/1, oid), real
@@ -24,11 +27,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::{StreamExt as _, pin_mut};
 use tokio_postgres::types::{ToSql, Type};
 
 use super::bindings::sql::Value;
+use super::postgres_conn::Connector;
 use super::sql::{MAX_ROWS, SqlError};
 
 /// Connections one plugin's pool may hold open.
@@ -37,10 +43,18 @@ const MAX_CONNECTIONS: usize = 16;
 /// What one value costs in a result beyond its bytes, as for SQLite.
 const VALUE_OVERHEAD: usize = 16;
 
+/// How much longer than the plugin's memory cap one message from the server may be: room for
+/// a row's framing, and for an error's text when the cap is small.
+const MESSAGE_SLACK: usize = 64 << 10;
+
 /// A plugin's Postgres database: a pool of connections and the result byte budget.
 pub struct PgDb {
     /// The connections.
     pool: Pool,
+    /// How they are made (and how an abandoned query is cancelled).
+    connector: Connector,
+    /// Where the server is, for a cancel request.
+    config: tokio_postgres::Config,
     /// The server, for messages (no user or password in it).
     server: String,
     /// Most bytes one result may hold (the plugin's memory cap).
@@ -101,9 +115,13 @@ impl PgDb {
                  sslrootcert=FILE in the database URL",
             ),
         };
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+        let max_result_bytes = max_result_bytes.max(1);
+        let connector = Connector::new(tls, max_result_bytes.saturating_add(MESSAGE_SLACK));
+        // `Fast`: each query resets its session itself (`DISCARD ALL`, see [`PgDb::run`]), in
+        // the same round trip, so checking out a connection costs none.
+        let manager = Manager::from_connect(
+            config.clone(),
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -114,8 +132,10 @@ impl PgDb {
             .map_err(|e| format!("database {server}: {e}"))?;
         Ok(PgDb {
             pool,
+            connector,
+            config,
             server,
-            max_result_bytes: max_result_bytes.max(1),
+            max_result_bytes,
         })
     }
 
@@ -147,6 +167,7 @@ impl PgDb {
                 .filter(|d| !d.is_zero())
         };
         let wait = remaining(Instant::now()).ok_or_else(out_of_time)?;
+        let too_large_before = self.connector.too_large.load(Ordering::Relaxed);
         let client = match tokio::time::timeout(wait, self.pool.get()).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
@@ -158,29 +179,37 @@ impl PgDb {
             }
             Err(_) => return Err(out_of_time()),
         };
+        // Until the query is over, dropping this (the call abandoned, or out of time) closes
+        // the connection and cancels the query on the server: never a busy one in the pool.
+        let busy = Busy {
+            client: Some(client),
+            db: self,
+        };
         let left = remaining(Instant::now()).ok_or_else(out_of_time)?;
-        match tokio::time::timeout(left, self.run(&client, &statement, params, max_rows, left))
-            .await
-        {
-            Ok(answer) => {
-                if answer.is_err() && client.is_closed() {
-                    drop(Object::take(client));
-                }
-                answer
+        let running = self.run(busy.client(), &statement, params, max_rows, left);
+        let Ok((answer, clean)) = tokio::time::timeout(left, running).await else {
+            return Err(out_of_time());
+        };
+        busy.done(clean);
+        match answer {
+            Err(_) if self.connector.too_large.load(Ordering::Relaxed) != too_large_before => {
+                Err(SqlError::TooLarge(format!(
+                    "a row or message of the result is larger than the plugin's {} bytes (its \
+                     memory cap); select less",
+                    self.max_result_bytes
+                )))
             }
-            // Mid-query: the connection may still be busy with it. Close it, never reuse it.
-            Err(_) => {
-                drop(Object::take(client));
-                Err(out_of_time())
-            }
+            answer => answer,
         }
     }
 
-    /// The statement in a read-only transaction bounded by `left`, then `ROLLBACK`: the three
-    /// are sent at once (tokio-postgres pipelines requests in the order they are first polled),
-    /// so a query costs one round trip to the server, not three. The server runs them in
-    /// order; should the `BEGIN` fail, the statement still runs read-only (the connection's
-    /// `default_transaction_read_only`), and its answer is not used.
+    /// The statement in a read-only transaction bounded by `left`, then `ROLLBACK`, then
+    /// `DISCARD ALL`: the four are sent at once (tokio-postgres pipelines requests in the order
+    /// they are first polled), so a query costs one round trip to the server, not four. The
+    /// server runs them in order; should the `BEGIN` fail, the statement still runs read-only
+    /// (the connection's `default_transaction_read_only`), and its answer is not used. Also
+    /// whether the session is clean again (`DISCARD ALL` ran: out of any transaction, no
+    /// lock, setting or prepared statement left), so the connection may serve another call.
     async fn run(
         &self,
         client: &tokio_postgres::Client,
@@ -188,20 +217,25 @@ impl PgDb {
         params: &[Value],
         max_rows: u32,
         left: Duration,
-    ) -> Result<Vec<Vec<Value>>, SqlError> {
+    ) -> (Result<Vec<Vec<Value>>, SqlError>, bool) {
         // Rounded up: the server's cancel comes after the call's deadline, never before it, so a
         // statement that outlasts the call always ends as the call's timeout.
         let millis = (left.as_millis() + 1).min(i32::MAX as u128);
         let begin = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {millis}");
-        let (begun, rows, rolled_back) = futures::join!(
+        // `DISCARD ALL` alone in its message: Postgres refuses it inside a transaction block,
+        // which a message of several statements is.
+        let (begun, rows, rolled_back, discarded) = futures::join!(
             client.batch_execute(&begin),
             self.rows(client, statement, params, max_rows),
             client.batch_execute("ROLLBACK"),
+            client.batch_execute("DISCARD ALL"),
         );
-        begun.map_err(|e| self.failed(&e))?;
-        let rows = rows?;
-        rolled_back.map_err(|e| self.failed(&e))?;
-        Ok(rows)
+        let clean = discarded.is_ok();
+        let answer = begun
+            .map_err(|e| self.failed(&e))
+            .and(rows)
+            .and_then(|rows| rolled_back.map(|()| rows).map_err(|e| self.failed(&e)));
+        (answer, clean)
     }
 
     /// Streams the statement's rows in, within the row and byte caps.
@@ -272,6 +306,48 @@ impl PgDb {
                 self.server,
                 crate::error::chain(e)
             )),
+        }
+    }
+}
+
+/// A pooled connection while its query runs: dropped before [`Busy::done`], it leaves the
+/// pool closed and its query is cancelled on the server.
+struct Busy<'a> {
+    /// The connection (taken by `done` or `drop`).
+    client: Option<Object>,
+    /// Its database, for the cancel request.
+    db: &'a PgDb,
+}
+
+impl Busy<'_> {
+    /// The connection.
+    fn client(&self) -> &tokio_postgres::Client {
+        match &self.client {
+            Some(client) => client,
+            None => unreachable!("only `done` and `drop` take it, and both end the guard"),
+        }
+    }
+
+    /// The query is over: the connection goes back to the pool if its session is `clean` and
+    /// it is still open, else it is closed.
+    fn done(mut self, clean: bool) {
+        if let Some(client) = self.client.take()
+            && (!clean || client.is_closed())
+        {
+            drop(Object::take(client));
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if !client.is_closed() {
+                self.db
+                    .connector
+                    .cancel(&self.db.config, client.cancel_token());
+            }
+            drop(Object::take(client));
         }
     }
 }
@@ -371,8 +447,8 @@ fn check_read_statement(statement: &str) -> Result<(), SqlError> {
     loop {
         if let Some(after) = rest.strip_prefix("--") {
             rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else if rest.starts_with("/*") {
+            rest = after_block_comment(rest).trim_start();
         } else {
             break;
         }
@@ -389,6 +465,30 @@ fn check_read_statement(statement: &str) -> Result<(), SqlError> {
             "only a read (SELECT, WITH, VALUES, TABLE) may run, not {word:?}"
         )))
     }
+}
+
+/// What follows the block comment `text` opens, which may nest (`/* a /* b */ c */`, as
+/// Postgres reads it); empty when it is not closed.
+fn after_block_comment(text: &str) -> &str {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0);
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return &text[i..];
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    ""
 }
 
 /// `?N` parameters rewritten as Postgres' `$N`, outside quoted strings, quoted identifiers,
@@ -409,7 +509,9 @@ fn positional_to_dollar(statement: &str) -> String {
             b'\'' => skip_to(i + 1, "'"),
             b'"' => skip_to(i + 1, "\""),
             b'-' if bytes.get(i + 1) == Some(&b'-') => skip_to(i + 2, "\n"),
-            b'/' if bytes.get(i + 1) == Some(&b'*') => skip_to(i + 2, "*/"),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                statement.len() - after_block_comment(&statement[i..]).len()
+            }
             b'$' => {
                 // A dollar-quote tag `$tag$` (or `$$`) opens a string closed by the same tag.
                 let tag_end = statement[i + 1..]
@@ -452,6 +554,10 @@ mod tests {
             "SELECT '?1', \"a?2\", $$?3$$, $t$?4$t$ -- ?5\n, $6 /* ?7 */"
         );
         assert_eq!(
+            positional_to_dollar("SELECT /* /* */ ?1 */ ?2"),
+            "SELECT /* /* */ ?1 */ $2"
+        );
+        assert_eq!(
             positional_to_dollar("SELECT j ? 'k', $1"),
             "SELECT j ? 'k', $1"
         );
@@ -467,6 +573,7 @@ mod tests {
             "SELECT 1",
             "  with x as (select 1) select * from x",
             "-- c\n/* d */ VALUES (1)",
+            "/* a /* b */ c */ SELECT 1",
             "TABLE t",
         ] {
             assert!(check_read_statement(ok).is_ok(), "{ok}");
@@ -477,6 +584,9 @@ mod tests {
             "set statement_timeout = 0",
             "",
             "/* SELECT */ DROP TABLE t",
+            "/* /* */ SELECT */ COMMIT",
+            "/* a /* b /* c */ SELECT */ */ PREPARE p AS SELECT 1",
+            "/* /* unclosed */ SELECT 1",
             "CALL p()",
         ] {
             assert!(

@@ -204,6 +204,10 @@ pub enum SqlError {
     /// The database cannot be used right now, or the query ran out of time.
     #[error("{0}")]
     Unavailable(String),
+    /// A value, a row, a server's message or the result is larger than the plugin's memory
+    /// cap (the guest sees `invalid-input`; counted in `geecache_plugin_sql_too_large_total`).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl SqlDb {
@@ -444,7 +448,7 @@ impl From<rusqlite::Error> for QueryError {
 fn classify(e: QueryError, deadline: Instant) -> SqlError {
     let e = match e {
         QueryError::TooLarge(limit) => {
-            return SqlError::InvalidInput(format!(
+            return SqlError::TooLarge(format!(
                 "the result is larger than {limit} bytes (the plugin's memory cap); select less"
             ));
         }
@@ -685,7 +689,7 @@ mod tests {
         let statement = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) \
                          SELECT printf('%.*c', 1024, 'x') FROM n";
         match db.query(statement, &[], 100, later()) {
-            Err(SqlError::InvalidInput(m)) => assert!(m.contains("larger than"), "{m}"),
+            Err(SqlError::TooLarge(m)) => assert!(m.contains("larger than"), "{m}"),
             other => panic!(
                 "expected the byte budget to refuse, got {:?}",
                 other.map(|r| r.len())

@@ -20,6 +20,9 @@ pub struct PluginStats {
     pub busy_micros: AtomicU64,
     /// Log records dropped: past a call's log budget (see `host::LogBudget`).
     pub logs_dropped: AtomicU64,
+    /// SQL queries refused because a value, a row, a server's message or the result was larger
+    /// than the plugin's memory cap.
+    pub sql_too_large: AtomicU64,
     /// When a dropped record was last reported in the host's log (seconds since the Unix
     /// epoch), so that a plugin logging in a loop is reported once a minute, not once a call.
     pub logs_dropped_noted: AtomicU64,
@@ -48,6 +51,8 @@ pub struct PluginSnapshot {
     pub busy_seconds: f64,
     /// See [`PluginStats::logs_dropped`].
     pub logs_dropped: u64,
+    /// See [`PluginStats::sql_too_large`].
+    pub sql_too_large: u64,
     /// Hex SHA-256 of the version serving now (empty for a plugin outside a [`super::Plugins`]).
     pub sha256: String,
     /// Versions swapped in by hot reload since the node started.

@@ -10,6 +10,8 @@
 //! | `env`            | answers the number of environment variables it can see               |
 //! | `other`          | fails with `other`, whose text is for operators only                  |
 //! | `invalid`        | fails with `invalid-input`                                            |
+//! | `fanout:N:MS:URL`| starts N `GET URL` requests at once, holds them MS ms, then answers   |
+//! |                  | `started:S refused:R` (R: refused by `handle` itself)                 |
 //!
 //! Every other key is not found.
 
@@ -60,6 +62,9 @@ impl Getter for Escape {
                 .map(|()| Lookup::found("written"))
                 .map_err(|e| Error::Unavailable(format!("write {path}: {e}")));
         }
+        if let Some(spec) = key.strip_prefix("fanout:") {
+            return fanout(spec);
+        }
         match key {
             "env" => Ok(Lookup::found(std::env::vars().count().to_string())),
             "other" => Err(Error::Other(SECRET.into())),
@@ -67,6 +72,42 @@ impl Getter for Escape {
             _ => Ok(Lookup::NotFound),
         }
     }
+}
+
+/// `N:MS:URL`: N requests to URL started at once and held MS ms; what became of them.
+fn fanout(spec: &str) -> Result<Lookup, Error> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+
+    let bad = || Error::InvalidInput(format!("fanout:N:MS:http://HOST:PORT/PATH, not {spec}"));
+    let mut parts = spec.splitn(3, ':');
+    let (Some(n), Some(ms), Some(url)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let n: usize = n.parse().map_err(|_| bad())?;
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut pending = Vec::with_capacity(n);
+    let mut refused = 0;
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        request.set_scheme(Some(&Scheme::Http)).map_err(|()| bad())?;
+        request.set_authority(Some(authority)).map_err(|()| bad())?;
+        request.set_path_with_query(Some(path)).map_err(|()| bad())?;
+        match outgoing_handler::handle(request, None) {
+            Ok(future) => pending.push(future),
+            Err(_) => refused += 1,
+        }
+    }
+    wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+    // What became of them is the host's to count (a future's state is only settled by polling
+    // it, which this getter means not to do): dropping them here ends those still in flight.
+    Ok(Lookup::found(format!(
+        "started:{} refused:{refused}",
+        pending.len()
+    )))
 }
 
 export_getter!(Escape);

@@ -7,14 +7,35 @@ use std::sync::atomic::Ordering;
 use etcd_client::PutOptions;
 use tracing::{info, warn};
 
-use super::{Failure, Registrar, Registration, bounded};
+use super::{Failure, Registrar, Registration, RegistryKey, bounded};
 use crate::discovery::Member;
 
 /// The member an entry under `key` (`value`) stands for, or why it is none: see the module
-/// docs. `tls`: whether the cluster runs `https://`.
-pub(super) fn admit(prefix: &str, key: &str, value: &[u8], tls: bool) -> Result<Member, String> {
+/// docs. `tls`: whether the cluster runs `https://`; `signing`: the cluster secret's key, when
+/// entries must be signed.
+pub(super) fn admit(
+    prefix: &str,
+    key: &str,
+    value: &[u8],
+    tls: bool,
+    signing: Option<&RegistryKey>,
+) -> Result<Member, String> {
     let registration: Registration =
         serde_json::from_slice(value).map_err(|e| format!("not a registration ({e})"))?;
+    if let Some(signing) = signing
+        && !signing.verifies(
+            &registration.id,
+            &registration.addr,
+            registration.started_at_ms,
+            &registration.sig,
+        )
+    {
+        return Err(
+            "it is not signed with this cluster's secret (an entry written by hand, by a node \
+             with another or no --cluster-secret, or by one of an older version)"
+                .into(),
+        );
+    }
     let suffix = key.strip_prefix(prefix).unwrap_or(key);
     if registration.id != suffix {
         return Err(format!(
@@ -71,17 +92,18 @@ impl Registrar {
             }
             return;
         }
-        let admitted = admit(&self.prefix, key, value, self.tls).and_then(|member| {
-            let others = self.known.len() + usize::from(!self.known.contains_key(key));
-            if others >= self.max_members {
-                Err(format!(
-                    "the registry holds {} members already (--etcd-max-members)",
-                    self.max_members
-                ))
-            } else {
-                Ok(member)
-            }
-        });
+        let admitted =
+            admit(&self.prefix, key, value, self.tls, self.signing.as_ref()).and_then(|member| {
+                let others = self.known.len() + usize::from(!self.known.contains_key(key));
+                if others >= self.max_members {
+                    Err(format!(
+                        "the registry holds {} members already (--etcd-max-members)",
+                        self.max_members
+                    ))
+                } else {
+                    Ok(member)
+                }
+            });
         match admitted {
             Ok(member) => {
                 self.rejected.remove(key);
@@ -148,10 +170,10 @@ mod tests {
     #[test]
     fn an_entry_is_a_member_only_under_its_own_key_with_the_clusters_scheme() {
         let key = format!("{P}a");
-        let ok = admit(P, &key, &entry("a", "127.0.0.1:7001"), false);
+        let ok = admit(P, &key, &entry("a", "127.0.0.1:7001"), false, None);
         assert_eq!(ok, Ok(Member::new("a", "127.0.0.1:7001")));
-        assert!(admit(P, &key, &entry("a", "http://127.0.0.1:7001"), false).is_ok());
-        assert!(admit(P, &key, &entry("a", "https://n1.internal:7001"), true).is_ok());
+        assert!(admit(P, &key, &entry("a", "http://127.0.0.1:7001"), false, None).is_ok());
+        assert!(admit(P, &key, &entry("a", "https://n1.internal:7001"), true, None).is_ok());
         for (value, tls, why) in [
             (entry("b", "127.0.0.1:7001"), false, "is not its key's"),
             (b"not json".to_vec(), false, "not a registration"),
@@ -169,11 +191,50 @@ mod tests {
                 "this cluster runs plain http",
             ),
         ] {
-            let err = admit(P, &key, &value, tls).unwrap_err();
+            let err = admit(P, &key, &value, tls, None).unwrap_err();
             assert!(err.contains(why), "{err} (wanted: {why})");
         }
         let long = "x".repeat(257);
-        let err = admit(P, &format!("{P}{long}"), &entry(&long, "h:1"), false).unwrap_err();
+        let err = admit(P, &format!("{P}{long}"), &entry(&long, "h:1"), false, None).unwrap_err();
         assert!(err.contains("longer than 256"), "{err}");
+    }
+
+    #[test]
+    fn with_a_secret_only_entries_signed_with_it_are_members() {
+        let (key, signing) = (format!("{P}a"), RegistryKey::new("s3cret"));
+        let signed = |k: &RegistryKey, addr: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "id": "a", "addr": "127.0.0.1:7001", "started_at_ms": 5,
+                "sig": k.sign("a", addr, 5),
+            }))
+            .unwrap()
+        };
+        let ok = admit(
+            P,
+            &key,
+            &signed(&signing, "127.0.0.1:7001"),
+            false,
+            Some(&signing),
+        );
+        assert_eq!(ok, Ok(Member::new("a", "127.0.0.1:7001")));
+        for (value, why) in [
+            (entry("a", "127.0.0.1:7001"), "unsigned"),
+            (
+                signed(&RegistryKey::new("guess"), "127.0.0.1:7001"),
+                "another secret",
+            ),
+            (
+                signed(&signing, "127.0.0.1:6666"),
+                "signed for another address",
+            ),
+        ] {
+            let err = admit(P, &key, &value, false, Some(&signing)).unwrap_err();
+            assert!(
+                err.contains("not signed with this cluster's secret"),
+                "{why}: {err}"
+            );
+        }
+        // Without a secret, the signature is not looked at.
+        assert!(admit(P, &key, &signed(&signing, "x:1"), false, None).is_ok());
     }
 }

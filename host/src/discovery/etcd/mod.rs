@@ -1,7 +1,8 @@
 //! Membership from etcd: register under a lease, keep it alive, watch the registry.
 //!
 //! # What a node does
-//! - It puts `{prefix}{id}` → `{"id": .., "addr": .., "started_at_ms": ..}` under a lease of
+//! - It puts `{prefix}{id}` → `{"id": .., "addr": .., "started_at_ms": .., "sig": ..}` (`sig`
+//!   with a cluster secret only) under a lease of
 //!   `lease_ttl`, and keeps the lease alive every `lease_ttl / 3`, so
 //!   `etcdctl get --prefix /geecache/registry/` lists the live nodes.
 //! - It lists the prefix, then watches it from the revision after that listing, and publishes a
@@ -16,6 +17,8 @@
 //!   (or `http://host:port` / `https://host:port`) with nothing else;
 //! - its scheme is the one this node runs: `https://` when this node advertises `https://`
 //!   (peer TLS), plain otherwise;
+//! - with a cluster secret, it is signed with it (`sig`, see [`RegistryKey`]): whoever can
+//!   write under the prefix but has no secret cannot add a member (a node signs its own entry);
 //! - the registry holds fewer than `max_members` members already.
 //!
 //! A rejected entry is logged once (again only if its reason changes) and counted
@@ -62,7 +65,7 @@ mod admission;
 mod options;
 
 use options::connect_options;
-pub use options::{DEFAULT_MAX_MEMBERS, EtcdOptions, EtcdTls, EtcdUser};
+pub use options::{DEFAULT_MAX_MEMBERS, EtcdOptions, EtcdTls, EtcdUser, RegistryKey};
 
 /// First pause before retrying an unreachable etcd.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -91,6 +94,9 @@ struct Registration {
     addr: String,
     #[serde(default)]
     started_at_ms: u64,
+    /// With a cluster secret: the entry's signature ([`RegistryKey`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    sig: String,
 }
 
 /// What [`start`] hands to the [`Membership`](super::Membership) handle.
@@ -210,6 +216,11 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
         id: me.id.clone(),
         addr: me.addr.clone(),
         started_at_ms,
+        sig: options
+            .signing
+            .as_ref()
+            .map(|k| k.sign(&me.id, &me.addr, started_at_ms))
+            .unwrap_or_default(),
     })
     .map_err(|e| DiscoveryError::InvalidOptions(format!("cannot encode the registration: {e}")))?;
     let whole_secs = options.lease_ttl.as_secs() + u64::from(options.lease_ttl.subsec_nanos() > 0);
@@ -219,6 +230,7 @@ pub(super) async fn start(me: Member, options: EtcdOptions) -> Result<Started, D
     let mut registrar = Registrar {
         client,
         tls: me.addr.starts_with("https://"),
+        signing: options.signing.clone(),
         max_members: options.max_members,
         rejected: BTreeMap::new(),
         restore_due: false,
@@ -349,6 +361,8 @@ struct Registrar {
     me: Member,
     /// Whether this node advertises `https://`: then so must every member.
     tls: bool,
+    /// With a cluster secret: entries must be signed with it.
+    signing: Option<RegistryKey>,
     /// Most members taken from the registry.
     max_members: usize,
     /// Rejected registry keys and why, so each is logged once per reason.
