@@ -419,3 +419,206 @@ async fn a_node_starts_on_a_system_without_ca_certificates() {
     assert!(healthy, "the node did not start: {log}");
     assert!(log.contains("no system CA certificates"), "{log}");
 }
+
+/// Every error code the host's code can answer with is in docs/api.md's error table. The codes
+/// are read off the sources: the string literals of every `fn code` (the error types' codes),
+/// and the code given to every `error_response(StatusCode::…, "code", …)`, peer
+/// `Failure::new(StatusCode::…, "code", …)` and `"code": "…"` JSON.
+#[test]
+fn every_error_code_the_code_can_answer_is_in_the_api_docs() {
+    let root = geecache_tests::repo_root();
+    let mut files = Vec::new();
+    for dir in ["host/src", "host/core/src"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs")
+                    && path.file_name().is_some_and(|n| n != "tests.rs")
+                {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    let literal = |s: &str| -> Option<String> {
+        let start = s.find('"')? + 1;
+        let len = s[start..].find('"')?;
+        let text = &s[start..start + len];
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .then(|| text.to_owned())
+    };
+    let mut codes = std::collections::BTreeSet::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        // Tests inside a source file come last; their codes are not answers.
+        let text = text.split("#[cfg(test)]").next().unwrap();
+        for (i, _) in text.match_indices("fn code(") {
+            let body = &text[i..];
+            let end = ["\n    }\n", "\n}\n"]
+                .iter()
+                .filter_map(|close| body.find(close))
+                .min()
+                .unwrap_or(body.len());
+            for line in body[..end].lines().filter(|l| l.contains("=>")) {
+                if let Some(code) = line.split("=>").nth(1).and_then(literal) {
+                    codes.insert(code);
+                }
+            }
+        }
+        for call in ["error_response(", "Failure::new("] {
+            for (i, _) in text.match_indices(call) {
+                let after = &text[i + call.len()..];
+                // `error_response(StatusCode::X, "code", ...)`: the status first, the code next.
+                let Some(status) = after.find("StatusCode::").filter(|s| *s < 80) else {
+                    continue;
+                };
+                let Some(comma) = after[status..].find(',') else {
+                    continue;
+                };
+                let next = after[status + comma + 1..].trim_start();
+                if next.starts_with('"')
+                    && let Some(code) = literal(next)
+                {
+                    codes.insert(code);
+                }
+            }
+        }
+        for (i, _) in text.match_indices("\"code\": \"") {
+            if let Some(code) = literal(&text[i + 7..]) {
+                codes.insert(code);
+            }
+        }
+    }
+    assert!(codes.len() > 30, "the scan found codes: {codes:?}");
+    let api = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    let table = api
+        .split("## Error codes")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap();
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !table.contains(&format!("`{c}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes the host answers with that docs/api.md's error table does not name: {missing:?}"
+    );
+}
+
+/// The config file example of docs/operations.md starts as it is written, laid out as its
+/// prose says (the file in the repository root, the plugins built, its storage directory
+/// made): a node from that exact TOML block answers Tom, and a write reaches the storage tier.
+/// Only the port is a flag (flags win over the file), so the test never takes 9999.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_example_of_the_docs_starts_as_written() {
+    let root = geecache_tests::repo_root();
+    let docs = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let section = docs.split("### The config file").nth(1).unwrap();
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins_dir = dir.path().join("plugins");
+    std::fs::create_dir(&plugins_dir).unwrap();
+    geecache_tests::demo_db(&plugins_dir);
+    for (name, built) in [
+        ("db_getter", geecache_tests::plugins::DB_GETTER),
+        ("fs_storage", geecache_tests::plugins::FS_STORAGE),
+    ] {
+        std::os::unix::fs::symlink(built, plugins_dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    std::fs::write(dir.path().join("geecache.toml"), block).unwrap();
+    // The docs' next step: `mkdir -p geecache-data`.
+    std::fs::create_dir(dir.path().join("geecache-data")).unwrap();
+    let port = geecache_tests::free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_geecache-node"));
+    command
+        .current_dir(dir.path())
+        .args(["--config", "geecache.toml", "--port", &port.to_string()])
+        .arg("--compile-cache-dir")
+        .arg(geecache_tests::compile_cache_dir());
+    let node = geecache_tests::NodeProcess::spawn(command, port, dir.path()).await;
+    let client = reqwest::Client::new();
+    let tom = client
+        .get(format!("{}/api?key=Tom", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tom.status(), 200, "{}", node.log_tail());
+    assert_eq!(tom.text().await.unwrap(), "630");
+    let put = client
+        .put(format!("{}/api/v1/groups/scores/keys/Ann", node.base))
+        .body("700")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204, "{}", node.log_tail());
+    let stored = std::fs::read_dir(dir.path().join("geecache-data"))
+        .unwrap()
+        .count();
+    assert!(stored > 0, "the write reached the storage directory");
+    assert!(
+        !std::fs::read_to_string(&node.log)
+            .unwrap()
+            .contains("storage get failed"),
+        "{}",
+        node.log_tail()
+    );
+}
+
+/// README's first `curl` block, run against a node started as its command 1 starts one (the
+/// db_getter plugin with its demo database): every line answers, with the value, error code
+/// and status its comment gives where it gives one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_curl_block_answers_as_its_comments_say() {
+    let readme = std::fs::read_to_string(geecache_tests::repo_root().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .map(|b| b.split("\n```").next().unwrap())
+        .find(|b| b.starts_with("curl \"localhost:9999/api?key=Tom\""))
+        .expect("README's curl block");
+    let dir = tempfile::tempdir().unwrap();
+    let db = geecache_tests::demo_db(dir.path());
+    let node = geecache_tests::NodeProcess::start(
+        env!("CARGO_BIN_EXE_geecache-node"),
+        &db,
+        dir.path(),
+        &[],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut lines = 0;
+    for line in block.lines() {
+        let (command, comment) = line.split_once('#').unwrap();
+        let url = command
+            .trim()
+            .strip_prefix("curl \"")
+            .and_then(|u| u.strip_suffix('"'))
+            .unwrap()
+            .replace("localhost:9999", &format!("127.0.0.1:{}", node.port));
+        let comment = comment.trim();
+        let r = client.get(format!("http://{url}")).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        let expected_status = comment
+            .rsplit_once('(')
+            .and_then(|(_, s)| s.strip_suffix(')'))
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(200);
+        assert_eq!(status, expected_status, "{line}: {body}");
+        if comment.starts_with('{') {
+            let prefix = comment.split("...").next().unwrap();
+            assert!(body.starts_with(prefix), "{line}: {body}");
+        } else if comment.bytes().all(|b| b.is_ascii_digit()) {
+            assert_eq!(body, comment, "{line}");
+        }
+        lines += 1;
+    }
+    assert_eq!(lines, 4, "{block}");
+}

@@ -935,10 +935,15 @@ fn discard(path: &Path) {
 }
 
 fn io_error(op: &str, path: &Path, err: &std::io::Error) -> Error {
-    Error::Unavailable(format!(
-        "cannot {op} {}: {err} (is the directory preopened for fs_storage?)",
-        path.display()
-    ))
+    // What the operator can fix: a directory granted read-only refuses writes; one not
+    // granted at all is not there.
+    let hint = match err.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "is the directory granted read-write? end its grant with :rw, e.g. --plugin-dir fs_storage=/var/cache/geecache:/data:rw"
+        }
+        _ => "is the directory granted to fs_storage? --plugin-dir fs_storage=HOST_DIR:/data:rw",
+    };
+    Error::Unavailable(format!("cannot {op} {}: {err} ({hint})", path.display()))
 }
 
 fn now_ms() -> u64 {
