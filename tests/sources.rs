@@ -17,7 +17,8 @@
 //! - nested comments (`/* /* */ SELECT */ COMMIT`) do not hide a statement that is not a read;
 //! - what a read leaves in its session (an advisory lock) is gone before the connection serves
 //!   another call;
-//! - a call abandoned mid-query cancels the query, and the next call does not wait for it.
+//! - a call abandoned mid-query cancels the query, and the next call does not wait for it;
+//! - a connection that received a large row (over 1 MiB) is not pooled again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -343,4 +344,31 @@ async fn a_call_abandoned_mid_query_cancels_it_and_the_next_call_does_not_wait()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_received_a_large_row_is_closed_not_pooled() {
+    let pg = Postgres::start();
+    let node = escape_node(&pg, &["--plugin-timeout", "10s"]).await;
+    let pid = |statement: &'static str| {
+        let node = &node;
+        async move {
+            let (status, body) = run_sql(node, statement).await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    // One pooled connection, used again by the next small query...
+    let first = pid("SELECT pg_backend_pid()::text").await;
+    assert_eq!(
+        pid("SELECT pg_backend_pid()::text /* again */").await,
+        first
+    );
+    // ...but not after a 2 MB row came through it: its read buffer would keep that size.
+    let _ = run_sql(&node, "SELECT repeat('x', 2000000)").await;
+    let after = pid("SELECT pg_backend_pid()::text /* after */").await;
+    assert_ne!(
+        after, first,
+        "the connection that took the large row was pooled again"
+    );
 }

@@ -247,6 +247,16 @@ async fn a_put_dated_far_ahead_is_refused_before_and_after_a_restart() {
     drop(node);
     let node = start().await;
     assert_eq!(put().await, 401, "replayed after the restart");
+    // Counted by reason: the clocks are (as far as the node can tell) apart.
+    let metrics = node.metrics_text().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("geecache_peer_requests_refused_total{")
+                && l.contains("reason=\"clock\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
     let value = reqwest::get(format!("{}/api?key=Tom", node.base))
         .await
         .unwrap()

@@ -189,6 +189,11 @@ impl AppState {
                 ring_mismatches: cluster.ring_stamp().mismatches(),
                 registration: cluster.registration(),
                 registry: cluster.registry_counts(),
+                peer_refused: self
+                    .inner
+                    .peer_auth
+                    .as_ref()
+                    .map_or_else(Default::default, NodeAuth::refused),
             },
             connections: self.inner.connections.snapshot(),
             codec_lane: crate::compression::builtin::lane(),

@@ -165,6 +165,7 @@ mod tests {
                     rejected: 4,
                     restored: 5,
                 },
+                peer_refused: [12, 13, 14, 15, 16],
             },
             connections: ConnSnapshot {
                 open: 1,
@@ -219,6 +220,14 @@ mod tests {
         assert_eq!(
             value(&text, "geecache_peer_ring_mismatches_total", &[]),
             Some(9.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "geecache_peer_requests_refused_total",
+                &["reason=\"clock\""]
+            ),
+            Some(13.0)
         );
         assert_eq!(
             value(

@@ -1,5 +1,6 @@
 //! The cluster's metrics: its part of the node's stats (ring size, registration state, registry
-//! counts), the table, and the samples (label `state` on the registration state).
+//! counts, refused peer requests), the table, and the samples (label `state` on the
+//! registration state, `reason` on the refusals).
 
 use geecache_core::metrics::{Sample, Table};
 use serde::Serialize;
@@ -19,6 +20,9 @@ pub struct ClusterStats {
     pub registration: RegistrationState,
     /// Registry entries rejected, own entry written back (etcd only).
     pub registry: RegistryCounts,
+    /// Signed peer requests refused, by reason ([`crate::peer::auth::REFUSAL_REASONS`]);
+    /// zeros without a cluster secret.
+    pub peer_refused: [u64; crate::peer::auth::REFUSAL_REASONS.len()],
 }
 
 /// Help text of every cluster metric; [`cluster_series`] emits exactly these names.
@@ -37,7 +41,11 @@ pub const CLUSTER_METRICS: Table = &[
     ),
     (
         "geecache_registry_entries_rejected_total",
-        "etcd registry entries not taken as members: not a registration, not under their own id's key, another scheme, or past --etcd-max-members.",
+        "etcd registry entries not taken as members: not a registration, not under their own id's key, another scheme, not signed with the cluster secret, or past --etcd-max-members.",
+    ),
+    (
+        "geecache_peer_requests_refused_total",
+        "Peer requests this node refused, by reason: signature (none valid for this node), clock (dated over 30 s behind or 1 s ahead), before_start, replayed, full (the replay guard).",
     ),
     (
         "geecache_registration_restored_total",
@@ -45,8 +53,12 @@ pub const CLUSTER_METRICS: Table = &[
     ),
 ];
 
-/// Maps the cluster's part of the snapshot to series: name, `state` label, value.
-pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Option<&'static str>, f64)> {
+/// A series' one label, when it has one: its name and value.
+pub type Label = Option<(&'static str, &'static str)>;
+
+/// Maps the cluster's part of the snapshot to series: name, label (`state` on the
+/// registration state, `reason` on the refused peer requests) and its value, value.
+pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Label, f64)> {
     let mut series = vec![
         ("geecache_ring_members", None, c.ring_members as f64),
         (
@@ -67,7 +79,21 @@ pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Option<&'static st
     ];
     for state in RegistrationState::ALL {
         let value = if state == c.registration { 1.0 } else { 0.0 };
-        series.push(("geecache_registration_state", Some(state.as_str()), value));
+        series.push((
+            "geecache_registration_state",
+            Some(("state", state.as_str())),
+            value,
+        ));
+    }
+    for (reason, n) in crate::peer::auth::REFUSAL_REASONS
+        .iter()
+        .zip(c.peer_refused)
+    {
+        series.push((
+            "geecache_peer_requests_refused_total",
+            Some(("reason", *reason)),
+            n as f64,
+        ));
     }
     series
 }
@@ -76,6 +102,9 @@ pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Option<&'static st
 pub fn cluster_samples(c: &ClusterStats) -> Vec<Sample> {
     cluster_series(c)
         .into_iter()
-        .map(|(name, state, value)| Sample::new(name, value).with_opt("state", state))
+        .map(|(name, label, value)| match label {
+            Some((label, of)) => Sample::new(name, value).with(label, of),
+            None => Sample::new(name, value),
+        })
         .collect()
 }

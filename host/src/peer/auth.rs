@@ -444,9 +444,36 @@ pub struct NodeAuth {
     default_port: u16,
     /// Nonces seen, and the start time before which requests are refused.
     replays: ReplayGuard,
+    /// Requests refused, by reason (shared by clones).
+    refused: Arc<[AtomicU64; REFUSAL_REASONS.len()]>,
+}
+
+/// Why [`NodeAuth::verify`] refused requests, as the `reason` label of
+/// `geecache_peer_requests_refused_total`: no valid signature for this node (unsigned, badly
+/// signed, malformed, for another node), a date out of [`MAX_CLOCK_SKEW`] behind or
+/// [`MAX_CLOCK_SKEW_AHEAD`] ahead (clocks apart), signed before this node started, a nonce seen
+/// before, the replay guard full.
+pub const REFUSAL_REASONS: [&str; 5] = ["signature", "clock", "before_start", "replayed", "full"];
+
+impl AuthError {
+    /// Its place in [`REFUSAL_REASONS`].
+    fn reason_index(&self) -> usize {
+        match self {
+            AuthError::Stale { .. } => 1,
+            AuthError::BeforeStart => 2,
+            AuthError::Replayed => 3,
+            AuthError::TooManyNonces => 4,
+            _ => 0,
+        }
+    }
 }
 
 impl NodeAuth {
+    /// Requests refused so far, by [`REFUSAL_REASONS`].
+    pub fn refused(&self) -> [u64; REFUSAL_REASONS.len()] {
+        std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
+    }
+
     /// The cluster secret it checks with (and answers are signed with).
     pub fn secret(&self) -> &ClusterSecret {
         &self.secret
@@ -471,6 +498,7 @@ impl NodeAuth {
             authority: authority_of(advertise_addr),
             default_port: if https { 443 } else { 80 },
             replays,
+            refused: Arc::default(),
         }
     }
 
@@ -481,7 +509,8 @@ impl NodeAuth {
 
     /// Checks a request's headers at time `now` (unix seconds): `host` (its `Host`), the
     /// signature (see [`ClusterSecret::verify`]), then the start time and the nonce (see
-    /// [`ReplayGuard::check`]). The body is left to [`Verified::check_body`].
+    /// [`ReplayGuard::check`]). The body is left to [`Verified::check_body`]. A refusal is
+    /// counted by its reason ([`NodeAuth::refused`]).
     ///
     /// # Errors
     /// The [`AuthError`] that makes the request unacceptable.
@@ -493,29 +522,36 @@ impl NodeAuth {
         headers: &SignedHeaders<'_>,
         now: u64,
     ) -> Result<Verified, AuthError> {
-        let host = host.ok_or(AuthError::MissingHeader("host"))?;
-        let host = host_authority(host, self.default_port);
-        if host != self.authority {
-            return Err(AuthError::OtherNode {
-                host,
-                this: self.authority.clone(),
-            });
+        let checked = (|| {
+            let host = host.ok_or(AuthError::MissingHeader("host"))?;
+            let host = host_authority(host, self.default_port);
+            if host != self.authority {
+                return Err(AuthError::OtherNode {
+                    host,
+                    this: self.authority.clone(),
+                });
+            }
+            let verified = self
+                .secret
+                .verify(method, &self.authority, path, headers, now)?;
+            // To the millisecond, against the clock itself (`now` is whole seconds): what a run
+            // takes is dated at most this far past its clock, which bounds what a restart leaves
+            // open.
+            let ahead_ms = u64::try_from(MAX_CLOCK_SKEW_AHEAD.as_millis()).unwrap_or(u64::MAX);
+            let clock_ms = unix_now_ms();
+            if verified.date_ms > clock_ms.saturating_add(ahead_ms) {
+                return Err(AuthError::Stale {
+                    skew_secs: (verified.date_ms - clock_ms).div_ceil(1000),
+                });
+            }
+            self.replays
+                .check_ms(verified.nonce, verified.date_ms, now)?;
+            Ok(verified)
+        })();
+        if let Err(e) = &checked {
+            self.refused[e.reason_index()].fetch_add(1, Ordering::Relaxed);
         }
-        let verified = self
-            .secret
-            .verify(method, &self.authority, path, headers, now)?;
-        // To the millisecond, against the clock itself (`now` is whole seconds): what a run takes
-        // is dated at most this far past its clock, which bounds what a restart leaves open.
-        let ahead_ms = u64::try_from(MAX_CLOCK_SKEW_AHEAD.as_millis()).unwrap_or(u64::MAX);
-        let clock_ms = unix_now_ms();
-        if verified.date_ms > clock_ms.saturating_add(ahead_ms) {
-            return Err(AuthError::Stale {
-                skew_secs: (verified.date_ms - clock_ms).div_ceil(1000),
-            });
-        }
-        self.replays
-            .check_ms(verified.nonce, verified.date_ms, now)?;
-        Ok(verified)
+        checked
     }
 }
 

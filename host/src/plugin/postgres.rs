@@ -17,8 +17,9 @@
 //!   closed, never pooled, and its query is cancelled on the server;
 //! - **bounded results**: a message from the server longer than the plugin's memory cap (plus
 //!   [`MESSAGE_SLACK`]) ends its connection as soon as its header arrives, before its body is
-//!   buffered (`postgres_conn.rs`); rows are read as they stream in and the query stops at
-//!   `min(max_rows, MAX_ROWS)` rows or at the plugin's memory cap in bytes.
+//!   buffered (`postgres_conn.rs`), and a connection that took a message over 1 MiB is closed
+//!   after its query (its read buffer keeps that size); rows are read as they stream in and the
+//!   query stops at `min(max_rows, MAX_ROWS)` rows or at the plugin's memory cap in bytes.
 //!
 //! Parameters are `?N` (as for SQLite; rewritten to `$N` outside quotes and comments) or `$N`.
 //! Values map as for SQLite: null, integer (int2/int4/int8, bool as 0/1, oid), real
@@ -167,7 +168,11 @@ impl PgDb {
                 .filter(|d| !d.is_zero())
         };
         let wait = remaining(Instant::now()).ok_or_else(out_of_time)?;
-        let too_large_before = self.connector.too_large.load(Ordering::Relaxed);
+        let seen = &self.connector.seen;
+        let (too_large, large) = (
+            seen.too_large.load(Ordering::Relaxed),
+            seen.large.load(Ordering::Relaxed),
+        );
         let client = match tokio::time::timeout(wait, self.pool.get()).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
@@ -190,9 +195,9 @@ impl PgDb {
         let Ok((answer, clean)) = tokio::time::timeout(left, running).await else {
             return Err(out_of_time());
         };
-        busy.done(clean);
+        busy.done(clean && seen.large.load(Ordering::Relaxed) == large);
         match answer {
-            Err(_) if self.connector.too_large.load(Ordering::Relaxed) != too_large_before => {
+            Err(_) if seen.too_large.load(Ordering::Relaxed) != too_large => {
                 Err(SqlError::TooLarge(format!(
                     "a row or message of the result is larger than the plugin's {} bytes (its \
                      memory cap); select less",

@@ -31,6 +31,22 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// The first byte of a TLS handshake record (a direct TLS connection).
 const TLS_HANDSHAKE: u8 = 0x16;
 
+/// Messages longer than this are counted as large: the connection's read buffer has grown to
+/// hold one, and keeps that capacity, so such a connection is closed after its query rather
+/// than pooled (16 pooled connections could otherwise each hold a buffer of the memory cap).
+pub const LARGE_MESSAGE: u64 = 1 << 20;
+
+/// What the connections of one pool have seen, all together: a query compares the counts
+/// before and after it (another query's message may be counted too, which only closes a
+/// connection that could have been pooled).
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Messages refused for their length (the connection ended there).
+    pub too_large: AtomicU64,
+    /// Messages over [`LARGE_MESSAGE`] taken.
+    pub large: AtomicU64,
+}
+
 /// A message the server began that is longer than the cap; the connection ends there.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -50,9 +66,8 @@ pub struct Connector {
     tls: MakeRustlsConnect,
     /// The longest message the server may send.
     max_message: u64,
-    /// Messages refused for their length, on every connection of the pool: a query that
-    /// failed on a closed connection while this moved failed for that reason.
-    pub too_large: Arc<AtomicU64>,
+    /// What the pool's connections have seen (a query compares it before and after).
+    pub seen: Arc<Seen>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -130,7 +145,7 @@ impl Connector {
         Connector {
             tls: MakeRustlsConnect::new(tls),
             max_message: max_message as u64,
-            too_large: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
@@ -182,7 +197,7 @@ impl Connector {
         CappedTls {
             inner,
             max_message: self.max_message,
-            too_large: Arc::clone(&self.too_large),
+            seen: Arc::clone(&self.seen),
         }
     }
 
@@ -196,7 +211,7 @@ impl Connector {
         runtime.spawn(async move {
             let cancelled = tokio::time::timeout(CANCEL_TIMEOUT, async {
                 let (name, stream) = Connector::dial(&config).await;
-                let stream = Capped::new(stream, connector.max_message, Arc::clone(&connector.too_large));
+                let stream = Capped::new(stream, connector.max_message, Arc::clone(&connector.seen));
                 token.cancel_query_raw(stream, connector.tls_for(&name)).await
             })
             .await;
@@ -218,7 +233,7 @@ impl Connect for Connector {
         let config = config.clone();
         Box::pin(async move {
             let (name, stream) = Connector::dial(&config).await;
-            let stream = Capped::new(stream, self.max_message, Arc::clone(&self.too_large));
+            let stream = Capped::new(stream, self.max_message, Arc::clone(&self.seen));
             let (client, connection) = config.connect_raw(stream, self.tls_for(&name)).await?;
             let task = tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -266,17 +281,17 @@ pub struct Capped<S> {
     framing: Framing,
     /// The longest message allowed (its length field counts itself).
     max_message: u64,
-    /// Bumped when a message is refused.
-    too_large: Arc<AtomicU64>,
+    /// Where refused and large messages are counted.
+    seen: Arc<Seen>,
 }
 
 impl<S> Capped<S> {
-    fn new(inner: S, max_message: u64, too_large: Arc<AtomicU64>) -> Capped<S> {
+    fn new(inner: S, max_message: u64, seen: Arc<Seen>) -> Capped<S> {
         Capped {
             inner,
             framing: Framing::Start,
             max_message,
-            too_large,
+            seen,
         }
     }
 
@@ -300,8 +315,11 @@ impl<S> Capped<S> {
                 let len = u64::from(u32::from_be_bytes([
                     header[1], header[2], header[3], header[4],
                 ]));
+                if len > LARGE_MESSAGE {
+                    self.seen.large.fetch_add(1, Ordering::Relaxed);
+                }
                 if len > self.max_message {
-                    self.too_large.fetch_add(1, Ordering::Relaxed);
+                    self.seen.too_large.fetch_add(1, Ordering::Relaxed);
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         MessageTooLarge {
@@ -383,7 +401,7 @@ pub struct CappedTls {
     /// As [`Capped`].
     max_message: u64,
     /// As [`Capped`].
-    too_large: Arc<AtomicU64>,
+    seen: Arc<Seen>,
 }
 
 type RustlsStream = <MakeRustlsConnect as MakeTlsConnect<Capped<Wire>>>::Stream;
@@ -402,7 +420,7 @@ impl TlsConnect<Capped<Wire>> for CappedTls {
                 .connect(stream)
                 .await
                 .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)?;
-            let mut capped = Capped::new(tls, self.max_message, self.too_large);
+            let mut capped = Capped::new(tls, self.max_message, self.seen);
             capped.framing = Framing::MESSAGES;
             Ok(capped)
         })
@@ -446,7 +464,7 @@ mod tests {
                 at <= 75 && at + chunk > 75,
                 "chunk {chunk}: refused at {at}"
             );
-            assert_eq!(capped.too_large.load(Ordering::Relaxed), 1);
+            assert_eq!(capped.seen.too_large.load(Ordering::Relaxed), 1);
         }
     }
 }
