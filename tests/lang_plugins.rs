@@ -126,3 +126,38 @@ async fn serves_many_calls_on_one_instance(path: &str) {
     }
     assert_eq!(getter.instances_created(), 1, "{path}");
 }
+
+/// Resident memory of a node process with `plugin` (db_getter's config), once it serves.
+async fn serving_rss(plugin: &str, name: &str) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = demo_db(dir.path());
+    let port = geecache_tests::free_port();
+    let mut command =
+        geecache_tests::node_command(env!("CARGO_BIN_EXE_geecache-node"), port, plugin);
+    command
+        .arg("--plugin-config")
+        .arg(format!("{name}.database={}", db.display()));
+    let mut node = geecache_tests::NodeProcess::spawn(command, port, dir.path()).await;
+    let answer = reqwest::get(format!("{}/api?key=Tom", node.base))
+        .await
+        .unwrap();
+    assert_eq!(answer.text().await.unwrap(), "630");
+    node.memory().0
+}
+
+/// Loading a large component (the Python getter, 18 MB) frees several times its size; the
+/// node gives that back once the load is done instead of keeping it resident: a node serving
+/// the Python getter holds less than 110 MB more than one serving db_getter (~57 MB more here
+/// with the fix, ~170 MB without, debug build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gives_back_the_memory_a_large_plugin_load_freed() {
+    let rust = serving_rss(plugins::DB_GETTER, "db_getter").await;
+    let python = serving_rss(plugins::py_getter(), "py_getter").await;
+    let more = python.saturating_sub(rust) >> 20;
+    eprintln!(
+        "resident: db_getter {} MiB, py_getter {} MiB",
+        rust >> 20,
+        python >> 20
+    );
+    assert!(more < 110, "the Python getter's node holds {more} MiB more");
+}

@@ -509,6 +509,9 @@ pub fn main() -> ExitCode {
             settings.cluster.advertise_addr = advertise;
         }
         let built = tokio::task::spawn_blocking(move || build(&settings).map(|n| (n, settings))).await;
+        // On the main thread too: only there does mimalloc take back the pages of threads that
+        // ended (the load's probe threads).
+        crate::plugin::load::release_freed_memory();
         let (node, settings) = match built {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {

@@ -49,7 +49,7 @@ mod error;
 mod getter;
 mod host;
 mod http;
-mod load;
+pub(crate) mod load;
 pub mod metrics;
 mod pool;
 mod postgres;
