@@ -36,7 +36,12 @@
 //!   [`peer::PeerService`] seam a node offers its peers, the router serving it, the client
 //!   calling one remote node (over [`peer::PeerHttp`], hyper's pooled client with rustls,
 //!   shared with the cluster's admin requests), and HMAC request signing with the cluster
-//!   secret (nonces against replay, checked before a body is read).
+//!   secret (nonces against replay, checked before a body is read). Every request a node
+//!   sends another, the protocol's and the admin operations' ([`peer::admin`]), goes through
+//!   its one signed exchange.
+//! - [`net`]: what every outbound HTTP client of the node stands on (the peer pool and the
+//!   plugins' `wasi:http`): the connector with a bounded connect, and the platform's TLS
+//!   roots.
 //! - [`discovery`]: who the members are: a fixed `--peers` list, a peers file or DNS names
 //!   read again periodically, or etcd (lease, keepalive, watch, admission rules); publishes the
 //!   member list the ring is built from.
@@ -72,6 +77,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod net;
 pub mod peer;
 pub mod plugin;
 pub mod server;

@@ -35,8 +35,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::fanout::{NodeAnswer, detached};
-use super::plugins::{ask, verified_admin_request};
+use super::fanout::{NodeAnswer, ask, detached, verified_admin_request};
 use super::{ApiError, AppState, error_response};
 use crate::error::Error;
 use crate::group::Group;

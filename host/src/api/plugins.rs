@@ -43,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::fanout::{NodeAnswer, detached};
+use super::fanout::{NodeAnswer, ask, detached, verified_admin_request};
 use super::{ApiError, AppState, error_response};
 use crate::error::Error;
 use crate::plugin::registry::sha256_hex;
@@ -60,9 +60,6 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a commit or an abort may take on a node (a swap: no compile; a flush's storage
 /// clear waits up to the request timeout on top, see `commit_timeout`).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest answer read from a node during a rollout (a small JSON body).
-const MAX_NODE_ANSWER: usize = 64 << 10;
 
 /// One plugin, as `GET /api/v1/plugins` shows it.
 #[derive(Debug, Serialize)]
@@ -298,34 +295,6 @@ fn error_value(e: &Error) -> serde_json::Value {
     serde_json::json!({ "code": e.code(), "message": e.public_message() })
 }
 
-/// Sends one admin request (a rollout's phase, a flush) to the member at `addr`, signed;
-/// its JSON answer, or the error it gave.
-pub(super) async fn ask(
-    state: &AppState,
-    addr: &str,
-    path: &str,
-    body: Bytes,
-    timeout: Duration,
-) -> Result<serde_json::Value, serde_json::Value> {
-    let cluster = &state.inner.cluster;
-    match cluster
-        .admin_post(addr, path, body, timeout, MAX_NODE_ANSWER)
-        .await
-    {
-        Ok((status, answer)) => {
-            let json: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_else(
-                |_| serde_json::json!({ "error": { "code": "bad_answer", "message": String::from_utf8_lossy(&answer) } }),
-            );
-            if (200..300).contains(&status) {
-                Ok(json)
-            } else {
-                Err(json.get("error").cloned().unwrap_or(json))
-            }
-        }
-        Err(message) => Err(serde_json::json!({ "code": "node_unreachable", "message": message })),
-    }
-}
-
 /// `reload?cluster=true`: stage on every member, then commit on every member (or abort on
 /// every member if any could not stage).
 async fn rollout(
@@ -553,51 +522,6 @@ async fn peer_op_inner(
             "no rollout operation {other:?}; expected stage, commit or abort"
         )))),
     }
-}
-
-/// An admin request from another node (a rollout's phase, a cluster flush): its parts and
-/// body, once its signature with the cluster secret checked out (before the body is read,
-/// and then over the body, at most `limit` bytes). Otherwise the error answer: 403 without
-/// `--cluster-secret`, 401 for a bad signature (with `Retry-After` when it is from before this
-/// node started), 413 for a body past `limit`.
-pub(super) async fn verified_admin_request(
-    state: &AppState,
-    req: Request,
-    limit: usize,
-    what: &str,
-) -> Result<(axum::http::request::Parts, Bytes), Response> {
-    let fail = |e: Error| ApiError(e).into_response();
-    let Some(auth) = &state.inner.peer_auth else {
-        return Err(fail(Error::Forbidden(format!(
-            "this node has no --cluster-secret: it takes no {what} from other nodes"
-        ))));
-    };
-    let (parts, body) = req.into_parts();
-    let verified = crate::peer::verify_signed(
-        auth,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &parts.extensions,
-    )
-    .map_err(|e| {
-        tracing::warn!(error = %e, "refused an unsigned or badly signed {what} request");
-        let mut response = error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string());
-        if matches!(e, crate::peer::auth::AuthError::BeforeStart) {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-        }
-        response
-    })?;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| fail(Error::BodyTooLarge { limit }))?;
-    verified
-        .check_body(&body)
-        .map_err(|e| error_response(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
-    Ok((parts, body))
 }
 
 /// The rollout query of a peer request.

@@ -541,14 +541,12 @@ impl Cluster {
         self.secret.is_some()
     }
 
-    /// Sends a signed `POST` of `body` to `path_and_query` on the member at `addr`, within
-    /// `timeout`, and returns the status and body of its answer (at most `max_answer` bytes).
-    /// A member that refuses the signature as made before it started (`Retry-After`) gets the
-    /// request once more, signed anew. For the admin operations across the cluster (a plugin
-    /// rollout), which are not part of the peer protocol.
+    /// Sends a signed `POST` of `body` to `path_and_query` on the member at `addr` (an admin
+    /// operation across the cluster, such as a plugin rollout), on this node's peer pool and
+    /// with its secret: see [`crate::peer::admin::post`].
     ///
     /// # Errors
-    /// A transport failure or a timeout, as text for an operator.
+    /// A transport failure, a timeout or an unsigned answer, as text for an operator.
     pub async fn admin_post(
         &self,
         addr: &str,
@@ -557,54 +555,16 @@ impl Cluster {
         timeout: Duration,
         max_answer: usize,
     ) -> std::result::Result<(u16, bytes::Bytes), String> {
-        let base = with_scheme(addr);
-        let authority = crate::peer::auth::authority_of(&base);
-        let uri: hyper::Uri = format!("{base}{path_and_query}")
-            .parse()
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let mut retried = false;
-        loop {
-            let mut request = hyper::Request::post(uri.clone())
-                .body(http_body_util::Full::new(body.clone()))
-                .map_err(|e| format!("{addr}: {e}"))?;
-            let mut nonce = None;
-            if let Some(secret) = &self.secret {
-                let signed = secret.sign_request("POST", &authority, path_and_query, &body);
-                nonce = crate::peer::insert_signed(request.headers_mut(), signed);
-            }
-            // Each attempt has the whole timeout, as the peer client's refused-as-early retry.
-            let attempt = async {
-                let response = self.http.send(request).await?;
-                let status = response.status().as_u16();
-                if status == 401
-                    && !retried
-                    && crate::peer::retry_after(response.headers()).is_some()
-                {
-                    return Ok((status, None));
-                }
-                let signature = crate::peer::answer_signature(response.headers());
-                let answer = PeerHttp::read_body(response, max_answer).await?;
-                Ok::<_, crate::peer::HttpError>((status, Some((answer, signature))))
-            };
-            let (status, answer) = tokio::time::timeout(timeout, attempt)
-                .await
-                .map_err(|_| format!("{addr}: no answer within {timeout:?}"))?
-                .map_err(|e| format!("{addr}: {e}"))?;
-            let Some((answer, signature)) = answer else {
-                retried = true;
-                tokio::time::sleep(Duration::from_millis(1050)).await;
-                continue;
-            };
-            // The same check as the peer client's: a member that cannot sign is not heard.
-            if let (Some(secret), Some(nonce)) = (&self.secret, &nonce)
-                && !secret.check_answer(nonce, status, &answer, signature.as_deref())
-            {
-                return Err(format!(
-                    "{addr}: the answer is not signed with the cluster secret; not used"
-                ));
-            }
-            return Ok((status, answer));
-        }
+        crate::peer::admin::post(
+            &self.http,
+            self.secret.as_ref(),
+            addr,
+            path_and_query,
+            body,
+            timeout,
+            max_answer,
+        )
+        .await
     }
 
     /// The ring's members (addresses), this node included.

@@ -4,14 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
-use hyper::{HeaderMap, Method, Request, StatusCode, Uri, header};
+use hyper::http::uri::PathAndQuery;
+use hyper::{HeaderMap, Method, StatusCode, header};
 use prost::Message;
-use url::Url;
 
-use super::auth::{self, ClusterSecret};
-use super::http::{HttpError, PeerHttp, http_client};
+use super::auth::ClusterSecret;
+use super::exchange::{Exchange, Failed, Outgoing, Target};
+use super::http::{PeerHttp, http_client};
 use super::proto::{self, batch_item, get_response};
 use super::{
     BATCH_SEGMENT, CONTENT_TYPE, HANDOFF_SEGMENT, INVALIDATE_SEGMENT, MAX_BATCH_KEYS, PATH_PREFIX,
@@ -58,15 +57,8 @@ pub struct PeerClient {
 struct Inner {
     /// Connection pool; may be shared with the clients of other peers.
     http: PeerHttp,
-    /// `http://host:port`, no trailing slash: how the peer is named in errors.
-    base: String,
-    /// `base`'s scheme and authority, parsed once: each request's URI is made of them and its
-    /// path, with nothing parsed again but the path.
-    scheme: Scheme,
-    uri_authority: Authority,
-    /// `host:port` of the peer, port always written: what requests are signed for (see
-    /// [`auth::authority_of`]), so they are good at this peer only.
-    authority: String,
+    /// The peer, its address parsed once.
+    target: Target,
     /// Signs every request when the cluster has a secret.
     secret: Option<ClusterSecret>,
     /// This node's ring identity, sent with every request (`None`: not sent).
@@ -168,27 +160,7 @@ impl PeerClientBuilder {
             addr: self.addr.clone(),
             message,
         };
-        let with_scheme = if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        };
-        let url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(invalid("peers are http:// or https://".into()));
-        }
-        if url.host().is_none() || url.path() != "/" || url.query().is_some() {
-            return Err(invalid("expected host:port or http://host:port".into()));
-        }
-        let base = url.origin().ascii_serialization();
-        let base_uri: Uri = base
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| invalid(e.to_string()))?;
-        let (Some(scheme), Some(uri_authority)) = (base_uri.scheme(), base_uri.authority()) else {
-            return Err(invalid("expected host:port or http://host:port".into()));
-        };
-        let (scheme, uri_authority) = (scheme.clone(), uri_authority.clone());
-        let authority = auth::authority_of(&base);
+        let target = Target::parse(&self.addr).map_err(invalid)?;
         let http = match self.http {
             Some(http) => http,
             None => http_client(self.timeout),
@@ -196,10 +168,7 @@ impl PeerClientBuilder {
         Ok(PeerClient {
             inner: Arc::new(Inner {
                 http,
-                base,
-                scheme,
-                uri_authority,
-                authority,
+                target,
                 secret: self.secret,
                 timeout: self.timeout,
                 write_timeout: self.write_timeout.unwrap_or(self.timeout),
@@ -243,7 +212,7 @@ impl PeerClient {
 
     /// The peer's base URL, `http://host:port`.
     pub fn base_url(&self) -> &str {
-        &self.inner.base
+        &self.inner.target.base
     }
 
     /// Asks the owner for `key` of `group`: `Ok(None)` when the key does not exist.
@@ -382,7 +351,7 @@ impl PeerClient {
                     Some(batch_item::Result::Entry(entry)) => self.entry(entry).map(Some),
                     Some(batch_item::Result::Missing(_)) => Ok(None),
                     Some(batch_item::Result::Error(info)) => Err(PeerError::ItemFailed {
-                        peer: self.inner.base.clone(),
+                        peer: self.inner.target.base.clone(),
                         code: info.code,
                         message: info.message,
                     }),
@@ -420,16 +389,9 @@ impl PeerClient {
         Ok(())
     }
 
-    /// Sends one request (signed when there is a secret) and returns the body of a 2xx answer,
-    /// all within the method's timeout.
-    ///
-    /// A request whose connection failed or broke before an answer (a pooled connection the
-    /// peer closed while restarting or draining) is sent once more at once (on another pooled
-    /// connection or a new one), within what is left of the same timeout; one that got no
-    /// connection within the connect timeout is not. Every peer request is idempotent
-    /// (gets, sets of one value, deletes, invalidations). A peer that refuses the request with
-    /// 401 and `Retry-After` (it was signed just before the peer started, see [`auth`]) gets
-    /// it once more, signed anew, a second later, with a timeout of its own.
+    /// Sends one request through the [`Exchange`] (signed when there is a secret, sent again
+    /// once on a broken connection: every peer request is idempotent) and returns the body of
+    /// a 2xx answer, all within the method's timeout.
     async fn send(
         &self,
         method: Method,
@@ -438,120 +400,64 @@ impl PeerClient {
         asked: Asked,
     ) -> Result<Bytes, PeerError> {
         let inner = &*self.inner;
+        let peer = || inner.target.base.clone();
         let limit = match asked {
             Asked::Value => inner.max_value_bytes.saturating_add(ANSWER_SLACK),
             Asked::Batch => inner.max_batch_bytes.saturating_add(BATCH_ANSWER_SLACK),
             Asked::Nothing => ANSWER_SLACK,
         }
         .min(inner.max_response_bytes);
-        let timeout = self.inner.timeout_of(&method);
         let path = PathAndQuery::try_from(path).map_err(|e| PeerError::InvalidAddress {
-            addr: self.inner.base.clone(),
+            addr: peer(),
             message: e.to_string(),
         })?;
-        // Shared, not copied, if it has to be sent again.
-        let body = Bytes::from(body);
-        let mut deadline = tokio::time::Instant::now() + timeout;
-        let mut reset_retried = false;
-        let mut refusal_retried = false;
-        loop {
-            let attempt = self.send_once(&method, &path, &body, limit);
-            let outcome = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    return Err(PeerError::Timeout {
-                        peer: self.inner.base.clone(),
-                        timeout,
-                    });
-                }
-            };
-            match outcome {
-                Ok(body) => return Ok(body),
-                Err(Retry::Reset(_)) if !reset_retried => reset_retried = true,
-                Err(Retry::After(wait, _)) if !refusal_retried => {
-                    refusal_retried = true;
-                    tokio::time::sleep(wait).await;
-                    deadline = tokio::time::Instant::now() + timeout;
-                }
-                Err(e) => return Err(e.into_error()),
-            }
-        }
-    }
-
-    /// One attempt of [`PeerClient::send`], unbounded in time (the caller bounds it).
-    async fn send_once(
-        &self,
-        method: &Method,
-        path: &PathAndQuery,
-        body: &Bytes,
-        limit: usize,
-    ) -> Result<Bytes, Retry> {
-        let inner = &*self.inner;
-        let uri = Uri::builder()
-            .scheme(inner.scheme.clone())
-            .authority(inner.uri_authority.clone())
-            .path_and_query(path.clone())
-            .build()
-            .map_err(|e| PeerError::InvalidAddress {
-                addr: inner.base.clone(),
-                message: e.to_string(),
-            })?;
-        let mut request = Request::new(Full::new(body.clone()));
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
+        let mut headers = HeaderMap::new();
         // The current span's trace context, so the owner's spans join the caller's trace.
-        crate::telemetry::inject_current(headers);
+        crate::telemetry::inject_current(&mut headers);
         if let Some(ring) = &inner.ring {
             headers.insert(super::RING_HEADER, header::HeaderValue::from(ring.id()));
         }
-        let mut nonce = None;
-        if let Some(secret) = &inner.secret {
-            // Signed for the path exactly as it goes on the wire.
-            let signed =
-                secret.sign_request(method.as_str(), &inner.authority, path.as_str(), body);
-            nonce = insert_signed(headers, signed);
-        }
-        if !body.is_empty() || *method == Method::PUT || *method == Method::POST {
+        if !body.is_empty() || method == Method::PUT || method == Method::POST {
             headers.insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(CONTENT_TYPE),
             );
         }
-        let response = inner.http.send(request).await.map_err(|e| match e {
-            HttpError::ConnectTimeout(timeout) => Retry::No(PeerError::Timeout {
-                peer: inner.base.clone(),
-                timeout,
-            }),
-            _ => Retry::Reset(PeerError::Unreachable {
-                peer: inner.base.clone(),
-                message: e.to_string(),
-            }),
-        })?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let answer_signature = answer_signature(response.headers());
-        let body = PeerHttp::read_body(response, limit)
-            .await
-            .map_err(|e| match e {
-                HttpError::TooLarge(_) => self.bad_answer(e.to_string()),
-                HttpError::Send(_) | HttpError::ConnectTimeout(_) | HttpError::Body(_) => {
-                    PeerError::Unreachable {
-                        peer: inner.base.clone(),
-                        message: e.to_string(),
-                    }
-                }
-            })?;
-        // A member that does not know the secret can answer, but not sign: its answer, a
-        // success or a refusal, is not used (the caller loads locally instead).
-        if let (Some(secret), Some(nonce)) = (&inner.secret, &nonce)
-            && !secret.check_answer(nonce, status.as_u16(), &body, answer_signature.as_deref())
-        {
-            tracing::warn!(peer = %inner.base, status = status.as_u16(), "an answer without a valid signature; not used");
-            return Err(Retry::No(PeerError::Unsigned {
-                peer: inner.base.clone(),
-            }));
-        }
+        let timeout = inner.timeout_of(&method);
+        let outgoing = Outgoing {
+            method,
+            path,
+            body: Bytes::from(body),
+            headers,
+            limit,
+            timeout,
+            retry_broken: true,
+        };
+        let exchange = Exchange {
+            http: &inner.http,
+            secret: inner.secret.as_ref(),
+        };
+        let answer =
+            exchange
+                .send(&inner.target, &outgoing)
+                .await
+                .map_err(|failed| match failed {
+                    Failed::Timeout(timeout) => PeerError::Timeout {
+                        peer: peer(),
+                        timeout,
+                    },
+                    Failed::Unreachable(message) => PeerError::Unreachable {
+                        peer: peer(),
+                        message,
+                    },
+                    Failed::TooLarge(message) => self.bad_answer(message),
+                    Failed::InvalidAddress(message) => PeerError::InvalidAddress {
+                        addr: peer(),
+                        message,
+                    },
+                    Failed::Unsigned => PeerError::Unsigned { peer: peer() },
+                })?;
+        let (status, body) = (answer.status, answer.body);
         if status.is_success() {
             return Ok(body);
         }
@@ -562,23 +468,19 @@ impl PeerClient {
                 String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
             ),
         };
-        let peer = inner.base.clone();
-        if let (StatusCode::UNAUTHORIZED, Some(wait)) = (status, retry_after) {
-            return Err(Retry::After(
-                wait,
-                PeerError::Unauthorized { peer, message },
-            ));
-        }
-        Err(Retry::No(if status == StatusCode::UNAUTHORIZED {
-            PeerError::Unauthorized { peer, message }
+        Err(if status == StatusCode::UNAUTHORIZED {
+            PeerError::Unauthorized {
+                peer: peer(),
+                message,
+            }
         } else {
             PeerError::Status {
-                peer,
+                peer: peer(),
                 status: status.as_u16(),
                 code,
                 message,
             }
-        }))
+        })
     }
 
     fn decode<M: Message + Default>(&self, body: Bytes) -> Result<M, PeerError> {
@@ -591,73 +493,9 @@ impl PeerClient {
 
     fn bad_answer(&self, message: impl Into<String>) -> PeerError {
         PeerError::Decode {
-            peer: self.inner.base.clone(),
+            peer: self.inner.target.base.clone(),
             message: message.into(),
         }
-    }
-}
-
-/// How one attempt of a request failed.
-#[derive(Debug)]
-enum Retry {
-    /// For good.
-    No(PeerError),
-    /// No answer (refused, reset, closed): worth one more attempt at once, on another
-    /// connection; the error if it is not made.
-    Reset(PeerError),
-    /// Refused as signed too early: worth one more attempt, signed anew, after this wait; the
-    /// error if it is not made.
-    After(Duration, PeerError),
-}
-
-impl Retry {
-    fn into_error(self) -> PeerError {
-        match self {
-            Retry::No(e) | Retry::Reset(e) | Retry::After(_, e) => e,
-        }
-    }
-}
-
-/// Puts the headers of [`ClusterSecret::sign_request`] on a request; returns its nonce, which
-/// the answer's signature covers (see [`answer_signature`]).
-pub(crate) fn insert_signed(
-    headers: &mut HeaderMap,
-    signed: [(&'static str, String); 4],
-) -> Option<String> {
-    let mut nonce = None;
-    for (name, value) in signed {
-        if name == auth::NONCE_HEADER {
-            nonce = Some(value.clone());
-        }
-        // The values are digits, dots and hex: always valid header values.
-        if let Ok(value) = header::HeaderValue::try_from(value) {
-            headers.insert(name, value);
-        }
-    }
-    nonce
-}
-
-/// The answer's [`auth::ANSWER_SIGNATURE_HEADER`], for [`ClusterSecret::check_answer`].
-pub(crate) fn answer_signature(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(auth::ANSWER_SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// The wait a `Retry-After` header asks for, capped: dates are whole seconds, so one second
-/// (and a little) is always enough.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|secs| Duration::from_secs(secs.min(1)) + Duration::from_millis(50))
-}
-
-impl From<PeerError> for Retry {
-    fn from(e: PeerError) -> Retry {
-        Retry::No(e)
     }
 }
 

@@ -47,7 +47,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::allowlist::{Destination, HttpAllowlist, is_guarded};
-use crate::peer::http::{BoundedConnector, ConnectTimeout, bounded_connector, platform_tls};
+use crate::net::{BoundedConnector, ConnectTimeout, bounded_connector, platform_tls};
 use crate::telemetry::Metrics;
 
 /// Longest connect (name resolution, TCP and TLS) to an origin; the call's deadline cuts it

@@ -111,7 +111,7 @@ impl PgDb {
                     "the database URL's sslrootcert",
                 )?)
                 .with_no_client_auth(),
-            None => crate::peer::http::platform_tls(
+            None => crate::net::platform_tls(
                 "Postgres servers' certificates cannot be verified: name a CA with \
                  sslrootcert=FILE in the database URL",
             ),
