@@ -1,5 +1,5 @@
 //! The plumbing under every outbound HTTP client of the node: the peer protocol's pool
-//! (`peer/http.rs`) and the plugins' outbound `wasi:http` (`plugin/http.rs`), and
+//! (`peer/http.rs`) and the plugins' outbound `wasi:http` (`plugin/caps/http/`), and
 //! the TLS roots a client trusts when the operator gave none. Below both, so the peer and
 //! plugin modules are siblings that share it; it imports no module of this crate.
 //!
@@ -52,7 +52,7 @@ pub struct ConnectTimeout(Duration);
 /// another connection, and a connect that stalls (a peer that answers the SYN and nothing
 /// more) must not hold a task and a socket until the kernel gives up.
 ///
-/// Generic over the connector it bounds: the plugins' outbound HTTP (`plugin/http.rs`) bounds
+/// Generic over the connector it bounds: the plugins' outbound HTTP (`plugin/caps/http/`) bounds
 /// one whose resolver checks addresses.
 #[derive(Debug, Clone)]
 pub struct BoundedConnector<C = HttpsConnector<HttpConnector>> {

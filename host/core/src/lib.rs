@@ -32,11 +32,14 @@
 //! - [`units`]: the sizes and durations operators write, parsed one way everywhere.
 //! - [`error`]: the error type every layer shares; the errors of the parts behind a seam
 //!   reach it as [`error::SeamError`]s.
+//! - [`foreign`]: [`foreign::SeamError`] and [`foreign::Foreign`], a leaf that [`error`] and
+//!   [`compression`] both wrap (so neither imports the other for it).
 
 pub mod batch;
 pub mod cache;
 pub mod compression;
 pub mod error;
+pub mod foreign;
 pub mod group;
 pub mod metrics;
 pub mod ring;

@@ -12,9 +12,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
-use super::database::Database;
-use super::host::{self, CallLimiter, HostState};
-use super::http::{HttpHooks, PluginHttp};
+use super::caps::http::{HttpHooks, PluginHttp};
+use super::caps::log::LogBudget;
+use super::caps::sql::Database;
+use super::host::{CallLimiter, HostState};
 use super::pool::{self, Pool, Warm};
 use super::{PluginError, PluginGrants, PluginStats, Runtime, bindings, error};
 use crate::telemetry::Metrics;
@@ -252,7 +253,7 @@ impl PluginCore {
             limiter: CallLimiter::new(self.memory_limit),
             plugin: self.name.clone(),
             stats: Arc::clone(&self.stats),
-            log_budget: host::LogBudget::default(),
+            log_budget: LogBudget::default(),
             config: self.grants.config.clone(),
             sql: self.sql.clone(),
             deadline: Instant::now() + self.call_timeout,
@@ -288,7 +289,7 @@ impl PluginCore {
         let state = store.data_mut();
         state.new_call(Instant::now() + self.call_timeout);
         state.limiter.new_call();
-        state.log_budget = host::LogBudget::default();
+        state.log_budget = LogBudget::default();
     }
 
     /// The call's result, or its failure classified. The time limit is wall-clock time: an

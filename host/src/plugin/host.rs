@@ -1,4 +1,5 @@
-//! What a plugin's store holds, and the host side of the capabilities plugins import.
+//! What a plugin's store holds, and the linker each kind gets: WASI, and the capabilities of
+//! [`super::caps`], each added by its own `add_to_linker`.
 //!
 //! Host imports return `wasmtime::Result<T>`: an `Err` traps the guest (host bug or abuse),
 //! while errors the guest should handle travel inside `T` (e.g. `sql.query`'s `result`).
@@ -9,7 +10,7 @@
 //! - [`DeadlineClock`]: WASI's `monotonic-clock` with subscriptions cut at the call's deadline.
 //!   A guest waits (sleeps, polls) only through clock subscriptions and, for a getter, the
 //!   pollables of its `wasi:http` requests, whose answers and bodies end at the same deadline
-//!   (`plugin/http.rs`) — no sockets, no stdin — so no host call of a plugin can outlast its
+//!   (`caps/http/`) — no sockets, no stdin — so no host call of a plugin can outlast its
 //!   time limit; when the wait ends, the next wasm
 //!   instruction meets the epoch deadline and the call stops as a timeout.
 
@@ -24,78 +25,12 @@ use wasmtime_wasi::clocks::{WasiClocksCtxView, WasiClocksView as _};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::WasiHttpCtx;
 
-use super::bindings::{self, config, log, sql, types};
-use super::database::Database;
-use super::http::HttpHooks;
-use super::sql::SqlError;
-
-/// Log messages from plugins are cut to this many bytes.
-const MAX_LOG_MESSAGE: usize = 4096;
-
-/// Most log records one call may write; the rest of the call's records are dropped.
-pub(crate) const MAX_LOG_RECORDS_PER_CALL: u32 = 100;
-/// Most bytes of log text one call may write (after each message's cut).
-pub(crate) const MAX_LOG_BYTES_PER_CALL: usize = 64 << 10;
-/// A plugin's dropped records are reported in the host's log at most this often.
-const LOG_DROP_NOTE_EVERY_SECS: u64 = 60;
-
-/// What one call may still log: [`MAX_LOG_RECORDS_PER_CALL`] records and
-/// [`MAX_LOG_BYTES_PER_CALL`] bytes, renewed before every call. A plugin that logs in a loop
-/// fills the host's log with at most that much per call; what it logs past it is counted in
-/// `geecache_plugin_logs_dropped_total` and reported once a minute.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LogBudget {
-    records: u32,
-    bytes: usize,
-}
-
-impl Default for LogBudget {
-    fn default() -> Self {
-        LogBudget {
-            records: MAX_LOG_RECORDS_PER_CALL,
-            bytes: MAX_LOG_BYTES_PER_CALL,
-        }
-    }
-}
-
-impl LogBudget {
-    /// Takes a record of `len` bytes from the budget; false (and nothing taken) when it does
-    /// not fit.
-    fn take(&mut self, len: usize) -> bool {
-        if self.records == 0 || len > self.bytes {
-            self.records = 0;
-            return false;
-        }
-        self.records -= 1;
-        self.bytes -= len;
-        true
-    }
-}
-
-/// `message` as it may go into the host's log: control characters (newlines, carriage
-/// returns, escape sequences) and the Unicode controls that reorder or hide text are written
-/// as `\u{..}` escapes (`\n`, `\r`, `\t` as such), so a plugin cannot forge a log line or
-/// repaint a terminal. Text without them is returned as it is.
-fn escape_log(message: &str) -> std::borrow::Cow<'_, str> {
-    let hazardous = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-    };
-    if !message.contains(hazardous) {
-        return std::borrow::Cow::Borrowed(message);
-    }
-    let mut out = String::with_capacity(message.len() + 16);
-    for c in message.chars() {
-        if hazardous(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
+use super::bindings::types;
+use super::caps::http::HttpHooks;
+use super::caps::sql::Database;
+use super::caps::{self, log::LogBudget};
 
 /// The data of one instance's store (one call's, or many calls' when instances are reused).
 pub(crate) struct HostState {
@@ -143,16 +78,6 @@ impl HostState {
         self.http.deadline = deadline;
         self.http.call_permits = Arc::new(tokio::sync::Semaphore::new(self.http.shared.per_call));
         self.source_failed.store(false, Ordering::Relaxed);
-    }
-}
-
-impl WasiHttpView for HostState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http_ctx,
-            table: &mut self.table,
-            hooks: &mut self.http,
-        }
     }
 }
 
@@ -269,8 +194,9 @@ impl ResourceLimiter for CallLimiter {
 }
 
 /// A linker with WASI (its monotonic clock replaced by [`DeadlineClock`]) and the host
-/// capabilities: `log` and `config` for every kind; for getters (`getter`) also `sql` and
-/// `wasi:http/outgoing-handler` (sent by [`HttpHooks`]).
+/// capabilities, each added by its own part of `caps/`: `log` and `config` for every kind;
+/// for getters (`getter`) also `sql` and `wasi:http/outgoing-handler` (sent by
+/// [`caps::http::HttpHooks`]).
 pub(crate) fn linker(engine: &Engine, getter: bool) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -281,17 +207,12 @@ pub(crate) fn linker(engine: &Engine, getter: bool) -> wasmtime::Result<Linker<H
         inner: s.clocks(),
     })?;
     linker.allow_shadowing(false);
+    types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    caps::log::add_to_linker(&mut linker)?;
+    caps::config::add_to_linker(&mut linker)?;
     if getter {
-        bindings::getter::GetterPlugin::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    } else {
-        let l = &mut linker;
-        types::add_to_linker::<HostState, HasSelf<HostState>>(l, |s| s)?;
-        log::add_to_linker::<HostState, HasSelf<HostState>>(l, |s| s)?;
-        config::add_to_linker::<HostState, HasSelf<HostState>>(l, |s| s)?;
+        caps::sql::add_to_linker(&mut linker)?;
+        caps::http::add_to_linker(&mut linker)?;
     }
     Ok(linker)
 }
@@ -348,94 +269,6 @@ impl monotonic_clock::Host for DeadlineClocks<'_> {
 
 impl types::Host for HostState {}
 
-impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let mut message = message;
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        let message = escape_log(&message);
-        if !self.log_budget.take(message.len()) {
-            self.dropped_log();
-            return Ok(());
-        }
-        let plugin = self.plugin.as_str();
-        match level {
-            log::Level::Trace => tracing::trace!(target: "geecache::plugin", plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "geecache::plugin", plugin, "{message}"),
-            log::Level::Info => tracing::info!(target: "geecache::plugin", plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "geecache::plugin", plugin, "{message}"),
-            log::Level::Error => tracing::error!(target: "geecache::plugin", plugin, "{message}"),
-        }
-        Ok(())
-    }
-}
-
-impl HostState {
-    /// Counts a log record dropped past the call's budget, and says so in the host's log at
-    /// most once a minute per plugin.
-    fn dropped_log(&self) {
-        use std::sync::atomic::Ordering;
-        let dropped = self.stats.logs_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let noted = self.stats.logs_dropped_noted.load(Ordering::Relaxed);
-        if now >= noted.saturating_add(LOG_DROP_NOTE_EVERY_SECS)
-            && self
-                .stats
-                .logs_dropped_noted
-                .compare_exchange(noted, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                plugin = %self.plugin,
-                dropped,
-                "a plugin logged past its budget of {MAX_LOG_RECORDS_PER_CALL} records or \
-                 {MAX_LOG_BYTES_PER_CALL} bytes in one call; the rest of such calls' records \
-                 are dropped (counted in geecache_plugin_logs_dropped_total)"
-            );
-        }
-    }
-}
-
-impl config::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.config.get(&key).cloned())
-    }
-}
-
-impl sql::Host for HostState {
-    async fn query(
-        &mut self,
-        statement: String,
-        params: Vec<sql::Value>,
-        max_rows: u32,
-    ) -> wasmtime::Result<Result<Vec<Vec<sql::Value>>, types::Error>> {
-        let Some(db) = self.sql.clone() else {
-            return Ok(Err(types::Error::Unavailable(
-                "no database is configured for this plugin (set NAME.database)".into(),
-            )));
-        };
-        let answer = db.query(statement, params, max_rows, self.deadline).await;
-        Ok(answer.map_err(|e| match e {
-            SqlError::InvalidInput(m) => types::Error::InvalidInput(m),
-            SqlError::TooLarge(m) => {
-                self.stats.sql_too_large.fetch_add(1, Ordering::Relaxed);
-                types::Error::InvalidInput(m)
-            }
-            SqlError::Unavailable(m) => {
-                self.source_failed.store(true, Ordering::Relaxed);
-                types::Error::Unavailable(m)
-            }
-        }))
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -443,29 +276,6 @@ mod tests {
     use wasmtime::{Instance, Module, Store};
 
     const PAGE: usize = 64 << 10;
-
-    #[test]
-    fn log_text_cannot_forge_lines_or_repaint_the_terminal() {
-        assert!(matches!(
-            escape_log("plain text, ünïcode"),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        assert_eq!(
-            escape_log("ok\n2026-12-03T00:00:00Z  INFO forged\r\x1b[2J\u{202e}"),
-            "ok\\n2026-12-03T00:00:00Z  INFO forged\\r\\u{1b}[2J\\u{202e}"
-        );
-    }
-
-    #[test]
-    fn a_call_logs_at_most_its_budget() {
-        let mut budget = LogBudget::default();
-        let taken = (0..1000).filter(|_| budget.take(10)).count();
-        assert_eq!(taken, MAX_LOG_RECORDS_PER_CALL as usize);
-        let mut budget = LogBudget::default();
-        assert!(budget.take(MAX_LOG_BYTES_PER_CALL - 1));
-        assert!(!budget.take(2), "past the bytes");
-        assert!(!budget.take(0), "and nothing more in that call");
-    }
 
     /// A module with two memories and a table, each growable from outside.
     fn instance(budget: usize) -> (Store<CallLimiter>, Instance) {

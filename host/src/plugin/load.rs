@@ -8,8 +8,7 @@ use std::sync::Arc;
 use wasmtime::component::Component;
 
 use super::call::PluginCore;
-use super::database::Database;
-use super::postgres::is_postgres_url;
+use super::caps::sql::{Database, is_postgres_url};
 use super::{
     LoadedPlugin, PluginError, PluginGrants, PluginKind, PluginStats, Runtime, WasmCompressor,
     WasmGetter, WasmStorage, compressor, getter, storage, validate_name,

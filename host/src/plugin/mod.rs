@@ -27,36 +27,32 @@
 //!   together (`--plugin-memory`).
 //! - **Capabilities.** Only what the operator granted to the plugin's file (or alias): config
 //!   values, directories (read-only unless granted `rw`), for getters a database and outbound
-//!   HTTP to allowed origins (`wasi:http`, see `plugin/http.rs`). No sockets, no environment,
+//!   HTTP to allowed origins (`wasi:http`, see [`caps::http`]). No sockets, no environment,
 //!   no stdio.
 //!
-//! Files: `engine.rs` (the shared engine, linkers, epoch ticker), `load.rs` (from a file to a
-//! [`LoadedPlugin`]), `call.rs` (one call's store, limits and outcome), `stats.rs` (counters),
-//! `pool.rs` (warm instances), `host.rs` (the capabilities a plugin may import), one file per
-//! kind (`getter.rs`, `storage.rs`, `compressor.rs`), `registry.rs` (the loaded plugins and hot
-//! reload), `watch.rs` (file changes and SIGHUP), `database.rs` (a getter's database: `sql.rs`
-//! for SQLite, `postgres.rs` for a Postgres server, `postgres_conn.rs` its connections),
-//! `allowlist.rs` (where a getter's HTTP may go) and `http.rs` (how it is sent: hooks, pooled
-//! client, checked resolver, bounded body).
+//! Files. The runtime: `engine.rs` (the shared engine, linkers, epoch ticker), `load.rs` (from
+//! a file to a [`LoadedPlugin`]), `call.rs` (one call's store, limits and outcome), `host.rs`
+//! (what a store holds, the memory limiter, the deadline clock, and the linker each kind gets),
+//! `bindings.rs` (the one `bindgen!` site), `pool.rs` (warm instances), `slot.rs` (one
+//! plugin's current version, swapped by a reload), `registry.rs` (the loaded plugins and hot
+//! reload), `watch.rs` (file changes and SIGHUP), `error.rs` ([`PluginError`]), `stats.rs`
+//! (counters) and `metrics.rs` (their `/metrics` table); one file per kind (`getter.rs`,
+//! `storage.rs`, `compressor.rs`). The capabilities it grants: [`caps`], one part each
+//! (`log`, `config`, `sql/`, `http/`).
 
-mod allowlist;
 mod bindings;
 mod call;
+pub mod caps;
 mod compressor;
-mod database;
 mod engine;
 mod error;
 mod getter;
 mod host;
-mod http;
 pub(crate) mod load;
 pub mod metrics;
 mod pool;
-mod postgres;
-mod postgres_conn;
 pub mod registry;
 mod slot;
-pub mod sql;
 mod stats;
 mod storage;
 pub mod watch;
@@ -67,14 +63,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use allowlist::{AllowedOrigin, HttpAllowlist};
 pub use call::PluginCore;
 pub(crate) use call::plugin_kind;
+pub use caps::http::{AllowedOrigin, HttpAllowlist, HttpLimits};
+pub use caps::sql::sqlite as sql;
 pub use compressor::WasmCompressor;
 pub use engine::Runtime;
 pub use error::PluginError;
 pub use getter::WasmGetter;
-pub use http::HttpLimits;
 pub(crate) use load::on_own_thread;
 pub use load::{MAX_COMPONENT_FILE_BYTES, read_component};
 pub use pool::{InstanceMode, InstancePolicy};

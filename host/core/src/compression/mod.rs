@@ -23,7 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::error::Foreign;
+use crate::foreign::Foreign;
 
 /// Bytes of the envelope header in front of every stored payload: the original length (u32,
 /// little endian) and the XXH3-64 of the original bytes (u64, little endian).

@@ -28,6 +28,8 @@
 //! A transport failure or a 5xx answer marks the call's source as failed, so the `unavailable`
 //! a getter then reports is answered 502 `source_unavailable`.
 
+mod allowlist;
+
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,7 +48,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::allowlist::{Destination, HttpAllowlist, is_guarded};
+pub use self::allowlist::{AllowedOrigin, HttpAllowlist};
+use self::allowlist::{Destination, is_guarded};
 use crate::net::{BoundedConnector, ConnectTimeout, bounded_connector, platform_tls};
 use crate::telemetry::Metrics;
 
@@ -332,7 +335,7 @@ pub(crate) struct HttpHooks {
     /// every call, so what an earlier call left running counts only against the plugin.
     pub(crate) call_permits: Arc<Semaphore>,
     /// Set when a request of the current call failed in transport or got a 5xx (the store's
-    /// [`super::host::HostState::source_failed`]).
+    /// [`crate::plugin::host::HostState::source_failed`]).
     pub(crate) source_failed: Arc<AtomicBool>,
 }
 
@@ -589,6 +592,27 @@ fn client(resolver: CheckedResolver) -> Client<Connector, WasiBody> {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(connector)
+}
+
+/// Adds `wasi:http/outgoing-handler` (and its types), every request sent by [`HttpHooks`],
+/// to a getter's `linker`.
+///
+/// # Errors
+/// When the interfaces are in the linker already.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<crate::plugin::host::HostState>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
+
+impl wasmtime_wasi_http::WasiHttpView for crate::plugin::host::HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! - PORT is a number, `*` (any), or absent: the scheme's default (80, 443; both for `*://`).
 //!
 //! Names are checked here; the addresses they resolve to are checked by the plugin's
-//! connector ([`super::http`]): loopback, link-local, unspecified and multicast addresses are
+//! connector (`caps/http/mod.rs`): loopback, link-local, unspecified and multicast addresses are
 //! refused unless the allowlist lists that address as an IP literal.
 
 use std::net::IpAddr;

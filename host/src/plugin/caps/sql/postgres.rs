@@ -34,9 +34,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::{StreamExt as _, pin_mut};
 use tokio_postgres::types::{ToSql, Type};
 
-use super::bindings::sql::Value;
 use super::postgres_conn::Connector;
-use super::sql::{MAX_ROWS, SqlError};
+use super::sqlite::{MAX_ROWS, SqlError};
+use crate::plugin::bindings::sql::Value;
 
 /// Connections one plugin's pool may hold open.
 const MAX_CONNECTIONS: usize = 16;

@@ -34,7 +34,7 @@ use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use super::bindings::sql::Value;
+use crate::plugin::bindings::sql::Value;
 
 /// At most this many rows are returned by one query, whatever the plugin asks for.
 pub const MAX_ROWS: u32 = 10_000;

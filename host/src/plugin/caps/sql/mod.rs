@@ -1,13 +1,28 @@
-//! A getter's database behind the `sql` interface: an embedded SQLite file (the default, see
-//! `sql.rs`) or a Postgres server (`postgres.rs`), picked by the form of its `database` value.
+//! The `sql` capability: a getter's database behind the `sql` interface, an embedded SQLite
+//! file (the default, see `sqlite.rs`) or a Postgres server (`postgres.rs`, its connections
+//! in `postgres_conn.rs`), picked by the form of its `database` value. [`add_to_linker`] gives
+//! a getter's linker the interface; its errors are [`SqlError`]s, turned here into the
+//! guest's `error` (a too-large answer counted in the plugin's `sql_too_large`, an unreachable
+//! database marking the call's source as failed).
+
+mod postgres;
+mod postgres_conn;
+pub mod sqlite;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::bindings::sql::Value;
-use super::postgres::{PgDb, is_postgres_url};
-use super::sql::{SqlDb, SqlError};
+use wasmtime::component::{HasSelf, Linker};
+
+use self::postgres::PgDb;
+pub(crate) use self::postgres::is_postgres_url;
+use self::sqlite::SqlDb;
+pub use self::sqlite::SqlError;
+use crate::plugin::bindings::sql::Value;
+use crate::plugin::bindings::{sql, types};
+use crate::plugin::host::HostState;
 
 /// How long a SQLite query may run on the calling (async worker) thread. A query that needs
 /// more is stopped and run again on a blocking thread, where it may take the rest of the call's
@@ -69,5 +84,40 @@ impl Database {
                 }
             }
         }
+    }
+}
+
+/// Adds the `sql` interface, served by [`HostState`]'s database, to a getter's `linker`.
+///
+/// # Errors
+/// When the interface is in the linker already.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    sql::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+}
+
+impl sql::Host for HostState {
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<sql::Value>,
+        max_rows: u32,
+    ) -> wasmtime::Result<Result<Vec<Vec<sql::Value>>, types::Error>> {
+        let Some(db) = self.sql.clone() else {
+            return Ok(Err(types::Error::Unavailable(
+                "no database is configured for this plugin (set NAME.database)".into(),
+            )));
+        };
+        let answer = db.query(statement, params, max_rows, self.deadline).await;
+        Ok(answer.map_err(|e| match e {
+            SqlError::InvalidInput(m) => types::Error::InvalidInput(m),
+            SqlError::TooLarge(m) => {
+                self.stats.sql_too_large.fetch_add(1, Ordering::Relaxed);
+                types::Error::InvalidInput(m)
+            }
+            SqlError::Unavailable(m) => {
+                self.source_failed.store(true, Ordering::Relaxed);
+                types::Error::Unavailable(m)
+            }
+        }))
     }
 }
