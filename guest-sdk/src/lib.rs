@@ -199,6 +199,10 @@
 //! | `compressor` | [`Compressor`] | [`export_compressor!`] | `compressor-plugin` |
 //!
 //! Enable exactly one in a plugin: each feature adds its world's exports to the component.
+//!
+//! Files: `error.rs` ([`Error`], what every trait method returns), one per capability
+//! (`config.rs`, `log.rs`, `sql.rs`, `http.rs`), one per plugin kind (`getter.rs`,
+//! `storage.rs`, `compressor.rs`), and `testing.rs` (the native `FakeHost`).
 #![deny(missing_docs)]
 // These docs link every kind's items, which exist only with that kind's feature (docs.rs builds
 // with all of them).

@@ -25,10 +25,12 @@
 //! - [`plugin`]: the wasmtime component runtime: engine (pooling with fallback, epoch ticker,
 //!   on-disk compile cache), kind detection, per-call limits (wall-clock deadline that host
 //!   calls share, one memory budget over all memories and tables), grants bound to the
-//!   operator's name for a plugin, host capabilities (log with a per-call budget and escaped
-//!   text, config, SQL confined to one database: SQLite, or Postgres in read-only
-//!   transactions; for getters, outbound `wasi:http` to the origins the operator allowed, with
-//!   resolved addresses checked, the call's deadline and a body cap), and the wasm implementations of the group's and the codec's traits;
+//!   operator's name for a plugin, and the wasm implementations of the group's and the
+//!   codec's traits; [`plugin::caps`]: the capabilities it grants, one part each with its own
+//!   `add_to_linker` (log with a per-call budget and escaped text, config, SQL confined to one
+//!   database: SQLite, or Postgres in read-only transactions; for getters, outbound
+//!   `wasi:http` to the origins the operator allowed, with resolved addresses checked, the
+//!   call's deadline and a body cap);
 //!   [`plugin::registry`]: every plugin behind a slot swapped by hot reload (prepare off the
 //!   serving path, then swap; calls in flight keep their version), staged cluster rollouts;
 //!   [`plugin::watch`]: the `--watch-plugins` and SIGHUP triggers.
@@ -66,8 +68,10 @@
 //!   telemetry imports no module of this crate.
 //!
 //! Import rules: core ([`geecache_core`]) imports nothing of this crate; here a module imports
-//! only those listed before it in `docs/architecture.md`'s table (no cycle; `.ci/import-graph`
-//! prints the edges and fails on a cycle).
+//! only modules below it in `docs/architecture.md`'s code map. `.ci/import-graph` prints the
+//! edges, fails on a cycle (here or in core), fails when the import table of
+//! `docs/architecture.md` differs from the code, and fails when a module is missing from its
+//! parent's `//!` map.
 
 pub use geecache_core::{
     batch, cache, compression, error, group, metrics, ring, seam, singleflight, units,

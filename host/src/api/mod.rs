@@ -44,8 +44,10 @@
 //! Files: this one holds the shared state and the router; the routes are in `keys.rs`,
 //! `batches.rs`, `node.rs` (stats, metrics, cluster, probes), `flush.rs` and `plugins.rs` (the
 //! admin routes, with `fanout.rs` for what their cluster forms share); `encoding.rs` and
-//! `errors.rs` shape answers; `serve.rs`, `conn.rs`, `per_client.rs`, `guard.rs`, `access.rs`
-//! and `shortcut.rs` are the layers below the routes.
+//! `errors.rs` shape answers; `timing.rs` times every request; `stats.rs` gathers the
+//! snapshot `/api/v1/stats` and `/metrics` share, `metrics.rs` the API's own table;
+//! `serve.rs`, `conn.rs`, `per_client.rs`, `guard.rs`, `access.rs` and `shortcut.rs` are the
+//! layers below the routes.
 
 pub mod conn;
 pub mod guard;

@@ -9,6 +9,9 @@
 //!
 //! Every request to a peer is timed into `geecache_peer_request_duration_seconds` (by peer,
 //! operation and outcome) and runs in a `geecache.peer.<op>` span.
+//!
+//! Files: this one holds the cluster and its peers; `coalesce.rs` coalesces gets to one owner
+//! into batches (`--peer-coalesce`); `metrics.rs` the cluster's `/metrics` table.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -50,6 +50,14 @@
 //! at once), reads bodies up to `--max-body-bytes`, and answers a `_batch` within
 //! `--max-batch-bytes`: each distinct key once, keys past the budget with an item error of code
 //! `too_large` (see [`crate::batch`]).
+//!
+//! # Files
+//!
+//! `server.rs` (the router serving [`PeerService`]), `client.rs` ([`PeerClient`]),
+//! `exchange.rs` (the one signed exchange every request a node sends goes through),
+//! [`admin`] (the admin operations between nodes, both ends), `http.rs` ([`PeerHttp`], the
+//! pooled client under them), [`auth`] (signing requests and answers), `replay.rs` (the
+//! replay guard), `error.rs` ([`PeerError`]).
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 

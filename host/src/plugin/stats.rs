@@ -18,7 +18,7 @@ pub struct PluginStats {
     pub reported_errors: AtomicU64,
     /// Total wall time spent in calls, in microseconds.
     pub busy_micros: AtomicU64,
-    /// Log records dropped: past a call's log budget (see `host::LogBudget`).
+    /// Log records dropped: past a call's log budget (see `caps::log::LogBudget`).
     pub logs_dropped: AtomicU64,
     /// SQL queries refused because a value, a row, a server's message or the result was larger
     /// than the plugin's memory cap.

@@ -16,6 +16,9 @@
 //!   remembers why keys left (evicted, expired, flushed), so a miss is counted by its reason;
 //! - keys that carry their hash (`StoreKey`), so that moka's table rehashes read a stored
 //!   number instead of hashing every key's text again.
+//!
+//! Files: this one holds the cache; `clock.rs` the injected clock, `doorkeeper.rs` the
+//! doorkeeper that admits hot copies, `ghosts.rs` the table of why keys left.
 
 mod clock;
 mod doorkeeper;

@@ -11,6 +11,9 @@
 //!   or mis-tagged value is detected instead of served.
 //! - [`Encoding`] is a group's policy: its codec and level, and the size below which values are
 //!   kept raw. A value that does not shrink is kept raw too.
+//!
+//! Files: this one holds the trait, the envelope and the policy; `builtin.rs` the built-in
+//! codecs, `metrics.rs` the codec metrics' table.
 
 pub mod builtin;
 pub mod metrics;

@@ -28,7 +28,8 @@
 //! Files: `read.rs` (the read API), `load.rs` (the load paths), `handoff.rs` (a stopping
 //! node's entries handed to their next owners), `write.rs` (the write path and flushes), `generations.rs` (write generations), `options.rs` (options and builder),
 //! `registry.rs` (the node's groups), `reply.rs` (answers in an HTTP content coding),
-//! `tier.rs` (the storage tier's write queues), `stats.rs` (counters).
+//! `tier.rs` (the storage tier's write queues), `stats.rs` (counters), `metrics.rs` (their
+//! `/metrics` table).
 //!
 //! The group talks only to traits ([`Getter`], [`Storage`], [`PeerPicker`], [`RemotePeer`],
 //! [`crate::compression::Compressor`]), never to wasmtime or HTTP, so native and wasm/HTTP parts

@@ -44,6 +44,9 @@
 //!
 //! One background task owns the etcd client and every stream; handles only read the `watch`
 //! channels it publishes on and signal it to stop, so nothing is shared that could deadlock.
+//!
+//! Files: this one holds the registration task; `options.rs` how to reach etcd (endpoints,
+//! TLS, user, timeouts); `admission.rs` which registry entries become members.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -27,6 +27,9 @@
 //! plugin, the allowlist entry that allowed it, outcome) and carries the call's `traceparent`.
 //! A transport failure or a 5xx answer marks the call's source as failed, so the `unavailable`
 //! a getter then reports is answered 502 `source_unavailable`.
+//!
+//! Files: this one sends (the hooks, the pooled client, the checked resolver, the bounded
+//! body); `allowlist.rs` decides where a request may go.
 
 mod allowlist;
 
