@@ -1,7 +1,7 @@
 //! `geecache-host`: see `geecache_host::server::main` and `--help`.
 
 // mimalloc, not glibc malloc: the request path allocates per request, and glibc's malloc and
-// free were ~10% of a loaded node's CPU in `perf` (issue 10). Set in the binaries only, so the
+// free were a large share of a loaded node's CPU (docs/performance.md). Set in the binaries only, so the
 // library keeps the system allocator; the `mimalloc` feature (default) builds it at all, and
 // the fuzz targets (under ASan) build without it.
 #[cfg(feature = "mimalloc")]

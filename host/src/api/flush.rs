@@ -167,7 +167,7 @@ async fn cluster_flush(
 
 /// The second pass of a cluster flush of `groups`, once every node has flushed: this node and
 /// every one of `peers` drop their hot copies of them (best effort: a node that misses it keeps
-/// such a copy for at most `--hot-ttl`, as after a lost invalidation).
+/// such a copy for at most its `GroupOptions::hot_ttl`, as after a lost invalidation).
 pub(super) async fn hot_pass(state: &AppState, groups: &[std::sync::Arc<Group>], peers: &[String]) {
     for group in groups {
         group.flush_hot();

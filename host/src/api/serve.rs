@@ -4,9 +4,8 @@
 //! This is what `axum::serve` did for the node, without what its per-connection loop costs on
 //! every request: hyper-util's protocol-sniffing builder, a `select!` against a shutdown `watch`
 //! shared by every connection (whose `Notify` takes a lock when polled), and a tower-to-hyper
-//! adapter that clones the service and boxes the body of every request. A fixed response
-//! served by hyper directly measured 1.02/1.14× nginx where `axum::serve` measured 0.81/0.76×
-//! (`geecache-perf http` baselines, alternating, 2026-11-27). The node only ever spoke
+//! adapter that clones the service and boxes the body of every request (the `geecache-perf
+//! http` baselines that showed the difference are in docs/performance.md). The node only ever spoke
 //! HTTP/1.1: axum's `http2` feature was never on, and TLS offers only `http/1.1` by ALPN.
 //!
 //! The stop: once `signal` resolves, no connection is accepted any more; each open one is

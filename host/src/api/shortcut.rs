@@ -150,7 +150,7 @@ pub(crate) fn plain_get<'r, B>(
     let uri = req.uri();
     let get = if let Some(rest) = uri.path().strip_prefix("/api/v1/groups/") {
         // The group has no `/`, so its end is the first one (a byte search: a `&str` pattern
-        // builds a substring searcher per request, ~0.6% of a hit's CPU).
+        // builds a substring searcher per request).
         let (group, tail) = rest.split_at(rest.find('/')?);
         let key = tail.strip_prefix("/keys/")?;
         (plain(group) && plain(key)).then_some(PlainGet {

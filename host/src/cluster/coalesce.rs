@@ -11,8 +11,8 @@
 //! Under load, batches grow further: while the lane's last request is in flight, a new batch
 //! waits for its answer (at most [`WAIT_FOR_ANSWER`] after that request was sent) and keeps
 //! taking gets, unless it is full. Nagle's algorithm does the same for small TCP segments. On
-//! the 3-node miss benchmark this cut the peer requests per key from 1/2.8 to 1/4.2 and raised
-//! the rate by 13–29% (issue 12; the README's old "Numbers" section, in git history). An idle
+//! the 3-node miss benchmark this raised the keys per peer request and the rate (the figures
+//! are in the commit that brought it and in docs/performance.md). An idle
 //! lane, or one whose last request has been out longer than that (a slow load), sends at once,
 //! so a get waits at most that long for the lane (rounded up to tokio's next millisecond tick: at most ~1.5 ms), never for a slow load.
 //!
@@ -61,14 +61,14 @@ pub const DEFAULT_MAX_KEYS: usize = 16;
 pub const HEDGE_AFTER: Duration = Duration::from_millis(50);
 
 /// Requests of one lane in flight from which a new batch waits (see [`WAIT_FOR_ANSWER`]): one,
-/// so under load a lane has one request in flight and one batch forming. Two measured no
-/// better (a third more requests per key).
+/// so under load a lane has one request in flight and one batch forming. Two did no better
+/// (more requests per key).
 const IN_FLIGHT: usize = 1;
 
 /// Longest a batch waits for the lane's requests in flight to be answered: until this long
 /// after the lane last sent one. A lane whose last request is older than this (a slow load)
-/// sends at once. About a loaded exchange's time on loopback: 250 µs measured a little worse
-/// (more, smaller batches) and 1.5 ms no better, with a longer tail. Whether it has passed is
+/// sends at once. About a loaded exchange's time on loopback: shorter made more, smaller
+/// batches, and longer did no better, with a longer tail. Whether it has passed is
 /// checked exactly; a batch that sleeps until it passes wakes at tokio's timer tick after it
 /// (whole milliseconds, rounded up), unless the answer comes first.
 const WAIT_FOR_ANSWER: Duration = Duration::from_micros(500);

@@ -35,9 +35,8 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// `TCP_NODELAY` (answers are small and latency-bound), TCP keep-alive, connects bounded by a
 /// timeout, `https://` peers through rustls. It never goes through a proxy, whatever
 /// `HTTP_PROXY`/`ALL_PROXY` say: peers talk to each other directly, and a proxy would see the
-/// cluster's traffic (and could replay it). (reqwest, which it replaced, spent ~5% of a node's
-/// CPU in URL, redirect-policy and pool layers when most gets are forwarded; none of them does
-/// anything for peers.)
+/// cluster's traffic (and could replay it). (Not reqwest: its URL, redirect-policy and pool
+/// layers cost CPU on every forwarded get and do nothing for peers.)
 #[derive(Debug, Clone)]
 pub struct PeerHttp {
     client: Client<BoundedConnector, Full<Bytes>>,

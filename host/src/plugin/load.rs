@@ -308,9 +308,9 @@ extern crate mimalloc as _;
 /// Gives the memory a load freed back to the OS now. Compiling a component, or reading it from
 /// the compile cache, allocates and frees several times the component's size; mimalloc keeps
 /// freed pages for reuse and returns them only as the thread that freed them allocates again,
-/// which a loading thread (and the compiling threads of rayon's pool) then rarely does.
-/// Measured with the Python getter (an 18 MB component), the node held 204 MB resident after
-/// starting, 99 MB with this.
+/// which a loading thread (and the compiling threads of rayon's pool) then rarely does. For a
+/// large component (the Python getter) this halves the node's resident memory after starting
+/// (docs/performance.md).
 pub(crate) fn release_freed_memory() {
     #[cfg(feature = "mimalloc")]
     #[allow(unsafe_code)]

@@ -7,9 +7,10 @@
 //!   only).
 //! - [`Runtime::load`] compiles a component once, detects its kind from what it exports, asks it
 //!   for its name, and returns a [`LoadedPlugin`] holding the grants the operator gave that file.
-//! - A call runs on a warm instance of its plugin when one is idle (~1 µs), or on a new `Store`
-//!   instantiated from an `InstancePre` (~20–30 µs), under a memory cap and a time limit. It
-//!   runs on the caller's task (async wasmtime): no thread hop, which measured ~20 µs here.
+//! - A call runs on a warm instance of its plugin when one is idle, or on a new `Store`
+//!   instantiated from an `InstancePre` (tens of times dearer; docs/performance.md has the
+//!   figures), under a memory cap and a time limit. It runs on the caller's task (async
+//!   wasmtime): no thread hop.
 //!   Wasm yields to the executor at every epoch tick (2 ms) and a SQL query runs inline for at
 //!   most a 2 ms slice before moving to a blocking thread, so a slow or looping plugin shares
 //!   its worker thread with other requests. A trap, panic or overrun fails that call with a

@@ -4,9 +4,9 @@
 //! This is TinyLFU's doorkeeper (Einziger et al.), in front of moka's own TinyLFU admission:
 //! moka decides between keys that have been seen, but every insert costs it a map write and
 //! maintenance work, and a copy of a key asked once (a scan, unique keys) only evicts better
-//! ones. Measured with `geecache-perf http`, a 3-node all-miss load ran 13–14% faster with no
-//! hot copies at all; the doorkeeper keeps that gain for keys asked once and keeps copies of
-//! keys asked again.
+//! ones. A 3-node all-miss load ran faster with no hot copies at all (`geecache-perf http`,
+//! docs/performance.md); the doorkeeper keeps that gain for keys asked once and keeps copies
+//! of keys asked again.
 //!
 //! A Bloom filter of [`BITS`] bits (16 KiB) and two probes per key, keyed by a per-process
 //! random hash (so which keys collide cannot be chosen from outside; a collision only admits a

@@ -46,9 +46,8 @@ use moka::ops::compute::{CompResult, Op};
 /// It stands for what an entry costs beyond its payload (moka's node, hash-table slot, access
 /// and write deques and timer wheel entry, the `Arc<CacheEntry>`, the `Bytes` header, the key's
 /// allocation, the allocator's rounding), so that the byte budget bounds resident memory and a
-/// flood of tiny or negative entries is still bounded by it. `geecache-perf memory` measured
-/// 1713 bytes of resident memory per cached 1 KiB value with mimalloc (2026-11-27), about 670
-/// beyond key and stored value (~540 with glibc malloc); 640 is the round figure.
+/// flood of tiny or negative entries is still bounded by it. The figure is what `geecache-perf
+/// memory` measures beyond key and stored value, rounded (docs/performance.md).
 pub const ENTRY_OVERHEAD_BYTES: u64 = 640;
 
 /// What the cache knows about a key.
@@ -146,8 +145,9 @@ static KEY_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 ///
 /// Moka's table rehashes every key it holds each time its removed entries (tombstones) reach a
 /// tenth of its slots, which for a full cache under unique keys is every few inserts per
-/// entry; hashing a `String` there (SipHash over text behind a second pointer) was ~10% of a
-/// miss's CPU. This key hashes as its stored `u64` alone ([`StoredHash`] passes it through).
+/// entry; hashing a `String` there (SipHash over text behind a second pointer) was a visible
+/// share of a miss's CPU. This key hashes as its stored `u64` alone ([`StoredHash`] passes it
+/// through).
 #[derive(Clone, Debug)]
 struct StoreKey {
     /// Keyed SipHash of `text` ([`KEY_HASHER`]).
