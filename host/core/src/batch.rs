@@ -137,8 +137,9 @@ pub fn over_budget(budget: usize) -> Error {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use parking_lot::Mutex;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
 
     use super::*;
 
@@ -162,14 +163,14 @@ mod tests {
             100,
             16,
             |k| {
-                loads.lock().unwrap().push(k);
+                loads.lock().push(k);
                 async { 10usize }
             },
             |n| *n,
         )
         .await;
         assert_eq!(out, vec![("big".to_string(), Slot::Answered(10))]);
-        assert_eq!(loads.lock().unwrap().len(), 1);
+        assert_eq!(loads.lock().len(), 1);
     }
 
     #[tokio::test]
@@ -181,7 +182,7 @@ mod tests {
             25,
             1,
             |_| {
-                *loads.lock().unwrap() += 1;
+                *loads.lock() += 1;
                 async { 10usize }
             },
             |n| *n,
@@ -196,7 +197,7 @@ mod tests {
             out[2..].iter().all(|(_, s)| *s == Slot::OverBudget),
             "every key after the first that does not fit is refused"
         );
-        assert_eq!(*loads.lock().unwrap(), 3, "no load starts once it is spent");
+        assert_eq!(*loads.lock(), 3, "no load starts once it is spent");
     }
 
     #[tokio::test]

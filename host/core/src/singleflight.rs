@@ -12,12 +12,13 @@
 //! caller starts a fresh load. Singleflight is not a cache: a call that arrives after a load
 //! completed loads again.
 
+use parking_lot::Mutex;
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 
 use futures::FutureExt;
 use futures::channel::oneshot;
@@ -126,7 +127,7 @@ impl<T, E> Singleflight<T, E> {
 
     /// How many keys have a load in flight.
     pub fn in_flight(&self) -> usize {
-        lock(&self.state).calls.len()
+        self.state.lock().calls.len()
     }
 }
 
@@ -191,7 +192,7 @@ where
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         let (call, start) = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             if let Some(call) = state.calls.get(key).and_then(|call| call.load.upgrade()) {
                 return (call, true);
             }
@@ -271,7 +272,7 @@ impl<T, E> Drop for RemoveOnDrop<T, E> {
         let Some(state) = self.state.upgrade() else {
             return;
         };
-        let mut state = lock(&state);
+        let mut state = state.lock();
         if state
             .calls
             .get(&self.key)
@@ -280,12 +281,6 @@ impl<T, E> Drop for RemoveOnDrop<T, E> {
             state.calls.remove(&self.key);
         }
     }
-}
-
-/// Locks the map; a poisoned lock is still usable because no code panics while holding it with
-/// the map half-updated.
-fn lock<T, E>(state: &Mutex<State<T, E>>) -> MutexGuard<'_, State<T, E>> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -642,7 +637,7 @@ mod tests {
             Ok("new".to_owned())
         }));
         assert!(poll!(call.as_mut()).is_pending());
-        let current_id = lock(&flights.state).calls["key"].id;
+        let current_id = flights.state.lock().calls["key"].id;
 
         // The guard of an older call for the same key, finishing late (as when its last waiter
         // was dropped while this call was being registered).

@@ -38,12 +38,13 @@
 //!   the connection releases it once that frame has been written to the socket (the next
 //!   flush), not when it was copied into hyper's buffer.
 
+use parking_lot::Mutex;
 use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use serde::Serialize;
@@ -231,22 +232,14 @@ impl ConnHandle {
 
     /// Keeps `permit` until the connection's next completed flush (or its close).
     pub(crate) fn park(&self, permit: OwnedSemaphorePermit) {
-        self.0
-            .parked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(permit);
+        self.0.parked.lock().push(permit);
         self.0.has_parked.store(true, Ordering::Release);
     }
 
     /// Releases what [`ConnHandle::park`] kept: everything written has left.
     fn flushed(&self) {
         if self.0.has_parked.swap(false, Ordering::AcqRel) {
-            self.0
-                .parked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            self.0.parked.lock().clear();
         }
     }
 }

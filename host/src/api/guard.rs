@@ -224,15 +224,12 @@ impl<S> tower::Layer<S> for GuardLayer {
 /// from its client) takes it, and holds it until that work is done; otherwise the answer holds
 /// it until sent. So a client that goes away cannot release the bytes its write still holds.
 #[derive(Debug, Clone)]
-pub(crate) struct HeldBody(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+pub(crate) struct HeldBody(Arc<parking_lot::Mutex<Option<OwnedSemaphorePermit>>>);
 
 impl HeldBody {
     /// The reservation, if the answer has not taken it (or another taker).
     pub(crate) fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        self.0.lock().take()
     }
 }
 
@@ -292,7 +289,7 @@ where
             return refused(busy());
         };
         let mut req = with_deadline(req, guard.limits.body_timeout);
-        let held = HeldBody(Arc::new(std::sync::Mutex::new(Some(permit))));
+        let held = HeldBody(Arc::new(parking_lot::Mutex::new(Some(permit))));
         req.extensions_mut().insert(held.clone());
         GuardedAnswer {
             answer: Some(self.inner.call(req)),

@@ -3,11 +3,12 @@
 //! `--rate-burst`: a GCRA token bucket per address by `governor`, [`ClientRate`], whose quiet
 //! clients are swept out). See `conn.rs` for how the listener uses them.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::config::PerClient;
@@ -24,7 +25,7 @@ pub(super) struct ClientConns {
 impl ClientConns {
     /// One more connection of `ip`, or `None` when it holds `max` already.
     pub(super) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         let held = open.entry(ip).or_insert(0);
         if *held >= self.max {
             return None;
@@ -46,11 +47,7 @@ pub(super) struct ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut open = self
-            .table
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.table.open.lock();
         if let Some(held) = open.get_mut(&self.ip) {
             *held = held.saturating_sub(1);
             if *held == 0 {
@@ -114,7 +111,7 @@ impl ClientRate {
 
     /// Drops the buckets that are full again (their clients have been quiet long enough).
     fn sweep(&self) {
-        let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut swept = self.swept.lock();
         if swept.elapsed() >= SWEEP_INTERVAL {
             *swept = std::time::Instant::now();
             self.limiter.retain_recent();

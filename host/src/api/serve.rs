@@ -14,10 +14,11 @@
 //! Each connection has its own one-shot stop signal, so that polling a connection never
 //! touches anything another connection shares.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -29,10 +30,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The stop signals of the open connections, by connection number.
 type Stops = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;
-
-fn lock(stops: &Stops) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
-    stops.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Serves the connections `listener` accepts, each answered by the service `per_connection`
 /// makes for it, until `signal` resolves; then stops as the module doc says and returns when
@@ -66,7 +63,7 @@ pub async fn serve<L, S, F>(
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let id = next;
         next = next.wrapping_add(1);
-        lock(&stops).insert(id, stop_tx);
+        stops.lock().insert(id, stop_tx);
         let stops = Arc::clone(&stops);
         let open = open_tx.clone();
         tokio::spawn(async move {
@@ -89,12 +86,12 @@ pub async fn serve<L, S, F>(
             if let Err(e) = served {
                 tracing::trace!(error = %e, "connection ended with an error");
             }
-            lock(&stops).remove(&id);
+            stops.lock().remove(&id);
             drop(open);
         });
     }
     drop(listener);
-    for (_, stop) in lock(&stops).drain() {
+    for (_, stop) in stops.lock().drain() {
         let _ = stop.send(());
     }
     drop(open_tx);

@@ -37,9 +37,10 @@
 //! get this node has in flight to that peer and group), a count of its requests in flight and
 //! when it last sent one.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
@@ -126,10 +127,6 @@ struct Waiter {
     answer: oneshot::Sender<Answer>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Coalescer {
     /// Lanes whose batches hold at most `max_keys` keys (0 or 1: every get is sent alone).
     pub(super) fn new(max_keys: usize) -> Arc<Coalescer> {
@@ -163,7 +160,7 @@ impl Coalescer {
         }
         let (tx, rx) = oneshot::channel();
         let opens = {
-            let mut lanes = lock(&self.lanes);
+            let mut lanes = self.lanes.lock();
             let lane = if let Some(lane) = lanes.get_mut(group) {
                 lane
             } else {
@@ -218,7 +215,7 @@ impl Coalescer {
     /// Gets in batches being formed right now, over every lane (for tests).
     #[cfg(test)]
     fn forming(&self) -> usize {
-        lock(&self.lanes).values().map(|l| l.forming.len()).sum()
+        self.lanes.lock().values().map(|l| l.forming.len()).sum()
     }
 }
 
@@ -239,7 +236,7 @@ impl Opened {
     async fn close_when_ready(&mut self) -> (Vec<Waiter>, Option<Arc<Flight>>) {
         loop {
             let (flight, deadline) = {
-                let mut lanes = lock(&self.coalescer.lanes);
+                let mut lanes = self.coalescer.lanes.lock();
                 let Some(lane) = lanes.get_mut(&self.group) else {
                     self.closed = true;
                     return (Vec::new(), None);
@@ -268,7 +265,9 @@ impl Opened {
     /// Takes the lane's batch at once: gets from now on open the next one.
     fn close(&mut self) -> Vec<Waiter> {
         self.closed = true;
-        lock(&self.coalescer.lanes)
+        self.coalescer
+            .lanes
+            .lock()
             .get_mut(&self.group)
             .map(|lane| std::mem::take(&mut lane.forming))
             .unwrap_or_default()
@@ -289,7 +288,7 @@ impl Opened {
         }
         let requests = waiters.len().div_ceil(self.coalescer.max_keys.max(1));
         let flight = {
-            let mut lanes = lock(&self.coalescer.lanes);
+            let mut lanes = self.coalescer.lanes.lock();
             let lane = if let Some(lane) = lanes.get_mut(&self.group) {
                 lane
             } else {
@@ -406,7 +405,7 @@ mod tests {
             key: &'a str,
         ) -> BoxFuture<'a, Result<Option<PeerEntry>, Error>> {
             async move {
-                lock(&self.asked).push(key.to_string());
+                self.asked.lock().push(key.to_string());
                 if key.starts_with("slow") {
                     self.slow_started.store(true, Ordering::SeqCst);
                     tokio::time::sleep(SLOW).await;
@@ -525,7 +524,7 @@ mod tests {
             assert_eq!(requests.seen(), expected, "max_keys {max_keys}");
             assert_eq!(c.forming(), 0);
         }
-        assert_eq!(lock(&owner.asked).len(), 80);
+        assert_eq!(owner.asked.lock().len(), 80);
     }
 
     /// A get alone goes as an ordinary single get, not as a batch of one.
@@ -540,7 +539,7 @@ mod tests {
 
     /// Waits until the owner has been asked for `n` keys.
     async fn asked(owner: &Owner, n: usize) {
-        while lock(&owner.asked).len() < n {
+        while owner.asked.lock().len() < n {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -740,7 +739,7 @@ mod tests {
         let [x, y] = joined;
         assert_eq!((value(&x.await), value(&y.await)), ("x".into(), "y".into()));
         assert_eq!(requests.seen(), (0, 1));
-        assert_eq!(*lock(&owner.asked), ["x", "y"]);
+        assert_eq!(*owner.asked.lock(), ["x", "y"]);
     }
 
     /// When the batch's request fails, each of its gets fails with that error (the caller then

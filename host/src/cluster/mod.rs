@@ -13,10 +13,11 @@
 //! Files: this one holds the cluster and its peers; `coalesce.rs` coalesces gets to one owner
 //! into batches (`--peer-coalesce`); `metrics.rs` the cluster's `/metrics` table.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -303,14 +304,6 @@ fn with_scheme(addr: &str) -> String {
     }
 }
 
-fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Cluster {
     /// A cluster of this node alone, until [`Cluster::join`] brings the members in.
     pub fn new(
@@ -360,7 +353,7 @@ impl Cluster {
         };
         cluster
             .ring_stamp
-            .set(ring_identity(&lock_read(&cluster.view).ring));
+            .set(ring_identity(&cluster.view.read().ring));
         Arc::new(cluster)
     }
 
@@ -406,7 +399,7 @@ impl Cluster {
                 until: Instant::now() + window,
             })
         });
-        *lock_write(&self.previous) = previous;
+        *self.previous.write() = previous;
     }
 
     /// Follows `membership` from now on: every change rebuilds the ring at once. A node that
@@ -425,15 +418,15 @@ impl Cluster {
                 cluster.apply(&list);
             }
         });
-        *lock_write(&self.membership) = Some(membership);
-        if let Some(old) = lock_write(&self.watcher).replace(task) {
+        *self.membership.write() = Some(membership);
+        if let Some(old) = self.watcher.write().replace(task) {
             old.abort();
         }
     }
 
     /// Rebuilds the view from `members`, reusing the clients of nodes that stay.
     pub(crate) fn apply(&self, members: &[Member]) {
-        let old = lock_read(&self.view).clone();
+        let old = self.view.read().clone();
         let mut addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
         if !addrs.contains(&self.self_addr) {
             addrs.push(self.self_addr.clone());
@@ -461,12 +454,12 @@ impl Cluster {
             return;
         }
         tracing::info!(members = ?ring.members(), "ring updated");
-        *lock_write(&self.view) = Arc::new(View {
+        *self.view.write() = Arc::new(View {
             ring,
             peers,
             members: members.to_vec(),
         });
-        let view = lock_read(&self.view).clone();
+        let view = self.view.read().clone();
         self.ring_stamp.set(ring_identity(&view.ring));
         if self.joined.swap(true, Ordering::AcqRel) {
             self.remember_previous(old.ring.clone(), old.peers.clone());
@@ -510,7 +503,7 @@ impl Cluster {
 
     /// What `/api/v1/cluster` shows.
     pub fn snapshot(&self) -> ClusterSnapshot {
-        let view = lock_read(&self.view).clone();
+        let view = self.view.read().clone();
         ClusterSnapshot {
             self_addr: self.self_addr.clone(),
             registration: self.registration().to_string(),
@@ -521,14 +514,16 @@ impl Cluster {
 
     /// Where this node stands with the membership source (`Static` without etcd).
     pub fn registration(&self) -> RegistrationState {
-        lock_read(&self.membership)
+        self.membership
+            .read()
             .as_ref()
             .map_or(RegistrationState::Static, Membership::state)
     }
 
     /// What the etcd registry task counted: entries rejected, own entry written back.
     pub fn registry_counts(&self) -> crate::discovery::RegistryCounts {
-        lock_read(&self.membership)
+        self.membership
+            .read()
             .as_ref()
             .map(Membership::registry_counts)
             .unwrap_or_default()
@@ -572,12 +567,13 @@ impl Cluster {
 
     /// The ring's members (addresses), this node included.
     pub fn ring_members(&self) -> Vec<String> {
-        lock_read(&self.view).ring.members().to_vec()
+        self.view.read().ring.members().to_vec()
     }
 
     /// The ring members other than this node: whom a cluster-wide admin operation asks.
     pub fn other_members(&self) -> Vec<String> {
-        lock_read(&self.view)
+        self.view
+            .read()
             .ring
             .members()
             .iter()
@@ -600,19 +596,15 @@ impl Cluster {
 
     /// Whether `f` holds for the address of some member of the ring (this node included).
     pub fn any_member(&self, mut f: impl FnMut(&str) -> bool) -> bool {
-        lock_read(&self.view)
-            .ring
-            .members()
-            .iter()
-            .any(|addr| f(addr))
+        self.view.read().ring.members().iter().any(|addr| f(addr))
     }
 
     /// Leaves the cluster: stops following changes and deregisters from etcd (bounded).
     pub async fn leave(&self) {
-        if let Some(task) = lock_write(&self.watcher).take() {
+        if let Some(task) = self.watcher.write().take() {
             task.abort();
         }
-        let membership = lock_write(&self.membership).take();
+        let membership = self.membership.write().take();
         if let Some(m) = membership {
             m.shutdown().await;
         }
@@ -621,7 +613,7 @@ impl Cluster {
 
 impl PeerPicker for Cluster {
     fn pick(&self, key: &str) -> Option<Arc<dyn RemotePeer>> {
-        let view = lock_read(&self.view).clone();
+        let view = self.view.read().clone();
         let owner = view.ring.owner(key)?;
         if owner == self.self_addr {
             return None;
@@ -632,7 +624,7 @@ impl PeerPicker for Cluster {
     }
 
     fn others(&self) -> Vec<Arc<dyn RemotePeer>> {
-        let view = lock_read(&self.view).clone();
+        let view = self.view.read().clone();
         view.peers
             .values()
             .map(|p| p.clone() as Arc<dyn RemotePeer>)
@@ -640,7 +632,7 @@ impl PeerPicker for Cluster {
     }
 
     fn previous_owners(&self, key: &str) -> Vec<Arc<dyn RemotePeer>> {
-        let Some(previous) = lock_read(&self.previous).clone() else {
+        let Some(previous) = self.previous.read().clone() else {
             return Vec::new();
         };
         if Instant::now() >= previous.until {
@@ -651,7 +643,7 @@ impl PeerPicker for Cluster {
         if owners.first().is_none_or(|o| *o == self.self_addr) {
             return Vec::new();
         }
-        let view = lock_read(&self.view).clone();
+        let view = self.view.read().clone();
         owners
             .into_iter()
             .filter(|o| *o != self.self_addr)
@@ -662,7 +654,7 @@ impl PeerPicker for Cluster {
     }
 
     fn successor(&self, key: &str) -> Option<Arc<dyn RemotePeer>> {
-        let view = lock_read(&self.view).clone();
+        let view = self.view.read().clone();
         let next = view.ring.owners(key, 2).into_iter().nth(1)?;
         if next == self.self_addr {
             return None;

@@ -1,10 +1,11 @@
 //! The replay guard: the nonces of the signed requests a node accepted, by signing second,
 //! for as long as their date can be accepted, in a bounded, compact ring.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use super::auth::{AuthError, MAX_CLOCK_SKEW, MAX_REMEMBERED_NONCES, NONCE_WINDOW, unix_now_ms};
 
@@ -136,7 +137,7 @@ fn still_acceptable(date: u64, now: u64) -> bool {
 
 impl fmt::Debug for ReplayGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let held = self.lock().held;
+        let held = self.state.lock().held;
         f.debug_struct("ReplayGuard")
             .field("held", &held)
             .field("capacity", &self.capacity)
@@ -180,11 +181,6 @@ impl ReplayGuard {
         self.started_ms.div_ceil(1000)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Nonces> {
-        // The ring is consistent between statements: a panic elsewhere leaves it usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Remembers `nonce`, signed at `date`, seen at `now` (unix seconds; the caller has checked
     /// that `date` is within [`MAX_CLOCK_SKEW`] of `now`).
     ///
@@ -212,7 +208,7 @@ impl ReplayGuard {
                 skew_secs: now - date,
             });
         }
-        let mut nonces = self.lock();
+        let mut nonces = self.state.lock();
         let slot = (date % RING as u64) as usize;
         if nonces.ring[slot].date == date && nonces.ring[slot].contains(nonce) {
             return Err(AuthError::Replayed);
@@ -253,7 +249,7 @@ mod tests {
         for &n in &nonces {
             assert_eq!(guard.check(n, DATE, DATE), Err(AuthError::Replayed));
         }
-        let state = guard.lock();
+        let state = guard.state.lock();
         let slot = &state.ring[(DATE % RING as u64) as usize];
         assert_eq!(slot.sorted.len(), 3 * MERGE_AT);
         assert!(slot.sorted.windows(2).all(|w| w[0] < w[1]));

@@ -22,8 +22,9 @@
 //! Idle instances across all plugins are capped ([`IdleBudget`]), so that the pooling allocator,
 //! sized for calls in flight plus idle instances, never runs out of slots.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use wasmtime::Store;
 
@@ -169,11 +170,7 @@ impl<I> Pool<I> {
         if self.policy.mode == InstanceMode::Fresh {
             return None;
         }
-        let warm = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let warm = self.idle.lock().pop();
         if warm.is_some() {
             self.budget.release(1);
         }
@@ -194,7 +191,7 @@ impl<I> Pool<I> {
         if keep {
             // Drop outside the lock if the pool turned out to be full: dropping a store
             // returns its memory to the allocator, which is not free.
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut idle = self.idle.lock();
             if idle.len() < self.budget.cap {
                 idle.push(warm);
                 return;
@@ -209,23 +206,20 @@ impl<I> Pool<I> {
     /// the calls that were running on it.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        let idle = std::mem::take(&mut *self.idle.lock());
         self.budget.release(idle.len());
         drop(idle);
     }
 
     /// Idle instances of this plugin right now.
     pub fn idle(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.idle.lock().len()
     }
 }
 
 impl<I> Drop for Pool<I> {
     fn drop(&mut self) {
-        let idle = self.idle.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let idle = self.idle.get_mut();
         self.budget.release(idle.len());
     }
 }

@@ -20,10 +20,11 @@
 //! swaps it in everywhere only once every node has it ([`Plugins::commit_staged`]), so no node
 //! is left unable to load what the others run.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -109,19 +110,15 @@ pub struct PluginEntry {
     reloading: tokio::sync::Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl PluginEntry {
     /// The current version's identity.
     pub fn info(&self) -> Arc<VersionInfo> {
-        lock(&self.info).clone()
+        self.info.lock().clone()
     }
 
     /// The file the plugin is known by.
     pub fn path(&self) -> PathBuf {
-        lock(&self.path).clone()
+        self.path.lock().clone()
     }
 
     /// Successful reloads so far.
@@ -428,10 +425,10 @@ impl Plugins {
             )));
         }
         if let Some(path) = path {
-            *lock(&entry.path) = path;
+            *entry.path.lock() = path;
         }
         let info = Arc::new(info);
-        *lock(&entry.info) = info.clone();
+        *entry.info.lock() = info.clone();
         entry.reloads.fetch_add(1, Ordering::Relaxed);
         if info.source != previous.source {
             self.sources.send_modify(|n| *n += 1);
@@ -529,7 +526,9 @@ impl Plugins {
         let _one_at_a_time = entry.reloading.lock().await;
         let prepared = self.prepare(name, Candidate::Bytes(bytes)).await;
         let prepared = self.counted(&entry, prepared)?;
-        lock(&self.staged).insert(name.to_string(), (prepared, Instant::now()));
+        self.staged
+            .lock()
+            .insert(name.to_string(), (prepared, Instant::now()));
         // A rollout whose coordinator died between the phases leaves it here: drop it later.
         let (this, name, sha256) = (Arc::downgrade(self), name.to_string(), sha256.to_string());
         tokio::spawn(async move {
@@ -537,7 +536,7 @@ impl Plugins {
             let Some(plugins) = this.upgrade() else {
                 return;
             };
-            let mut staged = lock(&plugins.staged);
+            let mut staged = plugins.staged.lock();
             let expired = staged
                 .get(&name)
                 .is_some_and(|(p, at)| p.sha256() == sha256 && at.elapsed() >= STAGED_TTL);
@@ -558,7 +557,7 @@ impl Plugins {
         let entry = self.get(name)?.clone();
         let _one_at_a_time = entry.reloading.lock().await;
         let prepared = {
-            let mut staged = lock(&self.staged);
+            let mut staged = self.staged.lock();
             match staged.remove(name) {
                 Some((p, at)) if p.sha256() == sha256 && at.elapsed() < STAGED_TTL => Some(p),
                 Some(other) => {
@@ -579,7 +578,7 @@ impl Plugins {
 
     /// Drops the version of plugin `name` staged with `sha256`, if it is still staged.
     pub fn abort_staged(&self, name: &str, sha256: &str) -> bool {
-        let mut staged = lock(&self.staged);
+        let mut staged = self.staged.lock();
         if staged.get(name).is_some_and(|(p, _)| p.sha256() == sha256) {
             staged.remove(name);
             true
@@ -612,13 +611,7 @@ async fn takes_levels(
     new: &Arc<WasmCompressor>,
     old: &Reloadable<WasmCompressor>,
 ) -> std::result::Result<(), String> {
-    let levels: Vec<i32> = old
-        .levels
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .copied()
-        .collect();
+    let levels: Vec<i32> = old.levels.lock().iter().copied().collect();
     if levels.is_empty() {
         return Ok(());
     }

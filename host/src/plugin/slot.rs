@@ -2,8 +2,9 @@
 //! and codecs call through, as a getter, storage backend or compressor), and [`Slot`] is that,
 //! by kind. A reload swaps the version in the slot (see `registry.rs`).
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -100,10 +101,7 @@ impl Compressor for Reloadable<WasmCompressor> {
     fn check_level(&self, level: Option<i32>) -> std::result::Result<(), CodecError> {
         self.current().check_level(level)?;
         if let Some(level) = level {
-            self.levels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(level);
+            self.levels.lock().insert(level);
         }
         Ok(())
     }

@@ -10,10 +10,11 @@
 //! dir/x.wasm.tmp && mv dir/x.wasm.tmp dir/x.wasm`): a file written in place may be read
 //! half-written, which is refused (not a component) and then reloaded when the writes settle.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
@@ -82,7 +83,7 @@ pub fn watch(plugins: Arc<Plugins>) -> Result<PluginWatch, String> {
         if event.kind.is_access() {
             return;
         }
-        let names = event_names.lock().unwrap_or_else(PoisonError::into_inner);
+        let names = event_names.lock();
         let ours = event
             .paths
             .iter()
@@ -132,7 +133,7 @@ pub fn watch(plugins: Arc<Plugins>) -> Result<PluginWatch, String> {
                         let _ = watcher.unwatch(dir);
                     }
                     dirs = now.dirs;
-                    *names.lock().unwrap_or_else(PoisonError::into_inner) = now.names;
+                    *names.lock() = now.names;
                 }
             }
         }

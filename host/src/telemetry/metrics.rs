@@ -21,8 +21,9 @@
 //! (a ring member), op, route (the axum route template), method, status, outcome (an error
 //! code), state. Never a key.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, MeterProvider as _};
@@ -77,10 +78,6 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn seconds(d: Duration) -> f64 {
@@ -175,10 +172,10 @@ impl Metrics {
                 .or_default()
                 .push((labels, sample.value));
         }
-        let _one_at_a_time = lock(&self.inner.rendering);
-        *lock(&self.inner.observed) = Some(Arc::new(observed));
+        let _one_at_a_time = self.inner.rendering.lock();
+        *self.inner.observed.lock() = Some(Arc::new(observed));
         let families = self.inner.registry.gather();
-        *lock(&self.inner.observed) = None;
+        *self.inner.observed.lock() = None;
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&families, &mut out)
@@ -331,7 +328,7 @@ fn observe(
 ) {
     let observed = observed.clone();
     let callback = move |o: &dyn AsyncInstrument<f64>| {
-        let samples = lock(&observed).clone();
+        let samples = observed.lock().clone();
         if let Some(series) = samples.as_deref().and_then(|s| s.get(name)) {
             for (labels, value) in series {
                 o.observe(*value, labels);

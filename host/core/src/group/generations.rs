@@ -20,9 +20,7 @@ impl Core {
 
     pub(super) fn generation_lock(&self, key: &str) -> MutexGuard<'_, u64> {
         let shard = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % len64(self.generations.len());
-        self.generations[usize::try_from(shard).unwrap_or(0)]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.generations[usize::try_from(shard).unwrap_or(0)].lock()
     }
 
     /// Caches `found` in `tier`, with the TTL policy of that tier and the stale window its

@@ -36,9 +36,10 @@
 //! behind it. Each worker stops at it; the last to arrive asks the backend to clear the group,
 //! and then all go on. Until the clear has finished, every read treats the tier as a miss.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{Barrier, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use xxhash_rust::xxh3::xxh3_64;
@@ -178,8 +179,8 @@ struct Pending {
 }
 
 impl Pending {
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyPending>> {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    fn keys(&self) -> parking_lot::MutexGuard<'_, HashMap<String, KeyPending>> {
+        self.keys.lock()
     }
 
     fn add(&self, key: &str, op: &Op) {
@@ -540,11 +541,7 @@ async fn worker(
                         }
                     }
                     pending.clear_done();
-                    let done = clear
-                        .done
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
+                    let done = clear.done.lock().take();
                     if let Some(done) = done {
                         let _ = done.send(result);
                     }

@@ -377,11 +377,8 @@ impl Group {
     /// [`Group::flush_memory`], of the hot cache only unless `main` is set.
     pub(super) fn flush_memory_with<T>(&self, under_locks: impl FnOnce() -> T, main: bool) -> T {
         let core = &self.core;
-        let mut shards: Vec<MutexGuard<'_, u64>> = core
-            .generations
-            .iter()
-            .map(|g| g.lock().unwrap_or_else(PoisonError::into_inner))
-            .collect();
+        let mut shards: Vec<MutexGuard<'_, u64>> =
+            core.generations.iter().map(|g| g.lock()).collect();
         for generation in &mut shards {
             **generation += 1;
         }

@@ -48,10 +48,11 @@
 //! Files: this one holds the registration task; `options.rs` how to reach etcd (endpoints,
 //! TLS, user, timeouts); `admission.rs` which registry entries become members.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
@@ -149,7 +150,7 @@ impl Task {
 }
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+    slot.lock().take()
 }
 
 /// Connects, registers, lists and watches (all within `connect_timeout`), then leaves the rest

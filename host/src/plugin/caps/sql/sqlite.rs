@@ -24,8 +24,8 @@
 //! - **Clean connections.** A connection goes back to the idle pool only in autocommit mode
 //!   with no handler left behind; anything else is closed.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use rusqlite::config::DbConfig;
@@ -251,7 +251,7 @@ impl SqlDb {
     }
 
     fn take(&self) -> Result<Connection, String> {
-        let idle = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+        let idle = self.idle.lock().pop();
         match idle {
             Some(conn) => Ok(conn),
             None => self.connect(),
@@ -265,9 +265,8 @@ impl SqlDb {
             tracing::warn!(db = %self.path.display(), "closing a connection left inside a transaction");
             return;
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE_CONNECTIONS
-        {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
         }
     }
@@ -656,7 +655,7 @@ mod tests {
             refused(&db, statement);
         }
         // The pool's connections are still in autocommit mode and still answer.
-        for conn in db.idle.lock().unwrap().iter() {
+        for conn in db.idle.lock().iter() {
             assert!(conn.is_autocommit());
         }
         let rows = db
