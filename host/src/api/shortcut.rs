@@ -112,7 +112,7 @@ impl Shortcut {
 
     /// The answer of a connection in the probes' reserve: the probes answered as usual, the
     /// rest refused; either way the connection closes after it.
-    fn reserve_answer<B>(&self, req: axum::http::Request<B>, why: Crowded) -> Answer
+    fn reserve_answer<B>(&self, req: axum::http::Request<B>, why: Crowded) -> ShortcutFuture
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -121,7 +121,7 @@ impl Shortcut {
             req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz");
         let routed =
             probe.then(|| tower::Service::call(&mut self.router.clone(), req.map(Body::new)));
-        Answer::Direct(Box::pin(async move {
+        ShortcutFuture::Direct(Box::pin(async move {
             let mut response = match routed {
                 Some(routed) => match routed.await {
                     Ok(response) => response,
@@ -197,7 +197,7 @@ fn classic_query(query: &str) -> Option<(Option<&str>, &str)> {
 
 impl Shortcut {
     /// The answer to `req`: [`get_value`]'s for a plain GET, the router's for the rest.
-    fn answer<B>(&self, req: axum::http::Request<B>) -> Answer
+    fn answer<B>(&self, req: axum::http::Request<B>) -> ShortcutFuture
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -207,12 +207,12 @@ impl Shortcut {
             return self.reserve_answer(req, why);
         }
         if let Some(limited) = self.guard.rate_check(&self.conn, req.uri().path()) {
-            return Answer::Direct(Box::pin(std::future::ready(limited)));
+            return ShortcutFuture::Direct(Box::pin(std::future::ready(limited)));
         }
         let state = &self.state;
         if let Some(refused) = super::access::host_refusal(&state.inner.options.access, &req) {
             self.guard.counters().wrong_host();
-            return Answer::Direct(Box::pin(std::future::ready(refused)));
+            return ShortcutFuture::Direct(Box::pin(std::future::ready(refused)));
         }
         let Some(get) = plain_get(&req, &state.inner.options.access) else {
             let mut req = req.map(Body::new);
@@ -220,7 +220,7 @@ impl Shortcut {
                 req.extensions_mut().insert(identity.clone());
             }
             req.extensions_mut().insert(self.conn.clone());
-            return Answer::Routed(tower::Service::call(&mut self.router.clone(), req));
+            return ShortcutFuture::Routed(tower::Service::call(&mut self.router.clone(), req));
         };
         let group = get.group.unwrap_or(&state.inner.default_group).to_owned();
         let (key, route) = (get.key.to_owned(), get.route);
@@ -230,7 +230,7 @@ impl Shortcut {
         let metrics = self.metrics.clone();
         let (guard, conn) = (self.guard.clone(), self.conn.clone());
         let started = Instant::now();
-        Answer::Direct(Box::pin(async move {
+        ShortcutFuture::Direct(Box::pin(async move {
             let response = get_value(&state, &group, &key, accepted, trace)
                 .await
                 .into_response();
@@ -245,9 +245,9 @@ impl Shortcut {
 impl hyper::service::Service<Request<Incoming>> for Shortcut {
     type Response = Response;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = ShortcutFuture;
 
-    fn call(&self, req: Request<Incoming>) -> Answer {
+    fn call(&self, req: Request<Incoming>) -> ShortcutFuture {
         self.answer(req)
     }
 }
@@ -256,14 +256,14 @@ impl hyper::service::Service<Request<Incoming>> for Shortcut {
 impl tower::Service<Request> for Shortcut {
     type Response = Response;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = ShortcutFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The router is always ready; `answer` calls a clone of it.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Answer {
+    fn call(&mut self, req: Request) -> ShortcutFuture {
         self.answer(req)
     }
 }
@@ -271,20 +271,20 @@ impl tower::Service<Request> for Shortcut {
 /// What [`Shortcut`] answers: the router's answer, or its own.
 #[allow(missing_debug_implementations)] // a future, polled and dropped, never printed
 #[allow(clippy::large_enum_variant)] // one per request, in place: boxing the router's would allocate
-pub enum Answer {
+pub enum ShortcutFuture {
     /// Through the router.
     Routed(axum::routing::future::RouteFuture<Infallible>),
     /// A plain GET answered here.
     Direct(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
-impl Future for Answer {
+impl Future for ShortcutFuture {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Answer::Routed(f) => Pin::new(f).poll(cx),
-            Answer::Direct(f) => Poll::Ready(Ok(ready!(f.as_mut().poll(cx)))),
+            ShortcutFuture::Routed(f) => Pin::new(f).poll(cx),
+            ShortcutFuture::Direct(f) => Poll::Ready(Ok(ready!(f.as_mut().poll(cx)))),
         }
     }
 }

@@ -75,7 +75,7 @@ const IN_FLIGHT: usize = 1;
 const WAIT_FOR_ANSWER: Duration = Duration::from_micros(500);
 
 /// What one get comes to.
-type Answer = Result<Option<PeerEntry>, PeerError>;
+type KeyResult = Result<Option<PeerEntry>, PeerError>;
 
 /// The lanes of one peer, by group.
 #[derive(Debug)]
@@ -124,7 +124,7 @@ impl Drop for Sent {
 #[derive(Debug)]
 struct Waiter {
     key: String,
-    answer: oneshot::Sender<Answer>,
+    answer: oneshot::Sender<KeyResult>,
 }
 
 impl Coalescer {
@@ -154,7 +154,7 @@ impl Coalescer {
         core: &Arc<PeerCore>,
         group: &str,
         key: &str,
-    ) -> Answer {
+    ) -> KeyResult {
         if self.max_keys <= 1 {
             return core.client.get(group, key).await;
         }
@@ -342,7 +342,7 @@ async fn send(core: Arc<PeerCore>, group: String, batch: Vec<Waiter>) {
     let keys: Vec<String> = batch.iter().map(|w| w.key.clone()).collect();
     match core.coalesced_batch(&group, &keys).await {
         Ok(items) => {
-            let items: HashMap<String, Answer> = items.into_iter().collect();
+            let items: HashMap<String, KeyResult> = items.into_iter().collect();
             for w in batch {
                 let answer = items.get(&w.key).cloned().unwrap_or_else(|| {
                     Err(PeerError::Decode {
@@ -501,7 +501,7 @@ mod tests {
         })
     }
 
-    fn value(answer: &Answer) -> String {
+    fn value(answer: &KeyResult) -> String {
         let entry = answer.as_ref().unwrap().as_ref().unwrap();
         String::from_utf8(entry.value.to_vec()).unwrap()
     }

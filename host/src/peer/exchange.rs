@@ -101,7 +101,7 @@ pub(super) struct Outgoing {
 
 /// An answer that may be used: the request was unsigned, or the answer's signature checked.
 #[derive(Debug)]
-pub(super) struct Answer {
+pub(super) struct Received {
     pub(super) status: StatusCode,
     /// The answer's `Retry-After`, capped (see [`retry_after`]).
     pub(super) retry_after: Option<Duration>,
@@ -136,7 +136,7 @@ impl Exchange<'_> {
     ///
     /// # Errors
     /// Why no answer may be used ([`Failed`]). An error answer (4xx, 5xx) is an answer.
-    pub(super) async fn send(&self, target: &Target, request: &Outgoing) -> Result<Answer, Failed> {
+    pub(super) async fn send(&self, target: &Target, request: &Outgoing) -> Result<Received, Failed> {
         let mut deadline = tokio::time::Instant::now() + request.timeout;
         let mut broken_retried = false;
         let mut refusal_retried = false;
@@ -164,7 +164,7 @@ impl Exchange<'_> {
     }
 
     /// One attempt of [`Exchange::send`], unbounded in time (the caller bounds it).
-    async fn once(&self, target: &Target, outgoing: &Outgoing) -> Result<Answer, Attempt> {
+    async fn once(&self, target: &Target, outgoing: &Outgoing) -> Result<Received, Attempt> {
         let uri = Uri::builder()
             .scheme(target.scheme.clone())
             .authority(target.uri_authority.clone())
@@ -209,7 +209,7 @@ impl Exchange<'_> {
             tracing::warn!(peer = %target.base, status = status.as_u16(), "an answer without a valid signature; not used");
             return Err(Attempt::No(Failed::Unsigned));
         }
-        Ok(Answer {
+        Ok(Received {
             status,
             retry_after,
             body,

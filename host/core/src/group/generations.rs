@@ -3,8 +3,8 @@
 
 use super::*;
 
-impl Core {
-    /// The write generation of `key`'s shard; see [`Core::generations`].
+impl Inner {
+    /// The write generation of `key`'s shard; see [`Inner::generations`].
     pub(super) fn generation(&self, key: &str) -> u64 {
         *self.generation_lock(key)
     }
@@ -31,7 +31,7 @@ impl Core {
     /// key's shard lock, so no write can slip in between.
     pub(super) fn remember(
         &self,
-        tier: Tier,
+        tier: CacheKind,
         key: &str,
         found: Option<(&Stored, Option<u64>)>,
         generation: u64,
@@ -64,8 +64,8 @@ impl Core {
             self.store_in_background(key, stored, expires_at_ms);
         }
         let expires_at_ms = match tier {
-            Tier::Main => expires_at_ms,
-            Tier::Hot => {
+            CacheKind::Main => expires_at_ms,
+            CacheKind::Hot => {
                 let cap = now.saturating_add(ms(o.hot_ttl));
                 Some(expires_at_ms.map_or(cap, |e| e.min(cap)))
             }

@@ -2,7 +2,7 @@
 //! next owners, and its copies of other nodes' keys to their owners ([`Groups::hand_off`]),
 //! which keep them ([`Group::take_handoff`]).
 //! Where they help: a node whose request to a key's owner failed (the owner is down) asks the
-//! key's next owner before it loads ([`Core::load_from_successor`]), and a node that comes back
+//! key's next owner before it loads ([`Inner::load_from_successor`]), and a node that comes back
 //! at the same address takes its keys back from there (warm handoff on joining, `load.rs`).
 
 use std::collections::hash_map::Entry as Slot;
@@ -60,17 +60,17 @@ impl Groups {
 impl Group {
     /// [`Groups::hand_off`] for this group, spending `budget`.
     pub async fn hand_off(&self, budget: &mut u64, deadline: tokio::time::Instant) -> HandedOff {
-        let core = &self.core;
+        let inner = &self.inner;
         let mut report = HandedOff::default();
-        let Some(peers) = core.peers.as_ref() else {
+        let Some(peers) = inner.peers.as_ref() else {
             return report;
         };
         // Chosen first, sent after: the caches' iterators are not held across the sends. The
         // main cache's values first, then the hot copies.
         let mut chosen = Vec::new();
-        let now = core.clock.now_ms();
-        for tier in [Tier::Main, Tier::Hot] {
-            for (key, entry) in core.cache(tier).fresh_entries(now) {
+        let now = inner.clock.now_ms();
+        for tier in [CacheKind::Main, CacheKind::Hot] {
+            for (key, entry) in inner.cache(tier).fresh_entries(now) {
                 let Cached::Value(stored) = &entry.cached else {
                     continue;
                 };
@@ -116,8 +116,8 @@ impl Group {
                 report += self.send_handoff(batch, deadline).await;
             }
         }
-        add(&core.stats.handoff_pushed, report.entries);
-        add(&core.stats.handoff_push_skipped, report.skipped);
+        add(&inner.stats.handoff_pushed, report.entries);
+        add(&inner.stats.handoff_push_skipped, report.skipped);
         report
     }
 
@@ -131,7 +131,7 @@ impl Group {
         if tokio::time::Instant::now() >= deadline {
             return failed;
         }
-        let sent = batch.peer.take_handoff(&self.core.name, batch.entries);
+        let sent = batch.peer.take_handoff(&self.inner.name, batch.entries);
         match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(_kept)) => HandedOff {
                 entries: count,
@@ -139,11 +139,11 @@ impl Group {
                 skipped: 0,
             },
             Ok(Err(e)) => {
-                tracing::warn!(group = %self.core.name, peer = batch.peer.id(), error = %e, "handing entries to their next owner failed; they load again");
+                tracing::warn!(group = %self.inner.name, peer = batch.peer.id(), error = %e, "handing entries to their next owner failed; they load again");
                 failed
             }
             Err(_) => {
-                tracing::warn!(group = %self.core.name, peer = batch.peer.id(), "handing entries to their next owner ran past the shutdown grace; they load again");
+                tracing::warn!(group = %self.inner.name, peer = batch.peer.id(), "handing entries to their next owner ran past the shutdown grace; they load again");
                 failed
             }
         }
@@ -157,29 +157,29 @@ impl Group {
     /// # Errors
     /// None yet: a bad entry is skipped, never fails the others.
     pub async fn take_handoff(&self, entries: Vec<(String, PeerEntry)>) -> Result<usize> {
-        let core = &self.core;
+        let inner = &self.inner;
         let mut kept = 0;
         for (key, entry) in entries {
             if self.check_key(&key).is_err()
                 || entry
                     .expires_at_ms
-                    .is_some_and(|at| at <= core.clock.now_ms())
+                    .is_some_and(|at| at <= inner.clock.now_ms())
             {
                 continue;
             }
-            let tier = if core.peers.as_ref().is_some_and(|p| p.pick(&key).is_some()) {
-                Tier::Hot
+            let tier = if inner.peers.as_ref().is_some_and(|p| p.pick(&key).is_some()) {
+                CacheKind::Hot
             } else {
-                Tier::Main
+                CacheKind::Main
             };
-            if core.cache(tier).get(&key).is_some() {
+            if inner.cache(tier).get(&key).is_some() {
                 continue;
             }
-            let generation = core.generation(&key);
+            let generation = inner.generation(&key);
             let expires_at_ms = entry.expires_at_ms;
-            match core.accept(entry).await {
+            match inner.accept(entry).await {
                 Ok((_, stored)) => {
-                    core.remember(
+                    inner.remember(
                         tier,
                         &key,
                         Some((&stored.compacted(), expires_at_ms)),
@@ -190,16 +190,16 @@ impl Group {
                     kept += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(group = %core.name, error = %e, "a handed-over value does not decode; left out");
+                    tracing::warn!(group = %inner.name, error = %e, "a handed-over value does not decode; left out");
                 }
             }
         }
-        add(&core.stats.handoff_received, len64(kept));
+        add(&inner.stats.handoff_received, len64(kept));
         Ok(kept)
     }
 }
 
-impl Core {
+impl Inner {
     /// The owner failed: asks the key's next owner (where a stopping owner handed it over),
     /// within the handoff timeout, before the caller loads it. `None` when this node is the
     /// next owner (its caches missed already) or that node holds nothing.

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Core {
+impl Inner {
     /// Decodes a cached entry. A value that does not decode is dropped from `tier` (unless a
     /// newer entry replaced it meanwhile), counted and logged, and `Ok(None)` is returned so
     /// that the caller reloads it.
@@ -13,7 +13,7 @@ impl Core {
     /// slot): the value is fine, so it stays cached and this request fails.
     pub(super) async fn open(
         &self,
-        tier: Tier,
+        tier: CacheKind,
         key: &str,
         entry: &Arc<CacheEntry>,
     ) -> Result<Option<Found>> {
@@ -39,23 +39,23 @@ impl Core {
         }
     }
 
-    pub(super) fn cache(&self, tier: Tier) -> &Cache {
+    pub(super) fn cache(&self, tier: CacheKind) -> &Cache {
         match tier {
-            Tier::Main => &self.main,
-            Tier::Hot => &self.hot,
+            CacheKind::Main => &self.main,
+            CacheKind::Hot => &self.hot,
         }
     }
 
     /// Counts a hit in `tier`, and what kind of hit it was.
-    pub(super) fn count_hit(&self, tier: Tier, answer: &Answer) {
+    pub(super) fn count_hit(&self, tier: CacheKind, answer: &CachedValue) {
         bump(match tier {
-            Tier::Main => &self.stats.hits,
-            Tier::Hot => &self.stats.hot_hits,
+            CacheKind::Main => &self.stats.hits,
+            CacheKind::Hot => &self.stats.hot_hits,
         });
         match answer {
-            Answer::Encoded(_) => bump(&self.stats.encoded_replies),
-            Answer::Plain(None) => bump(&self.stats.negative_hits),
-            Answer::Plain(Some(_)) => {}
+            CachedValue::Encoded(_) => bump(&self.stats.encoded_replies),
+            CachedValue::Plain(None) => bump(&self.stats.negative_hits),
+            CachedValue::Plain(Some(_)) => {}
         }
     }
 
@@ -66,24 +66,24 @@ impl Core {
     /// goes out without a decode. Anything else is decoded.
     ///
     /// # Errors
-    /// See [`Core::open`].
+    /// See [`Inner::open`].
     pub(super) async fn lookup(&self, key: &str, accepted: &[&str]) -> Result<Looked> {
         let mut reason = MissReason::NeverSeen;
-        for tier in [Tier::Main, Tier::Hot] {
+        for tier in [CacheKind::Main, CacheKind::Hot] {
             let (entry, stale) = match self.cache(tier).lookup(key) {
                 Lookup::Fresh(entry) => (entry, false),
                 Lookup::Stale(entry) => (entry, true),
                 Lookup::Miss(why) => {
-                    if tier == Tier::Main {
+                    if tier == CacheKind::Main {
                         reason = why;
                     }
                     continue;
                 }
             };
             let answer = match encoded_reply(&entry, accepted) {
-                Some(reply) => Answer::Encoded(reply),
+                Some(reply) => CachedValue::Encoded(reply),
                 None => match self.open(tier, key, &entry).await? {
-                    Some(found) => Answer::Plain(found),
+                    Some(found) => CachedValue::Plain(found),
                     None => continue,
                 },
             };
@@ -136,11 +136,11 @@ impl Core {
         } else {
             &self.stats.stale_refreshes
         });
-        let core = self.clone();
+        let inner = self.clone();
         tokio::spawn(async move {
             if let Err(e) = refresh.await {
-                bump(&core.stats.refresh_errors);
-                tracing::warn!(group = %core.name, error = %e, "background refresh failed; the entry is answered as it is until its stale window ends");
+                bump(&inner.stats.refresh_errors);
+                tracing::warn!(group = %inner.name, error = %e, "background refresh failed; the entry is answered as it is until its stale window ends");
             }
         });
     }
@@ -412,7 +412,7 @@ impl Core {
         };
         if let Some((value, source)) = kept {
             self.remember(
-                Tier::Main,
+                CacheKind::Main,
                 key,
                 Some((&value.stored, value.expires_at_ms)),
                 generation,
@@ -423,7 +423,7 @@ impl Core {
         }
         let value = self.load_local(key).await?;
         self.remember(
-            Tier::Main,
+            CacheKind::Main,
             key,
             value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
             generation,
@@ -503,7 +503,7 @@ impl Core {
         let Some(entry) = entry else {
             bump(&self.stats.peer_loads);
             if self.hot_door.admit(key) {
-                self.remember(Tier::Hot, key, None, generation, false, None);
+                self.remember(CacheKind::Hot, key, None, generation, false, None);
             }
             return Some(None);
         };
@@ -516,7 +516,7 @@ impl Core {
                 // buffer, see `Stored::compacted`).
                 if self.hot_door.admit(key) {
                     self.remember(
-                        Tier::Hot,
+                        CacheKind::Hot,
                         key,
                         Some((&stored.compacted(), expires_at_ms)),
                         generation,
@@ -543,7 +543,7 @@ impl Core {
         if !refresh
             && let Looked::Hit {
                 tier,
-                answer: Answer::Plain(found),
+                answer: CachedValue::Plain(found),
                 ..
             } = self.lookup(&key, &[]).await?
         {
@@ -583,7 +583,7 @@ impl Core {
             None => (self.load_local(key).await?, Source::Getter),
         };
         self.remember(
-            Tier::Hot,
+            CacheKind::Hot,
             key,
             value.as_ref().map(|v| (&v.stored, v.expires_at_ms)),
             generation,
@@ -603,7 +603,7 @@ impl Core {
     ) -> Result<Sourced> {
         if let Looked::Hit {
             tier,
-            answer: Answer::Plain(found),
+            answer: CachedValue::Plain(found),
             ..
         } = self.lookup(&key, &[]).await?
         {

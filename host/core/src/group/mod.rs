@@ -89,33 +89,33 @@ pub struct OwnerAnswer {
 
 /// Where an answer came from, so the singleflight leader knows which cache to fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Tier {
+pub(super) enum CacheKind {
     /// This node owns the key: the main cache.
     Main,
     /// A copy of another node's key: the hot cache.
     Hot,
 }
 
-impl Tier {
+impl CacheKind {
     /// What an answer from this tier's cache reports as its source.
     fn source(self) -> Source {
         match self {
-            Tier::Main => Source::Main,
-            Tier::Hot => Source::Hot,
+            CacheKind::Main => Source::Main,
+            CacheKind::Hot => Source::Hot,
         }
     }
 
     /// The tier's name in spans and metric labels.
     fn label(self) -> &'static str {
         match self {
-            Tier::Main => "main",
-            Tier::Hot => "hot",
+            CacheKind::Main => "main",
+            CacheKind::Hot => "hot",
         }
     }
 }
 
 /// What a cache hit answers.
-pub(super) enum Answer {
+pub(super) enum CachedValue {
     /// The stored payload as it is, in a content coding the client accepts.
     Encoded(Reply),
     /// The plain value with its expiry, or a remembered "no such key".
@@ -128,17 +128,17 @@ type Found = Option<(Bytes, Option<u64>)>;
 /// A client load's result and where it came from.
 type Sourced = (Found, Source);
 
-/// What [`Core::lookup`] found in the caches.
+/// What [`Inner::lookup`] found in the caches.
 pub(super) enum Looked {
     /// A live entry of `tier`.
     Hit {
-        tier: Tier,
-        answer: Answer,
+        tier: CacheKind,
+        answer: CachedValue,
         /// The entry's expiry, for refresh-ahead.
         expires_at_ms: Option<u64>,
     },
     /// An entry past its expiry, within its stale window.
-    Stale { answer: Answer },
+    Stale { answer: CachedValue },
     /// Neither tier can answer; the main tier's reason.
     Miss(MissReason),
 }
@@ -159,7 +159,7 @@ struct Value {
 }
 
 /// Everything a load needs, shared with in-flight loads (which outlive a cancelled caller).
-struct Core {
+struct Inner {
     /// The group's name, part of every API path.
     name: String,
     /// Loads keys this node owns.
@@ -194,7 +194,7 @@ struct Core {
 /// A named cache namespace. Cheap to share (`Arc<Group>`); built by [`Group::builder`].
 pub struct Group {
     /// State shared with in-flight loads.
-    core: Arc<Core>,
+    inner: Arc<Inner>,
     /// Collapses concurrent client misses of one key into one load (and background refreshes
     /// with them).
     flights: Singleflight<Sourced, Error>,
@@ -206,10 +206,10 @@ pub struct Group {
 impl fmt::Debug for Group {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Group")
-            .field("name", &self.core.name)
-            .field("getter", &self.core.getter.name())
-            .field("storage", &self.core.storage)
-            .field("options", &self.core.options)
+            .field("name", &self.inner.name)
+            .field("getter", &self.inner.getter.name())
+            .field("storage", &self.inner.storage)
+            .field("options", &self.inner.options)
             .finish_non_exhaustive()
     }
 }
@@ -234,7 +234,7 @@ fn peer_entry(stored: &Stored, expires_at_ms: Option<u64>) -> PeerEntry {
     }
 }
 
-/// Shards of [`Core::generations`]: enough that unrelated writes rarely stop a load from caching.
+/// Shards of [`Inner::generations`]: enough that unrelated writes rarely stop a load from caching.
 const GENERATION_SHARDS: usize = 256;
 
 fn len64(n: usize) -> u64 {

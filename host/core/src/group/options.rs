@@ -134,7 +134,7 @@ impl GroupBuilder {
         let main = cache(o.cache_bytes, "main").miss_reasons().build();
         let hot = cache(o.hot_cache_bytes, "hot").build();
         Ok(Group {
-            core: Arc::new(Core {
+            inner: Arc::new(Inner {
                 name: self.name,
                 getter: self.getter,
                 storage,

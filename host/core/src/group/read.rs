@@ -6,12 +6,12 @@ use super::*;
 impl Group {
     /// The group's name.
     pub fn name(&self) -> &str {
-        &self.core.name
+        &self.inner.name
     }
 
     /// The group's options.
     pub fn options(&self) -> &GroupOptions {
-        &self.core.options
+        &self.inner.options
     }
 
     /// Checks a key against the group's limits.
@@ -19,7 +19,7 @@ impl Group {
     /// # Errors
     /// [`Error::BadRequest`] for an empty key, [`Error::KeyTooLarge`] past the limit.
     pub fn check_key(&self, key: &str) -> Result<()> {
-        let limit = self.core.options.max_key_bytes;
+        let limit = self.inner.options.max_key_bytes;
         if key.is_empty() {
             return Err(Error::BadRequest("the key must not be empty".into()));
         }
@@ -61,7 +61,7 @@ impl Group {
         // The key goes on the span only at debug level: traces at info carry no keys.
         let span = tracing::info_span!(
             "geecache.group.get",
-            group = self.core.name.as_str(),
+            group = self.inner.name.as_str(),
             answered_by = tracing::field::Empty,
             shared = tracing::field::Empty,
             key = tracing::field::Empty,
@@ -86,64 +86,64 @@ impl Group {
         span: &tracing::Span,
     ) -> Result<Reply> {
         self.check_key(key)?;
-        let core = &self.core;
-        bump(&core.stats.gets);
+        let inner = &self.inner;
+        bump(&inner.stats.gets);
         // Recording on a disabled span still looks the field up (and, with `tracing`'s `log`
         // feature, may consult `log`): skip it when no layer wants the span.
         let traced = !span.is_disabled();
-        let (found, source) = match core.lookup(key, accepted).await? {
+        let (found, source) = match inner.lookup(key, accepted).await? {
             Looked::Hit {
                 tier,
                 answer,
                 expires_at_ms,
             } => {
-                core.count_hit(tier, &answer);
+                inner.count_hit(tier, &answer);
                 if traced {
                     span.record("answered_by", tier.label());
                 }
-                if core.refresh_due(expires_at_ms) {
+                if inner.refresh_due(expires_at_ms) {
                     self.refresh_in_background(key, true);
                 }
                 match answer {
-                    Answer::Encoded(reply) => {
+                    CachedValue::Encoded(reply) => {
                         return Ok(Reply {
                             source: tier.source(),
                             ..reply
                         });
                     }
-                    Answer::Plain(found) => (found, tier.source()),
+                    CachedValue::Plain(found) => (found, tier.source()),
                 }
             }
             Looked::Stale { answer, .. } => {
                 // Answered at once; one refresh per key (here, or at the owner through it).
-                core.count_miss(key, MissReason::StaleRefresh);
+                inner.count_miss(key, MissReason::StaleRefresh);
                 if traced {
                     span.record("answered_by", "stale");
                 }
                 self.refresh_in_background(key, false);
                 match answer {
-                    Answer::Encoded(reply) => {
+                    CachedValue::Encoded(reply) => {
                         return Ok(Reply {
                             source: Source::Stale,
                             ..reply
                         });
                     }
-                    Answer::Plain(found) => (found, Source::Stale),
+                    CachedValue::Plain(found) => (found, Source::Stale),
                 }
             }
             Looked::Miss(reason) => {
-                core.count_miss(key, reason);
+                inner.count_miss(key, reason);
                 if traced {
                     span.record("answered_by", "load");
                 }
                 // Only the leader calls the closure, so only a real load gets a load span.
-                let generation = core.generation(key);
+                let generation = inner.generation(key);
                 let flight = self
                     .flights
                     .run(&flight_key(generation, key), || {
                         let load =
-                            tracing::info_span!("geecache.group.load", group = core.name.as_str());
-                        core.clone()
+                            tracing::info_span!("geecache.group.load", group = inner.name.as_str());
+                        inner.clone()
                             .load(key.to_owned(), generation, false)
                             .instrument(load)
                     })
@@ -152,7 +152,7 @@ impl Group {
                     span.record("shared", flight.shared);
                 }
                 if flight.shared {
-                    bump(&core.stats.loads_deduplicated);
+                    bump(&inner.stats.loads_deduplicated);
                 }
                 flight.result.map_err(|e| (*e).clone())?
             }
@@ -173,7 +173,7 @@ impl Group {
     /// (stale-if-error).
     fn refresh_in_background(&self, key: &str, ahead: bool) {
         if self
-            .core
+            .inner
             .peers
             .as_ref()
             .is_none_or(|peers| peers.pick(key).is_none())
@@ -183,21 +183,21 @@ impl Group {
             self.refresh_as_owner_in_background(key, ahead);
             return;
         }
-        let (core, generation) = (self.core.clone(), self.core.generation(key));
+        let (inner, generation) = (self.inner.clone(), self.inner.generation(key));
         let refresh = self.flights.start(&flight_key(generation, key), || {
-            core.load(key.to_owned(), generation, true)
+            inner.load(key.to_owned(), generation, true)
         });
-        self.core.spawn_refresh(refresh, ahead);
+        self.inner.spawn_refresh(refresh, ahead);
     }
 
     /// [`Group::refresh_in_background`] at the owner, for a peer's request: in the owner's
     /// singleflight.
     fn refresh_as_owner_in_background(&self, key: &str, ahead: bool) {
-        let (core, generation) = (self.core.clone(), self.core.generation(key));
+        let (inner, generation) = (self.inner.clone(), self.inner.generation(key));
         let refresh = self.owner_flights.start(&flight_key(generation, key), || {
-            core.load_as_owner(key.to_owned(), generation, true)
+            inner.load_as_owner(key.to_owned(), generation, true)
         });
-        self.core.spawn_refresh(refresh, ahead);
+        self.inner.spawn_refresh(refresh, ahead);
     }
 
     /// For a batch: asks the owners of `keys` for the keys they own that this node does not
@@ -207,15 +207,15 @@ impl Group {
     /// normal get path). A request that fails fails each of its keys: they are loaded locally,
     /// as a single get's would be.
     pub async fn owner_answers(&self, keys: &[String]) -> HashMap<String, OwnerAnswer> {
-        let core = &self.core;
-        let Some(peers) = &core.peers else {
+        let inner = &self.inner;
+        let Some(peers) = &inner.peers else {
             return HashMap::new();
         };
         let mut by_owner: HashMap<String, (Arc<dyn RemotePeer>, Vec<String>)> = HashMap::new();
         for key in keys {
             if self.check_key(key).is_err()
-                || core.main.get(key).is_some()
-                || core.hot.get(key).is_some()
+                || inner.main.get(key).is_some()
+                || inner.hot.get(key).is_some()
             {
                 continue;
             }
@@ -227,9 +227,9 @@ impl Group {
                     .push(key.clone());
             }
         }
-        let timeout = core.options.peer_timeout;
+        let timeout = inner.options.peer_timeout;
         let asked = by_owner.into_iter().map(|(id, (peer, keys))| async move {
-            let answer = tokio::time::timeout(timeout, peer.batch_get(&core.name, &keys)).await;
+            let answer = tokio::time::timeout(timeout, peer.batch_get(&inner.name, &keys)).await;
             let items: Vec<(String, OwnerItem)> = match answer {
                 Ok(Ok(items)) => items,
                 Ok(Err(e)) => keys
@@ -273,36 +273,36 @@ impl Group {
             return self.get(key).await;
         };
         self.check_key(key)?;
-        let core = &self.core;
-        bump(&core.stats.gets);
-        match core.lookup(key, &[]).await? {
+        let inner = &self.inner;
+        bump(&inner.stats.gets);
+        match inner.lookup(key, &[]).await? {
             Looked::Hit { tier, answer, .. } => {
-                core.count_hit(tier, &answer);
-                if let Answer::Plain(found) = answer {
+                inner.count_hit(tier, &answer);
+                if let CachedValue::Plain(found) = answer {
                     return found.map(|(v, _)| v).ok_or(Error::KeyNotFound);
                 }
                 // Unreachable with no accepted codings; counted as a miss too, as before.
-                core.count_miss(key, MissReason::NeverSeen);
+                inner.count_miss(key, MissReason::NeverSeen);
             }
             Looked::Stale { answer, .. } => {
-                core.count_miss(key, MissReason::StaleRefresh);
+                inner.count_miss(key, MissReason::StaleRefresh);
                 self.refresh_in_background(key, false);
-                if let Answer::Plain(found) = answer {
+                if let CachedValue::Plain(found) = answer {
                     return found.map(|(v, _)| v).ok_or(Error::KeyNotFound);
                 }
             }
-            Looked::Miss(reason) => core.count_miss(key, reason),
+            Looked::Miss(reason) => inner.count_miss(key, reason),
         }
-        let generation = core.generation(key);
+        let generation = inner.generation(key);
         let flight = self
             .flights
             .run(&flight_key(generation, key), || {
-                core.clone()
+                inner.clone()
                     .load_with_owner_answer(key.to_owned(), generation, answer)
             })
             .await;
         if flight.shared {
-            bump(&core.stats.loads_deduplicated);
+            bump(&inner.stats.loads_deduplicated);
         }
         let (found, _) = flight.result.map_err(|e| (*e).clone())?;
         found.map(|(v, _)| v).ok_or(Error::KeyNotFound)
@@ -316,13 +316,13 @@ impl Group {
     /// As [`Group::get`], except that "no such key" is `Ok(None)`.
     pub async fn get_as_owner(&self, key: &str) -> Result<Option<PeerEntry>> {
         self.check_key(key)?;
-        let core = &self.core;
-        bump(&core.stats.peer_requests_served);
+        let inner = &self.inner;
+        bump(&inner.stats.peer_requests_served);
         // What memory holds is answered without a flight: a live entry (refreshed ahead when
         // near its expiry), or a stale one at once while it is refreshed here, once.
-        let held = match core.main.lookup(key) {
+        let held = match inner.main.lookup(key) {
             Lookup::Fresh(entry) => {
-                if core.refresh_due(entry.expires_at_ms) {
+                if inner.refresh_due(entry.expires_at_ms) {
                     self.refresh_as_owner_in_background(key, true);
                 }
                 Some(entry)
@@ -337,12 +337,12 @@ impl Group {
             Some(entry) => stored_of(&entry),
             None => {
                 let span =
-                    tracing::info_span!("geecache.group.get_as_owner", group = core.name.as_str());
-                let generation = core.generation(key);
+                    tracing::info_span!("geecache.group.get_as_owner", group = inner.name.as_str());
+                let generation = inner.generation(key);
                 let load = || {
                     let load =
-                        tracing::info_span!("geecache.group.load", group = core.name.as_str());
-                    core.clone()
+                        tracing::info_span!("geecache.group.load", group = inner.name.as_str());
+                    inner.clone()
                         .load_as_owner(key.to_owned(), generation, false)
                         .instrument(load)
                 };
@@ -352,7 +352,7 @@ impl Group {
                     .instrument(span)
                     .await;
                 if flight.shared {
-                    bump(&core.stats.loads_deduplicated);
+                    bump(&inner.stats.loads_deduplicated);
                 }
                 flight.result.map_err(|e| (*e).clone())?
             }
@@ -367,10 +367,10 @@ impl Group {
     /// Key-limit errors.
     pub fn peek_as_owner(&self, key: &str) -> Result<Option<PeerEntry>> {
         self.check_key(key)?;
-        let core = &self.core;
-        bump(&core.stats.peeks_served);
-        for tier in [Tier::Main, Tier::Hot] {
-            if let Lookup::Fresh(entry) | Lookup::Stale(entry) = core.cache(tier).lookup(key)
+        let inner = &self.inner;
+        bump(&inner.stats.peeks_served);
+        for tier in [CacheKind::Main, CacheKind::Hot] {
+            if let Lookup::Fresh(entry) | Lookup::Stale(entry) = inner.cache(tier).lookup(key)
                 && let Some((stored, expires_at_ms)) = stored_of(&entry)
             {
                 return Ok(Some(peer_entry(&stored, expires_at_ms)));
@@ -381,18 +381,18 @@ impl Group {
 
     /// The name of the storage backend of this group's storage tier, if it has one.
     pub fn storage_name(&self) -> Option<&str> {
-        self.core.storage.as_ref().map(|tier| tier.backend().name())
+        self.inner.storage.as_ref().map(|tier| tier.backend().name())
     }
 
     /// The name of the getter that loads this group's misses.
     pub fn getter_name(&self) -> &str {
-        self.core.getter.name()
+        self.inner.getter.name()
     }
 
     /// Waits until the storage tier's queued writes are done, or until `deadline`; for
     /// shutdown, once no request is being served any more.
     pub async fn drain_storage(&self, deadline: tokio::time::Instant) -> Drained {
-        match &self.core.storage {
+        match &self.inner.storage {
             Some(tier) => tier.drain(deadline).await,
             None => Drained::default(),
         }
@@ -400,26 +400,26 @@ impl Group {
 
     /// A snapshot of counters and cache occupancy.
     pub fn snapshot(&self) -> GroupSnapshot {
-        let core = &self.core;
-        core.main.run_pending_tasks();
-        core.hot.run_pending_tasks();
-        let counters = core.stats.counters();
+        let inner = &self.inner;
+        inner.main.run_pending_tasks();
+        inner.hot.run_pending_tasks();
+        let counters = inner.stats.counters();
         GroupSnapshot {
-            name: core.name.clone(),
-            getter: core.getter.name().to_string(),
-            compression: core.encoding.codec().name().to_owned(),
-            storage: core.storage.as_ref().map(|s| s.backend().name().to_owned()),
+            name: inner.name.clone(),
+            getter: inner.getter.name().to_string(),
+            compression: inner.encoding.codec().name().to_owned(),
+            storage: inner.storage.as_ref().map(|s| s.backend().name().to_owned()),
             // Every main-cache miss goes on to the hot cache.
             main_misses: counters.hot_hits + counters.misses,
             counters,
-            cache_items: core.main.entry_count(),
-            cache_bytes: core.main.weighted_size(),
-            cache_max_bytes: core.main.max_bytes(),
-            cache_evictions: core.main.evictions(),
-            hot_items: core.hot.entry_count(),
-            hot_bytes: core.hot.weighted_size(),
-            hot_max_bytes: core.hot.max_bytes(),
-            hot_evictions: core.hot.evictions(),
+            cache_items: inner.main.entry_count(),
+            cache_bytes: inner.main.weighted_size(),
+            cache_max_bytes: inner.main.max_bytes(),
+            cache_evictions: inner.main.evictions(),
+            hot_items: inner.hot.entry_count(),
+            hot_bytes: inner.hot.weighted_size(),
+            hot_max_bytes: inner.hot.max_bytes(),
+            hot_evictions: inner.hot.evictions(),
         }
     }
 }

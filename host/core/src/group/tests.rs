@@ -497,7 +497,7 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
     let key = "json-a";
     g.get(key).await.unwrap();
     // Flip one payload bit of the stored value, behind the group's back.
-    let entry = g.core.main.get(key).unwrap();
+    let entry = g.inner.main.get(key).unwrap();
     let Cached::Value(stored) = &entry.cached else {
         panic!("a value")
     };
@@ -505,8 +505,8 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
     let mut bytes = stored.bytes().to_vec();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x10;
-    let bad = g.core.codecs.stored(Bytes::from(bytes), "zstd").unwrap();
-    g.core.main.insert(
+    let bad = g.inner.codecs.stored(Bytes::from(bytes), "zstd").unwrap();
+    g.inner.main.insert(
         key,
         CacheEntry {
             cached: Cached::Value(bad),
@@ -519,12 +519,12 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
     assert_eq!(s.counters.corrupt_values, 1);
     assert_eq!(getter.calls.load(Ordering::SeqCst), 2, "reloaded");
     // Mis-tagged: zstd bytes claimed to be lz4.
-    let entry = g.core.main.get(key).unwrap();
+    let entry = g.inner.main.get(key).unwrap();
     let Cached::Value(stored) = &entry.cached else {
         panic!("a value")
     };
-    let wrong = g.core.codecs.stored(stored.bytes().clone(), "lz4").unwrap();
-    g.core.main.insert(
+    let wrong = g.inner.codecs.stored(stored.bytes().clone(), "lz4").unwrap();
+    g.inner.main.insert(
         key,
         CacheEntry {
             cached: Cached::Value(wrong),
@@ -628,7 +628,7 @@ async fn values_from_the_network_are_cached_out_of_their_body() {
         codec: "none".into(),
         expires_at_ms: None,
     };
-    let held = |g: &Group, tier: Tier, key: &str| match &g.core.cache(tier).get(key).unwrap().cached
+    let held = |g: &Group, tier: CacheKind, key: &str| match &g.inner.cache(tier).get(key).unwrap().cached
     {
         Cached::Value(stored) => stored.bytes().clone(),
         Cached::NotFound => panic!("a value"),
@@ -642,7 +642,7 @@ async fn values_from_the_network_are_cached_out_of_their_body() {
     for _ in 0..3 {
         assert_eq!(local.get("k").await.unwrap(), records("k", 4));
     }
-    let hot = held(&local, Tier::Hot, "k");
+    let hot = held(&local, CacheKind::Hot, "k");
     assert_eq!(hot, body.slice(..stored.len()));
     assert!(
         !within(&hot, &body),
@@ -654,7 +654,7 @@ async fn values_from_the_network_are_cached_out_of_their_body() {
         .build()
         .unwrap();
     owner.set_as_owner("k", entry).await.unwrap();
-    let owned = held(&owner, Tier::Main, "k");
+    let owned = held(&owner, CacheKind::Main, "k");
     assert_eq!(owned, body.slice(..stored.len()));
     assert!(
         !within(&owned, &body),
@@ -684,13 +684,13 @@ async fn a_hot_flush_drops_the_hot_copies_and_keeps_the_owned_values() {
     }
     local.get(own).await.unwrap();
     assert!(
-        local.core.hot.get(remote).is_some(),
+        local.inner.hot.get(remote).is_some(),
         "a hot copy from the second fetch"
     );
     local.flush_hot();
-    assert!(local.core.hot.get(remote).is_none(), "the hot copy is gone");
+    assert!(local.inner.hot.get(remote).is_none(), "the hot copy is gone");
     assert!(
-        local.core.main.get(own).is_some(),
+        local.inner.main.get(own).is_some(),
         "what this node owns stays"
     );
 }
@@ -721,11 +721,11 @@ async fn peers_receive_the_stored_bytes_and_keep_them_as_they_are() {
     for _ in 0..3 {
         assert_eq!(local.get(key).await.unwrap(), records(key, 40));
     }
-    let held = |g: &Group, tier: Tier| match &g.core.cache(tier).get(key).unwrap().cached {
+    let held = |g: &Group, tier: CacheKind| match &g.inner.cache(tier).get(key).unwrap().cached {
         Cached::Value(stored) => stored.clone(),
         Cached::NotFound => panic!("a value"),
     };
-    let (at_owner, hot_copy) = (held(&owner, Tier::Main), held(&local, Tier::Hot));
+    let (at_owner, hot_copy) = (held(&owner, CacheKind::Main), held(&local, CacheKind::Hot));
     assert_eq!(hot_copy.codec().name(), "zstd");
     assert_eq!(hot_copy.bytes(), at_owner.bytes(), "byte for byte");
     let s = local.snapshot();
@@ -1085,13 +1085,13 @@ async fn a_read_right_after_a_remove_never_finds_the_removed_value_in_storage() 
 /// The value storage holds for `key` once no write to it is pending.
 async fn settled_value(g: &Group, storage: &MemoryStorage, key: &str) -> Bytes {
     for _ in 0..400 {
-        if !g.core.storage.as_ref().unwrap().is_pending(key) {
+        if !g.inner.storage.as_ref().unwrap().is_pending(key) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let kept = storage.entries.lock().unwrap().get(key).cloned().unwrap();
-    let stored = g.core.codecs.stored(kept.value, &kept.codec).unwrap();
+    let stored = g.inner.codecs.stored(kept.value, &kept.codec).unwrap();
     stored.decode(1 << 20, Verify::All).await.unwrap()
 }
 
@@ -1277,7 +1277,7 @@ async fn a_write_queued_before_a_flush_does_not_come_back_after_it() {
         async move { g.flush().await }
     });
     // The clear waits behind the held put; meanwhile reads skip the tier for every key.
-    let tier = g.core.storage.as_ref().unwrap();
+    let tier = g.inner.storage.as_ref().unwrap();
     for _ in 0..400 {
         if tier.clearing() {
             break;
@@ -1945,7 +1945,7 @@ async fn each_miss_is_counted_once_by_its_reason_and_the_reasons_add_up() {
     for i in 0..400 {
         g.get(&format!("k{i}")).await.unwrap();
     }
-    g.core.main.run_pending_tasks();
+    g.inner.main.run_pending_tasks();
     let before = g.snapshot().counters.miss_evicted;
     for i in 0..400 {
         g.get(&format!("k{i}")).await.unwrap();
@@ -1976,12 +1976,12 @@ async fn refresh_ahead_fires_only_inside_its_window_and_surely_at_its_end() {
     let g = group(getter.clone(), options, clock.clone());
     g.get("a").await.unwrap();
     let expiry = Some(1_010_000);
-    assert!(!g.core.refresh_due(expiry), "6 s before the window");
+    assert!(!g.inner.refresh_due(expiry), "6 s before the window");
     clock.advance(Duration::from_secs(6));
-    assert!(!g.core.refresh_due(expiry), "at the window's start");
+    assert!(!g.inner.refresh_due(expiry), "at the window's start");
     clock.advance(Duration::from_millis(3_999));
     // 1 ms left of a 4 s window: refreshed unless -ln(u) < 1/500 (p ≈ 0.2%) twenty times.
-    assert!((0..20).any(|_| g.core.refresh_due(expiry)));
+    assert!((0..20).any(|_| g.inner.refresh_due(expiry)));
     for _ in 0..20 {
         g.get("a").await.unwrap();
     }

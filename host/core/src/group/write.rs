@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Core {
+impl Inner {
     /// A client's write at the owner: changes `key`'s copies in memory (`memory`, under the
     /// key's write lock) and, in the same locked step, queues `op` for the storage tier, so
     /// the tier sees a key's writes in the order memory saw them; then waits for the backend
@@ -120,7 +120,7 @@ impl Core {
 
     /// The owner's part of a set: memory, then (when the group has a storage tier) the
     /// backend, awaited; then the other nodes drop their copies (awaited, see
-    /// [`Core::invalidate_others`]).
+    /// [`Inner::invalidate_others`]).
     ///
     /// # Errors
     /// [`Error::StorageWrite`] when the storage tier did not take the write: the value this
@@ -171,7 +171,7 @@ impl Core {
     }
 
     /// The owner's part of a remove: memory, the storage tier (awaited), the other nodes
-    /// (awaited, see [`Core::invalidate_others`]).
+    /// (awaited, see [`Inner::invalidate_others`]).
     ///
     /// # Errors
     /// [`Error::StorageWrite`] when the storage tier did not take the delete in time: when it
@@ -213,19 +213,19 @@ impl Group {
     /// cannot be reached (a write is not silently kept on the wrong node).
     pub async fn set(&self, key: &str, value: Bytes, expires_at_ms: Option<u64>) -> Result<()> {
         self.check_key(key)?;
-        let core = &self.core;
-        core.check_len(value.len())?;
-        let stored = core.encode(&value).await?;
-        let (key, core) = (key.to_owned(), core.clone());
-        self.core
+        let inner = &self.inner;
+        inner.check_len(value.len())?;
+        let stored = inner.encode(&value).await?;
+        let (key, inner) = (key.to_owned(), inner.clone());
+        self.inner
             .detached(async move {
-                if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(&key)) {
+                if let Some(peer) = inner.peers.as_ref().and_then(|p| p.pick(&key)) {
                     let entry = peer_entry(&stored, expires_at_ms);
-                    return core
-                        .forward(&key, peer.set(&core.name, &key, entry), false)
+                    return inner
+                        .forward(&key, peer.set(&inner.name, &key, entry), false)
                         .await;
                 }
-                core.store_as_owner(&key, stored, expires_at_ms).await
+                inner.store_as_owner(&key, stored, expires_at_ms).await
             })
             .await
     }
@@ -241,12 +241,12 @@ impl Group {
     pub async fn set_as_owner(&self, key: &str, entry: PeerEntry) -> Result<()> {
         self.check_key(key)?;
         let expires_at_ms = entry.expires_at_ms;
-        let (_, stored) = self.core.accept(entry).await?;
+        let (_, stored) = self.inner.accept(entry).await?;
         // Out of the request's body, which may be a slice of the connection's read buffer.
         let stored = stored.compacted();
-        let (key, core) = (key.to_owned(), self.core.clone());
-        self.core
-            .detached(async move { core.store_as_owner(&key, stored, expires_at_ms).await })
+        let (key, inner) = (key.to_owned(), self.inner.clone());
+        self.inner
+            .detached(async move { inner.store_as_owner(&key, stored, expires_at_ms).await })
             .await
     }
 
@@ -258,16 +258,16 @@ impl Group {
     /// Key limits; the owner's error when it is another node and cannot be reached.
     pub async fn remove(&self, key: &str) -> Result<()> {
         self.check_key(key)?;
-        let (key, core) = (key.to_owned(), self.core.clone());
-        self.core
+        let (key, inner) = (key.to_owned(), self.inner.clone());
+        self.inner
             .detached(async move {
-                if let Some(peer) = core.peers.as_ref().and_then(|p| p.pick(&key)) {
+                if let Some(peer) = inner.peers.as_ref().and_then(|p| p.pick(&key)) {
                     // Our main cache too: this node may have owned the key before.
-                    return core
-                        .forward(&key, peer.delete(&core.name, &key), true)
+                    return inner
+                        .forward(&key, peer.delete(&inner.name, &key), true)
                         .await;
                 }
-                core.remove_as_owner(&key).await
+                inner.remove_as_owner(&key).await
             })
             .await
     }
@@ -279,9 +279,9 @@ impl Group {
     /// Key limits; [`Error::StorageWrite`] as for [`Group::remove`].
     pub async fn remove_as_owner(&self, key: &str) -> Result<()> {
         self.check_key(key)?;
-        let (key, core) = (key.to_owned(), self.core.clone());
-        self.core
-            .detached(async move { core.remove_as_owner(&key).await })
+        let (key, inner) = (key.to_owned(), self.inner.clone());
+        self.inner
+            .detached(async move { inner.remove_as_owner(&key).await })
             .await
     }
 
@@ -295,12 +295,12 @@ impl Group {
     /// process), so this node cannot prove it never stored one: the delete is sent, but
     /// coalesced with one already queued, and dropped (counted) when the queue is full.
     pub fn invalidate(&self, keys: &[String]) {
-        let core = &self.core;
+        let inner = &self.inner;
         for key in keys {
-            core.write(key, || {
-                core.hot.remove(key);
-                core.main.remove(key);
-                core.unstore_in_background(key);
+            inner.write(key, || {
+                inner.hot.remove(key);
+                inner.main.remove(key);
+                inner.unstore_in_background(key);
             });
         }
     }
@@ -321,10 +321,10 @@ impl Group {
     /// queues stayed full; [`Error::StorageClearPending`]: the clear had not finished in time
     /// (it goes on).
     pub async fn flush(&self) -> Result<()> {
-        let core = &self.core;
-        let timeout = core.options.load_timeout;
+        let inner = &self.inner;
+        let timeout = inner.options.load_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let Some(tier) = &core.storage else {
+        let Some(tier) = &inner.storage else {
             self.flush_memory(|| ());
             return Ok(());
         };
@@ -376,17 +376,17 @@ impl Group {
 
     /// [`Group::flush_memory`], of the hot cache only unless `main` is set.
     pub(super) fn flush_memory_with<T>(&self, under_locks: impl FnOnce() -> T, main: bool) -> T {
-        let core = &self.core;
+        let inner = &self.inner;
         let mut shards: Vec<MutexGuard<'_, u64>> =
-            core.generations.iter().map(|g| g.lock()).collect();
+            inner.generations.iter().map(|g| g.lock()).collect();
         for generation in &mut shards {
             **generation += 1;
         }
         let answer = under_locks();
         if main {
-            core.main.clear();
+            inner.main.clear();
         }
-        core.hot.clear();
+        inner.hot.clear();
         drop(shards);
         answer
     }
