@@ -136,7 +136,11 @@ impl Exchange<'_> {
     ///
     /// # Errors
     /// Why no answer may be used ([`Failed`]). An error answer (4xx, 5xx) is an answer.
-    pub(super) async fn send(&self, target: &Target, request: &Outgoing) -> Result<Received, Failed> {
+    pub(super) async fn send(
+        &self,
+        target: &Target,
+        request: &Outgoing,
+    ) -> Result<Received, Failed> {
         let mut deadline = tokio::time::Instant::now() + request.timeout;
         let mut broken_retried = false;
         let mut refusal_retried = false;

@@ -1,7 +1,11 @@
 //! Write generations: per key shard, bumped by every set, remove and invalidation, so that a
 //! load that overlapped a write caches nothing (see the module docs of `group`).
 
-use super::*;
+use parking_lot::MutexGuard;
+
+use super::{CacheKind, Inner, len64, ms};
+use crate::cache::{CacheEntry, Cached};
+use crate::compression::Stored;
 
 impl Inner {
     /// The write generation of `key`'s shard; see [`Inner::generations`].

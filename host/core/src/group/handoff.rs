@@ -5,9 +5,16 @@
 //! key's next owner before it loads ([`Inner::load_from_successor`]), and a node that comes back
 //! at the same address takes its keys back from there (warm handoff on joining, `load.rs`).
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry as Slot;
+use std::sync::Arc;
 
-use super::*;
+use super::registry::Groups;
+use super::stats::add;
+use super::{CacheKind, Group, Inner, Value, len64, peer_entry};
+use crate::cache::Cached;
+use crate::error::Result;
+use crate::seam::{PeerEntry, RemotePeer};
 
 /// Most entries in one handoff request (the peer protocol takes at most 1000 keys at once).
 pub const HANDOFF_BATCH_ENTRIES: usize = 256;

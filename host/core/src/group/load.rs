@@ -1,7 +1,20 @@
 //! The load paths: cache lookups and decoding, the owner's load (storage tier, then getter),
 //! a non-owner's load from the owner (single or batched) and its fallback when the owner fails.
 
-use super::*;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::reply::{Source, encoded_reply};
+use super::stats::{add, bump};
+use super::{
+    CacheKind, CachedValue, Found, FoundStored, Inner, Looked, OwnerAnswer, Sourced, Value,
+    decoding_len, len64, ms, peer_entry, tier,
+};
+use crate::cache::{Cache, CacheEntry, Cached, Lookup, MissReason};
+use crate::compression::{CodecError, Stored, Verify, builtin};
+use crate::error::{Error, Result};
+use crate::seam::{Loaded, PeerEntry, RemotePeer};
 
 impl Inner {
     /// Decodes a cached entry. A value that does not decode is dropped from `tier` (unless a

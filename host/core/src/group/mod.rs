@@ -47,34 +47,26 @@ mod stats;
 mod tier;
 mod write;
 
-use parking_lot::{Mutex, MutexGuard};
-use std::collections::{BTreeMap, HashMap};
+use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use tracing::Instrument as _;
 
-use crate::cache::{Cache, CacheEntry, Cached, Clock, Doorkeeper, Lookup, MissReason, SystemClock};
-use crate::compression::{
-    CodecError, CodecSpec, Codecs, DEFAULT_MIN_BYTES, Encoding, Stored, Verify, builtin,
-};
-use crate::error::{Error, Result};
+use crate::cache::{Cache, Clock, Doorkeeper, MissReason};
+use crate::compression::{Codecs, Encoding, Stored};
+use crate::error::Error;
 use crate::singleflight::Singleflight;
 
 pub use crate::seam::{
     Entries, Getter, Loaded, OwnerItem, PeerEntry, PeerPicker, PeerService, RemotePeer, Storage,
 };
 pub use handoff::{HANDOFF_BATCH_BYTES, HANDOFF_BATCH_ENTRIES, HandedOff};
-use load::stored_of;
 pub use options::{GroupBuilder, GroupOptions};
 pub use registry::Groups;
-use reply::encoded_reply;
 pub use reply::{Reply, Source};
 pub use stats::{Counters, GroupSnapshot, GroupStats};
-use stats::{add, bump};
 pub use tier::Drained;
 use tier::StorageTier;
 

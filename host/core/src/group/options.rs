@@ -1,6 +1,18 @@
 //! A group's options and its builder.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::stats::GroupStats;
+use super::tier::StorageTier;
+use super::{GENERATION_SHARDS, Group, Inner, tier};
+use crate::cache::{Cache, Clock, Doorkeeper, SystemClock};
+use crate::compression::{CodecSpec, Codecs, DEFAULT_MIN_BYTES};
+use crate::error::Result;
+use crate::seam::{Getter, PeerPicker, Storage};
+use crate::singleflight::Singleflight;
 
 /// Per-group settings; see `geecache-host --help` and docs/operations.md for defaults.
 #[derive(Debug, Clone)]

@@ -1,7 +1,21 @@
 //! The read API of a group: `get` for clients and for peers (as the key's owner), batches
 //! through owners, and what a group reports about itself.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+use super::load::stored_of;
+use super::options::GroupOptions;
+use super::reply::{Reply, Source};
+use super::stats::{GroupSnapshot, bump};
+use super::tier::Drained;
+use super::{CacheKind, CachedValue, Group, Looked, OwnerAnswer, flight_key, peer_entry};
+use crate::cache::{Lookup, MissReason};
+use crate::error::{Error, Result};
+use crate::seam::{OwnerItem, PeerEntry, RemotePeer};
 
 impl Group {
     /// The group's name.
@@ -143,7 +157,8 @@ impl Group {
                     .run(&flight_key(generation, key), || {
                         let load =
                             tracing::info_span!("geecache.group.load", group = inner.name.as_str());
-                        inner.clone()
+                        inner
+                            .clone()
                             .load(key.to_owned(), generation, false)
                             .instrument(load)
                     })
@@ -297,7 +312,8 @@ impl Group {
         let flight = self
             .flights
             .run(&flight_key(generation, key), || {
-                inner.clone()
+                inner
+                    .clone()
                     .load_with_owner_answer(key.to_owned(), generation, answer)
             })
             .await;
@@ -342,7 +358,8 @@ impl Group {
                 let load = || {
                     let load =
                         tracing::info_span!("geecache.group.load", group = inner.name.as_str());
-                    inner.clone()
+                    inner
+                        .clone()
                         .load_as_owner(key.to_owned(), generation, false)
                         .instrument(load)
                 };
@@ -381,7 +398,10 @@ impl Group {
 
     /// The name of the storage backend of this group's storage tier, if it has one.
     pub fn storage_name(&self) -> Option<&str> {
-        self.inner.storage.as_ref().map(|tier| tier.backend().name())
+        self.inner
+            .storage
+            .as_ref()
+            .map(|tier| tier.backend().name())
     }
 
     /// The name of the getter that loads this group's misses.
@@ -408,7 +428,10 @@ impl Group {
             name: inner.name.clone(),
             getter: inner.getter.name().to_string(),
             compression: inner.encoding.codec().name().to_owned(),
-            storage: inner.storage.as_ref().map(|s| s.backend().name().to_owned()),
+            storage: inner
+                .storage
+                .as_ref()
+                .map(|s| s.backend().name().to_owned()),
             // Every main-cache miss goes on to the hot cache.
             main_misses: counters.hot_hits + counters.misses,
             counters,

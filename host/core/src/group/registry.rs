@@ -1,6 +1,14 @@
 //! The groups a node serves, by name, and what it offers its peers through them.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::Group;
+use super::tier::Drained;
+use crate::error::{Error, Result};
+use crate::seam::PeerEntry;
 
 /// The groups a node serves, by name.
 #[derive(Debug, Default, Clone)]

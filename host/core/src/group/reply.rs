@@ -1,7 +1,9 @@
 //! Answers in an HTTP content coding: a stored gzip or zstd payload sent as it is to a client
 //! that accepts it.
 
-use super::*;
+use bytes::Bytes;
+
+use crate::cache::{CacheEntry, Cached};
 
 /// A value as the HTTP API sends it: the plain value, or a stored payload sent as it is because
 /// the client accepts its encoding.

@@ -1,7 +1,10 @@
 use super::*;
-use crate::cache::ManualClock;
-use crate::compression::Encoding;
+use crate::cache::{CacheEntry, Cached, ManualClock};
+use crate::compression::{Encoding, Verify};
+use crate::error::Result;
+use futures::future::BoxFuture;
 use futures::poll;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// A native getter over a fixed map that counts its calls.
@@ -523,7 +526,11 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
     let Cached::Value(stored) = &entry.cached else {
         panic!("a value")
     };
-    let wrong = g.inner.codecs.stored(stored.bytes().clone(), "lz4").unwrap();
+    let wrong = g
+        .inner
+        .codecs
+        .stored(stored.bytes().clone(), "lz4")
+        .unwrap();
     g.inner.main.insert(
         key,
         CacheEntry {
@@ -628,11 +635,12 @@ async fn values_from_the_network_are_cached_out_of_their_body() {
         codec: "none".into(),
         expires_at_ms: None,
     };
-    let held = |g: &Group, tier: CacheKind, key: &str| match &g.inner.cache(tier).get(key).unwrap().cached
-    {
-        Cached::Value(stored) => stored.bytes().clone(),
-        Cached::NotFound => panic!("a value"),
-    };
+    let held =
+        |g: &Group, tier: CacheKind, key: &str| match &g.inner.cache(tier).get(key).unwrap().cached
+        {
+            Cached::Value(stored) => stored.bytes().clone(),
+            Cached::NotFound => panic!("a value"),
+        };
 
     // A hot copy of an owner's answer.
     let local = Group::builder("g", Arc::new(RecordGetter::default()))
@@ -688,7 +696,10 @@ async fn a_hot_flush_drops_the_hot_copies_and_keeps_the_owned_values() {
         "a hot copy from the second fetch"
     );
     local.flush_hot();
-    assert!(local.inner.hot.get(remote).is_none(), "the hot copy is gone");
+    assert!(
+        local.inner.hot.get(remote).is_none(),
+        "the hot copy is gone"
+    );
     assert!(
         local.inner.main.get(own).is_some(),
         "what this node owns stays"

@@ -2,7 +2,16 @@
 //! nodes' invalidation awaited), forwarded from a non-owner, each run as a task of its own;
 //! invalidation of this node's copies; flushes.
 
-use super::*;
+use bytes::Bytes;
+use parking_lot::MutexGuard;
+
+use super::stats::bump;
+use super::tier::StorageTier;
+use super::{Group, Inner, peer_entry, tier};
+use crate::cache::{CacheEntry, Cached};
+use crate::compression::Stored;
+use crate::error::{Error, Result};
+use crate::seam::PeerEntry;
 
 impl Inner {
     /// A client's write at the owner: changes `key`'s copies in memory (`memory`, under the
