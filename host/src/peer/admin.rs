@@ -38,7 +38,7 @@ pub async fn post(
         method: Method::POST,
         path,
         body,
-        headers: hyper::HeaderMap::new(),
+        headers: &|_| {},
         limit: max_answer,
         timeout,
         retry_broken: false,

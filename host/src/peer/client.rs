@@ -411,24 +411,26 @@ impl PeerClient {
             addr: peer(),
             message: e.to_string(),
         })?;
-        let mut headers = HeaderMap::new();
-        // The current span's trace context, so the owner's spans join the caller's trace.
-        crate::telemetry::inject_current(&mut headers);
-        if let Some(ring) = &inner.ring {
-            headers.insert(super::RING_HEADER, header::HeaderValue::from(ring.id()));
-        }
-        if !body.is_empty() || method == Method::PUT || method == Method::POST {
-            headers.insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(CONTENT_TYPE),
-            );
-        }
+        let labelled = !body.is_empty() || method == Method::PUT || method == Method::POST;
+        let headers = |headers: &mut HeaderMap| {
+            // The current span's trace context, so the owner's spans join the caller's trace.
+            crate::telemetry::inject_current(headers);
+            if let Some(ring) = &inner.ring {
+                headers.insert(super::RING_HEADER, header::HeaderValue::from(ring.id()));
+            }
+            if labelled {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(CONTENT_TYPE),
+                );
+            }
+        };
         let timeout = inner.timeout_of(&method);
         let outgoing = Outgoing {
             method,
             path,
             body: Bytes::from(body),
-            headers,
+            headers: &headers,
             limit,
             timeout,
             retry_broken: true,

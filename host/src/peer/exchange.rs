@@ -82,15 +82,18 @@ pub(super) struct Exchange<'a> {
     pub(super) secret: Option<&'a ClusterSecret>,
 }
 
+/// Puts a request's headers beyond the signature's on it (content type, trace context, ring
+/// identity); run for each attempt, on the request itself, so nothing is built twice.
+pub(super) type AddHeaders<'a> = &'a (dyn Fn(&mut HeaderMap) + Send + Sync);
+
 /// One request to send.
-#[derive(Debug)]
-pub(super) struct Outgoing {
+pub(super) struct Outgoing<'a> {
     pub(super) method: Method,
     pub(super) path: PathAndQuery,
     /// Shared, not copied, when it is sent again.
     pub(super) body: Bytes,
-    /// Headers beyond the signature's (content type, trace context, ring identity).
-    pub(super) headers: HeaderMap,
+    /// Headers beyond the signature's.
+    pub(super) headers: AddHeaders<'a>,
     /// Largest answer body read.
     pub(super) limit: usize,
     /// Bound on each attempt.
@@ -139,7 +142,7 @@ impl Exchange<'_> {
     pub(super) async fn send(
         &self,
         target: &Target,
-        request: &Outgoing,
+        request: &Outgoing<'_>,
     ) -> Result<Received, Failed> {
         let mut deadline = tokio::time::Instant::now() + request.timeout;
         let mut broken_retried = false;
@@ -168,7 +171,7 @@ impl Exchange<'_> {
     }
 
     /// One attempt of [`Exchange::send`], unbounded in time (the caller bounds it).
-    async fn once(&self, target: &Target, outgoing: &Outgoing) -> Result<Received, Attempt> {
+    async fn once(&self, target: &Target, outgoing: &Outgoing<'_>) -> Result<Received, Attempt> {
         let uri = Uri::builder()
             .scheme(target.scheme.clone())
             .authority(target.uri_authority.clone())
@@ -179,7 +182,7 @@ impl Exchange<'_> {
         *request.method_mut() = outgoing.method.clone();
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
-        headers.extend(outgoing.headers.clone());
+        (outgoing.headers)(headers);
         let nonce = self.secret.and_then(|secret| {
             // Signed for the path exactly as it goes on the wire.
             let signed = secret.sign_request(
