@@ -1,5 +1,6 @@
 //! Peer calls never go through a proxy, whatever the environment says. A test binary of its
-//! own: it sets `HTTP_PROXY` and friends for the whole process, which no other test may see.
+//! own, not a module of tests/it/: it sets `HTTP_PROXY` and friends for the whole process, which
+//! no other test may see.
 
 #![allow(clippy::unwrap_used)]
 // `set_var` is unsafe because another thread could read the environment at the same time; this

@@ -5,12 +5,12 @@
 #   bash tests/setup.sh        (from any directory)
 #
 # 1. the wasm32-wasip2 Rust target (rustup);
-# 2. the system packages the tests run for real: etcd-server and etcd-client (tests/support/
-#    etcd.rs), prometheus (tests/metrics.rs), nginx-light or nginx (tests/perf_http.rs),
+# 2. the system packages the tests run for real: etcd-server and etcd-client (tests/it/support/
+#    etcd.rs), prometheus (tests/it/metrics.rs), nginx-light or nginx (tests/it/perf_http.rs),
 #    protobuf-compiler and libprotobuf-dev (the etcd client's build), sqlite3 and curl, python3
-#    with venv, nodejs and npm (the Python and JavaScript getters), postgresql (tests/sources.rs:
+#    with venv, nodejs and npm (the Python and JavaScript getters), postgresql (tests/it/sources.rs:
 #    a real Postgres behind db_getter; its system service is not used);
-#    buildah, podman and runc (tests/deploy.rs: the OCI images of deploy/image/ built and run),
+#    buildah, podman and runc (tests/it/deploy.rs: the OCI images of deploy/image/ built and run),
 #    systemd's systemd-analyze (the unit of deploy/systemd/ verified);
 # 3. the Python and JavaScript getters' pinned toolchains, and the getters themselves
 #    (plugins/build_lang.sh --required);
@@ -65,7 +65,7 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/d
     need+=(python3 python3-venv)
 fi
 want nodejs node
-# deploy/image/build.sh and tests/deploy.rs: images built FROM scratch and run. runc, not
+# deploy/image/build.sh and tests/it/deploy.rs: images built FROM scratch and run. runc, not
 # crun: crun refuses some cgroup layouts ("cgroups in hybrid mode not supported").
 want buildah buildah
 want podman podman

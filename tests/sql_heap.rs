@@ -1,5 +1,6 @@
-//! SQLite's process-wide hard heap limit, in a test binary of its own: the limit holds for the
-//! whole process, so a test that runs into it must not share the process with other SQLite use.
+//! SQLite's process-wide hard heap limit, in a test binary of its own (not a module of
+//! tests/it/): the limit holds for the whole process, so a test that runs into it must not share
+//! the process with other SQLite use.
 
 #![allow(clippy::unwrap_used)]
 

@@ -4,10 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::repo as repo_root;
-
-#[path = "../support/prometheus.rs"]
-mod promtool;
+use super::repo as repo_root;
+use crate::support::prometheus as promtool;
 
 fn deploy_file(name: &str) -> String {
     repo_root().join("deploy").join(name).display().to_string()

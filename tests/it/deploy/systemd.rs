@@ -7,8 +7,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::repo as repo_root;
-use crate::{DeployedNode, IMAGE_CACHE};
+use super::repo as repo_root;
+use super::{DeployedNode, IMAGE_CACHE};
 
 /// `systemd-analyze`, from Debian's `systemd` (tests/setup.sh installs it).
 const SYSTEMD_ANALYZE: &str = "systemd-analyze";

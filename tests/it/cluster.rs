@@ -2,16 +2,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/etcd.rs"]
-mod etcd;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd::EtcdServer;
+use crate::support::etcd::EtcdServer;
 use futures::StreamExt;
 use geecache_tests::{db_getter_node, demo_db, free_port, wait_healthy};
 

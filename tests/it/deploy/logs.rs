@@ -2,7 +2,8 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::FromRawFd;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -10,24 +11,32 @@ use std::time::{Duration, Instant};
 
 use geecache_tests::{db_getter_node, demo_db, free_port, log_tail};
 
-/// A new pseudo-terminal: its controlling side and the terminal a program writes to.
+/// A new pseudo-terminal: its controlling side and the terminal a program writes to. Both are
+/// opened close-on-exec (std always asks for it), so a program another test starts meanwhile
+/// in this process inherits neither: the terminal closes when the node writing to it exits.
 #[allow(unsafe_code)]
 fn pseudo_terminal() -> (File, File) {
-    let (mut controller, mut terminal) = (-1, -1);
-    // SAFETY: openpty writes two new descriptors into the two integers; the name, termios and
-    // window size may be null.
-    let done = unsafe {
-        libc::openpty(
-            &raw mut controller,
-            &raw mut terminal,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     };
-    assert_eq!(done, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors are new and owned by nothing else.
-    unsafe { (File::from_raw_fd(controller), File::from_raw_fd(terminal)) }
+    let controller = open(Path::new("/dev/ptmx"));
+    let fd = controller.as_raw_fd();
+    let mut name = [0u8; 128];
+    // SAFETY: `fd` is an open /dev/ptmx; ptsname_r writes at most `name.len()` bytes to `name`.
+    let done = unsafe {
+        libc::grantpt(fd) == 0
+            && libc::unlockpt(fd) == 0
+            && libc::ptsname_r(fd, name.as_mut_ptr().cast(), name.len()) == 0
+    };
+    assert!(done, "/dev/ptmx: {}", std::io::Error::last_os_error());
+    let name = std::ffi::CStr::from_bytes_until_nul(&name).unwrap();
+    let terminal = open(Path::new(name.to_str().unwrap()));
+    (controller, terminal)
 }
 
 /// Starts a db_getter node on `db`, its stderr on a pseudo-terminal when `on_a_terminal`

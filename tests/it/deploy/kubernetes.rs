@@ -10,10 +10,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::{DeployedNode, repo};
-
-#[path = "../support/etcd.rs"]
-mod etcd;
+use super::{DeployedNode, repo};
+use crate::support::etcd;
 
 fn venv_tool(name: &str) -> PathBuf {
     let tool = repo().join("deploy/.venv/bin").join(name);
@@ -280,7 +278,7 @@ pub(crate) fn env_here(
     stand_ins: &[(&str, &str)],
 ) -> Vec<(String, String)> {
     let env = container_env(container, &POD, &SECRETS);
-    let unknown = crate::systemd::unknown_variables(&format!("{env:?}"));
+    let unknown = super::systemd::unknown_variables(&format!("{env:?}"));
     assert!(
         unknown.is_empty(),
         "variables the node does not read: {unknown:?}"
@@ -381,7 +379,7 @@ fn the_tls_component_renders_and_validates_with_an_overlay() {
     let container = check_cluster_shape(&objects);
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     let env = container_env(&container, &POD, &SECRETS);
-    let unknown = crate::systemd::unknown_variables(&format!("{env:?}"));
+    let unknown = super::systemd::unknown_variables(&format!("{env:?}"));
     assert!(
         unknown.is_empty(),
         "variables the node does not read: {unknown:?}"

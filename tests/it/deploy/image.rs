@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use geecache_tests::{demo_db, free_port, http_get_blocking, plugins};
 
-use crate::repo;
+use super::repo;
 
 /// The node's shutdown grace in this test (`GEECACHE_SHUTDOWN_GRACE`).
 const GRACE: Duration = Duration::from_secs(3);
@@ -335,13 +335,13 @@ fn images_run_a_3_node_cluster_with_etcd_under_podman_and_a_node_stops_gracefull
     // capabilities, no privilege escalation. A path the image lacks fails here.
     let k8s_dir = dir.path().join("k8s");
     std::fs::create_dir(&k8s_dir).unwrap();
-    let objects = crate::kubernetes::render_and_validate(
+    let objects = super::kubernetes::render_and_validate(
         &repo().join("deploy/kubernetes/overlays/dns"),
         &k8s_dir.join("dns.yaml"),
     );
-    let container = crate::kubernetes::check_cluster_shape(&objects);
+    let container = super::kubernetes::check_cluster_shape(&objects);
     let port = free_port();
-    let mut env: Vec<String> = crate::kubernetes::env_here(
+    let mut env: Vec<String> = super::kubernetes::env_here(
         &container,
         port,
         &[("geecache-peers.default.svc.cluster.local", "localhost")],
@@ -351,7 +351,7 @@ fn images_run_a_3_node_cluster_with_etcd_under_podman_and_a_node_stops_gracefull
     .collect();
     // Tests listen on loopback only.
     env.push("GEECACHE_BIND=127.0.0.1".into());
-    let args = crate::kubernetes::container_args(&container);
+    let args = super::kubernetes::container_args(&container);
     let options = [
         "--read-only",
         "--tmpfs",

@@ -4,15 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/prometheus.rs"]
-mod prometheus;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::prometheus::{
+    PrometheusServer, Sample, parse_exposition, percent_encode, promtool, value,
+};
 use geecache_host::group::PeerPicker as _;
 use geecache_tests::{TestNode, repo_root};
-use prometheus::{PrometheusServer, Sample, parse_exposition, percent_encode, promtool, value};
 
 /// How long a value may take to reach Prometheus (scraped every second).
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(30);

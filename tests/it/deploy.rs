@@ -2,7 +2,7 @@
 //! against real nodes, the node's logs on a terminal and in a file, the Prometheus rules and
 //! scrape config (promtool), the systemd unit (systemd-analyze), the OCI images (buildah,
 //! podman) and the Kubernetes manifests (kubectl kustomize, kubernetes-validate, and their
-//! container arguments run against the real node). One test binary for all of deploy/.
+//! container arguments run against the real node). A module per file of deploy/.
 
 #![allow(clippy::unwrap_used)]
 
@@ -107,15 +107,9 @@ impl Drop for DeployedNode {
     }
 }
 
-#[path = "deploy/cli.rs"]
 mod cli;
-#[path = "deploy/image.rs"]
 mod image;
-#[path = "deploy/kubernetes.rs"]
-pub(crate) mod kubernetes;
-#[path = "deploy/logs.rs"]
+mod kubernetes;
 mod logs;
-#[path = "deploy/prometheus.rs"]
 mod prometheus;
-#[path = "deploy/systemd.rs"]
-pub(crate) mod systemd;
+mod systemd;

@@ -1,11 +1,11 @@
 //! A real, private etcd for a test: `/usr/bin/etcd` on two free loopback ports with its own
 //! data directory, killed when dropped.
 //!
-//! Include it from a test crate with `#[path = "support/etcd.rs"] mod etcd;`. Everything here is
+//! `crate::support::etcd` in the integration tests (tests/it/main.rs). Everything here is
 //! synchronous (std and the blocking helpers of `geecache_tests`) so any test, async or not, can
 //! use it.
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -154,11 +154,6 @@ impl EtcdServer {
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
-    }
-
-    /// Whether the process is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 
     /// The server's combined stdout and stderr so far.

@@ -2,10 +2,10 @@
 //! own TSDB directory and a generated config scraping the given targets every second, killed
 //! when dropped; `promtool` checks; and a parser for the text exposition format.
 //!
-//! Include it from a test crate with `#[path = "support/prometheus.rs"] mod prometheus;`.
-//! Starting and stopping are synchronous (std only); queries are async (reqwest).
+//! `crate::support::prometheus` in the integration tests (tests/it/main.rs). Starting and
+//! stopping are synchronous (std only); queries are async (reqwest).
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::io::Write;

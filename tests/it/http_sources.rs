@@ -22,14 +22,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/prometheus.rs"]
-mod prometheus;
-
 use std::time::{Duration, Instant};
 
+use crate::support::prometheus::{parse_exposition, percent_encode, value};
 use geecache_tests::origin::Origin;
 use geecache_tests::{NodeProcess, TestNode, free_port, node_command, plugins};
-use prometheus::{parse_exposition, percent_encode, value};
 
 /// A node whose `http_getter` reads `{base}` under `route`, allowed `allow` (none when empty).
 async fn node(origin: &Origin, route: &str, allow: &[String], extra: &[&str]) -> TestNode {

@@ -7,9 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/etcd.rs"]
-mod etcd;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +17,8 @@ use geecache_host::plugin::registry::sha256_hex;
 use geecache_tests::{
     ADMIN_TOKEN, TestNode, admin_post, compile_cache_dir, free_port, plugins, wait_healthy,
 };
+
+use crate::support::etcd;
 
 /// The file a test node loads its getter from (a copy of v1 in the test's own directory).
 fn plugin_file(dir: &Path) -> PathBuf {

@@ -9,13 +9,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/etcd.rs"]
-mod etcd;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use etcd::EtcdServer;
+use crate::support::etcd::{EtcdServer, EtcdTlsFiles};
 use etcd_client::{Client, GetOptions};
 use geecache_host::discovery::{
     DiscoveryError, EtcdOptions, Member, Membership, RegistrationState, RegistryKey,
@@ -518,7 +515,7 @@ async fn a_node_registers_over_tls_with_a_client_certificate_and_an_etcd_user() 
     let (cert, key) = ca.issue(d, "server", &["127.0.0.1", "localhost"]);
     let (node_cert, node_key) = ca.issue(d, "node", &["geecache-node"]);
     let (root_cert, root_key) = ca.issue(d, "root", &["root"]);
-    let etcd = EtcdServer::start_tls(etcd::EtcdTlsFiles {
+    let etcd = EtcdServer::start_tls(EtcdTlsFiles {
         ca: ca_file.clone(),
         cert,
         key,
