@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use geecache_host::plugin::sql::{HEAP_LIMIT, SqlDb, SqlError};
+use geecache_host::plugin::caps::sql::sqlite::{HEAP_LIMIT, SqlDb, SqlError};
 use geecache_tests::demo_db;
 
 #[test]

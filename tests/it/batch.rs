@@ -179,22 +179,20 @@ async fn with_coalescing_off_every_forwarded_get_is_its_own_peer_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_coalescing_on_concurrent_gets_are_answered_by_their_owners() {
-    // A batch that has not answered within 50 ms has its keys asked again alone: on a machine
-    // too busy to load a batch in 50 ms (a CI runner with every test running) the owners then
-    // serve a request per key on top of the batches. Up to three tries, with new keys each.
-    let mut tries = Vec::new();
-    for attempt in 0..3 {
-        let f = forwarded_gets(&[], &format!("together{attempt}")).await;
-        // 120 gets at once: those to one owner share requests (81 keys went as 7 batches
-        // here), and the owners served every batch sent.
-        assert!(f.batches > 0.0);
-        assert!(f.served >= f.batches, "{} < {}", f.served, f.batches);
-        if f.served < f.keys {
-            return;
-        }
-        tries.push((f.served, f.keys));
-    }
-    panic!("(requests served, keys) in three tries: {tries:?}: never fewer requests than keys");
+    let f = forwarded_gets(&[], "together").await;
+    // 120 gets at once: those to one owner share requests (81 keys went as 7 batches here),
+    // and the owners served every batch sent. What the owners served in all is not compared
+    // with the keys: a batch that has not answered within 50 ms has its keys asked again
+    // alone (`HEDGE_AFTER`), and on a machine too busy to load a batch that fast (a CI runner
+    // with every test running) the owners then serve a request per key on top of the batches.
+    assert!(f.batches > 0.0);
+    assert!(
+        f.batches < f.keys,
+        "{} batches for {} keys: none shared",
+        f.batches,
+        f.keys
+    );
+    assert!(f.served >= f.batches, "{} < {}", f.served, f.batches);
 }
 
 /// Three nodes whose rings disagree, one node's view changed at a time (each reads its own

@@ -67,7 +67,6 @@ use std::time::Duration;
 pub use call::PluginCore;
 pub(crate) use call::plugin_kind;
 pub use caps::http::{AllowedOrigin, HttpAllowlist, HttpLimits};
-pub use caps::sql::sqlite as sql;
 pub use compressor::WasmCompressor;
 pub use engine::Runtime;
 pub use error::PluginError;

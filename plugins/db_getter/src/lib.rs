@@ -56,7 +56,7 @@ export_getter!(DbGetter);
 #[cfg(test)]
 mod tests {
     //! Natively, under the SDK's fake host: the statement, the parameter and how each column
-    //! type is served. `tests/single_node.rs` runs the same plugin in a real node over SQLite.
+    //! type is served. `tests/it/single_node.rs` runs the same plugin in a real node over SQLite.
 
     use geecache_guest_sdk::testing::{FakeHost, Level};
 

@@ -111,7 +111,7 @@ export_getter!(HttpGetter);
 
 #[cfg(test)]
 mod tests {
-    //! Natively, under the SDK's fake host. `tests/http_sources.rs` runs the same plugin in a
+    //! Natively, under the SDK's fake host. `tests/it/http_sources.rs` runs the same plugin in a
     //! real node against a real origin.
 
     use geecache_guest_sdk::http::{Method, Response};
