@@ -113,78 +113,63 @@ impl Getter for WasmGetter {
     }
 }
 
-/// Getters built against WIT 0.2.0.
-pub mod current {
-    use super::{Bytes, Loaded, Result};
-    use crate::plugin::bindings::getter::exports::geecache::plugin0_2_0::getter::Lookup;
-    use crate::plugin::bindings::getter::{GetterPlugin, GetterPluginPre};
-    use crate::plugin::plugin_kind;
+/// One WIT version's getter module: its bindings (`$bindings`, package `$package`), the
+/// accessor of its `getter` export, and how its `found` record's stale window is read. The two
+/// versions differ in nothing else.
+macro_rules! getter_version {
+    (
+        $(#[$doc:meta])*
+        $module:ident, $bindings:ident, $package:ident, $accessor:ident,
+        stale_ms: |$found:ident| $stale_ms:expr
+    ) => {
+        $(#[$doc])*
+        pub mod $module {
+            use super::{Bytes, Loaded, Result};
+            use crate::plugin::bindings::$bindings::exports::geecache::$package::getter::Lookup;
+            use crate::plugin::bindings::$bindings::{GetterPlugin, GetterPluginPre};
+            use crate::plugin::plugin_kind;
 
-    plugin_kind!(
-        /// A getter built against WIT 0.2.0.
-        Getter,
-        GetterPluginPre<crate::plugin::host::HostState>,
-        GetterPlugin,
-        geecache_plugin0_2_0_getter
-    );
+            plugin_kind!(
+                /// A getter built against this version of the WIT package.
+                Getter,
+                GetterPluginPre<crate::plugin::host::HostState>,
+                GetterPlugin,
+                $accessor
+            );
 
-    impl Getter {
-        /// Loads `key` of `group`.
-        pub(super) async fn load(&self, group: &str, key: &str) -> Result<Loaded> {
-            let (group, key) = (group.to_owned(), key.to_owned());
-            let lookup = self
-                .invoke(|mut w| async move {
-                    let getter = w.instance.geecache_plugin0_2_0_getter();
-                    let answer = getter.call_get(&mut w.store, &group, &key).await;
-                    (w, answer)
-                })
-                .await?;
-            Ok(match lookup {
-                Lookup::Found(found) => Loaded::Found {
-                    value: Bytes::from(found.value),
-                    expires_at_ms: found.expires_at_ms,
-                    stale_ms: found.stale_ms,
-                },
-                Lookup::NotFound => Loaded::NotFound,
-            })
+            impl Getter {
+                /// Loads `key` of `group`.
+                pub(super) async fn load(&self, group: &str, key: &str) -> Result<Loaded> {
+                    let (group, key) = (group.to_owned(), key.to_owned());
+                    let lookup = self
+                        .invoke(|mut w| async move {
+                            let getter = w.instance.$accessor();
+                            let answer = getter.call_get(&mut w.store, &group, &key).await;
+                            (w, answer)
+                        })
+                        .await?;
+                    Ok(match lookup {
+                        Lookup::Found($found) => Loaded::Found {
+                            stale_ms: $stale_ms,
+                            value: Bytes::from($found.value),
+                            expires_at_ms: $found.expires_at_ms,
+                        },
+                        Lookup::NotFound => Loaded::NotFound,
+                    })
+                }
+            }
         }
-    }
+    };
 }
 
-/// Getters built against WIT 0.1.0: no stale window of their own.
-pub mod v0_1 {
-    use super::{Bytes, Loaded, Result};
-    use crate::plugin::bindings::getter_v0_1::exports::geecache::plugin0_1_0::getter::Lookup;
-    use crate::plugin::bindings::getter_v0_1::{GetterPlugin, GetterPluginPre};
-    use crate::plugin::plugin_kind;
+getter_version!(
+    /// Getters built against WIT 0.2.0.
+    current, getter, plugin0_2_0, geecache_plugin0_2_0_getter,
+    stale_ms: |found| found.stale_ms
+);
 
-    plugin_kind!(
-        /// A getter built against WIT 0.1.0.
-        Getter,
-        GetterPluginPre<crate::plugin::host::HostState>,
-        GetterPlugin,
-        geecache_plugin0_1_0_getter
-    );
-
-    impl Getter {
-        /// Loads `key` of `group`.
-        pub(super) async fn load(&self, group: &str, key: &str) -> Result<Loaded> {
-            let (group, key) = (group.to_owned(), key.to_owned());
-            let lookup = self
-                .invoke(|mut w| async move {
-                    let getter = w.instance.geecache_plugin0_1_0_getter();
-                    let answer = getter.call_get(&mut w.store, &group, &key).await;
-                    (w, answer)
-                })
-                .await?;
-            Ok(match lookup {
-                Lookup::Found(found) => Loaded::Found {
-                    value: Bytes::from(found.value),
-                    expires_at_ms: found.expires_at_ms,
-                    stale_ms: None,
-                },
-                Lookup::NotFound => Loaded::NotFound,
-            })
-        }
-    }
-}
+getter_version!(
+    /// Getters built against WIT 0.1.0: no stale window of their own.
+    v0_1, getter_v0_1, plugin0_1_0, geecache_plugin0_1_0_getter,
+    stale_ms: |_found| None
+);

@@ -72,6 +72,10 @@ impl Group {
         let Some(peers) = inner.peers.as_ref() else {
             return report;
         };
+        if peers.others().is_empty() {
+            // A node alone (or the last one): nobody to hand to, so the caches are not walked.
+            return report;
+        }
         // Chosen first, sent after: the caches' iterators are not held across the sends. The
         // main cache's values first, then the hot copies.
         let mut chosen = Vec::new();
