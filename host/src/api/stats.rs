@@ -12,12 +12,14 @@ use crate::compression::metrics::{CODEC_METRICS, codec_samples};
 use crate::group::GroupSnapshot;
 use crate::group::metrics::{GROUP_METRICS, group_samples};
 use crate::plugin::PluginSnapshot;
-use crate::plugin::metrics::{PLUGIN_INFO_METRICS, PLUGIN_METRICS, plugin_samples};
+use crate::plugin::metrics::{PLUGIN_INFO_METRICS, PLUGIN_TABLES, plugin_samples};
 
 /// Every metric table the stats are exported with: what `Metrics::new` registers.
 pub const TABLES: &[Table] = &[
     GROUP_METRICS,
-    PLUGIN_METRICS,
+    PLUGIN_TABLES[0],
+    PLUGIN_TABLES[1],
+    PLUGIN_TABLES[2],
     PLUGIN_INFO_METRICS,
     CLUSTER_METRICS,
     super::metrics::CONNECTION_METRICS,
@@ -282,7 +284,7 @@ mod tests {
             .collect();
         let declared: BTreeSet<&str> = GROUP_METRICS
             .iter()
-            .chain(PLUGIN_METRICS)
+            .chain(PLUGIN_TABLES.iter().copied().flatten())
             .chain(CLUSTER_METRICS)
             .chain(CONNECTION_METRICS)
             .chain(CODEC_METRICS)

@@ -1,11 +1,15 @@
-//! The plugins' metrics: the table of every plugin series and how a [`PluginSnapshot`] maps to
-//! them (labels `plugin` and `kind`; the info metric also `version` and `sha256`).
+//! The plugins' metrics: the table of the runtime's plugin series and how a [`PluginSnapshot`]
+//! maps to them and to the capabilities' own (labels `plugin` and `kind`; the info metric also
+//! `version` and `sha256`). Each capability keeps its table beside its code
+//! ([`super::caps::log::METRICS`], [`super::caps::sql::METRICS`]); [`PLUGIN_TABLES`] lists
+//! them all.
 
 use geecache_core::metrics::{Sample, Table};
 
 use super::PluginSnapshot;
 
-/// Help text of every plugin metric; [`plugin_series`] emits exactly these names.
+/// Help text of the runtime's plugin metrics; [`plugin_series`] emits these names and the
+/// capabilities'.
 pub const PLUGIN_METRICS: Table = &[
     ("geecache_plugin_calls_total", "Plugin calls started."),
     (
@@ -29,14 +33,6 @@ pub const PLUGIN_METRICS: Table = &[
         "Wall time spent running plugin calls.",
     ),
     (
-        "geecache_plugin_logs_dropped_total",
-        "Plugin log records dropped: past the budget of one call (100 records or 64KiB).",
-    ),
-    (
-        "geecache_plugin_sql_too_large_total",
-        "SQL queries refused: a value, row, server message or result over the plugin's memory cap.",
-    ),
-    (
         "geecache_plugin_reloads_total",
         "New plugin versions swapped in by hot reload.",
     ),
@@ -56,7 +52,6 @@ pub const PLUGIN_INFO: (&str, &str) = (
 pub fn plugin_series(p: &PluginSnapshot) -> Vec<(&'static str, f64)> {
     vec![
         ("geecache_plugin_calls_total", p.calls as f64),
-        ("geecache_plugin_logs_dropped_total", p.logs_dropped as f64),
         ("geecache_plugin_traps_total", p.traps as f64),
         ("geecache_plugin_timeouts_total", p.timeouts as f64),
         (
@@ -68,17 +63,22 @@ pub fn plugin_series(p: &PluginSnapshot) -> Vec<(&'static str, f64)> {
             p.reported_errors as f64,
         ),
         ("geecache_plugin_busy_seconds_total", p.busy_seconds),
-        (
-            "geecache_plugin_sql_too_large_total",
-            p.sql_too_large as f64,
-        ),
         ("geecache_plugin_reloads_total", p.reloads as f64),
         (
             "geecache_plugin_reload_failures_total",
             p.reload_failures as f64,
         ),
+        super::caps::log::series(p),
+        super::caps::sql::series(p),
     ]
 }
+
+/// Every table of plugin series: the runtime's and each capability's.
+pub const PLUGIN_TABLES: [Table; 3] = [
+    PLUGIN_METRICS,
+    super::caps::log::METRICS,
+    super::caps::sql::METRICS,
+];
 
 /// [`PLUGIN_INFO`] as a table of its own.
 pub const PLUGIN_INFO_METRICS: Table = &[PLUGIN_INFO];

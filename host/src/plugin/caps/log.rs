@@ -8,6 +8,17 @@ use wasmtime::component::{HasSelf, Linker};
 use crate::plugin::bindings::log;
 use crate::plugin::host::HostState;
 
+/// The log capability's metric (labels `plugin` and `kind`, as every plugin series).
+pub const METRICS: geecache_core::metrics::Table = &[(
+    "geecache_plugin_logs_dropped_total",
+    "Plugin log records dropped: past the budget of one call (100 records or 64KiB).",
+)];
+
+/// The series of [`METRICS`] for one plugin.
+pub(crate) fn series(p: &crate::plugin::PluginSnapshot) -> (&'static str, f64) {
+    ("geecache_plugin_logs_dropped_total", p.logs_dropped as f64)
+}
+
 /// Adds the `log` interface, served by [`HostState`], to `linker` (every plugin kind).
 ///
 /// # Errors

@@ -87,6 +87,20 @@ impl Database {
     }
 }
 
+/// The SQL capability's metric (labels `plugin` and `kind`, as every plugin series).
+pub const METRICS: geecache_core::metrics::Table = &[(
+    "geecache_plugin_sql_too_large_total",
+    "SQL queries refused: a value, row, server message or result over the plugin's memory cap.",
+)];
+
+/// The series of [`METRICS`] for one plugin.
+pub(crate) fn series(p: &crate::plugin::PluginSnapshot) -> (&'static str, f64) {
+    (
+        "geecache_plugin_sql_too_large_total",
+        p.sql_too_large as f64,
+    )
+}
+
 /// Adds the `sql` interface, served by [`HostState`]'s database, to a getter's `linker`.
 ///
 /// # Errors
