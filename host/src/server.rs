@@ -129,6 +129,7 @@ pub fn build(settings: &Settings) -> Result<Node, String> {
     );
     cluster.set_coalesce_keys(c.peer_coalesce);
     cluster.set_handoff_window(c.handoff_window);
+    cluster.set_handoff_max_misses(c.handoff_max_misses);
     // The owner takes up to its --request-timeout to store a write and a peer timeout to hear
     // the other nodes drop their copies; the exchange, up to a peer timeout more.
     cluster.set_write_timeout(load_timeout.saturating_add(peer_timeout.saturating_mul(2)));

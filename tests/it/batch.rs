@@ -294,3 +294,39 @@ async fn rings_that_disagree_fail_no_request_and_loop_no_request() {
         n.stop().await;
     }
 }
+
+/// A cluster that starts cold has nothing to hand over: once its nodes' peeks at previous
+/// owners have found none of `--handoff-max-misses` keys in a row, they stop peeking (each
+/// peek is a peer round trip on every miss), and say so in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_cluster_stops_peeking_at_previous_owners_that_hold_nothing() {
+    let args: Vec<&str> = ARGS
+        .iter()
+        .copied()
+        .chain(["--handoff-max-misses", "8"])
+        .collect();
+    let nodes = TestNode::cluster(3, &args).await;
+    let keys: Vec<String> = (0..300).map(|i| format!("cold-{i}")).collect();
+    single_gets(&nodes[0], &keys).await;
+    let mut ended = 0.0;
+    let mut peeks = 0;
+    for node in &nodes {
+        let text = node.metrics_text().await;
+        ended += text
+            .lines()
+            .find(|l| l.starts_with("geecache_handoff_windows_ended_total"))
+            .map_or(0.0, |l| {
+                l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+            });
+        peeks += node.group_stats("scores").await["handoff_misses"]
+            .as_u64()
+            .unwrap();
+    }
+    // Each node owns about 100 of the keys and peeked for each while its window lasted: at
+    // most 8 per window, where without the bound every one of them would be a peek.
+    assert_eq!(ended, 3.0, "every node's window ended early");
+    assert!(peeks <= 3 * 8, "{peeks} peeks that found nothing");
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -190,6 +190,13 @@ pub trait PeerPicker: Send + Sync + fmt::Debug + 'static {
         let _ = key;
         None
     }
+
+    /// What a new owner's peeks at [`PeerPicker::previous_owners`] found for one key: a value
+    /// (`found`) or nothing. A picker may end its window early once peeks stop paying (a
+    /// cluster that started cold holds nothing to hand over). The default: nothing.
+    fn handoff_outcome(&self, found: bool) {
+        let _ = found;
+    }
 }
 
 /// Most nodes a key's new owner peeks at before it loads the key ([`PeerPicker::previous_owners`]).

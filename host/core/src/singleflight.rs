@@ -12,7 +12,6 @@
 //! caller starts a fresh load. Singleflight is not a cache: a call that arrives after a load
 //! completed loads again.
 
-use parking_lot::Mutex;
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +22,7 @@ use std::sync::{Arc, Weak};
 use futures::FutureExt;
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, Shared, WeakShared};
+use parking_lot::Mutex;
 
 /// The load every waiter of one call polls; its output is cloned to each of them.
 type SharedLoad<T, E> = Shared<BoxFuture<'static, Result<T, Arc<E>>>>;

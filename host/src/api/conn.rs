@@ -38,7 +38,6 @@
 //!   the connection releases it once that frame has been written to the socket (the next
 //!   flush), not when it was copied into hyper's buffer.
 
-use parking_lot::Mutex;
 use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};

@@ -191,6 +191,7 @@ impl AppState {
                 ring_mismatches: cluster.ring_stamp().mismatches(),
                 registration: cluster.registration(),
                 registry: cluster.registry_counts(),
+                handoff_windows_ended: cluster.handoff_windows_ended(),
                 peer_refused: self
                     .inner
                     .peer_auth

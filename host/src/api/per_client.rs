@@ -3,13 +3,14 @@
 //! `--rate-burst`: a GCRA token bucket per address by `governor`, [`ClientRate`], whose quiet
 //! clients are swept out). See `conn.rs` for how the listener uses them.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use crate::config::PerClient;
 

@@ -14,7 +14,6 @@
 //! Each connection has its own one-shot stop signal, so that polling a connection never
 //! touches anything another connection shares.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +25,7 @@ use axum::response::Response;
 use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 /// The stop signals of the open connections, by connection number.

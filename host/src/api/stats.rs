@@ -167,6 +167,7 @@ mod tests {
                     rejected: 4,
                     restored: 5,
                 },
+                handoff_windows_ended: 17,
                 peer_refused: [12, 13, 14, 15, 16],
             },
             connections: ConnSnapshot {

@@ -20,6 +20,9 @@ pub struct ClusterStats {
     pub registration: RegistrationState,
     /// Registry entries rejected, own entry written back (etcd only).
     pub registry: RegistryCounts,
+    /// Handoff windows ended early: the previous owners held none of the last
+    /// `--handoff-max-misses` keys asked.
+    pub handoff_windows_ended: u64,
     /// Signed peer requests refused, by reason ([`crate::peer::auth::REFUSAL_REASONS`]);
     /// zeros without a cluster secret.
     pub peer_refused: [u64; crate::peer::auth::REFUSAL_REASONS.len()],
@@ -51,6 +54,10 @@ pub const CLUSTER_METRICS: Table = &[
         "geecache_registration_restored_total",
         "Times this node found its etcd registry entry overwritten and wrote it back.",
     ),
+    (
+        "geecache_handoff_windows_ended_total",
+        "Warm-handoff windows ended early: the previous owners held none of the last --handoff-max-misses keys asked.",
+    ),
 ];
 
 /// A series' one label, when it has one: its name and value.
@@ -75,6 +82,11 @@ pub fn cluster_series(c: &ClusterStats) -> Vec<(&'static str, Label, f64)> {
             "geecache_registration_restored_total",
             None,
             c.registry.restored as f64,
+        ),
+        (
+            "geecache_handoff_windows_ended_total",
+            None,
+            c.handoff_windows_ended as f64,
         ),
     ];
     for state in RegistrationState::ALL {

@@ -10,193 +10,34 @@
 //! Every request to a peer is timed into `geecache_peer_request_duration_seconds` (by peer,
 //! operation and outcome) and runs in a `geecache.peer.<op>` span.
 //!
-//! Files: this one holds the cluster and its peers; `coalesce.rs` coalesces gets to one owner
-//! into batches (`--peer-coalesce`); `metrics.rs` the cluster's `/metrics` table.
+//! Files: this one holds the cluster, its ring and its handoff window; `peer.rs` one other
+//! node ([`RemotePeer`]); `coalesce.rs` coalesces gets to one owner into batches
+//! (`--peer-coalesce`); `metrics.rs` the cluster's `/metrics` table.
 
-use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::task::JoinHandle;
-use tracing::Instrument as _;
 
 use crate::discovery::{Member, Membership, RegistrationState};
 use crate::error::Result;
-use crate::group::{Entries, OwnerItem, PeerEntry, PeerPicker, PeerService, RemotePeer};
-use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerHttp};
+use crate::group::{PeerPicker, RemotePeer};
+use crate::peer::{ClusterSecret, PeerClient, PeerHttp};
 use crate::ring::{DEFAULT_REPLICAS, Ring};
 use crate::seam::HANDOFF_CANDIDATES;
 use crate::telemetry::Metrics;
 
 mod coalesce;
 pub mod metrics;
+mod peer;
 
 use coalesce::Coalescer;
 pub use coalesce::DEFAULT_MAX_KEYS as DEFAULT_COALESCE_KEYS;
-
-/// One other node: its ring name, a client for it, and the lanes that coalesce gets to it.
-#[derive(Debug)]
-struct Peer {
-    /// What sends and times requests to it (shared with the tasks sending coalesced batches).
-    core: Arc<PeerCore>,
-    /// Gets to it under load go as batches (see [`coalesce`]).
-    coalescer: Arc<Coalescer>,
-}
-
-/// How requests reach one other node.
-#[derive(Debug)]
-struct PeerCore {
-    /// The node's advertised address (its ring name); shared, so it labels every request's
-    /// latency without a copy.
-    addr: Arc<str>,
-    /// Signs and sends requests to it.
-    client: PeerClient,
-    /// Where request latencies are recorded (the node's meters).
-    metrics: Metrics,
-}
-
-impl PeerCore {
-    /// Runs one request to this peer in its span, timing it by outcome (`ok` or the error's
-    /// code; `cancelled` when the caller stops waiting).
-    async fn time<T>(
-        &self,
-        op: &'static str,
-        span: tracing::Span,
-        request: impl Future<Output = std::result::Result<T, PeerError>>,
-    ) -> std::result::Result<T, PeerError> {
-        let call = self.metrics.peer_call(self.addr.clone(), op);
-        let answer = request.instrument(span).await;
-        call.finish(answer.as_ref().map_or_else(PeerError::code, |_| "ok"));
-        answer
-    }
-
-    /// [`PeerCore::time`], with the error as the node's.
-    async fn timed<T>(
-        &self,
-        op: &'static str,
-        span: tracing::Span,
-        request: impl Future<Output = std::result::Result<T, PeerError>>,
-    ) -> Result<T> {
-        Ok(self.time(op, span, request).await?)
-    }
-
-    /// One batch of gets the coalescer formed (timed as operation `coalesced`).
-    async fn coalesced_batch(
-        &self,
-        group: &str,
-        keys: &[String],
-    ) -> std::result::Result<crate::peer::BatchResult, PeerError> {
-        let span = tracing::info_span!("geecache.peer.coalesced", peer = &*self.addr, group);
-        self.time("coalesced", span, self.client.batch_get(group, keys))
-            .await
-    }
-}
-
-impl Entries for Peer {
-    /// Timed from the get's start to its answer, in a batch or not.
-    fn get<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
-        let span = tracing::info_span!("geecache.peer.get", peer = &*self.core.addr, group);
-        Box::pin(
-            self.core
-                .timed("get", span, self.coalescer.get(&self.core, group, key)),
-        )
-    }
-
-    fn set<'a>(
-        &'a self,
-        group: &'a str,
-        key: &'a str,
-        entry: PeerEntry,
-    ) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.set", peer = &*self.core.addr, group);
-        Box::pin(
-            self.core
-                .timed("set", span, self.core.client.set(group, key, entry)),
-        )
-    }
-
-    fn delete<'a>(&'a self, group: &'a str, key: &'a str) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.delete", peer = &*self.core.addr, group);
-        Box::pin(
-            self.core
-                .timed("delete", span, self.core.client.delete(group, key)),
-        )
-    }
-}
-
-impl PeerService for Peer {
-    fn invalidate<'a>(&'a self, group: &'a str, keys: &'a [String]) -> BoxFuture<'a, Result<()>> {
-        let span = tracing::info_span!("geecache.peer.invalidate", peer = &*self.core.addr, group);
-        Box::pin(
-            self.core
-                .timed("invalidate", span, self.core.client.invalidate(group, keys)),
-        )
-    }
-
-    fn peek<'a>(
-        &'a self,
-        group: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PeerEntry>>> {
-        let span = tracing::info_span!("geecache.peer.peek", peer = &*self.core.addr, group);
-        Box::pin(
-            self.core
-                .timed("peek", span, self.core.client.peek(group, key)),
-        )
-    }
-
-    fn take_handoff<'a>(
-        &'a self,
-        group: &'a str,
-        entries: Vec<(String, PeerEntry)>,
-    ) -> BoxFuture<'a, Result<usize>> {
-        let span = tracing::info_span!("geecache.peer.handoff", peer = &*self.core.addr, group);
-        Box::pin(
-            self.core
-                .timed("handoff", span, self.core.client.hand_off(group, entries)),
-        )
-    }
-}
-
-impl RemotePeer for Peer {
-    fn id(&self) -> &str {
-        &self.core.addr
-    }
-
-    /// One `_batch` request (several, one after another, past the protocol's key limit).
-    fn batch_get<'a>(
-        &'a self,
-        group: &'a str,
-        keys: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<(String, OwnerItem)>>> {
-        let span = tracing::info_span!("geecache.peer.batch", peer = &*self.core.addr, group);
-        Box::pin(async move {
-            let items = self
-                .core
-                .timed("batch", span, self.core.client.batch_get(group, keys))
-                .await?;
-            Ok(items
-                .into_iter()
-                .map(|(key, item)| {
-                    let item = match item {
-                        Ok(entry) => OwnerItem::Answered(entry),
-                        // The owner's budget ran out before this key: ask for it alone.
-                        Err(PeerError::ItemFailed { code, .. }) if code == "too_large" => {
-                            OwnerItem::Skipped
-                        }
-                        Err(e) => OwnerItem::Failed(e.to_string()),
-                    };
-                    (key, item)
-                })
-                .collect())
-        })
-    }
-}
+use peer::{Peer, PeerCore};
 
 /// The ring and the clients built from one member list.
 #[derive(Debug)]
@@ -220,11 +61,19 @@ struct Previous {
     peers: HashMap<String, Arc<Peer>>,
     /// When the window for asking ends.
     until: Instant,
+    /// Keys in a row whose peeks found nothing (see [`Cluster::set_handoff_max_misses`]).
+    misses_in_a_row: AtomicU64,
 }
 
 /// How long after a ring change (or after this node started) a key's new owner peeks at its
 /// previous owner before loading it (`--handoff-window`).
 pub const DEFAULT_HANDOFF_WINDOW: Duration = Duration::from_secs(60);
+
+/// Keys in a row whose peeks at their previous owners found nothing, after which the handoff
+/// window ends early (`--handoff-max-misses`): a cluster that started cold, or whose previous
+/// owners lost their memory, has nothing to hand over, and every miss would pay a peer round
+/// trip per candidate for the whole window.
+pub const DEFAULT_HANDOFF_MAX_MISSES: u64 = 256;
 
 /// Most bytes (keys and stored values) a stopping node hands to their next owners
 /// (`--handoff-bytes`).
@@ -278,6 +127,10 @@ pub struct Cluster {
     joined: std::sync::atomic::AtomicBool,
     /// How long a previous ring is asked for keys' values, in milliseconds (0: never).
     handoff_window_ms: AtomicU64,
+    /// Keys in a row found nowhere that end a handoff window early (0: never).
+    handoff_max_misses: AtomicU64,
+    /// Handoff windows ended early by [`Cluster::handoff_max_misses`].
+    handoff_windows_ended: AtomicU64,
     /// What a peer's answer may hold: the largest value and the batch budget (see
     /// [`Cluster::set_answer_limits`]); 0 until set (no cap but the client's default).
     answer_limits: [AtomicUsize; 2],
@@ -349,6 +202,8 @@ impl Cluster {
             previous: RwLock::new(None),
             joined: std::sync::atomic::AtomicBool::new(false),
             handoff_window_ms: AtomicU64::new(millis(DEFAULT_HANDOFF_WINDOW)),
+            handoff_max_misses: AtomicU64::new(DEFAULT_HANDOFF_MAX_MISSES),
+            handoff_windows_ended: AtomicU64::new(0),
             answer_limits: [AtomicUsize::new(0), AtomicUsize::new(0)],
         };
         cluster
@@ -388,6 +243,18 @@ impl Cluster {
             .store(millis(window), Ordering::Relaxed);
     }
 
+    /// After how many keys in a row whose peeks found nothing a handoff window ends early
+    /// (`--handoff-max-misses`; 0: it lasts its whole length).
+    pub fn set_handoff_max_misses(&self, keys: u64) {
+        self.handoff_max_misses.store(keys, Ordering::Relaxed);
+    }
+
+    /// Handoff windows ended early because peeks found nothing (see
+    /// [`Cluster::set_handoff_max_misses`]).
+    pub fn handoff_windows_ended(&self) -> u64 {
+        self.handoff_windows_ended.load(Ordering::Relaxed)
+    }
+
     /// Remembers `ring` (and the clients of its nodes) as the previous one for the handoff
     /// window, from now.
     fn remember_previous(&self, ring: Ring, peers: HashMap<String, Arc<Peer>>) {
@@ -397,6 +264,7 @@ impl Cluster {
                 ring,
                 peers,
                 until: Instant::now() + window,
+                misses_in_a_row: AtomicU64::new(0),
             })
         });
         *self.previous.write() = previous;
@@ -653,6 +521,33 @@ impl PeerPicker for Cluster {
             .collect()
     }
 
+    fn handoff_outcome(&self, found: bool) {
+        let Some(previous) = self.previous.read().clone() else {
+            return;
+        };
+        if found {
+            previous.misses_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let limit = self.handoff_max_misses.load(Ordering::Relaxed);
+        let misses = previous.misses_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if limit == 0 || misses != limit {
+            return;
+        }
+        // Only this window: a ring change since may have started another.
+        let mut current = self.previous.write();
+        if current.as_ref().is_some_and(|p| Arc::ptr_eq(p, &previous)) {
+            *current = None;
+            drop(current);
+            self.handoff_windows_ended.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                keys = misses,
+                "warm handoff: the previous owners held none of the last {misses} keys asked; \
+                 no more peeks until the ring changes (--handoff-max-misses)"
+            );
+        }
+    }
+
     fn successor(&self, key: &str) -> Option<Arc<dyn RemotePeer>> {
         let view = self.view.read().clone();
         let next = view.ring.owners(key, 2).into_iter().nth(1)?;
@@ -740,6 +635,36 @@ mod tests {
             mine.iter().all(|k| cluster.previous_owners(k).is_empty()),
             "window over"
         );
+        cluster.leave().await;
+    }
+
+    #[tokio::test]
+    async fn a_window_whose_peeks_find_nothing_ends_early_and_a_hit_resets_the_count() {
+        let (me, b, c) = ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003");
+        let cluster = Cluster::new(me, me, None, Duration::from_secs(1), Metrics::new(me, &[]));
+        cluster.set_handoff_max_misses(4);
+        cluster.join(Membership::fixed(
+            Member::new(me, me),
+            vec![Member::new("b", b), Member::new("c", c)],
+        ));
+        let mine = (0..200)
+            .map(|i| format!("k{i}"))
+            .find(|k| cluster.pick(k).is_none())
+            .unwrap();
+        assert!(!cluster.previous_owners(&mine).is_empty(), "just joined");
+        // Three misses, a hit, three misses: never four in a row.
+        for found in [false, false, false, true, false, false, false] {
+            cluster.handoff_outcome(found);
+        }
+        assert!(!cluster.previous_owners(&mine).is_empty(), "still open");
+        assert_eq!(cluster.handoff_windows_ended(), 0);
+        cluster.handoff_outcome(false);
+        assert!(cluster.previous_owners(&mine).is_empty(), "ended early");
+        assert_eq!(cluster.handoff_windows_ended(), 1);
+        // A ring change opens a new window.
+        cluster.apply(&[Member::new(me, me), Member::new("b", b)]);
+        cluster.handoff_outcome(false);
+        assert_eq!(cluster.handoff_windows_ended(), 1);
         cluster.leave().await;
     }
 }

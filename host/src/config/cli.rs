@@ -300,6 +300,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "GEECACHE_HANDOFF_WINDOW")]
     pub handoff_window: Option<String>,
 
+    /// The handoff window ends early once this many keys in a row were found in no previous
+    /// owner's memory (a cluster that started cold has nothing to hand over, and each peek is
+    /// a peer round trip); 0 keeps the whole window [default: 256].
+    #[arg(long, value_name = "KEYS", env = "GEECACHE_HANDOFF_MAX_MISSES")]
+    pub handoff_max_misses: Option<u64>,
+
     /// Longest a key's new owner waits for the previous owner's answer to such a peek before
     /// loading the key itself [default: 50ms].
     #[arg(long, value_name = "DURATION", env = "GEECACHE_HANDOFF_TIMEOUT")]

@@ -52,6 +52,8 @@ pub struct ClusterSettings {
     /// Most bytes (keys and stored values) a stopping node hands to their next owners (0:
     /// none).
     pub handoff_bytes: u64,
+    /// Keys in a row found nowhere after which a handoff window ends early (0: never).
+    pub handoff_max_misses: u64,
 }
 
 impl ClusterSettings {
@@ -140,6 +142,9 @@ pub(super) fn cluster(cli: &Cli, bind: IpAddr, port: u16) -> Result<ClusterSetti
         handoff_bytes: given(cli.handoff_bytes.as_deref(), parse_size)
             .map_err(|e| format!("--handoff-bytes: {e}"))?
             .unwrap_or(crate::cluster::DEFAULT_HANDOFF_BYTES),
+        handoff_max_misses: cli
+            .handoff_max_misses
+            .unwrap_or(crate::cluster::DEFAULT_HANDOFF_MAX_MISSES),
     })
 }
 

@@ -1,11 +1,12 @@
 //! The replay guard: the nonces of the signed requests a node accepted, by signing second,
 //! for as long as their date can be accepted, in a bounded, compact ring.
 
-use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::auth::{AuthError, MAX_CLOCK_SKEW, MAX_REMEMBERED_NONCES, NONCE_WINDOW, unix_now_ms};
 

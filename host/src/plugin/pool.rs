@@ -22,10 +22,10 @@
 //! Idle instances across all plugins are capped ([`IdleBudget`]), so that the pooling allocator,
 //! sized for calls in flight plus idle instances, never runs out of slots.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use parking_lot::Mutex;
 use wasmtime::Store;
 
 use super::host::HostState;

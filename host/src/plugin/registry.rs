@@ -20,7 +20,6 @@
 //! swaps it in everywhere only once every node has it ([`Plugins::commit_staged`]), so no node
 //! is left unable to load what the others run.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 pub use super::slot::{Reloadable, Slot};

@@ -2,12 +2,12 @@
 //! and codecs call through, as a getter, storage backend or compressor), and [`Slot`] is that,
 //! by kind. A reload swaps the version in the slot (see `registry.rs`).
 
-use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 
 use super::{LoadedPlugin, WasmCompressor, WasmGetter, WasmStorage};
 use crate::compression::{CodecError, Compressor};

@@ -10,7 +10,6 @@
 //! dir/x.wasm.tmp && mv dir/x.wasm.tmp dir/x.wasm`): a file written in place may be read
 //! half-written, which is refused (not a component) and then reloaded when the writes settle.
 
-use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -18,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
+use parking_lot::Mutex;
 
 use super::Plugins;
 

@@ -21,7 +21,6 @@
 //! (a ring member), op, route (the axum route template), method, status, outcome (an error
 //! code), state. Never a key.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, MeterProvider as
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+use parking_lot::Mutex;
 use prometheus::{Encoder as _, TextEncoder};
 
 use geecache_core::metrics::{Sample, Table};

@@ -351,8 +351,14 @@ impl Inner {
         if self.options.handoff_timeout.is_zero() {
             return None;
         }
-        let candidates = self.peers.as_ref()?.previous_owners(key);
-        self.peek_at(key, &candidates).await
+        let peers = self.peers.as_ref()?;
+        let candidates = peers.previous_owners(key);
+        if candidates.is_empty() {
+            return None;
+        }
+        let value = self.peek_at(key, &candidates).await;
+        peers.handoff_outcome(value.is_some());
+        value
     }
 
     /// Asks `candidates` in order for the value they hold in memory for `key`, all within one

@@ -47,12 +47,12 @@ mod stats;
 mod tier;
 mod write;
 
-use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use crate::cache::{Cache, Clock, Doorkeeper, MissReason};
 use crate::compression::{Codecs, Encoding, Stored};

@@ -36,11 +36,11 @@
 //! behind it. Each worker stops at it; the last to arrive asks the backend to clear the group,
 //! and then all go on. Until the clear has finished, every read treats the tier as a miss.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use parking_lot::Mutex;
 use tokio::sync::{Barrier, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -3,6 +3,7 @@
 //! invalidation of this node's copies; flushes.
 
 use bytes::Bytes;
+
 use parking_lot::MutexGuard;
 
 use super::stats::bump;

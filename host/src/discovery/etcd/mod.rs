@@ -48,7 +48,6 @@
 //! Files: this one holds the registration task; `options.rs` how to reach etcd (endpoints,
 //! TLS, user, timeouts); `admission.rs` which registry entries become members.
 
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -59,6 +58,7 @@ use etcd_client::{
     Client, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
     WatchResponse, WatchStream,
 };
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};

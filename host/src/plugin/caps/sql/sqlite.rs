@@ -24,10 +24,10 @@
 //! - **Clean connections.** A connection goes back to the idle pool only in autocommit mode
 //!   with no handler left behind; anything else is closed.
 
-use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
