@@ -1,4 +1,4 @@
-//! The integration tests, as one test binary (issue 45; wasmtime's tests are laid out the same
+//! The integration tests, as one test binary (wasmtime's tests are laid out the same
 //! way): one module per suite, so a change to geecache-host relinks one test executable instead
 //! of one per suite. `cargo test -p geecache-tests --test it` runs them all;
 //! `cargo test -p geecache-tests --test it cluster::` runs one suite.
