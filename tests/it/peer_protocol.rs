@@ -499,6 +499,45 @@ async fn too_many_or_empty_keys_in_one_request_are_400() {
     )
     .await;
     assert_error_info(&answer, 400, "bad_request");
+    // A stopping node's handoff: the same bound on its items, counted before decoding, and
+    // an item must carry an entry.
+    // A well-formed entry: only the count can make the first body a 400.
+    let entry = proto::Entry {
+        value: geecache_host::compression::Stored::raw(b"v")
+            .bytes()
+            .clone(),
+        codec: "none".into(),
+        ..Default::default()
+    };
+    let handoff = |n: usize, with_entry: bool| proto::HandoffRequest {
+        items: (0..n)
+            .map(|i| proto::HandoffItem {
+                key: i.to_string(),
+                entry: with_entry.then(|| entry.clone()),
+            })
+            .collect(),
+    };
+    for body in [handoff(MAX_BATCH_KEYS + 1, true), handoff(1, false)] {
+        let answer = raw(
+            addr,
+            "POST",
+            "/_geecache/g/_handoff",
+            &headers,
+            body.encode_to_vec(),
+        )
+        .await;
+        assert_error_info(&answer, 400, "bad_request");
+    }
+    // The control: a handoff within the bound is taken.
+    let answer = raw(
+        addr,
+        "POST",
+        "/_geecache/g/_handoff",
+        &headers,
+        handoff(MAX_BATCH_KEYS, true).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(answer.0, 200, "{answer:?}");
 }
 
 #[tokio::test]

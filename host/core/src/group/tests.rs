@@ -2079,3 +2079,54 @@ async fn a_new_owner_takes_a_key_from_its_previous_owners_memory_before_loading_
     );
     assert_eq!(previous.owner.snapshot().counters.peeks_served, 3);
 }
+
+/// What a stopping node hands over is kept only when it can be served as it is: not expired,
+/// not for a key held already, a key within the limits, a value that decodes. A hostile or
+/// broken sender can make the receiver keep nothing else, and never load.
+#[tokio::test]
+async fn a_handoff_keeps_only_entries_it_can_serve_as_they_are() {
+    let getter = Arc::new(MapGetter::default());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let g = group(getter.clone(), GroupOptions::default(), clock.clone());
+    g.get("held").await.unwrap();
+    let entry = |value: &[u8], expires_at_ms| PeerEntry {
+        value: Stored::raw(value).bytes().clone(),
+        codec: "none".into(),
+        expires_at_ms,
+    };
+    let mut corrupt = Stored::raw(b"bits").bytes().to_vec();
+    *corrupt.last_mut().unwrap() ^= 1;
+    let entries = vec![
+        ("fresh".to_string(), entry(b"f", Some(2_000_000))),
+        ("expired".to_string(), entry(b"e", Some(1_000_000))),
+        ("held".to_string(), entry(b"other", None)),
+        ("x".repeat(2000), entry(b"long key", None)),
+        (String::new(), entry(b"empty key", None)),
+        (
+            "corrupt".to_string(),
+            PeerEntry {
+                value: Bytes::from(corrupt),
+                codec: "none".into(),
+                expires_at_ms: None,
+            },
+        ),
+        (
+            "unknown codec".to_string(),
+            PeerEntry {
+                value: Stored::raw(b"u").bytes().clone(),
+                codec: "no-such-codec".into(),
+                expires_at_ms: None,
+            },
+        ),
+    ];
+    assert_eq!(g.take_handoff(entries).await.unwrap(), 1);
+    assert_eq!(g.get("fresh").await.unwrap(), Bytes::from("f"));
+    assert_eq!(g.get("held").await.unwrap(), Bytes::from("v:held"));
+    assert_eq!(
+        getter.calls.load(Ordering::SeqCst),
+        1,
+        "only the first get of held loaded"
+    );
+    assert_eq!(g.get("corrupt").await.unwrap(), Bytes::from("v:corrupt"));
+    assert_eq!(g.snapshot().counters.handoff_received, 1);
+}
