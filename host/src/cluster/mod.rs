@@ -147,16 +147,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A member's address as a base URL: as it is when it has a scheme (`https://...`), else
-/// `http://` + it.
-fn with_scheme(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 impl Cluster {
     /// A cluster of this node alone, until [`Cluster::join`] brings the members in.
     pub fn new(
@@ -341,7 +331,7 @@ impl Cluster {
     }
 
     fn client(&self, addr: &str) -> Result<Peer> {
-        let client = PeerClient::builder(with_scheme(addr))
+        let client = PeerClient::builder(addr)
             .timeout(self.peer_timeout)
             .write_timeout(Duration::from_millis(
                 self.write_timeout_ms.load(Ordering::Relaxed),

@@ -229,12 +229,7 @@ impl Verified {
 /// from the peer's address and the server from its own advertised address, so they agree
 /// however the address was spelled. Text that is no such address is returned as it is.
 pub fn authority_of(addr: &str) -> String {
-    let with_scheme = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    match url::Url::parse(&with_scheme) {
+    match super::node_url(addr) {
         Ok(url) => match (url.host_str(), url.port_or_known_default()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
             _ => addr.to_string(),

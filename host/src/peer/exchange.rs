@@ -21,7 +21,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{HeaderMap, Method, Request, StatusCode, Uri, header};
-use url::Url;
 
 use super::auth::{self, ClusterSecret};
 use super::http::{HttpError, PeerHttp};
@@ -45,12 +44,7 @@ impl Target {
     /// # Errors
     /// Why `addr` is not such an address (base paths and queries are not supported).
     pub(super) fn parse(addr: &str) -> Result<Target, String> {
-        let with_scheme = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let url = Url::parse(&with_scheme).map_err(|e| e.to_string())?;
+        let url = super::node_url(addr).map_err(|e| e.to_string())?;
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err("peers are http:// or https://".into());
         }

@@ -103,6 +103,16 @@ pub const DEFAULT_PEER_CONCURRENCY: usize = 256;
 /// (core's, shared with the API's batches).
 pub use crate::batch::MAX_BATCH_KEYS;
 
+/// The URL of the node at `addr`: `addr` itself when it has a scheme (`https://...`), else
+/// `http://` + it. How every address of a node is read, by the client and by the signer alike.
+fn node_url(addr: &str) -> Result<url::Url, url::ParseError> {
+    if addr.contains("://") {
+        url::Url::parse(addr)
+    } else {
+        url::Url::parse(&format!("http://{addr}"))
+    }
+}
+
 /// How many times the length-delimited field `field` occurs at the top level of the protobuf
 /// message `body`, counting no further than `max + 1`; `None` when `body` is not well formed
 /// (the decoder then says why). Reads only tags and lengths: nothing is allocated.
