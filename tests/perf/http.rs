@@ -14,6 +14,13 @@
 //!
 //! `NAME@N` runs a workload on `N` nodes (static peers on loopback), the client's connections
 //! spread over them.
+//!
+//! The `groupcache` baseline is a peer system rather than a fixed response: three Go groupcache
+//! nodes (`groupcache.rs`) asked by the same client with the same requests, keys and value
+//! sizes, in two rows, `groupcache hit@3` (the `hit` keys, loaded first) and `groupcache
+//! miss@3` (never-asked keys). Rows of ours of the same kind on as many nodes get the ratios
+//! "× groupcache" (req/s) and "CPU × groupcache" (server CPU per request, the three Go
+//! processes' summed as a cluster's nodes' are).
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -24,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::groupcache::{self, GroupcacheCluster};
 use crate::load::{self, Keys, Load, Outcome, Requests, Zipf, interrupted};
 use crate::report;
 use crate::servers::{self, Cluster, CpuTime, Fixed, NodeSpec, Stack};
@@ -36,12 +44,17 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "hit,miss,zipf,mixed,miss@3"
+        default_value = "hit,miss,zipf,mixed,hit@3,miss@3"
     )]
     pub workloads: Vec<String>,
-    /// Baselines measured first: nginx, hyper, axum; `none` for none. nginx is skipped (with
-    /// a note) when it is not installed.
-    #[arg(long, value_delimiter = ',', default_value = "nginx,hyper,axum")]
+    /// Baselines measured first: nginx, hyper, axum, groupcache (3 Go groupcache nodes, a hit
+    /// and a miss row); `none` for none. nginx, and groupcache without Go or its groupcache
+    /// package, are skipped (with a note) when not installed.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "nginx,hyper,axum,groupcache"
+    )]
     pub baselines: Vec<String>,
     /// Drive these running nodes (`http://host:port`, comma-separated) instead of starting
     /// nodes; `@NODES` of the workloads is then ignored.
@@ -168,10 +181,10 @@ impl Workload {
 #[derive(Debug)]
 struct Row {
     name: String,
-    /// Nodes loaded (None for a baseline).
+    /// Nodes loaded (None for a fixed-response baseline).
     nodes: Option<usize>,
-    /// `hit` or a baseline name: what other rows are compared with.
-    kind: Option<Kind>,
+    /// What was measured: what other rows are compared with.
+    source: Source,
     outcome: Outcome,
     /// Getter calls during the measured part, summed over the nodes.
     getter_calls: Option<u64>,
@@ -181,6 +194,17 @@ struct Row {
     peak_rss: Option<u64>,
     /// CPU time the servers (the nodes, or the baseline) and this program spent on the row.
     cpu: Cpu,
+}
+
+/// What a row measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A fixed-response baseline (nginx, hyper, axum).
+    Fixed,
+    /// A workload on geecache nodes.
+    Ours(Kind),
+    /// A workload on Go groupcache nodes (the `groupcache` baseline).
+    Groupcache(Kind),
 }
 
 /// CPU time spent on a row: of the servers and of the client, from `/proc` (Linux; not for
@@ -288,8 +312,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .filter(|b| *b != "none")
         .cloned()
         .collect();
-    if let Some(b) = baselines.iter().find(|b| !BASELINES.contains(&b.as_str())) {
-        bail!("no baseline {b:?}: nginx, hyper, axum or none");
+    if let Some(b) = baselines
+        .iter()
+        .find(|b| !BASELINES.contains(&b.as_str()) && *b != GROUPCACHE)
+    {
+        bail!("no baseline {b:?}: nginx, hyper, axum, groupcache or none");
     }
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     let targets = args
@@ -376,16 +403,35 @@ fn run_round(
     for b in baselines {
         *step += 1;
         eprintln!("[{step}/{steps}] baseline {b}");
+        if b == GROUPCACHE {
+            match geecache_tests::groupcache::binary().map_err(anyhow::Error::msg)? {
+                Some(bin) => {
+                    for kind in [Kind::Hit, Kind::Miss] {
+                        rows.push(run_groupcache(setup, &bin, kind)?);
+                        if interrupted() {
+                            bail!("interrupted");
+                        }
+                    }
+                }
+                None => note(
+                    notes,
+                    &format!(
+                        "Go or its groupcache package is not installed: no groupcache rows ({})",
+                        geecache_tests::groupcache::INSTALL
+                    ),
+                ),
+            }
+            continue;
+        }
         let fixed = match b.as_str() {
             "nginx" => match servers::nginx_binary() {
                 Some(nginx) => Fixed::nginx(&nginx, setup.args.value_bytes)?,
                 None => {
-                    let note = "nginx is not installed: no nginx baseline \
-                                (Debian: apt-get install nginx-light)";
-                    eprintln!("  {note}");
-                    if !notes.iter().any(|n| n == note) {
-                        notes.push(note.to_owned());
-                    }
+                    note(
+                        notes,
+                        "nginx is not installed: no nginx baseline \
+                         (Debian: apt-get install nginx-light)",
+                    );
                     continue;
                 }
             },
@@ -399,7 +445,7 @@ fn run_round(
         rows.push(Row {
             name: b.clone(),
             nodes: None,
-            kind: None,
+            source: Source::Fixed,
             outcome: outcome?,
             getter_calls: None,
             peer_requests: None,
@@ -420,6 +466,14 @@ fn run_round(
         }
     }
     Ok(rows)
+}
+
+/// Prints `note` and keeps it for the report, once.
+fn note(notes: &mut Vec<String>, note: &str) {
+    eprintln!("  {note}");
+    if !notes.iter().any(|n| n == note) {
+        notes.push(note.to_owned());
+    }
 }
 
 /// A short id from the clock, unique enough between runs on one machine.
@@ -462,23 +516,7 @@ fn run_workload(setup: &Setup, w: Workload) -> anyhow::Result<Row> {
     // Each workload has its own keys, so no workload finds another's in a `--target` cache.
     let prefix = format!("{}-", w.name().replace('@', "n"));
     if matches!(w.kind, Kind::Hit | Kind::Mixed) {
-        let mut warm = setup.load(
-            &format!("{}: loading {} keys", w.name(), args.keys),
-            &targets,
-            setup.requests(&prefix, Keys::Sequential, 0),
-        );
-        warm.max_requests = Some(args.keys);
-        warm.duration = Duration::from_secs(600);
-        let outcome = load::run(&warm)?;
-        if !outcome.all_ok() {
-            bail!(
-                "{}: loading the keys failed for {} of {} requests: {}",
-                w.name(),
-                outcome.requests - outcome.ok,
-                outcome.requests,
-                outcome.problems.join("; ")
-            );
-        }
+        load_keys(setup, &w.name(), &targets, &prefix)?;
     }
     let keys = match w.kind {
         Kind::Hit | Kind::Mixed => Keys::Uniform(args.keys),
@@ -514,13 +552,79 @@ fn run_workload(setup: &Setup, w: Workload) -> anyhow::Result<Row> {
     Ok(Row {
         name: w.name(),
         nodes: Some(targets.len()),
-        kind: Some(w.kind),
+        source: Source::Ours(w.kind),
         outcome,
         getter_calls: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
         peer_requests: peers_before
             .zip(peers_after)
             .map(|(b, a)| a.saturating_sub(b)),
         peak_rss,
+        cpu,
+    })
+}
+
+/// Asks each of the `--keys` keys under `prefix` once, through `targets`, so the measured part
+/// finds them cached.
+///
+/// # Errors
+/// A request fails, or the user interrupts.
+fn load_keys(
+    setup: &Setup,
+    name: &str,
+    targets: &[SocketAddr],
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let keys = setup.args.keys;
+    let mut warm = setup.load(
+        &format!("{name}: loading {keys} keys"),
+        targets,
+        setup.requests(prefix, Keys::Sequential, 0),
+    );
+    warm.max_requests = Some(keys);
+    warm.duration = Duration::from_secs(600);
+    let outcome = load::run(&warm)?;
+    if !outcome.all_ok() {
+        bail!(
+            "{name}: loading the keys failed for {} of {} requests: {}",
+            outcome.requests - outcome.ok,
+            outcome.requests,
+            outcome.problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// A `groupcache` row: `kind` (hit or miss) on [`groupcache::NODES`] fresh Go groupcache
+/// nodes of `bin`, with the requests, keys and value size of our rows of that kind.
+fn run_groupcache(setup: &Setup, bin: &std::path::Path, kind: Kind) -> anyhow::Result<Row> {
+    let args = &setup.args;
+    let w = Workload {
+        kind,
+        nodes: groupcache::NODES,
+    };
+    let name = format!("{GROUPCACHE} {}", w.name());
+    let cluster = GroupcacheCluster::start(bin, w.nodes, &args.group, args.value_bytes)?;
+    let prefix = format!("gc-{}-", w.name().replace('@', "n"));
+    if kind == Kind::Hit {
+        load_keys(setup, &name, &cluster.addrs, &prefix)?;
+    }
+    let keys = match kind {
+        Kind::Hit => Keys::Uniform(args.keys),
+        _ => Keys::Unique,
+    };
+    let mut load = setup.load(&name, &cluster.addrs, setup.requests(&prefix, keys, 0));
+    load.expect_len = Some(args.value_bytes);
+    let before = cluster.counters();
+    let (outcome, cpu) = Cpu::around(&cluster.pids(), || load::run(&load));
+    let counted = cluster.counters().zip(before).map(|(a, b)| a.since(b));
+    Ok(Row {
+        name,
+        nodes: Some(w.nodes),
+        source: Source::Groupcache(kind),
+        outcome: outcome?,
+        getter_calls: counted.map(|c| c.getter_calls),
+        peer_requests: counted.map(|c| c.peer_requests),
+        peak_rss: cluster.peak_rss(),
         cpu,
     })
 }
@@ -574,7 +678,7 @@ fn get_json(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<serde_j
 }
 
 /// `GET path` on `addr` (one connection, closed after), the body of a 200 answer.
-fn get_body(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<String> {
+pub fn get_body(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -602,49 +706,72 @@ fn success(o: &Outcome) -> String {
     }
 }
 
-/// The baselines, in the order of their rows and ratio columns.
+/// The fixed-response baselines, in the order of their rows and ratio columns.
 const BASELINES: [&str; 3] = ["nginx", "hyper", "axum"];
 
-/// The ratio columns: one per baseline, then the hit path.
-const RATIOS: usize = BASELINES.len() + 1;
+/// The peer-system baseline: Go groupcache nodes (its rows come after the fixed ones').
+const GROUPCACHE: &str = "groupcache";
+
+/// The ratio columns: one per fixed baseline, the hit path, then groupcache.
+const RATIOS: usize = BASELINES.len() + 2;
 
 /// A row's rate against each comparison row of its own round: the [`BASELINES`] in their
-/// order, then the hit path (the hit row on as many nodes, else on one node).
+/// order, the hit path (the hit row on as many nodes, else on one node), then groupcache (see
+/// [`groupcache_of`]).
 fn ratios(round: &[Row], r: &Row) -> [Option<f64>; RATIOS] {
-    let baseline = |name: &str| round.iter().find(|b| b.kind.is_none() && b.name == name);
+    let baseline = |name: &str| {
+        round
+            .iter()
+            .find(|b| b.source == Source::Fixed && b.name == name)
+    };
     let hit_of = |nodes: Option<usize>| {
         round
             .iter()
-            .find(|h| h.kind == Some(Kind::Hit) && h.nodes == nodes)
+            .find(|h| h.source == Source::Ours(Kind::Hit) && h.nodes == nodes)
     };
-    let hit = match r.kind {
-        Some(Kind::Hit) if r.nodes == Some(1) => None,
-        Some(_) => hit_of(r.nodes)
+    let hit = match r.source {
+        Source::Ours(Kind::Hit) if r.nodes == Some(1) => None,
+        Source::Ours(_) => hit_of(r.nodes)
             .filter(|h| h.name != r.name)
             .or_else(|| hit_of(Some(1))),
-        None => None,
+        Source::Fixed | Source::Groupcache(_) => None,
     };
     let rate = r.outcome.rate();
     let [nginx, hyper, axum] = BASELINES.map(baseline);
-    [nginx, hyper, axum, hit].map(|b| b.map(|b| rate / b.outcome.rate().max(1e-9)))
+    [nginx, hyper, axum, hit, groupcache_of(round, r)]
+        .map(|b| b.map(|b| rate / b.outcome.rate().max(1e-9)))
 }
 
-/// The CPU ratio columns: the row's server CPU per request against the `hyper` baseline's
-/// and against the 1-node hit's, both of its own round.
-const CPU_RATIOS: usize = 2;
+/// The groupcache row of `round` a row is compared with: the one of the same kind (hit or
+/// miss) on as many nodes (a groupcache row's own, giving 1.00).
+fn groupcache_of<'a>(round: &'a [Row], r: &Row) -> Option<&'a Row> {
+    let (Source::Ours(kind) | Source::Groupcache(kind)) = r.source else {
+        return None;
+    };
+    round
+        .iter()
+        .find(|g| g.source == Source::Groupcache(kind) && g.nodes == r.nodes)
+}
 
-/// A row's server CPU per request against the `hyper` baseline's and the 1-node hit row's of
-/// its round: the figures the targets are set in, since they do not depend on who wins the
-/// shared cores. For a cluster the servers are all its nodes, so `miss@3`'s is the three
-/// nodes' CPU summed.
+/// The CPU ratio columns: the row's server CPU per request against the `hyper` baseline's,
+/// the 1-node hit's and groupcache's, all of its own round.
+const CPU_RATIOS: usize = 3;
+
+/// A row's server CPU per request against the `hyper` baseline's, the 1-node hit row's and
+/// the groupcache row's (see [`groupcache_of`]) of its round: the figures the targets are set
+/// in, since they do not depend on who wins the shared cores. For a cluster the servers are
+/// all its nodes, so `miss@3`'s is the three nodes' CPU summed (and `groupcache miss@3`'s the
+/// three Go processes').
 fn cpu_ratios(round: &[Row], r: &Row) -> [Option<f64>; CPU_RATIOS] {
-    let hyper = round.iter().find(|b| b.kind.is_none() && b.name == "hyper");
+    let hyper = round
+        .iter()
+        .find(|b| b.source == Source::Fixed && b.name == "hyper");
     let hit = round
         .iter()
-        .find(|h| h.kind == Some(Kind::Hit) && h.nodes == Some(1))
-        .filter(|h| r.kind.is_some() && h.name != r.name);
+        .find(|h| h.source == Source::Ours(Kind::Hit) && h.nodes == Some(1))
+        .filter(|h| matches!(r.source, Source::Ours(_)) && h.name != r.name);
     let own = r.cpu_per_request();
-    [hyper, hit].map(|b| {
+    [hyper, hit, groupcache_of(round, r)].map(|b| {
         let b = b?.cpu_per_request()?;
         Some(own? / b.max(1e-12))
     })
@@ -784,11 +911,12 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
         s,
         "| run | nodes | req/s | p50 | p99 | p99.9 | success % | × nginx | × hyper | × axum | × hit | \
          getter calls / req | peer requests / req | node peak RSS | server CPU / req | \
-         CPU × hyper | CPU × hit | client CPU / req |"
+         CPU × hyper | CPU × hit | client CPU / req | × groupcache | CPU × groupcache |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:\
+         |---:|---:|"
     );
     let rows_per_round = rounds.first().map_or(0, Vec::len);
     for i in 0..rows_per_round {
@@ -809,7 +937,7 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} \
-             | {} |",
+             | {} | {} | {} |",
             c.first.name,
             c.first.nodes.map_or_else(|| "-".into(), |n| n.to_string()),
             o.rate(),
@@ -828,6 +956,8 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
             ratio(c.cpu_ratios[0]),
             ratio(c.cpu_ratios[1]),
             cpu_per_request(c.cpu.client),
+            ratio(c.ratios[4]),
+            ratio(c.cpu_ratios[2]),
         );
     }
     if rounds.len() > 1 {
@@ -835,16 +965,19 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
         let _ = writeln!(
             s,
             "| round | run | req/s | × nginx | × hyper | × axum | × hit | server CPU / req | \
-             CPU × hyper | CPU × hit |"
+             CPU × hyper | CPU × hit | × groupcache | CPU × groupcache |"
         );
-        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for (n, round) in rounds.iter().enumerate() {
             for r in round {
-                let [a, b, c, d] = ratios(round, r);
-                let [e, f] = cpu_ratios(round, r);
+                let [a, b, c, d, g] = ratios(round, r);
+                let [e, f, h] = cpu_ratios(round, r);
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     n + 1,
                     r.name,
                     r.outcome.rate(),
@@ -855,7 +988,9 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
                     r.cpu_per_request()
                         .map_or_else(|| "-".into(), |c| format!("{:.1} µs", c * 1e6)),
                     ratio(e),
-                    ratio(f)
+                    ratio(f),
+                    ratio(g),
+                    ratio(h)
                 );
             }
         }
@@ -900,7 +1035,14 @@ fn render(setup: &Setup, rounds: &[Vec<Row>], notes: &[String]) -> String {
          CPU × hyper and CPU × hit: the row's server CPU / req against the hyper baseline's and \
          the 1-node hit row's of the same round (the median of the rounds'); a cluster's is its \
          nodes' CPU summed. These are the figures docs/performance.md's targets are set in: \
-         they do not depend on who wins the shared cores."
+         they do not depend on who wins the shared cores. groupcache rows: the same client, \
+         requests, keys and value size against 3 Go groupcache nodes (tests/groupcache/main.go: \
+         HTTPPool peers over pooled keep-alive connections, a getter making synth_getter's \
+         values, 72 MiB of cache each); its getter calls and peer requests are groupcache's \
+         LocalLoads and ServerRequests. × groupcache and CPU × groupcache: the row's req/s and \
+         server CPU / req against the groupcache row of the same kind (hit or miss) on as many \
+         nodes, in the same round (ours / groupcache: above 1 is more requests, below 1 is less \
+         CPU)."
     );
     for n in notes {
         let _ = writeln!(s, "\nNote: {n}");

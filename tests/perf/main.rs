@@ -10,8 +10,9 @@
 //! Subcommands:
 //! - `http`: request rate, latency percentiles and success of nodes it starts (1 and 3, the
 //!   `synth_getter` plugin) or of running ones, for hits, misses, Zipf-skewed keys and mixed
-//!   sets and gets, against nginx and a fixed-response server measured by the same client in
-//!   the same run (see `http.rs`; the client is `load.rs`).
+//!   sets and gets, against nginx, fixed-response servers and three Go groupcache nodes
+//!   measured by the same client in the same run (see `http.rs` and `groupcache.rs`; the client
+//!   is `load.rs`).
 //! - `memory`: the resident memory of a node whose cache budget is filled past its size.
 //! - `expiry`: one hot key expiring under load through a 3-node cluster, with and without a
 //!   stale window: p99 of the second after each expiry against the steady state, and getter
@@ -36,6 +37,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod compression;
 mod expiry;
+mod groupcache;
 mod http;
 mod load;
 mod memory;
@@ -57,8 +59,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load nodes over HTTP: req/s, latency and success per workload, against nginx and a
-    /// fixed-response server in the same run.
+    /// Load nodes over HTTP: req/s, latency and success per workload, against nginx,
+    /// fixed-response servers and Go groupcache nodes in the same run.
     Http(http::Args),
     /// Resident memory of a node with its cache budget filled past its size.
     Memory(memory::Args),

@@ -1,6 +1,6 @@
 //! The servers `geecache-perf` starts on 127.0.0.1: geecache nodes (child processes of the
 //! `geecache-host` program), nginx with a fixed response, and the fixed-response server on the
-//! node's own HTTP stack. Each process is stopped when its guard drops, so an error, a panic or
+//! node's own HTTP stack (the Go groupcache nodes, in `groupcache.rs`, are [`Process`]es too). Each process is stopped when its guard drops, so an error, a panic or
 //! a Ctrl-C (see `main.rs`) leaves nothing running. A SIGKILL of this program runs no guard:
 //! for that, each server is started by util-linux's `setpriv --pdeathsig`, so the kernel sends
 //! it a signal when this program dies (see [`Death`]).
@@ -23,7 +23,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The signal a server gets from the kernel when this program dies, however it dies.
 #[derive(Debug, Clone, Copy)]
-enum Death {
+pub enum Death {
     /// For nginx, whose master process then stops its workers (killed, it would leave them
     /// running, holding the port).
     Term,
@@ -78,7 +78,7 @@ pub struct Process {
 
 impl Process {
     /// Starts `cmd` with stdout and stderr to `log`, to get `death` if this program dies.
-    fn spawn(name: &str, cmd: Command, log: PathBuf, death: Death) -> anyhow::Result<Process> {
+    pub fn spawn(name: &str, cmd: Command, log: PathBuf, death: Death) -> anyhow::Result<Process> {
         let mut cmd = dying_with_this_program(cmd, death);
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -109,7 +109,7 @@ impl Process {
     ///
     /// # Errors
     /// The process exits, the user interrupts, or [`READY_TIMEOUT`] passes.
-    fn wait_ready(&mut self, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    pub fn wait_ready(&mut self, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -287,7 +287,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// `n` distinct free ports on 127.0.0.1 (all bound at once, then released for the servers).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -297,7 +297,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
-fn loopback(port: u16) -> SocketAddr {
+pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
