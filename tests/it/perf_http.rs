@@ -3,7 +3,8 @@
 //! succeeds. No timing is asserted (the figures are the tool's business, not a test's). And
 //! the servers it starts do not outlive it, even when it is killed with SIGKILL. And
 //! `geecache-perf expiry` runs its two rows through a 3-node cluster, with one getter call per
-//! expiry in the cluster when a stale window covers it.
+//! expiry in the cluster when a stale window covers it. And `geecache-perf hitratio` replays its
+//! traces on every store.
 
 #![allow(clippy::unwrap_used)]
 
@@ -125,6 +126,44 @@ fn perf_expiry_runs_both_rows_and_a_stale_window_makes_one_getter_call_per_expir
             assert_eq!(cells[7], "1.00", "{line}");
         }
     }
+}
+
+/// `geecache-perf hitratio` replays both traces on the three stores, and the scan trace is
+/// the one with scans in it: a store that kept every scanned key would hit less on it.
+#[test]
+fn perf_hitratio_replays_both_traces_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("hitratio.md");
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache-perf"))
+        .args(["hitratio", "--keys", "2000", "--requests", "40000"])
+        .args(["--scan-every", "1000", "--scan-length", "500"])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "geecache-perf hitratio failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    for trace in ["zipf", "scan"] {
+        for store in ["node", "moka", "quick_cache"] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("| {trace} | {store} |")))
+                .unwrap_or_else(|| panic!("no {trace}/{store} row in the report:\n{text}"));
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let ratio: f64 = cells[3].parse().unwrap();
+            // Zipf 0.99 over 2,000 keys with a tenth of them cached: well inside (0.3, 0.95).
+            assert!((0.3..0.95).contains(&ratio), "{line}");
+        }
+    }
+    assert!(
+        text.contains("500 one-time keys after every 1000"),
+        "{text}"
+    );
 }
 
 fn children_of(pid: u32) -> Vec<(u32, String)> {

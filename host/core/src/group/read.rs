@@ -421,8 +421,6 @@ impl Group {
     /// A snapshot of counters and cache occupancy.
     pub fn snapshot(&self) -> GroupSnapshot {
         let inner = &self.inner;
-        inner.main.run_pending_tasks();
-        inner.hot.run_pending_tasks();
         let counters = inner.stats.counters();
         GroupSnapshot {
             name: inner.name.clone(),

@@ -1956,7 +1956,6 @@ async fn each_miss_is_counted_once_by_its_reason_and_the_reasons_add_up() {
     for i in 0..400 {
         g.get(&format!("k{i}")).await.unwrap();
     }
-    g.inner.main.run_pending_tasks();
     let before = g.snapshot().counters.miss_evicted;
     for i in 0..400 {
         g.get(&format!("k{i}")).await.unwrap();
