@@ -46,7 +46,7 @@ use crate::compression::Stored;
 /// allocation, the allocator's rounding), so that the byte budget bounds resident memory and a
 /// flood of tiny or negative entries is still bounded by it. The figure is what `geecache-perf
 /// memory` measures beyond key and stored value, rounded (docs/performance.md).
-pub const ENTRY_OVERHEAD_BYTES: u64 = 640;
+pub const ENTRY_OVERHEAD_BYTES: u64 = 500;
 
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
