@@ -145,7 +145,7 @@ fn main() {
         .unwrap();
     let names: Vec<String> = (0..keys).map(|i| format!("m{i}")).collect();
     let key_bytes: usize = names.iter().map(String::len).sum();
-    // Warm up: moka's housekeeping structures and the runtime's first allocations.
+    // Warm up: the store's first slab and table allocations and the runtime's.
     tokio.block_on(async {
         for i in 0..1000 {
             group.get(&format!("warm{i}")).await.unwrap();

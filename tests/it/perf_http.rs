@@ -6,7 +6,8 @@
 //! expiry in the cluster when a stale window covers it. And the `groupcache` baseline (3 Go
 //! groupcache nodes, tests/groupcache/main.go) runs beside our 3-node rows, with peer fetches,
 //! the values synth_getter makes, and nodes that do not outlive the tool either. CI installs Go
-//! and groupcache (tests/setup.sh); those tests fail without them.
+//! and groupcache (tests/setup.sh); those tests fail without them. And `geecache-perf
+//! hitratio` replays its traces on every store.
 
 #![allow(clippy::unwrap_used)]
 
@@ -260,6 +261,44 @@ fn perf_expiry_runs_both_rows_and_a_stale_window_makes_one_getter_call_per_expir
             assert_eq!(cells[7], "1.00", "{line}");
         }
     }
+}
+
+/// `geecache-perf hitratio` replays both traces on the three stores, and the scan trace is
+/// the one with scans in it: a store that kept every scanned key would hit less on it.
+#[test]
+fn perf_hitratio_replays_both_traces_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("hitratio.md");
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache-perf"))
+        .args(["hitratio", "--keys", "2000", "--requests", "40000"])
+        .args(["--scan-every", "1000", "--scan-length", "500"])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "geecache-perf hitratio failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    for trace in ["zipf", "scan"] {
+        for store in ["node", "moka", "quick_cache"] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("| {trace} | {store} |")))
+                .unwrap_or_else(|| panic!("no {trace}/{store} row in the report:\n{text}"));
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let ratio: f64 = cells[3].parse().unwrap();
+            // Zipf 0.99 over 2,000 keys with a tenth of them cached: well inside (0.3, 0.95).
+            assert!((0.3..0.95).contains(&ratio), "{line}");
+        }
+    }
+    assert!(
+        text.contains("500 one-time keys after every 1000"),
+        "{text}"
+    );
 }
 
 /// The processes whose parent is `pid` (from `/proc/*/stat`), with their command lines.

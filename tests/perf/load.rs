@@ -218,7 +218,7 @@ impl Zipf {
     }
 
     /// The rank for `u`, uniform in `[0, 1)`.
-    fn sample(&self, u: f64) -> u64 {
+    pub fn sample(&self, u: f64) -> u64 {
         let total = self.cumulative.last().copied().unwrap_or(0.0);
         let x = u * total;
         let i = self.cumulative.partition_point(|&c| c <= x);
@@ -228,7 +228,7 @@ impl Zipf {
 
 /// splitmix64: a tiny, fast, good-enough generator for picking keys.
 #[derive(Debug)]
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -245,7 +245,7 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

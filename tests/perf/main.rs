@@ -20,6 +20,8 @@
 //! - `sources`: a node's all-miss latency through `http_getter` (a local origin) and `db_getter`
 //!   (a local Postgres), against the same source asked directly, in the same run; and how many
 //!   requests reach the origin when every connection asks one key at once (see `sources.rs`).
+//! - `hitratio`: the hit ratio of the node's cache tier, of moka and of quick_cache on the same
+//!   Zipf and scan-polluted key traces, replayed in this process (see `hitratio.rs`).
 //! - `compression`: ratio, compress MB/s and decompress MB/s of every codec (built-in and the
 //!   brotli plugin) at a few levels, on generated realistic corpora (see `geecache_tests::corpus`),
 //!   value by value as a cache stores them.
@@ -38,6 +40,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod compression;
 mod expiry;
 mod groupcache;
+mod hitratio;
 mod http;
 mod load;
 mod memory;
@@ -67,6 +70,9 @@ enum Command {
     /// One hot key expiring under load: p99 of the second after expiry against the steady
     /// state, with and without a stale window, and getter calls per expiry.
     Expiry(expiry::Args),
+    /// Hit ratio of the node's cache tier against moka and quick_cache on the same Zipf and
+    /// scan-polluted traces, replayed in this process.
+    Hitratio(hitratio::Args),
     /// Compare codecs: ratio and speed per codec and level, per corpus.
     Compression(compression::Args),
     /// A node's all-miss latency through getters that reach real sources (an HTTP origin,
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
             expiry::run(args)
         }
         Command::Compression(args) => compression::run(args),
+        Command::Hitratio(args) => hitratio::run(args),
         Command::Sources(args) => {
             stop_on_signal();
             sources::run(args)

@@ -18,7 +18,7 @@
 //!   compressor plugins by name; the stored-value envelope (length + checksum, so nothing
 //!   corrupt is served); a group's policy (codec, level, minimum size); the heavy lane that
 //!   large codings wait in (`--codec-concurrency`).
-//! - [`cache`]: byte-bounded cache on moka with per-entry absolute expiry and an injected
+//! - [`cache`]: byte-bounded cache on quick_cache with per-entry absolute expiry and an injected
 //!   clock; [`cache::Doorkeeper`]: a hot copy is kept from a key's second fetch from its owner
 //!   on.
 //! - [`singleflight`]: N concurrent misses of one key cause one load; survives a leader that

@@ -1,9 +1,9 @@
 //! Which copies of other nodes' values are worth a place in the hot cache: a key is admitted
 //! the second time it is fetched from its owner within a window, never the first.
 //!
-//! This is TinyLFU's doorkeeper (Einziger et al.), in front of moka's own TinyLFU admission:
-//! moka decides between keys that have been seen, but every insert costs it a map write and
-//! maintenance work, and a copy of a key asked once (a scan, unique keys) only evicts better
+//! This is TinyLFU's doorkeeper (Einziger et al.), in front of the store's own policy (new
+//! entries on trial until read again): every insert costs the store a map write and maybe an
+//! eviction, and a copy of a key asked once (a scan, unique keys) only evicts better
 //! ones. A 3-node all-miss load ran faster with no hot copies at all (`geecache-perf http`,
 //! docs/performance.md); the doorkeeper keeps that gain for keys asked once and keeps copies
 //! of keys asked again.

@@ -1,21 +1,24 @@
 //! The in-memory cache tiers (main and hot): byte-bounded, with per-entry absolute expiry.
 //!
-//! Storage, weighting and eviction are moka's ([`moka::sync::Cache`]); this module adds what
-//! geecache needs on top:
+//! Storage, weighting and eviction are quick_cache's ([`quick_cache::sync::Cache`]: sharded,
+//! one slab of entries and a table of 4-byte indexes per shard, CLOCK-Pro-like eviction with
+//! ghost entries); this module adds what geecache needs on top:
 //!
 //! - capacity in bytes: an entry weighs its key bytes + value bytes + [`ENTRY_OVERHEAD_BYTES`];
+//!   the budget is split evenly between the store's shards ([`shards_for`]), so the largest
+//!   entry a tier takes is a little under a shard's share ([`Cache::largest_entry`]);
 //! - absolute expiry per entry (`expires_at_ms`, milliseconds since the Unix epoch), read from an
 //!   injected [`Clock`]. [`Cache::get`] checks it on every read, so expiry is exact at the
-//!   millisecond whatever moka's own timer does; moka is also told the remaining time (through
-//!   [`moka::Expiry`]) so that expired entries nobody reads are dropped eventually;
+//!   millisecond; an expired entry nobody reads again stays until eviction reaches it (it
+//!   still counts against the budget, and its eviction is counted as an expiry);
 //! - negative entries ([`Cached::NotFound`]) so that a missing key cannot hammer the origin;
 //! - stale windows: an entry may carry `stale_ms`, how long past its expiry it may still be
 //!   answered (marked stale) while it is refreshed; [`Cache::lookup`] tells fresh from stale,
 //!   [`Cache::get`] returns fresh entries only;
 //! - an eviction counter for metrics, and for the main tier a ghost table (`ghosts.rs`) that
 //!   remembers why keys left (evicted, expired, flushed), so a miss is counted by its reason;
-//! - keys that carry their hash (`StoreKey`), so that moka's table rehashes read a stored
-//!   number instead of hashing every key's text again.
+//! - keys that carry their hash (`StoreKey`), keyed SipHash computed once per request and
+//!   passed through to the store's table and shard choice.
 //!
 //! Files: this one holds the cache; `clock.rs` the injected clock, `doorkeeper.rs` the
 //! doorkeeper that admits hot copies, `ghosts.rs` the table of why keys left.
@@ -33,22 +36,17 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
-
-use moka::Expiry;
 
 use crate::compression::Stored;
-use moka::notification::RemovalCause;
-use moka::ops::compute::{CompResult, Op};
 
 /// Bytes charged for every entry on top of its key and value bytes.
 ///
-/// It stands for what an entry costs beyond its payload (moka's node, hash-table slot, access
-/// and write deques and timer wheel entry, the `Arc<CacheEntry>`, the `Bytes` header, the key's
+/// It stands for what an entry costs beyond its payload (the store's slab slot and its share of
+/// ghost slots, the hash-table index, the `Arc<CacheEntry>`, the `Bytes` header, the key's
 /// allocation, the allocator's rounding), so that the byte budget bounds resident memory and a
 /// flood of tiny or negative entries is still bounded by it. The figure is what `geecache-perf
 /// memory` measures beyond key and stored value, rounded (docs/performance.md).
-pub const ENTRY_OVERHEAD_BYTES: u64 = 640;
+pub const ENTRY_OVERHEAD_BYTES: u64 = 500;
 
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,11 +111,14 @@ impl CacheEntry {
         weight_of(key.len(), value_len)
     }
 
-    /// Time left before the end of the stale window at `now_ms`, for moka's timer; `None`
-    /// for "never".
-    fn remaining_at(&self, now_ms: u64) -> Option<Duration> {
-        self.dead_at_ms()
-            .map(|at| Duration::from_millis(at.saturating_sub(now_ms)))
+    /// Why this entry, pushed out for room at `now_ms`, left: expired if nothing could have
+    /// answered it any more, else evicted.
+    fn eviction_reason(&self, now_ms: u64) -> MissReason {
+        if self.is_dead_at(now_ms) {
+            self.expiry_reason()
+        } else {
+            MissReason::Evicted
+        }
     }
 }
 
@@ -129,13 +130,8 @@ fn weight_of(key_len: usize, value_len: usize) -> u64 {
         .saturating_add(ENTRY_OVERHEAD_BYTES)
 }
 
-/// Moka's weigher takes a `u32`; an entry heavier than 4 GiB is counted as 4 GiB.
-fn moka_weight(weight: u64) -> u32 {
-    u32::try_from(weight).unwrap_or(u32::MAX)
-}
-
-/// The moka store behind a [`Cache`].
-type Store = moka::sync::Cache<StoreKey, Arc<CacheEntry>, StoredHash>;
+/// The store behind a [`Cache`].
+type Store = quick_cache::sync::Cache<StoreKey, Arc<CacheEntry>, Weigher, StoredHash, Listener>;
 
 /// The SipHash keys every [`StoreKey`] is hashed with: random per process, so that which keys
 /// collide cannot be chosen from outside.
@@ -143,11 +139,10 @@ static KEY_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 /// A cache key with its hash, computed once when the key is made.
 ///
-/// Moka's table rehashes every key it holds each time its removed entries (tombstones) reach a
-/// tenth of its slots, which for a full cache under unique keys is every few inserts per
-/// entry; hashing a `String` there (SipHash over text behind a second pointer) was a visible
-/// share of a miss's CPU. This key hashes as its stored `u64` alone ([`StoredHash`] passes it
-/// through).
+/// The store hashes a key to pick its shard and again when its table grows; hashing a `String`
+/// there (SipHash over text behind a second pointer) was a visible share of a miss's CPU under
+/// moka, which rehashed often. This key hashes as its stored `u64` alone ([`StoredHash`] passes
+/// it through), and a request hashes its key once for every tier it reads.
 #[derive(Clone, Debug)]
 struct StoreKey {
     /// Keyed SipHash of `text` ([`KEY_HASHER`]).
@@ -179,7 +174,7 @@ impl<'a> KeyRef<'a> {
         }
     }
 
-    /// The owned key, for an insert or moka's entry API.
+    /// The owned key, for an insert.
     fn to_key(self) -> StoreKey {
         StoreKey {
             hash: self.hash,
@@ -194,7 +189,7 @@ impl Hash for KeyRef<'_> {
     }
 }
 
-impl moka::Equivalent<StoreKey> for KeyRef<'_> {
+impl quick_cache::Equivalent<StoreKey> for KeyRef<'_> {
     fn equivalent(&self, key: &StoreKey) -> bool {
         self.hash == key.hash && self.text == &*key.text
     }
@@ -214,7 +209,7 @@ impl Hash for StoreKey {
     }
 }
 
-/// The build-hasher of the moka store: a [`StoreKey`]'s hash is already keyed SipHash, so it is
+/// The build-hasher of the store: a [`StoreKey`]'s hash is already keyed SipHash, so it is
 /// passed through unchanged.
 #[derive(Clone, Copy, Debug, Default)]
 struct StoredHash;
@@ -227,7 +222,7 @@ impl BuildHasher for StoredHash {
     }
 }
 
-/// Returns the last `u64` written. Anything else written (moka hashes only [`StoreKey`]s and
+/// Returns the last `u64` written. Anything else written (the store hashes only [`StoreKey`]s and
 /// [`KeyRef`]s, which write their `u64`, so nothing is) is mixed in rather than ignored, so it
 /// could never make every hash equal.
 #[derive(Debug)]
@@ -252,26 +247,29 @@ impl Hasher for PassThrough {
 
 /// A byte-bounded cache of [`CacheEntry`]s with exact, absolute per-entry expiry.
 ///
-/// It exists so that a group's main and hot tiers share one implementation: moka does the
-/// bounded, concurrent storage and eviction (TinyLFU admission, LRU eviction), this type adds byte
-/// weights, absolute expiry against an injected [`Clock`] and an eviction count.
+/// It exists so that a group's main and hot tiers share one implementation: quick_cache does
+/// the bounded, concurrent storage and eviction, this type adds byte weights, absolute expiry
+/// against an injected [`Clock`], an eviction count and miss reasons.
 ///
 /// Cloning is cheap and every clone shares the same entries.
 #[derive(Clone)]
 pub struct Cache {
-    /// The entries, weighted in bytes, with moka's timer fed by [`ClockExpiry`].
-    store: Store,
-    /// Where "now" comes from for expiry; the same clock feeds moka's timer.
+    /// The entries, weighted in bytes, in `shards` shards.
+    store: Arc<Store>,
+    /// Where "now" comes from for expiry.
     clock: Arc<dyn Clock>,
-    /// The byte budget, kept here to refuse an entry heavier than the whole budget up front.
+    /// The byte budget.
     max_bytes: u64,
-    /// Entries removed for size or expiry, for the evictions metric; shared with moka's
-    /// eviction listener.
+    /// The heaviest entry the store admits (a little under one shard's share of the budget);
+    /// a heavier one is refused up front.
+    largest_entry: u64,
+    /// Entries removed for size or expiry, for the evictions metric; shared with the store's
+    /// eviction hook ([`Listener`]).
     evictions: Arc<AtomicU64>,
     /// The tier's name ("main", "hot", ...), for logs and metric labels.
     name: Arc<str>,
-    /// Why keys left, for miss reasons (`ghosts.rs`); shared with moka's eviction listener.
-    /// `None` for a tier whose misses need no reason (the hot tier).
+    /// Why keys left, for miss reasons (`ghosts.rs`); shared with the eviction hook. `None`
+    /// for a tier whose misses need no reason (the hot tier).
     ghosts: Option<Arc<Ghosts>>,
 }
 
@@ -288,7 +286,7 @@ pub enum Lookup {
 }
 
 impl fmt::Debug for Cache {
-    // Moka's own `Debug` lists every entry; a summary is what a log line wants.
+    // The entries themselves are never listed: a summary is what a log line wants.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("name", &self.name)
@@ -310,6 +308,7 @@ impl Cache {
             clock: Arc::new(SystemClock),
             name: "cache".to_owned(),
             ghosts: false,
+            largest_entry: 0,
         }
     }
 
@@ -359,16 +358,12 @@ impl Cache {
         if !entry.is_dead_at(now_ms) {
             return Lookup::Stale(entry);
         }
-        let outcome = self
+        // Removes only what is still dead: a fresh entry inserted meanwhile stays.
+        if self
             .store
-            .entry(key.to_key())
-            .and_compute_with(|current| match current {
-                Some(current) if current.value().is_dead_at(now_ms) => Op::Remove,
-                _ => Op::Nop,
-            });
-        // Moka reports this removal as explicit, so it is counted here rather than by the
-        // eviction listener.
-        if matches!(outcome, CompResult::Removed(_)) {
+            .remove_if(&key, |current| current.is_dead_at(now_ms))
+            .is_some()
+        {
             self.evictions.fetch_add(1, Ordering::Relaxed);
             if let Some(ghosts) = &self.ghosts {
                 ghosts.record(key.hash, entry.expiry_reason());
@@ -380,13 +375,12 @@ impl Cache {
     /// Stores `entry` under `key`, replacing any previous entry; returns whether it was stored.
     ///
     /// An entry that is already past its expiry and stale window, or whose weight alone exceeds
-    /// [`Cache::max_bytes`], is refused: nothing is stored and `false` is returned. A refused
-    /// entry still removes the previous entry under `key`, because that one is older than the
-    /// refused one and must not be served in its place.
+    /// [`Cache::largest_entry`], is refused: nothing is stored and `false` is returned. A
+    /// refused entry still removes the previous entry under `key`, because that one is older
+    /// than the refused one and must not be served in its place.
     ///
-    /// `true` means the entry was handed to moka; when the cache is full, moka may still evict
-    /// it (or decline to admit it, if it is less popular than what it would displace) at its
-    /// next housekeeping, which [`Cache::evictions`] counts.
+    /// When the shard is full, storing evicts what the store's policy picks (counted in
+    /// [`Cache::evictions`]); the new entry is always kept.
     ///
     /// # Concurrent calls on the same key
     ///
@@ -395,26 +389,30 @@ impl Cache {
         let key = StoreKey::new(key);
         let now_ms = self.clock.now_ms();
         let weight = entry.weight(&key.text);
-        if entry.is_dead_at(now_ms) || weight > self.max_bytes {
+        if entry.is_dead_at(now_ms) || weight > self.largest_entry {
             tracing::debug!(
                 cache = %self.name,
                 key = %key.text,
                 weight,
-                max_bytes = self.max_bytes,
+                largest_entry = self.largest_entry,
                 expires_at_ms = entry.expires_at_ms,
                 now_ms,
-                "cache refused an entry that is expired or heavier than the whole budget",
+                "cache refused an entry that is expired or heavier than the largest it takes",
             );
-            self.store.invalidate(&key);
+            self.store.remove(&key);
             return false;
         }
-        self.store.insert(key, Arc::new(entry));
+        // The hook is told which key this insert stores, so that the entry it replaces is not
+        // counted as an eviction.
+        let mut inserting = Some(key.hash);
+        self.store
+            .insert_with_lifecycle(key, Arc::new(entry), &mut inserting);
         true
     }
 
     /// Removes the entry for `key`, if any (not counted as an eviction).
     pub fn remove(&self, key: &str) {
-        self.store.invalidate(&KeyRef::new(key));
+        self.store.remove(&KeyRef::new(key));
     }
 
     /// Removes every entry (not counted as evictions); with a ghost table, each key's next
@@ -425,26 +423,19 @@ impl Cache {
                 ghosts.record(key.hash, MissReason::Flushed);
             }
         }
-        self.store.invalidate_all();
+        self.store.clear();
     }
 
     /// Removes `key` only if its entry is still `entry` (the same allocation a [`Cache::get`]
     /// returned): a newer entry inserted meanwhile is kept.
     pub fn remove_if_same(&self, key: &str, entry: &Arc<CacheEntry>) {
         self.store
-            .entry(StoreKey::new(key))
-            .and_compute_with(|current| match current {
-                Some(current) if Arc::ptr_eq(current.value(), entry) => Op::Remove,
-                _ => Op::Nop,
-            });
+            .remove_if(&KeyRef::new(key), |current| Arc::ptr_eq(current, entry));
     }
 
-    /// Bytes currently held, by [`CacheEntry::weight`].
-    ///
-    /// Moka updates it during housekeeping; call [`Cache::run_pending_tasks`] first for an
-    /// exact figure.
+    /// Bytes currently held, by [`CacheEntry::weight`]; exact at every moment.
     pub fn weighted_size(&self) -> u64 {
-        self.store.weighted_size()
+        self.store.weight()
     }
 
     /// Every entry held now that is fresh at `now_ms`, with its key, in no particular order;
@@ -460,10 +451,9 @@ impl Cache {
             .map(|(key, entry)| (key.text.to_string(), entry))
     }
 
-    /// Entries currently held (negative entries included); exact after
-    /// [`Cache::run_pending_tasks`].
+    /// Entries currently held (negative entries included).
     pub fn entry_count(&self) -> u64 {
-        self.store.entry_count()
+        self.store.len() as u64
     }
 
     /// The byte budget this cache was built with.
@@ -471,16 +461,15 @@ impl Cache {
         self.max_bytes
     }
 
+    /// The heaviest entry (by [`CacheEntry::weight`]) this cache stores: a little under the
+    /// budget divided by the store's shards.
+    pub fn largest_entry(&self) -> u64 {
+        self.largest_entry
+    }
+
     /// The tier's name, as given to [`CacheBuilder::name`].
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// Runs moka's pending housekeeping now (applying evictions, expiries and size accounting),
-    /// so that tests and stats read exact numbers. Moka also does this by itself, amortised over
-    /// reads and writes.
-    pub fn run_pending_tasks(&self) {
-        self.store.run_pending_tasks();
     }
 
     /// How many entries have been removed for lack of room or because they expired, since the
@@ -503,6 +492,28 @@ pub struct CacheBuilder {
     name: String,
     /// Whether to keep a ghost table for miss reasons.
     ghosts: bool,
+    /// The heaviest entry the caller will store; bounds the shard count ([`shards_for`]).
+    largest_entry: u64,
+}
+
+/// The share of a shard's budget quick_cache gives its "hot" (frequently used) entries; the
+/// rest holds new ("cold") entries on trial. Its own default, set here because it also caps the
+/// heaviest entry a shard admits.
+const HOT_ALLOCATION: f64 = 0.97;
+
+/// The least budget per shard: a smaller tier has fewer shards.
+pub const MIN_SHARD_BYTES: u64 = 16 << 20;
+
+/// How many shards a tier of `max_bytes` has: a power of two, at most 4 per core (quick_cache's
+/// default, so concurrent writers rarely meet on a lock), with at least [`MIN_SHARD_BYTES`]
+/// each, and with room in each for two entries of `largest_entry` bytes (an entry heavier than
+/// a shard's hot share is refused). At least one.
+pub fn shards_for(max_bytes: u64, largest_entry: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
+    let by_size = (max_bytes / MIN_SHARD_BYTES).min(max_bytes / largest_entry.max(1) / 2);
+    let wanted = by_size.clamp(1, 4 * cores);
+    // The largest power of two not above `wanted`.
+    1usize << wanted.ilog2()
 }
 
 impl CacheBuilder {
@@ -525,39 +536,52 @@ impl CacheBuilder {
         self
     }
 
+    /// The heaviest entry (by [`CacheEntry::weight`]) the caller means to store: the store
+    /// keeps fewer shards, so that each admits it ([`shards_for`]). Without it, a tier has
+    /// as many shards as [`MIN_SHARD_BYTES`] allows.
+    pub fn largest_entry(mut self, bytes: u64) -> Self {
+        self.largest_entry = bytes;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         let evictions = Arc::new(AtomicU64::new(0));
-        let listener_evictions = Arc::clone(&evictions);
         let ghosts = self
             .ghosts
             .then(|| Arc::new(Ghosts::new(ghost_slots(self.max_bytes))));
-        let listener_ghosts = ghosts.clone();
-        let store = moka::sync::Cache::builder()
-            .name(&self.name)
-            .max_capacity(self.max_bytes)
-            .weigher(|key: &StoreKey, entry: &Arc<CacheEntry>| moka_weight(entry.weight(&key.text)))
-            .expire_after(ClockExpiry {
-                clock: Arc::clone(&self.clock),
-            })
-            .eviction_listener(move |key, entry: Arc<CacheEntry>, cause: RemovalCause| {
-                if cause.was_evicted() {
-                    listener_evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                let reason = match cause {
-                    RemovalCause::Size => MissReason::Evicted,
-                    RemovalCause::Expired => entry.expiry_reason(),
-                    RemovalCause::Explicit | RemovalCause::Replaced => return,
-                };
-                if let Some(ghosts) = &listener_ghosts {
-                    ghosts.record(key.hash, reason);
-                }
-            })
-            .build_with_hasher(StoredHash);
+        let shards = shards_for(self.max_bytes, self.largest_entry);
+        let shard_bytes = self.max_bytes / shards as u64;
+        // It sizes the ghost list (half as many ghosts as entries) by this: entries of a
+        // 1 KiB value and a short key.
+        let estimated_items = usize::try_from(self.max_bytes / (ENTRY_OVERHEAD_BYTES + 1024))
+            .unwrap_or(usize::MAX)
+            .max(shards);
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards)
+            .weight_capacity(shard_bytes * shards as u64)
+            .estimated_items_capacity(estimated_items)
+            .hot_allocation(HOT_ALLOCATION)
+            .build()
+            .unwrap_or_else(|e| unreachable!("every option is set: {e}"));
+        let listener = Listener {
+            clock: Arc::clone(&self.clock),
+            evictions: Arc::clone(&evictions),
+            ghosts: ghosts.clone(),
+        };
+        let store = quick_cache::sync::Cache::with_options(options, Weigher, StoredHash, listener);
+        // quick_cache refuses an entry heavier than a shard's hot share (by the same formula);
+        // refusing it here first keeps the refusal ours: logged, the older entry dropped, not
+        // counted as an eviction. Read back, since quick_cache may merge shards that would
+        // hold fewer than 32 entries.
+        let capacity = store.shard_capacity();
+        let largest_entry =
+            ((capacity as f64 * HOT_ALLOCATION) as u64).clamp(capacity.min(1), capacity);
         Cache {
-            store,
+            store: Arc::new(store),
             clock: self.clock,
             max_bytes: self.max_bytes,
+            largest_entry,
             evictions,
             name: self.name.into(),
             ghosts,
@@ -565,34 +589,41 @@ impl CacheBuilder {
     }
 }
 
-/// Tells moka how long each entry has left, read from the injected clock, so that moka drops
-/// expired entries nobody reads. Correctness does not depend on it: [`Cache::get`] checks expiry
-/// itself.
-#[derive(Debug)]
-struct ClockExpiry {
-    /// The cache's clock.
-    clock: Arc<dyn Clock>,
+/// Weighs an entry for the store: [`CacheEntry::weight`].
+#[derive(Debug, Clone, Copy)]
+struct Weigher;
+
+impl quick_cache::Weighter<StoreKey, Arc<CacheEntry>> for Weigher {
+    fn weight(&self, key: &StoreKey, entry: &Arc<CacheEntry>) -> u64 {
+        entry.weight(&key.text)
+    }
 }
 
-impl Expiry<StoreKey, Arc<CacheEntry>> for ClockExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &StoreKey,
-        entry: &Arc<CacheEntry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        entry.remaining_at(self.clock.now_ms())
-    }
+/// The store's eviction hook: counts what it pushes out for room and records why in the
+/// ghost table (expired when nothing could answer it any more, else evicted). Explicit
+/// removals do not come here; the entry an insert replaces does, and is told apart by the
+/// request state: the hash of the key being inserted.
+#[derive(Clone)]
+struct Listener {
+    /// The cache's clock, to tell an expired entry from a live one.
+    clock: Arc<dyn Clock>,
+    /// The cache's eviction count.
+    evictions: Arc<AtomicU64>,
+    /// The cache's ghost table, if it keeps one.
+    ghosts: Option<Arc<Ghosts>>,
+}
 
-    fn expire_after_update(
-        &self,
-        _key: &StoreKey,
-        entry: &Arc<CacheEntry>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        // The new entry carries its own absolute expiry; the old one's is irrelevant.
-        entry.remaining_at(self.clock.now_ms())
+impl quick_cache::Lifecycle<StoreKey, Arc<CacheEntry>> for Listener {
+    type RequestState = Option<u64>;
+
+    fn on_evict(&self, inserting: &mut Option<u64>, key: StoreKey, entry: Arc<CacheEntry>) {
+        if *inserting == Some(key.hash) {
+            return;
+        }
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        if let Some(ghosts) = &self.ghosts {
+            ghosts.record(key.hash, entry.eviction_reason(self.clock.now_ms()));
+        }
     }
 }
 
@@ -601,6 +632,7 @@ impl Expiry<StoreKey, Arc<CacheEntry>> for ClockExpiry {
 mod tests {
     use super::*;
     use crate::compression::HEADER_BYTES;
+    use std::time::Duration;
 
     /// A raw value as the group would store it (header + bytes).
     fn raw(bytes: &[u8]) -> Cached {
@@ -609,8 +641,7 @@ mod tests {
 
     /// 2026-01-01T00:00:00Z: any fixed start works, a realistic one reads better in failures.
     const START_MS: u64 = 1_767_225_600_000;
-    /// Long enough that moka's real-time timer never fires during a test, so that what the
-    /// tests observe is this module's own expiry check.
+    /// An expiry far enough ahead of [`START_MS`] that only the tests' clock moves reach it.
     const TTL_MS: u64 = 3_600_000;
 
     fn value(bytes: &'static [u8], expires_at_ms: Option<u64>) -> CacheEntry {
@@ -656,12 +687,9 @@ mod tests {
         );
         assert_eq!(not_found(None).weight("abc"), 3 + ENTRY_OVERHEAD_BYTES);
         assert_eq!(weight_of(usize::MAX, usize::MAX), u64::MAX);
-        assert_eq!(moka_weight(100), 100);
-        assert_eq!(moka_weight(u64::from(u32::MAX) + 1), u32::MAX);
 
         let (cache, _clock) = manual_cache(1 << 20);
         cache.insert("abc", value(b"12345", None));
-        cache.run_pending_tasks();
         assert_eq!(
             cache.weighted_size(),
             3 + 5 + HEADER_BYTES as u64 + ENTRY_OVERHEAD_BYTES
@@ -682,7 +710,6 @@ mod tests {
             };
             assert!(cache.insert(&format!("key-{i:04}"), entry));
         }
-        cache.run_pending_tasks();
         assert!(
             cache.weighted_size() <= MAX_BYTES,
             "weighted_size {} > {MAX_BYTES}",
@@ -694,8 +721,10 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_heavier_than_the_whole_budget_is_refused() {
+    fn an_entry_heavier_than_the_largest_it_takes_is_refused() {
         let (cache, _clock) = manual_cache(1_000);
+        // One shard: the largest entry is its hot share of the whole budget.
+        assert_eq!(cache.largest_entry(), 970);
         let too_big = CacheEntry {
             cached: raw(&[0u8; 1_000]),
             expires_at_ms: None,
@@ -703,21 +732,42 @@ mod tests {
         };
         assert!(!cache.insert("big", too_big));
         assert!(cache.get("big").is_none());
-        cache.run_pending_tasks();
         assert_eq!(cache.weighted_size(), 0);
         assert_eq!(cache.entry_count(), 0);
 
-        // Exactly the budget fits.
+        // Exactly the largest fits; a byte more does not.
         let len =
-            usize::try_from(1_000 - ENTRY_OVERHEAD_BYTES).unwrap() - "fits".len() - HEADER_BYTES;
-        let fits = CacheEntry {
+            usize::try_from(970 - ENTRY_OVERHEAD_BYTES).unwrap() - "fits".len() - HEADER_BYTES;
+        let sized = |len: usize| CacheEntry {
             cached: raw(&vec![0u8; len]),
             expires_at_ms: None,
             stale_ms: 0,
         };
-        assert_eq!(fits.weight("fits"), 1_000);
-        assert!(cache.insert("fits", fits));
+        assert_eq!(sized(len).weight("fits"), 970);
+        assert!(!cache.insert("over", sized(len + 1)));
+        assert!(cache.insert("fits", sized(len)));
         assert!(cache.get("fits").is_some());
+        assert_eq!(cache.evictions(), 0);
+    }
+
+    #[test]
+    fn shards_keep_room_for_the_largest_entry_and_a_floor_of_bytes_each() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(shards_for(1_000, 0), 1);
+        assert_eq!(shards_for(MIN_SHARD_BYTES * 2 - 1, 0), 1);
+        assert_eq!(shards_for(MIN_SHARD_BYTES * 2, 0), 2.min(4 * cores));
+        assert_eq!(shards_for(1 << 40, 0), 1 << (4 * cores).ilog2());
+        // Room for two of the largest entry in each shard.
+        assert_eq!(shards_for(256 << 20, 64 << 20), 2);
+        assert_eq!(shards_for(256 << 20, 200 << 20), 1);
+        // A whole tier built so: its largest entry is above what it was told.
+        let cache = Cache::builder(256 << 20).largest_entry(64 << 20).build();
+        assert!(
+            cache.largest_entry() >= 64 << 20,
+            "{}",
+            cache.largest_entry()
+        );
+        assert!(cache.largest_entry() < 128 << 20);
     }
 
     #[test]
@@ -754,7 +804,6 @@ mod tests {
         // It was removed, not just hidden: turning the clock back does not resurrect it.
         clock.set(START_MS);
         assert!(cache.get("k").is_none());
-        cache.run_pending_tasks();
         assert_eq!(cache.entry_count(), 0);
         assert_eq!(cache.weighted_size(), 0);
         assert_eq!(cache.evictions(), 1);
@@ -791,7 +840,6 @@ mod tests {
         assert!(!cache.insert("now", value(b"v", Some(clock.now_ms()))));
         assert!(!cache.insert("past", not_found(Some(clock.now_ms() - 1))));
         assert!(cache.insert("soon", value(b"v", Some(clock.now_ms() + 1))));
-        cache.run_pending_tasks();
         assert_eq!(cache.entry_count(), 1);
     }
 
@@ -803,7 +851,6 @@ mod tests {
         clock.set(START_MS + 10);
         let entry = cache.get("k").unwrap();
         assert_eq!(entry.cached, raw(b"v2"));
-        cache.run_pending_tasks();
         assert_eq!(cache.evictions(), 0);
     }
 
@@ -813,7 +860,6 @@ mod tests {
         cache.insert("k", value(b"v", None));
         cache.remove("k");
         assert!(cache.get("k").is_none());
-        cache.run_pending_tasks();
         assert_eq!(cache.entry_count(), 0);
         assert_eq!(cache.evictions(), 0);
     }
@@ -829,30 +875,68 @@ mod tests {
     }
 
     #[test]
-    fn moka_is_told_the_remaining_time_from_the_injected_clock() {
+    fn an_expired_entry_nobody_reads_leaves_for_room() {
+        const MAX_BYTES: u64 = 200_000;
+        let (cache, clock) = manual_cache(MAX_BYTES);
+        // A full cache: what comes in now is on trial (cold) until it is read again.
+        for i in 0..400 {
+            cache.insert(&format!("first-{i}"), value(b"v", None));
+        }
+        let before = cache.evictions();
+        assert!(cache.insert("old", value(b"v", Some(START_MS + 10))));
+        clock.set(START_MS + 10);
+        for i in 0..400 {
+            cache.insert(&format!("new-{i}"), value(b"v", None));
+        }
+        assert!(cache.weighted_size() <= MAX_BYTES);
+        assert!(cache.evictions() >= before + 400);
+        // Gone from the store, not only hidden by the clock.
+        clock.set(START_MS);
+        assert!(cache.get("old").is_none());
+    }
+
+    #[test]
+    fn the_eviction_hook_tells_expired_from_evicted_and_skips_replacements() {
         let clock = Arc::new(ManualClock::new(START_MS));
-        let expiry = ClockExpiry {
+        let ghosts = Arc::new(Ghosts::new(1024));
+        let listener = Listener {
             clock: clock.clone(),
+            evictions: Arc::default(),
+            ghosts: Some(ghosts.clone()),
         };
-        let key = StoreKey::new("k");
-        let entry = Arc::new(value(b"v", Some(START_MS + 1_500)));
-        let now = Instant::now();
+        let evict = |text: &str, entry: CacheEntry, inserting: Option<u64>| {
+            let key = StoreKey::new(text);
+            let hash = key.hash;
+            quick_cache::Lifecycle::on_evict(
+                &listener,
+                &mut inserting.clone(),
+                key,
+                Arc::new(entry),
+            );
+            (hash, ghosts.reason(hash))
+        };
+        let live = value(b"v", Some(START_MS + 10));
+        assert_eq!(evict("live", live.clone(), None).1, MissReason::Evicted);
+        clock.set(START_MS + 10);
+        assert_eq!(evict("dead", live, None).1, MissReason::Expired);
         assert_eq!(
-            expiry.expire_after_create(&key, &entry, now),
-            Some(Duration::from_millis(1_500))
+            evict("missing", not_found(Some(START_MS + 10)), None).1,
+            MissReason::NegativeExpired
         );
-        clock.advance(Duration::from_millis(500));
+        // Within its stale window an entry is still answerable: evicted, not expired.
+        let stale = CacheEntry {
+            stale_ms: 5,
+            ..value(b"v", Some(START_MS + 10))
+        };
+        assert_eq!(evict("stale", stale, None).1, MissReason::Evicted);
+        assert_eq!(listener.evictions.load(Ordering::Relaxed), 4);
+        // The entry an insert of the same key replaces is not an eviction.
+        let replaced = StoreKey::new("replaced").hash;
         assert_eq!(
-            expiry.expire_after_update(&key, &entry, now, Some(Duration::ZERO)),
-            Some(Duration::from_millis(1_000))
+            evict("replaced", value(b"v", None), Some(replaced)).1,
+            MissReason::NeverSeen
         );
-        clock.set(START_MS + 9_999);
-        assert_eq!(
-            expiry.expire_after_create(&key, &entry, now),
-            Some(Duration::ZERO)
-        );
-        let forever = Arc::new(value(b"v", None));
-        assert_eq!(expiry.expire_after_create(&key, &forever, now), None);
+        assert_eq!(listener.evictions.load(Ordering::Relaxed), 4);
     }
 
     #[test]
@@ -864,9 +948,14 @@ mod tests {
             text: "b".into(),
         };
         assert_ne!(a, b);
-        let store: Store = moka::sync::Cache::builder()
-            .max_capacity(1_000)
-            .build_with_hasher(StoredHash);
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(START_MS));
+        let listener = Listener {
+            clock,
+            evictions: Arc::default(),
+            ghosts: None,
+        };
+        let store: Store =
+            quick_cache::sync::Cache::with(100, 1 << 20, Weigher, StoredHash, listener);
         store.insert(a.clone(), Arc::new(value(b"for a", None)));
         store.insert(b.clone(), Arc::new(value(b"for b", None)));
         assert_eq!(store.get(&a).unwrap().cached, raw(b"for a"));
@@ -876,7 +965,7 @@ mod tests {
         assert_eq!(store.get(&by_ref("a")).unwrap().cached, raw(b"for a"));
         assert_eq!(store.get(&by_ref("b")).unwrap().cached, raw(b"for b"));
         assert!(store.get(&by_ref("c")).is_none());
-        store.invalidate(&a);
+        store.remove(&a);
         assert!(store.get(&a).is_none());
         assert_eq!(store.get(&b).unwrap().cached, raw(b"for b"));
     }

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use super::reply::{Source, encoded_reply};
 use super::stats::{add, bump};
 use super::{
-    CacheKind, CachedValue, Found, FoundStored, Inner, Looked, OwnerAnswer, Sourced, Value,
-    decoding_len, len64, ms, peer_entry, tier,
+    CacheKind, CachedValue, Found, FoundStored, Inner, Looked, OwnerAnswer, OwnerLoad, Sourced,
+    Value, decoding_len, len64, ms, peer_entry, tier,
 };
 use crate::cache::{Cache, CacheEntry, Cached, Lookup, MissReason};
 use crate::compression::{CodecError, Stored, Verify, builtin};
@@ -639,21 +639,31 @@ impl Inner {
         self.load_for_failed_owner(&key, generation).await
     }
 
-    /// The singleflight leader's work for a peer's request: this node is the owner. Answers
-    /// with stored bytes, never decoding what it already holds. A `refresh` loads even when
-    /// the main cache holds the key (stale, or near its expiry).
+    /// The singleflight leader's work for a key this node owns, asked by a peer or by its own
+    /// client: answers with stored bytes (and the plain value when it loaded it), never
+    /// decoding what it already holds. A `refresh` loads even when the main cache holds the
+    /// key (stale, or near its expiry).
     pub(super) async fn load_as_owner(
         self: Arc<Self>,
         key: String,
         generation: u64,
         refresh: bool,
-    ) -> Result<FoundStored> {
+    ) -> Result<OwnerLoad> {
         if !refresh && let Some(entry) = self.main.get(&key) {
-            return Ok(stored_of(&entry));
+            return Ok(OwnerLoad {
+                stored: stored_of(&entry),
+                plain: None,
+                source: Source::Main,
+            });
         }
         bump(&self.stats.loads);
-        let (value, _) = self.load_owned(&key, generation).await?;
-        Ok(value.map(|v| (v.stored, v.expires_at_ms)))
+        let (value, source) = self.load_owned(&key, generation).await?;
+        let plain = value.as_ref().map(|v| v.plain.clone());
+        Ok(OwnerLoad {
+            stored: value.map(|v| (v.stored, v.expires_at_ms)),
+            plain,
+            source,
+        })
     }
 }
 

@@ -138,6 +138,20 @@ pub(super) enum Looked {
 /// What an owner load produced: the stored value with its expiry, or "no such key".
 type FoundStored = Option<(Stored, Option<u64>)>;
 
+/// What an owner's flight shares with everyone waiting on it (its peers' requests and its
+/// own clients' misses): the stored value with its expiry, which peers are answered; the
+/// plain value when the flight loaded it (`None` when it found the key already cached); and
+/// where it came from.
+#[derive(Clone)]
+struct OwnerLoad {
+    /// The stored value with its expiry, or "no such key".
+    stored: FoundStored,
+    /// The plain value, when this flight loaded it.
+    plain: Option<Bytes>,
+    /// Where the value came from.
+    source: Source,
+}
+
 /// A value loaded at this node: plain for the caller, stored for the caches and peers.
 struct Value {
     /// The value as the getter returned it.
@@ -190,9 +204,11 @@ pub struct Group {
     /// Collapses concurrent client misses of one key into one load (and background refreshes
     /// with them).
     flights: Singleflight<Sourced, Error>,
-    /// Collapses concurrent owner loads (requests from peers). Separate from `flights` so that
-    /// two nodes whose rings briefly disagree cannot wait on each other.
-    owner_flights: Singleflight<FoundStored, Error>,
+    /// Collapses concurrent loads of keys this node owns: its peers' requests and its own
+    /// clients' misses, so the owner calls the getter once for both. Separate from `flights`
+    /// (which forward to another node) and never forwarding itself, so two nodes whose rings
+    /// briefly disagree cannot wait on each other.
+    owner_flights: Singleflight<OwnerLoad, Error>,
 }
 
 impl fmt::Debug for Group {

@@ -140,8 +140,17 @@ impl GroupBuilder {
             StorageTier::new(backend, &self.name, stats.clone(), o.storage_queue_bytes)
         });
         let encoding = self.codecs.encoding(&o.compression, o.compress_min_bytes)?;
-        let cache =
-            |bytes: u64, name: &str| Cache::builder(bytes).clock(self.clock.clone()).name(name);
+        // The heaviest entry the group stores: the longest key and value, with the stored
+        // value's header.
+        let largest = (o.max_key_bytes + o.max_value_bytes + crate::compression::HEADER_BYTES)
+            as u64
+            + crate::cache::ENTRY_OVERHEAD_BYTES;
+        let cache = |bytes: u64, name: &str| {
+            Cache::builder(bytes)
+                .clock(self.clock.clone())
+                .name(name)
+                .largest_entry(largest)
+        };
         // Only the main tier's misses have reasons of their own (a hot miss is "not owner").
         let main = cache(o.cache_bytes, "main").miss_reasons().build();
         let hot = cache(o.hot_cache_bytes, "hot").build();

@@ -12,7 +12,7 @@ use super::options::GroupOptions;
 use super::reply::{Reply, Source};
 use super::stats::{GroupSnapshot, bump};
 use super::tier::Drained;
-use super::{CacheKind, CachedValue, Group, Looked, OwnerAnswer, flight_key, peer_entry};
+use super::{CacheKind, CachedValue, Group, Looked, OwnerAnswer, Sourced, flight_key, peer_entry};
 use crate::cache::{Lookup, MissReason};
 use crate::error::{Error, Result};
 use crate::seam::{OwnerItem, PeerEntry, RemotePeer};
@@ -150,26 +150,40 @@ impl Group {
                 if traced {
                     span.record("answered_by", "load");
                 }
-                // Only the leader calls the closure, so only a real load gets a load span.
                 let generation = inner.generation(key);
-                let flight = self
-                    .flights
-                    .run(&flight_key(generation, key), || {
-                        let load =
-                            tracing::info_span!("geecache.group.load", group = inner.name.as_str());
-                        inner
-                            .clone()
-                            .load(key.to_owned(), generation, false)
-                            .instrument(load)
-                    })
-                    .await;
-                if traced {
-                    span.record("shared", flight.shared);
+                let owned = if self.owns(key) {
+                    self.load_owned_for_client(key, generation, traced.then_some(span))
+                        .await?
+                } else {
+                    None
+                };
+                match owned {
+                    Some(sourced) => sourced,
+                    None => {
+                        // Only the leader calls the closure, so only a real load gets a load
+                        // span.
+                        let flight = self
+                            .flights
+                            .run(&flight_key(generation, key), || {
+                                let load = tracing::info_span!(
+                                    "geecache.group.load",
+                                    group = inner.name.as_str()
+                                );
+                                inner
+                                    .clone()
+                                    .load(key.to_owned(), generation, false)
+                                    .instrument(load)
+                            })
+                            .await;
+                        if traced {
+                            span.record("shared", flight.shared);
+                        }
+                        if flight.shared {
+                            bump(&inner.stats.loads_deduplicated);
+                        }
+                        flight.result.map_err(|e| (*e).clone())?
+                    }
                 }
-                if flight.shared {
-                    bump(&inner.stats.loads_deduplicated);
-                }
-                flight.result.map_err(|e| (*e).clone())?
             }
         };
         let (body, _) = found.ok_or(Error::KeyNotFound)?;
@@ -180,6 +194,51 @@ impl Group {
         })
     }
 
+    /// Whether this node owns `key`: no cluster, or its ring picks no other node.
+    fn owns(&self, key: &str) -> bool {
+        self.inner
+            .peers
+            .as_ref()
+            .is_none_or(|peers| peers.pick(key).is_none())
+    }
+
+    /// A client's miss of a key this node owns, in the owner's singleflight, so that it and
+    /// the peers asking for the key meanwhile make one load. `None` when the flight found the
+    /// key already cached (it shares stored bytes only): the caller reads it through the
+    /// client path, which decodes it.
+    async fn load_owned_for_client(
+        &self,
+        key: &str,
+        generation: u64,
+        span: Option<&tracing::Span>,
+    ) -> Result<Option<Sourced>> {
+        let inner = &self.inner;
+        let flight = self
+            .owner_flights
+            .run(&flight_key(generation, key), || {
+                let load = tracing::info_span!("geecache.group.load", group = inner.name.as_str());
+                inner
+                    .clone()
+                    .load_as_owner(key.to_owned(), generation, false)
+                    .instrument(load)
+            })
+            .await;
+        if let Some(span) = span {
+            span.record("shared", flight.shared);
+        }
+        if flight.shared {
+            bump(&inner.stats.loads_deduplicated);
+        }
+        let load = flight.result.map_err(|e| (*e).clone())?;
+        Ok(match (load.stored, load.plain) {
+            (None, _) => Some((None, load.source)),
+            (Some((_, expires_at_ms)), Some(plain)) => {
+                Some((Some((plain, expires_at_ms)), load.source))
+            }
+            (Some(_), None) => None,
+        })
+    }
+
     /// Refreshes `key` in the background: a stale entry, or (`ahead`) a live one near its
     /// expiry. In the key's singleflight, so a refresh already in flight (or a client's load)
     /// is not started again, and at most one runs per key on this node; a key another node
@@ -187,12 +246,7 @@ impl Group {
     /// is counted and leaves the entry as it is: a stale one is answered until its window ends
     /// (stale-if-error).
     fn refresh_in_background(&self, key: &str, ahead: bool) {
-        if self
-            .inner
-            .peers
-            .as_ref()
-            .is_none_or(|peers| peers.pick(key).is_none())
-        {
+        if self.owns(key) {
             // This node owns the key: its clients' refresh and its peers' are one, in the
             // owner's singleflight (which never forwards, so it cannot wait on another node).
             self.refresh_as_owner_in_background(key, ahead);
@@ -371,7 +425,7 @@ impl Group {
                 if flight.shared {
                     bump(&inner.stats.loads_deduplicated);
                 }
-                flight.result.map_err(|e| (*e).clone())?
+                flight.result.map_err(|e| (*e).clone())?.stored
             }
         };
         Ok(found.map(|(stored, expires_at_ms)| peer_entry(&stored, expires_at_ms)))
@@ -421,8 +475,6 @@ impl Group {
     /// A snapshot of counters and cache occupancy.
     pub fn snapshot(&self) -> GroupSnapshot {
         let inner = &self.inner;
-        inner.main.run_pending_tasks();
-        inner.hot.run_pending_tasks();
         let counters = inner.stats.counters();
         GroupSnapshot {
             name: inner.name.clone(),

@@ -1821,6 +1821,34 @@ async fn an_owner_refreshes_once_for_its_clients_and_its_peers_together() {
     );
 }
 
+/// An owner's client missing a key and a peer asking it for the same key meanwhile make one
+/// load, whichever comes first, found or not.
+#[tokio::test]
+async fn an_owner_loads_once_for_its_clients_and_its_peers_together() {
+    let getter = Arc::new(MapGetter {
+        delay: Some(Duration::from_millis(50)),
+        ..Default::default()
+    });
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let g = group(getter.clone(), GroupOptions::default(), clock);
+    let (client, peer) = tokio::join!(g.get_reply("a", &[]), g.get_as_owner("a"));
+    let client = client.unwrap();
+    assert_eq!(client.source, Source::Getter);
+    assert_eq!(client.body, g.get("a").await.unwrap());
+    assert!(peer.unwrap().is_some());
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 1);
+
+    let (peer, client) = tokio::join!(g.get_as_owner("b"), g.get_reply("b", &[]));
+    assert!(peer.unwrap().is_some());
+    assert_eq!(client.unwrap().source, Source::Getter);
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 2);
+
+    let (client, peer) = tokio::join!(g.get("missing"), g.get_as_owner("missing"));
+    assert!(matches!(client, Err(Error::KeyNotFound)), "{client:?}");
+    assert!(peer.unwrap().is_none());
+    assert_eq!(getter.calls.load(Ordering::SeqCst), 3);
+}
+
 /// A getter's own stale window wins over the group's, both ways.
 #[tokio::test]
 async fn a_getter_sets_its_values_stale_window() {
@@ -1956,7 +1984,6 @@ async fn each_miss_is_counted_once_by_its_reason_and_the_reasons_add_up() {
     for i in 0..400 {
         g.get(&format!("k{i}")).await.unwrap();
     }
-    g.inner.main.run_pending_tasks();
     let before = g.snapshot().counters.miss_evicted;
     for i in 0..400 {
         g.get(&format!("k{i}")).await.unwrap();
