@@ -52,6 +52,12 @@ pub fn binary() -> Result<Option<PathBuf>, String> {
     let bin = dir.join("geecache-groupcache");
     let src = source();
     let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    // Tests of one binary call this from several threads at once: one builds, the others
+    // wait for it and take its program.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let (Some(built), Some(written)) = (mtime(&bin), mtime(&src))
         && built >= written
     {
