@@ -123,7 +123,7 @@ impl CacheEntry {
 }
 
 /// Weight of an entry from its key and value lengths; see [`CacheEntry::weight`].
-fn weight_of(key_len: usize, value_len: usize) -> u64 {
+pub(crate) fn weight_of(key_len: usize, value_len: usize) -> u64 {
     let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     len(key_len)
         .saturating_add(len(value_len))

@@ -549,15 +549,16 @@ impl Inner {
         }
     }
 
-    /// The singleflight leader's work for a client get: ask the owner, or load locally.
-    /// `generation` was read before the flight started: a write from then on stops this load
-    /// from caching. A `refresh` (stale or ahead of expiry) loads even when the caches hold the
-    /// key.
+    /// The singleflight leader's work for a client get: ask `owner`, the node the caller's
+    /// ring picked, or load locally when it picked none. `generation` was read before the
+    /// flight started: a write from then on stops this load from caching. A `refresh` (stale
+    /// or ahead of expiry) loads even when the caches hold the key.
     pub(super) async fn load(
         self: Arc<Self>,
         key: String,
         generation: u64,
         refresh: bool,
+        owner: Option<Arc<dyn RemotePeer>>,
     ) -> Result<Sourced> {
         if !refresh
             && let Looked::Hit {
@@ -569,7 +570,7 @@ impl Inner {
             return Ok((found, tier.source()));
         }
         bump(&self.stats.loads);
-        if let Some(peer) = self.peers.as_ref().and_then(|p| p.pick(&key)) {
+        if let Some(peer) = owner {
             if let Some(found) = self.load_from_peer(&*peer, &key, generation).await {
                 let source = self.peer_source(&found);
                 return Ok((found, source));

@@ -142,9 +142,10 @@ impl GroupBuilder {
         let encoding = self.codecs.encoding(&o.compression, o.compress_min_bytes)?;
         // The heaviest entry the group stores: the longest key and value, with the stored
         // value's header.
-        let largest = (o.max_key_bytes + o.max_value_bytes + crate::compression::HEADER_BYTES)
-            as u64
-            + crate::cache::ENTRY_OVERHEAD_BYTES;
+        let largest = crate::cache::weight_of(
+            o.max_key_bytes,
+            o.max_value_bytes + crate::compression::HEADER_BYTES,
+        );
         let cache = |bytes: u64, name: &str| {
             Cache::builder(bytes)
                 .clock(self.clock.clone())

@@ -151,7 +151,8 @@ impl Group {
                     span.record("answered_by", "load");
                 }
                 let generation = inner.generation(key);
-                let owned = if self.owns(key) {
+                let owner = self.owner(key);
+                let owned = if owner.is_none() {
                     self.load_owned_for_client(key, generation, traced.then_some(span))
                         .await?
                 } else {
@@ -171,7 +172,7 @@ impl Group {
                                 );
                                 inner
                                     .clone()
-                                    .load(key.to_owned(), generation, false)
+                                    .load(key.to_owned(), generation, false, owner)
                                     .instrument(load)
                             })
                             .await;
@@ -194,12 +195,10 @@ impl Group {
         })
     }
 
-    /// Whether this node owns `key`: no cluster, or its ring picks no other node.
-    fn owns(&self, key: &str) -> bool {
-        self.inner
-            .peers
-            .as_ref()
-            .is_none_or(|peers| peers.pick(key).is_none())
+    /// The other node that owns `key`; `None` when this node does (no cluster, or its ring
+    /// picks no other node). Picked once per miss or refresh and handed to the load.
+    fn owner(&self, key: &str) -> Option<Arc<dyn RemotePeer>> {
+        self.inner.peers.as_ref().and_then(|peers| peers.pick(key))
     }
 
     /// A client's miss of a key this node owns, in the owner's singleflight, so that it and
@@ -246,15 +245,15 @@ impl Group {
     /// is counted and leaves the entry as it is: a stale one is answered until its window ends
     /// (stale-if-error).
     fn refresh_in_background(&self, key: &str, ahead: bool) {
-        if self.owns(key) {
+        let Some(owner) = self.owner(key) else {
             // This node owns the key: its clients' refresh and its peers' are one, in the
             // owner's singleflight (which never forwards, so it cannot wait on another node).
             self.refresh_as_owner_in_background(key, ahead);
             return;
-        }
+        };
         let (inner, generation) = (self.inner.clone(), self.inner.generation(key));
         let refresh = self.flights.start(&flight_key(generation, key), || {
-            inner.load(key.to_owned(), generation, true)
+            inner.load(key.to_owned(), generation, true, Some(owner))
         });
         self.inner.spawn_refresh(refresh, ahead);
     }
