@@ -316,7 +316,7 @@ pub fn router(state: AppState) -> Router {
     if let Some(auth) = &state.inner.peer_auth {
         rollout = rollout.layer(axum::middleware::from_fn_with_state(
             auth.secret().clone(),
-            crate::peer::auth::sign_answers,
+            crate::peer::sign_answers,
         ));
     }
     api.with_state(state)

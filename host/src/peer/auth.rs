@@ -38,8 +38,8 @@
 //! **Answers are signed too.** Every answer to a request whose signature matched (the peer
 //! protocol, rollouts and flushes, refusals of its date, nonce or body included; never an
 //! answer to an unsigned or badly signed request) has `x-geecache-answer-signature`:
-//! HMAC-SHA256(secret, `"answer\n{nonce}\n{status}\n"` + body) ([`sign_answers`]). The caller
-//! checks it before it decodes anything; an answer without a valid one is not used
+//! HMAC-SHA256(secret, `"answer\n{nonce}\n{status}\n"` + body) ([`super::sign_answers`]).
+//! The caller checks it before it decodes anything; an answer without a valid one is not used
 //! (`peer_answer_unsigned`): a ring member that does not know the secret can receive requests
 //! but cannot feed values, refusals or rollout verdicts back. The nonce ties the answer to its
 //! request, so a recorded answer cannot be replayed to another request.
@@ -585,7 +585,7 @@ fn parse_date(text: &str) -> Option<(u64, u64)> {
 }
 
 /// Whether `s` is exactly `len` lowercase hex digits.
-fn is_lower_hex(s: &str, len: usize) -> bool {
+pub(super) fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
@@ -631,64 +631,6 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A request's mark, set once its signature matched (whatever is refused after that: its date,
-/// its nonce, its body): [`sign_answers`] puts one in every request's extensions and signs the
-/// answer only when it was set.
-#[derive(Debug, Clone, Default)]
-pub struct SignatureMatched(Arc<std::sync::atomic::AtomicBool>);
-
-impl SignatureMatched {
-    /// Marks the request: its answer will be signed.
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Middleware of the routes peers call (the peer protocol, rollouts, flushes): signs the
-/// answer to a request whose signature matched ([`SignatureMatched`]) with
-/// [`ClusterSecret::sign_answer`] over its nonce, refusals included, so the caller can tell it
-/// came from a node that knows the secret. The answer to any other request (unsigned, badly
-/// signed, refused before its signature was checked) is not signed: its nonce is the sender's
-/// choice, and an honest node must not vouch for it. The answer is built in memory already (a
-/// protobuf or JSON body), so taking its bytes copies nothing.
-pub async fn sign_answers(
-    axum::extract::State(secret): axum::extract::State<ClusterSecret>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let nonce = req
-        .headers()
-        .get(NONCE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|n| is_lower_hex(n, 32))
-        .map(str::to_owned);
-    let matched = SignatureMatched::default();
-    req.extensions_mut().insert(matched.clone());
-    let response = next.run(req).await;
-    let Some(nonce) = nonce.filter(|_| matched.is_set()) else {
-        return response;
-    };
-    let (mut parts, body) = response.into_parts();
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(body) => body,
-        Err(e) => {
-            tracing::error!(error = %e, "a peer answer's body failed; answering 500");
-            return axum::response::IntoResponse::into_response(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            );
-        }
-    };
-    let signature = secret.sign_answer(&nonce, parts.status.as_u16(), &body);
-    if let Ok(value) = axum::http::HeaderValue::try_from(signature) {
-        parts.headers.insert(ANSWER_SIGNATURE_HEADER, value);
-    }
-    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[cfg(test)]

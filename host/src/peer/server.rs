@@ -106,10 +106,7 @@ pub fn router_with_ring(
     // knows it came from a node that has the secret (an `overloaded` refused before the check
     // is not: the caller treats it as any unsigned answer and loads the key itself).
     match secret {
-        Some(secret) => router.layer(axum::middleware::from_fn_with_state(
-            secret,
-            crate::peer::auth::sign_answers,
-        )),
+        Some(secret) => router.layer(axum::middleware::from_fn_with_state(secret, sign_answers)),
         None => router,
     }
 }
@@ -287,7 +284,7 @@ impl FromRequest<PeerState> for PeerRequest {
 
 /// Checks the signing headers of a request (method, raw path and query, `Host`) with `checks`,
 /// before its body is read; the body is left to [`auth::Verified::check_body`]. Marks the
-/// request's [`auth::SignatureMatched`] (in `extensions`) when its signature matched, even if
+/// request's [`SignatureMatched`] (in `extensions`) when its signature matched, even if
 /// it is refused after that, so that its answer is signed.
 ///
 /// # Errors
@@ -317,7 +314,7 @@ pub(crate) fn verify_signed(
     if verified
         .as_ref()
         .map_or_else(AuthError::signature_matched, |_| true)
-        && let Some(mark) = extensions.get::<auth::SignatureMatched>()
+        && let Some(mark) = extensions.get::<SignatureMatched>()
     {
         mark.set();
     }
@@ -528,6 +525,64 @@ fn check_keys(keys: &[String]) -> Result<(), Failure> {
         return Err(Failure::bad_request("a key is empty"));
     }
     Ok(())
+}
+
+/// A request's mark, set once its signature matched (whatever is refused after that: its date,
+/// its nonce, its body): [`sign_answers`] puts one in every request's extensions and signs the
+/// answer only when it was set.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureMatched(Arc<std::sync::atomic::AtomicBool>);
+
+impl SignatureMatched {
+    /// Marks the request: its answer will be signed.
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Middleware of the routes peers call (the peer protocol, rollouts, flushes): signs the
+/// answer to a request whose signature matched ([`SignatureMatched`]) with
+/// [`auth::ClusterSecret::sign_answer`] over its nonce, refusals included, so the caller can tell it
+/// came from a node that knows the secret. The answer to any other request (unsigned, badly
+/// signed, refused before its signature was checked) is not signed: its nonce is the sender's
+/// choice, and an honest node must not vouch for it. The answer is built in memory already (a
+/// protobuf or JSON body), so taking its bytes copies nothing.
+pub async fn sign_answers(
+    axum::extract::State(secret): axum::extract::State<auth::ClusterSecret>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let nonce = req
+        .headers()
+        .get(auth::NONCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| auth::is_lower_hex(n, 32))
+        .map(str::to_owned);
+    let matched = SignatureMatched::default();
+    req.extensions_mut().insert(matched.clone());
+    let response = next.run(req).await;
+    let Some(nonce) = nonce.filter(|_| matched.is_set()) else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(error = %e, "a peer answer's body failed; answering 500");
+            return axum::response::IntoResponse::into_response(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            );
+        }
+    };
+    let signature = secret.sign_answer(&nonce, parts.status.as_u16(), &body);
+    if let Ok(value) = axum::http::HeaderValue::try_from(signature) {
+        parts.headers.insert(auth::ANSWER_SIGNATURE_HEADER, value);
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[cfg(test)]
