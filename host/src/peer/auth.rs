@@ -457,6 +457,11 @@ pub struct NodeAuth {
     /// The port a `Host` without one means: 443 when the node is advertised as `https://`
     /// (clients leave a scheme's default port out of `Host`), else 80.
     default_port: u16,
+    /// Whether a `Host` spelled exactly as `authority` names this node (it does whenever
+    /// `authority` is an address, as it is unless the advertised address was not one): then
+    /// the `Host` peers send, which they derive as this node does, is checked without parsing
+    /// it again.
+    host_as_is: bool,
     /// Nonces seen, and the start time before which requests are refused.
     replays: ReplayGuard,
     /// Requests refused, by reason (shared by clones).
@@ -508,10 +513,13 @@ impl NodeAuth {
         let https = advertise_addr
             .get(..8)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        let authority = authority_of(advertise_addr);
+        let default_port = if https { 443 } else { 80 };
         NodeAuth {
             secret,
-            authority: authority_of(advertise_addr),
-            default_port: if https { 443 } else { 80 },
+            host_as_is: host_authority(&authority, default_port) == authority,
+            authority,
+            default_port,
             replays,
             refused: Arc::default(),
         }
@@ -538,14 +546,7 @@ impl NodeAuth {
         now: u64,
     ) -> Result<Verified, AuthError> {
         let checked = (|| {
-            let host = host.ok_or(AuthError::MissingHeader("host"))?;
-            let host = host_authority(host, self.default_port);
-            if host != self.authority {
-                return Err(AuthError::OtherNode {
-                    host,
-                    this: self.authority.clone(),
-                });
-            }
+            self.check_host(host.ok_or(AuthError::MissingHeader("host"))?)?;
             let verified = self
                 .secret
                 .verify(method, &self.authority, path, headers, now)?;
@@ -567,6 +568,27 @@ impl NodeAuth {
             self.refused[e.reason_index()].fetch_add(1, Ordering::Relaxed);
         }
         checked
+    }
+}
+
+impl NodeAuth {
+    /// Checks that a request's `Host` names this node: as [`authority_of`] spells it (peers
+    /// send it so: compared as it is), or spelled otherwise (parsed, see [`host_authority`]).
+    ///
+    /// # Errors
+    /// [`AuthError::OtherNode`] when it names another node.
+    fn check_host(&self, host: &str) -> Result<(), AuthError> {
+        if self.host_as_is && host == self.authority {
+            return Ok(());
+        }
+        let host = host_authority(host, self.default_port);
+        if host != self.authority {
+            return Err(AuthError::OtherNode {
+                host,
+                this: self.authority.clone(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -965,6 +987,28 @@ mod tests {
             a.verify("PUT", Some(NODE), "/p", &headers(&h), DATE),
             Err(AuthError::Replayed)
         );
+    }
+
+    proptest::proptest! {
+        /// A `Host` compared as it is (the spelling peers send) is accepted exactly when its
+        /// parsed authority is the node's, whatever the node was advertised as.
+        #[test]
+        fn the_host_check_agrees_with_the_parsed_authority(
+            advertised in "(https?://)?([a-zA-Z.-]{1,12}|\\[::1\\])(:[0-9]{1,5})?|\\PC{0,16}",
+            host in "([a-zA-Z.-]{1,12}|\\[::1\\])(:[0-9]{0,5})?|\\PC{0,16}",
+        ) {
+            let auth = NodeAuth::new(secret(), &advertised);
+            for host in [host.as_str(), auth.authority()] {
+                let parsed = host_authority(host, auth.default_port) == auth.authority;
+                proptest::prop_assert_eq!(
+                    auth.check_host(host).is_ok(),
+                    parsed,
+                    "advertised {:?}, host {:?}",
+                    &advertised,
+                    host
+                );
+            }
+        }
     }
 
     /// Clients leave a scheme's default port out of `Host`: a node advertised as `https://`
