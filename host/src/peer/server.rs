@@ -96,7 +96,8 @@ pub fn router_with_ring(
     let router = Router::new()
         .route("/_geecache/{*path}", any(dispatch))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .with_state(state)
+        // Shared: axum clones a handler's state for every request.
+        .with_state(Arc::new(state))
         // A refused request costs no signature check and no body read.
         .layer(axum::middleware::from_fn_with_state(
             permits,
@@ -129,7 +130,7 @@ async fn limit_concurrency(
 }
 
 /// What every handler shares.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct PeerState {
     /// The node's groups, as seen by peers.
     service: Arc<dyn PeerService>,
@@ -231,10 +232,10 @@ struct PeerRequest {
     trace: Option<opentelemetry::Context>,
 }
 
-impl FromRequest<PeerState> for PeerRequest {
+impl FromRequest<Arc<PeerState>> for PeerRequest {
     type Rejection = Failure;
 
-    async fn from_request(req: Request, state: &PeerState) -> Result<Self, Failure> {
+    async fn from_request(req: Request, state: &Arc<PeerState>) -> Result<Self, Failure> {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
@@ -361,7 +362,7 @@ fn parse_path(path: &str) -> Result<(String, String), Failure> {
 /// Serves a checked request in the `geecache.peer.serve` span, which continues the calling
 /// node's trace when traces are exported.
 async fn dispatch(
-    State(state): State<PeerState>,
+    State(state): State<Arc<PeerState>>,
     mut req: PeerRequest,
 ) -> Result<Response, Failure> {
     let span = tracing::info_span!("geecache.peer.serve", group = %req.group);
