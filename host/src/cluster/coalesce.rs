@@ -305,13 +305,17 @@ impl Opened {
             // get's trace on to the owner (the other gets' traces stop at this node).
             let sent = Sent(Arc::clone(&flight));
             let request = send(Arc::clone(&self.core), self.group.clone(), batch);
-            runtime.spawn(
-                async move {
-                    request.await;
-                    drop(sent);
-                }
-                .instrument(tracing::Span::current()),
-            );
+            let request = async move {
+                request.await;
+                drop(sent);
+            };
+            let span = tracing::Span::current();
+            if span.is_disabled() {
+                // Outside any span (traces are not exported): none to enter on every poll.
+                runtime.spawn(request);
+            } else {
+                runtime.spawn(request.instrument(span));
+            }
         }
     }
 }

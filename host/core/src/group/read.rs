@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::Either;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use super::load::stored_of;
 use super::options::GroupOptions;
@@ -16,6 +18,16 @@ use super::{CacheKind, CachedValue, Group, Looked, OwnerAnswer, Sourced, flight_
 use crate::cache::{Lookup, MissReason};
 use crate::error::{Error, Result};
 use crate::seam::{OwnerItem, PeerEntry, RemotePeer};
+
+/// `future` in `span`; as it is when no layer wants the span (traces are not exported), so
+/// that no disabled span is entered and left on every poll.
+fn in_span<F: Future>(future: F, span: tracing::Span) -> Either<F, Instrumented<F>> {
+    if span.is_disabled() {
+        Either::Left(future)
+    } else {
+        Either::Right(future.instrument(span))
+    }
+}
 
 impl Group {
     /// The group's name.
@@ -170,10 +182,10 @@ impl Group {
                                     "geecache.group.load",
                                     group = inner.name.as_str()
                                 );
-                                inner
-                                    .clone()
-                                    .load(key.to_owned(), generation, false, owner)
-                                    .instrument(load)
+                                in_span(
+                                    inner.clone().load(key.to_owned(), generation, false, owner),
+                                    load,
+                                )
                             })
                             .await;
                         if traced {
@@ -216,10 +228,12 @@ impl Group {
             .owner_flights
             .run(&flight_key(generation, key), || {
                 let load = tracing::info_span!("geecache.group.load", group = inner.name.as_str());
-                inner
-                    .clone()
-                    .load_as_owner(key.to_owned(), generation, false)
-                    .instrument(load)
+                in_span(
+                    inner
+                        .clone()
+                        .load_as_owner(key.to_owned(), generation, false),
+                    load,
+                )
             })
             .await;
         if let Some(span) = span {
@@ -411,16 +425,18 @@ impl Group {
                 let load = || {
                     let load =
                         tracing::info_span!("geecache.group.load", group = inner.name.as_str());
-                    inner
-                        .clone()
-                        .load_as_owner(key.to_owned(), generation, false)
-                        .instrument(load)
+                    in_span(
+                        inner
+                            .clone()
+                            .load_as_owner(key.to_owned(), generation, false),
+                        load,
+                    )
                 };
-                let flight = self
-                    .owner_flights
-                    .run(&flight_key(generation, key), load)
-                    .instrument(span)
-                    .await;
+                let flight = in_span(
+                    self.owner_flights.run(&flight_key(generation, key), load),
+                    span,
+                )
+                .await;
                 if flight.shared {
                     bump(&inner.stats.loads_deduplicated);
                 }
