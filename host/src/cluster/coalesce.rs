@@ -345,6 +345,16 @@ async fn send(core: Arc<PeerCore>, group: String, batch: Vec<Waiter>) {
     }
     let keys: Vec<String> = batch.iter().map(|w| w.key.clone()).collect();
     match core.coalesced_batch(&group, &keys).await {
+        // One item per key asked, in order (as `PeerClient::batch_get` answers): each goes to
+        // its get as it is.
+        Ok(items)
+            if items.len() == batch.len()
+                && items.iter().zip(&batch).all(|((key, _), w)| *key == w.key) =>
+        {
+            for ((_, answer), w) in items.into_iter().zip(batch) {
+                let _ = w.answer.send(answer);
+            }
+        }
         Ok(items) => {
             let items: HashMap<String, KeyResult> = items.into_iter().collect();
             for w in batch {
