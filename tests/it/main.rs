@@ -21,6 +21,7 @@ mod compression;
 mod deploy;
 mod discovery;
 mod doors;
+mod entry_weight;
 mod flood;
 mod flush;
 mod http_sources;

@@ -503,9 +503,7 @@ async fn too_many_or_empty_keys_in_one_request_are_400() {
     // an item must carry an entry.
     // A well-formed entry: only the count can make the first body a 400.
     let entry = proto::Entry {
-        value: geecache_host::compression::Stored::raw(b"v")
-            .bytes()
-            .clone(),
+        value: geecache_host::compression::Stored::raw(b"v").framed(),
         codec: "none".into(),
         ..Default::default()
     };

@@ -33,7 +33,7 @@ impl Entries for Forger {
             self.gets.fetch_add(1, Ordering::Relaxed);
             let stored = Encoding::default().encode(b"forged").await.unwrap();
             Ok(Some(PeerEntry {
-                value: stored.bytes().clone(),
+                value: stored.framed(),
                 codec: "none".into(),
                 expires_at_ms: None,
             }))
@@ -217,7 +217,7 @@ async fn a_put_dated_far_ahead_is_refused_before_and_after_a_restart() {
     let body = proto::SetRequest {
         entry: Some(
             PeerEntry {
-                value: stored.bytes().clone(),
+                value: stored.framed(),
                 codec: "none".into(),
                 expires_at_ms: None,
             }

@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use geecache_host::cache::{Cache, CacheEntry, Cached, ENTRY_OVERHEAD_BYTES};
+use geecache_host::cache::{Cache, CacheEntry, Cached, weight_of};
 use geecache_host::compression::Stored;
 
 use crate::load::{Rng, Zipf};
@@ -124,9 +124,10 @@ trait Store {
     fn insert(&self, key: String);
 }
 
-/// The node's weight of an entry: key + value + [`ENTRY_OVERHEAD_BYTES`].
+/// The node's weight of an entry ([`weight_of`]: key and raw value as allocated, +
+/// `ENTRY_OVERHEAD_BYTES`), for every store alike.
 fn weight(key: &str, value: &[u8]) -> u64 {
-    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES
+    weight_of(key.len(), value.len())
 }
 
 struct Node {

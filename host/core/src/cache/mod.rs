@@ -4,7 +4,8 @@
 //! one slab of entries and a table of 4-byte indexes per shard, CLOCK-Pro-like eviction with
 //! ghost entries); this module adds what geecache needs on top:
 //!
-//! - capacity in bytes: an entry weighs its key bytes + value bytes + [`ENTRY_OVERHEAD_BYTES`];
+//! - capacity in bytes: an entry weighs its key's and its payload's allocations, as the
+//!   allocator rounds them ([`allocation_bytes`]), + [`ENTRY_OVERHEAD_BYTES`];
 //!   the budget is split evenly between the store's shards ([`shards_for`]), so the largest
 //!   entry a tier takes is a little under a shard's share ([`Cache::largest_entry`]);
 //! - absolute expiry per entry (`expires_at_ms`, milliseconds since the Unix epoch), read from an
@@ -39,14 +40,15 @@ use std::sync::{Arc, LazyLock};
 
 use crate::compression::Stored;
 
-/// Bytes charged for every entry on top of its key and value bytes.
+/// Bytes charged for every entry on top of its key's and payload's allocations.
 ///
-/// It stands for what an entry costs beyond its payload (the store's slab slot and its share of
-/// ghost slots, the hash-table index, the `Arc<CacheEntry>`, the `Bytes` header, the key's
-/// allocation, the allocator's rounding), so that the byte budget bounds resident memory and a
-/// flood of tiny or negative entries is still bounded by it. The figure is what `geecache-perf
-/// memory` measures beyond key and stored value, rounded (docs/performance.md).
-pub const ENTRY_OVERHEAD_BYTES: u64 = 500;
+/// It stands for what every entry costs whatever its size (the store's slab slot and its share
+/// of ghost slots, the hash-table index, the `Arc<CacheEntry>` that holds the value's header,
+/// the `Bytes` header), so that the byte budget bounds resident memory and a flood of tiny or
+/// negative entries is still bounded by it. The allocator's rounding of key and payload is
+/// charged per entry instead ([`allocation_bytes`]). The figure is what `geecache-perf memory`
+/// measures beyond the key's and payload's allocations, rounded up (docs/performance.md).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 280;
 
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,15 +102,16 @@ impl CacheEntry {
         }
     }
 
-    /// What the entry counts against the byte budget when stored under `key`: key bytes + value
-    /// bytes + [`ENTRY_OVERHEAD_BYTES`]. Exposed so callers can tell in advance whether a value
-    /// can fit at all.
+    /// What the entry counts against the byte budget when stored under `key`: the allocations
+    /// of the key and of the stored payload, as the allocator rounds them
+    /// ([`allocation_bytes`]), + [`ENTRY_OVERHEAD_BYTES`]. Exposed so callers can tell in
+    /// advance whether a value can fit at all.
     pub fn weight(&self, key: &str) -> u64 {
-        let value_len = match &self.cached {
-            Cached::Value(stored) => stored.len(),
+        let payload_len = match &self.cached {
+            Cached::Value(stored) => stored.payload_len(),
             Cached::NotFound => 0,
         };
-        weight_of(key.len(), value_len)
+        weight_of(key.len(), payload_len)
     }
 
     /// Why this entry, pushed out for room at `now_ms`, left: expired if nothing could have
@@ -122,12 +125,39 @@ impl CacheEntry {
     }
 }
 
-/// Weight of an entry from its key and value lengths; see [`CacheEntry::weight`].
-pub(crate) fn weight_of(key_len: usize, value_len: usize) -> u64 {
-    let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    len(key_len)
-        .saturating_add(len(value_len))
+/// Weight of an entry from the lengths of its key and its stored payload (the value as its
+/// codec left it, without the header); see [`CacheEntry::weight`].
+pub fn weight_of(key_len: usize, payload_len: usize) -> u64 {
+    allocation_bytes(key_len)
+        .saturating_add(allocation_bytes(payload_len))
         .saturating_add(ENTRY_OVERHEAD_BYTES)
+}
+
+/// Bytes the host's allocator sets aside for an allocation of `n` bytes, so that the budget
+/// sees the rounding a value pays: mimalloc's size class (what `mi_usable_size` reports) up to
+/// 512 KiB: one word for the smallest, then 16-byte steps up to 128 bytes, then four classes
+/// per doubling (at most 25% over: 1,036 bytes take 1,280). Above 512 KiB mimalloc maps the
+/// allocation on its own, resident only where written: `n` in whole 4 KiB pages. 0 for 0: an
+/// empty key or payload allocates nothing. `tests/it/entry_weight.rs` checks it against
+/// mimalloc.
+pub fn allocation_bytes(n: usize) -> u64 {
+    const WORD: u64 = 8;
+    const LARGE_MAX: u64 = 512 << 10;
+    const PAGE: u64 = 4 << 10;
+    let n = u64::try_from(n).unwrap_or(u64::MAX);
+    if n > LARGE_MAX {
+        return n.div_ceil(PAGE).saturating_mul(PAGE);
+    }
+    let words = n.div_ceil(WORD);
+    if words <= 1 {
+        return words * WORD;
+    }
+    if words <= 8 {
+        return words.next_multiple_of(2) * WORD;
+    }
+    // Four classes per doubling: round up to a quarter of the power of two below.
+    let step = 1u64 << ((words - 1).ilog2() - 2);
+    words.div_ceil(step) * step * WORD
 }
 
 /// The store behind a [`Cache`].
@@ -631,7 +661,6 @@ impl quick_cache::Lifecycle<StoreKey, Arc<CacheEntry>> for Listener {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::compression::HEADER_BYTES;
     use std::time::Duration;
 
     /// A raw value as the group would store it (header + bytes).
@@ -680,20 +709,45 @@ mod tests {
     }
 
     #[test]
-    fn weight_is_key_plus_value_plus_overhead() {
+    fn weight_is_key_plus_payload_as_allocated_plus_overhead() {
+        // A 3-byte key and a 5-byte payload each take a word.
         assert_eq!(
             value(b"12345", None).weight("abc"),
-            3 + 5 + HEADER_BYTES as u64 + ENTRY_OVERHEAD_BYTES
+            8 + 8 + ENTRY_OVERHEAD_BYTES
         );
-        assert_eq!(not_found(None).weight("abc"), 3 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(not_found(None).weight("abc"), 8 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(not_found(None).weight(""), ENTRY_OVERHEAD_BYTES);
         assert_eq!(weight_of(usize::MAX, usize::MAX), u64::MAX);
 
         let (cache, _clock) = manual_cache(1 << 20);
         cache.insert("abc", value(b"12345", None));
-        assert_eq!(
-            cache.weighted_size(),
-            3 + 5 + HEADER_BYTES as u64 + ENTRY_OVERHEAD_BYTES
-        );
+        assert_eq!(cache.weighted_size(), 8 + 8 + ENTRY_OVERHEAD_BYTES);
+    }
+
+    #[test]
+    fn allocations_round_to_mimallocs_classes() {
+        let cases = [
+            (0, 0),
+            (1, 8),
+            (9, 16),
+            (17, 32),
+            (64, 64),
+            (65, 80),
+            (1024, 1024),
+            (1025, 1280),
+            (1036, 1280),
+            (1281, 1536),
+            (2049, 2560),
+            (64 << 10, 64 << 10),
+            ((64 << 10) + 1, (80 << 10)),
+            (512 << 10, 512 << 10),
+            ((512 << 10) + 1, (516 << 10)),
+            (1 << 20, 1 << 20),
+        ];
+        for (n, want) in cases {
+            assert_eq!(allocation_bytes(n), want, "{n} bytes");
+        }
+        assert_eq!(allocation_bytes(usize::MAX), u64::MAX);
     }
 
     #[test]
@@ -735,15 +789,17 @@ mod tests {
         assert_eq!(cache.weighted_size(), 0);
         assert_eq!(cache.entry_count(), 0);
 
-        // Exactly the largest fits; a byte more does not.
-        let len =
-            usize::try_from(970 - ENTRY_OVERHEAD_BYTES).unwrap() - "fits".len() - HEADER_BYTES;
+        // The longest value whose weight is within the largest fits; a byte more does not.
         let sized = |len: usize| CacheEntry {
             cached: raw(&vec![0u8; len]),
             expires_at_ms: None,
             stale_ms: 0,
         };
-        assert_eq!(sized(len).weight("fits"), 970);
+        let len = (0..1000)
+            .take_while(|&len| sized(len).weight("fits") <= 970)
+            .last()
+            .unwrap();
+        assert!(sized(len + 1).weight("fits") > 970);
         assert!(!cache.insert("over", sized(len + 1)));
         assert!(cache.insert("fits", sized(len)));
         assert!(cache.get("fits").is_some());
@@ -878,18 +934,21 @@ mod tests {
     fn an_expired_entry_nobody_reads_leaves_for_room() {
         const MAX_BYTES: u64 = 200_000;
         let (cache, clock) = manual_cache(MAX_BYTES);
+        // More entries than fit, twice over.
+        let n = MAX_BYTES / value(b"v", None).weight("first-0000") + 10;
         // A full cache: what comes in now is on trial (cold) until it is read again.
-        for i in 0..400 {
-            cache.insert(&format!("first-{i}"), value(b"v", None));
+        for i in 0..n {
+            cache.insert(&format!("first-{i:04}"), value(b"v", None));
         }
         let before = cache.evictions();
+        assert!(before > 0);
         assert!(cache.insert("old", value(b"v", Some(START_MS + 10))));
         clock.set(START_MS + 10);
-        for i in 0..400 {
-            cache.insert(&format!("new-{i}"), value(b"v", None));
+        for i in 0..n {
+            cache.insert(&format!("new-{i:04}"), value(b"v", None));
         }
         assert!(cache.weighted_size() <= MAX_BYTES);
-        assert!(cache.evictions() >= before + 400);
+        assert!(cache.evictions() >= before + n);
         // Gone from the store, not only hidden by the clock.
         clock.set(START_MS);
         assert!(cache.get("old").is_none());

@@ -5,10 +5,11 @@
 //!   (`plugin::WasmCompressor`), so a group names its codec without caring which kind it is.
 //! - [`Codecs`] is the registry by name, built once per node; a codec's name is the tag stored
 //!   with every value, so decoding is never a guess.
-//! - [`Stored`] is a value as the node keeps it (in memory, in the storage tier) and sends it to
-//!   peers: a 12-byte header (original length, XXH3-64 of the original bytes) followed by the
-//!   codec's payload, plus the codec. Decoding checks the length and the checksum, so a corrupt
-//!   or mis-tagged value is detected instead of served.
+//! - [`Stored`] is a value as the node keeps it: a 12-byte header (original length, XXH3-64 of
+//!   the original bytes), the codec's payload and the codec. Peers and the storage tier get
+//!   the header followed by the payload ([`Stored::framed`]); in memory the header's fields sit
+//!   beside the payload, which keeps an allocation of its own size. Decoding checks the length
+//!   and the checksum, so a corrupt or mis-tagged value is detected instead of served.
 //! - [`Encoding`] is a group's policy: its codec and level, and the size below which values are
 //!   kept raw. A value that does not shrink is kept raw too.
 //!
@@ -164,13 +165,17 @@ pub trait Compressor: Send + Sync + fmt::Debug + 'static {
 }
 
 /// A shared handle to a codec; compares by name (the tag).
+///
+/// A thin pointer (to the codec's fat one): every cached value holds one, and its 8 bytes
+/// less put each entry's `Arc<CacheEntry>` in mimalloc's 96-byte class rather than the
+/// 112-byte one (docs/performance.md, "Memory").
 #[derive(Clone)]
-pub struct Codec(Arc<dyn Compressor>);
+pub struct Codec(Arc<Arc<dyn Compressor>>);
 
 impl Codec {
     /// Wraps a codec.
     pub fn new(compressor: Arc<dyn Compressor>) -> Self {
-        Codec(compressor)
+        Codec(Arc::new(compressor))
     }
 
     /// The codec's name, which is its tag.
@@ -185,7 +190,7 @@ impl Codec {
 
     /// The codec itself.
     pub fn compressor(&self) -> &dyn Compressor {
-        &*self.0
+        &**self.0
     }
 }
 
@@ -300,11 +305,21 @@ impl Codecs {
     /// A stored value received from a peer or a storage backend: `bytes` tagged `codec`.
     ///
     /// # Errors
-    /// [`CodecError::Unknown`] when this node does not know the codec.
+    /// [`CodecError::Unknown`] when this node does not know the codec;
+    /// [`CodecError::Corrupt`] when `bytes` is shorter than the header.
     pub fn stored(&self, bytes: Bytes, codec: &str) -> Result<Stored, CodecError> {
+        let codec = self.get(codec)?;
+        let Some((raw_len, sum)) = header(&bytes) else {
+            return Err(CodecError::Corrupt {
+                codec: codec.name().to_owned(),
+                reason: format!("{} bytes is shorter than the header", bytes.len()),
+            });
+        };
         Ok(Stored {
-            bytes,
-            codec: self.get(codec)?,
+            payload: bytes.slice(HEADER_BYTES..),
+            codec,
+            raw_len,
+            sum,
         })
     }
 }
@@ -375,13 +390,24 @@ pub enum Verify {
     All,
 }
 
-/// A value as the node keeps it: header + codec payload, and the codec.
+/// A value as the node keeps it: the codec's payload, the header's two fields beside it, and
+/// the codec.
+///
+/// On the wire and in storage backends a stored value is one byte string, the header
+/// ([`HEADER_BYTES`]) then the payload ([`Stored::framed`]). In memory the header lives here,
+/// beside the payload rather than in its allocation: a 1,024-byte payload then fills
+/// mimalloc's 1,024-byte class, where header and payload together (1,036 bytes) took the
+/// 1,280-byte one (docs/performance.md, "Memory").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
-    /// `HEADER_BYTES` of header, then the payload.
-    bytes: Bytes,
+    /// The codec's payload.
+    payload: Bytes,
     /// How the payload is encoded.
     codec: Codec,
+    /// The original value's length, as the header claims it.
+    raw_len: u32,
+    /// The XXH3-64 of the original value, as the header claims it.
+    sum: u64,
 }
 
 impl Stored {
@@ -401,20 +427,25 @@ impl Stored {
     #[must_use]
     pub fn compacted(&self) -> Stored {
         Stored {
-            bytes: Bytes::copy_from_slice(&self.bytes),
-            codec: self.codec.clone(),
+            payload: Bytes::copy_from_slice(&self.payload),
+            ..self.clone()
         }
     }
 
-    /// The stored bytes (header and payload), as they are kept and sent to peers.
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+    /// The stored bytes as they are sent to peers and storage backends: the header, then the
+    /// payload. A copy, in a new allocation.
+    pub fn framed(&self) -> Bytes {
+        let mut bytes = BytesMut::with_capacity(self.len());
+        bytes.put_u32_le(self.raw_len);
+        bytes.put_u64_le(self.sum);
+        bytes.put_slice(&self.payload);
+        bytes.freeze()
     }
 
     /// The codec's payload, without the header: what a client that accepts the codec as a
     /// content coding can take as it is.
     pub fn payload(&self) -> Bytes {
-        self.bytes.slice(HEADER_BYTES.min(self.bytes.len())..)
+        self.payload.clone()
     }
 
     /// The codec of the payload.
@@ -422,62 +453,67 @@ impl Stored {
         &self.codec
     }
 
-    /// Bytes counted against a byte budget.
+    /// Bytes counted against a byte budget: the header and the payload, as on the wire.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        HEADER_BYTES + self.payload.len()
     }
 
-    /// Whether there are no stored bytes at all (never true for a well-formed value).
+    /// Bytes of the payload alone: what its allocation holds.
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// Whether there are no stored bytes at all (never true: the header is always there).
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        false
     }
 
-    /// The original length the header claims, if the header is there.
-    pub fn raw_len(&self) -> Option<usize> {
-        header(&self.bytes).map(|(len, _)| len)
+    /// The original length the header claims.
+    pub fn raw_len(&self) -> usize {
+        self.raw_len as usize
     }
 
     /// Frames `payload` (the encoding of `raw`) with the header of `raw`.
     fn frame(raw: &[u8], payload: &[u8], codec: Codec) -> Result<Self, CodecError> {
-        let len = u32::try_from(raw.len()).map_err(|_| CodecError::Failed {
+        let raw_len = u32::try_from(raw.len()).map_err(|_| CodecError::Failed {
             codec: codec.name().to_owned(),
             reason: format!(
                 "values of 4 GiB or more cannot be stored ({} bytes)",
                 raw.len()
             ),
         })?;
-        let mut bytes = BytesMut::with_capacity(HEADER_BYTES + payload.len());
-        bytes.put_u32_le(len);
-        bytes.put_u64_le(xxh3_64(raw));
-        bytes.put_slice(payload);
         Ok(Stored {
-            bytes: bytes.freeze(),
+            payload: Bytes::copy_from_slice(payload),
             codec,
+            raw_len,
+            sum: xxh3_64(raw),
         })
     }
 
     /// The original value, checked as `verify` says and never longer than `max_len`.
     ///
     /// # Errors
-    /// [`CodecError::Corrupt`] when the header, the payload, the length or the checksum is
-    /// wrong (corruption, or a wrong codec tag); a plugin codec's own error.
+    /// [`CodecError::Corrupt`] when the payload, the length or the checksum is wrong
+    /// (corruption, or a wrong codec tag); a plugin codec's own error.
     pub async fn decode(&self, max_len: usize, verify: Verify) -> Result<Bytes, CodecError> {
         let corrupt = |reason: String| CodecError::Corrupt {
             codec: self.codec.name().to_owned(),
             reason,
         };
-        let (len, sum) = header(&self.bytes)
-            .ok_or_else(|| corrupt(format!("{} bytes is shorter than the header", self.len())))?;
+        let len = self.raw_len();
         if len > max_len {
             return Err(corrupt(format!(
                 "claims {len} bytes, more than the {max_len} allowed"
             )));
         }
-        let payload = self.bytes.slice(HEADER_BYTES..);
         let (value, check) = if self.codec.is_none() {
-            (payload, verify == Verify::All)
+            (self.payload.clone(), verify == Verify::All)
         } else {
-            let out = self.codec.compressor().decompress(&payload, len).await?;
+            let out = self
+                .codec
+                .compressor()
+                .decompress(&self.payload, len)
+                .await?;
             (Bytes::from(out), true)
         };
         if value.len() != len {
@@ -486,7 +522,7 @@ impl Stored {
                 value.len()
             )));
         }
-        if check && xxh3_64(&value) != sum {
+        if check && xxh3_64(&value) != self.sum {
             return Err(corrupt("checksum mismatch".into()));
         }
         Ok(value)
@@ -494,10 +530,10 @@ impl Stored {
 }
 
 /// The (length, checksum) header of stored bytes.
-fn header(bytes: &[u8]) -> Option<(usize, u64)> {
+fn header(bytes: &[u8]) -> Option<(u32, u64)> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
     let sum = u64::from_le_bytes(bytes.get(4..HEADER_BYTES)?.try_into().ok()?);
-    Some((usize::try_from(len).ok()?, sum))
+    Some((len, sum))
 }
 
 /// A group's compression policy.

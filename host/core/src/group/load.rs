@@ -231,9 +231,7 @@ impl Inner {
             .codecs
             .stored(entry.value, &entry.codec)
             .inspect_err(|_| bump(&self.stats.corrupt_values))?;
-        if let Some(len) = stored.raw_len() {
-            self.check_len(len)?;
-        }
+        self.check_len(stored.raw_len())?;
         let plain = self
             .coded(
                 decoding_len(&stored),

@@ -236,7 +236,7 @@ fn flight_key(generation: u64, key: &str) -> String {
 /// `stored` with its expiry, as the storage tier and peers take it.
 fn peer_entry(stored: &Stored, expires_at_ms: Option<u64>) -> PeerEntry {
     PeerEntry {
-        value: stored.bytes().clone(),
+        value: stored.framed(),
         codec: stored.codec().name().to_owned(),
         expires_at_ms,
     }

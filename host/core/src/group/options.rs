@@ -140,12 +140,9 @@ impl GroupBuilder {
             StorageTier::new(backend, &self.name, stats.clone(), o.storage_queue_bytes)
         });
         let encoding = self.codecs.encoding(&o.compression, o.compress_min_bytes)?;
-        // The heaviest entry the group stores: the longest key and value, with the stored
-        // value's header.
-        let largest = crate::cache::weight_of(
-            o.max_key_bytes,
-            o.max_value_bytes + crate::compression::HEADER_BYTES,
-        );
+        // The heaviest entry the group stores: the longest key and value (a codec keeps a
+        // value raw unless it shrinks).
+        let largest = crate::cache::weight_of(o.max_key_bytes, o.max_value_bytes);
         let cache = |bytes: u64, name: &str| {
             Cache::builder(bytes)
                 .clock(self.clock.clone())

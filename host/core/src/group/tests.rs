@@ -505,7 +505,7 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
         panic!("a value")
     };
     assert_eq!(stored.codec().name(), "zstd");
-    let mut bytes = stored.bytes().to_vec();
+    let mut bytes = stored.framed().to_vec();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x10;
     let bad = g.inner.codecs.stored(Bytes::from(bytes), "zstd").unwrap();
@@ -526,11 +526,7 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
     let Cached::Value(stored) = &entry.cached else {
         panic!("a value")
     };
-    let wrong = g
-        .inner
-        .codecs
-        .stored(stored.bytes().clone(), "lz4")
-        .unwrap();
+    let wrong = g.inner.codecs.stored(stored.framed(), "lz4").unwrap();
     g.inner.main.insert(
         key,
         CacheEntry {
@@ -591,10 +587,10 @@ async fn a_peer_answer_that_does_not_decode_is_not_served() {
     let value = records("json-p", 40);
     let stored = Encoding::default().encode(&value).await.unwrap();
     for (bytes, codec) in [
-        (stored.bytes().clone(), "gzip"),                   // mis-tagged
-        (stored.bytes().slice(..stored.len() - 1), "none"), // truncated
-        (stored.bytes().clone(), "no-such-codec"),          // unknown here
-        (Bytes::from_static(b"short"), "none"),             // no header
+        (stored.framed(), "gzip"),                           // mis-tagged
+        (stored.framed().slice(..stored.len() - 1), "none"), // truncated
+        (stored.framed(), "no-such-codec"),                  // unknown here
+        (Bytes::from_static(b"short"), "none"),              // no header
     ] {
         let peer = Arc::new(FixedPeer(PeerEntry {
             value: bytes,
@@ -627,7 +623,7 @@ fn within(inner: &Bytes, outer: &Bytes) -> bool {
 async fn values_from_the_network_are_cached_out_of_their_body() {
     // A value as it arrives: a slice of a much larger body (a batch, or a read buffer).
     let stored = Stored::raw(&records("k", 4));
-    let mut body = stored.bytes().to_vec();
+    let mut body = stored.framed().to_vec();
     body.resize(64 << 10, 0);
     let body = Bytes::from(body);
     let entry = PeerEntry {
@@ -638,7 +634,7 @@ async fn values_from_the_network_are_cached_out_of_their_body() {
     let held =
         |g: &Group, tier: CacheKind, key: &str| match &g.inner.cache(tier).get(key).unwrap().cached
         {
-            Cached::Value(stored) => stored.bytes().clone(),
+            Cached::Value(stored) => stored.framed(),
             Cached::NotFound => panic!("a value"),
         };
 
@@ -738,7 +734,7 @@ async fn peers_receive_the_stored_bytes_and_keep_them_as_they_are() {
     };
     let (at_owner, hot_copy) = (held(&owner, CacheKind::Main), held(&local, CacheKind::Hot));
     assert_eq!(hot_copy.codec().name(), "zstd");
-    assert_eq!(hot_copy.bytes(), at_owner.bytes(), "byte for byte");
+    assert_eq!(hot_copy.framed(), at_owner.framed(), "byte for byte");
     let s = local.snapshot();
     assert_eq!((s.counters.peer_loads, s.counters.hot_hits), (2, 1));
     assert!(s.hot_bytes < len64(records(key, 40).len()), "{s:?}");
@@ -759,7 +755,7 @@ async fn a_set_from_a_peer_that_does_not_decode_is_refused() {
             "k",
             PeerEntry {
                 // A well-formed header, but the payload is not zstd.
-                value: Stored::raw(b"hello").bytes().clone(),
+                value: Stored::raw(b"hello").framed(),
                 codec: "zstd".into(),
                 expires_at_ms: None,
             },
@@ -771,7 +767,7 @@ async fn a_set_from_a_peer_that_does_not_decode_is_refused() {
         .set_as_owner(
             "k",
             PeerEntry {
-                value: Stored::raw(b"x").bytes().clone(),
+                value: Stored::raw(b"x").framed(),
                 codec: "brotli".into(),
                 expires_at_ms: None,
             },
@@ -2117,11 +2113,11 @@ async fn a_handoff_keeps_only_entries_it_can_serve_as_they_are() {
     let g = group(getter.clone(), GroupOptions::default(), clock.clone());
     g.get("held").await.unwrap();
     let entry = |value: &[u8], expires_at_ms| PeerEntry {
-        value: Stored::raw(value).bytes().clone(),
+        value: Stored::raw(value).framed(),
         codec: "none".into(),
         expires_at_ms,
     };
-    let mut corrupt = Stored::raw(b"bits").bytes().to_vec();
+    let mut corrupt = Stored::raw(b"bits").framed().to_vec();
     *corrupt.last_mut().unwrap() ^= 1;
     let entries = vec![
         ("fresh".to_string(), entry(b"f", Some(2_000_000))),
@@ -2140,7 +2136,7 @@ async fn a_handoff_keeps_only_entries_it_can_serve_as_they_are() {
         (
             "unknown codec".to_string(),
             PeerEntry {
-                value: Stored::raw(b"u").bytes().clone(),
+                value: Stored::raw(b"u").framed(),
                 codec: "no-such-codec".into(),
                 expires_at_ms: None,
             },
