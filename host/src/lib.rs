@@ -74,7 +74,7 @@
 //! parent's `//!` map.
 
 pub use geecache_core::{
-    batch, cache, compression, error, group, metrics, ring, seam, singleflight, units,
+    batch, cache, compression, error, group, metrics, ring, seam, singleflight, spans, units,
 };
 
 pub mod api;

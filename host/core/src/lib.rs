@@ -29,6 +29,8 @@
 //! - [`metrics`]: what a subsystem reports to `/metrics` as plain data (its table and its
 //!   samples); each keeps its own beside its counters (`group::metrics`,
 //!   `compression::metrics`), and the host's telemetry only exports them.
+//! - [`spans`]: [`spans::in_span`], a future in a tracing span, or as it is when no layer
+//!   wants the span (traces are not exported).
 //! - [`units`]: the sizes and durations operators write, parsed one way everywhere.
 //! - [`error`]: the error type every layer shares; the errors of the parts behind a seam
 //!   reach it as [`error::SeamError`]s.
@@ -45,4 +47,5 @@ pub mod metrics;
 pub mod ring;
 pub mod seam;
 pub mod singleflight;
+pub mod spans;
 pub mod units;

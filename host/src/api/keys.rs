@@ -7,13 +7,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use tracing::Instrument as _;
 
 use super::encoding::{Accepted, reply_response};
 use super::guard::HeldBody;
 use super::{ApiError, AppState};
 use crate::cache::Clock as _;
 use crate::error::Error;
+use crate::spans::in_span;
 
 /// The W3C trace context (`traceparent`) of a request, read only when traces are exported (see
 /// [`crate::telemetry::remote_context`]): the get's spans continue the caller's trace.
@@ -82,13 +82,8 @@ pub(super) async fn get_value(
             .await?;
         Ok(reply_response(reply))
     };
-    if span.is_disabled() {
-        // No layer wants it (traces are not exported): no span to enter on every poll.
-        get.await
-    } else {
-        crate::telemetry::adopt(&span, trace.0);
-        get.instrument(span).await
-    }
+    crate::telemetry::adopt(&span, trace.0);
+    in_span(get, span).await
 }
 
 /// Query of `PUT /api/v1/groups/{group}/keys/{key}`.

@@ -45,11 +45,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 use super::PeerCore;
 use crate::group::PeerEntry;
 use crate::peer::PeerError;
+use crate::spans::in_span;
 
 /// Most keys in one coalesced batch (`--peer-coalesce`): as many as the owner loads at once
 /// for one batch, so that every key of a batch starts loading at once (the owner takes a
@@ -309,13 +309,7 @@ impl Opened {
                 request.await;
                 drop(sent);
             };
-            let span = tracing::Span::current();
-            if span.is_disabled() {
-                // Outside any span (traces are not exported): none to enter on every poll.
-                runtime.spawn(request);
-            } else {
-                runtime.spawn(request.instrument(span));
-            }
+            runtime.spawn(in_span(request, tracing::Span::current()));
         }
     }
 }

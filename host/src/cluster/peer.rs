@@ -6,12 +6,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tracing::Instrument as _;
 
 use super::coalesce::Coalescer;
 use crate::error::Result;
 use crate::group::{Entries, OwnerItem, PeerEntry, PeerService, RemotePeer};
 use crate::peer::{PeerClient, PeerError};
+use crate::spans::in_span;
 use crate::telemetry::Metrics;
 
 /// One other node: its ring name, a client for it, and the lanes that coalesce gets to it.
@@ -45,12 +45,7 @@ impl PeerCore {
         request: impl Future<Output = std::result::Result<T, PeerError>>,
     ) -> std::result::Result<T, PeerError> {
         let call = self.metrics.peer_call(self.addr.clone(), op);
-        let answer = if span.is_disabled() {
-            // No layer wants it (traces are not exported): no span to enter on every poll.
-            request.await
-        } else {
-            request.instrument(span).await
-        };
+        let answer = in_span(request, span).await;
         call.finish(answer.as_ref().map_or_else(PeerError::code, |_| "ok"));
         answer
     }

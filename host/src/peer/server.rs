@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
 use prost::Message;
-use tracing::Instrument as _;
 
 use super::auth::{self, AuthError, NodeAuth, SignedHeaders};
 use super::proto::{self, batch_item, get_response};
@@ -31,6 +30,7 @@ use super::{
 };
 use crate::batch::{self, Slot};
 use crate::error::Error;
+use crate::spans::in_span;
 
 /// How many keys of one batch are loaded at once; the rest wait their turn, in order.
 const BATCH_CONCURRENCY: usize = 16;
@@ -366,11 +366,8 @@ async fn dispatch(
     mut req: PeerRequest,
 ) -> Result<Response, Failure> {
     let span = tracing::info_span!("geecache.peer.serve", group = %req.group);
-    if span.is_disabled() {
-        return route(&state, &req).await;
-    }
     crate::telemetry::adopt(&span, req.trace.take());
-    route(&state, &req).instrument(span).await
+    in_span(route(&state, &req), span).await
 }
 
 /// Routes a checked request by method (and, for POST, by its last segment).

@@ -5,9 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::Either;
-use tracing::Instrument;
-use tracing::instrument::Instrumented;
 
 use super::load::stored_of;
 use super::options::GroupOptions;
@@ -18,16 +15,7 @@ use super::{CacheKind, CachedValue, Group, Looked, OwnerAnswer, Sourced, flight_
 use crate::cache::{Lookup, MissReason};
 use crate::error::{Error, Result};
 use crate::seam::{OwnerItem, PeerEntry, RemotePeer};
-
-/// `future` in `span`; as it is when no layer wants the span (traces are not exported), so
-/// that no disabled span is entered and left on every poll.
-fn in_span<F: Future>(future: F, span: tracing::Span) -> Either<F, Instrumented<F>> {
-    if span.is_disabled() {
-        Either::Left(future)
-    } else {
-        Either::Right(future.instrument(span))
-    }
-}
+use crate::spans::in_span;
 
 impl Group {
     /// The group's name.
@@ -92,16 +80,10 @@ impl Group {
             shared = tracing::field::Empty,
             key = tracing::field::Empty,
         );
-        if span.is_disabled() {
-            // No layer wants it (traces are not exported): no span to enter on every poll.
-            return self.get_in_span(key, accepted, &span).await;
-        }
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        if !span.is_disabled() && tracing::enabled!(tracing::Level::DEBUG) {
             span.record("key", key);
         }
-        self.get_in_span(key, accepted, &span)
-            .instrument(span.clone())
-            .await
+        in_span(self.get_in_span(key, accepted, &span), span.clone()).await
     }
 
     /// [`Group::get_reply`] inside `span`, which it tells where the answer came from.
