@@ -143,11 +143,7 @@ impl Store for Node {
     fn insert(&self, key: String) {
         self.cache.insert(
             &key,
-            CacheEntry {
-                cached: Cached::Value(self.value.clone()),
-                expires_at_ms: None,
-                stale_ms: 0,
-            },
+            CacheEntry::new(Cached::Value(self.value.clone()), None, 0),
         );
     }
 }

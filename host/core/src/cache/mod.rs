@@ -21,15 +21,18 @@
 //! - keys that carry their hash (`StoreKey`), keyed SipHash computed once per request and
 //!   passed through to the store's table and shard choice.
 //!
-//! Files: this one holds the cache; `clock.rs` the injected clock, `doorkeeper.rs` the
-//! doorkeeper that admits hot copies, `ghosts.rs` the table of why keys left.
+//! Files: this one holds the cache; `entry.rs` the entry (one 64-byte allocation beside its
+//! payload's), `clock.rs` the injected clock, `doorkeeper.rs` the doorkeeper that admits hot
+//! copies, `ghosts.rs` the table of why keys left.
 
 mod clock;
 mod doorkeeper;
+mod entry;
 mod ghosts;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use doorkeeper::Doorkeeper;
+pub use entry::CacheEntry;
 use ghosts::Ghosts;
 pub use ghosts::{MissReason, ghost_slots};
 
@@ -43,8 +46,8 @@ use crate::compression::Stored;
 /// Bytes charged for every entry on top of its key's and payload's allocations.
 ///
 /// It stands for what every entry costs whatever its size (the store's slab slot and its share
-/// of ghost slots, the hash-table index, the `Arc<CacheEntry>` that holds the value's header,
-/// the `Bytes` header), so that the byte budget bounds resident memory and a flood of tiny or
+/// of ghost slots, the hash-table index, the `CacheEntry`'s 64-byte allocation that holds the
+/// codec, the header's fields and the expiry), so that the byte budget bounds resident memory and a flood of tiny or
 /// negative entries is still bounded by it. The allocator's rounding of key and payload is
 /// charged per entry instead ([`allocation_bytes`]). The figure is what `geecache-perf memory`
 /// measures beyond the key's and payload's allocations, rounded up (docs/performance.md).
@@ -59,70 +62,6 @@ pub enum Cached {
     /// A negative entry: the origin said there is no such key. Cached briefly so that repeated
     /// requests for a missing key do not each reach the origin.
     NotFound,
-}
-
-/// One cached entry: the value (or its absence) and when it stops being valid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheEntry {
-    /// The value or the negative result.
-    pub cached: Cached,
-    /// Absolute expiry, in milliseconds since the Unix epoch, as chosen by the loader or the
-    /// setter; the entry is a miss from this instant on. `None` never expires (the byte budget
-    /// still evicts it).
-    pub expires_at_ms: Option<u64>,
-    /// How long past `expires_at_ms` the entry may still be answered, marked stale, while it
-    /// is refreshed (stale-while-revalidate, stale-if-error); 0: not at all. The cache drops
-    /// it at the window's end.
-    pub stale_ms: u32,
-}
-
-impl CacheEntry {
-    /// Whether the entry is expired at `now_ms`; an entry expires at its `expires_at_ms`
-    /// exactly, not one millisecond later.
-    pub fn is_expired_at(&self, now_ms: u64) -> bool {
-        self.expires_at_ms.is_some_and(|at| at <= now_ms)
-    }
-
-    /// Whether the entry is past its stale window too at `now_ms`: nothing may answer it.
-    pub fn is_dead_at(&self, now_ms: u64) -> bool {
-        self.dead_at_ms().is_some_and(|at| at <= now_ms)
-    }
-
-    /// When the entry stops being answerable at all: its expiry plus its stale window.
-    fn dead_at_ms(&self) -> Option<u64> {
-        self.expires_at_ms
-            .map(|at| at.saturating_add(u64::from(self.stale_ms)))
-    }
-
-    /// Why this entry, once expired, is a miss.
-    fn expiry_reason(&self) -> MissReason {
-        match self.cached {
-            Cached::Value(_) => MissReason::Expired,
-            Cached::NotFound => MissReason::NegativeExpired,
-        }
-    }
-
-    /// What the entry counts against the byte budget when stored under `key`: the allocations
-    /// of the key and of the stored payload, as the allocator rounds them
-    /// ([`allocation_bytes`]), + [`ENTRY_OVERHEAD_BYTES`]. Exposed so callers can tell in
-    /// advance whether a value can fit at all.
-    pub fn weight(&self, key: &str) -> u64 {
-        let payload_len = match &self.cached {
-            Cached::Value(stored) => stored.payload_len(),
-            Cached::NotFound => 0,
-        };
-        weight_of(key.len(), payload_len)
-    }
-
-    /// Why this entry, pushed out for room at `now_ms`, left: expired if nothing could have
-    /// answered it any more, else evicted.
-    fn eviction_reason(&self, now_ms: u64) -> MissReason {
-        if self.is_dead_at(now_ms) {
-            self.expiry_reason()
-        } else {
-            MissReason::Evicted
-        }
-    }
 }
 
 /// Weight of an entry from the lengths of its key and its stored payload (the value as its
@@ -161,7 +100,7 @@ pub fn allocation_bytes(n: usize) -> u64 {
 }
 
 /// The store behind a [`Cache`].
-type Store = quick_cache::sync::Cache<StoreKey, Arc<CacheEntry>, Weigher, StoredHash, Listener>;
+type Store = quick_cache::sync::Cache<StoreKey, CacheEntry, Weigher, StoredHash, Listener>;
 
 /// The SipHash keys every [`StoreKey`] is hashed with: random per process, so that which keys
 /// collide cannot be chosen from outside.
@@ -307,10 +246,10 @@ pub struct Cache {
 #[derive(Debug, Clone)]
 pub enum Lookup {
     /// A live entry.
-    Fresh(Arc<CacheEntry>),
+    Fresh(CacheEntry),
     /// An entry past its expiry but within its stale window: answerable, marked stale, while
     /// it is refreshed.
-    Stale(Arc<CacheEntry>),
+    Stale(CacheEntry),
     /// Nothing answerable, and why.
     Miss(MissReason),
 }
@@ -353,7 +292,7 @@ impl Cache {
     /// A `get` racing an [`insert`](Cache::insert) returns either the old or the new entry. The
     /// removal of an expired entry is atomic per key and removes only an entry that is expired,
     /// so a fresh entry inserted meanwhile is kept (this `get` still reports a miss).
-    pub fn get(&self, key: &str) -> Option<Arc<CacheEntry>> {
+    pub fn get(&self, key: &str) -> Option<CacheEntry> {
         match self.lookup_inner(key, false) {
             Lookup::Fresh(entry) => Some(entry),
             _ => None,
@@ -378,7 +317,7 @@ impl Cache {
             });
         };
         // An entry without an expiry needs no clock read (a tenth of a hit's cost).
-        let Some(expires_at_ms) = entry.expires_at_ms else {
+        let Some(expires_at_ms) = entry.expires_at_ms() else {
             return Lookup::Fresh(entry);
         };
         let now_ms = self.clock.now_ms();
@@ -425,7 +364,7 @@ impl Cache {
                 key = %key.text,
                 weight,
                 largest_entry = self.largest_entry,
-                expires_at_ms = entry.expires_at_ms,
+                expires_at_ms = entry.expires_at_ms(),
                 now_ms,
                 "cache refused an entry that is expired or heavier than the largest it takes",
             );
@@ -435,8 +374,7 @@ impl Cache {
         // The hook is told which key this insert stores, so that the entry it replaces is not
         // counted as an eviction.
         let mut inserting = Some(key.hash);
-        self.store
-            .insert_with_lifecycle(key, Arc::new(entry), &mut inserting);
+        self.store.insert_with_lifecycle(key, entry, &mut inserting);
         true
     }
 
@@ -458,9 +396,9 @@ impl Cache {
 
     /// Removes `key` only if its entry is still `entry` (the same allocation a [`Cache::get`]
     /// returned): a newer entry inserted meanwhile is kept.
-    pub fn remove_if_same(&self, key: &str, entry: &Arc<CacheEntry>) {
+    pub fn remove_if_same(&self, key: &str, entry: &CacheEntry) {
         self.store
-            .remove_if(&KeyRef::new(key), |current| Arc::ptr_eq(current, entry));
+            .remove_if(&KeyRef::new(key), |current| current.same(entry));
     }
 
     /// Bytes currently held, by [`CacheEntry::weight`]; exact at every moment.
@@ -471,10 +409,7 @@ impl Cache {
     /// Every entry held now that is fresh at `now_ms`, with its key, in no particular order;
     /// entries inserted or removed meanwhile may or may not be seen. For a stopping node's
     /// handoff.
-    pub fn fresh_entries(
-        &self,
-        now_ms: u64,
-    ) -> impl Iterator<Item = (String, Arc<CacheEntry>)> + '_ {
+    pub fn fresh_entries(&self, now_ms: u64) -> impl Iterator<Item = (String, CacheEntry)> + '_ {
         self.store
             .iter()
             .filter(move |(_, entry)| !entry.is_expired_at(now_ms))
@@ -623,8 +558,8 @@ impl CacheBuilder {
 #[derive(Debug, Clone, Copy)]
 struct Weigher;
 
-impl quick_cache::Weighter<StoreKey, Arc<CacheEntry>> for Weigher {
-    fn weight(&self, key: &StoreKey, entry: &Arc<CacheEntry>) -> u64 {
+impl quick_cache::Weighter<StoreKey, CacheEntry> for Weigher {
+    fn weight(&self, key: &StoreKey, entry: &CacheEntry) -> u64 {
         entry.weight(&key.text)
     }
 }
@@ -643,10 +578,10 @@ struct Listener {
     ghosts: Option<Arc<Ghosts>>,
 }
 
-impl quick_cache::Lifecycle<StoreKey, Arc<CacheEntry>> for Listener {
+impl quick_cache::Lifecycle<StoreKey, CacheEntry> for Listener {
     type RequestState = Option<u64>;
 
-    fn on_evict(&self, inserting: &mut Option<u64>, key: StoreKey, entry: Arc<CacheEntry>) {
+    fn on_evict(&self, inserting: &mut Option<u64>, key: StoreKey, entry: CacheEntry) {
         if *inserting == Some(key.hash) {
             return;
         }
@@ -674,19 +609,11 @@ mod tests {
     const TTL_MS: u64 = 3_600_000;
 
     fn value(bytes: &'static [u8], expires_at_ms: Option<u64>) -> CacheEntry {
-        CacheEntry {
-            cached: raw(bytes),
-            expires_at_ms,
-            stale_ms: 0,
-        }
+        CacheEntry::new(raw(bytes), expires_at_ms, 0)
     }
 
     fn not_found(expires_at_ms: Option<u64>) -> CacheEntry {
-        CacheEntry {
-            cached: Cached::NotFound,
-            expires_at_ms,
-            stale_ms: 0,
-        }
+        CacheEntry::new(Cached::NotFound, expires_at_ms, 0)
     }
 
     fn manual_cache(max_bytes: u64) -> (Cache, Arc<ManualClock>) {
@@ -703,8 +630,8 @@ mod tests {
         let (cache, _clock) = manual_cache(1 << 20);
         assert!(cache.insert("k", value(b"v", None)));
         assert!(cache.insert("missing", not_found(None)));
-        assert_eq!(cache.get("k").unwrap().cached, raw(b"v"));
-        assert_eq!(cache.get("missing").unwrap().cached, Cached::NotFound);
+        assert_eq!(cache.get("k").unwrap().cached(), raw(b"v"));
+        assert_eq!(cache.get("missing").unwrap().cached(), Cached::NotFound);
         assert!(cache.get("other").is_none());
     }
 
@@ -757,11 +684,7 @@ mod tests {
         let (cache, _clock) = manual_cache(MAX_BYTES);
         let payload = raw(&[7u8; 100]);
         for i in 0..INSERTED {
-            let entry = CacheEntry {
-                cached: payload.clone(),
-                expires_at_ms: None,
-                stale_ms: 0,
-            };
+            let entry = CacheEntry::new(payload.clone(), None, 0);
             assert!(cache.insert(&format!("key-{i:04}"), entry));
         }
         assert!(
@@ -779,22 +702,14 @@ mod tests {
         let (cache, _clock) = manual_cache(1_000);
         // One shard: the largest entry is its hot share of the whole budget.
         assert_eq!(cache.largest_entry(), 970);
-        let too_big = CacheEntry {
-            cached: raw(&[0u8; 1_000]),
-            expires_at_ms: None,
-            stale_ms: 0,
-        };
+        let too_big = CacheEntry::new(raw(&[0u8; 1_000]), None, 0);
         assert!(!cache.insert("big", too_big));
         assert!(cache.get("big").is_none());
         assert_eq!(cache.weighted_size(), 0);
         assert_eq!(cache.entry_count(), 0);
 
         // The longest value whose weight is within the largest fits; a byte more does not.
-        let sized = |len: usize| CacheEntry {
-            cached: raw(&vec![0u8; len]),
-            expires_at_ms: None,
-            stale_ms: 0,
-        };
+        let sized = |len: usize| CacheEntry::new(raw(&vec![0u8; len]), None, 0);
         let len = (0..1000)
             .take_while(|&len| sized(len).weight("fits") <= 970)
             .last()
@@ -834,11 +749,7 @@ mod tests {
         assert!(cache.get("k").is_none());
 
         assert!(cache.insert("k", value(b"old", None)));
-        let too_big = CacheEntry {
-            cached: raw(&[0u8; 2_000]),
-            expires_at_ms: None,
-            stale_ms: 0,
-        };
+        let too_big = CacheEntry::new(raw(&[0u8; 2_000]), None, 0);
         assert!(!cache.insert("k", too_big));
         assert!(cache.get("k").is_none());
     }
@@ -871,7 +782,7 @@ mod tests {
         let expires_at = START_MS + TTL_MS;
         assert!(cache.insert("missing", not_found(Some(expires_at))));
         clock.set(expires_at - 1);
-        assert_eq!(cache.get("missing").unwrap().cached, Cached::NotFound);
+        assert_eq!(cache.get("missing").unwrap().cached(), Cached::NotFound);
         clock.set(expires_at);
         assert!(cache.get("missing").is_none());
         assert_eq!(cache.evictions(), 1);
@@ -906,7 +817,7 @@ mod tests {
         assert!(cache.insert("k", value(b"v2", Some(START_MS + TTL_MS))));
         clock.set(START_MS + 10);
         let entry = cache.get("k").unwrap();
-        assert_eq!(entry.cached, raw(b"v2"));
+        assert_eq!(entry.cached(), raw(b"v2"));
         assert_eq!(cache.evictions(), 0);
     }
 
@@ -966,12 +877,7 @@ mod tests {
         let evict = |text: &str, entry: CacheEntry, inserting: Option<u64>| {
             let key = StoreKey::new(text);
             let hash = key.hash;
-            quick_cache::Lifecycle::on_evict(
-                &listener,
-                &mut inserting.clone(),
-                key,
-                Arc::new(entry),
-            );
+            quick_cache::Lifecycle::on_evict(&listener, &mut inserting.clone(), key, entry);
             (hash, ghosts.reason(hash))
         };
         let live = value(b"v", Some(START_MS + 10));
@@ -983,10 +889,7 @@ mod tests {
             MissReason::NegativeExpired
         );
         // Within its stale window an entry is still answerable: evicted, not expired.
-        let stale = CacheEntry {
-            stale_ms: 5,
-            ..value(b"v", Some(START_MS + 10))
-        };
+        let stale = CacheEntry::new(raw(b"v"), Some(START_MS + 10), 5);
         assert_eq!(evict("stale", stale, None).1, MissReason::Evicted);
         assert_eq!(listener.evictions.load(Ordering::Relaxed), 4);
         // The entry an insert of the same key replaces is not an eviction.
@@ -1015,18 +918,18 @@ mod tests {
         };
         let store: Store =
             quick_cache::sync::Cache::with(100, 1 << 20, Weigher, StoredHash, listener);
-        store.insert(a.clone(), Arc::new(value(b"for a", None)));
-        store.insert(b.clone(), Arc::new(value(b"for b", None)));
-        assert_eq!(store.get(&a).unwrap().cached, raw(b"for a"));
-        assert_eq!(store.get(&b).unwrap().cached, raw(b"for b"));
+        store.insert(a.clone(), value(b"for a", None));
+        store.insert(b.clone(), value(b"for b", None));
+        assert_eq!(store.get(&a).unwrap().cached(), raw(b"for a"));
+        assert_eq!(store.get(&b).unwrap().cached(), raw(b"for b"));
         // Looked up by reference (what `Cache::get` does), the text still decides.
         let by_ref = |text| KeyRef { hash: a.hash, text };
-        assert_eq!(store.get(&by_ref("a")).unwrap().cached, raw(b"for a"));
-        assert_eq!(store.get(&by_ref("b")).unwrap().cached, raw(b"for b"));
+        assert_eq!(store.get(&by_ref("a")).unwrap().cached(), raw(b"for a"));
+        assert_eq!(store.get(&by_ref("b")).unwrap().cached(), raw(b"for b"));
         assert!(store.get(&by_ref("c")).is_none());
         store.remove(&a);
         assert!(store.get(&a).is_none());
-        assert_eq!(store.get(&b).unwrap().cached, raw(b"for b"));
+        assert_eq!(store.get(&b).unwrap().cached(), raw(b"for b"));
     }
 
     #[test]

@@ -166,10 +166,8 @@ pub trait Compressor: Send + Sync + fmt::Debug + 'static {
 
 /// A shared handle to a codec; compares by name (the tag).
 ///
-/// A thin pointer (to the codec's fat one): every cached value holds one, and its 8 bytes
-/// less make a `CacheEntry` 80 bytes, its `Arc` 96. mimalloc v2 serves that from its 96-byte
-/// class; v3, which the binaries use, still takes 112 for it, as for the 104 bytes before
-/// (docs/performance.md, "Memory").
+/// A thin pointer (to the codec's fat one): every cached entry holds one, and its 8 bytes
+/// less keep a `CacheEntry`'s allocation at 64 bytes, a power of two (`cache/entry.rs`).
 #[derive(Clone)]
 pub struct Codec(Arc<Arc<dyn Compressor>>);
 
@@ -421,16 +419,20 @@ impl Stored {
             .expect("a value under 4 GiB")
     }
 
-    /// The same value in an allocation of its own. A value received over the network is a
-    /// slice of a larger buffer (the request or answer body: a batch of values, or hyper's
-    /// read buffer), and a cached slice would keep all of that alive while the cache counts
-    /// only the value's bytes. What is cached from a peer goes through here first.
-    #[must_use]
-    pub fn compacted(&self) -> Stored {
+    /// A stored value from its parts: the payload, its codec, and the header's two fields
+    /// (the original length and XXH3-64). For the cache's entries, which keep the parts apart.
+    pub(crate) fn from_parts(payload: Bytes, codec: Codec, raw_len: u32, sum: u64) -> Self {
         Stored {
-            payload: Bytes::copy_from_slice(&self.payload),
-            ..self.clone()
+            payload,
+            codec,
+            raw_len,
+            sum,
         }
+    }
+
+    /// The parts [`Stored::from_parts`] takes.
+    pub(crate) fn into_parts(self) -> (Bytes, Codec, u32, u64) {
+        (self.payload, self.codec, self.raw_len, self.sum)
     }
 
     /// The stored bytes as they are sent to peers and storage backends: the header, then the

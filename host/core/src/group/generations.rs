@@ -74,14 +74,8 @@ impl Inner {
                 Some(expires_at_ms.map_or(cap, |e| e.min(cap)))
             }
         };
-        self.cache(tier).insert(
-            key,
-            CacheEntry {
-                cached,
-                expires_at_ms,
-                stale_ms,
-            },
-        );
+        self.cache(tier)
+            .insert(key, CacheEntry::new(cached, expires_at_ms, stale_ms));
         drop(current);
     }
 }

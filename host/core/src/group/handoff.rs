@@ -12,7 +12,6 @@ use std::sync::Arc;
 use super::registry::Groups;
 use super::stats::add;
 use super::{CacheKind, Group, Inner, Value, len64, peer_entry};
-use crate::cache::Cached;
 use crate::error::Result;
 use crate::seam::{PeerEntry, RemotePeer};
 
@@ -82,7 +81,7 @@ impl Group {
         let now = inner.clock.now_ms();
         for tier in [CacheKind::Main, CacheKind::Hot] {
             for (key, entry) in inner.cache(tier).fresh_entries(now) {
-                let Cached::Value(stored) = &entry.cached else {
+                let Some(stored) = entry.stored() else {
                     continue;
                 };
                 let size = len64(key.len() + stored.len());
@@ -91,7 +90,7 @@ impl Group {
                     continue;
                 }
                 *budget -= size;
-                chosen.push((key, peer_entry(stored, entry.expires_at_ms)));
+                chosen.push((key, peer_entry(&stored, entry.expires_at_ms())));
             }
         }
         let mut batches: HashMap<String, Batch> = HashMap::new();
@@ -193,7 +192,7 @@ impl Group {
                     inner.remember(
                         tier,
                         &key,
-                        Some((&stored.compacted(), expires_at_ms)),
+                        Some((&stored, expires_at_ms)),
                         generation,
                         false,
                         None,

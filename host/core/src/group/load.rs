@@ -11,7 +11,7 @@ use super::{
     CacheKind, CachedValue, Found, FoundStored, Inner, Looked, OwnerAnswer, OwnerLoad, Sourced,
     Value, decoding_len, len64, ms, peer_entry, tier,
 };
-use crate::cache::{Cache, CacheEntry, Cached, Lookup, MissReason};
+use crate::cache::{Cache, CacheEntry, Lookup, MissReason};
 use crate::compression::{CodecError, Stored, Verify, builtin};
 use crate::error::{Error, Result};
 use crate::seam::{Loaded, PeerEntry, RemotePeer};
@@ -28,20 +28,19 @@ impl Inner {
         &self,
         tier: CacheKind,
         key: &str,
-        entry: &Arc<CacheEntry>,
+        entry: &CacheEntry,
     ) -> Result<Option<Found>> {
-        let stored = match &entry.cached {
-            Cached::NotFound => return Ok(Some(None)),
-            Cached::Value(stored) => stored,
+        let Some(stored) = entry.stored() else {
+            return Ok(Some(None));
         };
         let decoded = self
             .coded(
-                decoding_len(stored),
+                decoding_len(&stored),
                 stored.decode(self.options.max_value_bytes, Verify::Decoded),
             )
             .await?;
         match decoded {
-            Ok(value) => Ok(Some(Some((value, entry.expires_at_ms)))),
+            Ok(value) => Ok(Some(Some((value, entry.expires_at_ms())))),
             Err(e @ CodecError::Corrupt { .. }) => {
                 bump(&self.stats.corrupt_values);
                 tracing::error!(group = %self.name, ?tier, error = %e, "cached value does not decode; dropped and reloaded");
@@ -106,7 +105,7 @@ impl Inner {
                 Looked::Hit {
                     tier,
                     answer,
-                    expires_at_ms: entry.expires_at_ms,
+                    expires_at_ms: entry.expires_at_ms(),
                 }
             });
         }
@@ -400,7 +399,7 @@ impl Inner {
                 bump(&self.stats.handoff_hits);
                 Some(Value {
                     plain,
-                    stored: stored.compacted(),
+                    stored,
                     expires_at_ms,
                     stale_ms: None,
                 })
@@ -530,12 +529,12 @@ impl Inner {
                 bump(&self.stats.peer_loads);
                 // A copy is kept from the key's second fetch on (see `Doorkeeper`), as
                 // received: no decompress/recompress between peers (but out of the answer's
-                // buffer, see `Stored::compacted`).
+                // buffer: `CacheEntry::new` copies it).
                 if self.hot_door.admit(key) {
                     self.remember(
                         CacheKind::Hot,
                         key,
-                        Some((&stored.compacted(), expires_at_ms)),
+                        Some((&stored, expires_at_ms)),
                         generation,
                         false,
                         None,
@@ -669,10 +668,7 @@ impl Inner {
 /// A main-cache entry as an owner answers it: the stored bytes with their expiry, or "no such
 /// key".
 pub(super) fn stored_of(entry: &CacheEntry) -> FoundStored {
-    match &entry.cached {
-        Cached::Value(stored) => Some((stored.clone(), entry.expires_at_ms)),
-        Cached::NotFound => None,
-    }
+    entry.stored().map(|stored| (stored, entry.expires_at_ms()))
 }
 
 /// A uniform random number in (0, 1], for refresh-ahead's draw: a per-thread xorshift64*

@@ -387,7 +387,7 @@ impl Group {
         // near its expiry), or a stale one at once while it is refreshed here, once.
         let held = match inner.main.lookup(key) {
             Lookup::Fresh(entry) => {
-                if inner.refresh_due(entry.expires_at_ms) {
+                if inner.refresh_due(entry.expires_at_ms()) {
                     self.refresh_as_owner_in_background(key, true);
                 }
                 Some(entry)

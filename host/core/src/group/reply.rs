@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::cache::{CacheEntry, Cached};
+use crate::cache::CacheEntry;
 
 /// A value as the HTTP API sends it: the plain value, or a stored payload sent as it is because
 /// the client accepts its encoding.
@@ -55,14 +55,12 @@ pub(super) fn encoded_reply(entry: &CacheEntry, accepted: &[&str]) -> Option<Rep
     if accepted.is_empty() {
         return None;
     }
-    let Cached::Value(stored) = &entry.cached else {
-        return None;
-    };
+    let codec = entry.codec()?;
     let coding = crate::compression::CONTENT_CODINGS
         .into_iter()
-        .find(|c| *c == stored.codec().name() && accepted.contains(c))?;
+        .find(|c| *c == codec.name() && accepted.contains(c))?;
     Some(Reply {
-        body: stored.payload(),
+        body: entry.payload(),
         content_encoding: Some(coding),
         // The caller says which tier (or a stale entry) it answered from.
         source: Source::Main,

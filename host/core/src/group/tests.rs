@@ -501,7 +501,7 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
     g.get(key).await.unwrap();
     // Flip one payload bit of the stored value, behind the group's back.
     let entry = g.inner.main.get(key).unwrap();
-    let Cached::Value(stored) = &entry.cached else {
+    let Cached::Value(stored) = entry.cached() else {
         panic!("a value")
     };
     assert_eq!(stored.codec().name(), "zstd");
@@ -509,32 +509,22 @@ async fn a_corrupt_cached_value_is_dropped_and_reloaded_not_served() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x10;
     let bad = g.inner.codecs.stored(Bytes::from(bytes), "zstd").unwrap();
-    g.inner.main.insert(
-        key,
-        CacheEntry {
-            cached: Cached::Value(bad),
-            expires_at_ms: None,
-            stale_ms: 0,
-        },
-    );
+    g.inner
+        .main
+        .insert(key, CacheEntry::new(Cached::Value(bad), None, 0));
     assert_eq!(g.get(key).await.unwrap(), records(key, 40));
     let s = g.snapshot();
     assert_eq!(s.counters.corrupt_values, 1);
     assert_eq!(getter.calls.load(Ordering::SeqCst), 2, "reloaded");
     // Mis-tagged: zstd bytes claimed to be lz4.
     let entry = g.inner.main.get(key).unwrap();
-    let Cached::Value(stored) = &entry.cached else {
+    let Cached::Value(stored) = entry.cached() else {
         panic!("a value")
     };
     let wrong = g.inner.codecs.stored(stored.framed(), "lz4").unwrap();
-    g.inner.main.insert(
-        key,
-        CacheEntry {
-            cached: Cached::Value(wrong),
-            expires_at_ms: None,
-            stale_ms: 0,
-        },
-    );
+    g.inner
+        .main
+        .insert(key, CacheEntry::new(Cached::Value(wrong), None, 0));
     assert_eq!(g.get(key).await.unwrap(), records(key, 40));
     assert_eq!(g.snapshot().counters.corrupt_values, 2);
     assert_eq!(getter.calls.load(Ordering::SeqCst), 3);
@@ -631,12 +621,16 @@ async fn values_from_the_network_are_cached_out_of_their_body() {
         codec: "none".into(),
         expires_at_ms: None,
     };
-    let held =
-        |g: &Group, tier: CacheKind, key: &str| match &g.inner.cache(tier).get(key).unwrap().cached
-        {
-            Cached::Value(stored) => stored.framed(),
-            Cached::NotFound => panic!("a value"),
-        };
+    let held = |g: &Group, tier: CacheKind, key: &str| match &g
+        .inner
+        .cache(tier)
+        .get(key)
+        .unwrap()
+        .cached()
+    {
+        Cached::Value(stored) => stored.framed(),
+        Cached::NotFound => panic!("a value"),
+    };
 
     // A hot copy of an owner's answer.
     let local = Group::builder("g", Arc::new(RecordGetter::default()))
@@ -728,7 +722,7 @@ async fn peers_receive_the_stored_bytes_and_keep_them_as_they_are() {
     for _ in 0..3 {
         assert_eq!(local.get(key).await.unwrap(), records(key, 40));
     }
-    let held = |g: &Group, tier: CacheKind| match &g.inner.cache(tier).get(key).unwrap().cached {
+    let held = |g: &Group, tier: CacheKind| match &g.inner.cache(tier).get(key).unwrap().cached() {
         Cached::Value(stored) => stored.clone(),
         Cached::NotFound => panic!("a value"),
     };

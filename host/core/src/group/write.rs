@@ -151,11 +151,7 @@ impl Inner {
             self.hot.remove(key);
             self.main.insert(
                 key,
-                CacheEntry {
-                    cached: Cached::Value(stored),
-                    expires_at_ms,
-                    stale_ms: self.stale_ms(),
-                },
+                CacheEntry::new(Cached::Value(stored), expires_at_ms, self.stale_ms()),
             );
             // Under the lock, so this is the entry just inserted (or none, if refused).
             self.main.get(key)
@@ -251,9 +247,9 @@ impl Group {
     pub async fn set_as_owner(&self, key: &str, entry: PeerEntry) -> Result<()> {
         self.check_key(key)?;
         let expires_at_ms = entry.expires_at_ms;
+        // Cached out of the request's body (a slice of the connection's read buffer) by
+        // `CacheEntry::new`, which gives every payload an allocation of its own.
         let (_, stored) = self.inner.accept(entry).await?;
-        // Out of the request's body, which may be a slice of the connection's read buffer.
-        let stored = stored.compacted();
         let (key, inner) = (key.to_owned(), self.inner.clone());
         self.inner
             .detached(async move { inner.store_as_owner(&key, stored, expires_at_ms).await })
