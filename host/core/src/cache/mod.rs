@@ -51,7 +51,7 @@ use crate::compression::Stored;
 /// negative entries is still bounded by it. The allocator's rounding of key and payload is
 /// charged per entry instead ([`allocation_bytes`]). The figure is what `geecache-perf memory`
 /// measures beyond the key's and payload's allocations, rounded up (docs/performance.md).
-pub const ENTRY_OVERHEAD_BYTES: u64 = 280;
+pub const ENTRY_OVERHEAD_BYTES: u64 = 200;
 
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
