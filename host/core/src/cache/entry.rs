@@ -74,7 +74,9 @@ impl CacheEntry {
             payload,
             codec,
             sum,
-            expires_at_ms: expires_at_ms.unwrap_or(NEVER),
+            // An explicit expiry stays one (a millisecond short of the end of time), so that
+            // it is not read back, nor sent to peers, as "never".
+            expires_at_ms: expires_at_ms.map_or(NEVER, |at| at.min(NEVER - 1)),
             raw_len,
             stale_ms,
         }))
@@ -217,6 +219,7 @@ impl fmt::Debug for CacheEntry {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use bytes::Buf as _;
 
     #[test]
     fn an_entry_is_one_64_byte_allocation_beside_its_payload() {
@@ -259,13 +262,29 @@ mod tests {
         let entry = CacheEntry::new(Cached::Value(stored), None, 0);
         assert_eq!(entry.0.payload.as_ptr(), at);
 
-        // A unique buffer longer than the payload (the value at its end) is copied, not
-        // shrunk in place.
+        // A unique buffer longer than the payload is copied, not shrunk in place: the value
+        // at its end (its only holder, advanced past the rest), or in a vector with room to
+        // spare.
         let mut tail = Bytes::from(vec![2u8; 2048]);
-        let tail = tail.split_off(1024);
-        let stored = Stored::from_parts(tail, Stored::raw(b"").codec().clone(), 1024, 0);
-        let entry = CacheEntry::new(Cached::Value(stored), None, 0);
-        assert_eq!(entry.0.payload.len(), 1024);
-        assert_eq!(&entry.0.payload[..], &[2u8; 1024][..]);
+        tail.advance(1024);
+        let spare = {
+            let mut v = Vec::with_capacity(2048);
+            v.extend_from_slice(&[3u8; 1024]);
+            Bytes::from(v)
+        };
+        for (bytes, fill) in [(tail, 2u8), (spare, 3u8)] {
+            let at = bytes.as_ptr();
+            let stored = Stored::from_parts(bytes, Stored::raw(b"").codec().clone(), 1024, 0);
+            let entry = CacheEntry::new(Cached::Value(stored), None, 0);
+            assert_eq!(&entry.0.payload[..], &[fill; 1024][..]);
+            assert_ne!(entry.0.payload.as_ptr(), at, "copied out, not reused");
+        }
+    }
+
+    #[test]
+    fn an_explicit_expiry_is_never_read_back_as_none() {
+        let entry = CacheEntry::new(Cached::NotFound, Some(u64::MAX), 0);
+        assert_eq!(entry.expires_at_ms(), Some(u64::MAX - 1));
+        assert!(!entry.is_expired_at(u64::MAX - 2));
     }
 }

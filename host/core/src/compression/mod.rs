@@ -8,7 +8,8 @@
 //! - [`Stored`] is a value as the node keeps it: a 12-byte header (original length, XXH3-64 of
 //!   the original bytes), the codec's payload and the codec. Peers and the storage tier get
 //!   the header followed by the payload ([`Stored::framed`]); in memory the header's fields sit
-//!   beside the payload, which keeps an allocation of its own size. Decoding checks the length
+//!   beside the payload, and a cached payload gets an allocation of its own size
+//!   (`cache::CacheEntry::new`). Decoding checks the length
 //!   and the checksum, so a corrupt or mis-tagged value is detected instead of served.
 //! - [`Encoding`] is a group's policy: its codec and level, and the size below which values are
 //!   kept raw. A value that does not shrink is kept raw too.
@@ -393,10 +394,11 @@ pub enum Verify {
 /// the codec.
 ///
 /// On the wire and in storage backends a stored value is one byte string, the header
-/// ([`HEADER_BYTES`]) then the payload ([`Stored::framed`]). In memory the header lives here,
-/// beside the payload rather than in its allocation: a 1,024-byte payload then fills
-/// mimalloc's 1,024-byte class, where header and payload together (1,036 bytes) took the
-/// 1,280-byte one (docs/performance.md, "Memory").
+/// ([`HEADER_BYTES`]) then the payload ([`Stored::framed`]). In memory the header's fields live
+/// here, beside the payload rather than in its allocation (and in a cache entry, in the entry's
+/// 64 bytes): a cached 1,024-byte payload then fills mimalloc's 1,024-byte class, where header
+/// and payload together (1,036 bytes) took the 1,280-byte one (docs/performance.md, "Memory").
+/// A `Stored` from the network is a slice of its body until the cache copies it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// The codec's payload.
