@@ -48,9 +48,10 @@ use crate::compression::Stored;
 /// It stands for what every entry costs whatever its size (the store's slab slot and its share
 /// of ghost slots, the hash-table index, the `CacheEntry`'s 64-byte allocation that holds the
 /// codec, the header's fields and the expiry), so that the byte budget bounds resident memory
-/// and a flood of tiny or negative entries is still bounded by it. The allocator's rounding of key and payload is
-/// charged per entry instead ([`allocation_bytes`]). The figure is what `geecache-perf memory`
-/// measures beyond the key's and payload's allocations, rounded up (docs/performance.md).
+/// and a flood of tiny or negative entries is still bounded by it. The allocator's rounding of
+/// key and payload is charged per entry instead ([`allocation_bytes`]). The figure is what
+/// `geecache-perf memory` measures beyond the key's and payload's allocations, rounded up
+/// (docs/performance.md).
 pub const ENTRY_OVERHEAD_BYTES: u64 = 200;
 
 /// What the cache knows about a key.

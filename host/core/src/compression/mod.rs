@@ -9,8 +9,8 @@
 //!   the original bytes), the codec's payload and the codec. Peers and the storage tier get
 //!   the header followed by the payload ([`Stored::framed`]); in memory the header's fields sit
 //!   beside the payload, and a cached payload gets an allocation of its own size
-//!   (`cache::CacheEntry::new`). Decoding checks the length
-//!   and the checksum, so a corrupt or mis-tagged value is detected instead of served.
+//!   (`cache::CacheEntry::new`). Decoding checks the length and the checksum, so a corrupt or
+//!   mis-tagged value is detected instead of served.
 //! - [`Encoding`] is a group's policy: its codec and level, and the size below which values are
 //!   kept raw. A value that does not shrink is kept raw too.
 //!
@@ -462,11 +462,6 @@ impl Stored {
     /// statistics (the cache weighs the payload's allocation instead).
     pub fn len(&self) -> usize {
         HEADER_BYTES + self.payload.len()
-    }
-
-    /// Bytes of the payload alone: what its allocation holds.
-    pub fn payload_len(&self) -> usize {
-        self.payload.len()
     }
 
     /// Whether there are no stored bytes at all (never true: the header is always there).
